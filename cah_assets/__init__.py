@@ -1,0 +1,1 @@
+"""Dagster definitions of the Crawling@Home pipeline."""

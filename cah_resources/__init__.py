@@ -1,0 +1,1 @@
+"""Resources and the plain code they drive."""
