@@ -1,0 +1,124 @@
+"""Where a crawl's files come from: Common Crawl over HTTPS, a mirror, or a local folder laid out the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import aiohttp
+import dagster as dg
+
+COMMON_CRAWL_URL = "https://data.commoncrawl.org"
+USER_AGENT = "cah/0.1 (Crawling@Home on Dagster; +https://github.com/) aiohttp"
+CHUNK = 1 << 20
+
+
+class CrawlFileMissing(FileNotFoundError):
+    """A path the crawl's listing names is not at the source (a 404, or absent from the folder)."""
+
+
+@dataclass(frozen=True)
+class CrawlSource:
+    """Reads ``crawl-data/<CRAWL>/wat.paths.gz`` and WAT files from a base URL or a local folder.
+
+    Remote files are streamed to a temporary file under ``cache_dir``; a download that breaks off
+    or comes back shorter than its Content-Length is retried with backoff and jitter.
+    """
+
+    base: str = COMMON_CRAWL_URL
+    cache_dir: str = ""
+    retries: int = 5
+    timeout_s: float = 900.0
+    backoff_s: float = 2.0
+
+    @property
+    def is_remote(self) -> bool:
+        return self.base.startswith(("http://", "https://"))
+
+    def _local_path(self, rel_path: str) -> str:
+        root = self.base[len("file://"):] if self.base.startswith("file://") else self.base
+        return os.path.join(root, rel_path)
+
+    def wat_paths(self, crawl: str) -> list[str]:
+        """The crawl's WAT file paths (relative to the base), sorted."""
+        with self.local_copy(f"crawl-data/{crawl}/wat.paths.gz") as path:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                return sorted(line.strip() for line in handle if line.strip())
+
+    @contextmanager
+    def local_copy(self, rel_path: str) -> Iterator[str]:
+        """A local file holding ``rel_path``: the file itself for a folder, else a complete download."""
+        if not self.is_remote:
+            path = self._local_path(rel_path)
+            if not os.path.exists(path):
+                raise CrawlFileMissing(f"{rel_path} is not in {self.base}")
+            yield path
+            return
+        directory = self.cache_dir or tempfile.gettempdir()
+        os.makedirs(directory, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="cah-", suffix="-" + os.path.basename(rel_path), dir=directory)
+        os.close(fd)
+        try:
+            asyncio.run(self._download(f"{self.base.rstrip('/')}/{rel_path}", path))
+            yield path
+        finally:
+            os.unlink(path)
+
+    async def _download(self, url: str, path: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=30, sock_read=120)
+        async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
+            for attempt in range(self.retries + 1):
+                try:
+                    await _stream_to_file(session, url, path)
+                    return
+                except CrawlFileMissing:
+                    raise
+                except (aiohttp.ClientError, asyncio.TimeoutError, IncompleteDownload) as error:
+                    if attempt == self.retries:
+                        raise IncompleteDownload(
+                            f"{url}: gave up after {attempt + 1} attempts ({type(error).__name__}: {error})"
+                        ) from error
+                    delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+                    await asyncio.sleep(delay)
+
+
+class IncompleteDownload(IOError):
+    """A download that ended before its announced length, or failed every retry."""
+
+
+async def _stream_to_file(session: aiohttp.ClientSession, url: str, path: str) -> None:
+    async with session.get(url) as response:
+        if response.status == 404:
+            raise CrawlFileMissing(f"{url} answered 404")
+        if response.status >= 500 or response.status == 429:
+            raise IncompleteDownload(f"{url} answered {response.status}")
+        if response.status != 200:
+            raise CrawlFileMissing(f"{url} answered {response.status}")
+        expected = response.content_length
+        received = 0
+        with open(path, "wb") as handle:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                handle.write(chunk)
+                received += len(chunk)
+        if expected is not None and received != expected:
+            raise IncompleteDownload(f"{url}: got {received} of {expected} bytes")
+
+
+class CommonCrawl(dg.ConfigurableResource):
+    """Where WAT files are read from: Common Crawl's HTTPS endpoint (default), a mirror, or a folder."""
+
+    base_url: str = COMMON_CRAWL_URL
+    cache_dir: str = ""
+    retries: int = 5
+    timeout_s: float = 900.0
+
+    def source(self) -> CrawlSource:
+        return CrawlSource(self.base_url, self.cache_dir, self.retries, self.timeout_s)
+
+

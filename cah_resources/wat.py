@@ -1,0 +1,126 @@
+"""Reading WAT files: metadata records in, HTML pages with their image links out, damage counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import orjson
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+IMAGE_LINK_PATH = "IMG@/src"
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One HTML response of the crawl: its URL, its ``<base href>`` and its ``IMG@/src`` links."""
+
+    url: str
+    base_href: str | None
+    images: list[tuple[str, object]]  # (src, alt as found: str, None or junk)
+
+
+def iter_pages(path: str, counts: Counter) -> Iterator[Page]:
+    """Yield every HTML page of a WAT file; count records and every kind of damage in ``counts``.
+
+    A corrupt gzip member does not end the file: reading resumes at the next gzip member, so one
+    bad record costs that record only (Common Crawl writes one gzip member per record).
+    """
+    with open(path, "rb") as handle:
+        start: int | None = 0
+        recovering = False
+        while start is not None:
+            handle.seek(start)
+            last_good = start
+            try:
+                for record in ArchiveIterator(handle, record_types=WarcRecordType.metadata, parse_http=False):
+                    last_good, recovering = record.stream_pos, False
+                    page = _page_of(record, counts)
+                    if page is not None:
+                        yield page
+                start = None
+            except OSError:
+                # Restarts that fail before any record are the same damaged stretch: count it once.
+                counts["corrupt_gzip"] += not recovering
+                recovering = True
+                start = _next_member(handle, last_good + 1)
+
+
+def _next_member(handle: BinaryIO, offset: int) -> int | None:
+    """Offset of the next gzip member header at or after ``offset``, or None at end of file."""
+    handle.seek(offset)
+    carry = b""
+    position = offset
+    while chunk := handle.read(READ_CHUNK):
+        window = carry + chunk
+        found = window.find(GZIP_MAGIC)
+        if found >= 0:
+            return position - len(carry) + found
+        carry = window[-(len(GZIP_MAGIC) - 1):]
+        position += len(chunk)
+    return None
+
+
+def _page_of(record, counts: Counter) -> Page | None:
+    counts["metadata_records"] += 1
+    body = record.reader.read()
+    if len(body) < record.content_length:
+        counts["malformed_truncated"] += 1
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            counts["malformed_non_utf8"] += 1
+        else:
+            counts["malformed_invalid_json"] += 1
+        return None
+    try:
+        envelope = doc["Envelope"]
+        payload = envelope["Payload-Metadata"]
+    except (KeyError, TypeError):
+        counts["malformed_missing_fields"] += 1
+        return None
+    html = _html_metadata(payload)
+    if html is None:
+        return None
+    page_url = _target_uri(envelope, record)
+    links = html.get("Links") if isinstance(html, dict) else None
+    if not isinstance(page_url, str) or not page_url:
+        counts["malformed_missing_fields"] += 1
+        return None
+    counts["html_pages"] += 1
+    head = html.get("Head")
+    base = head.get("Base") if isinstance(head, dict) else None
+    images: list[tuple[str, object]] = []
+    if isinstance(links, list):
+        for link in links:
+            if isinstance(link, dict) and link.get("path") == IMAGE_LINK_PATH:
+                src = link.get("url")
+                if isinstance(src, str):
+                    images.append((src, link.get("alt")))
+                else:
+                    counts["malformed_link"] += 1
+    return Page(page_url, base if isinstance(base, str) and base else None, images)
+
+
+def _html_metadata(payload) -> dict | None:
+    if not isinstance(payload, dict):
+        return None
+    response = payload.get("HTTP-Response-Metadata")
+    if not isinstance(response, dict):
+        return None
+    html = response.get("HTML-Metadata")
+    return html if isinstance(html, dict) else None
+
+
+def _target_uri(envelope: dict, record) -> str | None:
+    header = envelope.get("WARC-Header-Metadata")
+    if isinstance(header, dict) and isinstance(header.get("WARC-Target-URI"), str):
+        return header["WARC-Target-URI"]
+    return record.headers.get("WARC-Target-URI")
