@@ -1,0 +1,23 @@
+"""The code location: every asset, job and resource of the pipeline, with one-machine defaults."""
+
+import os
+
+import dagster as dg
+
+from cah_assets.candidates import candidates
+from cah_assets.crawls import register_crawl_job
+from cah_resources.candidate_rules import CandidateRules
+from cah_resources.common_crawl import COMMON_CRAWL_URL, CommonCrawl
+from cah_resources.compute import ComputeResource
+from cah_resources.storage import StorageResource
+
+defs = dg.Definitions(
+    assets=[candidates],
+    jobs=[register_crawl_job],
+    resources={
+        "compute": ComputeResource(),
+        "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
+        "storage": StorageResource(root=os.environ.get("CAH_DATA_ROOT", "data")),
+        "candidate_rules": CandidateRules(),
+    },
+)

@@ -1,0 +1,184 @@
+"""The candidates stage: WAT files of a segment → deduplicated, language-labelled image/alt-text pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cah_resources.common_crawl import CrawlSource
+from cah_resources.image_links import CandidateFilters, base_url_of, check_image_link
+from cah_resources.language import LanguageDetector
+from cah_resources.storage import DataRoot
+from cah_resources.wat import iter_pages
+
+STAGE = "candidates"
+CATEGORIES = ("en", "multi", "nolang")
+SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),  # blake2b-128 of url + "\x00" + text, hex
+        pa.field("url", pa.string(), nullable=False),  # absolute http(s) image URL
+        pa.field("text", pa.string(), nullable=False),  # alt text, whitespace-normalized
+        pa.field("page_url", pa.string(), nullable=False),  # page of the first occurrence
+        pa.field("category", pa.string(), nullable=False),  # en | multi | nolang
+        pa.field("language", pa.string(), nullable=False),  # gcld3 code ("und" if none)
+        pa.field("language_prob", pa.float32(), nullable=False),
+        pa.field("wat_file", pa.string(), nullable=False),  # crawl-relative WAT path
+    ]
+)
+# Keys of the per-file counters that are summed into a segment's stats.
+COUNT_KEYS = ("metadata_records", "html_pages", "links_seen", "alt_truncated", "language_calls", "bytes")
+
+
+def pair_uid(url: str, text: str) -> str:
+    return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
+
+
+def extract_pairs(path: str, filters: CandidateFilters, counts: Counter) -> dict[tuple[str, str], str]:
+    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``."""
+    pairs: dict[tuple[str, str], str] = {}
+    for page in iter_pages(path, counts):
+        base = base_url_of(page.url, page.base_href)
+        counts["links_seen"] += len(page.images)
+        for src, alt in page.images:
+            checked = check_image_link(src, alt, base, filters)
+            if isinstance(checked, str):
+                counts["drop_" + checked] += 1
+                continue
+            url, text, truncated = checked
+            if (url, text) in pairs:
+                counts["drop_duplicate"] += 1
+                continue
+            counts["alt_truncated"] += truncated
+            pairs[(url, text)] = page.url
+    return pairs
+
+
+def label_pairs(
+    pairs: dict[tuple[str, str], str], wat_file: str, detector: LanguageDetector
+) -> pa.Table:
+    """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
+    languages = {}
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for (url, text), page_url in pairs.items():
+        language = languages.get(text)
+        if language is None:
+            language = languages[text] = detector.detect(text)
+        columns["uid"].append(pair_uid(url, text))
+        columns["url"].append(url)
+        columns["text"].append(text)
+        columns["page_url"].append(page_url)
+        columns["category"].append(language.category)
+        columns["language"].append(language.code)
+        columns["language_prob"].append(language.probability)
+        columns["wat_file"].append(wat_file)
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+@dataclass(frozen=True)
+class WatFileUnit:
+    """One work unit: a WAT file of a segment, and where its part of the output goes."""
+
+    segment: str
+    position: int
+    wat_path: str
+    root: DataRoot
+    source: CrawlSource
+    filters: CandidateFilters = field(default_factory=CandidateFilters)
+
+
+def part_paths(root: DataRoot, segment: str, position: int) -> tuple[str, str]:
+    base = root.path(STAGE, segment, "parts", f"{position:05d}")
+    return base + ".parquet", base + ".json"
+
+
+_DETECTOR: LanguageDetector | None = None
+
+
+def _detector() -> LanguageDetector:
+    # One gcld3 model per worker process, reused by every task it runs.
+    global _DETECTOR
+    if _DETECTOR is None:
+        _DETECTOR = LanguageDetector()
+    return _DETECTOR
+
+
+def extract_wat_file(unit: WatFileUnit) -> dict:
+    """Extract one WAT file into its part file; a part already written is kept (retries redo nothing)."""
+    table_path, stats_path = part_paths(unit.root, unit.segment, unit.position)
+    if unit.root.exists(stats_path):
+        return unit.root.read_json(stats_path)
+    started = time.perf_counter()
+    counts: Counter = Counter()
+    with unit.source.local_copy(unit.wat_path) as local:
+        counts["bytes"] = os.path.getsize(local)
+        pairs = extract_pairs(local, unit.filters, counts)
+    detector = _detector()
+    calls_before = detector.calls
+    table = label_pairs(pairs, unit.wat_path, detector)
+    counts["language_calls"] = detector.calls - calls_before
+    stats = dict(counts)
+    stats["wat_file"] = unit.wat_path
+    stats["candidates"] = table.num_rows
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    unit.root.write_parquet(table_path, table)
+    unit.root.write_json(stats_path, stats)
+    return stats
+
+
+ClaimFn = Callable[[str, list[str]], set[str]]
+
+
+def output_paths(root: DataRoot, segment: str) -> tuple[str, str]:
+    return root.path(STAGE, segment, "candidates.parquet"), root.path(STAGE, segment, "stats.json")
+
+
+def merge_segment(
+    segment: str, root: DataRoot, part_stats: Iterable[dict], claim: ClaimFn | None = None
+) -> dict:
+    """Join a segment's parts in WAT order: drop pairs seen in an earlier file (and, with ``claim``,
+    pairs another segment owns), sort by uid, write the segment's parquet and stats atomically."""
+    part_stats = list(part_stats)
+    tables = [root.read_parquet(part_paths(root, segment, i)[0]) for i in range(len(part_stats))]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    seen: set[str] = set()
+    keep = []
+    for uid in table.column("uid").to_pylist():
+        keep.append(uid not in seen)
+        seen.add(uid)
+    table = table.filter(pa.array(keep, pa.bool_()))
+    stats = summarize_parts(part_stats)
+    stats["drop_duplicate"] = stats.get("drop_duplicate", 0) + keep.count(False)
+    if claim is not None:
+        owned = claim(segment, table.column("uid").to_pylist())
+        mask = pc.is_in(table.column("uid"), value_set=pa.array(sorted(owned), pa.string()))
+        stats["drop_duplicate_global"] = table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+        table = table.filter(mask)
+    table = table.sort_by("uid")
+    stats["candidates"] = table.num_rows
+    for category in CATEGORIES:
+        stats[f"candidates_{category}"] = pc.sum(pc.equal(table.column("category"), category)).as_py() or 0
+    table_path, stats_path = output_paths(root, segment)
+    root.write_parquet(table_path, table)
+    root.write_json(stats_path, stats)
+    root.remove(root.path(STAGE, segment, "parts"))
+    return stats
+
+
+def summarize_parts(part_stats: list[dict]) -> dict:
+    """Counters of all files added up: records, pages, links, every drop and damage reason."""
+    total: Counter = Counter()
+    for stats in part_stats:
+        for key, value in stats.items():
+            if key in COUNT_KEYS or key.startswith(("drop_", "malformed_", "corrupt_")):
+                total[key] += value
+    result = dict(total)
+    result["wat_files"] = len(part_stats)
+    result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
+    return result
