@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import dagster as dg
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
+from distributed.comm.core import CommClosedError
+from distributed.security import Security
+from distributed.worker_memory import parse_memory_limit
+
+log = logging.getLogger(__name__)
+
+GPU = "GPU"
+# Where certificates come from when the resource's fields are empty; each may hold a path or PEM text.
+TLS_ENV = {"ca": "CAH_TLS_CA_FILE", "cert": "CAH_TLS_CERT_FILE", "key": "CAH_TLS_KEY_FILE"}
+
+
+class ClusterUnavailable(RuntimeError):
+    """The Dask scheduler could not be reached, refused us, or cannot run what was asked."""
 
 
 @dataclass(frozen=True)
@@ -17,6 +31,72 @@ class UnitResult:
 
     unit: Any
     value: Any
+
+
+def cluster_security(
+    ca: str = "", cert: str = "", key: str = "", *, role: str = "client"
+) -> Security:
+    """TLS settings for one member of the cluster (``client``, ``worker`` or ``scheduler``).
+
+    Empty arguments fall back to ``CAH_TLS_*`` in the environment, then to Dask's own
+    configuration (``DASK_DISTRIBUTED__COMM__TLS__*``); each value may be a path or PEM text.
+    """
+    ca = ca or os.environ.get(TLS_ENV["ca"], "")
+    cert = cert or os.environ.get(TLS_ENV["cert"], "")
+    key = key or os.environ.get(TLS_ENV["key"], "")
+    if not (ca or cert or key):
+        return Security()
+    if not (ca and cert):
+        raise ClusterUnavailable(
+            f"TLS needs both a CA file and a {role} certificate (got only "
+            f"{'the CA' if ca else 'the certificate'}); make them with deploy/make_tls.sh"
+        )
+    for value in (ca, cert, key):
+        if value and "\n" not in value and not os.path.isfile(value):
+            raise ClusterUnavailable(f"TLS file {value} does not exist; make it with deploy/make_tls.sh")
+    return Security(
+        require_encryption=True,
+        tls_ca_file=ca,
+        **{f"tls_{role}_cert": cert, f"tls_{role}_key": key or None},
+    )
+
+
+def connect_client(address: str, security: Security, timeout_s: float = 30.0) -> Client:
+    """A Dask client connected to ``address``, or one line saying why not."""
+    if address.startswith("tls://") and security.get_connection_args("client").get("ssl_context") is None:
+        raise ClusterUnavailable(
+            f"{address} needs TLS but no client certificate is configured: set tls_ca_file, "
+            f"tls_cert_file and tls_key_file (or {', '.join(TLS_ENV.values())})"
+        )
+    try:
+        return Client(address, security=security, timeout=f"{timeout_s}s")
+    except CommClosedError as exc:
+        reason = exc.__cause__ or exc
+        raise ClusterUnavailable(
+            f"Dask scheduler at {address} refused us ({_one_line(reason)}); check that our "
+            f"certificate is signed by the cluster's CA and the address's protocol (tls:// or tcp://)"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise ClusterUnavailable(
+            f"Dask scheduler at {address} is unreachable ({_one_line(exc)}); is it running, "
+            f"and is the port open to this machine?"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def worker_resources(client: Client) -> dict[str, dict[str, float]]:
+    """The resources each connected worker advertises, by worker name."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {str(w.get("name", w["id"])): dict(w.get("resources") or {}) for w in workers}
+
+
+def can_satisfy(resources: dict[str, float], advertised: Iterable[dict[str, float]]) -> bool:
+    """Whether at least one worker advertises every resource in the amount asked."""
+    return any(all(have.get(k, 0) >= v for k, v in resources.items()) for have in advertised)
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -29,29 +109,107 @@ class ComputeResource(dg.ConfigurableResource):
     memory_limit: str = "auto"
     scheduler_address: str = ""
     task_retries: int = 2
+    # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off).
+    local_gpus: int = -1
+    # When no worker advertises GPU, GPU work runs on CPU workers instead of failing the run.
+    allow_cpu_fallback: bool = True
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    connect_timeout_s: float = 30.0
 
-    def _local_cluster(self) -> LocalCluster:
-        workers = self.n_workers or os.cpu_count() or 1
-        return LocalCluster(
-            n_workers=workers,
-            threads_per_worker=self.threads_per_worker,
-            processes=self.processes,
-            memory_limit=self.memory_limit,
-            dashboard_address=None,
-        )
+    def local_gpu_count(self) -> int:
+        if self.local_gpus >= 0:
+            return self.local_gpus
+        from cah_resources.gpu_worker import count_visible_cuda_devices
+
+        return count_visible_cuda_devices()
+
+    def _local_cluster(self) -> SpecCluster:
+        """One worker per core (or ``n_workers``); the first ones each own one CUDA device."""
+        gpus = self.local_gpu_count()
+        total = max(self.n_workers or os.cpu_count() or 1, gpus)
+        memory_limit = parse_memory_limit(self.memory_limit, 1, total, logger=log)
+        protocol, host = ("tcp://", "127.0.0.1") if self.processes else ("inproc://", None)
+        base = {
+            "nthreads": self.threads_per_worker,
+            "memory_limit": memory_limit,
+            "host": host,
+            "protocol": protocol,
+            "dashboard": False,
+            "silence_logs": logging.WARN,
+        }
+        workers = {}
+        for i in range(total):
+            options = dict(base)
+            if i < gpus:
+                options["resources"] = {GPU: 1}
+                if self.processes:
+                    # Pinning by environment keeps a worker's CUDA context on its own device.
+                    options["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+            elif self.processes and gpus:
+                options["env"] = {"CUDA_VISIBLE_DEVICES": ""}
+            name = f"gpu-{i}" if i < gpus else f"cpu-{i}"
+            workers[name] = {"cls": Nanny if self.processes else Worker, "options": options}
+        scheduler = {
+            "cls": Scheduler,
+            "options": {"host": host, "port": 0, "protocol": protocol, "dashboard": False},
+        }
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
+
+    def security(self) -> Security:
+        return cluster_security(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     @contextmanager
     def client(self) -> Iterator[Client]:
         if self.mode == "local":
             with self._local_cluster() as cluster, Client(cluster) as client:
+                client.wait_for_workers(len(cluster.worker_spec))
                 yield client
         elif self.mode == "remote":
             if not self.scheduler_address:
-                raise ValueError("compute.mode is 'remote' but compute.scheduler_address is empty")
-            with Client(self.scheduler_address, timeout="30s") as client:
+                raise ClusterUnavailable(
+                    "compute.mode is 'remote' but compute.scheduler_address is empty"
+                )
+            with connect_client(
+                self.scheduler_address, self.security(), self.connect_timeout_s
+            ) as client:
                 yield client
         else:
             raise ValueError(f"compute.mode must be 'local' or 'remote', not {self.mode!r}")
+
+    def has_gpu_workers(self) -> bool:
+        """Whether the cluster has a worker advertising ``GPU`` (asked of the scheduler in remote mode)."""
+        if self.mode == "local":
+            return self.local_gpu_count() > 0
+        with self.client() as client:
+            return can_satisfy({GPU: 1}, worker_resources(client).values())
+
+    def gpu_resources(self) -> dict[str, float] | None:
+        """What a GPU stage should ask for: ``{"GPU": 1}`` when GPU workers exist, else None (CPU)."""
+        if self.has_gpu_workers():
+            return {GPU: 1}
+        if self.allow_cpu_fallback:
+            return None
+        raise ClusterUnavailable(
+            "no worker advertises GPU and compute.allow_cpu_fallback is false: start a GPU "
+            "executor (cah worker --gpu) or allow the CPU fallback"
+        )
+
+    def _placeable(self, client: Client, resources: dict[str, float] | None) -> dict[str, float] | None:
+        """The resources to submit with, after checking some worker can satisfy them."""
+        if not resources:
+            return resources
+        advertised = list(worker_resources(client).values())
+        if can_satisfy(resources, advertised):
+            return resources
+        if set(resources) == {GPU} and self.allow_cpu_fallback:
+            log.warning("no worker advertises GPU; running GPU work on CPU workers")
+            return None
+        raise ClusterUnavailable(
+            f"no worker advertises {resources} (workers offer {advertised or 'nothing'}); tasks "
+            f"would wait forever: start a worker with those resources"
+        )
 
     def run_units(
         self,
@@ -65,11 +223,14 @@ class ComputeResource(dg.ConfigurableResource):
         """Run ``fn(unit, **kwargs)`` for every unit on the cluster; results come back in unit order.
 
         ``on_result(result, done, total)`` is called as each unit finishes, for progress logs.
+        A unit whose worker dies is rerun by the scheduler elsewhere, so every unit's result
+        comes back exactly once; units must therefore write their outputs idempotently.
         """
         units = list(units)
         if not units:
             return []
         with self.client() as client:
+            resources = self._placeable(client, resources)
             futures = client.map(
                 fn, units, pure=False, retries=self.task_retries, resources=resources, **kwargs
             )
