@@ -1,0 +1,143 @@
+"""The candidates stage and asset against a generated crawl whose every expected row is known."""
+
+import os
+from collections import Counter
+
+import dagster as dg
+import pytest
+
+from cah_assets.candidates import candidates
+from cah_assets.crawls import register_crawl_job
+from cah_assets.partitions import segments
+from cah_resources.candidate_rules import CandidateRules
+from cah_resources.candidates import SCHEMA, extract_pairs, label_pairs, output_paths, pair_uid
+from cah_resources.common_crawl import CommonCrawl
+from cah_resources.image_links import CandidateFilters
+from cah_resources.language import LanguageDetector
+from cah_resources.segments import register_crawl
+from cah_resources.storage import StorageResource
+
+
+def _rows(table, columns=("url", "text", "page_url", "category", "wat_file")):
+    return [tuple(row[c] for c in columns) for row in table.to_pylist()]
+
+
+def _truth(rows, columns=("url", "text", "page_url", "category", "wat_file")):
+    return [tuple(getattr(r, c) for c in columns) for r in rows]
+
+
+def test_each_wat_file_yields_exactly_the_generated_candidates_and_drop_counts(sample_crawl):
+    detector = LanguageDetector()
+    for rel in sample_crawl.wat_paths:
+        counts = Counter()
+        pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), counts)
+        table = label_pairs(pairs, rel, detector)
+        assert _rows(table) == _truth(sample_crawl.candidates[rel])
+        assert counts == sample_crawl.counts[rel]
+
+
+def test_languages_are_labelled_with_code_and_probability(sample_crawl):
+    rel = sample_crawl.wat_paths[0]
+    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), Counter())
+    table = label_pairs(pairs, rel, LanguageDetector())
+    expected = {(r.url, r.text): r.language for r in sample_crawl.candidates[rel]}
+    for row in table.to_pylist():
+        if row["category"] == "nolang":
+            assert expected[(row["url"], row["text"])] == ""
+        else:
+            assert row["language"] == expected[(row["url"], row["text"])]
+            assert row["language_prob"] > 0.7
+
+
+def test_gcld3_runs_once_per_distinct_text_and_never_on_dropped_links(sample_crawl):
+    rel = sample_crawl.wat_paths[0]
+    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), Counter())
+    detector = LanguageDetector()
+    label_pairs(pairs, rel, detector)
+    distinct_texts = {text for _, text in pairs}
+    assert len(distinct_texts) < len(pairs)  # the sample repeats captions, so caching is visible
+    assert detector.calls == len(distinct_texts)
+
+
+def test_uid_is_a_stable_hash_of_url_and_text():
+    assert pair_uid("https://a.io/x.jpg", "a red car") == pair_uid("https://a.io/x.jpg", "a red car")
+    assert pair_uid("https://a.io/x.jpg", "a red car") != pair_uid("https://a.io/x.jpg", "a red cars")
+    assert len(pair_uid("u", "t")) == 32
+
+
+def test_registration_fixes_the_files_of_every_segment_key(sample_crawl, data_root):
+    source = CommonCrawl(base_url=sample_crawl.root).source()
+    first = register_crawl(source, data_root, sample_crawl.crawl, files_per_segment=2)
+    assert first.keys() == ["CC-MAIN-SAMPLE_00000", "CC-MAIN-SAMPLE_00001"]
+    assert first.files_of("CC-MAIN-SAMPLE_00000") == sample_crawl.wat_paths[:2]
+    assert first.files_of("CC-MAIN-SAMPLE_00001") == sample_crawl.wat_paths[2:]
+    again = register_crawl(source, data_root, sample_crawl.crawl)
+    assert again == first
+    with pytest.raises(ValueError, match="would change what its keys mean"):
+        register_crawl(source, data_root, sample_crawl.crawl, files_per_segment=3)
+
+
+def test_bad_crawl_ids_and_keys_are_refused_in_one_line(sample_crawl, data_root):
+    source = CommonCrawl(base_url=sample_crawl.root).source()
+    for bad in ("CC/MAIN", "CC|1", "a,b", "x...y", "[x]"):
+        with pytest.raises(ValueError, match="not a usable crawl id"):
+            register_crawl(source, data_root, bad)
+    with pytest.raises(FileNotFoundError, match="not in"):
+        register_crawl(source, data_root, "CC-MAIN-1999-01")
+
+
+def _resources(sample_crawl, data_root, compute):
+    return {
+        "compute": compute,
+        "common_crawl": CommonCrawl(base_url=sample_crawl.root),
+        "storage": StorageResource(root=data_root.url),
+        "candidate_rules": CandidateRules(),
+    }
+
+
+def test_register_job_adds_segments_as_dynamic_partitions(sample_crawl, data_root):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = _resources(sample_crawl, data_root, None)
+    resources.pop("compute"), resources.pop("candidate_rules")
+    config = {"ops": {"register_crawl_segments": {"config": {"crawl": sample_crawl.crawl, "files_per_segment": 1}}}}
+    result = register_crawl_job.execute_in_process(run_config=config, instance=instance, resources=resources)
+    assert result.success
+    keys = instance.get_dynamic_partitions(segments.name)
+    assert keys == [f"CC-MAIN-SAMPLE_{i:05d}" for i in range(3)]
+    register_crawl_job.execute_in_process(run_config=config, instance=instance, resources=resources)
+    assert instance.get_dynamic_partitions(segments.name) == keys
+
+
+def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sample_crawl, data_root, local_compute):
+    instance = dg.DagsterInstance.ephemeral()
+    registration = register_crawl(CommonCrawl(base_url=sample_crawl.root).source(), data_root, sample_crawl.crawl, 2)
+    instance.add_dynamic_partitions(segments.name, registration.keys())
+    key = registration.keys()[0]
+    result = dg.materialize([candidates], partition_key=key, instance=instance,
+                            resources=_resources(sample_crawl, data_root, local_compute))
+    assert result.success
+    table_path, stats_path = output_paths(data_root, key)
+    table = data_root.read_parquet(table_path)
+    assert table.schema == SCHEMA
+    expected = sample_crawl.expected_segment(registration.files_of(key))
+    assert sorted(_rows(table)) == sorted(_truth(expected))
+    assert table.column("uid").to_pylist() == sorted(pair_uid(r.url, r.text) for r in expected)
+    metadata = result.asset_materializations_for_node("candidates")[0].metadata
+    truth = Counter()
+    for rel in registration.files_of(key):
+        truth.update(sample_crawl.counts[rel])
+    assert metadata["records_read"].value == truth["metadata_records"]
+    assert metadata["html_pages"].value == truth["html_pages"]
+    assert metadata["links_seen"].value == truth["links_seen"]
+    assert metadata["candidates"].value == len(expected)
+    assert sum(metadata[f"candidates_{c}"].value for c in ("en", "multi", "nolang")) == len(expected)
+    assert metadata["malformed_records"].value == sum(v for k, v in truth.items() if k.startswith(("malformed", "corrupt")))
+    stats = data_root.read_json(stats_path)
+    cross_file = sum(len(sample_crawl.candidates[rel]) for rel in registration.files_of(key)) - len(expected)
+    assert stats["drop_duplicate"] == truth["drop_duplicate"] + cross_file
+    assert stats["drop_svg"] == truth["drop_svg"] and stats["drop_data_url"] == truth["drop_data_url"]
+    first_bytes = table.to_pylist()
+    again = dg.materialize([candidates], partition_key=key, instance=instance,
+                           resources=_resources(sample_crawl, data_root, local_compute))
+    assert again.success
+    assert data_root.read_parquet(table_path).to_pylist() == first_bytes

@@ -1,0 +1,78 @@
+"""Turning <img src> + alt into candidates: URL resolution and every filter's drop reason."""
+
+import pytest
+
+from cah_resources.image_links import CandidateFilters, base_url_of, check_image_link
+
+PAGE = "https://www.site.org/blog/post.html"
+RULES = CandidateFilters()
+ALT = "a red bicycle leaning on a wall"
+
+
+@pytest.mark.parametrize(
+    "src, base_href, expected",
+    [
+        ("https://img.site.org/a.jpg", None, "https://img.site.org/a.jpg"),
+        ("img/a.jpg", None, "https://www.site.org/blog/img/a.jpg"),
+        ("../a.png", None, "https://www.site.org/a.png"),
+        ("/static/a.webp", None, "https://www.site.org/static/a.webp"),
+        ("//cdn.site.net/a.jpg", None, "https://cdn.site.net/a.jpg"),
+        ("img/a.jpg", "https://static.site.com/assets/", "https://static.site.com/assets/img/a.jpg"),
+        ("img/a.jpg", "/v2/", "https://www.site.org/v2/img/a.jpg"),
+        ("HTTP://IMG.Site.ORG/A.jpg", None, "http://img.site.org/A.jpg"),
+        ("https://img.site.org/a.jpg#frag", None, "https://img.site.org/a.jpg"),
+        ("  https://img.site.org/a.jpg  ", None, "https://img.site.org/a.jpg"),
+        ("https://img.site.org:8443/a.jpg?w=300", None, "https://img.site.org:8443/a.jpg?w=300"),
+    ],
+)
+def test_image_urls_resolve_against_base_href_or_page(src, base_href, expected):
+    url, text, truncated = check_image_link(src, ALT, base_url_of(PAGE, base_href), RULES)
+    assert (url, text, truncated) == (expected, ALT, False)
+
+
+@pytest.mark.parametrize(
+    "src, alt, reason",
+    [
+        ("a.jpg", None, "no_alt"),
+        ("a.jpg", 42, "no_alt"),
+        ("a.jpg", "logo", "alt_too_short"),
+        ("a.jpg", "  \n\t ", "alt_too_short"),
+        ("data:image/png;base64,AAAA", ALT, "data_url"),
+        (" DATA:image/png;base64,AAAA", ALT, "data_url"),
+        ("javascript:void(0)", ALT, "javascript_url"),
+        ("JavaScript:alert(1)", ALT, "javascript_url"),
+        ("https://img.site.org/a.svg", ALT, "svg"),
+        ("https://img.site.org/a.GIF?x=1", ALT, "gif"),
+        ("ftp://files.site.org/a.jpg", ALT, "not_http"),
+        ("mailto:someone@site.org", ALT, "not_http"),
+        ("http://[::1/a.jpg", ALT, "bad_url"),
+        ("http://:80/a.jpg", ALT, "bad_url"),
+        ("https://" + "x" * 58 + ".com/a.jpg", ALT, "domain_too_long"),
+    ],
+)
+def test_unusable_links_are_dropped_with_their_reason(src, alt, reason):
+    assert check_image_link(src, alt, PAGE, RULES) == reason
+
+
+def test_alt_text_whitespace_is_normalized():
+    _, text, _ = check_image_link("a.jpg", "  a red\n\tbicycle\u00a0on a wall ", PAGE, RULES)
+    assert text == "a red bicycle on a wall"
+
+
+def test_long_alt_is_truncated_by_default_and_dropped_on_request():
+    alt = "word " * 1000
+    url, text, truncated = check_image_link("a.jpg", alt, PAGE, RULES)
+    assert truncated and len(text) <= 2000 and text.startswith("word word")
+    assert check_image_link("a.jpg", alt, PAGE, CandidateFilters(long_alt="drop")) == "alt_too_long"
+
+
+def test_filters_are_configurable():
+    rules = CandidateFilters(min_alt_length=2, drop_extensions=(".png",), max_domain_length=10)
+    assert check_image_link("https://a.io/x.gif", "ok", PAGE, rules)[0] == "https://a.io/x.gif"
+    assert check_image_link("https://a.io/x.png", "ok", PAGE, rules) == "png"
+    assert check_image_link("https://abcdefgh.io/x.jpg", "ok", PAGE, rules) == "domain_too_long"
+
+
+def test_unknown_long_alt_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="long_alt must be"):
+        CandidateFilters(long_alt="shorten")

@@ -1,0 +1,79 @@
+"""Reading WAT files: real Common Crawl framing, and damage that costs only the damaged record."""
+
+import gzip
+import os
+from collections import Counter
+
+from cah_resources.wat import iter_pages
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "commoncrawl")
+
+
+def test_real_common_crawl_wat_parses_without_damage():
+    counts = Counter()
+    pages = list(iter_pages(os.path.join(DATA, "whirlwind.warc.wat.gz"), counts))
+    assert counts["metadata_records"] == 1  # the warcinfo record is not a metadata record
+    assert pages == []  # the one metadata record describes the request, not an HTML response
+    assert not [k for k in counts if k.startswith(("malformed", "corrupt"))]
+
+
+def test_real_uncompressed_wat_parses_too():
+    counts = Counter()
+    list(iter_pages(os.path.join(DATA, "whirlwind.warc.wat"), counts))
+    assert counts["metadata_records"] == 1 and len(counts) == 1
+
+
+def test_real_warc_metadata_records_are_counted_as_not_json(tmp_path):
+    counts = Counter()
+    assert list(iter_pages(os.path.join(DATA, "whirlwind.warc.gz"), counts)) == []
+    assert counts["metadata_records"] == counts["malformed_invalid_json"] >= 1
+
+
+def _member(body: bytes, target: str = "https://example.org/") -> bytes:
+    head = f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {target}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return gzip.compress(head.encode() + body + b"\r\n\r\n")
+
+
+def _page(url: str) -> bytes:
+    return (
+        '{"Envelope":{"WARC-Header-Metadata":{"WARC-Target-URI":"%s"},"Payload-Metadata":'
+        '{"HTTP-Response-Metadata":{"HTML-Metadata":{"Head":{},"Links":[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]}}}}}'
+        % url
+    ).encode()
+
+
+def test_corrupt_gzip_member_costs_only_that_record(tmp_path):
+    good = [_member(_page(f"https://example.org/{i}")) for i in range(4)]
+    broken = good[1][: len(good[1]) // 2] + b"\x00garbage" * 8
+    path = tmp_path / "damaged.wat.gz"
+    path.write_bytes(good[0] + broken + good[2] + good[3])
+    counts = Counter()
+    urls = [p.url for p in iter_pages(str(path), counts)]
+    assert urls == ["https://example.org/0", "https://example.org/2", "https://example.org/3"]
+    assert counts["corrupt_gzip"] == 1
+
+
+def test_truncated_last_record_is_counted_not_fatal(tmp_path):
+    whole = _member(_page("https://example.org/whole"))
+    cut = _member(_page("https://example.org/cut"))
+    path = tmp_path / "truncated.wat.gz"
+    path.write_bytes(whole + cut[: len(cut) - 30])
+    counts = Counter()
+    urls = [p.url for p in iter_pages(str(path), counts)]
+    assert urls == ["https://example.org/whole"]
+    assert counts["malformed_truncated"] + counts["corrupt_gzip"] == 1
+
+
+def test_invalid_json_non_utf8_and_missing_fields_are_counted_by_kind(tmp_path):
+    path = tmp_path / "bad.wat.gz"
+    path.write_bytes(
+        _member(b'{"Envelope": ')
+        + _member(_page("https://example.org/X").replace(b"/X", b"/\xff"))
+        + _member(b'{"Container": {}}')
+        + _member(_page("https://example.org/ok"))
+    )
+    counts = Counter()
+    assert [p.url for p in iter_pages(str(path), counts)] == ["https://example.org/ok"]
+    assert counts["malformed_invalid_json"] == 1
+    assert counts["malformed_non_utf8"] == 1
+    assert counts["malformed_missing_fields"] == 1
