@@ -49,7 +49,7 @@ def resolve_image_url(src: str, base: str) -> SplitResult | None:
     except ValueError:
         return None
     if not host:
-        return None
+        return joined._replace(scheme=joined.scheme.lower(), netloc="", fragment="")
     netloc = host if ":" not in host else f"[{host}]"
     if port is not None:
         netloc = f"{netloc}:{port}"
@@ -76,6 +76,8 @@ def check_image_link(src: str, alt: object, base: str, filters: CandidateFilters
         return "bad_url"
     if parts.scheme not in HTTP_SCHEMES:
         return "not_http"
+    if not parts.netloc:
+        return "bad_url"
     path = parts.path.lower()
     for extension in filters.drop_extensions:
         if path.endswith(extension):
