@@ -7,21 +7,16 @@ import dagster as dg
 from cah_assets.metadata import counts_table, markdown_table, rate
 from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
-from cah_resources.candidates import CATEGORIES, WatFileUnit, extract_wat_file, merge_segment, output_paths
+from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.segments import registration_for_key
-from cah_resources.storage import StorageResource
+from cah_resources.storage import DataRoot, StorageResource
 
 RETRY = dg.RetryPolicy(max_retries=3, delay=20, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
-@dg.asset(
-    partitions_def=segments,
-    group_name="pipeline",
-    kinds={"python", "parquet", "dask"},
-    retry_policy=RETRY,
-)
+@dg.asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=RETRY)
 def candidates(
     context: dg.AssetExecutionContext,
     compute: ComputeResource,
@@ -30,41 +25,55 @@ def candidates(
     candidate_rules: CandidateRules,
 ) -> dg.MaterializeResult:
     """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
-    key = context.partition_key
-    root = storage.data_root()
-    files = registration_for_key(root, key).files_of(key)
-    units = [WatFileUnit(key, i, path, root, common_crawl.source(), candidate_rules.filters()) for i, path in enumerate(files)]
-    context.log.info(f"{key}: {len(units)} WAT files to the compute engine")
-    started = time.perf_counter()
+    root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
+    units = [
+        WatFileUnit(key, i, path, root, common_crawl.source(), candidate_rules.filters())
+        for key in keys
+        for i, path in enumerate(registration_for_key(root, key).files_of(key))
+    ]
+    context.log.info(f"{len(keys)} segment(s), {len(units)} WAT files to the compute engine")
 
     def progress(result, done, total):
         s = result.value
-        context.log.info(f"{key}: WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates")
+        context.log.info(f"WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates")
 
-    parts = [r.value for r in compute.run_units(extract_wat_file, units, on_result=progress)]
-    stats = compute.run_units(merge_segment, [key], root=root, part_stats=parts)[0].value
+    parts = compute.run_units(extract_wat_file, units, on_result=progress)
+    merges = [SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key)) for key in keys]
+    stats = {r.unit.segment: r.value for r in compute.run_units(merge_unit, merges)}
     seconds = time.perf_counter() - started
+    for key in keys if len(keys) > 1 else []:
+        context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=describe(root, key, stats[key], seconds)))
+    if len(keys) == 1:
+        return dg.MaterializeResult(metadata=describe(root, keys[0], stats[keys[0]], seconds))
+    return dg.MaterializeResult(metadata={
+        "segments": len(keys),
+        "candidates": sum(s["candidates"] for s in stats.values()),
+        "per_segment": markdown_table(({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100),
+        "seconds": round(seconds, 2),
+    })
+
+
+def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
+    """What a person asks of a segment's candidates: volumes, categories, drops, damage, speed, a sample."""
     table_path, _ = output_paths(root, key)
     sample = root.read_parquet(table_path).slice(0, 10).to_pylist()
     drops = {k[5:]: v for k, v in stats.items() if k.startswith("drop_")}
     damage = {k: v for k, v in stats.items() if k.startswith(("malformed_", "corrupt_"))}
-    return dg.MaterializeResult(
-        metadata={
-            "records_read": stats.get("metadata_records", 0),
-            "html_pages": stats.get("html_pages", 0),
-            "links_seen": stats.get("links_seen", 0),
-            "candidates": stats["candidates"],
-            **{f"candidates_{c}": stats[f"candidates_{c}"] for c in CATEGORIES},
-            "drops": counts_table(drops),
-            "malformed_records": sum(damage.values()),
-            "damage": counts_table(damage, "kind"),
-            "alt_truncated": stats.get("alt_truncated", 0),
-            "language_calls": stats.get("language_calls", 0),
-            "wat_files": stats["wat_files"],
-            "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),
-            "records_per_s": rate(stats.get("metadata_records", 0), seconds),
-            "seconds": round(seconds, 2),
-            "path": dg.MetadataValue.path(table_path),
-            "sample": markdown_table(sample, ["category", "language", "text", "url"]),
-        }
-    )
+    return {
+        "records_read": stats.get("metadata_records", 0),
+        "html_pages": stats.get("html_pages", 0),
+        "links_seen": stats.get("links_seen", 0),
+        "candidates": stats["candidates"],
+        **{f"candidates_{c}": stats[f"candidates_{c}"] for c in CATEGORIES},
+        "drops": counts_table(drops),
+        "malformed_records": sum(damage.values()),
+        "damage": counts_table(damage, "kind"),
+        "alt_truncated": stats.get("alt_truncated", 0),
+        "language_calls": stats.get("language_calls", 0),
+        "wat_files": stats["wat_files"],
+        "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),
+        "records_per_s": rate(stats.get("metadata_records", 0), seconds),
+        "seconds": round(seconds, 2),
+        "path": dg.MetadataValue.path(table_path),
+        "sample": markdown_table(sample, ["category", "language", "text", "url"]),
+    }

@@ -139,6 +139,20 @@ def output_paths(root: DataRoot, segment: str) -> tuple[str, str]:
     return root.path(STAGE, segment, "candidates.parquet"), root.path(STAGE, segment, "stats.json")
 
 
+@dataclass(frozen=True)
+class SegmentMergeUnit:
+    """One work unit: join a segment's finished parts into its output."""
+
+    segment: str
+    root: DataRoot
+    part_stats: tuple[dict, ...]
+    claim: ClaimFn | None = None
+
+
+def merge_unit(unit: SegmentMergeUnit) -> dict:
+    return merge_segment(unit.segment, unit.root, unit.part_stats, unit.claim)
+
+
 def merge_segment(
     segment: str, root: DataRoot, part_stats: Iterable[dict], claim: ClaimFn | None = None
 ) -> dict:
