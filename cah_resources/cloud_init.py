@@ -1,0 +1,77 @@
+"""The user-data a fleet server boots with: install cah and run a Dask worker joined over TLS."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+import yaml
+
+TEMPLATE = "cloud_init.yaml.j2"
+# Hetzner refuses user-data over 32 KiB.
+MAX_USER_DATA_BYTES = 32 * 1024
+SCHEDULER_ADDRESS = re.compile(r"^(tls|tcp)://[A-Za-z0-9.\-]+:\d{1,5}$|^(tls|tcp)://\[[0-9A-Fa-f:]+\]:\d{1,5}$")
+# What a server needs to join as a worker; the CA key and the client certificate stay home.
+WORKER_TLS_FILES = (("ca.pem", "0644"), ("worker.pem", "0644"), ("worker-key.pem", "0600"))
+
+
+class UserDataError(ValueError):
+    """The fleet's settings cannot make valid user-data."""
+
+
+@dataclass(frozen=True)
+class TlsFile:
+    path: str
+    mode: str
+    content: str
+
+
+def worker_tls_files(tls_dir: str) -> list[TlsFile]:
+    """The worker's TLS files from a folder made by deploy/make_tls.sh, as they go on the server."""
+    files = []
+    for name, mode in WORKER_TLS_FILES:
+        local = os.path.join(tls_dir, name)
+        if not os.path.isfile(local):
+            raise UserDataError(f"{local} is missing; make the cluster's certificates with deploy/make_tls.sh {tls_dir}")
+        with open(local, encoding="ascii") as handle:
+            content = handle.read().strip()
+        if "PRIVATE KEY" in content and name != "worker-key.pem":
+            raise UserDataError(f"{local} holds a private key; only worker-key.pem may go to fleet servers")
+        files.append(TlsFile(f"/etc/cah/tls/{name}", mode, content))
+    return files
+
+
+def render_cloud_init(
+    scheduler_address: str,
+    *,
+    fleet: str,
+    package: str,
+    tls_dir: str = "",
+    nthreads: int = 1,
+) -> str:
+    """Cloud-config for one fleet server. Takes no cloud credentials, so none can end up in it."""
+    if not SCHEDULER_ADDRESS.match(scheduler_address):
+        raise UserDataError(f"scheduler address {scheduler_address!r} is not like tls://203.0.113.7:8786")
+    if scheduler_address.startswith("tls://") and not tls_dir:
+        raise UserDataError("a tls:// scheduler needs tls_dir (the folder deploy/make_tls.sh made)")
+    if not package.strip() or any(c in package for c in "\r\n\t\0\"'"):
+        raise UserDataError(
+            f"package {package!r} must be one pip requirement for this project, e.g. "
+            "'cah @ git+https://github.com/ORG/cah@COMMIT' or a wheel URL"
+        )
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    template = env.from_string(resources.files("cah_resources").joinpath(TEMPLATE).read_text(encoding="utf-8"))
+    text = template.render(
+        fleet=fleet,
+        scheduler_address=scheduler_address,
+        package=package,
+        nthreads=int(nthreads),
+        tls_files=worker_tls_files(tls_dir) if tls_dir else [],
+    )
+    yaml.safe_load(text)  # a template edit that breaks YAML fails here, not on 50 servers
+    if len(text.encode()) > MAX_USER_DATA_BYTES:
+        raise UserDataError(f"user-data is {len(text.encode())} bytes; Hetzner accepts at most {MAX_USER_DATA_BYTES}")
+    return text

@@ -1,0 +1,123 @@
+"""Real Dask peers on loopback for tests: TLS certificates, a scheduler and worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from distributed import Client
+
+from cah_resources.compute import cluster_security
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def make_tls(out: Path) -> Path:
+    """The cluster's CA and certificates, made by the script users run (2048-bit keys: faster)."""
+    subprocess.run(
+        ["bash", str(REPO / "deploy" / "make_tls.sh"), str(out)],
+        check=True, capture_output=True, env={**os.environ, "KEY_BITS": "2048"}, timeout=120,
+    )
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_security(tls: Path):
+    return cluster_security(str(tls / "ca.pem"), str(tls / "client.pem"), str(tls / "client-key.pem"))
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a process this module started, and its children (it leads its own process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    handle = open(log, "ab")
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+
+@contextmanager
+def scheduler(tls: Path | None, logs: Path) -> Iterator[str]:
+    """A `dask scheduler` process on loopback; yields its address (tls:// when ``tls`` is given)."""
+    port = free_port()
+    args = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    if tls is not None:
+        args += ["--protocol", "tls", "--tls-ca-file", str(tls / "ca.pem"),
+                 "--tls-cert", str(tls / "scheduler.pem"), "--tls-key", str(tls / "scheduler-key.pem")]
+    proc = _start(args, logs / f"scheduler-{port}.log")
+    try:
+        _wait_for_port(port, proc)
+        yield f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A `cah worker` process (the command fleet servers run), CPU mode, one worker process."""
+    argv = ["--scheduler", address, "--name", name, "--nworkers", "1", *extra]
+    if tls is not None:
+        argv += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
+    code = f"import sys; from cah_resources.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
+    proc = _start([sys.executable, "-c", code], logs / f"worker-{name}.log")
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def dask_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A plain `dask worker` process (with its nanny), e.g. advertising ``--resources GPU=1``."""
+    args = [str(BIN / "dask"), "worker", address, "--name", name, "--nthreads", "1", "--no-dashboard", *extra]
+    if tls is not None:
+        args += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
+    proc = _start(args, logs / f"worker-{name}.log")
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def wait_for_worker_names(address: str, tls: Path | None, names: set[str], timeout: float = 90.0) -> None:
+    """Block until workers named (or prefixed) by every one of ``names`` have joined."""
+    security = client_security(tls) if tls else cluster_security()
+    with Client(address, security=security, timeout="30s") as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            have = {str(w.get("name")) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            if all(any(h == n or h.startswith(f"{n}-") for h in have) for n in names):
+                return
+            time.sleep(0.3)
+    raise TimeoutError(f"workers {sorted(names)} did not join {address} within {timeout}s (have {sorted(have)})")
