@@ -67,8 +67,10 @@ class ExpectedCandidate:
     category: str
     language: str
     wat_file: str
-    color: int = -1
+    color: int = -1  # what the caption says (indexes into COLORS / SHAPES)
     shape: int = -1
+    matches: bool = False  # the image at url shows what the caption says
+    image_exists: bool = True  # the local image web serves it (names starting "missing-" are 404)
 
 
 @dataclass
@@ -133,7 +135,21 @@ class _WatWriter:
         return json.dumps(doc, ensure_ascii=False).encode()
 
 
-def _image_link(rng, kind, page, ids, image_base) -> tuple[dict, tuple[str, str] | None, str | None]:
+def image_name(color: int, shape: int, n: int, missing: bool = False) -> str:
+    """Path stem of a sample image: the shape and colour it shows (``missing-`` ones do not exist)."""
+    return f"{'missing-' if missing else ''}{COLORS['en'][color]}-{SHAPES['en'][shape]}-{n}"
+
+
+def parse_image_name(stem: str) -> tuple[int, int] | None:
+    """(color, shape) an image name shows, or None for a missing or unknown one."""
+    parts = stem.split("-")
+    if len(parts) != 3 or parts[0] not in COLORS["en"] or parts[1] not in SHAPES["en"]:
+        return None
+    return COLORS["en"].index(parts[0]), SHAPES["en"].index(parts[1])
+
+
+def _image_link(rng, kind, page, ids, image_base, mismatch_rate=0.0, missing_rate=0.0):
+    """One IMG@/src link of ``kind``: the link, the expected (url, text) or None, and its facts."""
     """One IMG@/src link of ``kind``: the link, the expected (url, text) or None, and its language."""
     n = next(ids)
     language = rng.choice(LANGUAGES)
@@ -141,7 +157,11 @@ def _image_link(rng, kind, page, ids, image_base) -> tuple[dict, tuple[str, str]
     text = caption(language, color, shape)
     host = rng.choice(image_base)
     scheme, netloc = host.split("://")
-    name = f"{COLORS['en'][color]}-{SHAPES['en'][shape]}-{n}"
+    shown = (color, shape)
+    if mismatch_rate and rng.random() < mismatch_rate:
+        shown = ((color + 1 + rng.randrange(5)) % 6, (shape + 1 + rng.randrange(3)) % 4)
+    missing = bool(missing_rate) and rng.random() < missing_rate
+    name = image_name(*shown, n, missing)
     link = {"path": "IMG@/src", "alt": text}
     expected_url = f"{host}/{name}.jpg"
     if kind == "absolute":
@@ -192,7 +212,8 @@ def _image_link(rng, kind, page, ids, image_base) -> tuple[dict, tuple[str, str]
         link["url"] = f"ftp://files.example.com/{name}.jpg"
     if kind in DROP_KINDS:
         return link, None, None
-    return link, (expected_url, " ".join(text.split())), (language, color, shape)
+    matches = language is not None and shown == (color, shape)
+    return link, (expected_url, " ".join(text.split())), (language, color, shape, matches, not missing)
 
 
 def generate_crawl(
@@ -204,8 +225,17 @@ def generate_crawl(
     seed: int = 0,
     image_base: list[str] | None = None,
     damage: bool = True,
+    mismatch_rate: float = 0.0,
+    missing_rate: float = 0.0,
+    page_base: list[str] | None = None,
 ) -> SampleCrawl:
-    """Write ``crawl-data/<crawl>/wat.paths.gz`` and its WAT files under ``root``; return the truth."""
+    """Write ``crawl-data/<crawl>/wat.paths.gz`` and its WAT files under ``root``; return the truth.
+
+    ``image_base`` / ``page_base``: origins (``http://127.0.0.2:8080``) of image hosts and pages; a
+    local image web serving them makes every link fetchable (the offline demo). ``mismatch_rate``:
+    share of captions that describe another image; ``missing_rate``: share of images that are 404.
+    """
+    servable = tuple(o + "/" for o in (image_base or []) + (page_base or []))
     rng = random.Random(seed)
     image_base = image_base or [f"https://img{i}.example.com" for i in range(5)]
     ids = iter(range(10**9))
@@ -226,13 +256,15 @@ def generate_crawl(
         for p in range(pages_per_file):
             site = rng.randrange(20)
             scheme = "https" if rng.random() < 0.8 else "http"
-            page_url = f"{scheme}://www.site{site}.example.org/section{p % 7}/page{f}-{p}.html"
+            origin = page_base[site % len(page_base)] if page_base else f"{scheme}://www.site{site}.example.org"
+            page_url = f"{origin}/section{p % 7}/page{f}-{p}.html"
             base = None
-            page = {"scheme": scheme, "resolve_dir": page_url.rsplit("/", 1)[0] + "/",
-                    "resolve_origin": f"{scheme}://www.site{site}.example.org"}
+            page = {"scheme": origin.split("://")[0], "resolve_dir": page_url.rsplit("/", 1)[0] + "/",
+                    "resolve_origin": origin}
             if rng.random() < 0.2:
-                base = f"https://static{site}.example.com/assets/"
-                page.update(scheme="https", resolve_dir=base, resolve_origin=f"https://static{site}.example.com")
+                static = page_base[(site + 1) % len(page_base)] if page_base else f"https://static{site}.example.com"
+                base = f"{static}/assets/"
+                page.update(scheme=static.split("://")[0], resolve_dir=base, resolve_origin=static)
             links = [{"path": "A@/href", "url": f"/section{p % 7}/other.html", "text": "next"}]
             expected = []
             for _ in range(links_per_page):
@@ -244,7 +276,7 @@ def generate_crawl(
                     links.append(dict(link))
                     expected.append((pair, lang, None, was_kind))
                     continue
-                link, pair, lang = _image_link(rng, kind, page, ids, image_base)
+                link, pair, lang = _image_link(rng, kind, page, ids, image_base, mismatch_rate, missing_rate)
                 links.append(link)
                 expected.append((pair, lang, DROP_KINDS.get(kind), kind))
                 if pair is not None and not link["url"].startswith(("/", "img/")):
@@ -286,9 +318,11 @@ def generate_crawl(
                     continue
                 seen_in_file.add(pair)
                 counts["alt_truncated"] += kind == "huge_alt"
-                language, color, shape = lang
+                language, color, shape, matches, exists = lang
                 category = "nolang" if language is None else ("en" if language == "en" else "multi")
-                truth.append(ExpectedCandidate(pair[0], pair[1], page_url, category, language or "", rel, color, shape))
+                exists = exists and pair[0].startswith(servable) if servable else exists
+                truth.append(ExpectedCandidate(pair[0], pair[1], page_url, category, language or "", rel,
+                                               color, shape, matches, exists))
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:

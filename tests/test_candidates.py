@@ -141,3 +141,22 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
                            resources=_resources(sample_crawl, data_root, local_compute))
     assert again.success
     assert data_root.read_parquet(table_path).to_pylist() == first_bytes
+
+
+def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
+    from cah_resources.sample_crawl import generate_crawl, parse_image_name
+
+    crawl = generate_crawl(str(tmp_path), wat_files=1, seed=3, mismatch_rate=0.3, missing_rate=0.1,
+                           image_base=["http://127.0.0.2:8000"], page_base=["http://127.0.0.3:8000"])
+    rel = crawl.wat_paths[0]
+    counts = Counter()
+    table = label_pairs(extract_pairs(os.path.join(crawl.root, rel), CandidateFilters(), counts), rel, LanguageDetector())
+    truth = crawl.candidates[rel]
+    assert _rows(table) == _truth(truth)
+    assert all(r.url.startswith(("http://127.0.0.2:8000/", "http://127.0.0.3:8000/")) for r in truth)
+    for row in truth:
+        stem = row.url.rsplit("/", 1)[1].split(".")[0]
+        assert stem.startswith("missing-") != row.image_exists
+        shown = parse_image_name(stem.removeprefix("missing-"))
+        assert row.matches == (shown == (row.color, row.shape) and row.category != "nolang")
+    assert 0 < sum(r.matches for r in truth) < len(truth)
