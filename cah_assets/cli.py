@@ -29,6 +29,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, crawl=args.crawl, wat_files=args.wat_files, seed=args.seed)
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from cah_resources.hetzner import fleet_main
+
+    return fleet_main(args.argv)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from cah_resources.gpu_worker import worker_main
+
+    return worker_main(args.argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cah", description="Crawling@Home on Dagster")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--wat-files", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    # fleet and worker parse their own arguments (`cah fleet --help`), so hcloud and Dask load only when used.
+    fleet = commands.add_parser("fleet", help="Hetzner CPU runners: up N | down | status", add_help=False, prefix_chars="\0")
+    fleet.add_argument("argv", nargs="*")
+    fleet.set_defaults(run=_fleet)
+
+    worker = commands.add_parser("worker", help="join a Dask cluster as CPU runners or, with --gpu, a GPU executor",
+                                 add_help=False, prefix_chars="\0")
+    worker.add_argument("argv", nargs="*")
+    worker.set_defaults(run=_worker)
     return parser
 
 

@@ -186,7 +186,6 @@ def configure_worker_parser(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--tls-ca-file", default="", help="the cluster CA certificate (or $CAH_TLS_CA_FILE)")
     parser.add_argument("--tls-cert", default="", help="this worker's certificate (or $CAH_TLS_CERT_FILE)")
     parser.add_argument("--tls-key", default="", help="this worker's key (or $CAH_TLS_KEY_FILE)")
-    parser.set_defaults(func=worker_command)
     return parser
 
 

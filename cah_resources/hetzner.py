@@ -484,7 +484,6 @@ def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.Argument
     status = sub.add_parser("status", parents=[common], help="list the fleet's servers and their price per hour")
     status.add_argument("--scheduler", default=env("CAH_SCHEDULER_ADDRESS", ""), help="also show which joined")
     status.add_argument("--tls-dir", default=env("CAH_TLS_DIR", ""))
-    parser.set_defaults(func=fleet_command)
     return parser
 
 
