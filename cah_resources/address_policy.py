@@ -1,0 +1,132 @@
+"""Which network addresses the image downloader may connect to, judged after DNS resolution."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Iterable
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# IPv6-only networks reach IPv4 hosts through NAT64 (RFC 6052); those addresses carry a public
+# IPv4 address in their last 32 bits and must be judged by it, not refused as "reserved".
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class BlockedAddressError(ConnectionRefusedError):
+    """A URL's host is, or resolves only to, addresses the policy refuses; nothing was connected."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(f"{host} resolves to blocked address {address} ({reason})")
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``["127.0.0.0/8", "::1"]`` -> networks; a bad entry raises a one-line ValueError."""
+    parsed = []
+    for text in networks:
+        try:
+            parsed.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"allowed network {text!r} is not an IP network: {exc}") from None
+    return tuple(parsed)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def blocked_reason(address: str | IPAddress) -> str | None:
+    """Why a public web crawler must not connect to ``address``, or None when it may."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return blocked_reason(embedded)
+    for reason in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
+        if getattr(ip, f"is_{reason}"):
+            return reason.replace("_", "-")
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Refuse non-public addresses (``block_private``) except those inside ``allowed`` networks."""
+
+    allowed: tuple[IPNetwork, ...] = ()
+    block_private: bool = True
+
+    @classmethod
+    def from_strings(cls, allowed: Iterable[str] = (), block_private: bool = True) -> AddressPolicy:
+        return cls(parse_networks(allowed), block_private)
+
+    def refusal(self, address: str) -> str | None:
+        """The reason ``address`` is refused, or None when a connection to it is allowed."""
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        candidates = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and _embedded_ipv4(ip) is not None:
+            candidates.append(_embedded_ipv4(ip))
+        if any(c.version == net.version and c in net for c in candidates for net in self.allowed):
+            return None
+        if not self.block_private:
+            return None
+        return blocked_reason(ip)
+
+    def check_literal_host(self, host: str) -> None:
+        """Raise BlockedAddressError when ``host`` is an IP literal the policy refuses.
+
+        aiohttp hands IP literals straight to ``connect`` without asking the resolver, so they
+        must be judged here, for the first URL and for every redirect target.
+        """
+        bare = host.strip("[]")
+        try:
+            ipaddress.ip_address(bare.split("%", 1)[0])
+        except ValueError:
+            return
+        reason = self.refusal(bare)
+        if reason is not None:
+            raise BlockedAddressError(host, bare, reason)
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that drops refused addresses from every answer, so they are never dialled.
+
+    When every address of a name is refused it raises BlockedAddressError; aiohttp caches only
+    successful answers, so the refusal is re-judged on every lookup.
+    """
+
+    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._inner = inner if inner is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        allowed = [a for a in answers if self.policy.refusal(a["host"]) is None]
+        if not allowed and answers:
+            first = answers[0]["host"]
+            raise BlockedAddressError(host, first, self.policy.refusal(first) or "refused")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()

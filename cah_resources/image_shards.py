@@ -1,0 +1,217 @@
+"""The image_shards stage: one shard of a segment's sorted candidates → downloaded, checked, resized, written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import multiprocessing
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cah_resources.candidates import output_paths as candidate_paths
+from cah_resources.downloader import Downloader, Fetched, FetchSettings
+from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size, process_image
+from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfinished_files, shard_paths
+from cah_resources.storage import DataRoot
+
+STAGE = "image_shards"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything a shard task needs besides its rows; small and picklable."""
+
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    resize: ResizeSettings = field(default_factory=ResizeSettings)
+    shard_size: int = 10_000
+    image_processes: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
+            raise ValueError(f"shard_size must be within 1..{MAX_SHARD_SIZE}, not {self.shard_size}")
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> ShardSettings:
+        """Settings from one flat mapping of field names (a resource's config); lists become tuples."""
+
+        def pick(kind) -> dict[str, Any]:
+            chosen = {f.name: values[f.name] for f in fields(kind) if f.name in values}
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
+
+        return cls(fetch=FetchSettings(**pick(FetchSettings)), resize=ResizeSettings(**pick(ResizeSettings)),
+                   **{k: v for k, v in pick(cls).items() if k not in ("fetch", "resize")})
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """One task: rows [start, stop) of a segment's candidates parquet become shard ``shard``."""
+
+    root: DataRoot
+    segment: str
+    shard: int
+    start: int
+    stop: int
+
+
+def segment_folder(root: DataRoot, segment: str) -> str:
+    return root.path(STAGE, segment)
+
+
+def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit]:
+    """The shards of a segment: consecutive slices of its candidates, ``shard_size`` rows each."""
+    path = candidate_paths(root, segment)[0]
+    if not root.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: materialize the candidates of {segment} first")
+    with root.fs.open(path, "rb") as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+    return [
+        ShardUnit(root, segment, i, i * shard_size, min(rows, (i + 1) * shard_size))
+        for i in range(math.ceil(rows / shard_size))
+    ]
+
+
+def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
+    """The shard's completion marker, or None while the shard is unfinished."""
+    path = shard_paths(unit.root, segment_folder(unit.root, unit.segment), unit.shard)["done"]
+    if not unit.root.exists(path):
+        return None
+    marker = unit.root.read_json(path)
+    if (marker.get("start"), marker.get("stop")) != (unit.start, unit.stop):
+        raise ValueError(
+            f"shard {unit.shard} of {unit.segment} on disk holds rows {marker.get('start')}..{marker.get('stop')}, "
+            f"not {unit.start}..{unit.stop}: it was written with another shard_size; use that one or delete "
+            f"{segment_folder(unit.root, unit.segment)}"
+        )
+    return marker
+
+
+def read_rows(unit: ShardUnit) -> pa.Table:
+    """Rows [start, stop) of the candidates parquet, reading only the row groups that hold them."""
+    path = candidate_paths(unit.root, unit.segment)[0]
+    with unit.root.fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        groups, offsets, first = [], [], 0
+        for i in range(parquet.num_row_groups):
+            count = parquet.metadata.row_group(i).num_rows
+            if first < unit.stop and first + count > unit.start:
+                groups.append(i)
+                offsets.append(first)
+            first += count
+        if not groups:
+            return parquet.schema_arrow.empty_table()
+        table = parquet.read_row_groups(groups)
+    return table.slice(unit.start - offsets[0], unit.stop - unit.start)
+
+
+# One image pool per process, reused by every shard that process runs.
+_pool_lock = threading.Lock()
+_pools: dict[int, Executor] = {}
+
+
+def image_pool(processes: int) -> Executor:
+    """Worker processes for Pillow work, or threads where this process may not have children.
+
+    Dask runs its workers as daemonic processes by default and those cannot start children;
+    Pillow releases the GIL while decoding, resizing and encoding, so threads still use the cores.
+    """
+    with _pool_lock:
+        pool = _pools.get(processes)
+        if pool is None:
+            if multiprocessing.current_process().daemon:
+                pool = ThreadPoolExecutor(max(processes, 1), thread_name_prefix="image")
+            else:
+                pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"))
+            _pools[processes] = pool
+        return pool
+
+
+def _replace_broken_pool(processes: int, broken: Executor) -> None:
+    with _pool_lock:
+        if _pools.get(processes) is broken:
+            del _pools[processes]
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
+    early = check_body_size(body, settings.resize)
+    if early is not None:
+        return early
+    loop = asyncio.get_running_loop()
+    for attempt in range(2):
+        pool = image_pool(settings.image_processes)
+        try:
+            return await loop.run_in_executor(pool, process_image, body, settings.resize)
+        except BrokenProcessPool:
+            # A decoder crashed a worker (or the OS killed it); every image in flight there is lost
+            # with it, so each gets one more try on a fresh pool before being blamed.
+            _replace_broken_pool(settings.image_processes, pool)
+    return ImageOutcome("decoder_crashed", "the image worker died twice while decoding this image")
+
+
+def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, Any]:
+    if image is None:
+        return {"status": fetched.status, "http_status": fetched.http_status, "error_message": fetched.error_message}
+    return {**asdict(image), "http_status": fetched.http_status}
+
+
+async def _download_rows(unit: ShardUnit, rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
+    totals = {"bytes_fetched": 0}
+    async with Downloader(settings.fetch) as downloader:
+
+        async def one(index: int, row: dict) -> None:
+            image = None
+            async with downloader.slot(row["url"]):
+                fetched = await downloader.fetch(row["url"])
+                if fetched.body is not None:
+                    totals["bytes_fetched"] += len(fetched.body)
+                    image = await _check_image(fetched.body, settings)
+            outcome = _outcome_fields(fetched, image)
+            writer.add(index, row, outcome, image.jpeg if image is not None else None)
+
+        await asyncio.gather(*(one(i, row) for i, row in enumerate(rows)))
+    return totals
+
+
+def _event_loop_factory():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
+    """Download one shard and publish it; a shard already marked done is returned as it is.
+
+    Safe to rerun after a crash at any point: a shard is either complete with its marker or is
+    redone from its first row, and the other shards are untouched.
+    """
+    marker = read_marker(unit)
+    if marker is not None:
+        return {**marker, "skipped": True}
+    folder = segment_folder(unit.root, unit.segment)
+    remove_unfinished_files(unit.root, folder, unit.shard)
+    table = read_rows(unit)
+    rows = table.to_pylist()
+    started = time.perf_counter()
+    with ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer:
+        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            totals = runner.run(_download_rows(unit, rows, settings, writer))
+        seconds = time.perf_counter() - started
+        marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds, **totals)
+    return {**marker, "skipped": False}
+
+
+def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
+    """The completion markers of a segment's finished shards, in shard order."""
+    folder = segment_folder(root, segment)
+    return [root.read_json(f"{folder}/{name}") for name in root.listdir(folder) if name.endswith(".done")]

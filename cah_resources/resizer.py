@@ -1,0 +1,210 @@
+"""Image checks and img2dataset-style resizing: downloaded bytes in, a re-encoded JPEG or a reason out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+EXIF_ORIENTATION = 0x0112
+
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+
+# Formats a crawler meets that we recognise only to name them in a rejection: each has magic
+# bytes, and opening one reads a header without decoding (EPS would shell out, so it is not here).
+RECOGNISED_ONLY = ("GIF", "BMP", "TIFF", "ICO")
+
+
+@dataclass(frozen=True)
+class ResizeSettings:
+    """What counts as a usable image and how it is stored (img2dataset's names and defaults)."""
+
+    resize_mode: str = "border"
+    image_size: int = 256
+    resize_only_if_bigger: bool = False
+    encode_quality: int = 95
+    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+    min_bytes: int = 5000
+    min_side: int = 0
+    max_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold
+    max_aspect_ratio: float = 10.0  # 0 = no limit
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, not {self.image_size}")
+        if not 1 <= self.encode_quality <= 100:
+            raise ValueError(f"encode_quality must be within 1..100, not {self.encode_quality}")
+        names = tuple("JPEG" if f.upper() == "JPG" else f.upper() for f in self.allowed_formats)
+        object.__setattr__(self, "allowed_formats", names)
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """The result of checking one downloaded body: ``jpeg`` is set exactly when status is 'ok'."""
+
+    status: str
+    error_message: str | None = None
+    jpeg: bytes | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+
+
+def check_body_size(body: bytes, settings: ResizeSettings) -> ImageOutcome | None:
+    """The cheap check done before a body is shipped to a worker process."""
+    if len(body) < settings.min_bytes:
+        return ImageOutcome("too_small", f"{len(body)} bytes, fewer than the minimum {settings.min_bytes}")
+    return None
+
+
+def sniff_format(body: bytes) -> str | None:
+    """The allowed-by-default format that ``body``'s magic bytes claim, if any."""
+    if body.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _open(body: bytes, settings: ResizeSettings) -> Image.Image | ImageOutcome:
+    try:
+        return Image.open(io.BytesIO(body), formats=settings.allowed_formats)
+    except Image.DecompressionBombError as exc:
+        return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass
+    try:
+        refused = tuple(f for f in ("JPEG", "PNG", "WEBP", *RECOGNISED_ONLY) if f not in settings.allowed_formats)
+        other = Image.open(io.BytesIO(body), formats=refused).format
+    except Exception:
+        other = "SVG" if b"<svg" in body[:4096].lower() else None
+    if other is not None:
+        return ImageOutcome("format_not_allowed", f"{other} is not one of {', '.join(settings.allowed_formats)}")
+    claimed = sniff_format(body)
+    if claimed is not None:
+        return ImageOutcome("corrupt_image", f"starts like {claimed} but its header cannot be read")
+    return ImageOutcome("not_an_image", "bytes are not a recognisable image")
+
+
+def _shape_refusal(width: int, height: int, settings: ResizeSettings) -> ImageOutcome | None:
+    if width * height > settings.max_pixels:
+        return ImageOutcome(
+            "too_many_pixels", f"{width}x{height} exceeds {settings.max_pixels} pixels (decompression bomb guard)"
+        )
+    if min(width, height) < max(settings.min_side, 1):
+        return ImageOutcome("image_too_small", f"{width}x{height} has a side under {settings.min_side} pixels")
+    if settings.max_aspect_ratio and max(width, height) / min(width, height) > settings.max_aspect_ratio:
+        return ImageOutcome(
+            "aspect_ratio_too_large", f"{width}x{height} is more elongated than {settings.max_aspect_ratio}:1"
+        )
+    return None
+
+
+def _needs_resize(width: int, height: int, settings: ResizeSettings) -> bool:
+    if settings.resize_mode == "no":
+        return False
+    if settings.resize_only_if_bigger:
+        side = min(width, height) if settings.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
+        return side > settings.image_size
+    return True
+
+
+def _target_size(width: int, height: int, settings: ResizeSettings) -> tuple[int, int]:
+    """The stored size before any crop or border: the short side (or the long one) becomes image_size."""
+    short_side_fits = settings.resize_mode in ("keep_ratio", "center_crop")
+    side = min(width, height) if short_side_fits else max(width, height)
+    factor = settings.image_size / side
+    return (
+        settings.image_size if side == width else max(1, round(width * factor)),
+        settings.image_size if side == height else max(1, round(height * factor)),
+    )
+
+
+def _flatten_to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with any transparency matted on white, as img2dataset does."""
+    if img.mode == "RGB":
+        return img
+    has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode.startswith("I;16"):
+        # 16-bit greyscale PNGs: keep the high byte rather than clipping everything to white.
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return img.convert("RGB")
+
+
+def _resize(img: Image.Image, settings: ResizeSettings) -> Image.Image:
+    size = settings.image_size
+    target = _target_size(img.width, img.height, settings)
+    if target != img.size:
+        shrinking = target[0] < img.width
+        method = Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
+        img = img.resize(target, method, reducing_gap=3.0 if shrinking else None)
+    if settings.resize_mode == "center_crop":
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    elif settings.resize_mode == "border" and img.size != (size, size):
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+        img = canvas
+    return img
+
+
+def process_image(body: bytes, settings: ResizeSettings) -> ImageOutcome:
+    """Check, orient, flatten, resize and re-encode one image; never raises."""
+    early = check_body_size(body, settings)
+    if early is not None:
+        return early
+    facts = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = _open(body, settings)
+        if isinstance(opened, ImageOutcome):
+            return opened
+        try:
+            with opened as img:
+                raw_w, raw_h = img.size
+                refusal = _shape_refusal(raw_w, raw_h, settings)
+                if refusal is not None:
+                    return refusal
+                resize = _needs_resize(raw_w, raw_h, settings)
+                if resize and img.format == "JPEG":
+                    # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free when the target is small
+                    # enough; draft never goes below the requested size, so quality is kept.
+                    target_w, target_h = _target_size(raw_w, raw_h, settings)
+                    img.draft(None, (target_w, target_h))
+                img.load()
+                quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+                orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
+                out = _flatten_to_rgb(ImageOps.exif_transpose(img))
+                if resize:
+                    out = _resize(out, settings)
+                buffer = io.BytesIO()
+                out.save(buffer, "JPEG", quality=settings.encode_quality)
+        except Image.DecompressionBombError as exc:
+            return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
+        except Exception as exc:  # any decoder failure on hostile bytes is this image's problem only
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            return ImageOutcome("corrupt_image", f"cannot decode: {message}"[:300])
+    return ImageOutcome(
+        "ok",
+        jpeg=buffer.getvalue(),
+        width=out.width,
+        height=out.height,
+        original_width=orig_w,
+        original_height=orig_h,
+        **facts,
+    )
