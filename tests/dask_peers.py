@@ -64,7 +64,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     handle = open(log, "ab")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    # Tasks defined in test modules are pickled by reference: the peers must be able to import them.
+    path = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
 
 
 @contextmanager

@@ -1,0 +1,135 @@
+"""The compute resource on an in-process Dask cluster: GPU placement, CPU fallback, sizing, warm models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from distributed import get_worker
+
+from cah_resources.compute import ClusterUnavailable, ComputeResource, worker_resources
+from cah_resources.gpu_worker import (
+    GIB,
+    GpuDevice,
+    count_visible_cuda_devices,
+    fit_devices,
+    gpu_worker_options,
+    physical_device_id,
+    warm_model,
+    worker_main,
+)
+
+
+
+def where(unit):
+    return get_worker().name, os.environ.get("CUDA_VISIBLE_DEVICES"), unit
+
+
+def test_gpu_work_lands_only_on_the_worker_that_advertises_gpu():
+    compute = ComputeResource(n_workers=2, local_gpus=1)
+
+    ran = [r.value for r in compute.run_units(where, range(8), resources=compute.gpu_resources())]
+
+    assert compute.has_gpu_workers() and compute.gpu_resources() == {"GPU": 1}
+    assert {(name, device) for name, device, _ in ran} == {("gpu-0", "0")}
+    assert [unit for *_, unit in ran] == list(range(8))
+
+
+def test_cpu_workers_beside_a_gpu_worker_see_no_device():
+    compute = ComputeResource(n_workers=2, local_gpus=1)
+    with compute.client() as client:
+        assert worker_resources(client) == {"gpu-0": {"GPU": 1.0}, "cpu-1": {}}
+        devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(devices.values()) == ["", "0"]
+
+
+def test_without_gpu_workers_gpu_work_falls_back_to_cpu():
+    compute = ComputeResource(n_workers=2, local_gpus=0, processes=False)
+
+    assert compute.gpu_resources() is None
+    ran = compute.run_units(where, range(4), resources={"GPU": 1})
+
+    assert [r.value[2] for r in ran] == [0, 1, 2, 3]
+
+
+def test_without_gpu_workers_and_no_fallback_the_run_stops_in_one_line():
+    compute = ComputeResource(n_workers=1, local_gpus=0, processes=False, allow_cpu_fallback=False)
+
+    with pytest.raises(ClusterUnavailable, match="no worker advertises GPU") as error:
+        compute.gpu_resources()
+    assert "\n" not in str(error.value)
+    with pytest.raises(ClusterUnavailable, match=r"no worker advertises \{'GPU': 1\}.*would wait forever"):
+        compute.run_units(where, range(2), resources={"GPU": 1})
+
+
+def test_local_cluster_is_sized_to_the_machine():
+    compute = ComputeResource(local_gpus=0)
+    with compute.client() as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    cores = os.cpu_count() or 1
+    assert len(workers) == cores
+    assert all(w["nthreads"] == 1 for w in workers)
+    limits = {w["memory_limit"] for w in workers}
+    assert len(limits) == 1
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert limits.pop() <= total // cores + GIB
+
+
+def test_machine_without_nvidia_driver_counts_no_gpu():
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has an NVIDIA driver")
+    assert count_visible_cuda_devices() == 0
+    assert not ComputeResource().has_gpu_workers()
+
+
+def load_model(log_dir: str):
+    with open(os.path.join(log_dir, f"load-{uuid.uuid4().hex}"), "w"):
+        pass
+    return {"token": uuid.uuid4().hex}
+
+
+def use_model(log_dir: str):
+    model = warm_model(("clip", "test"), lambda: load_model(log_dir))
+    return os.getpid(), model["token"]
+
+
+def test_a_warm_model_is_loaded_once_per_worker_process(tmp_path):
+    compute = ComputeResource(n_workers=1, local_gpus=0)
+
+    ran = [r.value for r in compute.run_units(use_model, [str(tmp_path)] * 5)]
+
+    assert len(set(ran)) == 1
+    assert len(list(tmp_path.glob("load-*"))) == 1
+
+
+def test_devices_with_too_little_free_memory_are_refused_with_the_reason():
+    devices = [GpuDevice(0, "RTX 3060", 11 * GIB, 12 * GIB), GpuDevice(1, "GT 1030", 1 * GIB, 2 * GIB)]
+
+    fit, refused = fit_devices(devices, 4 * GIB)
+
+    assert fit == devices[:1]
+    assert refused == ["GPU 1 (GT 1030) has 1.0 GiB free, needs 4.0 GiB"]
+
+
+def test_gpu_executor_runs_one_worker_per_device_pinned_and_advertising_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    devices = [GpuDevice(0, "A", 8 * GIB, 8 * GIB), GpuDevice(1, "B", 8 * GIB, 8 * GIB)]
+
+    options = gpu_worker_options(devices, "homepc")
+
+    assert [(o["name"], o["resources"], o["env"], o["nthreads"]) for o in options] == [
+        ("homepc-gpu0", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": "0"}, 1),
+        ("homepc-gpu1", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": "1"}, 1),
+    ]
+    assert physical_device_id(1, visible="2,3") == "3"
+
+
+def test_cah_worker_gpu_without_cuda_exits_with_one_line(capsys):
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has an NVIDIA driver")
+
+    assert worker_main(["--scheduler", "tcp://127.0.0.1:9", "--gpu"]) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cah worker: no NVIDIA GPU here") and "\n" not in err
