@@ -1,0 +1,437 @@
+"""The dataset report: funnel, similarity, status, domains, throughput as PNGs and tables."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cah_resources.storage import DataRoot
+
+CATEGORIES = ("en", "multi", "nolang")
+STAGES = ("candidates", "image_shards", "clip_pairs")
+FUNNEL_STEPS = ("candidates", "attempted", "downloaded", "scored", "kept")
+# Fixed bins let histograms of any number of segments add up exactly, without keeping values.
+SIMILARITY_EDGES = np.round(np.linspace(-1.0, 1.0, 201), 2)
+_HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+_CATEGORY_COLORS = {"en": "#4C72B0", "multi": "#DD8452", "nolang": "#55A868"}
+
+
+@dataclass
+class StageThroughput:
+    """Work of one stage: items done and seconds spent by its tasks (and the run, if known)."""
+
+    stage: str
+    unit: str
+    items: int = 0
+    task_seconds: float = 0.0
+    wall_seconds: float | None = None
+
+    @property
+    def per_task_second(self) -> float | None:
+        return self.items / self.task_seconds if self.task_seconds > 0 else None
+
+    @property
+    def per_wall_second(self) -> float | None:
+        return self.items / self.wall_seconds if self.wall_seconds else None
+
+
+@dataclass
+class DatasetFacts:
+    """Everything the report shows, summed over segments from the files of the data layout."""
+
+    segments: list[str]
+    records: int = 0  # WAT metadata records read
+    funnel: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in FUNNEL_STEPS})
+    candidate_drops: Counter = field(default_factory=Counter)  # drop_* of the candidates stage
+    statuses: Counter = field(default_factory=Counter)  # download status of every attempt
+    similarity: dict[str, np.ndarray] = field(default_factory=dict)  # counts per SIMILARITY bin
+    thresholds: dict[str, float] = field(default_factory=dict)
+    domains: dict[str, Counter] = field(
+        default_factory=lambda: {"attempted": Counter(), "downloaded": Counter(), "kept": Counter()}
+    )
+    throughput: dict[str, StageThroughput] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+
+# -- reading the data layout ---------------------------------------------------------------
+
+
+def _finished_shards(root: DataRoot, stage: str, segment: str) -> list[str]:
+    names = root.listdir(root.path(stage, segment))
+    done = {n.removesuffix(".done") for n in names if n.endswith(".done")}
+    parquet = {n.removesuffix(".parquet") for n in names if n.endswith(".parquet")}
+    return sorted(parquet & done)
+
+
+def _counts(column: pa.ChunkedArray | pa.Array) -> Counter:
+    if len(column) == 0:
+        return Counter()
+    column = pc.fill_null(column, "null")
+    return Counter({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()})
+
+
+def _counts_by_category(table: pa.Table) -> Counter:
+    return _counts(table.column("category"))
+
+
+def url_domains(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Lower-case host of every URL (null where there is none), vectorized."""
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    matched = pc.extract_regex(urls, _HOST)
+    hosts = matched.field("host")
+    # A struct's child keeps "" under a null (non-matching) row; make those null too.
+    usable = pc.and_(pc.is_valid(matched), pc.not_equal(hosts, ""))
+    return pc.utf8_lower(pc.if_else(usable, hosts, pa.scalar(None, pa.string())))
+
+
+def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    path = root.path("candidates", segment, "candidates.parquet")
+    stats_path = root.path("candidates", segment, "stats.json")
+    if not root.exists(path):
+        facts.missing["candidates"].append(segment)
+        return
+    table = root.read_parquet(path, columns=["category"])
+    facts.funnel["candidates"].update(_counts_by_category(table))
+    stats = root.read_json(stats_path) if root.exists(stats_path) else {}
+    records = int(stats.get("metadata_records", 0))
+    facts.records += records
+    facts.candidate_drops.update(
+        {k: int(v) for k, v in stats.items() if k.startswith("drop_") and isinstance(v, (int, float))}
+    )
+    stage = facts.throughput.setdefault("candidates", StageThroughput("candidates", "WAT records"))
+    stage.items += records
+    stage.task_seconds += float(stats.get("task_seconds") or 0.0)
+
+
+def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    shards = _finished_shards(root, "image_shards", segment)
+    if not shards:
+        facts.missing["image_shards"].append(segment)
+        return
+    stage = facts.throughput.setdefault("image_shards", StageThroughput("image_shards", "URLs"))
+    for name in shards:
+        table = root.read_parquet(
+            root.path("image_shards", segment, f"{name}.parquet"), columns=["url", "category", "status"]
+        )
+        ok = pc.equal(table.column("status"), "ok")
+        facts.funnel["attempted"].update(_counts_by_category(table))
+        facts.funnel["downloaded"].update(_counts_by_category(table.filter(ok)))
+        facts.statuses.update(_counts(table.column("status")))
+        domains = url_domains(table.column("url"))
+        facts.domains["attempted"].update(_counts(domains))
+        facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
+        stats_path = root.path("image_shards", segment, f"{name}_stats.json")
+        stats = root.read_json(stats_path) if root.exists(stats_path) else {}
+        stage.items += table.num_rows
+        stage.task_seconds += float(stats.get("download_seconds") or stats.get("duration") or 0.0)
+
+
+def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    shards = _finished_shards(root, "clip_pairs", segment)
+    if not shards:
+        facts.missing["clip_pairs"].append(segment)
+        return
+    stage = facts.throughput.setdefault("clip_pairs", StageThroughput("clip_pairs", "pairs scored"))
+    for name in shards:
+        table = root.read_parquet(
+            root.path("clip_pairs", segment, f"{name}.parquet"),
+            columns=["url", "category", "similarity", "threshold", "kept"],
+        )
+        scored = table.filter(pc.is_valid(table.column("similarity")))
+        kept = table.filter(pc.fill_null(table.column("kept"), False))
+        facts.funnel["scored"].update(_counts_by_category(scored))
+        facts.funnel["kept"].update(_counts_by_category(kept))
+        facts.domains["kept"].update(_counts(url_domains(kept.column("url"))))
+        for category in set(scored.column("category").to_pylist()):
+            rows = scored.filter(pc.equal(scored.column("category"), category))
+            values = rows.column("similarity").to_numpy()
+            hist = np.histogram(np.clip(values, -1.0, 1.0), bins=SIMILARITY_EDGES)[0]
+            facts.similarity[category] = facts.similarity.get(category, 0) + hist
+            threshold = pc.max(rows.column("threshold")).as_py()
+            if threshold is not None:
+                facts.thresholds[category] = threshold
+        marker = root.read_json(root.path("clip_pairs", segment, f"{name}.done"))
+        stage.items += scored.num_rows
+        stage.task_seconds += float(marker.get("seconds") or 0.0)
+
+
+def collect_facts(
+    root: DataRoot, segment_keys: Iterable[str], wall_seconds: Mapping[str, float] | None = None
+) -> DatasetFacts:
+    """Read the stats and parquet files of ``segment_keys``; only finished shards count.
+
+    ``wall_seconds`` (stage -> seconds of its runs, from Dagster) adds per-run throughput.
+    """
+    facts = DatasetFacts(segments=sorted(set(segment_keys)))
+    for segment in facts.segments:
+        _add_candidates(facts, root, segment)
+        _add_image_shards(facts, root, segment)
+        _add_clip_pairs(facts, root, segment)
+    for stage, seconds in (wall_seconds or {}).items():
+        if stage in facts.throughput:
+            facts.throughput[stage].wall_seconds = seconds
+    return facts
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
+
+
+def funnel_markdown(facts: DatasetFacts) -> str:
+    """records → candidates → attempted → downloaded → scored → kept, per category."""
+    lines = [
+        "| category | candidates | attempted | downloaded | kept | download rate | keep rate |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    categories = [c for c in CATEGORIES if any(facts.funnel[s][c] for s in FUNNEL_STEPS)]
+    categories += sorted({c for s in FUNNEL_STEPS for c in facts.funnel[s]} - set(CATEGORIES))
+    totals = {s: sum(facts.funnel[s].values()) for s in FUNNEL_STEPS}
+    for name, counts in [(c, {s: facts.funnel[s][c] for s in FUNNEL_STEPS}) for c in categories] + [
+        ("**all**", totals)
+    ]:
+        lines.append(
+            f"| {name} | {counts['candidates']:,} | {counts['attempted']:,} | "
+            f"{counts['downloaded']:,} | {counts['kept']:,} | "
+            f"{_ratio(counts['downloaded'], counts['attempted'])} | "
+            f"{_ratio(counts['kept'], counts['downloaded'])} |"
+        )
+    lines.append("")
+    lines.append(
+        f"{facts.records:,} WAT records in {len(facts.segments)} segments gave "
+        f"{totals['candidates']:,} candidates and {totals['kept']:,} kept pairs "
+        f"({_ratio(totals['kept'], totals['candidates'])} of candidates)."
+    )
+    return "\n".join(lines)
+
+
+def status_markdown(facts: DatasetFacts) -> str:
+    total = sum(facts.statuses.values())
+    lines = ["| download status | URLs | share |", "| --- | ---: | ---: |"]
+    for status, count in facts.statuses.most_common():
+        lines.append(f"| {status} | {count:,} | {_ratio(count, total)} |")
+    return "\n".join(lines)
+
+
+def candidate_drops_markdown(facts: DatasetFacts) -> str:
+    lines = ["| candidates drop reason | links |", "| --- | ---: |"]
+    for reason, count in facts.candidate_drops.most_common():
+        lines.append(f"| {reason.removeprefix('drop_')} | {count:,} |")
+    return "\n".join(lines)
+
+
+def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, int]]:
+    """(domain, attempted, downloaded, kept) of the ``n`` domains with the most kept pairs,
+    then the most attempts."""
+    domains = facts.domains
+    names = set(domains["attempted"]) | set(domains["kept"])
+    names.discard("null")
+    ranked = sorted(names, key=lambda d: (-domains["kept"][d], -domains["attempted"][d], d))
+    return [
+        (d, domains["attempted"][d], domains["downloaded"][d], domains["kept"][d]) for d in ranked[:n]
+    ]
+
+
+def top_domains_markdown(facts: DatasetFacts, n: int = 20) -> str:
+    lines = ["| domain | attempted | downloaded | kept |", "| --- | ---: | ---: | ---: |"]
+    for domain, attempted, downloaded, kept in top_domains(facts, n):
+        lines.append(f"| {domain} | {attempted:,} | {downloaded:,} | {kept:,} |")
+    return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None else "n/a"
+
+
+def throughput_markdown(facts: DatasetFacts) -> str:
+    lines = [
+        "| stage | items | unit | task seconds | per task second | per run second |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for stage in STAGES:
+        t = facts.throughput.get(stage)
+        if t is None:
+            continue
+        lines.append(
+            f"| {stage} | {t.items:,} | {t.unit} | {t.task_seconds:,.1f} | "
+            f"{_rate(t.per_task_second)} | {_rate(t.per_wall_second)} |"
+        )
+    return "\n".join(lines)
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
+    # Figure without pyplot: no global state, so workers and threads can draw side by side.
+    figure = Figure(figsize=(width, height))
+    return figure, figure.add_subplot()
+
+
+def funnel_plot(facts: DatasetFacts) -> bytes:
+    """Stacked bars per step, one stack per category; the record count in the title."""
+    figure, axes = _figure()
+    steps = list(FUNNEL_STEPS)
+    bottom = np.zeros(len(steps))
+    categories = sorted({c for s in steps for c in facts.funnel[s]}, key=_category_order)
+    for category in categories:
+        heights = np.array([facts.funnel[s][category] for s in steps], dtype=float)
+        axes.bar(steps, heights, bottom=bottom, label=category, color=_CATEGORY_COLORS.get(category))
+        bottom += heights
+    for x, total in enumerate(bottom):
+        axes.annotate(f"{int(total):,}", (x, total), ha="center", va="bottom", fontsize=8)
+    axes.set_ylabel("pairs")
+    axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
+    if categories:
+        axes.legend()
+    return _png(figure)
+
+
+def similarity_plot(facts: DatasetFacts) -> bytes:
+    """Histogram of CLIP similarity per category with the category's threshold."""
+    figure, axes = _figure()
+    populated = [h for h in facts.similarity.values() if h.sum()]
+    if populated:
+        nonzero = np.nonzero(np.sum(populated, axis=0))[0]
+        low, high = SIMILARITY_EDGES[nonzero[0]], SIMILARITY_EDGES[nonzero[-1] + 1]
+    else:
+        low, high = 0.0, 0.5
+    for category in sorted(facts.similarity, key=_category_order):
+        hist = facts.similarity[category]
+        color = _CATEGORY_COLORS.get(category)
+        axes.stairs(hist, SIMILARITY_EDGES, label=f"{category} ({int(hist.sum()):,})", color=color)
+        if category in facts.thresholds:
+            axes.axvline(facts.thresholds[category], color=color, linestyle="--", linewidth=1)
+    axes.set_xlim(low - 0.02, high + 0.02)
+    axes.set_xlabel("cosine similarity (dashed: threshold)")
+    axes.set_ylabel("pairs")
+    axes.set_title("CLIP similarity of downloaded pairs")
+    if facts.similarity:
+        axes.legend()
+    return _png(figure)
+
+
+def status_plot(facts: DatasetFacts) -> bytes:
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(facts.statuses), 1))
+    statuses = facts.statuses.most_common()[::-1]
+    axes.barh([s for s, _ in statuses], [c for _, c in statuses], color="#4C72B0")
+    axes.set_xlabel("URLs")
+    axes.set_title(f"Download status of {sum(facts.statuses.values()):,} URLs")
+    return _png(figure)
+
+
+def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+    rows = top_domains(facts, n)[::-1]
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
+    names = [r[0] for r in rows]
+    bars = ((1, "attempted", "#CCCCCC"), (2, "downloaded", "#4C72B0"), (3, "kept", "#55A868"))
+    for column, label, color in bars:
+        axes.barh(names, [r[column] for r in rows], label=label, color=color)
+    axes.set_xlabel("pairs")
+    axes.set_title(f"Top {len(rows)} domains by kept pairs")
+    if rows:
+        axes.legend()
+    return _png(figure)
+
+
+def throughput_plot(facts: DatasetFacts) -> bytes:
+    stages = [s for s in STAGES if s in facts.throughput]
+    figure, axes = _figure()
+    x = np.arange(len(stages))
+    task = [facts.throughput[s].per_task_second or 0.0 for s in stages]
+    wall = [facts.throughput[s].per_wall_second or 0.0 for s in stages]
+    axes.bar(x - 0.2, task, width=0.4, label="per task second", color="#4C72B0")
+    axes.bar(x + 0.2, wall, width=0.4, label="per run second", color="#DD8452")
+    axes.set_xticks(x, [f"{s}\n({facts.throughput[s].unit})" for s in stages])
+    rates = [r for r in task + wall if r > 0]
+    if rates and max(rates) > 20 * min(rates):
+        # Stages count different items (records, URLs, pairs) at rates orders of magnitude apart.
+        axes.set_yscale("log")
+    axes.set_ylabel("items / s")
+    axes.set_title("Throughput per stage")
+    if stages:
+        axes.legend()
+    return _png(figure)
+
+
+def _category_order(category: str) -> tuple[int, str]:
+    return (CATEGORIES.index(category) if category in CATEGORIES else len(CATEGORIES), category)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    facts: DatasetFacts
+    plots: dict[str, bytes]  # name -> PNG
+    tables: dict[str, str]  # name -> markdown
+    paths: dict[str, str] = field(default_factory=dict)  # name -> file written
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """The PNG inline as markdown (a data URI), which Dagster's metadata view renders."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def build_report(
+    root: DataRoot,
+    segment_keys: Iterable[str],
+    out_dir: str,
+    wall_seconds: Mapping[str, float] | None = None,
+    top_n_domains: int = 20,
+) -> Report:
+    """Collect the facts, draw the plots, write ``out_dir/<name>.png`` and ``report.md``."""
+    facts = collect_facts(root, segment_keys, wall_seconds)
+    plots = {
+        "funnel": funnel_plot(facts),
+        "similarity": similarity_plot(facts),
+        "download_status": status_plot(facts),
+        "top_domains": top_domains_plot(facts, top_n_domains),
+        "throughput": throughput_plot(facts),
+    }
+    tables = {
+        "funnel": funnel_markdown(facts),
+        "download_status": status_markdown(facts),
+        "candidate_drops": candidate_drops_markdown(facts),
+        "top_domains": top_domains_markdown(facts, top_n_domains),
+        "throughput": throughput_markdown(facts),
+    }
+    report = Report(facts, plots, tables)
+    for name, png in plots.items():
+        path = f"{out_dir}/{name}.png"
+        root.write_bytes(path, png)
+        report.paths[name] = path
+    sections = [f"# Dataset report: {len(facts.segments)} segments"]
+    for name in ("funnel", "similarity", "download_status", "candidate_drops", "top_domains", "throughput"):
+        sections.append(f"## {name.replace('_', ' ')}")
+        if name in plots:
+            sections.append(f"![{name}]({name}.png)")
+        if name in tables:
+            sections.append(tables[name])
+    missing = {stage: segs for stage, segs in facts.missing.items() if segs}
+    if missing:
+        sections.append("## not yet materialized")
+        sections += [f"- {stage}: {', '.join(segs)}" for stage, segs in missing.items()]
+    report.paths["report"] = f"{out_dir}/report.md"
+    root.write_bytes(report.paths["report"], "\n\n".join(sections).encode() + b"\n")
+    return report

@@ -1,0 +1,163 @@
+"""Small hand-built segments in the contract data layout, for tests of the dataset-level code."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from cah_resources.storage import DataRoot
+
+THRESHOLDS = {"en": 0.28, "multi": 0.26, "nolang": 0.28}
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("page_url", pa.string()),
+        ("category", pa.string()),
+        ("language", pa.string()),
+        ("language_prob", pa.float32()),
+        ("wat_file", pa.string()),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    list(CANDIDATE_SCHEMA)
+    + [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("http_status", pa.int32()),
+        ("error_message", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+    ]
+)
+CLIP_SCHEMA = pa.schema(
+    list(SHARD_SCHEMA)
+    + [
+        ("similarity", pa.float32()),
+        ("threshold", pa.float32()),
+        ("kept", pa.bool_()),
+        ("clip_model", pa.string()),
+        ("nsfw", pa.string()),
+        ("nsfw_score", pa.float32()),
+        ("watermark_score", pa.float32()),
+    ]
+)
+
+
+def pair_uid(url: str, text: str) -> str:
+    return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class Pair:
+    """One candidate and what later stages made of it."""
+
+    url: str
+    text: str
+    category: str = "en"
+    language: str = "en"
+    status: str = "ok"  # download status
+    similarity: float = 0.31
+    nsfw: str = "UNLIKELY"
+    nsfw_score: float = 0.02
+    watermark_score: float = 0.1
+    original_size: tuple[int, int] = (640, 480)
+
+    @property
+    def uid(self) -> str:
+        return pair_uid(self.url, self.text)
+
+    @property
+    def kept(self) -> bool:
+        return self.status == "ok" and self.similarity >= THRESHOLDS[self.category]
+
+
+def write_segment(
+    root: DataRoot,
+    segment: str,
+    pairs: list[Pair],
+    shard_size: int = 4,
+    metadata_records: int = 100,
+    drops: dict[str, int] | None = None,
+    stage_seconds: float = 2.0,
+    finish_clip_shards: int | None = None,
+) -> list[Pair]:
+    """Write candidates, image_shards and clip_pairs of one segment; return pairs in uid order.
+
+    ``finish_clip_shards`` leaves clip_pairs shards from that number on without a .done marker.
+    """
+    pairs = sorted(pairs, key=lambda p: p.uid)
+    candidates = [
+        {
+            "uid": p.uid,
+            "url": p.url,
+            "text": p.text,
+            "page_url": f"http://page.test/{segment}",
+            "category": p.category,
+            "language": p.language,
+            "language_prob": 0.9,
+            "wat_file": f"{segment}.warc.wat.gz",
+        }
+        for p in pairs
+    ]
+    root.write_parquet(
+        root.path("candidates", segment, "candidates.parquet"),
+        pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA),
+    )
+    stats = {"metadata_records": metadata_records, "candidates": len(pairs), "task_seconds": stage_seconds}
+    stats.update(drops or {})
+    root.write_json(root.path("candidates", segment, "stats.json"), stats)
+    for shard, start in enumerate(range(0, len(pairs), shard_size)):
+        rows, clip_rows = [], []
+        for offset, (pair, candidate) in enumerate(
+            zip(pairs[start : start + shard_size], candidates[start : start + shard_size])
+        ):
+            ok = pair.status == "ok"
+            width, height = pair.original_size
+            row = dict(candidate)
+            row.update(
+                key=f"{shard:05d}{offset:05d}",
+                status=pair.status,
+                http_status=200 if ok else 404,
+                error_message=None if ok else pair.status,
+                bytes=12345 if ok else None,
+                sha256=hashlib.sha256(pair.url.encode()).hexdigest() if ok else None,
+                width=256 if ok else None,
+                height=256 if ok else None,
+                original_width=width if ok else None,
+                original_height=height if ok else None,
+            )
+            rows.append(row)
+            if ok:
+                clip_rows.append(
+                    dict(
+                        row,
+                        similarity=pair.similarity,
+                        threshold=THRESHOLDS[pair.category],
+                        kept=pair.kept,
+                        clip_model="tiny-test-clip",
+                        nsfw=pair.nsfw,
+                        nsfw_score=pair.nsfw_score,
+                        watermark_score=pair.watermark_score,
+                    )
+                )
+        name = f"{shard:05d}"
+        folder = root.path("image_shards", segment)
+        root.write_parquet(f"{folder}/{name}.parquet", pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
+        shard_stats = {"count": len(rows), "download_seconds": stage_seconds}
+        root.write_json(f"{folder}/{name}_stats.json", shard_stats)
+        root.write_json(f"{folder}/{name}.done", shard_stats)
+        folder = root.path("clip_pairs", segment)
+        root.write_parquet(
+            f"{folder}/{name}.parquet", pa.Table.from_pylist(clip_rows, schema=CLIP_SCHEMA)
+        )
+        if finish_clip_shards is None or shard < finish_clip_shards:
+            root.write_json(f"{folder}/{name}.done", {"seconds": stage_seconds, "pairs": len(clip_rows)})
+    return pairs

@@ -1,0 +1,157 @@
+"""The dataset report: funnel, similarity, status, domains and throughput from the data layout."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+from contract_layout import Pair, write_segment
+from PIL import Image
+
+from cah_resources.report import (
+    SIMILARITY_EDGES,
+    build_report,
+    collect_facts,
+    funnel_markdown,
+    png_markdown,
+    top_domains,
+    url_domains,
+)
+from cah_resources.storage import DataRoot
+
+SEGMENTS = ["CC-X_00000", "CC-X_00001"]
+
+
+def segment_pairs(tag: str) -> list[Pair]:
+    return [
+        Pair(f"http://Big.Test/{tag}/1.jpg", f"a red bicycle {tag}", similarity=0.315),
+        Pair(f"http://big.test:8080/{tag}/2.jpg", f"a green car {tag}", similarity=0.305),
+        Pair(f"http://big.test/{tag}/3.jpg", f"a cat {tag}", similarity=0.205),
+        Pair(f"http://big.test/{tag}/4.jpg", f"a dog {tag}", status="timeout"),
+        Pair(f"http://small.test/{tag}/5.jpg", f"ein Haus {tag}", "multi", "de", similarity=0.265),
+        Pair(f"http://small.test/{tag}/6.jpg", f"{tag} 42", "nolang", "und", status="http_404"),
+        Pair(f"http://dead.test/{tag}/7.jpg", f"a sky {tag}", status="http_404"),
+    ]
+
+
+@pytest.fixture
+def root(tmp_path) -> DataRoot:
+    root = DataRoot(str(tmp_path / "data"))
+    for i, segment in enumerate(SEGMENTS):
+        write_segment(
+            root, segment, segment_pairs(segment), shard_size=3, metadata_records=100 + i,
+            drops={"drop_svg": 5, "drop_short_text": 7}, stage_seconds=2.0,
+        )
+    return root
+
+
+def test_funnel_counts_each_step_per_category_over_all_segments(root):
+    facts = collect_facts(root, SEGMENTS)
+    assert facts.records == 201
+    assert facts.funnel["candidates"] == {"en": 10, "multi": 2, "nolang": 2}
+    assert facts.funnel["attempted"] == {"en": 10, "multi": 2, "nolang": 2}
+    assert facts.funnel["downloaded"] == {"en": 6, "multi": 2}
+    assert facts.funnel["scored"] == {"en": 6, "multi": 2}
+    assert facts.funnel["kept"] == {"en": 4, "multi": 2}
+    assert facts.candidate_drops == {"drop_svg": 10, "drop_short_text": 14}
+
+
+def test_funnel_table_shows_counts_and_rates_per_category(root):
+    table = funnel_markdown(collect_facts(root, SEGMENTS))
+    assert "| en | 10 | 10 | 6 | 4 | 60.0% | 66.7% |" in table
+    assert "| nolang | 2 | 2 | 0 | 0 | 0.0% | n/a |" in table
+    assert "| **all** | 14 | 14 | 8 | 6 | 57.1% | 75.0% |" in table
+    assert "201 WAT records in 2 segments" in table
+
+
+def test_similarity_histograms_count_every_scored_pair_in_its_bin_per_category(root):
+    facts = collect_facts(root, SEGMENTS)
+    assert {c: int(h.sum()) for c, h in facts.similarity.items()} == {"en": 6, "multi": 2}
+    bin_of = lambda value: int(np.searchsorted(SIMILARITY_EDGES, value, side="right")) - 1  # noqa: E731
+    assert facts.similarity["en"][bin_of(0.315)] == 2
+    assert facts.similarity["en"][bin_of(0.205)] == 2
+    assert facts.similarity["multi"][bin_of(0.265)] == 2
+    assert facts.thresholds == pytest.approx({"en": 0.28, "multi": 0.26})
+
+
+def test_download_status_breakdown_counts_every_attempt(root):
+    facts = collect_facts(root, SEGMENTS)
+    assert facts.statuses == {"ok": 8, "http_404": 4, "timeout": 2}
+
+
+def test_top_domains_rank_by_kept_pairs_with_hosts_normalized(root):
+    facts = collect_facts(root, SEGMENTS)
+    assert top_domains(facts, 3) == [
+        ("big.test", 8, 6, 4),
+        ("small.test", 4, 2, 2),
+        ("dead.test", 2, 0, 0),
+    ]
+
+
+def test_url_domains_take_the_host_without_port_user_or_case():
+    urls = pa.array(
+        ["HTTPS://user:pw@Example.COM:443/a.jpg", "http://[::1]:80/x", "not a url", None, "http://a.b/c?d=e"]
+    )
+    assert url_domains(urls).to_pylist() == ["example.com", "[::1]", None, None, "a.b"]
+
+
+def test_throughput_adds_items_and_task_seconds_per_stage_and_uses_run_seconds_when_given(root):
+    facts = collect_facts(root, SEGMENTS, wall_seconds={"image_shards": 7.0})
+    candidates, shards, clip = (facts.throughput[s] for s in ("candidates", "image_shards", "clip_pairs"))
+    assert (candidates.items, candidates.task_seconds) == (201, 4.0)
+    assert (shards.items, shards.task_seconds, shards.per_wall_second) == (14, 12.0, 2.0)
+    assert (clip.items, clip.task_seconds, clip.per_wall_second) == (8, 12.0, None)
+
+
+def test_segments_without_outputs_are_named_and_unfinished_shards_not_counted(root):
+    folder = root.path("image_shards", "CC-X_00001")
+    root.remove(f"{folder}/00002.done")  # the shard with the last candidate of that segment
+    facts = collect_facts(root, SEGMENTS + ["CC-X_00007"])
+    assert facts.missing == {s: ["CC-X_00007"] for s in ("candidates", "image_shards", "clip_pairs")}
+    assert sum(facts.funnel["attempted"].values()) == 13
+
+
+def test_build_report_writes_real_pngs_and_a_markdown_report_that_links_them(root, tmp_path):
+    out = root.path("report", "CC-X")
+    report = build_report(root, SEGMENTS, out)
+    assert set(report.plots) == {"funnel", "similarity", "download_status", "top_domains", "throughput"}
+    for name, png in report.plots.items():
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.width > 200 and image.height > 100
+        pixels = np.asarray(image.convert("L"))
+        assert pixels.min() < 128 < pixels.max(), f"{name} plot is blank"
+        assert root.read_bytes(report.paths[name]) == png
+    markdown = root.read_bytes(report.paths["report"]).decode()
+    assert "![funnel](funnel.png)" in markdown and "| big.test | 8 | 6 | 4 |" in markdown
+
+
+def test_a_report_of_segments_with_no_output_yet_still_draws(root):
+    report = build_report(root, ["CC-X_00005"], root.path("report", "empty"))
+    assert all(Image.open(io.BytesIO(png)).format == "PNG" for png in report.plots.values())
+    assert "CC-X_00005" in root.read_bytes(report.paths["report"]).decode()
+
+
+def test_plots_reach_dagster_metadata_as_inline_markdown_images(root, tmp_path):
+    report = build_report(root, SEGMENTS, root.path("report", "CC-X"))
+
+    @dg.asset
+    def report_probe() -> dg.MaterializeResult:
+        return dg.MaterializeResult(
+            metadata={
+                "funnel": dg.MetadataValue.md(
+                    png_markdown(report.plots["funnel"], "funnel") + "\n\n" + report.tables["funnel"]
+                )
+            }
+        )
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([report_probe], instance=instance).success
+    event = instance.get_latest_materialization_event(dg.AssetKey("report_probe"))
+    text = event.asset_materialization.metadata["funnel"].value
+    encoded = text.split("data:image/png;base64,", 1)[1].split(")", 1)[0]
+    assert base64.b64decode(encoded) == report.plots["funnel"]
+    assert "| **all** | 14 | 14 | 8 | 6 |" in text
