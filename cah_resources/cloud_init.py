@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -44,6 +45,23 @@ def worker_tls_files(tls_dir: str) -> list[TlsFile]:
     return files
 
 
+PRIVATE_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+
+
+def _is_private_host(address: str) -> bool:
+    """Whether the scheduler sits on a private network (RFC 1918 / 4193), as a Hetzner Network gives."""
+    host = address.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in PRIVATE_NETWORKS if net.version == ip.version)
+
+
+def _is_requirement(text: str) -> bool:
+    return bool(text.strip()) and not any(c in text for c in "\r\n\t\0\"'")
+
+
 def render_cloud_init(
     scheduler_address: str,
     *,
@@ -51,17 +69,27 @@ def render_cloud_init(
     package: str,
     tls_dir: str = "",
     nthreads: int = 1,
+    extra_packages: tuple[str, ...] = (),
 ) -> str:
     """Cloud-config for one fleet server. Takes no cloud credentials, so none can end up in it."""
     if not SCHEDULER_ADDRESS.match(scheduler_address):
         raise UserDataError(f"scheduler address {scheduler_address!r} is not like tls://203.0.113.7:8786")
     if scheduler_address.startswith("tls://") and not tls_dir:
         raise UserDataError("a tls:// scheduler needs tls_dir (the folder deploy/make_tls.sh made)")
-    if not package.strip() or any(c in package for c in "\r\n\t\0\"'"):
+    if scheduler_address.startswith("tcp://") and not _is_private_host(scheduler_address):
+        # Anyone who reaches a scheduler without TLS can run code on every worker.
+        raise UserDataError(
+            f"{scheduler_address} is not a private-network address: fleet servers must join over tls:// "
+            "(make the certificates with deploy/make_tls.sh)"
+        )
+    if not _is_requirement(package):
         raise UserDataError(
             f"package {package!r} must be one pip requirement for this project, e.g. "
             "'cah @ git+https://github.com/ORG/cah@COMMIT' or a wheel URL"
         )
+    for extra in extra_packages:
+        if not _is_requirement(extra):
+            raise UserDataError(f"extra package {extra!r} must be one pip requirement, e.g. 's3fs>=2024.6'")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     template = env.from_string(resources.files("cah_resources").joinpath(TEMPLATE).read_text(encoding="utf-8"))
     text = template.render(
@@ -70,6 +98,7 @@ def render_cloud_init(
         package=package,
         nthreads=int(nthreads),
         tls_files=worker_tls_files(tls_dir) if tls_dir else [],
+        extra_packages=list(extra_packages),
     )
     yaml.safe_load(text)  # a template edit that breaks YAML fails here, not on 50 servers
     if len(text.encode()) > MAX_USER_DATA_BYTES:

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 GPU = "GPU"
 # Where certificates come from when the resource's fields are empty; each may hold a path or PEM text.
 TLS_ENV = {"ca": "CAH_TLS_CA_FILE", "cert": "CAH_TLS_CERT_FILE", "key": "CAH_TLS_KEY_FILE"}
+# Where mode and address come from when the resource's fields are empty (deploy/cah.env sets them).
+MODE_ENV, ADDRESS_ENV = "CAH_COMPUTE_MODE", "CAH_SCHEDULER_ADDRESS"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -102,11 +104,13 @@ def can_satisfy(resources: dict[str, float], advertised: Iterable[dict[str, floa
 class ComputeResource(dg.ConfigurableResource):
     """Dask distributed cluster the assets submit their work to (a LocalCluster by default)."""
 
-    mode: str = "local"
+    # "local" or "remote"; empty: $CAH_COMPUTE_MODE, else "local".
+    mode: str = ""
     n_workers: int = 0
     threads_per_worker: int = 1
     processes: bool = True
     memory_limit: str = "auto"
+    # empty: $CAH_SCHEDULER_ADDRESS
     scheduler_address: str = ""
     task_retries: int = 2
     # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off).
@@ -117,6 +121,14 @@ class ComputeResource(dg.ConfigurableResource):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     connect_timeout_s: float = 30.0
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or os.environ.get(MODE_ENV) or "local"
+
+    @property
+    def resolved_address(self) -> str:
+        return self.scheduler_address or os.environ.get(ADDRESS_ENV, "")
 
     def local_gpu_count(self) -> int:
         if self.local_gpus >= 0:
@@ -162,25 +174,24 @@ class ComputeResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self) -> Iterator[Client]:
-        if self.mode == "local":
+        mode, address = self.resolved_mode, self.resolved_address
+        if mode == "local":
             with self._local_cluster() as cluster, Client(cluster) as client:
                 client.wait_for_workers(len(cluster.worker_spec))
                 yield client
-        elif self.mode == "remote":
-            if not self.scheduler_address:
+        elif mode == "remote":
+            if not address:
                 raise ClusterUnavailable(
-                    "compute.mode is 'remote' but compute.scheduler_address is empty"
+                    f"compute mode is 'remote' but no scheduler address is set (compute.scheduler_address or ${ADDRESS_ENV})"
                 )
-            with connect_client(
-                self.scheduler_address, self.security(), self.connect_timeout_s
-            ) as client:
+            with connect_client(address, self.security(), self.connect_timeout_s) as client:
                 yield client
         else:
-            raise ValueError(f"compute.mode must be 'local' or 'remote', not {self.mode!r}")
+            raise ValueError(f"compute mode must be 'local' or 'remote', not {mode!r}")
 
     def has_gpu_workers(self) -> bool:
         """Whether the cluster has a worker advertising ``GPU`` (asked of the scheduler in remote mode)."""
-        if self.mode == "local":
+        if self.resolved_mode == "local":
             return self.local_gpu_count() > 0
         with self.client() as client:
             return can_satisfy({GPU: 1}, worker_resources(client).values())

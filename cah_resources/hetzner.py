@@ -83,6 +83,7 @@ class FleetSettings:
     scheduler_address: str = ""
     tls_dir: str = ""
     package: str = ""
+    extra_packages: tuple[str, ...] = ()  # e.g. s3fs for an s3:// data root
     nthreads: int = 1
     join_timeout_s: float = 900.0
     join_poll_s: float = 10.0
@@ -243,7 +244,10 @@ class Fleet:
         if not s.scheduler_address:
             raise FleetError("no scheduler address: the servers' workers must know where to join (tls://HOST:8786)")
         try:
-            return render_cloud_init(s.scheduler_address, fleet=s.name, package=s.package, tls_dir=s.tls_dir, nthreads=s.nthreads)
+            return render_cloud_init(
+                s.scheduler_address, fleet=s.name, package=s.package, tls_dir=s.tls_dir, nthreads=s.nthreads,
+                extra_packages=s.extra_packages,
+            )
         except UserDataError as exc:
             raise FleetError(str(exc)) from None
 
@@ -435,6 +439,7 @@ class HetznerFleet(dg.ConfigurableResource):
     scheduler_address: str = ""
     tls_dir: str = ""
     package: str = ""
+    extra_packages: list[str] = []
     nthreads: int = 1
     join_timeout_s: float = 900.0
     endpoint: str = HETZNER_API
@@ -444,7 +449,7 @@ class HetznerFleet(dg.ConfigurableResource):
             name=self.name, server_type=self.server_type, location=self.location, image=self.image,
             ssh_keys=tuple(self.ssh_keys), max_servers=self.max_servers, max_price_per_hour=self.max_price_per_hour,
             scheduler_address=self.scheduler_address, tls_dir=self.tls_dir, package=self.package,
-            nthreads=self.nthreads, join_timeout_s=self.join_timeout_s, endpoint=self.endpoint,
+            extra_packages=tuple(self.extra_packages), nthreads=self.nthreads, join_timeout_s=self.join_timeout_s, endpoint=self.endpoint,
         )
 
     def fleet(self, progress: Progress | None = None) -> Fleet:
@@ -474,6 +479,7 @@ def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.Argument
     up.add_argument("--scheduler", default=env("CAH_SCHEDULER_ADDRESS", ""), help="address workers join, tls://HOST:8786")
     up.add_argument("--tls-dir", default=env("CAH_TLS_DIR", ""), help="folder made by deploy/make_tls.sh")
     up.add_argument("--package", default=env("CAH_FLEET_PACKAGE", ""), help="pip requirement that installs this project")
+    up.add_argument("--pip", dest="extra_packages", action="append", default=[], help="extra pip requirement, e.g. s3fs (repeatable)")
     up.add_argument("--nthreads", type=int, default=1, help="threads per worker process")
     up.add_argument("--max-servers", type=int, default=int(env("CAH_FLEET_MAX_SERVERS", "10")))
     up.add_argument("--max-price-per-hour", type=float, default=float(env("CAH_FLEET_MAX_EUR_PER_HOUR", "2.0")), help="EUR incl. VAT")
@@ -489,8 +495,9 @@ def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def _settings_from_args(args: argparse.Namespace) -> FleetSettings:
     fields = {k: v for k, v in vars(args).items() if k in FleetSettings.__dataclass_fields__}
-    if "ssh_keys" in fields:
-        fields["ssh_keys"] = tuple(fields["ssh_keys"])
+    for name in ("ssh_keys", "extra_packages"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
     if hasattr(args, "scheduler"):
         fields["scheduler_address"] = args.scheduler
     if hasattr(args, "join_timeout"):

@@ -135,12 +135,17 @@ def test_a_tls_address_without_a_client_certificate_is_a_one_line_error(cluster,
         ComputeResource(mode="remote", scheduler_address=cluster).has_gpu_workers()
 
 
-def test_certificates_can_come_from_the_environment(cluster, tls, monkeypatch):
+def test_the_default_resource_goes_remote_with_certificates_from_the_environment(cluster, tls, monkeypatch):
+    monkeypatch.setenv("CAH_COMPUTE_MODE", "remote")
+    monkeypatch.setenv("CAH_SCHEDULER_ADDRESS", cluster)
     monkeypatch.setenv("CAH_TLS_CA_FILE", str(tls / "ca.pem"))
     monkeypatch.setenv("CAH_TLS_CERT_FILE", (tls / "client.pem").read_text())  # PEM text works too
     monkeypatch.setenv("CAH_TLS_KEY_FILE", str(tls / "client-key.pem"))
 
-    assert ComputeResource(mode="remote", scheduler_address=cluster, connect_timeout_s=10).has_gpu_workers()
+    compute = ComputeResource()
+
+    assert compute.has_gpu_workers()
+    assert {r.value for r in compute.run_units(worker_name, range(4))} <= {"cpu-box-0", "gpu-box"}
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error():
