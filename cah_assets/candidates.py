@@ -6,6 +6,7 @@ import dagster as dg
 
 from cah_assets.metadata import counts_table, markdown_table, rate
 from cah_assets.partitions import segments
+from cah_assets.policies import CANDIDATES_RETRY, SEGMENT_BACKFILL
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
 from cah_resources.common_crawl import CommonCrawl
@@ -13,10 +14,8 @@ from cah_resources.compute import ComputeResource
 from cah_resources.segments import registration_for_key
 from cah_resources.storage import DataRoot, StorageResource
 
-RETRY = dg.RetryPolicy(max_retries=3, delay=20, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
-
-@dg.asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=RETRY)
+@dg.asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY, backfill_policy=SEGMENT_BACKFILL)
 def candidates(
     context: dg.AssetExecutionContext,
     compute: ComputeResource,

@@ -1,0 +1,76 @@
+"""How each stage is retried, backfilled, pooled and automated: the one home of the pipeline's run policies."""
+
+import dagster as dg
+
+# Stage 1 reads WAT files over HTTPS/S3; the reader already retries a broken download, so a step
+# that still fails met something bigger (a lost Dask cluster, an outage): wait, then try again.
+CANDIDATES_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Stage 2 talks to the whole web; finished shards are never redone, so a retry costs only what failed.
+IMAGE_SHARDS_RETRY = dg.RetryPolicy(max_retries=5, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Stage 3 is local compute: one retry covers a lost GPU executor; more would repeat a real bug.
+CLIP_PAIRS_RETRY = dg.RetryPolicy(max_retries=1, delay=15)
+
+# A range backfill runs this many segments per run; each run hands all their work units to Dask at once.
+SEGMENTS_PER_RUN = 8
+SEGMENT_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=SEGMENTS_PER_RUN)
+
+# Steps that need a GPU take a slot of this pool (its limit is in dagster.yaml: pools > default_limit).
+GPU_POOL = "gpu"
+
+# Automation never requests more than this many segments of a stage in one tick, nor lets more than
+# MAX_IN_FLIGHT of them run at once: turning a paused sensor back on cannot flood the cluster.
+MAX_REQUESTS_PER_TICK = 4
+MAX_IN_FLIGHT = 8
+
+
+class CappedCondition(dg.AutomationCondition):
+    """``operand``, but true for at most ``per_tick`` partitions per tick and ``in_flight`` running at once.
+
+    The partitions left out stay true in ``operand`` (``since_last_handled`` resets only on a
+    request), so they are requested on later ticks, in key order: oldest crawl and segment first.
+    """
+
+    def __init__(self, operand: dg.AutomationCondition, per_tick: int, in_flight: int) -> None:
+        if per_tick < 1 or in_flight < 1:
+            raise ValueError(f"automation caps must be at least 1 (per_tick={per_tick}, in_flight={in_flight})")
+        self.operand = operand
+        self.per_tick = per_tick
+        self.in_flight = in_flight
+
+    @property
+    def name(self) -> str:
+        return f"capped({self.per_tick} per tick, {self.in_flight} in flight)"
+
+    @property
+    def description(self) -> str:
+        return f"At most {self.per_tick} partitions per tick and {self.in_flight} running at once of:"
+
+    @property
+    def children(self) -> list[dg.AutomationCondition]:
+        return [self.operand, dg.AutomationCondition.run_in_progress()]
+
+    async def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
+        view = context.asset_graph_view
+        wanted = await context.for_child_condition(self.operand, child_indices=[0], candidate_subset=context.candidate_subset).evaluate_async()
+        running = await context.for_child_condition(
+            self.children[1], child_indices=[1], candidate_subset=view.get_full_subset(key=context.key)
+        ).evaluate_async()
+        room = max(0, min(self.per_tick, self.in_flight - running.true_subset.size))
+        if not wanted.true_subset.is_partitioned:
+            allowed = wanted.true_subset if room else view.get_empty_subset(key=context.key)
+        else:
+            keys = sorted(wanted.true_subset.expensively_compute_partition_keys())[:room]
+            allowed = view.get_subset_from_partition_keys(context.key, context.partitions_def, set(keys))
+        return dg.AutomationResult(context, allowed, child_results=[wanted, running])
+
+
+def follows_upstream(per_tick: int = MAX_REQUESTS_PER_TICK, in_flight: int = MAX_IN_FLIGHT) -> dg.AutomationCondition:
+    """A segment of a later stage runs once its upstream segment is new and passed its blocking checks."""
+    return CappedCondition(
+        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(), per_tick, in_flight
+    )
+
+
+FOLLOWS_UPSTREAM = follows_upstream()
+# A check of a later stage runs in the same run as the segment it checks.
+WITH_ITS_ASSET = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
