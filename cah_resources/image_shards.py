@@ -16,7 +16,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cah_resources.candidates import output_paths as candidate_paths
 from cah_resources.downloader import Downloader, Fetched, FetchSettings
 from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size, process_image
 from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfinished_files, shard_paths
@@ -66,9 +65,15 @@ def segment_folder(root: DataRoot, segment: str) -> str:
     return root.path(STAGE, segment)
 
 
+def candidates_path(root: DataRoot, segment: str) -> str:
+    """Stage 1's output per the data layout. Spelled out rather than imported from the candidates
+    module, whose WAT and language dependencies (and Dagster) every shard worker would then load."""
+    return root.path("candidates", segment, "candidates.parquet")
+
+
 def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit]:
     """The shards of a segment: consecutive slices of its candidates, ``shard_size`` rows each."""
-    path = candidate_paths(root, segment)[0]
+    path = candidates_path(root, segment)
     if not root.exists(path):
         raise FileNotFoundError(f"{path} does not exist: materialize the candidates of {segment} first")
     with root.fs.open(path, "rb") as handle:
@@ -96,7 +101,7 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
 
 def read_rows(unit: ShardUnit) -> pa.Table:
     """Rows [start, stop) of the candidates parquet, reading only the row groups that hold them."""
-    path = candidate_paths(unit.root, unit.segment)[0]
+    path = candidates_path(unit.root, unit.segment)
     with unit.root.fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         groups, offsets, first = [], [], 0
@@ -215,3 +220,13 @@ def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
     """The completion markers of a segment's finished shards, in shard order."""
     folder = segment_folder(root, segment)
     return [root.read_json(f"{folder}/{name}") for name in root.listdir(folder) if name.endswith(".done")]
+
+
+def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:
+    """A few rows of the segment's first finished shard for people to eyeball: ok rows first."""
+    folder = segment_folder(root, segment)
+    finished = [name[: -len(".done")] for name in root.listdir(folder) if name.endswith(".done")]
+    if not finished:
+        return []
+    rows = root.read_parquet(f"{folder}/{finished[0]}.parquet").slice(0, 10 * limit).to_pylist()
+    return sorted(rows, key=lambda r: r["status"] != "ok")[:limit]

@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import io
 import json
+import math
 import random
 import struct
 import sys
 import threading
 import zlib
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
-from PIL import Image
+from PIL import Image, ImageDraw
+
+from cah_resources.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
 EXPECTED_STATUS = {
@@ -128,6 +133,41 @@ def decompression_bomb_png(side: int = 10_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", padding) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+SHAPE_COLORS = [(220, 30, 30), (30, 160, 60), (40, 70, 210), (240, 205, 30), (130, 50, 170), (245, 140, 20)]
+
+
+@functools.lru_cache(maxsize=2048)
+def shape_image(stem: str, fmt: str = "JPEG", size: int = 320) -> bytes:
+    """One coloured shape on a white background, as a generated crawl's caption describes it.
+
+    The placement varies with the name; a faint grain keeps the file above the downloader's
+    5000-byte minimum without changing what the picture shows.
+    """
+    color, shape = parse_image_name(stem)
+    rng = random.Random(stem)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    radius = size * rng.uniform(0.25, 0.38)
+    cx, cy = size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size
+    fill = SHAPE_COLORS[color]
+    if SHAPES["en"][shape] == "circle":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    elif SHAPES["en"][shape] == "square":
+        draw.rectangle((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    elif SHAPES["en"][shape] == "triangle":
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius * 0.8), (cx + radius, cy + radius * 0.8)], fill=fill)
+    else:
+        points = []
+        for i in range(10):
+            r = radius if i % 2 == 0 else radius * 0.45
+            angle = math.pi / 2 + i * math.pi / 5
+            points.append((cx + r * math.cos(angle), cy - r * math.sin(angle)))
+        draw.polygon(points, fill=fill)
+    grain = np.random.default_rng(rng.randrange(2**32)).normal(0, 6, (size, size, 1))
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
+    return _encode(img, fmt, **({"quality": 90} if fmt != "PNG" else {}))
+
+
 def _host_address(prefix: str, index: int) -> str:
     return f"{prefix}.{index // 250}.{index % 250 + 1}"
 
@@ -157,7 +197,14 @@ class LocalImageWeb:
         self.seed = seed
         self.address_prefix = address_prefix
         self.hosts: list[str] = []
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()  # per path
+        self.user_agents: Counter[str] = Counter()
+        self.request_times: defaultdict[str, list[float]] = defaultdict(list)  # monotonic, per path
+        self.streamed_bytes: Counter[str] = Counter()  # oversized bodies: how much got written
+        self.peak_per_host: Counter[str] = Counter()  # most requests one host served at once
+        self.peak_in_flight = 0  # most requests the whole web served at once
+        self._in_flight: Counter[str] = Counter()
+        self._in_flight_total = 0
         self._attempts: Counter[str] = Counter()
         self._bodies: dict[tuple[str, int], bytes] = {}
         self._photos: dict[int, Image.Image] = {}
@@ -165,6 +212,16 @@ class LocalImageWeb:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._dead_host = ""
+
+    def reset_counters(self) -> None:
+        """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
+        self.requests.clear()
+        self.user_agents.clear()
+        self.request_times.clear()
+        self.streamed_bytes.clear()
+        self.peak_per_host.clear()
+        self.peak_in_flight = 0
+        self._attempts.clear()
 
     # ---- content -------------------------------------------------------------------------
 
@@ -230,6 +287,11 @@ class LocalImageWeb:
 
     # ---- URLs ----------------------------------------------------------------------------
 
+    @property
+    def origins(self) -> list[str]:
+        """``http://host:port`` of every host, e.g. as ``image_base`` of a generated crawl."""
+        return [f"http://{host}" for host in self.hosts]
+
     def url(self, kind: str, n: int) -> str:
         """The URL of the n-th instance of a kind, on host n % n_hosts."""
         if kind not in EXPECTED_STATUS:
@@ -273,8 +335,22 @@ class LocalImageWeb:
         return low + (high - low) * int.from_bytes(digest, "big") / 2**64
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        host = request.host
+        self._in_flight[host] += 1
+        self._in_flight_total += 1
+        self.peak_per_host[host] = max(self.peak_per_host[host], self._in_flight[host])
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight_total)
+        self.user_agents[request.headers.get("User-Agent", "")] += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self._in_flight[host] -= 1
+            self._in_flight_total -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
+        self.request_times[path].append(time.monotonic())
         attempt = self._attempts[path]
         self._attempts[path] += 1
         delay = self._delay(path)
@@ -282,6 +358,11 @@ class LocalImageWeb:
             await asyncio.sleep(delay)
         parts = path.strip("/").split("/")
         kind = parts[0]
+        if kind == "redirect_to":
+            # A redirect anywhere, for tests of what the client does with the target.
+            raise web.HTTPFound(request.query.get("to", "/"))
+        if kind not in EXPECTED_STATUS:
+            return self._sample_crawl_image(parts[-1])
         try:
             n = int(parts[1].split(".")[0])
         except (IndexError, ValueError):
@@ -346,6 +427,15 @@ class LocalImageWeb:
         return web.Response(body=body, headers=headers)
 
     @staticmethod
+    def _sample_crawl_image(name: str) -> web.Response:
+        """The picture a generated crawl's link names (``red-circle-12.jpg``); ``missing-*`` are 404."""
+        stem, _, extension = name.partition(".")
+        fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(extension.lower())
+        if fmt is None or parse_image_name(stem) is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=shape_image(stem, fmt), content_type=f"image/{fmt.lower()}")
+
+    @staticmethod
     def _reset(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
@@ -364,6 +454,7 @@ class LocalImageWeb:
             while sent < OVERSIZED_BYTES:
                 await response.write(block)
                 sent += len(block)
+                self.streamed_bytes[request.path] = sent
         except ConnectionError:
             # The client stopped reading at its size limit: that is the expected ending.
             raise asyncio.CancelledError from None
@@ -376,7 +467,7 @@ class LocalImageWeb:
         await self._runner.setup()
         for i in range(self.n_hosts):
             address = _host_address(self.address_prefix, i)
-            site = web.TCPSite(self._runner, address, 0, backlog=1024, shutdown_timeout=1.0)
+            site = web.TCPSite(self._runner, address, 0, backlog=1024)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             self.hosts.append(f"{address}:{port}")

@@ -1,0 +1,229 @@
+"""The image_shards stage function against the local image web: every row's status, the shard files, resuming."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from dataclasses import asdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from cah_resources.candidates import SCHEMA, output_paths, pair_uid
+from cah_resources.downloader import FetchSettings
+from cah_resources.image_shards import ShardSettings, download_shard, plan_shards, segment_folder
+from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
+from cah_resources.resizer import ResizeSettings
+from cah_resources.storage import DataRoot
+
+SEGMENT = "CC-MAIN-TEST_00000"
+SETTINGS = ShardSettings(
+    fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4,
+                        retries=1, retry_backoff=0.05, max_body_bytes=2_000_000, max_redirects=5),
+    resize=ResizeSettings(resize_mode="center_crop", image_size=64),
+    shard_size=20,
+)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_candidates(root: DataRoot, segment: str, urls) -> list[dict]:
+    """A candidates parquet as stage 1 writes it (sorted by uid); returns its rows in order."""
+    rows = []
+    for i, u in enumerate(urls):
+        text = f"Bild {i} — grüne Wiese ☀ {u.kind}"
+        rows.append({"uid": pair_uid(u.url, text), "url": u.url, "text": text, "page_url": f"http://pages.example/{i}.html",
+                     "category": "multi", "language": "de", "language_prob": 0.93, "wat_file": "crawl-data/x/0.warc.wat.gz"})
+    rows.sort(key=lambda r: r["uid"])
+    root.write_parquet(output_paths(root, segment)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
+    return rows
+
+
+def shard_files(root: DataRoot, segment: str) -> dict[str, bytes]:
+    folder = segment_folder(root, segment)
+    return {name: root.read_bytes(f"{folder}/{name}") for name in root.listdir(folder)}
+
+
+@pytest.fixture(scope="module")
+def web():
+    with LocalImageWeb(n_hosts=6) as fake_web:
+        yield fake_web
+
+
+@pytest.fixture(scope="module")
+def downloaded(web, tmp_path_factory):
+    """Two URLs of every kind of the fake web, downloaded once into 20-row shards."""
+    root = DataRoot(str(tmp_path_factory.mktemp("shards") / "data"))
+    urls = web.urls({kind: 2 for kind in EXPECTED_STATUS})
+    rows = write_candidates(root, SEGMENT, urls)
+    units = plan_shards(root, SEGMENT, SETTINGS.shard_size)
+    markers = [download_shard(unit, SETTINGS) for unit in units]
+    expected = {u.url: u.expected_status for u in urls}
+    return root, rows, units, markers, expected
+
+
+def all_rows(root: DataRoot, segment: str) -> list[dict]:
+    folder = segment_folder(root, segment)
+    parquets = [n for n in root.listdir(folder) if n.endswith(".parquet")]
+    return [row for name in parquets for row in root.read_parquet(f"{folder}/{name}").to_pylist()]
+
+
+def test_every_row_gets_the_status_its_url_must_have(downloaded):
+    root, rows, _, _, expected = downloaded
+    out = all_rows(root, SEGMENT)
+    wrong = [(r["url"], r["status"], expected[r["url"]], r["error_message"]) for r in out if r["status"] != expected[r["url"]]]
+    assert wrong == []
+    assert len(out) == len(rows) == 2 * len(EXPECTED_STATUS)
+
+
+def test_rows_keep_candidate_order_and_get_stable_keys(downloaded):
+    root, rows, units, _, _ = downloaded
+    out = all_rows(root, SEGMENT)
+    assert [r["uid"] for r in out] == [r["uid"] for r in rows]
+    assert [r["key"] for r in out] == [f"{i // 20:05d}{i % 20:05d}" for i in range(len(rows))]
+    assert len(units) == 4 and [u.stop - u.start for u in units] == [20, 20, 20, 6]
+
+
+def test_parquet_has_the_candidate_fields_and_image_facts_only_for_ok_rows(downloaded):
+    root, rows, _, _, _ = downloaded
+    table = root.read_parquet(f"{segment_folder(root, SEGMENT)}/00000.parquet")
+    assert table.schema.names == SCHEMA.names + ["key", "status", "http_status", "error_message", "bytes", "sha256",
+                                                 "width", "height", "original_width", "original_height"]
+    facts = ["bytes", "sha256", "width", "height", "original_width", "original_height"]
+    for row in all_rows(root, SEGMENT):
+        if row["status"] == "ok":
+            assert all(row[f] is not None for f in facts) and row["error_message"] is None
+            assert (row["width"], row["height"]) == (64, 64) and row["http_status"] == 200
+        else:
+            assert all(row[f] is None for f in facts)
+            assert row["error_message"] and "\n" not in row["error_message"]
+        if row["status"].startswith("http_"):
+            assert row["http_status"] == int(row["status"][5:])
+
+
+def test_stats_and_markers_count_every_status(downloaded):
+    root, _, units, markers, _ = downloaded
+    folder = segment_folder(root, SEGMENT)
+    for unit, marker in zip(units, markers):
+        statuses = [r["status"] for r in root.read_parquet(f"{folder}/{unit.shard:05d}.parquet").to_pylist()]
+        stats = root.read_json(f"{folder}/{unit.shard:05d}_stats.json")
+        assert stats["count"] == len(statuses) == unit.stop - unit.start
+        assert stats["status_counts"] == {s: statuses.count(s) for s in set(statuses)}
+        assert stats["successes"] == statuses.count("ok")
+        assert root.read_json(f"{folder}/{unit.shard:05d}.done") == stats
+        assert marker["skipped"] is False
+
+
+def test_shards_read_back_with_webdataset(downloaded):
+    root, rows, _, _, _ = downloaded
+    folder = segment_folder(root, SEGMENT)
+    ok = {r["key"]: r for r in all_rows(root, SEGMENT) if r["status"] == "ok"}
+    tars = sorted(f"{folder}/{n}" for n in root.listdir(folder) if n.endswith(".tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(ok)
+    for sample in samples:
+        row = ok[sample["__key__"]]
+        assert sample["txt"].decode("utf-8") == row["text"]
+        meta = json.loads(sample["json"])
+        assert meta == {k: row[k] for k in meta} and meta["key"] == sample["__key__"] and meta["status"] == "ok"
+        assert set(meta) == set(row)
+        image = Image.open(io.BytesIO(sample["jpg"]))
+        assert image.format == "JPEG" and image.size == (64, 64)
+
+
+def test_shards_read_back_with_plain_tarfile(downloaded):
+    root, _, units, _, _ = downloaded
+    folder = segment_folder(root, SEGMENT)
+    for unit in units:
+        ok_keys = [r["key"] for r in root.read_parquet(f"{folder}/{unit.shard:05d}.parquet").to_pylist() if r["status"] == "ok"]
+        with tarfile.open(f"{folder}/{unit.shard:05d}.tar") as tar:
+            names = tar.getnames()
+        assert sorted(names) == sorted(f"{k}.{ext}" for k in ok_keys for ext in ("jpg", "txt", "json"))
+        # webdataset needs a sample's files next to each other
+        stems = [n.split(".")[0] for n in names]
+        assert all(stems[i] == stems[i + 1] == stems[i + 2] for i in range(0, len(stems), 3))
+
+
+def test_a_finished_shard_is_not_redone(downloaded, web):
+    root, _, units, _, _ = downloaded
+    before = shard_files(root, SEGMENT)
+    web.reset_counters()
+    markers = [download_shard(unit, SETTINGS) for unit in units]
+    assert all(m["skipped"] for m in markers)
+    assert sum(web.requests.values()) == 0
+    assert shard_files(root, SEGMENT) == before
+
+
+def test_a_shard_written_with_another_shard_size_is_a_one_line_error(downloaded):
+    root, _, _, _, _ = downloaded
+    unit = plan_shards(root, SEGMENT, 25)[1]
+    with pytest.raises(ValueError, match="written with another shard_size") as info:
+        download_shard(unit, SETTINGS)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_candidates_are_a_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialize the candidates of CC-MAIN-NONE_00000 first"):
+        plan_shards(DataRoot(str(tmp_path)), "CC-MAIN-NONE_00000", 10)
+
+
+KILLABLE_RUN = textwrap.dedent(
+    """
+    import sys
+    from cah_resources.downloader import FetchSettings
+    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
+    from cah_resources.resizer import ResizeSettings
+    from cah_resources.storage import DataRoot
+
+    root, segment = DataRoot(sys.argv[1]), sys.argv[2]
+    settings = ShardSettings(fetch=FetchSettings(**eval(sys.argv[3])), resize=ResizeSettings(**eval(sys.argv[4])),
+                             shard_size=int(sys.argv[5]))
+    for unit in plan_shards(root, segment, settings.shard_size):
+        download_shard(unit, settings)
+    """
+)  # run with -c: image worker processes then start without re-running a __main__ file
+
+
+def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:
+        rows = write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
+        folder = segment_folder(root, SEGMENT)
+        env = {**os.environ, "PYTHONPATH": REPO}
+        args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), str(SETTINGS.shard_size)]
+        process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *args], cwd=REPO, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not root.exists(f"{folder}/00000.done"):
+                assert process.poll() is None, "the run ended before finishing its first shard"
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        done_before = sorted(n for n in root.listdir(folder) if n.endswith(".done"))
+        finished = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if f"{n[:5]}.done" in done_before}
+        assert 1 <= len(done_before) < 4, "the kill should leave unfinished shards behind"
+
+        markers = [download_shard(unit, SETTINGS) for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size)]
+
+    assert [m["skipped"] for m in markers] == [f"{m['shard']:05d}.done" in done_before for m in markers]
+    assert {n: root.read_bytes(f"{folder}/{n}") for n in finished} == finished
+    names = root.listdir(folder)
+    assert not [n for n in names if ".tmp-" in n]
+    assert sorted(n for n in names if n.endswith(".done")) == [f"{i:05d}.done" for i in range(4)]
+    out = all_rows(root, SEGMENT)
+    assert [r["uid"] for r in out] == [r["uid"] for r in rows]
+    assert {r["status"] for r in out} == {"ok", "http_404"}
+    digests = {hashlib.sha256(root.read_bytes(f"{folder}/{i:05d}.tar")).hexdigest() for i in range(4)}
+    assert len(digests) == 4

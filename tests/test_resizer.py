@@ -1,0 +1,161 @@
+"""Image checks and img2dataset's resize modes, on real images made with Pillow."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cah_resources.local_web import decompression_bomb_png, photo_like
+from cah_resources.resizer import ResizeSettings, process_image
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(jpeg: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(jpeg))
+    assert img.format == "JPEG"
+    return img.convert("RGB")
+
+
+LANDSCAPE = encode(photo_like(400, 300, seed=1, grain=12), quality=92)
+
+
+@pytest.mark.parametrize(
+    "mode,size",
+    [("no", (400, 300)), ("border", (256, 256)), ("keep_ratio", (341, 256)),
+     ("keep_ratio_largest", (256, 192)), ("center_crop", (256, 256))],
+)
+def test_each_resize_mode_gives_img2datasets_geometry(mode, size):
+    out = process_image(LANDSCAPE, ResizeSettings(resize_mode=mode, image_size=256))
+    assert out.status == "ok", out.error_message
+    assert (out.width, out.height) == size == decode(out.jpeg).size
+    assert (out.original_width, out.original_height) == (400, 300)
+    assert out.bytes == len(LANDSCAPE)
+
+
+def test_border_mode_pads_with_white_above_and_below_a_landscape_image():
+    out = decode(process_image(LANDSCAPE, ResizeSettings(resize_mode="border", image_size=256)).jpeg)
+    pixels = np.asarray(out, dtype=np.int32)
+    assert pixels[:20].min() > 240 and pixels[-20:].min() > 240  # 256x192 picture, 32 px bars
+    assert pixels[100:150].std() > 5
+
+
+def test_resize_only_if_bigger_keeps_small_images_as_they_are():
+    small = encode(photo_like(200, 150, seed=2, grain=20), quality=95)
+    out = process_image(small, ResizeSettings(resize_mode="border", image_size=256, resize_only_if_bigger=True))
+    assert (out.width, out.height) == (200, 150)
+    shrunk = process_image(LANDSCAPE, ResizeSettings(resize_mode="border", image_size=256, resize_only_if_bigger=True))
+    assert (shrunk.width, shrunk.height) == (256, 256)
+
+
+def test_large_jpegs_decoded_at_reduced_scale_still_get_the_exact_target_size():
+    big = encode(photo_like(2000, 1500, seed=3), quality=85)
+    for mode, size in [("keep_ratio", (341, 256)), ("center_crop", (256, 256)), ("keep_ratio_largest", (256, 192))]:
+        out = process_image(big, ResizeSettings(resize_mode=mode, image_size=256))
+        assert (out.width, out.height) == size
+        assert (out.original_width, out.original_height) == (2000, 1500)
+
+
+def test_exif_orientation_is_applied_and_reported_in_the_original_size():
+    img = Image.new("RGB", (400, 300), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 200, 300))  # left half red, right half blue
+    noisy = Image.fromarray(np.clip(np.asarray(img, np.int16) + np.random.default_rng(0).normal(0, 8, (300, 400, 3)), 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
+    out = process_image(encode(noisy, exif=exif), ResizeSettings(resize_mode="keep_ratio", image_size=150))
+    assert (out.original_width, out.original_height) == (300, 400)
+    assert (out.width, out.height) == (150, 200)
+    pixels = np.asarray(decode(out.jpeg), dtype=np.int32)
+    top, bottom = pixels[:60].mean(axis=(0, 1)), pixels[-60:].mean(axis=(0, 1))
+    assert top[0] > 180 and top[2] < 80  # the red half is now on top
+    assert bottom[2] > 180 and bottom[0] < 80
+
+
+def test_transparency_is_flattened_onto_white():
+    rgba = photo_like(300, 200, seed=4, grain=20).convert("RGBA")
+    alpha = Image.new("L", rgba.size, 255)
+    alpha.paste(0, (0, 0, 100, 200))
+    rgba.putalpha(alpha)
+    out = process_image(encode(rgba, "PNG"), ResizeSettings(resize_mode="no"))
+    pixels = np.asarray(decode(out.jpeg), dtype=np.int32)
+    assert pixels[:, :90].min() > 245
+    assert pixels[:, 120:].std() > 5
+
+
+def test_palette_and_sixteen_bit_images_become_rgb():
+    palette = photo_like(200, 150, seed=5, grain=30).convert("P")
+    palette.info["transparency"] = 0
+    grey16 = Image.fromarray(np.random.default_rng(1).integers(0, 65535, (150, 200)).astype(np.uint16))
+    for body in (encode(palette, "PNG"), encode(grey16, "PNG")):
+        out = process_image(body, ResizeSettings(resize_mode="no"))
+        assert out.status == "ok", out.error_message
+        assert decode(out.jpeg).mode == "RGB"
+
+
+def test_higher_encode_quality_keeps_more_detail():
+    low = process_image(LANDSCAPE, ResizeSettings(encode_quality=40))
+    high = process_image(LANDSCAPE, ResizeSettings(encode_quality=95))
+    assert len(high.jpeg) > len(low.jpeg) * 1.5
+
+
+def test_sha256_is_of_the_downloaded_bytes():
+    import hashlib
+
+    assert process_image(LANDSCAPE, ResizeSettings()).sha256 == hashlib.sha256(LANDSCAPE).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "body,settings,status",
+    [
+        (encode(Image.new("RGB", (40, 30), (9, 9, 9))), ResizeSettings(), "too_small"),
+        (b"<!doctype html><html>" + b"<p>not an image</p>" * 400, ResizeSettings(), "not_an_image"),
+        (encode(photo_like(200, 150, seed=6, grain=30), "GIF"), ResizeSettings(), "format_not_allowed"),
+        (encode(photo_like(200, 150, seed=6, grain=30), "BMP"), ResizeSettings(), "format_not_allowed"),
+        (LANDSCAPE, ResizeSettings(allowed_formats=("PNG",)), "format_not_allowed"),
+        (LANDSCAPE[: len(LANDSCAPE) * 3 // 4], ResizeSettings(), "corrupt_image"),
+        (LANDSCAPE[:600] + random.Random(0).randbytes(20_000), ResizeSettings(), "corrupt_image"),
+        (encode(photo_like(1200, 60, seed=7, grain=30)), ResizeSettings(max_aspect_ratio=10), "aspect_ratio_too_large"),
+        (LANDSCAPE, ResizeSettings(min_side=301), "image_too_small"),
+        (LANDSCAPE, ResizeSettings(max_pixels=400 * 300 - 1), "too_many_pixels"),
+    ],
+    ids=["tiny", "html", "gif", "bmp", "jpeg_not_allowed", "truncated", "garbage_after_header", "banner",
+         "min_side", "max_pixels"],
+)
+def test_unusable_bodies_get_their_reason(body, settings, status):
+    out = process_image(body, settings)
+    assert out.status == status
+    assert out.error_message and "\n" not in out.error_message
+    assert out.jpeg is None
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_decoding():
+    bomb = decompression_bomb_png(side=10_000)
+    assert len(bomb) > 5000
+    # Its pixel data is not valid: had it been decoded, it would be 'corrupt_image'.
+    out = process_image(bomb, ResizeSettings())
+    assert out.status == "too_many_pixels"
+    assert "10000x10000" in out.error_message
+
+
+def test_hostile_bytes_never_raise():
+    rng = random.Random(42)
+    headers = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"GIF89a", b""]
+    for i in range(150):
+        body = rng.choice(headers) + rng.randbytes(rng.randrange(5000, 12000))
+        if i % 3 == 0:
+            body = LANDSCAPE[: rng.randrange(100, len(LANDSCAPE))] + rng.randbytes(6000)
+        out = process_image(body, ResizeSettings())
+        assert out.status in {"ok", "not_an_image", "corrupt_image", "format_not_allowed", "too_many_pixels"}
+
+
+@pytest.mark.parametrize("bad", [{"resize_mode": "stretch"}, {"image_size": 0}, {"encode_quality": 101}])
+def test_bad_settings_are_one_line_errors(bad):
+    with pytest.raises(ValueError) as info:
+        ResizeSettings(**bad)
+    assert "\n" not in str(info.value)
