@@ -186,11 +186,11 @@ class Fleet:
             )
         return self._clients[project.number]
 
-    def _call(self, what: str, fn: Callable):
-        """``fn()``, waiting out rate limits beyond the retries hcloud makes by itself."""
+    def _call(self, what: str, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)``, waiting out rate limits beyond the retries hcloud makes by itself."""
         for attempt in range(self.settings.rate_limit_retries + 1):
             try:
-                return fn()
+                return fn(*args, **kwargs)
             except APIException as exc:
                 if exc.code != "rate_limit_exceeded" or attempt == self.settings.rate_limit_retries:
                     raise
@@ -203,7 +203,12 @@ class Fleet:
         """Every server carrying this fleet's labels, in every project."""
         found = []
         for project in self.projects:
-            listed = self._call(f"listing {project}", lambda: self.client(project).servers.get_all(label_selector=self.settings.selector))
+            try:
+                listed = self._call(f"listing {project}", self.client(project).servers.get_all, label_selector=self.settings.selector)
+            except APIException as exc:
+                if exc.code in ("unauthorized", "forbidden", 401, 403):
+                    raise FleetError(f"{project}: the API refused its token ({exc.message}); check entry {project.number} of {TOKENS_ENV}") from None
+                raise
             for s in listed:
                 if not self.settings.owns(s.labels):
                     continue
@@ -215,7 +220,7 @@ class Fleet:
     def price_per_server(self) -> float:
         """Hourly gross price of one new server, from the API's server types."""
         project = self.projects[0]
-        stype = self._call("reading server types", lambda: self.client(project).server_types.get_by_name(self.settings.server_type))
+        stype = self._call("reading server types", self.client(project).server_types.get_by_name, self.settings.server_type)
         if stype is None:
             raise FleetError(f"server type {self.settings.server_type!r} does not exist; see `hcloud server-type list`")
         price = server_price(stype, self.settings.location)
@@ -300,15 +305,14 @@ class Fleet:
                 try:
                     made = self._call(
                         f"creating {name}",
-                        lambda: client.servers.create(
-                            name=name,
-                            server_type=ServerType(name=s.server_type),
-                            image=Image(name=s.image),
-                            location=Location(name=s.location),
-                            ssh_keys=[SSHKey(name=k) for k in s.ssh_keys] or None,
-                            user_data=user_data,
-                            labels=s.labels,
-                        ),
+                        client.servers.create,
+                        name=name,
+                        server_type=ServerType(name=s.server_type),
+                        image=Image(name=s.image),
+                        location=Location(name=s.location),
+                        ssh_keys=[SSHKey(name=k) for k in s.ssh_keys] or None,
+                        user_data=user_data,
+                        labels=s.labels,
                     )
                 except APIException as exc:
                     if exc.code == "uniqueness_error":
@@ -353,7 +357,7 @@ class Fleet:
             report.created.remove(server.name)
             report.problems.append(f"{project}: creating {server.name} failed in Hetzner; deleting it")
             try:
-                self._call(f"deleting {server.name}", lambda: self.client(project).servers.delete(server)).wait_until_finished()
+                self._call(f"deleting {server.name}", self.client(project).servers.delete, server).wait_until_finished()
             except (APIException, ActionFailedException, ActionTimeoutException) as exc:
                 report.problems.append(f"{project}: could not delete half-made {server.name} ({exc}); run `cah fleet down`")
         except ActionTimeoutException:
@@ -371,7 +375,7 @@ class Fleet:
         timeout_s = self.settings.join_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         try:
-            client = connect_client(self.settings.scheduler_address, self._client_security(), min(30.0, max(timeout_s, 1.0)))
+            client = connect_client(self.settings.scheduler_address, self._client_security(), min(30.0, max(timeout_s, 10.0)))
         except ClusterUnavailable as exc:
             self.progress(f"cannot check which workers joined: {exc}")
             return [], sorted(names)
@@ -407,7 +411,7 @@ class Fleet:
                 if not self.settings.owns(bound.labels):  # relabelled since listing: not ours any more
                     report.problems.append(f"{server.name} lost the fleet's labels; left alone")
                     continue
-                pending.append((server, self._call(f"deleting {server.name}", lambda: client.servers.delete(bound))))
+                pending.append((server, self._call(f"deleting {server.name}", client.servers.delete, bound)))
             except APIException as exc:
                 report.problems.append(f"{project}: deleting {server.name} failed: {_api_error(exc)}")
         for server, action in pending:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 import pytest
-from dask_peers import cah_worker, client_security, dask_worker, free_port, make_tls, scheduler, wait_for_worker_names
+from dask_peers import cah_worker, dask_worker, free_port, make_tls, scheduler, wait_for_worker_names
 from distributed import Client, get_worker
 
 from cah_assets.candidates import candidates

@@ -291,3 +291,11 @@ def test_scale_to_grows_then_shrinks_the_fleet_newest_first(api, tls):
     assert names(project) == {"cah-001"}
     fleet(api, tls).scale_to(0)
     assert names(project) == set()
+
+
+def test_a_refused_token_names_its_project_not_the_token(api, tls):
+    api.add_project(TOKEN_A)
+
+    with pytest.raises(FleetError, match="project 2: the API refused its token .* entry 2 of HCLOUD_TOKENS") as error:
+        fleet(api, tls, tokens=(TOKEN_A, TOKEN_B)).servers()
+    assert TOKEN_B not in str(error.value)
