@@ -114,25 +114,31 @@ def physical_device_id(index: int, visible: str | None = None) -> str:
     return str(index)
 
 
-def gpu_worker_options(devices: list[GpuDevice], name: str, memory_limit: str = "auto") -> list[dict[str, Any]]:
+def _split_memory(memory_limit: str, workers: int) -> int | None:
+    from distributed.worker_memory import parse_memory_limit
+
+    # "auto" shares the machine's RAM between its workers, like LocalCluster does.
+    return parse_memory_limit(memory_limit, 1, max(1, workers), logger=log)
+
+
+def gpu_worker_options(devices: list[GpuDevice], name: str, memory_limit: str = "auto", workers: int = 0) -> list[dict[str, Any]]:
     """Nanny options for one worker per device: pinned to it, one thread, advertising GPU=1."""
+    limit = _split_memory(memory_limit, workers or len(devices))
     return [
         {
             "name": f"{name}-gpu{d.index}",
             "nthreads": 1,
             "resources": {GPU: 1},
             "env": {"CUDA_VISIBLE_DEVICES": physical_device_id(d.index)},
-            "memory_limit": memory_limit,
+            "memory_limit": limit,
         }
         for d in devices
     ]
 
 
-def cpu_worker_options(n_workers: int, nthreads: int, name: str, memory_limit: str = "auto") -> list[dict[str, Any]]:
+def cpu_worker_options(n_workers: int, nthreads: int, name: str, memory_limit: str = "auto", workers: int = 0) -> list[dict[str, Any]]:
     """Nanny options for CPU runners: no GPU resource and no device, so GPU work never lands here."""
-    from distributed.worker_memory import parse_memory_limit
-
-    limit = parse_memory_limit(memory_limit, nthreads, n_workers, logger=log)
+    limit = _split_memory(memory_limit, workers or n_workers)
     return [
         {
             "name": f"{name}-{i}",
@@ -178,7 +184,7 @@ async def serve_workers(scheduler: str, options: list[dict[str, Any]], security:
 def configure_worker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", required=True, help="scheduler address, e.g. tls://203.0.113.7:8786")
     parser.add_argument("--gpu", action="store_true", help="serve GPU work: one worker per CUDA device with GPU=1")
-    parser.add_argument("--nworkers", type=int, default=0, help="CPU worker processes (default: one per core)")
+    parser.add_argument("--nworkers", type=int, default=0, help="CPU worker processes (default: one per core; with --gpu: none)")
     parser.add_argument("--nthreads", type=int, default=1, help="threads per CPU worker")
     parser.add_argument("--name", default=socket.gethostname(), help="worker name prefix (default: hostname)")
     parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 8GB (default: RAM / workers)")
@@ -204,8 +210,12 @@ def worker_command(args: argparse.Namespace) -> int:
                 print(f"cah worker: skipping {reason}", file=sys.stderr)
             if not fit:
                 raise GpuUnfit("no GPU with enough free memory: " + "; ".join(refused or ["no device"]))
-            options = gpu_worker_options(fit, args.name, args.memory_limit)
-            print(f"cah worker: GPU executor with {', '.join(f'{d.name} (GPU {d.index})' for d in fit)}")
+            # --nworkers beside --gpu puts the machine's spare cores to work on CPU stages too.
+            total = len(fit) + args.nworkers
+            options = gpu_worker_options(fit, args.name, args.memory_limit, total)
+            options += cpu_worker_options(args.nworkers, args.nthreads, args.name, args.memory_limit, total)
+            print(f"cah worker: GPU executor with {', '.join(f'{d.name} (GPU {d.index})' for d in fit)}"
+                  f"{f' and {args.nworkers} CPU worker(s)' if args.nworkers else ''}")
         else:
             n = args.nworkers or max(1, (os.cpu_count() or 1) // args.nthreads)
             options = cpu_worker_options(n, args.nthreads, args.name, args.memory_limit)

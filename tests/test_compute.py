@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from distributed import get_worker
+from distributed.system import MEMORY_LIMIT
 
 from cah_resources.compute import ClusterUnavailable, ComputeResource, worker_resources
 from cah_resources.gpu_worker import (
@@ -72,8 +73,7 @@ def test_local_cluster_is_sized_to_the_machine():
     assert all(w["nthreads"] == 1 for w in workers)
     limits = {w["memory_limit"] for w in workers}
     assert len(limits) == 1
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert limits.pop() <= total // cores + GIB
+    assert abs(limits.pop() - MEMORY_LIMIT // cores) < GIB
 
 
 def test_machine_without_nvidia_driver_counts_no_gpu():
@@ -122,6 +122,7 @@ def test_gpu_executor_runs_one_worker_per_device_pinned_and_advertising_gpu(monk
         ("homepc-gpu0", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": "0"}, 1),
         ("homepc-gpu1", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": "1"}, 1),
     ]
+    assert all(abs(o["memory_limit"] - MEMORY_LIMIT // 2) < GIB for o in options)  # the machine's RAM shared by two
     assert physical_device_id(1, visible="2,3") == "3"
 
 
