@@ -262,6 +262,8 @@ class _Session(ABC):
             ),
             (segment_id,),
         )
+        if cursor.rowcount == len(batch):
+            return list(batch)  # every uid was new and is now this segment's: nothing to read back
         # Read back the positions of the uids this segment does NOT own: often few, and
         # integers travel faster than bytea. The LEFT JOIN keeps the batch as the outer loop
         # and probes the claims primary key per uid; a "segment_id = ?" filter would let
@@ -331,13 +333,12 @@ class _SqliteSession(_Session):
     def __init__(self, index: DedupIndex) -> None:
         super().__init__(index)
         path = _sqlite_path(index.url)
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
             # lock before reading and two writers cannot both read-then-fail to upgrade.
             self.conn = sqlite3.connect(path, timeout=_SQLITE_LOCK_WAIT_S, isolation_level=None)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise DedupIndexError(f"cannot open the dedup index {path}: {exc}") from None
 
     def ensure_schema(self) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import dagster as dg
 import pytest
+from conftest import skip_or_fail
 
 from cah_resources.dedup_index import (
     DedupIndex,
@@ -42,11 +43,8 @@ def postgres_unreachable_reason() -> str | None:
 
 def require_postgres() -> None:
     reason = postgres_unreachable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CAH_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}, and CAH_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{reason}; set CAH_REQUIRE_SERVICES=1 to make this a failure")
+    if reason is not None:
+        skip_or_fail(reason)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
