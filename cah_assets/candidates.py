@@ -11,6 +11,7 @@ from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
+from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.segments import registration_for_key
 from cah_resources.storage import DataRoot, StorageResource
 
@@ -22,6 +23,7 @@ def candidates(
     common_crawl: CommonCrawl,
     storage: StorageResource,
     candidate_rules: CandidateRules,
+    dedup_index: DedupIndexResource,
 ) -> dg.MaterializeResult:
     """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
     root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
@@ -37,7 +39,8 @@ def candidates(
         context.log.info(f"WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates")
 
     parts = compute.run_units(extract_wat_file, units, on_result=progress)
-    merges = [SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key)) for key in keys]
+    claim = dedup_index.index(root).claim  # pairs an earlier segment owns are dropped as duplicate_global
+    merges = [SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key), claim) for key in keys]
     stats = {r.unit.segment: r.value for r in compute.run_units(merge_unit, merges)}
     seconds = time.perf_counter() - started
     for key in keys if len(keys) > 1 else []:

@@ -12,6 +12,7 @@ from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import SCHEMA, extract_pairs, label_pairs, output_paths, pair_uid
 from cah_resources.common_crawl import CommonCrawl
+from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.image_links import CandidateFilters
 from cah_resources.language import LanguageDetector
 from cah_resources.segments import register_crawl
@@ -92,13 +93,15 @@ def _resources(sample_crawl, data_root, compute):
         "common_crawl": CommonCrawl(base_url=sample_crawl.root),
         "storage": StorageResource(root=data_root.url),
         "candidate_rules": CandidateRules(),
+        "dedup_index": DedupIndexResource(),
     }
 
 
 def test_register_job_adds_segments_as_dynamic_partitions(sample_crawl, data_root):
     instance = dg.DagsterInstance.ephemeral()
     resources = _resources(sample_crawl, data_root, None)
-    resources.pop("compute"), resources.pop("candidate_rules")
+    for name in ("compute", "candidate_rules", "dedup_index"):
+        resources.pop(name)
     config = {"ops": {"register_crawl_segments": {"config": {"crawl": sample_crawl.crawl, "files_per_segment": 1}}}}
     result = register_crawl_job.execute_in_process(run_config=config, instance=instance, resources=resources)
     assert result.success
@@ -160,3 +163,25 @@ def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
         shown = parse_image_name(stem.removeprefix("missing-"))
         assert row.matches == (shown == (row.color, row.shape) and row.category != "nolang")
     assert 0 < sum(r.matches for r in truth) < len(truth)
+
+
+def test_a_pair_claimed_by_an_earlier_segment_is_dropped_as_a_global_duplicate(tmp_path, local_compute):
+    from cah_resources.sample_crawl import generate_crawl
+
+    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=20, seed=1)
+    root = StorageResource(root=str(tmp_path / "data")).data_root()
+    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), root, crawl.crawl, 1)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(segments.name, registration.keys())
+    resources = _resources(crawl, root, local_compute)
+    first, second = registration.keys()
+    shared = {(r.url, r.text) for r in crawl.candidates[crawl.wat_paths[0]]} & {
+        (r.url, r.text) for r in crawl.candidates[crawl.wat_paths[1]]}
+    assert shared, "the generator repeats links across files"
+    for key in (first, second, first):  # the rerun of the first keeps its claims
+        assert dg.materialize([candidates], partition_key=key, instance=instance, resources=resources).success
+    first_rows = {(r["url"], r["text"]) for r in root.read_parquet(output_paths(root, first)[0]).to_pylist()}
+    second_rows = {(r["url"], r["text"]) for r in root.read_parquet(output_paths(root, second)[0]).to_pylist()}
+    assert shared <= first_rows and not shared & second_rows
+    assert len(first_rows) == len(crawl.candidates[crawl.wat_paths[0]])
+    assert root.read_json(output_paths(root, second)[1])["drop_duplicate_global"] == len(shared)
