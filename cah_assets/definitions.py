@@ -4,7 +4,9 @@ import os
 
 import dagster as dg
 
+from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.candidates import candidates
+from cah_assets.checks import candidates_checks
 from cah_assets.crawls import register_crawl_job
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL, CommonCrawl
@@ -13,11 +15,16 @@ from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
     assets=[candidates],
+    asset_checks=[candidates_checks],
     jobs=[register_crawl_job],
+    schedules=[segment_schedule],
+    sensors=[crawl_discovery_sensor, segment_flow_sensor],
     resources={
         "compute": ComputeResource(),
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
         "storage": StorageResource(root=os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
+        "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
+        "segment_flow": SegmentFlow(),
     },
 )

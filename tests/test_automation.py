@@ -1,0 +1,231 @@
+"""Automation: crawl discovery in batches, the segment schedule and its in-flight cap, capped follow-upstream."""
+
+import functools
+import http.server
+import json
+import threading
+
+import dagster as dg
+import pytest
+
+from cah_assets.automation import (
+    CrawlDiscovery,
+    CrawlListError,
+    SegmentFlow,
+    choose_crawls,
+    crawl_discovery_sensor,
+    read_crawl_list,
+    segment_schedule,
+)
+from cah_assets.candidates import candidates
+from cah_assets.definitions import defs
+from cah_assets.partitions import segments
+from cah_assets.policies import CappedCondition
+from cah_resources.common_crawl import CommonCrawl
+from cah_resources.sample_crawl import generate_crawl
+from cah_resources.segments import load_registration, register_crawl
+from cah_resources.storage import StorageResource
+
+OLD, NEW = "CC-MAIN-2024-10", "CC-MAIN-2024-18"
+
+
+@pytest.fixture(scope="module")
+def crawls(tmp_path_factory):
+    """A local Common Crawl with two small crawls, and a collinfo.json that lists them among others."""
+    root = tmp_path_factory.mktemp("commoncrawl")
+    generate_crawl(str(root), crawl=OLD, wat_files=3, pages_per_file=6, seed=1)
+    generate_crawl(str(root), crawl=NEW, wat_files=2, pages_per_file=6, seed=2)
+    listing = [{"id": i, "name": i, "cdx-api": f"https://index.commoncrawl.org/{i}-index"}
+               for i in (NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01")]
+    (root / "collinfo.json").write_text(json.dumps(listing))
+    (root / "broken.json").write_text('{"id": "CC-MAIN-2024-10"')
+    return root
+
+
+@pytest.fixture(scope="module")
+def crawl_list_server(crawls):
+    """The crawl folder served over HTTP on loopback (the test's stand-in for index.commoncrawl.org)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(crawls))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the crawl list -------------------------------------------------------------------------------
+
+
+def test_the_crawl_list_is_read_from_a_url_or_a_local_file(crawls, crawl_list_server):
+    expected = [NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01"]
+    assert read_crawl_list(f"{crawl_list_server}/collinfo.json") == expected
+    assert read_crawl_list(str(crawls / "collinfo.json")) == expected
+    assert read_crawl_list(f"file://{crawls / 'collinfo.json'}") == expected
+
+
+@pytest.mark.parametrize("where, says", [
+    ("{server}/missing.json", "answered HTTP 404"),
+    ("{server}/broken.json", "is not a JSON list"),
+    ("http://127.0.0.1:{port}/collinfo.json", "is unreachable"),
+    ("{folder}/nowhere.json", "is unreachable"),
+])
+def test_an_unusable_crawl_list_is_one_line_saying_why(crawls, crawl_list_server, where, says):
+    location = where.format(server=crawl_list_server, port=_unused_port(), folder=crawls)
+    with pytest.raises(CrawlListError, match=says) as caught:
+        read_crawl_list(location, timeout_s=5)
+    assert "\n" not in str(caught.value) and location in str(caught.value)
+
+
+def test_the_newest_matching_crawls_are_chosen():
+    ids = [NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01"]
+    assert choose_crawls(ids, r"^CC-MAIN-\d{4}-\d{2}$", 2) == [NEW, OLD]
+    assert choose_crawls(ids, r"^CC-MAIN-2023", 5) == ["CC-MAIN-2023-50"]
+    assert choose_crawls(ids, r"^CC-MAIN-\d{4}-\d{2}$", 0) == []
+
+
+# --- the discovery sensor -------------------------------------------------------------------------
+
+
+def _discovery_tick(instance, cursor, resources):
+    """One sensor tick, with its partition requests applied to the instance as the daemon does."""
+    data = crawl_discovery_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    for request in data.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return data
+
+
+def _discovery_resources(crawls, crawl_list, data_root, **discovery):
+    return {
+        "crawl_discovery": CrawlDiscovery(crawl_list=crawl_list, **discovery),
+        "common_crawl": CommonCrawl(base_url=str(crawls)),
+        "storage": StorageResource(root=data_root.url),
+    }
+
+
+def test_discovery_adds_the_newest_crawls_segments_in_batches_with_a_cursor(crawls, crawl_list_server, data_root):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = _discovery_resources(crawls, f"{crawl_list_server}/collinfo.json", data_root,
+                                     newest=2, files_per_segment=1, segments_per_tick=2)
+    added_per_tick, cursor = [], None
+    for _ in range(4):
+        before = set(instance.get_dynamic_partitions(segments.name))
+        data = _discovery_tick(instance, cursor, resources)
+        cursor = data.cursor
+        added_per_tick.append(sorted(set(instance.get_dynamic_partitions(segments.name)) - before))
+    assert added_per_tick == [
+        [f"{NEW}_00000", f"{NEW}_00001"],
+        [f"{OLD}_00000", f"{OLD}_00001"],
+        [f"{OLD}_00002"],
+        [],
+    ]
+    assert json.loads(cursor) == {NEW: 2, OLD: 3}
+    assert data.skip_message  # the quiet tick says why it added nothing
+    assert load_registration(data_root, NEW).files_per_segment == 1  # keys mean fixed files from now on
+
+
+def test_discovery_from_a_local_crawl_list_adds_nothing_twice(crawls, data_root):
+    instance = dg.DagsterInstance.ephemeral()
+    register_crawl(CommonCrawl(base_url=str(crawls)).source(), data_root, NEW, 1)
+    instance.add_dynamic_partitions(segments.name, [f"{NEW}_00000"])  # registered by hand before
+    resources = _discovery_resources(crawls, str(crawls / "collinfo.json"), data_root, newest=1)
+    data = _discovery_tick(instance, None, resources)
+    assert [list(r.partition_keys) for r in data.dynamic_partitions_requests] == [[f"{NEW}_00001"]]
+    assert instance.get_dynamic_partitions(segments.name) == [f"{NEW}_00000", f"{NEW}_00001"]
+
+
+def test_an_unreachable_crawl_list_skips_the_tick_and_keeps_the_cursor(crawls, data_root):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = _discovery_resources(crawls, f"http://127.0.0.1:{_unused_port()}/collinfo.json", data_root)
+    data = _discovery_tick(instance, json.dumps({NEW: 1}), resources)
+    assert "is unreachable" in data.skip_message
+    assert instance.get_dynamic_partitions(segments.name) == []
+
+
+def test_a_listed_crawl_without_wat_files_yet_does_not_stop_the_others(crawls, data_root, tmp_path):
+    listing = [{"id": "CC-MAIN-2024-22"}, {"id": NEW}]  # announced, but its wat.paths.gz is not published
+    (tmp_path / "collinfo.json").write_text(json.dumps(listing))
+    instance = dg.DagsterInstance.ephemeral()
+    resources = _discovery_resources(crawls, str(tmp_path / "collinfo.json"), data_root, newest=2, files_per_segment=1)
+    data = _discovery_tick(instance, None, resources)
+    assert instance.get_dynamic_partitions(segments.name) == [f"{NEW}_00000", f"{NEW}_00001"]
+    assert "CC-MAIN-2024-22" not in json.loads(data.cursor)
+
+
+# --- the segment schedule -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registered(crawls, data_root):
+    """Both crawls registered at one WAT file per segment: five segments, none started."""
+    with dg.instance_for_test() as instance:
+        for crawl in (OLD, NEW):
+            registration = register_crawl(CommonCrawl(base_url=str(crawls)).source(), data_root, crawl, 1)
+            instance.add_dynamic_partitions(segments.name, registration.keys())
+        yield instance
+
+
+def _schedule_tick(instance, **flow):
+    context = dg.build_schedule_context(instance=instance, resources={"segment_flow": SegmentFlow(**flow)},
+                                        repository_def=defs.get_repository_def())
+    return segment_schedule.evaluate_tick(context)
+
+
+def _queue_run(instance, key):
+    """A run of candidates for ``key`` that is created and not finished: what a launch leaves behind."""
+    job = defs.get_implicit_global_asset_job_def()
+    return instance.create_run_for_job(job, asset_selection=frozenset({candidates.key}), tags={"dagster/partition": key},
+                                       status=dg.DagsterRunStatus.STARTING)
+
+
+def test_the_schedule_requests_the_next_segments_newest_crawl_first(registered):
+    data = _schedule_tick(registered, segments_per_tick=3, max_in_flight=10)
+    assert [r.partition_key for r in data.run_requests] == [f"{NEW}_00000", f"{NEW}_00001", f"{OLD}_00000"]
+    assert all(r.tags["cah/trigger"] == "schedule" for r in data.run_requests)
+    only_old = _schedule_tick(registered, crawls=[OLD], segments_per_tick=2, max_in_flight=10)
+    assert [r.partition_key for r in only_old.run_requests] == [f"{OLD}_00000", f"{OLD}_00001"]
+
+
+def test_the_schedule_never_lets_more_than_the_cap_in_flight(registered):
+    _queue_run(registered, f"{NEW}_00000")
+    _queue_run(registered, f"{NEW}_00001")
+    data = _schedule_tick(registered, segments_per_tick=4, max_in_flight=3)
+    assert [r.partition_key for r in data.run_requests] == [f"{OLD}_00000"]
+    full = _schedule_tick(registered, segments_per_tick=4, max_in_flight=2)
+    assert full.run_requests == [] and "2 segments in flight (cap 2)" in full.skip_message
+
+
+def test_the_schedule_skips_done_and_failed_segments(registered, crawls, data_root, local_compute):
+    resources = {**defs.resources, "compute": local_compute, "common_crawl": CommonCrawl(base_url=str(crawls)),
+                 "storage": StorageResource(root=data_root.url)}
+    assert dg.materialize([candidates], partition_key=f"{NEW}_00000", instance=registered, resources=resources).success
+    registered.report_run_failed(_queue_run(registered, f"{NEW}_00001"))  # failed after its retries
+    data = _schedule_tick(registered, segments_per_tick=5, max_in_flight=10)
+    assert [r.partition_key for r in data.run_requests] == [f"{OLD}_00000", f"{OLD}_00001", f"{OLD}_00002"]
+
+
+# --- capped automation ----------------------------------------------------------------------------
+
+
+def test_a_capped_condition_requests_a_few_per_tick_and_never_exceeds_the_in_flight_cap(registered):
+    capped = CappedCondition(dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress(), per_tick=2, in_flight=3)
+    asset = candidates.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=capped))
+    requested, cursor = [], None
+    for _ in range(3):
+        result = dg.evaluate_automation_conditions(defs=dg.Definitions(assets=[asset], resources=defs.resources),
+                                                   instance=registered, cursor=cursor)
+        cursor = result.cursor
+        keys = sorted(result.get_requested_partitions(candidates.key))
+        requested.append(keys)
+        for key in keys:
+            _queue_run(registered, key)  # what the daemon does with a request
+    assert requested == [[f"{OLD}_00000", f"{OLD}_00001"], [f"{OLD}_00002"], []]
