@@ -9,9 +9,9 @@ import pyarrow.compute as pc
 import pytest
 
 from cah_assets.candidates import candidates
-from cah_assets.checks import check_candidates, check_clip_pairs, check_image_shards, candidates_checks
+from cah_assets.checks import candidates_checks, check_candidates, check_clip_pairs, check_image_shards
+from cah_assets.definitions import defs
 from cah_assets.partitions import segments
-from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
@@ -33,10 +33,10 @@ def materialized(tmp_path_factory, sample_crawl):
     registration = register_crawl(CommonCrawl(base_url=sample_crawl.root).source(), root, sample_crawl.crawl, 2)
     instance.add_dynamic_partitions(segments.name, registration.keys())
     resources = {
+        **defs.resources,  # one-machine defaults for whatever else the stages need
         "compute": ComputeResource(n_workers=2, processes=False),
         "common_crawl": CommonCrawl(base_url=sample_crawl.root),
         "storage": StorageResource(root=root.url),
-        "candidate_rules": CandidateRules(),
     }
     keys = registration.keys()
     result = dg.materialize(
