@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import dagster as dg
-from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin, as_completed
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
@@ -33,6 +35,25 @@ class UnitResult:
 
     unit: Any
     value: Any
+
+
+class ExitWithParent(WorkerPlugin):
+    """Ends a local worker process once the run that started it is gone, so a killed run leaves no orphans."""
+
+    name = "cah-exit-with-parent"
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+
+    def setup(self, worker) -> None:
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(self.interval_s)
+            os._exit(0)
+
+        threading.Thread(target=watch, name=self.name, daemon=True).start()
 
 
 def cluster_security(
@@ -178,6 +199,8 @@ class ComputeResource(dg.ConfigurableResource):
         if mode == "local":
             with self._local_cluster() as cluster, Client(cluster) as client:
                 client.wait_for_workers(len(cluster.worker_spec))
+                if self.processes:
+                    client.register_plugin(ExitWithParent())
                 yield client
         elif mode == "remote":
             if not address:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from distributed import get_worker
@@ -134,3 +139,47 @@ def test_cah_worker_gpu_without_cuda_exits_with_one_line(capsys):
 
     err = capsys.readouterr().err.strip()
     assert err.startswith("cah worker: no NVIDIA GPU here") and "\n" not in err
+
+
+def test_a_killed_run_leaves_no_local_worker_processes_behind(tmp_path):
+    # The run forks a child before it dies, as executors and subprocess launchers do; the child keeps
+    # Dask's parent-alive pipe open, so only watching the parent process itself ends the workers.
+    code = (
+        "import os, sys, time\n"
+        "from cah_resources.compute import ComputeResource\n"
+        "with ComputeResource(n_workers=2, local_gpus=0).client() as client:\n"
+        "    pids = list(client.run(os.getpid).values())\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        time.sleep(120)\n"
+        "        os._exit(0)\n"
+        f"    open({str(tmp_path / 'pids')!r}, 'w').write(' '.join(map(str, [child, *pids])))\n"
+        "    time.sleep(600)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    forked = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        forked, *workers = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        run.kill()
+        run.wait()
+
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2 and not any(_alive(pid) for pid in workers)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if forked is not None and _alive(forked):
+            os.kill(forked, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
