@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
@@ -212,7 +213,10 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
             totals = runner.run(_download_rows(unit, rows, settings, writer))
         seconds = time.perf_counter() - started
-        marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds, **totals)
+        pool = image_pool(settings.image_processes)
+        workers = "processes" if isinstance(pool, ProcessPoolExecutor) else "threads"
+        marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds,
+                              image_workers=workers, **totals)
     return {**marker, "skipped": False}
 
 
@@ -220,6 +224,22 @@ def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
     """The completion markers of a segment's finished shards, in shard order."""
     folder = segment_folder(root, segment)
     return [root.read_json(f"{folder}/{name}") for name in root.listdir(folder) if name.endswith(".done")]
+
+
+def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over shard markers: rows attempted, images kept, statuses, bytes written."""
+    statuses: Counter[str] = Counter()
+    for marker in markers:
+        statuses.update(marker["status_counts"])
+    count, ok = sum(m["count"] for m in markers), sum(m["successes"] for m in markers)
+    return {
+        "shards": len(markers),
+        "count": count,
+        "successes": ok,
+        "success_rate": round(ok / count, 4) if count else 0.0,
+        "status_counts": dict(statuses),
+        "bytes_written": sum(m["bytes_written"] for m in markers),
+    }
 
 
 def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:

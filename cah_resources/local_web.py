@@ -362,7 +362,7 @@ class LocalImageWeb:
             # A redirect anywhere, for tests of what the client does with the target.
             raise web.HTTPFound(request.query.get("to", "/"))
         if kind not in EXPECTED_STATUS:
-            return self._sample_crawl_image(parts[-1])
+            return await self._sample_crawl_image(parts[-1])
         try:
             n = int(parts[1].split(".")[0])
         except (IndexError, ValueError):
@@ -427,13 +427,15 @@ class LocalImageWeb:
         return web.Response(body=body, headers=headers)
 
     @staticmethod
-    def _sample_crawl_image(name: str) -> web.Response:
+    async def _sample_crawl_image(name: str) -> web.Response:
         """The picture a generated crawl's link names (``red-circle-12.jpg``); ``missing-*`` are 404."""
         stem, _, extension = name.partition(".")
         fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(extension.lower())
         if fmt is None or parse_image_name(stem) is None:
             raise web.HTTPNotFound()
-        return web.Response(body=shape_image(stem, fmt), content_type=f"image/{fmt.lower()}")
+        # Drawn on first request; off the event loop so the other hosts keep answering meanwhile.
+        body = await asyncio.get_running_loop().run_in_executor(None, shape_image, stem, fmt)
+        return web.Response(body=body, content_type=f"image/{fmt.lower()}")
 
     @staticmethod
     def _reset(request: web.Request) -> web.StreamResponse:

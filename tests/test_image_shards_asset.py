@@ -1,0 +1,123 @@
+"""The image_shards asset end to end: a generated crawl on the local image web, candidates → image_shards in Dagster."""
+
+import dagster as dg
+import pytest
+
+from cah_assets.candidates import candidates
+from cah_assets.definitions import defs
+from cah_assets.image_shards import ImageDownloader, image_shards
+from cah_assets.partitions import segments
+from cah_resources.common_crawl import CommonCrawl
+from cah_resources.compute import ComputeResource
+from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.image_shards import read_segment_markers, segment_folder
+from cah_resources.local_web import LocalImageWeb
+from cah_resources.sample_crawl import generate_crawl
+from cah_resources.segments import register_crawl
+from cah_resources.storage import StorageResource
+
+# Generous timeouts: nothing in a generated crawl hangs, and a busy test machine must not turn slow answers into failures.
+DOWNLOADER = ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10, total_timeout=30,
+                             retries=1, retry_backoff=0.05, shard_size=40, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def web():
+    with LocalImageWeb(n_hosts=5) as fake_web:
+        yield fake_web
+
+
+@pytest.fixture
+def crawl_on_local_web(web, tmp_path, data_root):
+    """A generated crawl whose image links point at the local web (some at images it does not have)."""
+    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=12, seed=5, missing_rate=0.2,
+                           image_base=web.origins[:3], page_base=web.origins[3:])
+    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(segments.name, registration.keys())
+    return crawl, registration, instance
+
+
+def resources(crawl, data_root, compute):
+    """The code location's resources (whatever candidates needs today), pointed at this test's crawl and web."""
+    return {
+        **defs.resources,
+        "compute": compute,
+        "common_crawl": CommonCrawl(base_url=crawl.root),
+        "storage": StorageResource(root=data_root.url),
+        "dedup_index": DedupIndexResource(),
+        "image_downloader": DOWNLOADER,
+    }
+
+
+def shard_rows(root, key):
+    folder = segment_folder(root, key)
+    return [r for n in root.listdir(folder) if n.endswith(".parquet") for r in root.read_parquet(f"{folder}/{n}").to_pylist()]
+
+
+def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(crawl_on_local_web, data_root, local_compute):
+    crawl, registration, instance = crawl_on_local_web
+    key = registration.keys()[0]
+    result = dg.materialize([candidates, image_shards], partition_key=key, instance=instance,
+                            resources=resources(crawl, data_root, local_compute))
+    assert result.success
+    expected = {(r.url, r.text): r.image_exists for r in crawl.expected_segment(registration.files_of(key))}
+    rows = shard_rows(data_root, key)
+    assert len(rows) == len(expected)
+    assert {(r["url"], r["text"]): r["status"] for r in rows} == {
+        pair: "ok" if exists else "http_404" for pair, exists in expected.items()
+    }
+    ok = sum(expected.values())
+    assert 0 < ok < len(expected)
+
+    metadata = result.asset_materializations_for_node("image_shards")[0].metadata
+    assert metadata["candidates"].value == len(expected)
+    assert metadata["images"].value == ok
+    assert metadata["success_rate"].value == round(ok / len(expected), 4)
+    assert metadata["shards"].value == metadata["shards_run_now"].value == -(-len(expected) // 40)
+    assert f"| ok | {ok} |" in metadata["statuses"].value
+    assert f"| http_404 | {len(expected) - ok} |" in metadata["statuses"].value
+    assert metadata["images_per_s"].value > 0 and metadata["mb_per_s"].value > 0
+    assert metadata["bytes_written"].value > 0
+    assert "| ok | 64 | 64 |" in metadata["sample"].value
+
+
+def test_a_rerun_reuses_every_finished_shard(crawl_on_local_web, data_root, local_compute, web):
+    crawl, registration, instance = crawl_on_local_web
+    key = registration.keys()[0]
+    run = resources(crawl, data_root, local_compute)
+    assert dg.materialize([candidates, image_shards], partition_key=key, instance=instance, resources=run).success
+    folder = segment_folder(data_root, key)
+    before = {n: data_root.read_bytes(f"{folder}/{n}") for n in data_root.listdir(folder)}
+    web.reset_counters()
+    again = dg.materialize([image_shards], partition_key=key, instance=instance, resources=run)
+    assert again.success
+    metadata = again.asset_materializations_for_node("image_shards")[0].metadata
+    assert metadata["shards_run_now"].value == 0
+    assert sum(web.requests.values()) == 0
+    assert {n: data_root.read_bytes(f"{folder}/{n}") for n in data_root.listdir(folder)} == before
+
+
+def test_shards_run_in_dask_worker_processes(crawl_on_local_web, data_root, local_compute):
+    crawl, registration, instance = crawl_on_local_web
+    key = registration.keys()[0]
+    assert dg.materialize([candidates], partition_key=key, instance=instance,
+                          resources=resources(crawl, data_root, local_compute)).success
+    processes = ComputeResource(n_workers=2, processes=True, local_gpus=0)
+    result = dg.materialize([image_shards], partition_key=key, instance=instance,
+                            resources=resources(crawl, data_root, processes))
+    assert result.success
+    rows = shard_rows(data_root, key)
+    assert rows and {r["status"] for r in rows} == {"ok", "http_404"}
+    # The asset lets Dask's worker processes have children, so images were decoded in processes.
+    assert {m["image_workers"] for m in read_segment_markers(data_root, key)} == {"processes"}
+
+
+def test_the_resource_hands_its_settings_to_the_shard_tasks():
+    settings = ImageDownloader(allowed_networks=["10.1.0.0/16"], max_redirects=2, resize_mode="keep_ratio",
+                               allowed_formats=["jpeg"], shard_size=7).settings()
+    assert settings.fetch.allowed_networks == ("10.1.0.0/16",) and settings.fetch.max_redirects == 2
+    assert settings.resize.resize_mode == "keep_ratio" and settings.resize.allowed_formats == ("JPEG",)
+    assert settings.shard_size == 7
+    with pytest.raises(ValueError, match="resize_mode must be one of"):
+        ImageDownloader(resize_mode="stretch").settings()
