@@ -8,13 +8,14 @@ from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, c
 from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks
 from cah_assets.crawls import register_crawl_job
+from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL, CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
-    assets=[candidates],
+    assets=[candidates, image_shards],
     asset_checks=[candidates_checks],
     jobs=[register_crawl_job],
     schedules=[segment_schedule],
@@ -24,6 +25,7 @@ defs = dg.Definitions(
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
         "storage": StorageResource(root=os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
+        "image_downloader": ImageDownloader(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
     },
