@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cah_resources.common_crawl import CrawlSource
-from cah_resources.image_links import CandidateFilters, base_url_of, check_image_link
+from cah_resources.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.language import LanguageDetector
 from cah_resources.storage import DataRoot
 from cah_resources.wat import iter_pages
@@ -46,17 +46,17 @@ def extract_pairs(path: str, filters: CandidateFilters, counts: Counter) -> dict
     for page in iter_pages(path, counts):
         base = base_url_of(page.url, page.base_href)
         counts["links_seen"] += len(page.images)
-        for src, alt in page.images:
-            checked = check_image_link(src, alt, base, filters)
+        for checked in check_image_links(page.images, base, filters):
             if isinstance(checked, str):
                 counts["drop_" + checked] += 1
                 continue
             url, text, truncated = checked
-            if (url, text) in pairs:
+            key = (url, text)
+            if key in pairs:
                 counts["drop_duplicate"] += 1
                 continue
             counts["alt_truncated"] += truncated
-            pairs[(url, text)] = page.url
+            pairs[key] = page.url
     return pairs
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, NamedTuple
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 HTTP_SCHEMES = ("http", "https")
+# First letters of "data:" and "javascript:" in any case: other links skip lower-casing a prefix.
+_DATA_OR_JAVASCRIPT = ("d", "D", "j", "J")
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,61 @@ def resolve_image_url(src: str, base: str) -> SplitResult | None:
 
 def check_image_link(src: str, alt: object, base: str, filters: CandidateFilters) -> tuple[str, str, bool] | str:
     """``(url, text, truncated)`` for a usable link, else the drop reason as a short string."""
-    if not isinstance(alt, str):
-        return "no_alt"
-    text = normalize_alt(alt)
-    if len(text) < filters.min_alt_length:
-        return "alt_too_short"
-    head = src.lstrip()[:11].lower()
-    if head.startswith("data:"):
-        return "data_url"
-    if head.startswith("javascript:"):
-        return "javascript_url"
+    return check_image_links([(src, alt)], base, filters)[0]
+
+
+def check_image_links(
+    images: Iterable[tuple[str, object]], base: str, filters: CandidateFilters
+) -> list[tuple[str, str, bool] | str]:
+    """``check_image_link`` of every ``(src, alt)`` of one page, in order.
+
+    One loop per page rather than one call per link: this is the stage's innermost loop.
+    """
+    plain = _plain_base(base)
+    min_alt, max_alt = filters.min_alt_length, filters.max_alt_length
+    extensions, max_domain = tuple(filters.drop_extensions), filters.max_domain_length
+    results: list[tuple[str, str, bool] | str] = []
+    for src, alt in images:
+        if not isinstance(alt, str):
+            results.append("no_alt")
+            continue
+        text = normalize_alt(alt)
+        if len(text) < min_alt:
+            results.append("alt_too_short")
+            continue
+        src = src.strip()
+        if src[:1] in _DATA_OR_JAVASCRIPT:
+            head = src[:11].lower()
+            if head.startswith("data:"):
+                results.append("data_url")
+                continue
+            if head.startswith("javascript:"):
+                results.append("javascript_url")
+                continue
+        resolved = (plain and _resolve_plain_url(src, plain)) or _resolve_any_url(src, base)
+        if isinstance(resolved, str):
+            results.append(resolved)
+            continue
+        url, host, path = resolved
+        path = path.lower()
+        if path.endswith(extensions):
+            results.append(next(e for e in extensions if path.endswith(e)).lstrip("."))
+            continue
+        if len(host) > max_domain:
+            results.append("domain_too_long")
+            continue
+        truncated = len(text) > max_alt
+        if truncated:
+            if filters.long_alt == "drop":
+                results.append("alt_too_long")
+                continue
+            text = text[:max_alt].rstrip()
+        results.append((url, text, truncated))
+    return results
+
+
+def _resolve_any_url(src: str, base: str) -> tuple[str, str, str] | str:
+    """``(url, host, path)`` of an http(s) image URL, through urllib; else the drop reason."""
     parts = resolve_image_url(src, base)
     if parts is None:
         return "bad_url"
@@ -78,16 +126,103 @@ def check_image_link(src: str, alt: object, base: str, filters: CandidateFilters
         return "not_http"
     if not parts.netloc:
         return "bad_url"
-    path = parts.path.lower()
-    for extension in filters.drop_extensions:
-        if path.endswith(extension):
-            return extension.lstrip(".")
-    if len(parts.hostname or "") > filters.max_domain_length:
-        return "domain_too_long"
-    truncated = False
-    if len(text) > filters.max_alt_length:
-        if filters.long_alt == "drop":
-            return "alt_too_long"
-        text = text[: filters.max_alt_length].rstrip()
-        truncated = True
-    return urlunsplit(parts), text, truncated
+    return urlunsplit(parts), parts.hostname or "", parts.path
+
+
+# The fast path below gives, for the common shapes of ``src`` (absolute http(s), ``//host/...``,
+# ``/path``, ``path``) against a plain base, exactly what ``resolve_image_url`` + ``urlunsplit``
+# give, by slicing strings the way urljoin/urlsplit do instead of calling them (they were most of
+# the stage's time). Whatever urllib would do more with (params, tab/newline removal, userinfo,
+# ports, IPv6, non-ASCII hosts, a colon that may be a scheme) returns None: the general path.
+
+
+class _PlainBase(NamedTuple):
+    scheme: str
+    origin: str  # "scheme://host", host lower-cased
+    host: str
+    segments: tuple[str, ...]  # the base path's directory, as urljoin splits it
+    directory: str  # the same joined, with a trailing slash
+
+
+def _resolve_plain_url(src: str, plain: _PlainBase) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of a plain ``src`` resolved against a plain base, else None."""
+    # Not printable covers tab, CR and LF, which urllib deletes anywhere in a URL.
+    if not src.isprintable():
+        return None
+    if src.startswith("https://"):
+        return _split_plain("https", src[8:])
+    if src.startswith("http://"):
+        return _split_plain("http", src[7:])
+    if src.startswith("//"):
+        return _split_plain(plain.scheme, src[2:])
+    path, query = _path_and_query(src)
+    if not path or ":" in path or ";" in path:
+        return None  # no path keeps the base's; a colon may start a scheme; params are urllib's
+    if "/." not in path and "//" not in path and not path.startswith("."):
+        # No dot segments and no empty ones: joining is concatenating.
+        path = path if path[0] == "/" else plain.directory + path
+    else:
+        path = _join_path(plain.segments, path)
+    return plain.origin + path + query, plain.host, path
+
+
+def _plain_base(base: str) -> _PlainBase | None:
+    """What relative links need of a plain http(s) base URL, else None."""
+    if not base.isprintable():
+        return None
+    if base.startswith("https://"):
+        scheme = "https"
+    elif base.startswith("http://"):
+        scheme = "http"
+    else:
+        return None
+    split = _split_plain(scheme, base[len(scheme) + 3:])
+    if split is None:
+        return None
+    _, host, path = split
+    parts = path.split("/")
+    del parts[-1]  # the last segment is a file, or "" after a trailing slash: not a directory
+    if not parts:
+        parts = [""]
+    if "." in parts or ".." in parts or "" in parts[1:]:
+        return None
+    return _PlainBase(scheme, f"{scheme}://{host}", host, tuple(parts), "/".join(parts) + "/")
+
+
+def _join_path(directory: tuple[str, ...], path: str) -> str:
+    """``path`` joined to a base directory, dot segments removed, exactly as urljoin does."""
+    if path[0] == "/":
+        segments = path.split("/")
+    else:
+        segments = [*directory, *path.split("/")]
+        segments[1:-1] = filter(None, segments[1:-1])
+    resolved: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+    if segments[-1] in (".", ".."):
+        resolved.append("")
+    joined = "/".join(resolved) or "/"
+    return joined if joined[0] == "/" else "/" + joined
+
+
+def _split_plain(scheme: str, rest: str) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of ``scheme://rest`` when its host part is plain, else None."""
+    head, _, query = rest.partition("#")[0].partition("?")
+    slash = head.find("/")
+    host, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
+    if not host or not host.isascii() or ";" in path:
+        return None
+    if "@" in host or ":" in host or "[" in host or "]" in host or "%" in host:
+        return None
+    host = host.lower()
+    return (f"{scheme}://{host}{path}?{query}" if query else f"{scheme}://{host}{path}"), host, path
+
+
+def _path_and_query(tail: str) -> tuple[str, str]:
+    """Path and ``?query`` (empty when the query is) of what follows the host; no fragment."""
+    path, _, query = tail.partition("#")[0].partition("?")
+    return path, "?" + query if query else ""
