@@ -6,7 +6,7 @@ import dagster as dg
 
 from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.candidates import candidates
-from cah_assets.checks import candidates_checks
+from cah_assets.checks import candidates_checks, image_shards_checks
 from cah_assets.crawls import register_crawl_job
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
@@ -16,7 +16,7 @@ from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
     assets=[candidates, image_shards],
-    asset_checks=[candidates_checks],
+    asset_checks=[candidates_checks, image_shards_checks],
     jobs=[register_crawl_job],
     schedules=[segment_schedule],
     sensors=[crawl_discovery_sensor, segment_flow_sensor],

@@ -18,9 +18,11 @@ from cah_assets.automation import (
     segment_schedule,
 )
 from cah_assets.candidates import candidates
+from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
-from cah_assets.policies import CappedCondition
+from cah_assets.policies import MAX_REQUESTS_PER_TICK, CappedCondition
+from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import load_registration, register_crawl
@@ -180,10 +182,10 @@ def _schedule_tick(instance, **flow):
     return segment_schedule.evaluate_tick(context)
 
 
-def _queue_run(instance, key):
-    """A run of candidates for ``key`` that is created and not finished: what a launch leaves behind."""
+def _queue_run(instance, key, asset="candidates"):
+    """A run of ``asset`` for ``key`` that is created and not finished: what a launch leaves behind."""
     job = defs.get_implicit_global_asset_job_def()
-    return instance.create_run_for_job(job, asset_selection=frozenset({candidates.key}), tags={"dagster/partition": key},
+    return instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}), tags={"dagster/partition": key},
                                        status=dg.DagsterRunStatus.STARTING)
 
 
@@ -229,3 +231,48 @@ def test_a_capped_condition_requests_a_few_per_tick_and_never_exceeds_the_in_fli
         for key in keys:
             _queue_run(registered, key)  # what the daemon does with a request
     assert requested == [[f"{OLD}_00000", f"{OLD}_00001"], [f"{OLD}_00002"], []]
+
+
+@pytest.fixture
+def seven_segments(tmp_path, data_root):
+    """A crawl of seven WAT files registered one file per segment, on a persistent test instance."""
+    crawl = generate_crawl(str(tmp_path / "crawl"), crawl="CC-MAIN-2024-33", wat_files=7, pages_per_file=6, seed=3)
+    with dg.instance_for_test() as instance:
+        registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, 1)
+        instance.add_dynamic_partitions(segments.name, registration.keys())
+        yield instance, crawl, registration.keys()
+
+
+def _requested_checks(result, asset: str) -> dict[str, int]:
+    return {r.key.name: r.true_subset.size for r in result.results if isinstance(r.key, dg.AssetCheckKey) and r.key.asset_key == dg.AssetKey(asset)}
+
+
+def test_reactivated_automation_follows_good_segments_a_few_per_tick_and_holds_back_a_bad_one(seven_segments, data_root, local_compute):
+    instance, crawl, keys = seven_segments
+    resources = {**defs.resources, "compute": local_compute, "common_crawl": CommonCrawl(base_url=crawl.root),
+                 "storage": StorageResource(root=data_root.url)}
+    cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # the sensor's last tick before its pause
+    # While automation is paused, a backfill makes every segment's candidates; one of them turns out bad.
+    assert dg.materialize([candidates, candidates_checks], instance=instance, resources=resources,
+                          tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}).success
+    bad = keys[2]
+    table_path = output_paths(data_root, bad)[0]
+    table = data_root.read_parquet(table_path)
+    data_root.write_parquet(table_path, table.append_column("extra", table.column("uid")))
+    rechecked = dg.materialize([candidates, candidates_checks], instance=instance, resources=resources, tags={"dagster/partition": bad},
+                               selection=dg.AssetSelection.checks_for_assets(candidates), raise_on_error=False)
+    assert not rechecked.success
+
+    requested = []
+    for _ in range(3):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        keys_now = sorted(result.get_requested_partitions(dg.AssetKey("image_shards")))
+        requested.append(keys_now)
+        # Each check of image_shards is requested with it, so it runs in the same run.
+        assert _requested_checks(result, "image_shards") == {name: len(keys_now) for name in IMAGE_SHARDS_CHECKS}
+        for key in keys_now:
+            _queue_run(instance, key, "image_shards")
+    good = [k for k in keys if k != bad]
+    assert requested == [good[:MAX_REQUESTS_PER_TICK], good[MAX_REQUESTS_PER_TICK:], []]
+    assert all(len(tick) <= MAX_REQUESTS_PER_TICK for tick in requested)
