@@ -9,12 +9,15 @@ import pyarrow.compute as pc
 import pytest
 
 from cah_assets.candidates import candidates
-from cah_assets.checks import candidates_checks, check_candidates, check_clip_pairs, check_image_shards
+from cah_assets.checks import candidates_checks, check_candidates, check_clip_pairs, check_image_shards, image_shards_checks
 from cah_assets.definitions import defs
+from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
+from cah_resources.local_web import LocalImageWeb
+from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import register_crawl
 from cah_resources.shard_writer import ShardWriter
 from cah_resources.storage import DataRoot, StorageResource
@@ -355,3 +358,55 @@ def test_an_unscored_shard_or_a_missing_row_fails(shards):
     assert _verdicts_failed(verdicts) == {"scored_rows_match_ok_rows"}
     assert verdicts["scored_rows_match_ok_rows"].metadata["problems"] == 2
     assert "shard 00001 not scored" in verdicts["scored_rows_match_ok_rows"].description
+
+
+# --- the checks in real runs of the first two stages ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web():
+    with LocalImageWeb(n_hosts=4) as fake_web:
+        yield fake_web
+
+
+@pytest.fixture
+def two_segments_on_the_local_web(web, tmp_path, data_root, local_compute):
+    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=10, seed=5, missing_rate=0.2,
+                           image_base=web.origins[:2], page_base=web.origins[2:])
+    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, 1)
+    resources = {
+        **defs.resources,
+        "compute": local_compute,
+        "common_crawl": CommonCrawl(base_url=crawl.root),
+        "storage": StorageResource(root=data_root.url),
+        "image_downloader": ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10,
+                                            total_timeout=30, shard_size=15, image_size=64),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(segments.name, registration.keys())
+        yield instance, resources, registration.keys()
+
+
+def _stage_steps(result) -> dict[str, str]:
+    return {e.step_key: e.event_type_value for e in result.all_events if e.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")}
+
+
+def test_real_image_shards_pass_their_checks_and_a_bad_candidates_segment_blocks_its_download(two_segments_on_the_local_web, data_root):
+    instance, resources, (good, bad) = two_segments_on_the_local_web
+    stages = [candidates, candidates_checks, image_shards, image_shards_checks]
+    result = dg.materialize(stages, instance=instance, resources=resources, partition_key=good)
+    assert _stage_steps(result) == {"candidates": "STEP_SUCCESS", "candidates_checks": "STEP_SUCCESS",
+                                    "image_shards": "STEP_SUCCESS", "image_shards_checks": "STEP_SUCCESS"}
+    verdicts = check_image_shards(data_root, good)
+    assert verdicts["rows_match_candidates"].metadata["shards"] >= 2 and verdicts["tar_members_match_ok_rows"].metadata["members"] > 0
+
+    assert dg.materialize([candidates], instance=instance, resources=resources, partition_key=bad).success
+    table_path = output_paths(data_root, bad)[0]
+    table = data_root.read_parquet(table_path)
+    data_root.write_parquet(table_path, pa.concat_tables([table, table.slice(0, 1)]))
+    blocked = dg.materialize(stages, instance=instance, resources=resources, partition_key=bad, raise_on_error=False,
+                             selection=dg.AssetSelection.checks_for_assets(candidates) | dg.AssetSelection.assets(image_shards))
+    assert _stage_steps(blocked) == {"candidates_checks": "STEP_FAILURE"}  # image_shards never started
+    status = instance.get_status_by_partition(image_shards.key, [good, bad], segments)
+    assert status == {good: dg.AssetPartitionStatus.MATERIALIZED, bad: dg.AssetPartitionStatus.FAILED}
+    assert not data_root.exists(data_root.path("image_shards", bad))
