@@ -12,6 +12,7 @@ from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL, CommonCrawl
 from cah_resources.compute import ComputeResource
+from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
@@ -25,6 +26,8 @@ defs = dg.Definitions(
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
         "storage": StorageResource(root=os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
+        # A Postgres URL carries a password: read through EnvVar so it never shows in run config.
+        "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL")) if os.environ.get("CAH_DEDUP_URL") else DedupIndexResource(),
         "image_downloader": ImageDownloader(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
