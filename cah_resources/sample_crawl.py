@@ -295,7 +295,7 @@ def generate_crawl(
                 body = body.replace(b'"Title": "Page', b'"Title": "\xff\xfe Page')
                 counts["malformed_non_utf8"] += 1
             elif damage_kind == "missing_fields":
-                body = json.dumps({"Container": {}, "Envelope": None}).encode()
+                body = json.dumps({"Container": {}, "HTML-Metadata": None}).encode()
                 counts["malformed_missing_fields"] += 1
             elif damage_kind == "not_html":
                 body = writer.metadata_json(page_url, "response", None)

@@ -11,6 +11,7 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 IMAGE_LINK_PATH = "IMG@/src"
+HTML_MARKER = b'"HTML-Metadata"'
 READ_CHUNK = 1 << 20
 
 
@@ -79,6 +80,10 @@ def _page_of(record, counts: Counter) -> Page | None:
     body = record.reader.read()
     if len(body) < record.content_length:
         counts["malformed_truncated"] += 1
+        return None
+    # Requests, non-HTML responses and WARC metadata (most records of a real WAT) cannot hold
+    # image links: they are counted as read but not parsed, so damage is counted on HTML records.
+    if HTML_MARKER not in body:
         return None
     try:
         doc = orjson.loads(body)
