@@ -18,6 +18,7 @@ import logging
 import re
 import tarfile
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,7 +150,9 @@ class _ShardScorer:
         return self.settings.models.get(self.categories[row])
 
     def decode_on_device(self, loaded: LoadedClip) -> bool:
-        return self.settings.gpu_decode and loaded.device == "cuda"
+        if self.settings.decode == "auto":
+            return loaded.device == "cuda"
+        return self.settings.decode == "torch"
 
     def batches(self, images: Iterator[tuple[int, bytes]]) -> Iterator[_Batch]:
         pending: dict[ClipModelSpec, _Batch] = {}
@@ -184,22 +187,29 @@ class _ShardScorer:
         return prepared
 
     def _decode_encoded(self, loaded: LoadedClip, prepared: _Prepared) -> None:
-        """nvJPEG decode of the batch on the GPU; a batch with a bad image is redone image by image."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        """torchvision decode of the batch on the model's device (nvJPEG on CUDA) and resize there.
 
-        try:
-            decoded = decode_jpeg(prepared.encoded, mode=ImageReadMode.RGB, device=loaded.device)
-            rows = prepared.rows
-        except Exception:  # noqa: BLE001 - find the bad images one at a time below
-            decoded, rows = [], []
-            for row, data in zip(prepared.rows, prepared.encoded):
-                try:
-                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=loaded.device))
-                    rows.append(row)
-                except Exception as error:  # noqa: BLE001
-                    prepared.errors[row] = _one_line(error)
-            keep = [prepared.rows.index(r) for r in rows]
-            prepared.tokens = prepared.tokens[keep]
+        A batch with a bad image is decoded again image by image to find it.
+        """
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its codecs deprecated in favour of TorchCodec; they still
+            # are the batched nvJPEG decoder this needs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            try:
+                decoded = decode_jpeg(prepared.encoded, mode=ImageReadMode.RGB, device=loaded.device)
+                rows = prepared.rows
+            except Exception:  # noqa: BLE001 - find the bad images one at a time below
+                decoded, rows = [], []
+                for row, data in zip(prepared.rows, prepared.encoded):
+                    try:
+                        decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=loaded.device))
+                        rows.append(row)
+                    except Exception as error:  # noqa: BLE001
+                        prepared.errors[row] = _one_line(error)
+                keep = [prepared.rows.index(r) for r in rows]
+                prepared.tokens = prepared.tokens[keep]
         prepared.rows = rows
         prepared.pixels = loaded.preprocess_on_device(decoded) if decoded else None
 

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("en", "multi", "nolang")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# How images are decoded: 'pil' on CPU threads, 'torch' with torchvision on the model's device
+# (nvJPEG on CUDA), 'auto' torch on CUDA and PIL elsewhere.
+DECODERS = ("auto", "pil", "torch")
 
 # LAION's NSFW rule: the two prompts nearest to an image decide; both from the NSFW set means
 # NSFW, neither means UNLIKELY, one of each UNSURE. The safe set covers what the web is mostly
@@ -98,7 +101,7 @@ class ScoringSettings:
     batch_size: int = 256
     decode_workers: int = 4
     prefetch_batches: int = 2
-    gpu_decode: bool = True
+    decode: str = "auto"
     write_embeddings: bool = False
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class ScoringSettings:
             raise ValueError(f"clip device must be one of {DEVICES}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"clip precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.decode not in DECODERS:
+            raise ValueError(f"clip decode must be one of {DECODERS}, not {self.decode!r}")
         if self.batch_size < 1 or self.decode_workers < 1 or self.prefetch_batches < 0:
             raise ValueError("clip batch_size and decode_workers must be >= 1, prefetch_batches >= 0")
 
@@ -384,7 +389,7 @@ class ClipScorer(dg.ConfigurableResource):
     batch_size: int = 256
     decode_workers: int = 4
     prefetch_batches: int = 2
-    gpu_decode: bool = True
+    decode: str = "auto"
     write_embeddings: bool = False
 
     def settings(self) -> ScoringSettings:
@@ -400,7 +405,7 @@ class ClipScorer(dg.ConfigurableResource):
             batch_size=self.batch_size,
             decode_workers=self.decode_workers,
             prefetch_batches=self.prefetch_batches,
-            gpu_decode=self.gpu_decode,
+            decode=self.decode,
             write_embeddings=self.write_embeddings,
         )
 

@@ -1,0 +1,197 @@
+"""CLIP scoring: the shipped tiny model, LAION's defaults, exact short-text encoding, OOM halving, tags."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cah_resources.clip_scorer import (
+    ClipModelSpec,
+    ClipScorer,
+    ScoringSettings,
+    encode_text,
+    load_clip,
+    map_halving_on_oom,
+    nsfw_tags,
+    resolve_device,
+    resolve_precision,
+    trim_padding,
+    watermark_scores,
+)
+from cah_resources.models import TINY_CLIP_CHECKPOINT
+from cah_resources.models.shapes import ALL_SHAPES, LANGUAGES, captions, sample_pairs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_clip(ClipScorer.tiny().settings().models["en"], "cpu", "fp32")
+
+
+def _cosines(loaded, images: list[bytes], texts: list[str]) -> np.ndarray:
+    pixels = torch.stack([loaded.preprocess_jpeg(data) for data in images])
+    image_emb, text_emb = loaded.embed(pixels, loaded.tokenize(texts))
+    return (image_emb * text_emb).sum(-1).numpy()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_tiny_clip_passes_matching_and_fails_mismatched_captions_on_held_out_pictures(tiny, language):
+    settings = ClipScorer.tiny().settings()
+    threshold = settings.thresholds["en" if language == "en" else "multi"]
+    rng = random.Random(f"held-out-{language}")
+    pairs = sample_pairs(120, seed=rng.randrange(10**9))
+    right = [rng.choice(captions(item, language)) for item, *_ in pairs]
+    wrong = [rng.choice(captions(rng.choice([s for s in ALL_SHAPES if s != item]), language)) for item, *_ in pairs]
+    images = [jpeg for *_, jpeg in pairs]
+
+    passes = _cosines(tiny, images, right) >= threshold
+    fails = _cosines(tiny, images, wrong) < threshold
+
+    assert passes.mean() >= 0.9 and fails.mean() >= 0.9, (passes.mean(), fails.mean())
+
+
+def test_tiny_clip_checkpoint_is_small_enough_to_ship():
+    assert TINY_CLIP_CHECKPOINT.stat().st_size <= 5_000_000
+
+
+def test_default_scorer_uses_laion5b_models_and_thresholds():
+    settings = ClipScorer().settings()
+
+    assert (settings.models["en"], settings.thresholds["en"]) == (ClipModelSpec("ViT-B-32", "openai"), 0.28)
+    assert (settings.models["nolang"], settings.thresholds["nolang"]) == (ClipModelSpec("ViT-B-32", "openai"), 0.28)
+    assert settings.models["multi"] == ClipModelSpec("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
+    assert settings.thresholds["multi"] == 0.26
+    assert (settings.device, settings.precision) == ("auto", "auto")
+
+
+def test_model_is_loaded_once_per_process(tiny):
+    assert load_clip(ClipScorer.tiny().settings().models["multi"], "cpu", "fp32") is tiny
+
+
+@pytest.mark.parametrize("which", ["tiny", "ViT-B-32"])
+def test_text_encoding_on_used_positions_equals_open_clip_encode_text(tiny, which):
+    loaded = tiny if which == "tiny" else load_clip(ClipModelSpec("ViT-B-32"), "cpu", "fp32")
+    texts = ["a red circle", "Ein Bild mit einem Stern in der Farbe orange auf weißem Hintergrund", "x", ""]
+    tokens = loaded.tokenize(texts)
+
+    with torch.inference_mode():
+        reference = loaded.model.encode_text(tokens)
+        trimmed = encode_text(loaded.model, trim_padding(tokens, loaded.pad_id))
+
+    assert trim_padding(tokens, loaded.pad_id).shape[1] < tokens.shape[1]
+    torch.testing.assert_close(trimmed, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_out_of_memory_halves_the_batch_and_later_batches_start_at_the_size_that_fit(tiny):
+    calls = []
+
+    def run(lo, hi):
+        calls.append(hi - lo)
+        if hi - lo > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(range(lo, hi))
+
+    tiny.max_batch = None
+    try:
+        first = map_halving_on_oom(run, 10, tiny)
+        calls.clear()
+        second = map_halving_on_oom(run, 6, tiny)
+    finally:
+        tiny.max_batch = None
+
+    assert [i for part in first for i in part] == list(range(10))
+    assert [i for part in second for i in part] == list(range(6))
+    assert calls == [2, 2, 2]
+
+
+def test_a_single_row_that_runs_out_of_memory_is_raised():
+    def run(lo, hi):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        map_halving_on_oom(run, 4)
+
+
+def test_errors_other_than_out_of_memory_are_not_retried():
+    calls = []
+
+    def run(lo, hi):
+        calls.append((lo, hi))
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        map_halving_on_oom(run, 8)
+    assert calls == [(0, 8)]
+
+
+def _unit(i: int, dim: int = 8) -> torch.Tensor:
+    return F.one_hot(torch.tensor(i), dim).float()
+
+
+def test_nsfw_tag_follows_laion_rule_on_the_two_nearest_prompts():
+    safe = torch.stack([_unit(0), _unit(1), _unit(2)])
+    nsfw = torch.stack([_unit(3), _unit(4)])
+    images = F.normalize(torch.stack([_unit(3) + _unit(4), _unit(0) + _unit(1), _unit(0) + _unit(3)]), dim=-1)
+
+    labels, scores = nsfw_tags(images, safe, nsfw)
+
+    assert labels == ["NSFW", "UNLIKELY", "UNSURE"]
+    assert scores[0] > 0.99 and scores[1] < 0.01 and 0.3 < scores[2] < 0.7
+
+
+def test_watermark_score_is_the_probability_of_the_watermark_prompts():
+    watermark = torch.stack([_unit(0), _unit(1)])
+    clean = torch.stack([_unit(2), _unit(3)])
+    images = F.normalize(torch.stack([_unit(0), _unit(2), _unit(1) + _unit(3)]), dim=-1)
+
+    scores = watermark_scores(images, watermark, clean)
+
+    assert scores[0] > 0.99 and scores[1] < 0.01 and abs(scores[2] - 0.5) < 0.01
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_device_preprocessing_matches_pil_preprocessing(tiny):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = [jpeg for *_, jpeg in sample_pairs(6, seed=3, size=97)]
+    on_device = tiny.preprocess_on_device(
+        [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB) for j in jpegs]
+    )
+    with_pil = torch.stack([tiny.preprocess_jpeg(j) for j in jpegs])
+
+    assert on_device.shape == with_pil.shape
+    # Different JPEG decoders and resamplers: close, not bit-equal.
+    assert (on_device - with_pil).abs().mean() < 0.05
+
+
+def test_auto_device_and_precision_fall_back_to_cpu_fp32_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto") in ("cpu", "mps")
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "fp16"
+
+
+def test_gpu_only_settings_on_cpu_fail_with_one_line_errors():
+    with pytest.raises(ValueError, match="fp32"):
+        resolve_precision("fp16", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_unknown_model_fails_with_one_line_error():
+    with pytest.raises(ValueError, match="cannot load CLIP model no-such-model") as error:
+        load_clip(ClipModelSpec("no-such-model"), "cpu", "fp32")
+    assert "\n" not in str(error.value)
+
+
+def test_bad_settings_are_refused_with_what_is_allowed():
+    settings = ClipScorer.tiny().settings()
+    with pytest.raises(ValueError, match="device must be one of"):
+        ScoringSettings(settings.models, settings.thresholds, device="tpu")
+    with pytest.raises(ValueError, match="categories"):
+        ScoringSettings({"en": settings.models["en"]}, settings.thresholds)
