@@ -80,7 +80,10 @@ def test_a_gpu_step_waits_until_the_gpu_pool_has_a_free_slot(tmp_path):
 @pytest.fixture(scope="module")
 def pg_database():
     """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        import psycopg2
+    except ImportError:
+        skip_or_fail("psycopg2 is not installed (uv sync installs it with the dev group)")
     try:
         admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
     except psycopg2.OperationalError as error:
@@ -119,6 +122,7 @@ def _run_segment(instance, key: str, retries: bool = True) -> dg.DagsterRun:
     return result.dagster_run
 
 
+@pytest.mark.postgres
 def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home, sample_crawl, tmp_path, monkeypatch):
     source, data_root = str(tmp_path / "crawl"), str(tmp_path / "data")
     shutil.copytree(sample_crawl.root, source)
