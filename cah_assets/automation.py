@@ -82,8 +82,8 @@ def _load_cursor(raw: str | None) -> dict[str, int]:
 def crawl_discovery_sensor(
     context: dg.SensorEvaluationContext, crawl_discovery: CrawlDiscovery, common_crawl: CommonCrawl, storage: StorageResource
 ) -> dg.SensorResult | dg.SkipReason:
-    # The cursor maps each crawl to how many of its segments are added; a crawl is fetched from the
-    # list only until all of them are, so a tick costs one small download once the crawls are in.
+    # The cursor maps each crawl to how many of its segments are added. A crawl's WAT listing is read
+    # once, when it is registered; later ticks read its recorded plan back from the data root.
     added = _load_cursor(context.cursor)
     try:
         crawls = choose_crawls(read_crawl_list(crawl_discovery.crawl_list), crawl_discovery.include, crawl_discovery.newest)
