@@ -6,18 +6,20 @@ import dagster as dg
 
 from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.candidates import candidates
-from cah_assets.checks import candidates_checks, image_shards_checks
+from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
+from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
+from cah_resources.clip_scorer import ClipScorer
 from cah_resources.common_crawl import COMMON_CRAWL_URL, CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
-    assets=[candidates, image_shards],
-    asset_checks=[candidates_checks, image_shards_checks],
+    assets=[candidates, image_shards, clip_pairs],
+    asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
     jobs=[register_crawl_job],
     schedules=[segment_schedule],
     sensors=[crawl_discovery_sensor, segment_flow_sensor],
@@ -29,6 +31,7 @@ defs = dg.Definitions(
         # A Postgres URL carries a password: read through EnvVar so it never shows in run config.
         "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL")) if os.environ.get("CAH_DEDUP_URL") else DedupIndexResource(),
         "image_downloader": ImageDownloader(),
+        "clip_scorer": ClipScorer(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
     },

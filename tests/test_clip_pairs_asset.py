@@ -1,0 +1,80 @@
+"""The clip_pairs asset materialized through Dagster on an in-process Dask cluster with the tiny CLIP."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from cah_assets.clip_pairs import clip_pairs
+from cah_resources.clip_pairs import shard_summaries
+from cah_resources.clip_scorer import ClipScorer
+from cah_resources.compute import ComputeResource
+from cah_resources.models.shapes import ShardSample, sample_pairs, write_image_shard
+from cah_resources.storage import DataRoot, StorageResource
+
+SEGMENT = "CC-MAIN-2024-10_00003"
+
+
+@pytest.fixture()
+def data(tmp_path) -> DataRoot:
+    root = DataRoot(str(tmp_path / "data"))
+    pairs = sample_pairs(30, seed=11)
+    for shard in range(2):
+        samples = [
+            ShardSample(caption, jpeg, "en" if language == "en" else "multi", language)
+            for _, language, caption, jpeg in pairs[shard * 15 : (shard + 1) * 15]
+        ]
+        if shard == 1:
+            samples.append(ShardSample("a broken download", b"not a jpeg"))
+        write_image_shard(root, SEGMENT, shard, samples)
+    return root
+
+
+def materialize(root: DataRoot, compute: ComputeResource) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("segments", [SEGMENT])
+    return dg.materialize(
+        [clip_pairs],
+        partition_key=SEGMENT,
+        instance=instance,
+        resources={
+            "compute": compute,
+            "storage": StorageResource(root=root.url),
+            "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
+        },
+    )
+
+
+def test_a_segment_materializes_with_the_numbers_a_person_asks_for(data):
+    result = materialize(data, ComputeResource(n_workers=1, processes=False, local_gpus=0))
+
+    metadata = result.asset_materializations_for_node("clip_pairs")[0].metadata
+    assert result.success
+    assert metadata["pairs_scored"].value == 30 and metadata["shards"].value == 2
+    assert metadata["pairs_scored_en"].value + metadata["pairs_scored_multi"].value == 30
+    kept = metadata["pairs_kept_en"].value + metadata["pairs_kept_multi"].value
+    assert kept == metadata["pairs_kept"].value and 25 <= kept <= 30  # every caption here matches its picture
+    assert metadata["kept_rate"].value == round(kept / 30, 4)
+    assert "image_unreadable | 1" in metadata["not_scored"].value
+    assert "| similarity | pairs |" in metadata["similarity_histogram"].value
+    assert (metadata["device"].value, metadata["precision"].value) == ("cpu", "fp32")
+    assert metadata["images_per_s"].value > 0 and metadata["shards_scored_now"].value == 2
+    assert "cah-tiny-clip" in metadata["models"].value
+
+
+def test_a_rematerialized_segment_scores_nothing_again_and_reports_the_same_totals(data):
+    compute = ComputeResource(n_workers=1, processes=False, local_gpus=0)
+    first = materialize(data, compute).asset_materializations_for_node("clip_pairs")[0].metadata
+
+    second = materialize(data, compute).asset_materializations_for_node("clip_pairs")[0].metadata
+
+    assert second["shards_scored_now"].value == 0
+    assert second["pairs_kept"].value == first["pairs_kept"].value
+    assert second["pairs_scored"].value == first["pairs_scored"].value
+
+
+def test_shards_run_on_the_worker_advertising_a_gpu_when_there_is_one(data):
+    result = materialize(data, ComputeResource(n_workers=2, processes=False, local_gpus=1))
+
+    assert result.success
+    assert {s["worker"] for s in shard_summaries(data, SEGMENT)} == {"gpu-0"}
