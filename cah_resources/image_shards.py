@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -123,6 +124,21 @@ _pool_lock = threading.Lock()
 _pools: dict[int, Executor] = {}
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool worker start-up: leave as soon as the process that made the pool is gone.
+
+    A pool's workers hold both ends of its task queue, so a parent killed without cleaning up
+    (a Dask worker terminated by its nanny, a SIGKILL) would leave them waiting forever.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def image_pool(processes: int) -> Executor:
     """Worker processes for Pillow work, or threads where this process may not have children.
 
@@ -135,7 +151,8 @@ def image_pool(processes: int) -> Executor:
             if multiprocessing.current_process().daemon:
                 pool = ThreadPoolExecutor(max(processes, 1), thread_name_prefix="image")
             else:
-                pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"))
+                pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_exit_with_parent, initargs=(os.getpid(),))
             _pools[processes] = pool
         return pool
 

@@ -12,6 +12,7 @@ import textwrap
 import time
 from dataclasses import asdict
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -206,11 +207,15 @@ def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
                 assert process.poll() is None, "the run ended before finishing its first shard"
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
+            image_workers = psutil.Process(process.pid).children(recursive=True)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
+        # The killed run's image worker processes leave with it rather than lingering as orphans.
+        gone, alive = psutil.wait_procs(image_workers, timeout=20)
+        assert image_workers and alive == []
         done_before = sorted(n for n in root.listdir(folder) if n.endswith(".done"))
         finished = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if f"{n[:5]}.done" in done_before}
         assert 1 <= len(done_before) < 4, "the kill should leave unfinished shards behind"
