@@ -131,34 +131,35 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
     registration = register_crawl(CommonCrawl(base_url=source).source(), StorageResource(root=data_root).data_root(),
                                   sample_crawl.crawl, 1)
     ok_key, failed_key, untouched_key = registration.keys()
-    instance = dg.DagsterInstance.from_config(pg_home)
-    assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-    instance.add_dynamic_partitions(segments.name, registration.keys())
+    # Used as a context manager, the instance is also the one Dagster loads definitions against.
+    with dg.DagsterInstance.from_config(pg_home) as instance:
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        instance.add_dynamic_partitions(segments.name, registration.keys())
 
-    done = _run_segment(instance, ok_key)
-    # The mirror lost the segment's WAT file: the step fails (retries off to keep the test short).
-    os.remove(os.path.join(source, registration.files_of(failed_key)[0]))
-    failed = _run_segment(instance, failed_key, retries=False)
-    assert (done.status, failed.status) == (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+        done = _run_segment(instance, ok_key)
+        # The mirror lost the segment's WAT file: the step fails (retries off to keep the test short).
+        os.remove(os.path.join(source, registration.files_of(failed_key)[0]))
+        failed = _run_segment(instance, failed_key, retries=False)
+        assert (done.status, failed.status) == (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 
-    def state(inst: dg.DagsterInstance) -> dict:
-        materializations = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=candidates.key), limit=10).records
-        check = inst.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10)
-        failure = next(e for e in inst.all_logs(failed.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE")
-        error = failure.dagster_event.step_failure_data.error
-        while error.cause:  # the root cause, under Dagster's retry and Dask's wrapping
-            error = error.cause
-        return {
-            "runs": sorted((r.run_id, r.status.value) for r in inst.get_runs()),
-            "partitions": inst.get_dynamic_partitions(segments.name),
-            "status": inst.get_status_by_partition(candidates.key, registration.keys(), segments),
-            "materialized": [(m.partition_key, m.run_id, m.asset_materialization.metadata["candidates"].value) for m in materializations],
-            "checks": [(c.partition, c.status.value, c.run_id) for c in check],
-            "failure": error.message.splitlines()[0],
-            "events": [e.dagster_event.event_type.name for e in inst.all_logs(done.run_id) if e.dagster_event],
-        }
+        def state(inst: dg.DagsterInstance) -> dict:
+            materializations = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=candidates.key), limit=10).records
+            check = inst.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10)
+            failure = next(e for e in inst.all_logs(failed.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE")
+            error = failure.dagster_event.step_failure_data.error
+            while error.cause:  # the root cause, under Dagster's retry and Dask's wrapping
+                error = error.cause
+            return {
+                "runs": sorted((r.run_id, r.status.value) for r in inst.get_runs()),
+                "partitions": inst.get_dynamic_partitions(segments.name),
+                "status": inst.get_status_by_partition(candidates.key, registration.keys(), segments),
+                "materialized": [(m.partition_key, m.run_id, m.asset_materialization.metadata["candidates"].value) for m in materializations],
+                "checks": [(c.partition, c.status.value, c.run_id) for c in check],
+                "failure": error.message.splitlines()[0],
+                "events": [e.dagster_event.event_type.name for e in inst.all_logs(done.run_id) if e.dagster_event],
+            }
 
-    before = state(instance)
+        before = state(instance)
     assert before["status"] == {ok_key: dg.AssetPartitionStatus.MATERIALIZED, failed_key: dg.AssetPartitionStatus.FAILED,
                                 untouched_key: None}
     assert [(key, run) for key, run, _ in before["materialized"]] == [(ok_key, done.run_id)]
@@ -167,8 +168,6 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
     assert sorted(before["checks"]) == [(ok_key, "SUCCEEDED", done.run_id), (failed_key, "PLANNED", failed.run_id)]
     assert "is not in" in before["failure"] and registration.files_of(failed_key)[0] in before["failure"]
     assert {"ASSET_MATERIALIZATION_PLANNED", "STEP_START", "ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION", "RUN_SUCCESS"} <= set(before["events"])
-    instance.dispose()
 
-    restarted = dg.DagsterInstance.from_config(pg_home)
-    assert state(restarted) == before
-    restarted.dispose()
+    with dg.DagsterInstance.from_config(pg_home) as restarted:  # a new process would see the same
+        assert state(restarted) == before
