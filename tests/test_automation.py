@@ -21,7 +21,7 @@ from cah_assets.candidates import candidates
 from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
-from cah_assets.policies import MAX_REQUESTS_PER_TICK, CappedCondition
+from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
 from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.sample_crawl import generate_crawl
@@ -100,7 +100,8 @@ def test_the_newest_matching_crawls_are_chosen():
 
 def _discovery_tick(instance, cursor, resources):
     """One sensor tick, with its partition requests applied to the instance as the daemon does."""
-    data = crawl_discovery_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        data = crawl_discovery_sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return data
@@ -177,9 +178,10 @@ def registered(crawls, data_root):
 
 
 def _schedule_tick(instance, **flow):
-    context = dg.build_schedule_context(instance=instance, resources={"segment_flow": SegmentFlow(**flow)},
-                                        repository_def=defs.get_repository_def())
-    return segment_schedule.evaluate_tick(context)
+    # As a context manager, so the instance the context opens is closed with it.
+    with dg.build_schedule_context(instance=instance, resources={"segment_flow": SegmentFlow(**flow)},
+                                   repository_def=defs.get_repository_def()) as context:
+        return segment_schedule.evaluate_tick(context)
 
 
 def _queue_run(instance, key, asset="candidates"):
@@ -276,3 +278,32 @@ def test_reactivated_automation_follows_good_segments_a_few_per_tick_and_holds_b
     good = [k for k in keys if k != bad]
     assert requested == [good[:MAX_REQUESTS_PER_TICK], good[MAX_REQUESTS_PER_TICK:], []]
     assert all(len(tick) <= MAX_REQUESTS_PER_TICK for tick in requested)
+
+
+# --- the policies as the code location has them -------------------------------------------------
+
+
+def _stage(name: str) -> dg.AssetsDefinition:
+    return defs.resolve_assets_def(name)
+
+
+def test_network_stages_retry_more_than_the_gpu_stage_with_backoff_and_jitter():
+    policies = {name: _stage(name).op.retry_policy for name in ("candidates", "image_shards", "clip_pairs")}
+    assert policies["image_shards"].max_retries >= policies["candidates"].max_retries > policies["clip_pairs"].max_retries >= 1
+    for name in ("candidates", "image_shards"):
+        assert (policies[name].backoff, policies[name].jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
+
+
+def test_every_stage_backfills_several_segments_per_run_and_clip_pairs_takes_the_gpu_pool():
+    for name in ("candidates", "image_shards", "clip_pairs"):
+        assert _stage(name).backfill_policy == dg.BackfillPolicy.multi_run(SEGMENTS_PER_RUN)
+    assert _stage("clip_pairs").op.pool == GPU_POOL
+    assert _stage("candidates").op.pool is None and _stage("image_shards").op.pool is None
+
+
+def test_later_stages_follow_upstream_and_the_automation_sensor_can_evaluate_them():
+    for name in ("image_shards", "clip_pairs"):
+        assert _stage(name).automation_conditions_by_key[dg.AssetKey(name)] is FOLLOWS_UPSTREAM
+    sensor = defs.resolve_sensor_def("segment_flow_sensor")
+    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) >= {dg.AssetKey("image_shards"), dg.AssetKey("clip_pairs")}
+    assert _stage("candidates").automation_conditions_by_key.get(candidates.key) is None  # the schedule feeds it
