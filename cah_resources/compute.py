@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import dagster as dg
+from pydantic import PrivateAttr
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin, as_completed
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
@@ -143,6 +144,19 @@ class ComputeResource(dg.ConfigurableResource):
     tls_key_file: str = ""
     connect_timeout_s: float = 30.0
 
+    # Inside a Dagster run the local cluster is started once and kept for every step and call of
+    # that run process (starting one costs seconds); outside a run each client() makes its own.
+    _keep_cluster: bool = PrivateAttr(default=False)
+    _cluster: SpecCluster | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._keep_cluster = True
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
     @property
     def resolved_mode(self) -> str:
         return self.mode or os.environ.get(MODE_ENV) or "local"
@@ -196,11 +210,16 @@ class ComputeResource(dg.ConfigurableResource):
     @contextmanager
     def client(self) -> Iterator[Client]:
         mode, address = self.resolved_mode, self.resolved_address
-        if mode == "local":
+        if mode == "local" and self._keep_cluster:
+            if self._cluster is None:
+                self._cluster = self._local_cluster()
+                with Client(self._cluster) as client:
+                    self._start_local(client)
+            with Client(self._cluster) as client:
+                yield client
+        elif mode == "local":
             with self._local_cluster() as cluster, Client(cluster) as client:
-                client.wait_for_workers(len(cluster.worker_spec))
-                if self.processes:
-                    client.register_plugin(ExitWithParent())
+                self._start_local(client)
                 yield client
         elif mode == "remote":
             if not address:
@@ -211,6 +230,11 @@ class ComputeResource(dg.ConfigurableResource):
                 yield client
         else:
             raise ValueError(f"compute mode must be 'local' or 'remote', not {mode!r}")
+
+    def _start_local(self, client: Client) -> None:
+        client.wait_for_workers(len(client.cluster.worker_spec))
+        if self.processes:
+            client.register_plugin(ExitWithParent())
 
     def has_gpu_workers(self) -> bool:
         """Whether the cluster has a worker advertising ``GPU`` (asked of the scheduler in remote mode)."""

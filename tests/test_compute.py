@@ -183,3 +183,32 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _worker_address(_unit):
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_a_dagster_run_starts_its_local_cluster_once_for_all_its_steps_and_calls():
+    import dagster as dg
+
+    from cah_resources.compute import ComputeResource
+
+    seen: dict[str, set] = {}
+
+    @dg.asset
+    def first(compute: ComputeResource):
+        seen["first"] = {r.value for r in compute.run_units(_worker_address, range(4))}
+        seen["again"] = {r.value for r in compute.run_units(_worker_address, range(4))}
+
+    @dg.asset(deps=[first])
+    def second(compute: ComputeResource):
+        seen["second"] = {r.value for r in compute.run_units(_worker_address, range(4))}
+
+    compute = ComputeResource(n_workers=2, processes=False)
+    assert dg.materialize([first, second], resources={"compute": compute}).success
+    assert seen["first"] == seen["again"] == seen["second"]
+    # Outside a run, each call has a cluster of its own (nothing keeps it alive afterwards).
+    assert {r.value for r in compute.run_units(_worker_address, range(2))}.isdisjoint(seen["first"])
