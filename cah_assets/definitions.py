@@ -9,6 +9,7 @@ from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
+from cah_assets.dataset import release, report
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.clip_scorer import ClipScorer
@@ -18,7 +19,7 @@ from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.storage import StorageResource
 
 defs = dg.Definitions(
-    assets=[candidates, image_shards, clip_pairs],
+    assets=[candidates, image_shards, clip_pairs, release, report],
     asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
     jobs=[register_crawl_job],
     schedules=[segment_schedule],

@@ -1,0 +1,62 @@
+"""Dataset-level assets: the release parquet and the report of every registered crawl."""
+
+import dagster as dg
+from pydantic import Field
+
+from cah_resources.release import build_release, release_dir, summary_markdown
+from cah_resources.report import build_report, png_markdown
+from cah_resources.segments import load_registration
+from cah_resources.storage import DataRoot, StorageResource
+
+DATASET_KINDS = {"python", "parquet"}
+
+
+class DatasetConfig(dg.Config):
+    crawls: list[str] = Field(default_factory=list, description="Crawls to roll up; empty = every registered crawl")
+
+
+def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[str]]:
+    """Each crawl to roll up with its segment keys; an unregistered crawl is a one-line error."""
+    names = config.crawls or root.listdir(root.path("crawls"))
+    plans = {}
+    for crawl in names:
+        registration = load_registration(root, crawl)
+        if registration is None:
+            raise dg.Failure(f"crawl {crawl} is not registered under {root.url}; run `cah register {crawl}` first")
+        plans[crawl] = registration.keys()
+    return plans
+
+
+@dg.asset(deps=["clip_pairs"], group_name="dataset", kinds=DATASET_KINDS)
+def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
+    root = storage.data_root()
+    lines, total = [], 0
+    for crawl, keys in crawls_to_roll_up(root, config).items():
+        summary = build_release(root, keys, release_dir(root, crawl))
+        total += summary.rows
+        context.log.info(f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
+                         f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet")
+        lines += [f"## {crawl}: {summary.rows:,} pairs from {summary.shards} shards "
+                  f"({len(summary.missing_segments)} segments pending)", summary_markdown(summary)]
+    return dg.MaterializeResult(metadata={
+        "pairs": total,
+        "by_category": dg.MetadataValue.md("\n\n".join(lines) or "no registered crawl"),
+        "path": dg.MetadataValue.path(root.path("release")),
+    })
+
+
+@dg.asset(deps=[release, "candidates", "image_shards", "clip_pairs"], group_name="dataset", kinds={"python", "matplotlib"})
+def report(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """The dataset and the pipeline in pictures: funnel, similarity, download statuses, domains, throughput."""
+    root = storage.data_root()
+    metadata: dict = {}
+    for crawl, keys in crawls_to_roll_up(root, config).items():
+        built = build_report(root, keys, root.path("report", crawl))
+        context.log.info(f"{crawl}: report written to {root.path('report', crawl)}")
+        for name, png in built.plots.items():
+            table = built.tables.get(name, "")
+            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name) + ("\n\n" + table if table else ""))
+        metadata[f"{crawl}/candidate_drops"] = dg.MetadataValue.md(built.tables["candidate_drops"])
+        metadata[f"{crawl}/path"] = dg.MetadataValue.path(root.path("report", crawl, "report.md"))
+    return dg.MaterializeResult(metadata=metadata)
