@@ -1,0 +1,303 @@
+"""The Dagster UI in headless Chromium: lineage of the stages, partition status, step attempts, backfills."""
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import dagster as dg
+import pytest
+import yaml
+
+from cah_assets.candidates import candidates
+from cah_assets.checks import candidates_checks
+from cah_assets.definitions import defs
+from cah_assets.partitions import segments
+from cah_assets.policies import SEGMENTS_PER_RUN
+from cah_resources.common_crawl import CommonCrawl
+from cah_resources.compute import ComputeResource
+from cah_resources.sample_crawl import generate_crawl
+from cah_resources.segments import register_crawl
+from cah_resources.storage import StorageResource
+from conftest import skip_or_fail
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARTIFACTS = os.path.join(REPO, "test-artifacts", "ui")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+STAGES = ("candidates", "image_shards", "clip_pairs")
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+NOT_RETRIED = {"execution": {"config": {"in_process": {"retries": {"disabled": {}}}}}}
+SERVER_START_S = 150
+DAEMON_WAIT_S = 120
+BIG_CRAWL = "CC-MAIN-2024-26"  # ten one-file segments, for a backfill larger than one run
+PAGE_TIMEOUT_MS = 45_000
+
+
+class FlakyCrawlMirror(http.server.SimpleHTTPRequestHandler):
+    """Serves a crawl folder; answers 404 once for paths in ``fail_once`` and always for ``missing``."""
+
+    fail_once: set[str] = set()
+    missing: set[str] = set()
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = self.path.lstrip("/")
+        if path in self.missing or path in self.fail_once:
+            self.fail_once.discard(path)
+            self.send_error(404)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def ui_candidates_job() -> dg.JobDefinition:
+    """The candidates job reading the crawl mirror named in the environment (Dagster rebuilds it per run)."""
+    resources = {
+        **defs.resources,
+        "compute": ComputeResource(n_workers=1, processes=False, task_retries=0),  # a 404 fails the step at once
+        "common_crawl": CommonCrawl(base_url=os.environ["CAH_TEST_MIRROR"], retries=0),
+        "storage": StorageResource(root=os.environ["CAH_DATA_ROOT"]),
+    }
+    job = dg.define_asset_job("candidates_job", selection=dg.AssetSelection.assets(candidates), partitions_def=segments)
+    return dg.Definitions(assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources).resolve_job_def("candidates_job")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        skip_or_fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("the playwright package is not installed (uv sync)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def _start(command: list[str], env: dict, log_path: str) -> tuple[subprocess.Popen, object]:
+    log = open(log_path, "wb")
+    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), command[0]), *command[1:]], cwd=REPO, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log
+
+
+def _stop(process: subprocess.Popen, log) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    log.close()
+
+
+def _wait_until_loaded(url: str, process: subprocess.Popen, log_name: str) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"dagster-webserver exited with {process.returncode}; see {log_name}")
+        try:
+            data = _graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                                 "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+            entries = data["workspaceOrError"]["locationEntries"]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                errors = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
+                assert not errors, errors
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"dagster-webserver did not load the code location in {SERVER_START_S} s; see {log_name}")
+        time.sleep(1)
+
+
+def _instance_yaml() -> str:
+    with open(os.path.join(REPO, "dagster.yaml")) as handle:
+        config = yaml.safe_load(handle)
+    # Runs the daemon creates stay queued: the tests look at how work is split into runs, not at running it again.
+    config["concurrency"]["runs"]["max_concurrent_runs"] = 0
+    return yaml.safe_dump(config)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, sample_crawl):
+    """dagster-webserver and dagster-daemon on loopback over an instance with real runs of the pipeline.
+
+    The runs: a segment materialized, one retried then materialized, one failed. The servers load
+    the project's code location while the runs execute; both are stopped at the end.
+    """
+    base = tmp_path_factory.mktemp("ui")
+    home, data_root, mirror = base / "dagster_home", base / "data", base / "crawl"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(_instance_yaml())
+    shutil.copytree(sample_crawl.root, mirror)
+    storage = StorageResource(root=str(data_root)).data_root()
+    registration = register_crawl(CommonCrawl(base_url=str(mirror)).source(), storage, sample_crawl.crawl, 1)
+    big = generate_crawl(str(mirror), crawl=BIG_CRAWL, wat_files=10, pages_per_file=2, seed=11)
+    big_keys = register_crawl(CommonCrawl(base_url=str(mirror)).source(), storage, big.crawl, 1).keys()
+    ok_key, retried_key, failed_key = registration.keys()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(segments.name, registration.keys() + big_keys)
+
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CAH_DATA_ROOT": str(data_root), "CAH_CRAWL_SOURCE": str(mirror)}
+    url = f"http://127.0.0.1:{_free_port()}"
+    workspace = os.path.join(REPO, "workspace.yaml")
+    FlakyCrawlMirror.fail_once = {registration.files_of(retried_key)[0]}
+    FlakyCrawlMirror.missing = {registration.files_of(failed_key)[0]}
+    saved = {k: os.environ.get(k) for k in ("CAH_TEST_MIRROR", "CAH_DATA_ROOT")}
+    processes, mirror_server, runs = [], None, {}
+    try:
+        processes.append(_start(["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w", workspace], env,
+                                str(home / "webserver.log")))
+        processes.append(_start(["dagster-daemon", "run", "-w", workspace], env, str(home / "daemon.log")))
+        mirror_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(FlakyCrawlMirror, directory=str(mirror)))
+        threading.Thread(target=mirror_server.serve_forever, daemon=True).start()
+        os.environ.update(CAH_TEST_MIRROR=f"http://127.0.0.1:{mirror_server.server_address[1]}", CAH_DATA_ROOT=str(data_root))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            job = dg.reconstructable(ui_candidates_job)
+            for key, config in ((ok_key, IN_PROCESS), (retried_key, IN_PROCESS), (failed_key, NOT_RETRIED)):
+                result = dg.execute_job(job, instance, run_config=config, tags={"dagster/partition": key}, raise_on_error=False)
+                runs[key] = result.dagster_run
+        assert [runs[k].status.value for k in (ok_key, retried_key, failed_key)] == ["SUCCESS", "SUCCESS", "FAILURE"]
+        webserver, webserver_log = processes[0]
+        _wait_until_loaded(url, webserver, webserver_log.name)
+        _graphql(url, "mutation { setNuxSeen }")  # no "join the community" dialog over the pages under test
+        yield {"url": url, "home": str(home), "runs": runs, "ok": ok_key, "retried": retried_key, "failed": failed_key,
+               "big": big_keys}
+    finally:
+        if mirror_server is not None:
+            mirror_server.shutdown()
+            mirror_server.server_close()
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        for process, log in reversed(processes):
+            _stop(process, log)
+
+
+@pytest.fixture(scope="module")
+def webserver(ui) -> str:
+    return ui["url"]
+
+
+@pytest.fixture
+def page(browser, webserver, request):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield page
+    _shot(page, f"end_of_{request.node.name}")  # what the page showed when the test ended, passed or not
+    context.close()
+
+
+def _shot(page, name: str) -> None:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
+
+
+def test_the_asset_graph_shows_the_three_stages_and_their_lineage(page, webserver):
+    from playwright.sync_api import expect
+
+    nodes = _graphql(webserver, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")["assetNodes"]
+    upstream = {n["assetKey"]["path"][-1]: [d["path"][-1] for d in n["dependencyKeys"]] for n in nodes}
+    assert (upstream["candidates"], upstream["image_shards"], upstream["clip_pairs"]) == ([], ["candidates"], ["image_shards"])
+
+    page.goto(f"{webserver}/locations/__repository__@cah/asset-groups/pipeline")
+    for stage in STAGES:
+        expect(page.get_by_text(stage, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Loading...")).to_have_count(0)  # each node's partition and check status filled in
+    _shot(page, "pipeline_group_lineage")
+    page.goto(f"{webserver}/assets/image_shards?view=lineage")
+    for stage in STAGES:  # the middle stage's lineage: candidates upstream, clip_pairs downstream
+        expect(page.get_by_text(stage, exact=True).first).to_be_visible()
+    _shot(page, "image_shards_lineage")
+
+
+def test_a_segments_partition_status_shows_materialized_and_failed(page, webserver, ui):
+    from playwright.sync_api import expect
+
+    page.goto(f"{webserver}/assets/candidates?view=partitions")
+    expect(page.get_by_text("Materialized (2)")).to_be_visible()
+    expect(page.get_by_text("Failed (1)")).to_be_visible()
+    page.get_by_text(ui["failed"], exact=True).first.click()
+    expect(page.get_by_text(ui["runs"][ui["failed"]].run_id[:8]).first).to_be_visible()
+    _shot(page, "candidates_partitions_failed_selected")
+    page.get_by_text(ui["ok"], exact=True).first.click()
+    expect(page.get_by_text("records_read").first).to_be_visible()  # the materialization's metadata
+    _shot(page, "candidates_partitions_materialized_selected")
+
+
+def test_a_retried_step_shows_its_attempts(page, webserver, ui):
+    from playwright.sync_api import expect
+
+    run_id = ui["runs"][ui["retried"]].run_id
+    page.goto(f"{webserver}/runs/{run_id}")
+    expect(page.get_by_text("Success").first).to_be_visible()
+    retry = page.get_by_text("STEP_UP_FOR_RETRY").first
+    expect(retry).to_be_visible()
+    expect(page.get_by_text('Started re-execution (attempt # 2) of step "candidates".').first).to_be_visible()
+    retry.scroll_into_view_if_needed()
+    _shot(page, "retried_run")
+
+
+def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_eight_segments(page, webserver, ui):
+    from playwright.sync_api import expect
+
+    keys = ui["big"]
+    data = _graphql(webserver, """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+        __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+        {"params": {"assetSelection": [{"path": ["candidates"]}], "partitionNames": keys, "title": "cah UI test backfill"}})
+    launched = data["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    page.goto(f"{webserver}/overview/backfills")
+    expect(page.get_by_text(backfill_id, exact=True)).to_be_visible()
+    expect(page.get_by_text(f"{len(keys)} partitions").first).to_be_visible()
+    _shot(page, "backfills")
+
+    # The backfill daemon (an iteration every 30 s) turns the request into runs.
+    deadline, ranges, run_ids = time.monotonic() + DAEMON_WAIT_S, [], []
+    with dg.DagsterInstance.from_config(ui["home"]) as instance:
+        while time.monotonic() < deadline and len(ranges) < 2:
+            time.sleep(2)
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+            run_ids = [r.run_id for r in runs]
+            ranges = sorted((r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end")) for r in runs)
+    assert ranges == [(keys[0], keys[SEGMENTS_PER_RUN - 1]), (keys[SEGMENTS_PER_RUN], keys[-1])]
+    page.goto(f"{webserver}/runs/b/{backfill_id}?tab=runs")
+    for run_id in run_ids:
+        expect(page.get_by_text(run_id[:8], exact=True).first).to_be_visible()
+    _shot(page, "backfill_runs")
