@@ -9,11 +9,23 @@ import pyarrow.compute as pc
 import pytest
 
 from cah_assets.candidates import candidates
-from cah_assets.checks import candidates_checks, check_candidates, check_clip_pairs, check_image_shards, image_shards_checks
+from cah_assets.checks import (
+    CANDIDATES_CHECKS,
+    CLIP_PAIRS_CHECKS,
+    IMAGE_SHARDS_CHECKS,
+    candidates_checks,
+    check_candidates,
+    check_clip_pairs,
+    check_image_shards,
+    clip_pairs_checks,
+    image_shards_checks,
+)
+from cah_assets.clip_pairs import clip_pairs
 from cah_assets.definitions import defs
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_resources.candidates import output_paths
+from cah_resources.clip_scorer import ClipScorer
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.local_web import LocalImageWeb
@@ -410,3 +422,16 @@ def test_real_image_shards_pass_their_checks_and_a_bad_candidates_segment_blocks
     status = instance.get_status_by_partition(image_shards.key, [good, bad], segments)
     assert status == {good: dg.AssetPartitionStatus.MATERIALIZED, bad: dg.AssetPartitionStatus.FAILED}
     assert not data_root.exists(data_root.path("image_shards", bad))
+
+
+def test_a_segment_through_all_three_stages_passes_every_check(two_segments_on_the_local_web, data_root):
+    instance, resources, (good, _) = two_segments_on_the_local_web
+    stages = [candidates, candidates_checks, image_shards, image_shards_checks, clip_pairs, clip_pairs_checks]
+    result = dg.materialize(stages, instance=instance, partition_key=good,
+                            resources={**resources, "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1)})
+    assert result.success
+    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(evaluations) == len(CANDIDATES_CHECKS) + len(IMAGE_SHARDS_CHECKS) + len(CLIP_PAIRS_CHECKS)
+    assert all(e.passed and e.partition == good for e in evaluations), [(e.check_name, e.description) for e in evaluations if not e.passed]
+    kept = check_clip_pairs(data_root, good)["kept_rows_pass_threshold"].metadata
+    assert kept["scored"] > 0 and kept["kept"] > 0  # the tiny CLIP knows the sample crawl's shapes
