@@ -98,6 +98,8 @@ class AddressPolicy:
         must be judged here, for the first URL and for every redirect target.
         """
         bare = host.strip("[]")
+        if ":" not in bare and not bare.replace(".", "").isdigit():
+            return  # a name: the resolver judges what it resolves to
         try:
             ipaddress.ip_address(bare.split("%", 1)[0])
         except ValueError:

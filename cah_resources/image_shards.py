@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +24,7 @@ from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfin
 from cah_resources.storage import DataRoot
 
 STAGE = "image_shards"
+IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
 log = logging.getLogger(__name__)
 
 
@@ -183,7 +184,8 @@ async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
 def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, Any]:
     if image is None:
         return {"status": fetched.status, "http_status": fetched.http_status, "error_message": fetched.error_message}
-    return {**asdict(image), "http_status": fetched.http_status}
+    fields = {name: getattr(image, name) for name in IMAGE_OUTCOME_FIELDS}
+    return {**fields, "http_status": fetched.http_status}
 
 
 async def _download_rows(unit: ShardUnit, rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:

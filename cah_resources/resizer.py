@@ -130,35 +130,41 @@ def _target_size(width: int, height: int, settings: ResizeSettings) -> tuple[int
     )
 
 
-def _flatten_to_rgb(img: Image.Image) -> Image.Image:
-    """RGB with any transparency matted on white, as img2dataset does."""
-    if img.mode == "RGB":
+def _to_rgb_or_rgba(img: Image.Image) -> Image.Image:
+    """RGB, or RGBA when the image has transparency (matted only after resizing, where it is cheap)."""
+    if img.mode in ("RGB", "RGBA"):
         return img
-    has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA")
     if img.mode.startswith("I;16"):
         # 16-bit greyscale PNGs: keep the high byte rather than clipping everything to white.
         img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     return img.convert("RGB")
 
 
+def _matte_on_white(img: Image.Image) -> Image.Image:
+    """Transparency flattened onto white, as img2dataset does."""
+    if img.mode != "RGBA":
+        return img
+    background = Image.new("RGB", img.size, (255, 255, 255))
+    background.paste(img, mask=img.getchannel("A"))
+    return background
+
+
 def _resize(img: Image.Image, settings: ResizeSettings) -> Image.Image:
     size = settings.image_size
     target = _target_size(img.width, img.height, settings)
     if target != img.size:
+        # img2dataset's defaults: area averaging to shrink (Pillow's BOX is OpenCV's INTER_AREA),
+        # Lanczos to enlarge.
         shrinking = target[0] < img.width
-        method = Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
-        img = img.resize(target, method, reducing_gap=3.0 if shrinking else None)
+        img = img.resize(target, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
     if settings.resize_mode == "center_crop":
         left, top = (img.width - size) // 2, (img.height - size) // 2
         img = img.crop((left, top, left + size, top + size))
     elif settings.resize_mode == "border" and img.size != (size, size):
         canvas = Image.new("RGB", (size, size), (255, 255, 255))
-        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+        canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2), mask=img if img.mode == "RGBA" else None)
         img = canvas
     return img
 
@@ -189,9 +195,11 @@ def process_image(body: bytes, settings: ResizeSettings) -> ImageOutcome:
                 img.load()
                 quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
                 orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
-                out = _flatten_to_rgb(ImageOps.exif_transpose(img))
+                # Pillow resamples RGBA with premultiplied alpha, so matting after the resize is exact.
+                out = _to_rgb_or_rgba(ImageOps.exif_transpose(img))
                 if resize:
                     out = _resize(out, settings)
+                out = _matte_on_white(out)
                 buffer = io.BytesIO()
                 out.save(buffer, "JPEG", quality=settings.encode_quality)
         except Image.DecompressionBombError as exc:

@@ -77,15 +77,17 @@ def test_exif_orientation_is_applied_and_reported_in_the_original_size():
     assert bottom[2] > 180 and bottom[0] < 80
 
 
-def test_transparency_is_flattened_onto_white():
+@pytest.mark.parametrize("mode", ["no", "border", "keep_ratio", "center_crop"])
+def test_transparency_is_flattened_onto_white(mode):
     rgba = photo_like(300, 200, seed=4, grain=20).convert("RGBA")
     alpha = Image.new("L", rgba.size, 255)
-    alpha.paste(0, (0, 0, 100, 200))
+    alpha.paste(0, (0, 0, 100, 200))  # the left third is transparent
     rgba.putalpha(alpha)
-    out = process_image(encode(rgba, "PNG"), ResizeSettings(resize_mode="no"))
+    out = process_image(encode(rgba, "PNG"), ResizeSettings(resize_mode=mode, image_size=150))
     pixels = np.asarray(decode(out.jpeg), dtype=np.int32)
-    assert pixels[:, :90].min() > 245
-    assert pixels[:, 120:].std() > 5
+    transparent = round(pixels.shape[1] * 0.9 * 100 / 300) if mode != "center_crop" else 20
+    assert pixels[:, :transparent].min() > 240
+    assert pixels[:, -pixels.shape[1] // 3:].std() > 5
 
 
 def test_palette_and_sixteen_bit_images_become_rgb():
