@@ -1,4 +1,4 @@
-"""Automation: crawl discovery in batches, the segment schedule and its in-flight cap, capped follow-upstream."""
+"""Automation: crawl discovery in batches, the segment schedule and its in-flight cap, stages following upstream."""
 
 import functools
 import http.server
@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from cah_assets.automation import (
+    STAGES,
     CrawlDiscovery,
     CrawlListError,
     SegmentFlow,
@@ -18,12 +19,16 @@ from cah_assets.automation import (
     segment_schedule,
 )
 from cah_assets.candidates import candidates
-from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks
+from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.definitions import defs
+from cah_assets.clip_pairs import clip_pairs
+from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
 from cah_resources.candidates import output_paths
+from cah_resources.clip_scorer import ClipScorer
 from cah_resources.common_crawl import CommonCrawl
+from cah_resources.local_web import LocalImageWeb
 from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import load_registration, register_crawl
 from cah_resources.storage import StorageResource
@@ -307,3 +312,56 @@ def test_later_stages_follow_upstream_and_the_automation_sensor_can_evaluate_the
     sensor = defs.resolve_sensor_def("segment_flow_sensor")
     assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) >= {dg.AssetKey("image_shards"), dg.AssetKey("clip_pairs")}
     assert _stage("candidates").automation_conditions_by_key.get(candidates.key) is None  # the schedule feeds it
+
+
+# --- a segment without a person -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web():
+    with LocalImageWeb(n_hosts=4) as fake_web:
+        yield fake_web
+
+
+def test_a_segment_flows_through_all_three_stages_without_a_person(web, tmp_path, data_root, local_compute):
+    crawl = generate_crawl(str(tmp_path / "crawl"), crawl="CC-MAIN-2024-38", wat_files=1, pages_per_file=10, seed=4,
+                           image_base=web.origins[:2], page_base=web.origins[2:])
+    (key,) = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, 1).keys()
+    resources = {
+        **defs.resources,
+        "compute": local_compute,
+        "common_crawl": CommonCrawl(base_url=crawl.root),
+        "storage": StorageResource(root=data_root.url),
+        "image_downloader": ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10,
+                                            total_timeout=30, shard_size=20, image_size=64),
+        "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
+    }
+    everything = [candidates, image_shards, clip_pairs, candidates_checks, image_shards_checks, clip_pairs_checks]
+
+    def launch(stages: list[str]) -> list[str]:
+        """What the daemon does with a request: one run of the segment's requested stages and their checks."""
+        result = dg.materialize(everything, instance=instance, resources=resources, partition_key=key,
+                                selection=dg.AssetSelection.assets(*stages))
+        assert result.success
+        return [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(segments.name, [key])
+        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+        scheduled = _schedule_tick(instance, segments_per_tick=2, max_in_flight=4).run_requests
+        assert [r.partition_key for r in scheduled] == [key]
+        launch(["candidates"])
+        followed, steps = [], []
+        for _ in range(2):
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = result.cursor
+            stages = [s for s in STAGES if key in result.get_requested_partitions(dg.AssetKey(s))]
+            followed.append(stages)
+            if stages:
+                steps = launch(stages)
+        # Both later stages come in one run, where image_shards' blocking checks stand between them.
+        assert followed == [["image_shards", "clip_pairs"], []]
+        assert steps == ["image_shards", "image_shards_checks", "clip_pairs", "clip_pairs_checks"]
+        status = {s: instance.get_status_by_partition(dg.AssetKey(s), [key], segments)[key] for s in STAGES}
+        assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+        assert _schedule_tick(instance, segments_per_tick=2, max_in_flight=4).run_requests == []  # nothing left to feed
