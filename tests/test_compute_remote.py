@@ -17,6 +17,7 @@ from distributed import Client, get_worker
 from cah_assets.candidates import candidates
 from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
+from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ClusterUnavailable, ComputeResource
@@ -166,6 +167,7 @@ def test_a_partition_materializes_through_dagster_on_the_remote_cluster(cluster,
         "common_crawl": CommonCrawl(base_url=sample_crawl.root),
         "storage": StorageResource(root=root.url),
         "candidate_rules": CandidateRules(),
+        "dedup_index": DedupIndexResource(),
     }
 
     result = dg.materialize([candidates], partition_key=key, instance=instance, resources=resources)
