@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -160,11 +161,21 @@ def test_device_preprocessing_matches_pil_preprocessing(tiny):
     on_device = tiny.preprocess_on_device(
         [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB) for j in jpegs]
     )
-    with_pil = torch.stack([tiny.preprocess_jpeg(j) for j in jpegs])
+    with_pil = tiny.normalize(torch.stack([tiny.preprocess_jpeg(j) for j in jpegs]))
 
     assert on_device.shape == with_pil.shape
     # Different JPEG decoders and resamplers: close, not bit-equal.
     assert (on_device - with_pil).abs().mean() < 0.05
+
+
+def test_preprocessing_in_two_halves_equals_open_clips_own_transform(tiny):
+    from PIL import Image
+
+    jpegs = [jpeg for *_, jpeg in sample_pairs(4, seed=5, size=80)]
+    split = tiny.normalize(torch.stack([tiny.preprocess_jpeg(j) for j in jpegs]))
+    whole = torch.stack([tiny.preprocess(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_device_and_precision_fall_back_to_cpu_fp32_without_a_gpu():
