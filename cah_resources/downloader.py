@@ -244,7 +244,11 @@ class Downloader:
                             f"http_{response.status}", http_status=response.status,
                             error_message="redirect without a Location header", final_url=str(current),
                         )
-                    current = current.join(URL(location))
+                    try:
+                        current = current.join(URL(location))
+                    except (ValueError, TypeError) as exc:
+                        return Fetched("invalid_url", http_status=response.status, final_url=str(current),
+                                       error_message=f"redirect to an unusable Location: {_one_line(exc)}")
                     if str(current) in visited:
                         return Fetched("redirect_loop", http_status=response.status,
                                        error_message=f"redirects back to {str(current)[:200]}", final_url=str(current))

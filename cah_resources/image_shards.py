@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import multiprocessing
 import os
@@ -25,7 +24,6 @@ from cah_resources.storage import DataRoot
 
 STAGE = "image_shards"
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class ShardSettings:
     fetch: FetchSettings = field(default_factory=FetchSettings)
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     shard_size: int = 10_000
-    image_processes: int = 2
+    image_processes: int = 2  # Pillow worker processes per shard task (at least one)
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
@@ -170,7 +168,7 @@ async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
     if early is not None:
         return early
     loop = asyncio.get_running_loop()
-    for attempt in range(2):
+    for _ in range(2):
         pool = image_pool(settings.image_processes)
         try:
             return await loop.run_in_executor(pool, process_image, body, settings.resize)
@@ -184,11 +182,11 @@ async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
 def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, Any]:
     if image is None:
         return {"status": fetched.status, "http_status": fetched.http_status, "error_message": fetched.error_message}
-    fields = {name: getattr(image, name) for name in IMAGE_OUTCOME_FIELDS}
-    return {**fields, "http_status": fetched.http_status}
+    facts = {name: getattr(image, name) for name in IMAGE_OUTCOME_FIELDS}
+    return {**facts, "http_status": fetched.http_status}
 
 
-async def _download_rows(unit: ShardUnit, rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
+async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
     totals = {"bytes_fetched": 0}
     async with Downloader(settings.fetch) as downloader:
 
@@ -230,7 +228,7 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
     started = time.perf_counter()
     with ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            totals = runner.run(_download_rows(unit, rows, settings, writer))
+            totals = runner.run(_download_rows(rows, settings, writer))
         seconds = time.perf_counter() - started
         pool = image_pool(settings.image_processes)
         workers = "processes" if isinstance(pool, ProcessPoolExecutor) else "threads"

@@ -88,7 +88,10 @@ TOO_MANY_HOPS = 12
 VARIANTS = 8
 MIN_JPEG_BYTES = 10_000
 SMALL_IMAGE_SIZES = ((120, 90), (160, 120), (96, 128), (200, 150))
-WEB_IMAGE_SIZES = ((640, 480), (800, 600), (1024, 768), (500, 375), (1200, 800), (480, 640))
+# From thumbnails to camera photos, about a megapixel on average; one size per variant.
+WEB_IMAGE_SIZES = ((320, 240), (500, 375), (640, 480), (800, 600), (1024, 768), (1200, 800), (1600, 1200), (2048, 1536))
+# Lossless and palette formats are rarely used for big photos: those variants are served smaller.
+MAX_LOSSLESS_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,8 @@ class LocalImageWeb:
     def _make_body(self, kind: str, variant: int) -> bytes:
         seed = self.seed * 1000 + variant
         photo = self._photo(variant)
+        if kind in ("png", "png_alpha", "gif") and max(photo.size) > MAX_LOSSLESS_SIDE:
+            photo = photo.reduce(-(-max(photo.size) // MAX_LOSSLESS_SIDE))
         width, height = photo.size
         if kind in ("jpeg", "jpeg_mislabelled", "robots_noai", "robots_noimageai", "robots_other_bot",
                     "flaky_500", "rate_limited_once", "reset_once", "redirect_chain"):

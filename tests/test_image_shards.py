@@ -14,14 +14,13 @@ from dataclasses import asdict
 
 import psutil
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
 
 from cah_resources.candidates import SCHEMA, output_paths, pair_uid
 from cah_resources.downloader import FetchSettings
-from cah_resources.image_shards import ShardSettings, download_shard, plan_shards, segment_folder
+from cah_resources.image_shards import ShardSettings, download_shard, image_pool, plan_shards, segment_folder
 from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
 from cah_resources.resizer import ResizeSettings
 from cah_resources.storage import DataRoot
@@ -169,6 +168,19 @@ def test_a_shard_written_with_another_shard_size_is_a_one_line_error(downloaded)
     with pytest.raises(ValueError, match="written with another shard_size") as info:
         download_shard(unit, SETTINGS)
     assert "\n" not in str(info.value)
+
+
+def test_a_shard_survives_an_image_worker_killed_by_the_os(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    write_candidates(root, SEGMENT, web.urls({"jpeg": 12, "png": 6, "webp": 6}))
+    image_pool(SETTINGS.image_processes).submit(int).result()  # its workers are up
+    workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    assert workers
+    workers[0].kill()  # as the OOM killer would
+    workers[0].wait(timeout=10)
+    for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size):
+        download_shard(unit, SETTINGS)
+    assert [r["status"] for r in all_rows(root, SEGMENT)] == ["ok"] * 24
 
 
 def test_missing_candidates_are_a_one_line_error(tmp_path):

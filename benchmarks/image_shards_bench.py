@@ -1,0 +1,301 @@
+"""Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
+
+    .venv/bin/python benchmarks/image_shards_bench.py                        # 12000 URLs, best of 2 rounds
+    .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 # quick run
+
+One fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
+per request, web-sized JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets,
+hangs, truncated and corrupt bodies, redirect chains and loops, oversized bodies, a bomb, noai)
+serves the same URL list to every contender, each in a fresh process, interleaved round by round;
+the best round of each counts. Every contender gets the whole machine (same CPU budget) and the
+same timeout, retries, image size and resize mode:
+
+- ceiling: aiohttp with the downloader's concurrency and per-host limit, bodies read and dropped;
+  no checks, no decoding, no writing: what the network and the fake web allow at most.
+- image_shards: the stage as the asset runs it: a Dask LocalCluster with one worker per core,
+  one task per shard (the URLs split in as many shards), tar + parquet + stats written.
+- img2dataset: from PyPI, in a throwaway virtual environment under benchmarks/.work/, one
+  process per core; its thread count is the best of a sweep on the first quarter of the URLs.
+
+Figures: successful images per wall second (the ceiling: HTTP 200 bodies per second), between the
+first shard's start and the last shard's end as each tool records them (so interpreter and
+cluster start-up are not counted), and the peak RSS of the contender's whole process tree
+(summed, so shared pages count more than once: an upper bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / ".work"
+IMG2DATASET = "img2dataset==1.47.0"
+IMG2DATASET_VENV = WORK / "img2dataset-venv"
+SEGMENT = "CC-MAIN-BENCH_00000"
+TIMEOUT_S = 10
+RETRIES = 2
+IMAGE_SIZE = 256
+CONCURRENCY = 256
+PER_HOST = 16
+CORES = os.cpu_count() or 1
+
+# ---------------------------------------------------------------------------------------------
+# The fake web, in its own process so that the contenders' measurements leave it out
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeWeb:
+    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int) -> None:
+        command = [sys.executable, "-m", "cah_resources.local_web", "--hosts", str(hosts), "--count", str(count),
+                   "--latency", str(latency[0]), str(latency[1]), "--web-sized", "--seed", str(seed)]
+        self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit("the fake web did not start; run `python -m cah_resources.local_web` to see why")
+        self.urls = [tuple(entry) for entry in json.loads(line)]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders: each a fresh process that prints one JSON line {"ok", "count", "start", "end"}
+# ---------------------------------------------------------------------------------------------
+
+CEILING = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import aiohttp
+
+    urls = json.load(open(sys.argv[1]))
+    concurrency, per_host, timeout = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+
+    async def main():
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300)
+        slots = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async def one(url):
+                async with slots:
+                    try:
+                        async with session.get(url) as response:
+                            body = await response.read()
+                            return response.status == 200 and len(body) > 0
+                    except Exception:
+                        return False
+            return await asyncio.gather(*(one(u) for u in urls))
+
+    start = time.time()
+    results = asyncio.run(main())
+    print(json.dumps({"ok": sum(results), "count": len(results), "start": start, "end": time.time()}))
+    """
+)
+
+IMAGE_SHARDS = textwrap.dedent(
+    """
+    import json, math, sys
+    import dask
+    import pyarrow as pa
+    from cah_resources.candidates import SCHEMA, output_paths, pair_uid
+    from cah_resources.compute import ComputeResource
+    from cah_resources.downloader import FetchSettings
+    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
+    from cah_resources.resizer import ResizeSettings
+    from cah_resources.storage import DataRoot
+
+    urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]
+    concurrency, per_host, timeout, retries, size, workers = (int(a) for a in sys.argv[4:10])
+    rows = sorted(({"uid": pair_uid(u, f"caption {i}"), "url": u, "text": f"caption {i}", "page_url": "http://pages/",
+                    "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench"}
+                   for i, u in enumerate(urls)), key=lambda r: r["uid"])
+    root.write_parquet(output_paths(root, segment)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
+    settings = ShardSettings(
+        fetch=FetchSettings(concurrency=concurrency, per_host_connections=per_host, connect_timeout=timeout,
+                            read_timeout=timeout, total_timeout=timeout, retries=retries,
+                            allowed_networks=("127.0.0.0/8",)),
+        resize=ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10),
+        shard_size=math.ceil(len(urls) / workers),
+    )
+    units = plan_shards(root, segment, settings.shard_size)
+    compute = ComputeResource(n_workers=workers, processes=True, local_gpus=0)
+    with dask.config.set({"distributed.worker.daemon": False}):
+        markers = [r.value for r in compute.run_units(download_shard, units, settings=settings)]
+    print(json.dumps({"ok": sum(m["successes"] for m in markers), "count": sum(m["count"] for m in markers),
+                      "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
+                      "image_workers": markers[0]["image_workers"]}))
+    """
+)
+
+
+def ensure_img2dataset() -> Path:
+    """img2dataset's CLI in a throwaway venv under benchmarks/.work/ (made once with uv)."""
+    cli = IMG2DATASET_VENV / "bin" / "img2dataset"
+    if not cli.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        print(f"installing {IMG2DATASET} into {IMG2DATASET_VENV} ...", flush=True)
+        subprocess.run(["uv", "venv", "-q", "-p", f"{sys.version_info.major}.{sys.version_info.minor}", str(IMG2DATASET_VENV)], check=True)
+        subprocess.run(["uv", "pip", "install", "-q", "--python", str(IMG2DATASET_VENV / "bin" / "python"), IMG2DATASET], check=True)
+    return cli
+
+
+def img2dataset_command(url_file: Path, out: Path, threads: int, count: int) -> list[str]:
+    return [
+        str(ensure_img2dataset()), "--url_list", str(url_file), "--input_format", "parquet", "--url_col", "url",
+        "--caption_col", "text", "--output_format", "webdataset", "--output_folder", str(out),
+        "--processes_count", str(CORES), "--thread_count", str(threads), "--image_size", str(IMAGE_SIZE),
+        "--resize_mode", "border", "--timeout", str(TIMEOUT_S), "--retries", str(RETRIES),
+        "--number_sample_per_shard", str(-(-count // CORES)), "--max_aspect_ratio", "10",
+        "--enable_wandb", "False", "--distributor", "multiprocessing",
+    ]
+
+
+def img2dataset_result(out: Path) -> dict:
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    if not stats:
+        raise RuntimeError(f"img2dataset wrote no stats under {out}")
+    return {"ok": sum(s["successes"] for s in stats), "count": sum(s["count"] for s in stats),
+            "start": min(s["start_time"] for s in stats), "end": max(s["end_time"] for s in stats)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+
+def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) -> tuple[str, int, float]:
+    """Run a contender; return its stdout, the peak RSS (bytes) of its process tree and the CPU
+    seconds of every process seen in the tree (sampled, so that processes which outlive their
+    parent or are reaped elsewhere still count)."""
+    process = psutil.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, cpu = 0, {}
+    stop = threading.Event()
+    seen: dict[int, psutil.Process] = {process.pid: process}
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                for child in process.children(recursive=True):
+                    seen.setdefault(child.pid, child)
+            except psutil.Error:
+                pass
+            rss = 0
+            for pid, member in list(seen.items()):
+                try:
+                    times = member.cpu_times()
+                    cpu[pid] = times.user + times.system
+                    rss += member.memory_info().rss
+                except psutil.Error:
+                    continue
+            peak = max(peak, rss)
+            stop.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = process.communicate()
+    stop.set()
+    watcher.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {err.strip().splitlines()[-1:]}")
+    return out, peak, sum(cpu.values())
+
+
+def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    url_file = work / "urls.json"
+    url_file.write_text(json.dumps(urls))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+    if name == "ceiling":
+        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY), str(PER_HOST), str(TIMEOUT_S)]
+        out, peak, cpu = run_measured(command, env)
+        result = json.loads(out.strip().splitlines()[-1])
+    elif name == "image_shards":
+        command = [sys.executable, "-c", IMAGE_SHARDS, str(url_file), str(work / "data"), SEGMENT, str(CONCURRENCY),
+                   str(PER_HOST), str(TIMEOUT_S), str(RETRIES), str(IMAGE_SIZE), str(CORES)]
+        out, peak, cpu = run_measured(command, env)
+        result = json.loads(out.strip().splitlines()[-1])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parquet = work / "urls.parquet"
+        pq.write_table(pa.table({"url": urls, "text": [f"caption {i}" for i in range(len(urls))]}), parquet)
+        out_dir = work / "out"
+        _, peak, cpu = run_measured(img2dataset_command(parquet, out_dir, threads, len(urls)), env)
+        result = img2dataset_result(out_dir)
+    seconds = result["end"] - result["start"]
+    return {**result, "seconds": seconds, "images_per_s": result["ok"] / seconds,
+            "urls_per_s": result["count"] / seconds, "peak_rss": peak, "cpu_s": cpu, "images_per_cpu_s": result["ok"] / cpu}
+
+
+def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int]) -> int:
+    subset = urls[: max(500, len(urls) // 4)]
+    scores = {}
+    for threads in candidates:
+        scores[threads] = measure("img2dataset", subset, work / f"sweep-{threads}", threads)["images_per_s"]
+        print(f"  img2dataset sweep: {threads:4d} threads/process -> {scores[threads]:7.1f} images/s", flush=True)
+    return max(scores, key=scores.get)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--urls", type=int, default=12_000)
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.02, 0.3), metavar=("MIN", "MAX"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
+                        help="img2dataset thread counts to sweep (per process); one value skips the sweep")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    ensure_img2dataset()
+    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs; "
+          f"{CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed)
+    try:
+        urls = [url for url, _, _ in web.urls]
+        with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+            work = Path(tmp)
+            threads = args.threads[0] if len(args.threads) == 1 else best_img2dataset_threads(urls, work, args.threads)
+            best: dict[str, dict] = {}
+            for round_ in range(args.rounds):
+                for name in ("ceiling", "image_shards", "img2dataset"):
+                    result = measure(name, urls, work / f"{name}-{round_}", threads)
+                    print(f"  round {round_ + 1} {name:12s} {result['images_per_s']:7.1f} images/s "
+                          f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
+                          f"peak {result['peak_rss'] / 2**20:.0f} MiB)",
+                          flush=True)
+                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
+                        best[name] = result
+    finally:
+        web.close()
+
+    print()
+    labels = {"ceiling": "ceiling (aiohttp fetch only)", "image_shards": "image_shards (this repo)",
+              "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)"}
+    for name in ("ceiling", "image_shards", "img2dataset"):
+        r = best[name]
+        print(f"{labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
+              f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB")
+    ours = best["image_shards"]["images_per_s"]
+    print(f"image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5)")
+    print(f"image_shards / ceiling     = {ours / best['ceiling']['images_per_s']:.2f}    (target >= 0.8)")
+    per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
+    print(f"image_shards / img2dataset per CPU second = {per_cpu:.2f}x")
+    print(f"image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
+
+
+if __name__ == "__main__":
+    main()
