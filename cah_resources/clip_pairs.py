@@ -9,6 +9,12 @@ A pair that could not be scored stays in the file with ``clip_status`` saying wh
 (``image_unreadable``: the JPEG does not decode; ``image_missing``: the tar has no image for the
 key; ``unknown_category``: no model is configured for its category), ``clip_error`` the detail,
 null similarity and tags, and ``kept`` false. Scored pairs have ``clip_status == 'scored'``.
+
+Beside it: ``kept/NNNNN.parquet``, the kept rows only (the release view), and with
+``write_embeddings`` clip-retrieval's layout, ``embeddings/{img_emb,text_emb,metadata}/``
+(``img_emb_NNNNN.npy`` float16, rows aligned with ``metadata_NNNNN.parquet``) for the en model's
+pairs; a category scored by another model gets its own ``embeddings_<category>/`` so that each
+index holds one embedding space.
 """
 
 from __future__ import annotations
