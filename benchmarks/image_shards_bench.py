@@ -1,14 +1,15 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py                        # 12000 URLs, best of 2 rounds
-    .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 # quick run
+    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, best of 2 rounds (~25 min)
+    .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1   # quick run
+    .venv/bin/python benchmarks/image_shards_bench.py --small-images           # ~10 KB thumbnails instead
 
 One fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
-per request, web-sized JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets,
-hangs, truncated and corrupt bodies, redirect chains and loops, oversized bodies, a bomb, noai)
-serves the same URL list to every contender, each in a fresh process, interleaved round by round;
-the best round of each counts. Every contender gets the whole machine (same CPU budget) and the
-same timeout, retries, image size and resize mode:
+per request, JPEG/PNG/WebP images from 320x240 to 2048x1536 and its whole fault mix: 404s, 500s,
+429s, resets, hangs, truncated and corrupt bodies, redirect chains and loops, oversized bodies, a
+bomb, noai) serves the same URL list to every contender, each in a fresh process, interleaved
+round by round; the best round of each counts. Every contender gets the whole machine (same CPU
+budget) and the same timeout, retries, image size and resize mode:
 
 - ceiling: aiohttp with the downloader's concurrency and per-host limit, bodies read and dropped;
   no checks, no decoding, no writing: what the network and the fake web allow at most.
@@ -19,8 +20,9 @@ same timeout, retries, image size and resize mode:
 
 Figures: successful images per wall second (the ceiling: HTTP 200 bodies per second), between the
 first shard's start and the last shard's end as each tool records them (so interpreter and
-cluster start-up are not counted), and the peak RSS of the contender's whole process tree
-(summed, so shared pages count more than once: an upper bound).
+cluster start-up are not counted); images per CPU second of the contender's whole process tree
+(start-up included; it moves far less than wall time on a machine shared with other work); and
+the peak RSS of the process tree (summed, so shared pages count more than once: an upper bound).
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ CORES = os.cpu_count() or 1
 
 
 class FakeWeb:
-    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int) -> None:
+    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool) -> None:
         command = [sys.executable, "-m", "cah_resources.local_web", "--hosts", str(hosts), "--count", str(count),
-                   "--latency", str(latency[0]), str(latency[1]), "--web-sized", "--seed", str(seed)]
+                   "--latency", str(latency[0]), str(latency[1]), "--seed", str(seed)]
+        command += [] if small else ["--web-sized"]
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
@@ -258,12 +261,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
                         help="img2dataset thread counts to sweep (per process); one value skips the sweep")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small-images", action="store_true",
+                        help="96-200 px images (~10 KB): per-request overhead instead of decoding dominates")
     args = parser.parse_args()
 
     ensure_img2dataset()
-    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs; "
+    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs, "
+          f"{'small' if args.small_images else 'web-sized'} images; "
           f"{CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
-    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, args.small_images)
     try:
         urls = [url for url, _, _ in web.urls]
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -100,13 +101,19 @@ class AddressPolicy:
         bare = host.strip("[]")
         if ":" not in bare and not bare.replace(".", "").isdigit():
             return  # a name: the resolver judges what it resolves to
-        try:
-            ipaddress.ip_address(bare.split("%", 1)[0])
-        except ValueError:
-            return
-        reason = self.refusal(bare)
+        reason = _literal_refusal(self, bare)
         if reason is not None:
             raise BlockedAddressError(host, bare, reason)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _literal_refusal(policy: AddressPolicy, host: str) -> str | None:
+    # Every hop of every URL asks; a shard meets the same few thousand hosts again and again.
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return policy.refusal(host)
 
 
 class GuardedResolver(AbstractResolver):

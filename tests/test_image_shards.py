@@ -23,6 +23,7 @@ from cah_resources.downloader import FetchSettings
 from cah_resources.image_shards import ShardSettings, download_shard, image_pool, plan_shards, segment_folder
 from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
 from cah_resources.resizer import ResizeSettings
+from cah_resources.shard_writer import ustar_member
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-TEST_00000"
@@ -150,6 +151,20 @@ def test_shards_read_back_with_plain_tarfile(downloaded):
         # webdataset needs a sample's files next to each other
         stems = [n.split(".")[0] for n in names]
         assert all(stems[i] == stems[i + 1] == stems[i + 2] for i in range(0, len(stems), 3))
+
+
+def test_tar_members_are_byte_for_byte_what_tarfile_writes(tmp_path):
+    members = [("0000000000.jpg", bytes(range(256)) * 5), ("0000000000.txt", "grün ☀".encode()), ("0000000000.json", b"{}")]
+    reference = tmp_path / "reference.tar"
+    with tarfile.open(reference, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    ours = b"".join(ustar_member(name, data, 1_700_000_000) for name, data in members)
+    assert reference.read_bytes()[: len(ours)] == ours
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        ustar_member("x" * 101, b"", 0)
 
 
 def test_a_finished_shard_is_not_redone(downloaded, web):
