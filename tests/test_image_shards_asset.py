@@ -7,6 +7,7 @@ from cah_assets.candidates import candidates
 from cah_assets.definitions import defs
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
+from cah_resources.candidates import output_paths
 from cah_resources.common_crawl import CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
@@ -121,3 +122,32 @@ def test_the_resource_hands_its_settings_to_the_shard_tasks():
     assert settings.shard_size == 7
     with pytest.raises(ValueError, match="resize_mode must be one of"):
         ImageDownloader(resize_mode="stretch").settings()
+
+
+def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp_path, data_root, local_compute):
+    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=8, seed=6, missing_rate=0.2,
+                           image_base=web.origins[:3], page_base=web.origins[3:])
+    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=1)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = registration.keys()
+    instance.add_dynamic_partitions(segments.name, keys)
+    run = resources(crawl, data_root, local_compute)
+    key_range = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    assert dg.materialize([candidates], instance=instance, resources=run, tags=key_range).success
+
+    result = dg.materialize([image_shards], instance=instance, resources=run, tags=key_range)
+    assert result.success
+    # A pair found in both segments belongs to whichever claimed it first (global dedup), so each
+    # segment is checked against the candidates it was given, not against its files alone.
+    exists = {(r.url, r.text): r.image_exists for r in crawl.expected_segment([f for key in keys for f in registration.files_of(key)])}
+    given = {key: data_root.read_parquet(output_paths(data_root, key)[0]).to_pylist() for key in keys}
+    observed = {e.partition: e.asset_observation_data.asset_observation.metadata
+                for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION}
+    assert sorted(observed) == keys
+    for key in keys:
+        assert observed[key]["candidates"].value == len(given[key]) > 0
+        assert observed[key]["images"].value == sum(exists[r["url"], r["text"]] for r in given[key])
+    metadata = result.asset_materializations_for_node("image_shards")[0].metadata
+    assert metadata["segments"].value == 2
+    assert metadata["candidates"].value == sum(len(rows) for rows in given.values())
+    assert metadata["images"].value == sum(observed[key]["images"].value for key in keys)
