@@ -74,46 +74,59 @@ def check_image_links(
 
     One loop per page rather than one call per link: this is the stage's innermost loop.
     """
-    plain = _plain_base(base)
+    plain: _PlainBase | None = None
+    plain_known = False  # the base is parsed at the page's first relative link, if it has one
     min_alt, max_alt = filters.min_alt_length, filters.max_alt_length
     extensions, max_domain = tuple(filters.drop_extensions), filters.max_domain_length
     results: list[tuple[str, str, bool] | str] = []
+    append = results.append
     for src, alt in images:
-        if not isinstance(alt, str):
-            results.append("no_alt")
+        if alt.__class__ is not str:
+            append("no_alt")
             continue
-        text = normalize_alt(alt)
-        if len(text) < min_alt:
-            results.append("alt_too_short")
+        # Every whitespace character but the ASCII space is a control or separator, which
+        # isprintable() refuses: a printable alt without doubled or edge spaces is normalized
+        # already, and most are, which spares the split and join.
+        if not alt.isprintable() or "  " in alt or alt[:1] == " " or alt[-1:] == " ":
+            alt = normalize_alt(alt)
+        if len(alt) < min_alt:
+            append("alt_too_short")
             continue
         src = src.strip()
         if src[:1] in _DATA_OR_JAVASCRIPT:
             head = src[:11].lower()
             if head.startswith("data:"):
-                results.append("data_url")
+                append("data_url")
                 continue
             if head.startswith("javascript:"):
-                results.append("javascript_url")
+                append("javascript_url")
                 continue
-        resolved = (plain and _resolve_plain_url(src, plain)) or _resolve_any_url(src, base)
-        if isinstance(resolved, str):
-            results.append(resolved)
-            continue
+        if src.startswith(_ABSOLUTE):
+            resolved = _split_absolute(src)
+        else:
+            if not plain_known:
+                plain, plain_known = _plain_base(base), True
+            resolved = plain and _resolve_relative(src, plain)
+        if not resolved:
+            resolved = _resolve_any_url(src, base)
+            if resolved.__class__ is str:
+                append(resolved)
+                continue
         url, host, path = resolved
         path = path.lower()
         if path.endswith(extensions):
-            results.append(next(e for e in extensions if path.endswith(e)).lstrip("."))
+            append(next(e for e in extensions if path.endswith(e)).lstrip("."))
             continue
         if len(host) > max_domain:
-            results.append("domain_too_long")
+            append("domain_too_long")
             continue
-        truncated = len(text) > max_alt
+        truncated = len(alt) > max_alt
         if truncated:
             if filters.long_alt == "drop":
-                results.append("alt_too_long")
+                append("alt_too_long")
                 continue
-            text = text[:max_alt].rstrip()
-        results.append((url, text, truncated))
+            alt = alt[:max_alt].rstrip()
+        append((url, alt, truncated))
     return results
 
 
@@ -136,6 +149,9 @@ def _resolve_any_url(src: str, base: str) -> tuple[str, str, str] | str:
 # ports, IPv6, non-ASCII hosts, a colon that may be a scheme) returns None: the general path.
 
 
+_ABSOLUTE = ("https://", "http://")
+
+
 class _PlainBase(NamedTuple):
     scheme: str
     origin: str  # "scheme://host", host lower-cased
@@ -144,17 +160,22 @@ class _PlainBase(NamedTuple):
     directory: str  # the same joined, with a trailing slash
 
 
-def _resolve_plain_url(src: str, plain: _PlainBase) -> tuple[str, str, str] | None:
-    """``(url, host, path)`` of a plain ``src`` resolved against a plain base, else None."""
+def _split_absolute(src: str) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of a plain absolute ``http(s)://`` src (lower-case scheme), else None."""
     # Not printable covers tab, CR and LF, which urllib deletes anywhere in a URL.
     if not src.isprintable():
         return None
-    if src.startswith("https://"):
-        return _split_plain("https", src[8:])
-    if src.startswith("http://"):
-        return _split_plain("http", src[7:])
+    if src[4] == "s":
+        return _split_plain("https", src, 8)
+    return _split_plain("http", src, 7)
+
+
+def _resolve_relative(src: str, plain: _PlainBase) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of a plain ``//host/...``, ``/path`` or ``path`` src, else None."""
+    if not src.isprintable():
+        return None
     if src.startswith("//"):
-        return _split_plain(plain.scheme, src[2:])
+        return _split_plain(plain.scheme, plain.scheme + ":" + src, len(plain.scheme) + 3)
     path, query = _path_and_query(src)
     if not path or ":" in path or ";" in path:
         return None  # no path keeps the base's; a colon may start a scheme; params are urllib's
@@ -168,18 +189,13 @@ def _resolve_plain_url(src: str, plain: _PlainBase) -> tuple[str, str, str] | No
 
 def _plain_base(base: str) -> _PlainBase | None:
     """What relative links need of a plain http(s) base URL, else None."""
-    if not base.isprintable():
+    if not (base.startswith(_ABSOLUTE) and base.isprintable()):
         return None
-    if base.startswith("https://"):
-        scheme = "https"
-    elif base.startswith("http://"):
-        scheme = "http"
-    else:
-        return None
-    split = _split_plain(scheme, base[len(scheme) + 3:])
+    split = _split_absolute(base)
     if split is None:
         return None
     _, host, path = split
+    scheme = "https" if base[4] == "s" else "http"
     parts = path.split("/")
     del parts[-1]  # the last segment is a file, or "" after a trailing slash: not a directory
     if not parts:
@@ -209,17 +225,25 @@ def _join_path(directory: tuple[str, ...], path: str) -> str:
     return joined if joined[0] == "/" else "/" + joined
 
 
-def _split_plain(scheme: str, rest: str) -> tuple[str, str, str] | None:
-    """``(url, host, path)`` of ``scheme://rest`` when its host part is plain, else None."""
-    head, _, query = rest.partition("#")[0].partition("?")
+def _split_plain(scheme: str, url: str, start: int) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of ``url`` = ``scheme://`` + the rest from ``start`` on, when its host
+    part is plain, else None. An URL that is already normal (lower-case host, no fragment, no empty
+    query) is returned as it is: most are, and that spares building it again."""
+    fragment = url.find("#", start)
+    rest = url[start:] if fragment < 0 else url[start:fragment]
+    query_at = rest.find("?")
+    head = rest if query_at < 0 else rest[:query_at]
     slash = head.find("/")
     host, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
     if not host or not host.isascii() or ";" in path:
         return None
     if "@" in host or ":" in host or "[" in host or "]" in host or "%" in host:
         return None
-    host = host.lower()
-    return (f"{scheme}://{host}{path}?{query}" if query else f"{scheme}://{host}{path}"), host, path
+    lower = host.lower()
+    if fragment < 0 and lower == host and not rest.endswith("?"):
+        return url, host, path
+    query = rest[query_at + 1:] if query_at >= 0 else ""
+    return (f"{scheme}://{lower}{path}?{query}" if query else f"{scheme}://{lower}{path}"), lower, path
 
 
 def _path_and_query(tail: str) -> tuple[str, str]:

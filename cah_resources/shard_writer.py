@@ -7,7 +7,7 @@ from collections import Counter
 from contextlib import ExitStack
 from typing import Any
 
-import orjson
+import msgspec
 import pyarrow as pa
 
 from cah_resources.storage import DataRoot
@@ -168,7 +168,7 @@ class ShardWriter:
             self._sample(record["key"], {
                 "jpg": jpeg,
                 "txt": (record.get("text") or "").encode("utf-8"),
-                "json": orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
+                "json": msgspec.json.encode(record, order="sorted"),
             })
 
     def close(self, **extra: Any) -> dict[str, Any]:
