@@ -43,20 +43,25 @@ def pair_uid(url: str, text: str) -> str:
 def extract_pairs(path: str, filters: CandidateFilters, counts: Counter) -> dict[tuple[str, str], str]:
     """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``."""
     pairs: dict[tuple[str, str], str] = {}
+    keep_first = pairs.setdefault
+    drops: Counter = Counter()
+    links = truncated = 0
+    # The stage's innermost loop: counted in locals, one dict operation per pair.
     for page in iter_pages(path, counts):
-        base = base_url_of(page.url, page.base_href)
-        counts["links_seen"] += len(page.images)
-        for checked in check_image_links(page.images, base, filters):
-            if isinstance(checked, str):
-                counts["drop_" + checked] += 1
+        links += len(page.images)
+        for checked in check_image_links(page.images, base_url_of(page.url, page.base_href), filters):
+            if checked.__class__ is str:
+                drops[checked] += 1
                 continue
-            url, text, truncated = checked
-            key = (url, text)
-            if key in pairs:
-                counts["drop_duplicate"] += 1
-                continue
-            counts["alt_truncated"] += truncated
-            pairs[key] = page.url
+            before = len(pairs)
+            keep_first(checked[:2], page.url)
+            if len(pairs) == before:
+                drops["duplicate"] += 1
+            else:
+                truncated += checked[2]
+    counts["links_seen"] += links
+    counts["alt_truncated"] += truncated
+    counts.update({f"drop_{reason}": n for reason, n in drops.items()})
     return pairs
 
 
