@@ -9,8 +9,8 @@ def _register(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from cah_assets.crawls import register_and_add
-    from cah_resources.common_crawl import CommonCrawl
-    from cah_resources.storage import StorageResource
+    from cah_resources.resources import CommonCrawl
+    from cah_resources.resources import StorageResource
 
     instance = dg.DagsterInstance.get()
     registration, added = register_and_add(

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import dagster as dg
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -399,54 +398,3 @@ def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
         watermark_emb=prompts(WATERMARK_PROMPTS),
         clean_emb=prompts(CLEAN_PROMPTS),
     )
-
-
-class ClipScorer(dg.ConfigurableResource):
-    """open_clip models and similarity thresholds per candidate category (LAION-5B's by default)."""
-
-    en_model: str = "ViT-B-32"
-    en_pretrained: str = "openai"
-    en_threshold: float = 0.28
-    multi_model: str = "xlm-roberta-base-ViT-B-32"
-    multi_pretrained: str = "laion5b_s13b_b90k"
-    multi_threshold: float = 0.26
-    nolang_model: str = "ViT-B-32"
-    nolang_pretrained: str = "openai"
-    nolang_threshold: float = 0.28
-    open_clip_config: str = ""
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 256
-    decode_workers: int = 4
-    prefetch_batches: int = 2
-    decode: str = "auto"
-    write_embeddings: bool = False
-
-    def settings(self) -> ScoringSettings:
-        """The plain settings the stage function takes on a worker."""
-        return ScoringSettings(
-            models={
-                c: ClipModelSpec(getattr(self, f"{c}_model"), getattr(self, f"{c}_pretrained"), self.open_clip_config)
-                for c in CATEGORIES
-            },
-            thresholds={c: float(getattr(self, f"{c}_threshold")) for c in CATEGORIES},
-            device=self.device,
-            precision=self.precision,
-            batch_size=self.batch_size,
-            decode_workers=self.decode_workers,
-            prefetch_batches=self.prefetch_batches,
-            decode=self.decode,
-            write_embeddings=self.write_embeddings,
-        )
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> "ClipScorer":
-        """The tiny CLIP shipped with cah for every category: offline demo and tests."""
-        from cah_resources.models import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
-
-        fields: dict[str, Any] = {"open_clip_config": str(TINY_CLIP_CONFIG)}
-        for category in CATEGORIES:
-            fields[f"{category}_model"] = TINY_CLIP_NAME
-            fields[f"{category}_pretrained"] = str(TINY_CLIP_CHECKPOINT)
-            fields[f"{category}_threshold"] = TINY_CLIP_THRESHOLDS[category]
-        return cls(**{**fields, **overrides})

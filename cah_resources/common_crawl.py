@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import aiohttp
-import dagster as dg
 
 COMMON_CRAWL_URL = "https://data.commoncrawl.org"
 USER_AGENT = "cah/0.1 (Crawling@Home on Dagster; +https://github.com/) aiohttp"
@@ -108,17 +107,3 @@ async def _stream_to_file(session: aiohttp.ClientSession, url: str, path: str) -
                 received += len(chunk)
         if expected is not None and received != expected:
             raise IncompleteDownload(f"{url}: got {received} of {expected} bytes")
-
-
-class CommonCrawl(dg.ConfigurableResource):
-    """Where WAT files are read from: Common Crawl's HTTPS endpoint (default), a mirror, or a folder."""
-
-    base_url: str = COMMON_CRAWL_URL
-    cache_dir: str = ""
-    retries: int = 5
-    timeout_s: float = 900.0
-
-    def source(self) -> CrawlSource:
-        return CrawlSource(self.base_url, self.cache_dir, self.retries, self.timeout_s)
-
-

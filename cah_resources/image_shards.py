@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing
-import os
-import threading
 import time
 from collections import Counter
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -18,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cah_resources.downloader import Downloader, Fetched, FetchSettings
+from cah_resources.image_pool import image_pool, replace_broken_pool
 from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size, process_image
 from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfinished_files, shard_paths
 from cah_resources.storage import DataRoot
@@ -118,51 +116,6 @@ def read_rows(unit: ShardUnit) -> pa.Table:
     return table.slice(unit.start - offsets[0], unit.stop - unit.start)
 
 
-# One image pool per process, reused by every shard that process runs.
-_pool_lock = threading.Lock()
-_pools: dict[int, Executor] = {}
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool worker start-up: leave as soon as the process that made the pool is gone.
-
-    A pool's workers hold both ends of its task queue, so a parent killed without cleaning up
-    (a Dask worker terminated by its nanny, a SIGKILL) would leave them waiting forever.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def image_pool(processes: int) -> Executor:
-    """Worker processes for Pillow work, or threads where this process may not have children.
-
-    Dask runs its workers as daemonic processes by default and those cannot start children;
-    Pillow releases the GIL while decoding, resizing and encoding, so threads still use the cores.
-    """
-    with _pool_lock:
-        pool = _pools.get(processes)
-        if pool is None:
-            if multiprocessing.current_process().daemon:
-                pool = ThreadPoolExecutor(max(processes, 1), thread_name_prefix="image")
-            else:
-                pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_exit_with_parent, initargs=(os.getpid(),))
-            _pools[processes] = pool
-        return pool
-
-
-def _replace_broken_pool(processes: int, broken: Executor) -> None:
-    with _pool_lock:
-        if _pools.get(processes) is broken:
-            del _pools[processes]
-    broken.shutdown(wait=False, cancel_futures=True)
-
-
 async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
     early = check_body_size(body, settings.resize)
     if early is not None:
@@ -175,7 +128,7 @@ async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
         except BrokenProcessPool:
             # A decoder crashed a worker (or the OS killed it); every image in flight there is lost
             # with it, so each gets one more try on a fresh pool before being blamed.
-            _replace_broken_pool(settings.image_processes, pool)
+            replace_broken_pool(settings.image_processes, pool)
     return ImageOutcome("decoder_crashed", "the image worker died twice while decoding this image")
 
 

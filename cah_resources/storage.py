@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import dagster as dg
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,13 +101,3 @@ class DataRoot:
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(path, "rb") as handle:
             return pq.read_table(handle, columns=columns)
-
-
-class StorageResource(dg.ConfigurableResource):
-    """Where outputs go: a local folder (default ``./data``) or any fsspec URL such as ``s3://bucket/cah``."""
-
-    root: str = "data"
-    storage_options_json: str = "{}"
-
-    def data_root(self) -> DataRoot:
-        return DataRoot(self.root, json.loads(self.storage_options_json))

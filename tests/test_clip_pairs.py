@@ -17,7 +17,7 @@ from cah_resources.clip_pairs import (
     shard_summaries,
     summarize,
 )
-from cah_resources.clip_scorer import ClipScorer
+from cah_resources.resources import ClipScorer
 from cah_resources.models.shapes import ALL_SHAPES, ShardSample, captions, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cah_resources.resources import ClipScorer
 from cah_resources.clip_scorer import (
     ClipModelSpec,
-    ClipScorer,
     ScoringSettings,
     encode_text,
     load_clip,

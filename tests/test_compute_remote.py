@@ -19,10 +19,11 @@ from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.candidates import output_paths
-from cah_resources.common_crawl import CommonCrawl
+from cah_resources.resources import CommonCrawl
 from cah_resources.compute import ClusterUnavailable, ComputeResource
 from cah_resources.segments import register_crawl
-from cah_resources.storage import DataRoot, StorageResource
+from cah_resources.storage import DataRoot
+from cah_resources.resources import StorageResource
 
 
 

@@ -20,9 +20,10 @@ from PIL import Image
 
 from cah_resources.candidates import SCHEMA, output_paths, pair_uid
 from cah_resources.downloader import FetchSettings
-from cah_resources.image_shards import ShardSettings, download_shard, image_pool, plan_shards, segment_folder
+from cah_resources.image_pool import image_pool
+from cah_resources.image_shards import ShardSettings, download_shard, plan_shards, segment_folder
 from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
-from cah_resources.resizer import ResizeSettings
+from cah_resources.resizer import ResizeSettings, process_image
 from cah_resources.shard_writer import ustar_member
 from cah_resources.storage import DataRoot
 
@@ -259,3 +260,22 @@ def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
     assert {r["status"] for r in out} == {"ok", "http_404"}
     digests = {hashlib.sha256(root.read_bytes(f"{folder}/{i:05d}.tar")).hexdigest() for i in range(4)}
     assert len(digests) == 4
+
+
+# What a process holds decides what it costs to start: spawned image workers and Dask workers pay
+# every import of the modules they unpickle (Dagster alone is over a CPU second per process).
+HEAVY = ("dagster", "aiohttp", "pyarrow", "torch", "distributed")
+
+
+def test_image_worker_processes_load_pillow_and_nothing_heavier():
+    pool = image_pool(SETTINGS.image_processes)
+    assert pool.submit(process_image, b"not an image at all" * 400, SETTINGS.resize).result().status == "not_an_image"
+    loaded = pool.submit(eval, f"sorted({{m.split('.')[0] for m in __import__('sys').modules}} & {set(HEAVY)!r})").result()
+    assert loaded == []
+
+
+def test_stage_worker_modules_import_without_dagster():
+    code = ("import sys, cah_resources.candidates, cah_resources.image_shards, cah_resources.clip_pairs; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
