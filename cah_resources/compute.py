@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import dagster as dg
 from pydantic import PrivateAttr
-from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin, as_completed
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
+
+from cah_resources.lifetime import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,6 @@ class UnitResult:
 
     unit: Any
     value: Any
-
-
-class ExitWithParent(WorkerPlugin):
-    """Ends a local worker process once the run that started it is gone, so a killed run leaves no orphans."""
-
-    name = "cah-exit-with-parent"
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-
-    def setup(self, worker) -> None:
-        parent = os.getppid()
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(self.interval_s)
-            os._exit(0)
-
-        threading.Thread(target=watch, name=self.name, daemon=True).start()
 
 
 def cluster_security(
@@ -234,7 +215,8 @@ class ComputeResource(dg.ConfigurableResource):
     def _start_local(self, client: Client) -> None:
         client.wait_for_workers(len(client.cluster.worker_spec))
         if self.processes:
-            client.register_plugin(ExitWithParent())
+            # A plain function, so that workers unpickle nothing that imports Dagster.
+            client.register_worker_callbacks(setup=exit_with_parent)
 
     def has_gpu_workers(self) -> bool:
         """Whether the cluster has a worker advertising ``GPU`` (asked of the scheduler in remote mode)."""

@@ -1,7 +1,8 @@
 """Worker processes for a shard's Pillow work: one pool per process, reused by every shard it runs.
 
-Pool processes are started with "spawn" and import only this module and the resizer (Pillow): what
-they unpickle decides what they load, so nothing here may import the downloader, pyarrow or Dagster.
+Pool processes are started with "spawn" and import only this module, its start-up hook and the
+resizer (Pillow): what they unpickle decides what they load, so nothing here may import the
+downloader, pyarrow, Dask or Dagster.
 """
 
 from __future__ import annotations
@@ -9,27 +10,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+from cah_resources.lifetime import exit_with_parent
 
 # One image pool per process, reused by every shard that process runs.
 _pool_lock = threading.Lock()
 _pools: dict[int, Executor] = {}
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool worker start-up: leave as soon as the process that made the pool is gone.
-
-    A pool's workers hold both ends of its task queue, so a parent killed without cleaning up
-    (a Dask worker terminated by its nanny, a SIGKILL) would leave them waiting forever.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def image_pool(processes: int) -> Executor:
@@ -45,7 +32,7 @@ def image_pool(processes: int) -> Executor:
                 pool = ThreadPoolExecutor(max(processes, 1), thread_name_prefix="image")
             else:
                 pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                           initializer=exit_with_parent, initargs=(os.getpid(),))
             _pools[processes] = pool
         return pool
 

@@ -212,3 +212,10 @@ def test_a_dagster_run_starts_its_local_cluster_once_for_all_its_steps_and_calls
     assert seen["first"] == seen["again"] == seen["second"]
     # Outside a run, each call has a cluster of its own (nothing keeps it alive afterwards).
     assert {r.value for r in compute.run_units(_worker_address, range(2))}.isdisjoint(seen["first"])
+
+
+def test_local_worker_processes_run_stage_work_without_loading_dagster():
+    # The run process has Dagster loaded; what its workers unpickle (tasks, start-up hooks) must not.
+    compute = ComputeResource(n_workers=1, processes=True, local_gpus=0)
+    probe = "sorted(m for m in __import__('sys').modules if m.split('.')[0] == 'dagster')"
+    assert [r.value for r in compute.run_units(eval, [probe])] == [[]]
