@@ -57,6 +57,8 @@ class ImageDownloader(dg.ConfigurableResource):
     max_aspect_ratio: float = 10.0
     shard_size: int = 10_000
     image_processes: int = 2
+    # Downloaded bytes waiting for the image workers per shard task; past it new downloads wait.
+    image_backlog_bytes: int = ShardSettings.image_backlog_bytes
 
     def settings(self) -> ShardSettings:
         return ShardSettings.from_flat(self.model_dump())

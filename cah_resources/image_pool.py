@@ -14,9 +14,17 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from cah_resources.lifetime import exit_with_parent
 
-# One image pool per process, reused by every shard that process runs.
+# Image workers yield the CPU to the event loops that start downloads: those wait on latency,
+# the image work only on throughput, which a lower priority does not take away.
+IMAGE_WORKER_NICENESS = 10
+
 _pool_lock = threading.Lock()
 _pools: dict[int, Executor] = {}
+
+
+def _start_image_worker(parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
+    os.nice(IMAGE_WORKER_NICENESS)
 
 
 def image_pool(processes: int) -> Executor:
@@ -32,7 +40,7 @@ def image_pool(processes: int) -> Executor:
                 pool = ThreadPoolExecutor(max(processes, 1), thread_name_prefix="image")
             else:
                 pool = ProcessPoolExecutor(max(processes, 1), mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=exit_with_parent, initargs=(os.getpid(),))
+                                           initializer=_start_image_worker, initargs=(os.getpid(),))
             _pools[processes] = pool
         return pool
 

@@ -6,10 +6,11 @@ import asyncio
 import math
 import time
 from collections import Counter
+from contextlib import asynccontextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,10 +33,16 @@ class ShardSettings:
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     shard_size: int = 10_000
     image_processes: int = 2  # Pillow worker processes per shard task (at least one)
+    # Downloaded bodies waiting for the image workers, in bytes per shard task: past it, no new
+    # download starts. The network runs ahead of the image work by this much, so slow hosts are
+    # waited on while images are processed, and memory stays bounded.
+    image_backlog_bytes: int = 256_000_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
             raise ValueError(f"shard_size must be within 1..{MAX_SHARD_SIZE}, not {self.shard_size}")
+        if self.image_backlog_bytes < 1:
+            raise ValueError(f"image_backlog_bytes must be a positive number of bytes, not {self.image_backlog_bytes}")
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> ShardSettings:
@@ -139,16 +146,43 @@ def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, A
     return {**facts, "http_status": fetched.http_status}
 
 
+class BodyBacklog:
+    """Bytes of downloaded bodies not yet through the image workers, with a ceiling on new downloads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.pending = limit, 0
+        self._changed = asyncio.Condition()
+
+    async def wait_for_room(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.pending < self.limit)
+
+    @asynccontextmanager
+    async def holding(self, size: int) -> AsyncIterator[None]:
+        self.pending += size
+        try:
+            yield
+        finally:
+            self.pending -= size
+            async with self._changed:
+                self._changed.notify_all()
+
+
 async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
     totals = {"bytes_fetched": 0}
+    backlog = BodyBacklog(settings.image_backlog_bytes)
     async with Downloader(settings.fetch) as downloader:
 
         async def one(index: int, row: dict) -> None:
             image = None
+            await backlog.wait_for_room()
+            # The network slot is held for the download only: a body waiting for an image worker
+            # must not keep the next URL (maybe a slow host) from starting.
             async with downloader.slot(row["url"]):
                 fetched = await downloader.fetch(row["url"])
-                if fetched.body is not None:
-                    totals["bytes_fetched"] += len(fetched.body)
+            if fetched.body is not None:
+                totals["bytes_fetched"] += len(fetched.body)
+                async with backlog.holding(len(fetched.body)):
                     image = await _check_image(fetched.body, settings)
             outcome = _outcome_fields(fetched, image)
             writer.add(index, row, outcome, image.jpeg if image is not None else None)

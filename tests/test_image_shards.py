@@ -1,5 +1,6 @@
 """The image_shards stage function against the local image web: every row's status, the shard files, resuming."""
 
+import asyncio
 import hashlib
 import io
 import json
@@ -21,7 +22,7 @@ from PIL import Image
 from cah_resources.candidates import SCHEMA, output_paths, pair_uid
 from cah_resources.downloader import FetchSettings
 from cah_resources.image_pool import image_pool
-from cah_resources.image_shards import ShardSettings, download_shard, plan_shards, segment_folder
+from cah_resources.image_shards import BodyBacklog, ShardSettings, download_shard, plan_shards, segment_folder
 from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
 from cah_resources.resizer import ResizeSettings, process_image
 from cah_resources.shard_writer import ustar_member
@@ -279,3 +280,28 @@ def test_stage_worker_modules_import_without_dagster():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_new_downloads_wait_while_the_bodies_waiting_for_image_work_fill_the_backlog():
+    async def scenario() -> list[str]:
+        backlog, seen = BodyBacklog(limit=100), []
+
+        async def download() -> None:
+            await backlog.wait_for_room()
+            seen.append("download started")
+
+        async with backlog.holding(60):
+            await backlog.wait_for_room()  # 60 of 100: room left
+            async with backlog.holding(60):
+                waiting = asyncio.create_task(download())
+                await asyncio.sleep(0.05)
+                seen.append("image done")
+        await asyncio.wait_for(waiting, 5)
+        return seen
+
+    assert asyncio.run(scenario()) == ["image done", "download started"]
+
+
+def test_image_workers_run_below_the_priority_of_the_process_that_downloads():
+    pool = image_pool(SETTINGS.image_processes)
+    assert pool.submit(os.nice, 0).result() > os.nice(0)
