@@ -56,7 +56,7 @@ class ImageDownloader(dg.ConfigurableResource):
     max_pixels: int = 89_478_485
     max_aspect_ratio: float = 10.0
     shard_size: int = 10_000
-    image_processes: int = 2
+    image_processes: int = ShardSettings.image_processes
     # Downloaded bytes waiting for the image workers per shard task; past it new downloads wait.
     image_backlog_bytes: int = ShardSettings.image_backlog_bytes
 

@@ -6,11 +6,10 @@ import asyncio
 import math
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,11 +31,11 @@ class ShardSettings:
     fetch: FetchSettings = field(default_factory=FetchSettings)
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     shard_size: int = 10_000
-    image_processes: int = 2  # Pillow worker processes per shard task (at least one)
+    image_processes: int = 1  # Pillow worker processes per shard task (at least one); Dask runs one task per core
     # Downloaded bodies waiting for the image workers, in bytes per shard task: past it, no new
     # download starts. The network runs ahead of the image work by this much, so slow hosts are
     # waited on while images are processed, and memory stays bounded.
-    image_backlog_bytes: int = 256_000_000
+    image_backlog_bytes: int = 128_000_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
@@ -147,25 +146,57 @@ def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, A
 
 
 class BodyBacklog:
-    """Bytes of downloaded bodies not yet through the image workers, with a ceiling on new downloads."""
+    """Bytes a shard task holds for downloads not yet through the image workers.
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.pending = limit, 0
+    A download claims the mean body size so far when it starts, its body's size once that
+    arrives, and nothing once its image is done. A new download starts only while the claims
+    stay under the limit (or none is held), so memory is bounded however far the network runs
+    ahead of the image work.
+    """
+
+    def __init__(self, limit: int, first_guess: int = 100_000) -> None:
+        self.limit, self.claimed = limit, 0
+        self._bodies, self._body_bytes, self._first_guess = 0, 0, first_guess
         self._changed = asyncio.Condition()
 
-    async def wait_for_room(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.pending < self.limit)
+    def _guess(self) -> int:
+        return self._body_bytes // self._bodies if self._bodies else self._first_guess
 
-    @asynccontextmanager
-    async def holding(self, size: int) -> AsyncIterator[None]:
-        self.pending += size
-        try:
-            yield
-        finally:
-            self.pending -= size
-            async with self._changed:
-                self._changed.notify_all()
+    async def claim(self) -> BodyClaim:
+        """Wait for room, then claim the expected size of one more download."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.claimed == 0 or self.claimed + self._guess() <= self.limit)
+            return BodyClaim(self, self._guess())
+
+    def _resize(self, claim: BodyClaim, size: int) -> None:
+        self.claimed += size - claim.size
+        claim.size = size
+
+    def _body_arrived(self, claim: BodyClaim, size: int) -> None:
+        self._bodies, self._body_bytes = self._bodies + 1, self._body_bytes + size
+        self._resize(claim, size)
+
+    async def _release(self, claim: BodyClaim) -> None:
+        self._resize(claim, 0)
+        async with self._changed:
+            self._changed.notify_all()
+
+
+class BodyClaim:
+    """One download's share of the backlog; ``async with`` it to give it back when the image is done."""
+
+    def __init__(self, backlog: BodyBacklog, size: int) -> None:
+        self.backlog, self.size = backlog, 0
+        backlog._resize(self, size)
+
+    def body_arrived(self, size: int) -> None:
+        self.backlog._body_arrived(self, size)
+
+    async def __aenter__(self) -> BodyClaim:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.backlog._release(self)
 
 
 async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
@@ -173,21 +204,22 @@ async def _download_rows(rows: list[dict], settings: ShardSettings, writer: Shar
     backlog = BodyBacklog(settings.image_backlog_bytes)
     async with Downloader(settings.fetch) as downloader:
 
-        async def one(index: int, row: dict) -> None:
+        async def one(index: int, row: dict, claim: BodyClaim) -> None:
             image = None
-            await backlog.wait_for_room()
-            # The network slot is held for the download only: a body waiting for an image worker
-            # must not keep the next URL (maybe a slow host) from starting.
-            async with downloader.slot(row["url"]):
-                fetched = await downloader.fetch(row["url"])
-            if fetched.body is not None:
-                totals["bytes_fetched"] += len(fetched.body)
-                async with backlog.holding(len(fetched.body)):
+            async with claim:
+                # The network slot is held for the download only: a body waiting for an image
+                # worker must not keep the next URL (maybe a slow host) from starting.
+                async with downloader.slot(row["url"]):
+                    fetched = await downloader.fetch(row["url"])
+                if fetched.body is not None:
+                    totals["bytes_fetched"] += len(fetched.body)
+                    claim.body_arrived(len(fetched.body))
                     image = await _check_image(fetched.body, settings)
-            outcome = _outcome_fields(fetched, image)
-            writer.add(index, row, outcome, image.jpeg if image is not None else None)
+            writer.add(index, row, _outcome_fields(fetched, image), image.jpeg if image is not None else None)
 
-        await asyncio.gather(*(one(i, row) for i, row in enumerate(rows)))
+        # One loop admits the rows in order, so only it ever waits for room in the backlog.
+        started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
+        await asyncio.gather(*started)
     return totals
 
 

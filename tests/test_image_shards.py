@@ -284,22 +284,33 @@ def test_stage_worker_modules_import_without_dagster():
 
 def test_new_downloads_wait_while_the_bodies_waiting_for_image_work_fill_the_backlog():
     async def scenario() -> list[str]:
-        backlog, seen = BodyBacklog(limit=100), []
+        backlog, seen = BodyBacklog(limit=100, first_guess=30), []
+        first = await backlog.claim()
+        first.body_arrived(60)  # 60 of 100 held: a download expected at 60 no longer fits
+        async with first:
 
-        async def download() -> None:
-            await backlog.wait_for_room()
-            seen.append("download started")
+            async def download() -> None:
+                await backlog.claim()
+                seen.append("download started")
 
-        async with backlog.holding(60):
-            await backlog.wait_for_room()  # 60 of 100: room left
-            async with backlog.holding(60):
-                waiting = asyncio.create_task(download())
-                await asyncio.sleep(0.05)
-                seen.append("image done")
+            waiting = asyncio.create_task(download())
+            await asyncio.sleep(0.05)
+            seen.append("image done")
         await asyncio.wait_for(waiting, 5)
         return seen
 
     assert asyncio.run(scenario()) == ["image done", "download started"]
+
+
+def test_a_body_larger_than_the_backlog_still_goes_through_alone():
+    async def scenario() -> int:
+        backlog = BodyBacklog(limit=10)
+        async with await backlog.claim() as claim:
+            claim.body_arrived(1_000)
+        async with await backlog.claim():
+            return backlog.claimed
+
+    assert asyncio.run(scenario()) == 1_000  # claimed at the mean body size seen so far
 
 
 def test_image_workers_run_below_the_priority_of_the_process_that_downloads():
