@@ -1,18 +1,22 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, best of 2 rounds (~25 min)
-    .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1   # quick run
-    .venv/bin/python benchmarks/image_shards_bench.py --small-images           # ~10 KB thumbnails instead
+    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, both image regimes, best of 2 rounds (~20 min)
+    .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
+    .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
 
-One fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
-per request, JPEG/PNG/WebP images from 320x240 to 2048x1536 and its whole fault mix: 404s, 500s,
-429s, resets, hangs, truncated and corrupt bodies, redirect chains and loops, oversized bodies, a
-bomb, noai) serves the same URL list to every contender, each in a fresh process, interleaved
-round by round; the best round of each counts. Every contender gets the whole machine (same CPU
+A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
+per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
+truncated and corrupt bodies, redirect chains and loops, oversized bodies, a bomb, noai) serves
+the same URL list to every contender, each in a fresh process, interleaved round by round; the
+best round of each counts. It runs twice, once per image regime: web-sized photos (320x240 to
+2048x1536), where decoding is most of the CPU and a small machine is bound by it, and
+thumbnails, where the network and the downloader's own work dominate and the fetch-only
+ceiling is the bound that means something. Every contender gets the whole machine (same CPU
 budget) and the same timeout, retries, image size and resize mode:
 
-- ceiling: aiohttp with the downloader's concurrency and per-host limit, bodies read and dropped;
-  no checks, no decoding, no writing: what the network and the fake web allow at most.
+- ceiling: aiohttp with the downloader's concurrency and per-host limit times the number of shard
+  tasks (one per core), bodies read and dropped; no checks, no decoding, no writing: what the
+  network and the fake web allow at most.
 - image_shards: the stage as the asset runs it: a Dask LocalCluster with one worker per core,
   one task per shard (the URLs split in as many shards), tar + parquet + stats written.
 - img2dataset: from PyPI, in a throwaway virtual environment under benchmarks/.work/, one
@@ -221,7 +225,8 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
     url_file.write_text(json.dumps(urls))
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
     if name == "ceiling":
-        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY), str(PER_HOST), str(TIMEOUT_S)]
+        # image_shards runs CORES shard tasks of CONCURRENCY requests each: the ceiling gets the same totals.
+        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES), str(TIMEOUT_S)]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
     elif name == "image_shards":
@@ -252,24 +257,16 @@ def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int])
     return max(scores, key=scores.get)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--urls", type=int, default=12_000)
-    parser.add_argument("--hosts", type=int, default=64)
-    parser.add_argument("--latency", type=float, nargs=2, default=(0.02, 0.3), metavar=("MIN", "MAX"))
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
-                        help="img2dataset thread counts to sweep (per process); one value skips the sweep")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--small-images", action="store_true",
-                        help="96-200 px images (~10 KB): per-request overhead instead of decoding dominates")
-    args = parser.parse_args()
+REGIMES = {
+    "web-sized": "photos from 320x240 to 2048x1536 (~200 KB): decoding them is most of the CPU",
+    "thumbnails": "96-200 px (~10 KB): the network and the downloader's own work dominate",
+}
 
-    ensure_img2dataset()
-    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs, "
-          f"{'small' if args.small_images else 'web-sized'} images; "
-          f"{CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
-    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, args.small_images)
+
+def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
+    """Every contender on one fake web, interleaved round by round; the best round of each."""
+    print(f"\n== {regime}: {REGIMES[regime]}", flush=True)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime == "thumbnails")
     try:
         urls = [url for url, _, _ in web.urls]
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
@@ -284,23 +281,49 @@ def main() -> None:
                           f"peak {result['peak_rss'] / 2**20:.0f} MiB)",
                           flush=True)
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
-                        best[name] = result
+                        best[name] = {**result, "threads": threads}
     finally:
         web.close()
+    return best
 
-    print()
+
+def report(regime: str, best: dict[str, dict]) -> None:
+    threads = best["img2dataset"]["threads"]
     labels = {"ceiling": "ceiling (aiohttp fetch only)", "image_shards": "image_shards (this repo)",
               "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)"}
+    print(f"\n{regime}:")
     for name in ("ceiling", "image_shards", "img2dataset"):
         r = best[name]
-        print(f"{labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
+        print(f"  {labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
               f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB")
     ours = best["image_shards"]["images_per_s"]
-    print(f"image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5)")
-    print(f"image_shards / ceiling     = {ours / best['ceiling']['images_per_s']:.2f}    (target >= 0.8)")
     per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
-    print(f"image_shards / img2dataset per CPU second = {per_cpu:.2f}x")
-    print(f"image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
+    print(f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "
+          f"per CPU second {per_cpu:.2f}x")
+    print(f"  image_shards / ceiling     = {ours / best['ceiling']['images_per_s']:.2f}    (target >= 0.8)")
+    print(f"  image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--urls", type=int, default=12_000)
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.02, 0.3), metavar=("MIN", "MAX"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
+                        help="img2dataset thread counts to sweep (per process); one value skips the sweep")
+    parser.add_argument("--images", choices=[*REGIMES, "both"], default="both",
+                        help="which image sizes the fake web serves (default: both, one after the other)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    ensure_img2dataset()
+    regimes = list(REGIMES) if args.images == "both" else [args.images]
+    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs with "
+          f"its fault mix; {CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
+    results = {regime: run_regime(regime, args) for regime in regimes}
+    for regime, best in results.items():
+        report(regime, best)
 
 
 if __name__ == "__main__":

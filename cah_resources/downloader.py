@@ -6,9 +6,7 @@ import asyncio
 import email.utils
 import random
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import AsyncIterator
 
 import aiohttp
 from yarl import URL
@@ -136,24 +134,45 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
     return Fetched("error", error_message=_one_line(exc), final_url=url)
 
 
-class _HostSlots:
-    """At most N requests in flight per host; idle hosts are forgotten so the map stays small."""
+class _Slots:
+    """At most ``total`` requests in flight, and ``per_host`` per host; idle hosts are forgotten.
 
-    def __init__(self, per_host: int) -> None:
+    A request waits for its host first, so URLs queued behind a busy host do not sit on global
+    slots that URLs of idle hosts could use. Plain acquire/release: this runs per attempt.
+    """
+
+    def __init__(self, total: int, per_host: int) -> None:
         self.per_host = per_host
-        self._slots: dict[str, list] = {}
+        self._total = asyncio.Semaphore(total)
+        self._hosts: dict[str, list] = {}  # host -> [semaphore, requests holding or waiting]
 
-    @asynccontextmanager
-    async def hold(self, host: str) -> AsyncIterator[None]:
-        entry = self._slots.setdefault(host, [asyncio.Semaphore(self.per_host), 0])
+    async def acquire(self, host: str) -> None:
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = [asyncio.Semaphore(self.per_host), 0]
         entry[1] += 1
         try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._slots[host]
+            await entry[0].acquire()
+        except BaseException:
+            self._forget(host, entry)
+            raise
+        try:
+            await self._total.acquire()
+        except BaseException:
+            entry[0].release()
+            self._forget(host, entry)
+            raise
+
+    def release(self, host: str) -> None:
+        entry = self._hosts[host]
+        self._total.release()
+        entry[0].release()
+        self._forget(host, entry)
+
+    def _forget(self, host: str, entry: list) -> None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._hosts[host]
 
 
 class Downloader:
@@ -181,8 +200,7 @@ class Downloader:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
-        self._in_flight = asyncio.Semaphore(s.concurrency)
-        self._hosts = _HostSlots(s.per_host_connections)
+        self._slots = _Slots(s.concurrency, s.per_host_connections)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -190,24 +208,20 @@ class Downloader:
             await self._session.close()
             self._session = None
 
-    @asynccontextmanager
-    async def slot(self, url: str) -> AsyncIterator[None]:
-        """Wait for the URL's host, then for a global slot.
+    async def fetch(self, url: str) -> Fetched:
+        """Download one URL's body, retrying transient failures; never raises.
 
-        The host comes first so that URLs queued behind a busy host do not sit on global slots
-        that URLs of idle hosts could use. Redirect hops are capped by the connector instead.
+        Each attempt holds a slot of the URL's host and a global one (redirect hops are capped by
+        the connector); the wait between attempts holds neither, so a URL backing off does not
+        keep other URLs from starting.
         """
+        s = self.settings
         try:
             host = URL(url).host or ""
         except (ValueError, TypeError):
             host = ""
-        async with self._hosts.hold(host), self._in_flight:
-            yield
-
-    async def fetch(self, url: str) -> Fetched:
-        """Download one URL's body, retrying transient failures; never raises."""
-        s = self.settings
         for attempt in range(s.retries + 1):
+            await self._slots.acquire(host)
             try:
                 async with asyncio.timeout(s.total_timeout):
                     result = await self._follow_redirects(url)
@@ -215,6 +229,8 @@ class Downloader:
                 result = classify_exception(exc, url)
                 if isinstance(exc, TimeoutError) and not str(exc):
                     result = replace(result, error_message=f"no complete answer within {s.total_timeout:g} s")
+            finally:
+                self._slots.release(host)
             if not result.transient or attempt == s.retries:
                 return result
             delay = result.retry_after

@@ -158,15 +158,24 @@ class BodyBacklog:
         self.limit, self.claimed = limit, 0
         self._bodies, self._body_bytes, self._first_guess = 0, 0, first_guess
         self._changed = asyncio.Condition()
+        self._waiting = 0
 
     def _guess(self) -> int:
         return self._body_bytes // self._bodies if self._bodies else self._first_guess
 
+    def _has_room(self) -> bool:
+        return self.claimed == 0 or self.claimed + self._guess() <= self.limit
+
     async def claim(self) -> BodyClaim:
         """Wait for room, then claim the expected size of one more download."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.claimed == 0 or self.claimed + self._guess() <= self.limit)
-            return BodyClaim(self, self._guess())
+        if not self._has_room():
+            async with self._changed:
+                self._waiting += 1
+                try:
+                    await self._changed.wait_for(self._has_room)
+                finally:
+                    self._waiting -= 1
+        return BodyClaim(self, self._guess())
 
     def _resize(self, claim: BodyClaim, size: int) -> None:
         self.claimed += size - claim.size
@@ -178,8 +187,9 @@ class BodyBacklog:
 
     async def _release(self, claim: BodyClaim) -> None:
         self._resize(claim, 0)
-        async with self._changed:
-            self._changed.notify_all()
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
 
 class BodyClaim:
@@ -207,10 +217,9 @@ async def _download_rows(rows: list[dict], settings: ShardSettings, writer: Shar
         async def one(index: int, row: dict, claim: BodyClaim) -> None:
             image = None
             async with claim:
-                # The network slot is held for the download only: a body waiting for an image
-                # worker must not keep the next URL (maybe a slow host) from starting.
-                async with downloader.slot(row["url"]):
-                    fetched = await downloader.fetch(row["url"])
+                # Network slots are held by the download itself (fetch): a body waiting for an
+                # image worker does not keep the next URL (maybe a slow host) from starting.
+                fetched = await downloader.fetch(row["url"])
                 if fetched.body is not None:
                     totals["bytes_fetched"] += len(fetched.body)
                     claim.body_arrived(len(fetched.body))

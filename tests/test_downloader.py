@@ -27,12 +27,7 @@ def web(shared_web):
 def fetch_all(urls, settings):
     async def run():
         async with Downloader(settings) as downloader:
-
-            async def one(url):
-                async with downloader.slot(url):
-                    return await downloader.fetch(url)
-
-            return await asyncio.gather(*(one(url) for url in urls))
+            return await asyncio.gather(*(downloader.fetch(url) for url in urls))
 
     return asyncio.run(run())
 
@@ -84,6 +79,15 @@ def test_only_transient_failures_are_retried(web):
     assert web.requests["/server_error/0.jpg"] == 3
     assert web.requests["/robots_noai/0.jpg"] == 1
     assert web.requests["/flaky_500/0.jpg"] == 2
+
+
+def test_a_url_waiting_to_retry_holds_no_slot(web):
+    failing, healthy = web.url("server_error", 0), web.url("jpeg", 0)
+    settings = FetchSettings(**{**FAST, "concurrency": 1, "retries": 1, "retry_backoff": 1.0})
+    assert [r.status for r in fetch_all([failing, healthy], settings)] == ["http_500", "fetched"]
+    first_try, retry = web.request_times["/server_error/0.jpg"]
+    (fetched,) = web.request_times["/jpeg/0.jpg"]
+    assert first_try < fetched < retry  # the one slot served the healthy URL during the backoff
 
 
 def test_a_body_over_the_cap_is_not_read_to_the_end(web):
