@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 LOCAL_PROTOCOLS = ("file", "local")
+WRITE_BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class DataRoot:
         local_path = fs._strip_protocol(path)
         tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
         try:
-            with open(tmp, mode) as handle:
+            # A large buffer: shard tars are written a sample (tens of KB) at a time.
+            with open(tmp, mode, buffering=WRITE_BUFFER) as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
