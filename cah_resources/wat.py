@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, ContextManager, Iterator
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -77,32 +78,44 @@ def iter_pages(path: str, counts: Counter) -> Iterator[Page]:
     """
     start: int | None = 0
     recovering = False
-    while start is not None:
-        last_good = start
-        try:
-            for record in _metadata_records(path, start):
-                last_good, recovering = record.stream_pos, False
-                page = _page_of(record, counts)
-                if page is not None:
-                    yield page
-            start = None
-        except OSError:
-            # Restarts that fail before any record are the same damaged stretch: count it once.
-            counts["corrupt_gzip"] += not recovering
-            recovering = True
-            with open(path, "rb") as handle:
-                start = _next_member(handle, last_good + 1)
+    records = 0  # counted here, added once: this loop runs for every record of the file
+    try:
+        while start is not None:
+            last_good = start
+            try:
+                with _source(path, start) as source:
+                    for record in ArchiveIterator(source, record_types=WarcRecordType.metadata, parse_http=False):
+                        last_good, recovering = record.stream_pos, False
+                        records += 1
+                        body = record.reader.read()
+                        if len(body) < record.content_length:
+                            counts["malformed_truncated"] += 1
+                        # Requests, non-HTML responses and WARC metadata (most records of a real
+                        # WAT) cannot hold image links: they are read but not parsed, so damage is
+                        # counted on HTML records.
+                        elif HTML_MARKER in body:
+                            page = _page_of(body, record, counts)
+                            if page is not None:
+                                yield page
+                start = None
+            except OSError:
+                # Restarts that fail before any record are the same damaged stretch: count it once.
+                counts["corrupt_gzip"] += not recovering
+                recovering = True
+                with open(path, "rb") as handle:
+                    start = _next_member(handle, last_good + 1)
+    finally:
+        counts["metadata_records"] += records
 
 
-def _metadata_records(path: str, start: int) -> Iterator:
-    """The metadata records from byte ``start`` on. From the start, fastwarc opens the file itself:
-    1.5-2x faster than through a Python file object, which only resuming after damage needs."""
+def _source(path: str, start: int) -> ContextManager:
+    """What fastwarc reads from byte ``start`` on. From the start, the path: fastwarc opens the
+    file itself, 1.5-2x faster than through a Python file object, which only resuming needs."""
     if start == 0:
-        yield from ArchiveIterator(path, record_types=WarcRecordType.metadata, parse_http=False)
-        return
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        yield from ArchiveIterator(handle, record_types=WarcRecordType.metadata, parse_http=False)
+        return nullcontext(path)
+    handle = open(path, "rb")
+    handle.seek(start)
+    return handle
 
 
 def _next_member(handle: BinaryIO, offset: int) -> int | None:
@@ -120,16 +133,8 @@ def _next_member(handle: BinaryIO, offset: int) -> int | None:
     return None
 
 
-def _page_of(record, counts: Counter) -> Page | None:
-    counts["metadata_records"] += 1
-    body = record.reader.read()
-    if len(body) < record.content_length:
-        counts["malformed_truncated"] += 1
-        return None
-    # Requests, non-HTML responses and WARC metadata (most records of a real WAT) cannot hold
-    # image links: they are counted as read but not parsed, so damage is counted on HTML records.
-    if HTML_MARKER not in body:
-        return None
+def _page_of(body: bytes, record, counts: Counter) -> Page | None:
+    """The page of one HTML record, or None with its damage counted."""
     # The structs skip the fields a page does not need without checking their bytes, so a record
     # is checked for UTF-8 first, as a whole: damage anywhere in it is damage.
     if not body.isascii():
@@ -140,24 +145,16 @@ def _page_of(record, counts: Counter) -> Page | None:
             return None
     try:
         envelope = _decode_record(body).Envelope
-        payload = envelope.payload
-        html = payload.response.html
+        html = envelope.payload.response.html
         page_url = envelope.header.target_uri
     except (*_NOT_DECODED, AttributeError):
         return _page_of_any_shape(body, record, counts)
     if html is None or page_url.__class__ is not str or not page_url:
         return _page_of_any_shape(body, record, counts)
-    counts["html_pages"] += 1
     base = html.Head.Base if html.Head is not None else None
-    images: list[tuple[str, object]] = []
-    links = html.Links
-    if links:
-        # Comprehensions, not a loop: a page carries tens of links, most of them not images.
-        found = [link for link in links if link.path == IMAGE_LINK_PATH]
-        images = [(link.url, link.alt) for link in found if link.url.__class__ is str]
-        if len(images) < len(found):
-            counts["malformed_link"] += len(found) - len(images)
-    return Page(page_url, base if base.__class__ is str and base else None, images)
+    # Comprehensions, not a loop: a page carries tens of links, most of them not images.
+    found = [link for link in html.Links or () if link.path == IMAGE_LINK_PATH]
+    return _page(page_url, base, [(link.url, link.alt) for link in found], counts)
 
 
 def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
@@ -177,20 +174,22 @@ def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
     if html is None:
         return None
     page_url = _target_uri(envelope, record)
-    links = html.get("Links") if isinstance(html, dict) else None
     if not isinstance(page_url, str) or not page_url:
         counts["malformed_missing_fields"] += 1
         return None
-    counts["html_pages"] += 1
-    head = html.get("Head")
+    head, links = html.get("Head"), html.get("Links")
     base = head.get("Base") if isinstance(head, dict) else None
-    images: list[tuple[str, object]] = []
-    if isinstance(links, list):
-        found = [link for link in links if type(link) is dict and link.get("path") == IMAGE_LINK_PATH]
-        images = [(link["url"], link.get("alt")) for link in found if isinstance(link.get("url"), str)]
-        if len(images) < len(found):
-            counts["malformed_link"] += len(found) - len(images)
-    return Page(page_url, base if isinstance(base, str) and base else None, images)
+    found = [link for link in links if type(link) is dict and link.get("path") == IMAGE_LINK_PATH] if isinstance(links, list) else []
+    return _page(page_url, base, [(link.get("url"), link.get("alt")) for link in found], counts)
+
+
+def _page(page_url: str, base: object, links: list[tuple[object, object]], counts: Counter) -> Page:
+    """A page from its ``IMG@/src`` (src, alt) pairs; a src that is not text is a malformed link."""
+    images = [link for link in links if link[0].__class__ is str]
+    if len(images) < len(links):
+        counts["malformed_link"] += len(links) - len(images)
+    counts["html_pages"] += 1
+    return Page(page_url, base if base.__class__ is str and base else None, images)
 
 
 def _html_metadata(payload) -> dict | None:

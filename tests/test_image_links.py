@@ -1,7 +1,10 @@
 """Turning <img src> + alt into candidates: URL resolution and every filter's drop reason."""
 
+import random
+
 import pytest
 
+from cah_resources import image_links
 from cah_resources.image_links import CandidateFilters, base_url_of, check_image_link
 
 PAGE = "https://www.site.org/blog/post.html"
@@ -76,3 +79,32 @@ def test_filters_are_configurable():
 def test_unknown_long_alt_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="long_alt must be"):
         CandidateFilters(long_alt="shorten")
+
+
+def test_the_fast_url_path_gives_what_urllib_gives_wherever_it_answers():
+    # Links built from the pieces that make URL resolution subtle; wherever the string-slicing
+    # path answers, it must equal the urllib path (anything it declines goes to urllib anyway).
+    pieces = ["http://", "https://", "HTTP://", "//", "/", "./", "../", "a", "B", "?", "#", ";", ":", "@", "%20",
+              "[", "]", ".", "..", " ", "\t", "x.jpg", "Y.GIF", "host.COM", "80", "?q=1", "#f", "é", "\u00a0"]
+    bases = [PAGE, "http://Site.org", "https://h.io/a/b/", "https://h.io/a/./b", "ftp://x/y", "https://h.io?x",
+             "https://H.io:8080/x/", "https://h.io/a//b/c", "http://h.io/#frag", "https://h.io/a/b?q#f"]
+    rng = random.Random(7)
+    answered = 0
+    for _ in range(20_000):
+        src = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 7))).strip()
+        base = rng.choice(bases)
+        plain = image_links._plain_base(base)
+        if src.startswith(image_links._ABSOLUTE):
+            quick = image_links._split_absolute(src)
+        else:
+            quick = plain and image_links._resolve_relative(src, plain)
+        if quick:
+            answered += 1
+            assert quick == image_links._resolve_any_url(src, base), (src, base)
+    assert answered > 2_000
+
+
+def test_an_alt_is_used_as_it_is_only_when_it_is_already_normalized():
+    for alt in ["a red bicycle", "a  red bicycle", " a red bicycle", "a red bicycle ", "a red\u3000bicycle", "a red\u2028bicycle"]:
+        _, text, _ = check_image_link("a.jpg", alt, PAGE, RULES)
+        assert text == " ".join(alt.split())
