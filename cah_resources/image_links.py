@@ -156,8 +156,7 @@ class _PlainBase(NamedTuple):
     scheme: str
     origin: str  # "scheme://host", host lower-cased
     host: str
-    segments: tuple[str, ...]  # the base path's directory, as urljoin splits it
-    directory: str  # the same joined, with a trailing slash
+    directory: str  # the base path up to its last slash: "/" or "/a/b/"
 
 
 def _split_absolute(src: str) -> tuple[str, str, str] | None:
@@ -183,34 +182,32 @@ def _resolve_relative(src: str, plain: _PlainBase) -> tuple[str, str, str] | Non
         # No dot segments and no empty ones: joining is concatenating.
         path = path if path[0] == "/" else plain.directory + path
     else:
-        path = _join_path(plain.segments, path)
+        path = _join_path(plain.directory, path)
     return plain.origin + path + query, plain.host, path
 
 
 def _plain_base(base: str) -> _PlainBase | None:
     """What relative links need of a plain http(s) base URL, else None."""
-    if not (base.startswith(_ABSOLUTE) and base.isprintable()):
+    if not base.startswith(_ABSOLUTE):
         return None
     split = _split_absolute(base)
     if split is None:
         return None
     _, host, path = split
+    # The last segment is a file, or "" after a trailing slash: not part of the directory.
+    directory = path[: path.rfind("/") + 1] or "/"
+    if "//" in directory or "/./" in directory or "/../" in directory:
+        return None  # empty or dot segments: urllib's rules, not concatenation
     scheme = "https" if base[4] == "s" else "http"
-    parts = path.split("/")
-    del parts[-1]  # the last segment is a file, or "" after a trailing slash: not a directory
-    if not parts:
-        parts = [""]
-    if "." in parts or ".." in parts or "" in parts[1:]:
-        return None
-    return _PlainBase(scheme, f"{scheme}://{host}", host, tuple(parts), "/".join(parts) + "/")
+    return _PlainBase(scheme, f"{scheme}://{host}", host, directory)
 
 
-def _join_path(directory: tuple[str, ...], path: str) -> str:
+def _join_path(directory: str, path: str) -> str:
     """``path`` joined to a base directory, dot segments removed, exactly as urljoin does."""
     if path[0] == "/":
         segments = path.split("/")
     else:
-        segments = [*directory, *path.split("/")]
+        segments = [*directory.split("/")[:-1], *path.split("/")]
         segments[1:-1] = filter(None, segments[1:-1])
     resolved: list[str] = []
     for segment in segments:
