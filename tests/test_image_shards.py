@@ -247,7 +247,7 @@ def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
         assert image_workers and alive == []
         done_before = sorted(n for n in root.listdir(folder) if n.endswith(".done"))
         finished = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if f"{n[:5]}.done" in done_before}
-        assert 1 <= len(done_before) < 4, "the kill should leave unfinished shards behind"
+        assert 0 < len(done_before) < 4, "the kill should leave unfinished shards behind"
 
         markers = [download_shard(unit, SETTINGS) for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size)]
 
