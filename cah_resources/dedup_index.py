@@ -342,10 +342,7 @@ class _SqliteSession(_Session):
             raise DedupIndexError(f"cannot open the dedup index {path}: {exc}") from None
 
     def ensure_schema(self) -> None:
-        # WAL lets readers run beside the one writer; the mode is stored in the file, and
-        # switching takes an exclusive lock, so only a fresh file is switched.
-        if self.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            self.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self.execute("PRAGMA synchronous=NORMAL")
 
         def create() -> None:
@@ -360,6 +357,21 @@ class _SqliteSession(_Session):
             "CREATE TEMP TABLE IF NOT EXISTS cah_claim_batch "
             "(uid BLOB NOT NULL, pos INTEGER NOT NULL)"
         )
+
+    def _use_wal(self) -> None:
+        """WAL lets readers run beside the one writer. The mode is stored in the file, so only a
+        fresh file is switched; switching needs the file to itself, and SQLite answers "locked" at
+        once rather than waiting, so the first openers of a new index retry until one has won."""
+        deadline = time.monotonic() + _SQLITE_LOCK_WAIT_S
+        while self.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                self.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise DedupIndexError(
+                        f"cannot switch the dedup index {_sqlite_path(self.index.url)} to WAL: {exc}"
+                    ) from None
+                time.sleep(0.01)
 
     def in_write_transaction(self, work: Callable[[], T], begin: str = "BEGIN IMMEDIATE") -> T:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -224,3 +225,25 @@ def test_an_asset_claims_through_the_resource_with_the_url_from_an_env_var(monke
         assert "s3cret-pw" not in str(result.dagster_run.run_config)
     finally:
         DedupIndex(POSTGRES_URL, table=table).drop()
+
+
+def test_the_first_openers_of_a_new_sqlite_index_wait_for_each_other(tmp_path):
+    # Opening a new index switches its file to WAL, which needs the file to itself; SQLite says
+    # "locked" at once to the others, and segments that start together must not fail on it.
+    for round_ in range(40):
+        url = f"sqlite:///{tmp_path}/index-{round_}.sqlite"
+        start, errors = threading.Barrier(6), []
+
+        def claim(i: int) -> None:
+            start.wait()
+            try:
+                DedupIndex(url).claim(f"CC-MAIN-2024-10_{i:05d}", uids(str(i), 3))
+            except Exception as exc:  # collected: a thread's exception would not fail the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and DedupIndex(url).count() == 18
