@@ -9,12 +9,12 @@ from cah_assets.partitions import segments
 from cah_assets.policies import CANDIDATES_RETRY, SEGMENT_BACKFILL
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
-from cah_resources.resources import CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.resources import CommonCrawl
+from cah_resources.resources import StorageResource
 from cah_resources.segments import registration_for_key
 from cah_resources.storage import DataRoot
-from cah_resources.resources import StorageResource
 
 
 @dg.asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY, backfill_policy=SEGMENT_BACKFILL)

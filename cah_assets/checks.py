@@ -16,8 +16,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetC
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET
 from cah_resources.candidates import CATEGORIES, SCHEMA, output_paths
-from cah_resources.storage import DataRoot
 from cah_resources.resources import StorageResource
+from cah_resources.storage import DataRoot
 
 UID = re.compile(r"^[0-9a-f]{32}$")
 SHARD_FILE = re.compile(r"^(\d{5})\.(parquet|done)$")

@@ -10,10 +10,10 @@ from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, SEGMENT_BACKFILL
 from cah_resources.clip_pairs import histogram_markdown, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
 from cah_resources.clip_scorer import CATEGORIES
-from cah_resources.resources import ClipScorer
 from cah_resources.compute import ComputeResource
-from cah_resources.storage import DataRoot
+from cah_resources.resources import ClipScorer
 from cah_resources.resources import StorageResource
+from cah_resources.storage import DataRoot
 
 
 @dg.asset(

@@ -5,8 +5,8 @@ from pydantic import Field
 
 from cah_assets.partitions import add_segments
 from cah_resources.resources import CommonCrawl
-from cah_resources.segments import CrawlRegistration, register_crawl
 from cah_resources.resources import StorageResource
+from cah_resources.segments import CrawlRegistration, register_crawl
 
 
 class RegisterCrawlConfig(dg.Config):

@@ -5,9 +5,9 @@ from pydantic import Field
 
 from cah_resources.release import build_release, release_dir, summary_markdown
 from cah_resources.report import build_report, png_markdown
+from cah_resources.resources import StorageResource
 from cah_resources.segments import load_registration
 from cah_resources.storage import DataRoot
-from cah_resources.resources import StorageResource
 
 DATASET_KINDS = {"python", "parquet"}
 

@@ -12,11 +12,11 @@ from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import release, report
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
-from cah_resources.resources import ClipScorer
 from cah_resources.common_crawl import COMMON_CRAWL_URL
-from cah_resources.resources import CommonCrawl
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.resources import ClipScorer
+from cah_resources.resources import CommonCrawl
 from cah_resources.resources import StorageResource
 
 defs = dg.Definitions(

@@ -10,12 +10,12 @@ import dagster as dg
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import defs
 from cah_assets.image_shards import ImageDownloader
+from cah_resources.local_web import LocalImageWeb
 from cah_resources.resources import ClipScorer
 from cah_resources.resources import CommonCrawl
-from cah_resources.local_web import LocalImageWeb
+from cah_resources.resources import StorageResource
 from cah_resources.sample_crawl import SampleCrawl, generate_crawl
 from cah_resources.storage import DataRoot
-from cah_resources.resources import StorageResource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INSTANCE_YAML = os.path.join(os.path.dirname(HERE), "dagster.yaml")

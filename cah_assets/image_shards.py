@@ -21,8 +21,8 @@ from cah_resources.image_shards import (
     segment_folder,
     summarize_markers,
 )
-from cah_resources.storage import DataRoot
 from cah_resources.resources import StorageResource
+from cah_resources.storage import DataRoot
 
 
 class ImageDownloader(dg.ConfigurableResource):

@@ -26,12 +26,12 @@ from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
 from cah_resources.candidates import output_paths
+from cah_resources.local_web import LocalImageWeb
 from cah_resources.resources import ClipScorer
 from cah_resources.resources import CommonCrawl
-from cah_resources.local_web import LocalImageWeb
+from cah_resources.resources import StorageResource
 from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import load_registration, register_crawl
-from cah_resources.resources import StorageResource
 
 OLD, NEW = "CC-MAIN-2024-10", "CC-MAIN-2024-18"
 

@@ -11,12 +11,12 @@ from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import SCHEMA, extract_pairs, label_pairs, output_paths, pair_uid
-from cah_resources.resources import CommonCrawl
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.image_links import CandidateFilters
 from cah_resources.language import LanguageDetector
-from cah_resources.segments import register_crawl
+from cah_resources.resources import CommonCrawl
 from cah_resources.resources import StorageResource
+from cah_resources.segments import register_crawl
 
 
 def _rows(table, columns=("url", "text", "page_url", "category", "wat_file")):

@@ -7,11 +7,11 @@ import pytest
 
 from cah_assets.clip_pairs import clip_pairs
 from cah_resources.clip_pairs import shard_summaries
-from cah_resources.resources import ClipScorer
 from cah_resources.compute import ComputeResource
+from cah_resources.resources import ClipScorer
 from cah_resources.models.shapes import ShardSample, sample_pairs, write_image_shard
-from cah_resources.storage import DataRoot
 from cah_resources.resources import StorageResource
+from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00003"
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cah_resources.resources import ClipScorer
 from cah_resources.clip_scorer import (
     ClipModelSpec,
     ScoringSettings,
@@ -25,6 +24,7 @@ from cah_resources.clip_scorer import (
 )
 from cah_resources.models import TINY_CLIP_CHECKPOINT
 from cah_resources.models.shapes import ALL_SHAPES, LANGUAGES, captions, sample_pairs
+from cah_resources.resources import ClipScorer
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL
-from cah_resources.resources import CommonCrawl
 from cah_resources.compute import ComputeResource
-from cah_resources.segments import register_crawl
+from cah_resources.resources import CommonCrawl
 from cah_resources.resources import StorageResource
+from cah_resources.segments import register_crawl
 from conftest import skip_or_fail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,11 +22,11 @@ from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
-from cah_resources.resources import CommonCrawl
 from cah_resources.compute import ComputeResource
+from cah_resources.resources import CommonCrawl
+from cah_resources.resources import StorageResource
 from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import register_crawl
-from cah_resources.resources import StorageResource
 from conftest import skip_or_fail
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
