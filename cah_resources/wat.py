@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import BinaryIO, ContextManager, Iterator
+from typing import BinaryIO, ContextManager, Iterator, NamedTuple
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -18,16 +17,16 @@ READ_CHUNK = 1 << 20
 
 # What a page needs of an HTML record, decoded by msgspec straight into these structs: every other
 # field is skipped without building a Python object for it, which halves the cost of parsing an HTML
-# record. Fields are optional and loosely typed; a record that does not fit (damage, an odd shape)
-# goes through the generic path, which reads any shape and counts what is wrong with it.
+# record. Fields are optional; a record that does not fit (damage, an odd shape, a link whose text
+# is not text) goes through the generic path, which reads any shape and counts what is wrong with it.
 class _Link(msgspec.Struct, gc=False):
-    path: object = None
-    url: object = None
-    alt: object = None
+    path: str | None = None
+    url: str | None = None
+    alt: str | None = None
 
 
 class _Head(msgspec.Struct, gc=False):
-    Base: object = None
+    Base: str | None = None
 
 
 class _Html(msgspec.Struct, gc=False):
@@ -44,7 +43,7 @@ class _Payload(msgspec.Struct, gc=False):
 
 
 class _Header(msgspec.Struct, gc=False):
-    target_uri: object = msgspec.field(default=None, name="WARC-Target-URI")
+    target_uri: str | None = msgspec.field(default=None, name="WARC-Target-URI")
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -61,8 +60,7 @@ _decode_any = msgspec.json.Decoder().decode
 _NOT_DECODED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
+class Page(NamedTuple):
     """One HTML response of the crawl: its URL, its ``<base href>`` and its ``IMG@/src`` links."""
 
     url: str
@@ -152,9 +150,8 @@ def _page_of(body: bytes, record, counts: Counter) -> Page | None:
     if html is None or page_url.__class__ is not str or not page_url:
         return _page_of_any_shape(body, record, counts)
     base = html.Head.Base if html.Head is not None else None
-    # Comprehensions, not a loop: a page carries tens of links, most of them not images.
-    found = [link for link in html.Links or () if link.path == IMAGE_LINK_PATH]
-    return _page(page_url, base, [(link.url, link.alt) for link in found], counts)
+    # A comprehension, not a loop: a page carries tens of links, most of them not images.
+    return _page(page_url, base, [(link.url, link.alt) for link in html.Links or () if link.path == IMAGE_LINK_PATH], counts)
 
 
 def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
