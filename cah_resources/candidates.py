@@ -44,24 +44,23 @@ def extract_pairs(path: str, filters: CandidateFilters, counts: Counter) -> dict
     """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``."""
     pairs: dict[tuple[str, str], str] = {}
     keep_first = pairs.setdefault
-    drops: Counter = Counter()
-    links = truncated = 0
-    # The stage's innermost loop: counted in locals, one dict operation per pair.
+    dropped: list[str] = []
+    links = kept = truncated = 0
+    # The stage's innermost loop: per pair one dict operation, everything else counted in bulk.
     for page in iter_pages(path, counts):
         links += len(page.images)
-        for checked in check_image_links(page.images, base_url_of(page.url, page.base_href), filters):
-            if checked.__class__ is str:
-                drops[checked] += 1
-                continue
-            before = len(pairs)
-            keep_first(checked[:2], page.url)
-            if len(pairs) == before:
-                drops["duplicate"] += 1
-            else:
-                truncated += checked[2]
+        checked = check_image_links(page.images, base_url_of(page.url, page.base_href), filters)
+        dropped += checked.dropped
+        if checked.truncated:  # counted once per pair, as the pair: only where it is new
+            truncated += len({pair for pair in checked.truncated if pair not in pairs})
+        kept += len(checked.kept)
+        for pair in checked.kept:
+            keep_first(pair, page.url)
     counts["links_seen"] += links
     counts["alt_truncated"] += truncated
-    counts.update({f"drop_{reason}": n for reason, n in drops.items()})
+    drops = Counter(dropped)
+    drops["duplicate"] += kept - len(pairs)
+    counts.update({f"drop_{reason}": n for reason, n in drops.items() if n})
     return pairs
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
+from cah_resources import compiled
+
 HTTP_SCHEMES = ("http", "https")
 # First letters of "data:" and "javascript:" in any case: other links skip lower-casing a prefix.
 _DATA_OR_JAVASCRIPT = ("d", "D", "j", "J")
@@ -62,72 +64,93 @@ def resolve_image_url(src: str, base: str) -> SplitResult | None:
     return joined._replace(scheme=joined.scheme.lower(), netloc=netloc, fragment="")
 
 
+class PageLinks(NamedTuple):
+    """What ``check_image_links`` makes of one page's image links."""
+
+    kept: list[tuple[str, str]]  # (url, text) of every usable link, in page order
+    dropped: list[str]  # the drop reason of every other link
+    truncated: list[tuple[str, str]]  # the kept pairs whose text was cut to max_alt_length
+
+
 def check_image_link(src: str, alt: object, base: str, filters: CandidateFilters) -> tuple[str, str, bool] | str:
     """``(url, text, truncated)`` for a usable link, else the drop reason as a short string."""
-    return check_image_links([(src, alt)], base, filters)[0]
+    checked = check_image_links([(src, alt)], base, filters)
+    if checked.dropped:
+        return checked.dropped[0]
+    return (*checked.kept[0], bool(checked.truncated))
 
 
-def check_image_links(
-    images: Iterable[tuple[str, object]], base: str, filters: CandidateFilters
-) -> list[tuple[str, str, bool] | str]:
-    """``check_image_link`` of every ``(src, alt)`` of one page, in order.
+def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: CandidateFilters) -> PageLinks:
+    """``check_image_link`` of every ``(src, alt)`` of one page, sorted into kept pairs and drop reasons.
 
-    One loop per page rather than one call per link: this is the stage's innermost loop.
+    One loop per page rather than one call per link: this is the stage's innermost loop, and its
+    results go into plain lists that the caller adds up in bulk. ``image_links.pxd`` gives its
+    variables C types for the compiled twin (see ``cah_resources/compiled.py``).
     """
     plain: _PlainBase | None = None
     plain_known = False  # the base is parsed at the page's first relative link, if it has one
     min_alt, max_alt = filters.min_alt_length, filters.max_alt_length
     extensions, max_domain = tuple(filters.drop_extensions), filters.max_domain_length
-    results: list[tuple[str, str, bool] | str] = []
-    append = results.append
-    for src, alt in images:
-        if alt.__class__ is not str:
-            append("no_alt")
+    kept: list[tuple[str, str]] = []
+    dropped: list[str] = []
+    truncated: list[tuple[str, str]] = []
+    for src, found_alt in images:
+        if found_alt.__class__ is not str:
+            dropped.append("no_alt")
             continue
+        alt = found_alt  # text from here on (the compiled twin types it so)
         # Every whitespace character but the ASCII space is a control or separator, which
         # isprintable() refuses: a printable alt without doubled or edge spaces is normalized
         # already, and most are, which spares the split and join.
         if not alt.isprintable() or "  " in alt or alt[:1] == " " or alt[-1:] == " ":
             alt = normalize_alt(alt)
         if len(alt) < min_alt:
-            append("alt_too_short")
+            dropped.append("alt_too_short")
             continue
         src = src.strip()
         if src[:1] in _DATA_OR_JAVASCRIPT:
             head = src[:11].lower()
             if head.startswith("data:"):
-                append("data_url")
+                dropped.append("data_url")
                 continue
             if head.startswith("javascript:"):
-                append("javascript_url")
+                dropped.append("javascript_url")
                 continue
         if src.startswith(_ABSOLUTE):
             resolved = _split_absolute(src)
         else:
             if not plain_known:
                 plain, plain_known = _plain_base(base), True
-            resolved = plain and _resolve_relative(src, plain)
-        if not resolved:
+            resolved = _resolve_relative(src, plain) if plain is not None else None
+        if resolved is None:
             resolved = _resolve_any_url(src, base)
             if resolved.__class__ is str:
-                append(resolved)
+                dropped.append(resolved)
                 continue
         url, host, path = resolved
         path = path.lower()
         if path.endswith(extensions):
-            append(next(e for e in extensions if path.endswith(e)).lstrip("."))
+            dropped.append(_extension_of(path, extensions))
             continue
         if len(host) > max_domain:
-            append("domain_too_long")
+            dropped.append("domain_too_long")
             continue
-        truncated = len(alt) > max_alt
-        if truncated:
+        if len(alt) > max_alt:
             if filters.long_alt == "drop":
-                append("alt_too_long")
+                dropped.append("alt_too_long")
                 continue
             alt = alt[:max_alt].rstrip()
-        append((url, alt, truncated))
-    return results
+            truncated.append((url, alt))
+        kept.append((url, alt))
+    return PageLinks(kept, dropped, truncated)
+
+
+def _extension_of(path: str, extensions: tuple[str, ...]) -> str:
+    """The drop reason of a path ending in one of ``extensions``: that extension without its dot."""
+    for extension in extensions:
+        if path.endswith(extension):
+            return extension.lstrip(".")
+    raise ValueError(f"{path!r} ends in none of {extensions}")
 
 
 def _resolve_any_url(src: str, base: str) -> tuple[str, str, str] | str:
@@ -222,8 +245,8 @@ def _join_path(directory: str, path: str) -> str:
     return joined if joined[0] == "/" else "/" + joined
 
 
-def _split_plain(scheme: str, url: str, start: int) -> tuple[str, str, str] | None:
-    """``(url, host, path)`` of ``url`` = ``scheme://`` + the rest from ``start`` on, when its host
+def _split_plain(scheme: str, url: str, start) -> tuple[str, str, str] | None:
+    """``(url, host, path)`` of ``url`` = ``scheme://`` + the rest from index ``start`` on, when its host
     part is plain, else None. An URL that is already normal (lower-case host, no fragment, no empty
     query) is returned as it is: most are, and that spares building it again."""
     fragment = url.find("#", start)
@@ -247,3 +270,10 @@ def _path_and_query(tail: str) -> tuple[str, str]:
     """Path and ``?query`` (empty when the query is) of what follows the host; no fragment."""
     path, _, query = tail.partition("#")[0].partition("?")
     return path, "?" + query if query else ""
+
+
+# The compiled twin of this module (see cah_resources/compiled.py) runs the per-page loop where one
+# is built from this very source; everything else here stays as it is.
+_twin = compiled.twin(__name__)
+if _twin is not None:
+    PageLinks, check_image_links = _twin.PageLinks, _twin.check_image_links

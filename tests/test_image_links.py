@@ -1,11 +1,28 @@
-"""Turning <img src> + alt into candidates: URL resolution and every filter's drop reason."""
+"""Turning <img src> + alt into candidates: URL resolution and every filter's drop reason.
+
+Every test runs twice: on the module as imported (its compiled twin where one is built) and on the
+same source run as Python (see cah_resources/compiled.py).
+"""
 
 import random
 
 import pytest
 
-from cah_resources import image_links
-from cah_resources.image_links import CandidateFilters, base_url_of, check_image_link
+from cah_resources import compiled, image_links
+from cah_resources.image_links import CandidateFilters, base_url_of
+from conftest import skip_or_fail
+
+
+
+@pytest.fixture(params=["as imported", "python"])
+def links(request):
+    """The module whose ``check_image_link`` a test drives."""
+    if request.param == "python":
+        return compiled.pure("image_links")
+    if image_links._twin is None:
+        skip_or_fail("no compiled twin of image_links is built (make setup builds it)")
+    return image_links
+
 
 PAGE = "https://www.site.org/blog/post.html"
 RULES = CandidateFilters()
@@ -28,8 +45,8 @@ ALT = "a red bicycle leaning on a wall"
         ("https://img.site.org:8443/a.jpg?w=300", None, "https://img.site.org:8443/a.jpg?w=300"),
     ],
 )
-def test_image_urls_resolve_against_base_href_or_page(src, base_href, expected):
-    url, text, truncated = check_image_link(src, ALT, base_url_of(PAGE, base_href), RULES)
+def test_image_urls_resolve_against_base_href_or_page(src, base_href, expected, links):
+    url, text, truncated = links.check_image_link(src, ALT, base_url_of(PAGE, base_href), RULES)
     assert (url, text, truncated) == (expected, ALT, False)
 
 
@@ -53,27 +70,27 @@ def test_image_urls_resolve_against_base_href_or_page(src, base_href, expected):
         ("https://" + "x" * 58 + ".com/a.jpg", ALT, "domain_too_long"),
     ],
 )
-def test_unusable_links_are_dropped_with_their_reason(src, alt, reason):
-    assert check_image_link(src, alt, PAGE, RULES) == reason
+def test_unusable_links_are_dropped_with_their_reason(src, alt, reason, links):
+    assert links.check_image_link(src, alt, PAGE, RULES) == reason
 
 
-def test_alt_text_whitespace_is_normalized():
-    _, text, _ = check_image_link("a.jpg", "  a red\n\tbicycle\u00a0on a wall ", PAGE, RULES)
+def test_alt_text_whitespace_is_normalized(links):
+    _, text, _ = links.check_image_link("a.jpg", "  a red\n\tbicycle\u00a0on a wall ", PAGE, RULES)
     assert text == "a red bicycle on a wall"
 
 
-def test_long_alt_is_truncated_by_default_and_dropped_on_request():
+def test_long_alt_is_truncated_by_default_and_dropped_on_request(links):
     alt = "word " * 1000
-    url, text, truncated = check_image_link("a.jpg", alt, PAGE, RULES)
+    url, text, truncated = links.check_image_link("a.jpg", alt, PAGE, RULES)
     assert truncated and len(text) <= 2000 and text.startswith("word word")
-    assert check_image_link("a.jpg", alt, PAGE, CandidateFilters(long_alt="drop")) == "alt_too_long"
+    assert links.check_image_link("a.jpg", alt, PAGE, CandidateFilters(long_alt="drop")) == "alt_too_long"
 
 
-def test_filters_are_configurable():
+def test_filters_are_configurable(links):
     rules = CandidateFilters(min_alt_length=2, drop_extensions=(".png",), max_domain_length=10)
-    assert check_image_link("https://a.io/x.gif", "ok", PAGE, rules)[0] == "https://a.io/x.gif"
-    assert check_image_link("https://a.io/x.png", "ok", PAGE, rules) == "png"
-    assert check_image_link("https://abcdefgh.io/x.jpg", "ok", PAGE, rules) == "domain_too_long"
+    assert links.check_image_link("https://a.io/x.gif", "ok", PAGE, rules)[0] == "https://a.io/x.gif"
+    assert links.check_image_link("https://a.io/x.png", "ok", PAGE, rules) == "png"
+    assert links.check_image_link("https://abcdefgh.io/x.jpg", "ok", PAGE, rules) == "domain_too_long"
 
 
 def test_unknown_long_alt_mode_is_a_clear_error():
@@ -81,24 +98,26 @@ def test_unknown_long_alt_mode_is_a_clear_error():
         CandidateFilters(long_alt="shorten")
 
 
-def test_links_come_out_the_same_with_and_without_the_fast_url_path(monkeypatch):
+def test_links_come_out_the_same_with_and_without_the_fast_url_path(monkeypatch, links):
     # Links built from the pieces that make URL resolution subtle, checked as the stage checks
-    # them, then again with the string-slicing path switched off so that urllib resolves all.
+    # them, then again by the Python code with its string-slicing path switched off, so that
+    # urllib resolves all.
     pieces = ["http://", "https://", "HTTP://", "//", "/", "./", "../", "a", "B", "?", "#", ";", ":", "@", "%20",
               "[", "]", ".", "..", " ", "\t", "x.jpg", "Y.GIF", "host.COM", "80", "?q=1", "#f", "é", "\u00a0"]
     bases = [PAGE, "http://Site.org", "https://h.io/a/b/", "https://h.io/a/./b", "ftp://x/y", "https://h.io?x",
              "https://H.io:8080/x/", "https://h.io/a//b/c", "http://h.io/#frag", "https://h.io/a/b?q#f"]
     rng = random.Random(7)
     cases = [("".join(rng.choice(pieces) for _ in range(rng.randint(1, 7))), rng.choice(bases)) for _ in range(20_000)]
-    fast = [check_image_link(src, ALT, base, RULES) for src, base in cases]
+    fast = [links.check_image_link(src, ALT, base, RULES) for src, base in cases]
     assert sum(isinstance(r, tuple) for r in fast) > 5_000
 
-    monkeypatch.setattr(image_links, "_split_absolute", lambda src: None)
-    monkeypatch.setattr(image_links, "_resolve_relative", lambda src, plain: None)
-    assert [check_image_link(src, ALT, base, RULES) for src, base in cases] == fast
+    slow = compiled.pure("image_links")
+    monkeypatch.setattr(slow, "_split_absolute", lambda src: None)
+    monkeypatch.setattr(slow, "_resolve_relative", lambda src, plain: None)
+    assert [slow.check_image_link(src, ALT, base, RULES) for src, base in cases] == fast
 
 
-def test_an_alt_is_used_as_it_is_only_when_it_is_already_normalized():
+def test_an_alt_is_used_as_it_is_only_when_it_is_already_normalized(links):
     for alt in ["a red bicycle", "a  red bicycle", " a red bicycle", "a red bicycle ", "a red\u3000bicycle", "a red\u2028bicycle"]:
-        _, text, _ = check_image_link("a.jpg", alt, PAGE, RULES)
+        _, text, _ = links.check_image_link("a.jpg", alt, PAGE, RULES)
         assert text == " ".join(alt.split())
