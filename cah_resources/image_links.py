@@ -95,7 +95,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
     dropped: list[str] = []
     truncated: list[tuple[str, str]] = []
     for src, found_alt in images:
-        if found_alt.__class__ is not str:
+        if type(found_alt) is not str:
             dropped.append("no_alt")
             continue
         alt = found_alt  # text from here on (the compiled twin types it so)
@@ -124,7 +124,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
             resolved = _resolve_relative(src, plain) if plain is not None else None
         if resolved is None:
             resolved = _resolve_any_url(src, base)
-            if resolved.__class__ is str:
+            if type(resolved) is str:
                 dropped.append(resolved)
                 continue
         url, host, path = resolved
