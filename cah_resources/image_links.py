@@ -102,13 +102,13 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
         # Every whitespace character but the ASCII space is a control or separator, which
         # isprintable() refuses: a printable alt without doubled or edge spaces is normalized
         # already, and most are, which spares the split and join.
-        if not alt.isprintable() or "  " in alt or alt[:1] == " " or alt[-1:] == " ":
+        if not alt.isprintable() or "  " in alt or alt.startswith(" ") or alt.endswith(" "):
             alt = normalize_alt(alt)
         if len(alt) < min_alt:
             dropped.append("alt_too_short")
             continue
         src = src.strip()
-        if src[:1] in _DATA_OR_JAVASCRIPT:
+        if src.startswith(_DATA_OR_JAVASCRIPT):
             head = src[:11].lower()
             if head.startswith("data:"):
                 dropped.append("data_url")
