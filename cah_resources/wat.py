@@ -151,7 +151,8 @@ def _page_of(body: bytes, record, counts: Counter) -> Page | None:
         return _page_of_any_shape(body, record, counts)
     base = html.Head.Base if html.Head is not None else None
     # A comprehension, not a loop: a page carries tens of links, most of them not images.
-    return _page(page_url, base, [(link.url, link.alt) for link in html.Links or () if link.path == IMAGE_LINK_PATH], counts)
+    images = [(link.url, link.alt) for link in html.Links or () if link.path == IMAGE_LINK_PATH]
+    return _page(page_url, base, images, counts)
 
 
 def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:

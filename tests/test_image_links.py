@@ -13,7 +13,6 @@ from cah_resources.image_links import CandidateFilters, base_url_of
 from conftest import skip_or_fail
 
 
-
 @pytest.fixture(params=["as imported", "python"])
 def links(request):
     """The module whose ``check_image_link`` a test drives."""

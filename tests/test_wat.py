@@ -78,3 +78,20 @@ def test_invalid_json_non_utf8_and_missing_fields_are_counted_by_kind(tmp_path):
     assert counts["malformed_invalid_json"] == 1
     assert counts["malformed_non_utf8"] == 1
     assert counts["malformed_missing_fields"] == 1
+
+
+def test_links_whose_fields_are_not_text_read_as_they_did(tmp_path):
+    # Such a record does not fit the typed structs and is read by the generic path: a link whose
+    # url is not text is a malformed link, an alt that is not text reaches the checks (no_alt).
+    links = ('[{"path":"IMG@/src","url":"a.jpg","alt":42},{"path":"IMG@/src","url":7,"alt":"a red car"},'
+             '{"path":5,"url":"b.jpg"},{"path":"IMG@/src","url":"c.jpg","alt":"a blue car"}]')
+    body = _page("https://example.org/odd").replace(b'[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]', links.encode())
+    path = tmp_path / "odd.wat.gz"
+    path.write_bytes(_member(body) + _member(_page("https://example.org/plain")))
+    counts = Counter()
+    pages = list(iter_pages(str(path), counts))
+    assert [(p.url, p.images) for p in pages] == [
+        ("https://example.org/odd", [("a.jpg", 42), ("c.jpg", "a blue car")]),
+        ("https://example.org/plain", [("a.jpg", "a red car")]),
+    ]
+    assert counts["malformed_link"] == 1 and counts["html_pages"] == 2
