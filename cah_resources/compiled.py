@@ -64,10 +64,11 @@ def twin(module_name: str, twin_dir: Path = TWIN_DIR) -> ModuleType | None:
         return None  # the twin itself, a copy loaded by pure(), or twins turned off
     binary, _ = twin_paths(name, twin_dir)
     if not binary.exists():
+        log.info("no compiled twin of %s is built: running it as Python", module_name)
         return None
     if not is_current(name, twin_dir):
         log.warning("%s/%s.py differs from the source its compiled twin was built from: running it as Python "
-                    "(rebuild with: python -m cah_resources.compiled)", PACKAGE, name)
+                    "(rebuild with: python -m cah_resources.compiled, or uv sync)", PACKAGE, name)
         return None
     spec = importlib.util.spec_from_file_location(f"{PACKAGE}._compiled.{name}", binary)
     module = importlib.util.module_from_spec(spec)
