@@ -21,6 +21,7 @@ from cah_resources.image_shards import (
     segment_folder,
     summarize_markers,
 )
+from cah_resources.resizer import ResizeSettings
 from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
 
@@ -55,6 +56,10 @@ class ImageDownloader(dg.ConfigurableResource):
     min_side: int = 0
     max_pixels: int = 89_478_485
     max_aspect_ratio: float = 10.0
+    # Decode cost: JPEG scans x pixels refused before decoding ('too_costly'), CPU seconds per image
+    # in its worker process ('decode_timeout'); 0 = no limit.
+    max_scan_pixels: int = ResizeSettings.max_scan_pixels
+    max_decode_cpu_seconds: float = ResizeSettings.max_decode_cpu_seconds
     shard_size: int = 10_000
     image_processes: int = ShardSettings.image_processes
     # Downloaded bytes waiting for the image workers per shard task; past it new downloads wait.

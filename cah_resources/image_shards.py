@@ -6,8 +6,6 @@ import asyncio
 import math
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -15,9 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cah_resources.downloader import Downloader, Fetched, FetchSettings
-from cah_resources.image_pool import image_pool, replace_broken_pool
-from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size, process_image
-from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfinished_files, shard_paths
+from cah_resources.image_pool import ImageWorkers
+from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size
+from cah_resources.shard_writer import (
+    MAX_SHARD_SIZE,
+    ShardWriter,
+    remove_unfinished_files,
+    rows_digest,
+    shard_paths,
+)
 from cah_resources.storage import DataRoot
 
 STAGE = "image_shards"
@@ -90,7 +94,11 @@ def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit
 
 
 def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
-    """The shard's completion marker, or None while the shard is unfinished."""
+    """The shard's completion marker, or None while the shard is unfinished or its candidates changed since.
+
+    A marker holds the digest of its rows' uids: candidates rewritten with the same number of rows
+    but other content make it stale, and the shard is redone.
+    """
     path = shard_paths(unit.root, segment_folder(unit.root, unit.segment), unit.shard)["done"]
     if not unit.root.exists(path):
         return None
@@ -101,10 +109,12 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
             f"not {unit.start}..{unit.stop}: it was written with another shard_size; use that one or delete "
             f"{segment_folder(unit.root, unit.segment)}"
         )
+    if marker.get("rows_digest") != rows_digest(read_rows(unit, columns=["uid"]).column("uid").to_pylist()):
+        return None
     return marker
 
 
-def read_rows(unit: ShardUnit) -> pa.Table:
+def read_rows(unit: ShardUnit, columns: list[str] | None = None) -> pa.Table:
     """Rows [start, stop) of the candidates parquet, reading only the row groups that hold them."""
     path = candidates_path(unit.root, unit.segment)
     with unit.root.fs.open(path, "rb") as handle:
@@ -117,25 +127,16 @@ def read_rows(unit: ShardUnit) -> pa.Table:
                 offsets.append(first)
             first += count
         if not groups:
-            return parquet.schema_arrow.empty_table()
-        table = parquet.read_row_groups(groups)
+            return parquet.schema_arrow.empty_table().select(columns or parquet.schema_arrow.names)
+        table = parquet.read_row_groups(groups, columns=columns)
     return table.slice(unit.start - offsets[0], unit.stop - unit.start)
 
 
-async def _check_image(body: bytes, settings: ShardSettings) -> ImageOutcome:
+async def _check_image(body: bytes, settings: ShardSettings, workers: ImageWorkers) -> ImageOutcome:
     early = check_body_size(body, settings.resize)
     if early is not None:
         return early
-    loop = asyncio.get_running_loop()
-    for _ in range(2):
-        pool = image_pool(settings.image_processes)
-        try:
-            return await loop.run_in_executor(pool, process_image, body, settings.resize)
-        except BrokenProcessPool:
-            # A decoder crashed a worker (or the OS killed it); every image in flight there is lost
-            # with it, so each gets one more try on a fresh pool before being blamed.
-            replace_broken_pool(settings.image_processes, pool)
-    return ImageOutcome("decoder_crashed", "the image worker died twice while decoding this image")
+    return await workers.check(body, settings.resize)
 
 
 def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, Any]:
@@ -209,8 +210,10 @@ class BodyClaim:
         await self.backlog._release(self)
 
 
-async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
-    totals = {"bytes_fetched": 0}
+async def _download_rows(
+    rows: list[dict], settings: ShardSettings, writer: ShardWriter, workers: ImageWorkers
+) -> dict:
+    totals = {"bytes_fetched": 0, "image_warnings": 0}
     backlog = BodyBacklog(settings.image_backlog_bytes)
     async with Downloader(settings.fetch) as downloader:
 
@@ -223,7 +226,8 @@ async def _download_rows(rows: list[dict], settings: ShardSettings, writer: Shar
                 if fetched.body is not None:
                     totals["bytes_fetched"] += len(fetched.body)
                     claim.body_arrived(len(fetched.body))
-                    image = await _check_image(fetched.body, settings)
+                    image = await _check_image(fetched.body, settings, workers)
+                    totals["image_warnings"] += image.warnings
             writer.add(index, row, _outcome_fields(fetched, image), image.jpeg if image is not None else None)
 
         # One loop admits the rows in order, so only it ever waits for room in the backlog.
@@ -254,14 +258,17 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
     table = read_rows(unit)
     rows = table.to_pylist()
     started = time.perf_counter()
-    with ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer:
+    # The image workers are this call's own: left running, they would keep a process that embeds
+    # download_shard (a multiprocessing or ProcessPoolExecutor worker) from ever exiting.
+    with (
+        ImageWorkers(settings.image_processes) as workers,
+        ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer,
+    ):
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            totals = runner.run(_download_rows(rows, settings, writer))
+            totals = runner.run(_download_rows(rows, settings, writer, workers))
         seconds = time.perf_counter() - started
-        pool = image_pool(settings.image_processes)
-        workers = "processes" if isinstance(pool, ProcessPoolExecutor) else "threads"
         marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds,
-                              image_workers=workers, **totals)
+                              image_workers=workers.kind, rows_digest=rows_digest(r["uid"] for r in rows), **totals)
     return {**marker, "skipped": False}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -31,12 +31,22 @@ class ResizeSettings:
     min_side: int = 0
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold
     max_aspect_ratio: float = 10.0  # 0 = no limit
+    # A JPEG decodes each of its scans over the whole image, and nothing bounds how many scans a
+    # file holds: 5,000 repeated ones fit in 150 KB and take 38 s at 8000x8000. Real progressive
+    # JPEGs have about 10, so scans x pixels past this bound is refused before decoding.
+    max_scan_pixels: int = 2_000_000_000  # 0 = no limit
+    # CPU seconds one image may take in an image worker process, whatever the cause; past it the
+    # worker is replaced and the image gets 'decode_timeout'. Threads (a daemonic host) cannot be
+    # stopped, so there only the checks before decoding apply.
+    max_decode_cpu_seconds: float = 10.0  # 0 = no limit
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         if self.image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, not {self.image_size}")
+        if self.max_scan_pixels < 0 or self.max_decode_cpu_seconds < 0:
+            raise ValueError("max_scan_pixels and max_decode_cpu_seconds must be 0 (no limit) or positive")
         if not 1 <= self.encode_quality <= 100:
             raise ValueError(f"encode_quality must be within 1..100, not {self.encode_quality}")
         names = tuple("JPEG" if f.upper() == "JPG" else f.upper() for f in self.allowed_formats)
@@ -56,6 +66,7 @@ class ImageOutcome:
     height: int | None = None
     original_width: int | None = None
     original_height: int | None = None
+    warnings: int = 0  # warnings Pillow raised on this image (e.g. bogus EXIF tags), counted, not printed
 
 
 def check_body_size(body: bytes, settings: ResizeSettings) -> ImageOutcome | None:
@@ -108,6 +119,22 @@ def _shape_refusal(width: int, height: int, settings: ResizeSettings) -> ImageOu
             "aspect_ratio_too_large", f"{width}x{height} is more elongated than {settings.max_aspect_ratio}:1"
         )
     return None
+
+
+def _scan_refusal(body: bytes, img: Image.Image, settings: ResizeSettings) -> ImageOutcome | None:
+    """Refuse a JPEG whose scans would each be decoded over too many pixels.
+
+    Entropy-coded data stuffs every 0xFF with 0x00, so each FF DA is a real start-of-scan marker
+    (or one in an embedded thumbnail): counting them is an upper bound, at C speed.
+    """
+    if img.format != "JPEG" or not settings.max_scan_pixels:
+        return None
+    scans = body.count(b"\xff\xda")
+    if scans * img.width * img.height <= settings.max_scan_pixels:
+        return None
+    return ImageOutcome(
+        "too_costly", f"{scans} scans of {img.width}x{img.height} exceed {settings.max_scan_pixels} scan-pixels"
+    )
 
 
 def _needs_resize(width: int, height: int, settings: ResizeSettings) -> bool:
@@ -174,39 +201,47 @@ def process_image(body: bytes, settings: ResizeSettings) -> ImageOutcome:
     early = check_body_size(body, settings)
     if early is not None:
         return early
-    facts = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    with warnings.catch_warnings():
+    # Hostile metadata makes Pillow warn once per bad EXIF tag (thousands of stderr lines per
+    # image): warnings are counted into the outcome instead of printed.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = _open(body, settings)
-        if isinstance(opened, ImageOutcome):
-            return opened
-        try:
-            with opened as img:
-                raw_w, raw_h = img.size
-                refusal = _shape_refusal(raw_w, raw_h, settings)
-                if refusal is not None:
-                    return refusal
-                resize = _needs_resize(raw_w, raw_h, settings)
-                if resize and img.format == "JPEG":
-                    # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free when the target is small
-                    # enough; draft never goes below the requested size, so quality is kept.
-                    target_w, target_h = _target_size(raw_w, raw_h, settings)
-                    img.draft(None, (target_w, target_h))
-                img.load()
-                quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
-                orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
-                # Pillow resamples RGBA with premultiplied alpha, so matting after the resize is exact.
-                out = _to_rgb_or_rgba(ImageOps.exif_transpose(img))
-                if resize:
-                    out = _resize(out, settings)
-                out = _matte_on_white(out)
-                buffer = io.BytesIO()
-                out.save(buffer, "JPEG", quality=settings.encode_quality)
-        except Image.DecompressionBombError as exc:
-            return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
-        except Exception as exc:  # any decoder failure on hostile bytes is this image's problem only
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            return ImageOutcome("corrupt_image", f"cannot decode: {message}"[:300])
+        outcome = _process(body, settings)
+    return replace(outcome, warnings=len(caught)) if caught else outcome
+
+
+def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
+    facts = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    opened = _open(body, settings)
+    if isinstance(opened, ImageOutcome):
+        return opened
+    try:
+        with opened as img:
+            raw_w, raw_h = img.size
+            refusal = _shape_refusal(raw_w, raw_h, settings) or _scan_refusal(body, img, settings)
+            if refusal is not None:
+                return refusal
+            resize = _needs_resize(raw_w, raw_h, settings)
+            if resize and img.format == "JPEG":
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free when the target is small
+                # enough; draft never goes below the requested size, so quality is kept.
+                target_w, target_h = _target_size(raw_w, raw_h, settings)
+                img.draft(None, (target_w, target_h))
+            img.load()
+            quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+            orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
+            # Pillow resamples RGBA with premultiplied alpha, so matting after the resize is exact.
+            out = _to_rgb_or_rgba(ImageOps.exif_transpose(img))
+            if resize:
+                out = _resize(out, settings)
+            out = _matte_on_white(out)
+            buffer = io.BytesIO()
+            out.save(buffer, "JPEG", quality=settings.encode_quality)
+    except Image.DecompressionBombError as exc:
+        return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
+    except Exception as exc:  # any decoder failure on hostile bytes is this image's problem only
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        return ImageOutcome("corrupt_image", f"cannot decode: {message}"[:300])
     return ImageOutcome(
         "ok",
         jpeg=buffer.getvalue(),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import ExitStack
 from typing import Any
 
@@ -90,17 +92,25 @@ def shard_paths(root: DataRoot, folder: str, shard: int) -> dict[str, str]:
     }
 
 
+def rows_digest(uids: Iterable[str]) -> str:
+    """What a shard's marker is keyed by: its input rows' uids, so changed candidates redo the shard."""
+    digest = hashlib.sha256()
+    for uid in uids:
+        digest.update(uid.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
 def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str]:
     """Delete what a killed writer of this shard left behind (temporary files, partial outputs).
 
-    A shard without its .done marker is redone whole, so nothing of it is worth keeping.
+    A shard being redone is redone whole, so nothing of it is worth keeping. A stale .done marker
+    (its candidates changed) goes first: a crash part way leaves no marker beside missing files.
     """
     name = shard_name(shard)
     removed = []
-    for entry in root.listdir(folder):
+    entries = sorted(root.listdir(folder), key=lambda entry: entry != f"{name}.done")
+    for entry in entries:
         if entry.startswith(f"{name}.") or entry.startswith(f"{name}_stats.json"):
-            if entry == f"{name}.done":
-                continue
             root.remove(f"{folder}/{entry}")
             removed.append(entry)
     return removed

@@ -4,14 +4,17 @@ import asyncio
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 
 import psutil
 import pyarrow as pa
@@ -21,12 +24,23 @@ from PIL import Image
 
 from cah_resources.candidates import SCHEMA, output_paths, pair_uid
 from cah_resources.downloader import FetchSettings
-from cah_resources.image_pool import image_pool
-from cah_resources.image_shards import BodyBacklog, ShardSettings, download_shard, plan_shards, segment_folder
-from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb
+from cah_resources.image_pool import ImageWorkers
+from cah_resources.image_shards import (
+    BodyBacklog,
+    ShardSettings,
+    download_shard,
+    plan_shards,
+    segment_folder,
+)
+from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb, LocalUrl
 from cah_resources.resizer import ResizeSettings, process_image
 from cah_resources.shard_writer import ustar_member
 from cah_resources.storage import DataRoot
+from tests.hostile_images import (
+    BodiesWeb,
+    jpeg_with_bogus_exif_tags,
+    progressive_jpeg_with_repeated_scans,
+)
 
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(
@@ -187,16 +201,25 @@ def test_a_shard_written_with_another_shard_size_is_a_one_line_error(downloaded)
     assert "\n" not in str(info.value)
 
 
-def test_a_shard_survives_an_image_worker_killed_by_the_os(web, tmp_path):
+def image_worker_processes() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_a_shard_survives_an_image_worker_killed_by_the_os(tmp_path):
     root = DataRoot(str(tmp_path / "data"))
-    write_candidates(root, SEGMENT, web.urls({"jpeg": 12, "png": 6, "webp": 6}))
-    image_pool(SETTINGS.image_processes).submit(int).result()  # its workers are up
-    workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
-    assert workers
-    workers[0].kill()  # as the OOM killer would
-    workers[0].wait(timeout=10)
-    for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size):
-        download_shard(unit, SETTINGS)
+    with LocalImageWeb(n_hosts=2, latency=(0.1, 0.3), seed=2) as slow_web:
+        write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 12, "png": 6, "webp": 6}))
+        units = plan_shards(root, SEGMENT, SETTINGS.shard_size)
+        shard = threading.Thread(target=lambda: [download_shard(unit, SETTINGS) for unit in units])
+        shard.start()
+        deadline = time.monotonic() + 60
+        while not image_worker_processes() and shard.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        workers = image_worker_processes()
+        assert workers, "the shard ended before its image worker could be killed"
+        workers[0].kill()  # as the OOM killer would
+        shard.join(timeout=120)
+    assert not shard.is_alive()
     assert [r["status"] for r in all_rows(root, SEGMENT)] == ["ok"] * 24
 
 
@@ -269,9 +292,11 @@ HEAVY = ("dagster", "aiohttp", "pyarrow", "torch", "distributed")
 
 
 def test_image_worker_processes_load_pillow_and_nothing_heavier():
-    pool = image_pool(SETTINGS.image_processes)
-    assert pool.submit(process_image, b"not an image at all" * 400, SETTINGS.resize).result().status == "not_an_image"
-    loaded = pool.submit(eval, f"sorted({{m.split('.')[0] for m in __import__('sys').modules}} & {set(HEAVY)!r})").result()
+    with ImageWorkers(SETTINGS.image_processes) as workers:
+        pool = workers.executor
+        assert pool.submit(process_image, b"not an image at all" * 400, SETTINGS.resize).result().status == "not_an_image"
+        modules = f"sorted({{m.split('.')[0] for m in __import__('sys').modules}} & {set(HEAVY)!r})"
+        loaded = pool.submit(eval, modules).result()
     assert loaded == []
 
 
@@ -314,5 +339,76 @@ def test_a_body_larger_than_the_backlog_still_goes_through_alone():
 
 
 def test_image_workers_run_below_the_priority_of_the_process_that_downloads():
-    pool = image_pool(SETTINGS.image_processes)
-    assert pool.submit(os.nice, 0).result() > os.nice(0)
+    with ImageWorkers(SETTINGS.image_processes) as workers:
+        assert workers.executor.submit(os.nice, 0).result() > os.nice(0)
+
+
+def test_an_image_past_its_cpu_budget_gets_decode_timeout_and_the_rest_of_the_shard_goes_on(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    # The scan check is off so that the budget is what stops this image (about 0.6 CPU s to decode).
+    settings = replace(SETTINGS, resize=replace(SETTINGS.resize, max_scan_pixels=0, max_decode_cpu_seconds=0.15))
+    with BodiesWeb({"/slow.jpg": progressive_jpeg_with_repeated_scans(2400, 5000)}) as hostile:
+        urls = [*web.urls({"jpeg": 8, "png": 4}), LocalUrl(hostile.url("/slow.jpg"), "slow", "decode_timeout")]
+        write_candidates(root, SEGMENT, urls)
+        markers = [download_shard(unit, settings) for unit in plan_shards(root, SEGMENT, settings.shard_size)]
+    expected = {u.url: u.expected_status for u in urls}
+    assert {r["url"]: r["status"] for r in all_rows(root, SEGMENT)} == expected
+    assert markers[0]["status_counts"] == {"ok": 12, "decode_timeout": 1}
+
+
+def test_download_shard_in_a_process_pool_worker_lets_that_worker_exit(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    write_candidates(root, SEGMENT, web.urls({"jpeg": 4, "png": 2}))
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    worker = psutil.Process(executor.submit(os.getpid).result(timeout=60))
+    leftovers = [worker]
+    try:
+        marker = executor.submit(download_shard, plan_shards(root, SEGMENT, 20)[0], SETTINGS).result(timeout=120)
+        assert marker["successes"] == 6
+        leftovers += worker.children(recursive=True)
+        closing = threading.Thread(target=executor.shutdown)
+        closing.start()
+        closing.join(timeout=30)  # a worker's exit waits for its children: image workers left up block it
+        assert not closing.is_alive(), "the executor's worker did not exit: download_shard left processes behind"
+    finally:
+        for process in leftovers:
+            if process.is_running():
+                process.kill()
+
+
+def test_changed_candidates_redo_their_shard_and_unchanged_ones_are_kept_byte_for_byte(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    rows = write_candidates(root, SEGMENT, web.urls({"jpeg": 30, "png": 10}))
+    for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size):
+        download_shard(unit, SETTINGS)
+    folder = segment_folder(root, SEGMENT)
+    first = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if n.startswith("00000")}
+    # The second shard's 20 rows become other candidates that still sort after the first shard's.
+    others = [row for row in write_candidates(root, "CC-MAIN-OTHER_00000", web.urls({"webp": 100}))
+              if row["uid"] > rows[19]["uid"]][:20]
+    new_rows = rows[:20] + others
+    root.write_parquet(output_paths(root, SEGMENT)[0], pa.Table.from_pylist(new_rows, schema=SCHEMA))
+
+    markers = [download_shard(unit, SETTINGS) for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size)]
+
+    assert [m["skipped"] for m in markers] == [True, False]
+    assert {n: root.read_bytes(f"{folder}/{n}") for n in first} == first
+    assert [r["uid"] for r in all_rows(root, SEGMENT)] == [r["uid"] for r in new_rows]
+
+
+SUM_WARNINGS = "\nimport json\nprint(sum(json.load(open(path))['image_warnings'] for path in sys.argv[6:]))\n"
+
+
+def test_an_image_full_of_bogus_exif_tags_prints_no_warnings_and_is_counted(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    with BodiesWeb({"/exif.jpg": jpeg_with_bogus_exif_tags(5400)}) as hostile:
+        write_candidates(root, SEGMENT, [*web.urls({"jpeg": 2}), LocalUrl(hostile.url("/exif.jpg"), "exif", "ok")])
+        stats = f"{segment_folder(root, SEGMENT)}/00000_stats.json"
+        args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), "20", stats]
+        env = {**os.environ, "PYTHONPATH": REPO}
+        done = subprocess.run([sys.executable, "-c", KILLABLE_RUN + SUM_WARNINGS, *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.splitlines() == []  # the run's and its image worker's, which writes to the same stderr
+    assert int(done.stdout.split()[-1]) > 5000
+    assert [r["status"] for r in all_rows(root, SEGMENT)] == ["ok"] * 3

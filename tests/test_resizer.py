@@ -9,6 +9,10 @@ from PIL import Image
 
 from cah_resources.local_web import decompression_bomb_png, photo_like
 from cah_resources.resizer import ResizeSettings, process_image
+from tests.hostile_images import (
+    jpeg_with_bogus_exif_tags,
+    progressive_jpeg_with_repeated_scans,
+)
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
@@ -161,3 +165,27 @@ def test_bad_settings_are_one_line_errors(bad):
     with pytest.raises(ValueError) as info:
         ResizeSettings(**bad)
     assert "\n" not in str(info.value)
+
+
+def test_a_jpeg_whose_scans_repeat_is_refused_as_too_costly_before_decoding():
+    hostile = progressive_jpeg_with_repeated_scans(2000, 2000)  # 2,010 scans over 4 Mpx
+    out = process_image(hostile, ResizeSettings())
+    assert out.status == "too_costly" and out.jpeg is None
+    assert out.error_message == "2010 scans of 2000x2000 exceed 2000000000 scan-pixels"
+
+
+def test_an_ordinary_progressive_jpeg_passes_the_scan_check():
+    progressive = encode(photo_like(2000, 1500, seed=4), quality=85, progressive=True)
+    assert process_image(progressive, ResizeSettings(image_size=256)).status == "ok"
+
+
+def test_pillow_warnings_on_bogus_exif_tags_are_counted_into_the_outcome():
+    out = process_image(jpeg_with_bogus_exif_tags(5400), ResizeSettings())
+    assert out.status == "ok"
+    assert out.warnings > 5000
+
+
+@pytest.mark.parametrize("field", ["max_scan_pixels", "max_decode_cpu_seconds"])
+def test_negative_cost_limits_are_refused(field):
+    with pytest.raises(ValueError, match="0 \\(no limit\\) or positive"):
+        ResizeSettings(**{field: -1})

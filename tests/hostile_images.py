@@ -1,0 +1,95 @@
+"""Hostile image files made with Pillow for tests, and a loopback web that serves given bodies."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cah_resources.local_web import photo_like
+
+START_OF_SCAN = 0xDA
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment after SOI; a scan's segment runs to the next marker."""
+    at, out = 2, []
+    while at < len(data):
+        marker = data[at + 1]
+        if marker == 0xD9:  # end of image
+            out.append((marker, at, at + 2))
+            break
+        end = at + 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+        if marker == START_OF_SCAN:  # entropy-coded data: 0xFF is stuffed (FF 00) or a restart marker
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        out.append((marker, at, end))
+        at = end
+    return out
+
+
+def progressive_jpeg_with_repeated_scans(side: int, repeats: int) -> bytes:
+    """A progressive JPEG whose cheapest scan (an end-of-band run of a few bytes) comes ``repeats`` more times.
+
+    libjpeg walks every block of the image once per scan, so decoding costs scans x pixels while
+    the file stays small: the decode-time attack of a few hundred KB.
+    """
+    buffer = io.BytesIO()
+    photo_like(side, side, seed=5, grain=20).save(buffer, "JPEG", progressive=True, quality=60)
+    data = buffer.getvalue()
+    scans = [s for s in jpeg_segments(data) if s[0] == START_OF_SCAN]
+    _, start, end = min(scans, key=lambda s: s[2] - s[1])
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
+def jpeg_with_bogus_exif_tags(tags: int) -> bytes:
+    """A valid JPEG whose EXIF IFD holds ``tags`` entries pointing at data larger than the EXIF block.
+
+    Pillow warns once per such tag, each with its own message, so none is deduplicated.
+    """
+    entries = b"".join(struct.pack("<HHII", 0x9000 + i, 4, 1000, 8) for i in range(tags))
+    tiff = b"II*\x00" + struct.pack("<IH", 8, tags) + entries + struct.pack("<I", 0)
+    buffer = io.BytesIO()
+    photo_like(300, 200, seed=6, grain=20).save(buffer, "JPEG", quality=90, exif=b"Exif\x00\x00" + tiff)
+    return buffer.getvalue()
+
+
+class BodiesWeb:
+    """``with BodiesWeb({"/a.jpg": data}) as web: web.url("/a.jpg")``: a loopback server of fixed bodies."""
+
+    def __init__(self, bodies: dict[str, bytes]) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.bodies.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.bodies = bodies
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="bodies-web", daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}{path}"
+
+    def __enter__(self) -> BodiesWeb:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
