@@ -28,8 +28,9 @@ def candidates(
 ) -> dg.MaterializeResult:
     """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
     root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
+    source, filters = common_crawl.source(), candidate_rules.filters()
     units = [
-        WatFileUnit(key, i, path, root, common_crawl.source(), candidate_rules.filters())
+        WatFileUnit(key, i, path, root, source, filters, candidate_rules.max_record_bytes)
         for key in keys
         for i, path in enumerate(registration_for_key(root, key).files_of(key))
     ]
