@@ -43,10 +43,11 @@ def test_a_dedup_index_password_in_any_form_stays_out_of_errors_reprs_and_logs(u
 def test_work_units_and_sources_show_no_storage_or_mirror_credentials():
     root = DataRoot("s3://bucket/cah", {"key": "AKIA-S3CRET-KEY", "secret": "S3CRET-SECRET", "token": "S3CRET-TOKEN"})
     source = CrawlSource(base="https://mirror:MIRROR-S3CRET@mirror.example/cc")
-    units = [WatFileUnit("CC-MAIN-2024-10_00000", 0, "a.wat.gz", root, source), SegmentMergeUnit("k", root, ())]
+    claim = DedupIndex("postgresql://cah:DSN-S3CRET#x@127.0.0.1:1/cah").claim
+    units = [WatFileUnit("CC-MAIN-2024-10_00000", 0, "a.wat.gz", root, source), SegmentMergeUnit("k", root, (), claim)]
     shown = "\n".join([repr(root), str(root), repr(source), *map(repr, units), *map(str, units)])
     assert "s3://bucket/cah" in shown and "mirror.example" in shown
-    for secret in ("AKIA-S3CRET-KEY", "S3CRET-SECRET", "S3CRET-TOKEN", "MIRROR-S3CRET"):
+    for secret in ("AKIA-S3CRET-KEY", "S3CRET-SECRET", "S3CRET-TOKEN", "MIRROR-S3CRET", "DSN-S3CRET"):
         assert secret not in shown
 
 
