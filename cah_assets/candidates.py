@@ -11,6 +11,7 @@ from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.redaction import redact_url
 from cah_resources.resources import CommonCrawl
 from cah_resources.resources import StorageResource
 from cah_resources.segments import registration_for_key
@@ -28,8 +29,9 @@ def candidates(
 ) -> dg.MaterializeResult:
     """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
     root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
+    source, filters = common_crawl.source(), candidate_rules.filters()
     units = [
-        WatFileUnit(key, i, path, root, common_crawl.source(), candidate_rules.filters())
+        WatFileUnit(key, i, path, root, source, filters, candidate_rules.max_record_bytes)
         for key in keys
         for i, path in enumerate(registration_for_key(root, key).files_of(key))
     ]
@@ -77,6 +79,6 @@ def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
         "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),
         "records_per_s": rate(stats.get("metadata_records", 0), seconds),
         "seconds": round(seconds, 2),
-        "path": dg.MetadataValue.path(table_path),
+        "path": dg.MetadataValue.path(redact_url(table_path)),
         "sample": markdown_table(sample, ["category", "language", "text", "url"]),
     }

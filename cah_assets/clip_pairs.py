@@ -11,6 +11,7 @@ from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, SE
 from cah_resources.clip_pairs import histogram_markdown, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
 from cah_resources.clip_scorer import CATEGORIES
 from cah_resources.compute import ComputeResource
+from cah_resources.redaction import redact_url
 from cah_resources.resources import ClipScorer
 from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
@@ -72,6 +73,6 @@ def describe(root: DataRoot, key: str) -> dict:
         "device": totals["device"],
         "precision": totals["precision"],
         "shards": totals["shards"],
-        "path": dg.MetadataValue.path(root.path("clip_pairs", key)),
+        "path": dg.MetadataValue.path(redact_url(root.path("clip_pairs", key))),
         "sample_kept": markdown_table(read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]),
     }

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from cah_resources.redaction import redact_url
 from cah_resources.release import build_release, release_dir, summary_markdown
 from cah_resources.report import build_report, png_markdown
 from cah_resources.resources import StorageResource
@@ -23,7 +24,9 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
     for crawl in names:
         registration = load_registration(root, crawl)
         if registration is None:
-            raise dg.Failure(f"crawl {crawl} is not registered under {root.url}; run `cah register {crawl}` first")
+            raise dg.Failure(
+                f"crawl {crawl} is not registered under {redact_url(root.url)}; run `cah register {crawl}` first"
+            )
         plans[crawl] = registration.keys()
     return plans
 
@@ -43,7 +46,7 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
     return dg.MaterializeResult(metadata={
         "pairs": total,
         "by_category": dg.MetadataValue.md("\n\n".join(lines) or "no registered crawl"),
-        "path": dg.MetadataValue.path(root.path("release")),
+        "path": dg.MetadataValue.path(redact_url(root.path("release"))),
     })
 
 
@@ -54,10 +57,10 @@ def report(context: dg.AssetExecutionContext, config: DatasetConfig, storage: St
     metadata: dict = {}
     for crawl, keys in crawls_to_roll_up(root, config).items():
         built = build_report(root, keys, root.path("report", crawl))
-        context.log.info(f"{crawl}: report written to {root.path('report', crawl)}")
+        context.log.info(f"{crawl}: report written to {redact_url(root.path('report', crawl))}")
         for name, png in built.plots.items():
             table = built.tables.get(name, "")
             metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name) + ("\n\n" + table if table else ""))
         metadata[f"{crawl}/candidate_drops"] = dg.MetadataValue.md(built.tables["candidate_drops"])
-        metadata[f"{crawl}/path"] = dg.MetadataValue.path(root.path("report", crawl, "report.md"))
+        metadata[f"{crawl}/path"] = dg.MetadataValue.path(redact_url(root.path("report", crawl, "report.md")))
     return dg.MaterializeResult(metadata=metadata)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from cah_resources.image_links import CandidateFilters
+from cah_resources.wat import MAX_RECORD_BYTES
 
 
 class CandidateRules(dg.ConfigurableResource):
@@ -13,6 +14,8 @@ class CandidateRules(dg.ConfigurableResource):
     long_alt: str = "truncate"
     drop_extensions: list[str] = [".svg", ".gif"]
     max_domain_length: int = 60
+    # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     def filters(self) -> CandidateFilters:
         return CandidateFilters(

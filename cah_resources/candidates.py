@@ -16,7 +16,7 @@ from cah_resources.common_crawl import CrawlSource
 from cah_resources.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.language import LanguageDetector
 from cah_resources.storage import DataRoot
-from cah_resources.wat import iter_pages
+from cah_resources.wat import MAX_RECORD_BYTES, iter_pages
 
 STAGE = "candidates"
 CATEGORIES = ("en", "multi", "nolang")
@@ -40,14 +40,17 @@ def pair_uid(url: str, text: str) -> str:
     return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
 
 
-def extract_pairs(path: str, filters: CandidateFilters, counts: Counter) -> dict[tuple[str, str], str]:
-    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``."""
+def extract_pairs(
+    path: str, filters: CandidateFilters, counts: Counter, max_record_bytes: int = MAX_RECORD_BYTES
+) -> dict[tuple[str, str], str]:
+    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``,
+    damage as ``malformed_*`` / ``corrupt_*`` (a record over ``max_record_bytes`` is damage)."""
     pairs: dict[tuple[str, str], str] = {}
     keep_first = pairs.setdefault
     dropped: list[str] = []
     links = kept = truncated = 0
     # The stage's innermost loop: per pair one dict operation, everything else counted in bulk.
-    for page in iter_pages(path, counts):
+    for page in iter_pages(path, counts, max_record_bytes):
         links += len(page.images)
         checked = check_image_links(page.images, base_url_of(page.url, page.base_href), filters)
         dropped += checked.dropped
@@ -95,6 +98,7 @@ class WatFileUnit:
     root: DataRoot
     source: CrawlSource
     filters: CandidateFilters = field(default_factory=CandidateFilters)
+    max_record_bytes: int = MAX_RECORD_BYTES
 
 
 def part_paths(root: DataRoot, segment: str, position: int) -> tuple[str, str]:
@@ -122,7 +126,7 @@ def extract_wat_file(unit: WatFileUnit) -> dict:
     counts: Counter = Counter()
     with unit.source.local_copy(unit.wat_path) as local:
         counts["bytes"] = os.path.getsize(local)
-        pairs = extract_pairs(local, unit.filters, counts)
+        pairs = extract_pairs(local, unit.filters, counts, unit.max_record_bytes)
     detector = _detector()
     calls_before = detector.calls
     table = label_pairs(pairs, unit.wat_path, detector)

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import aiohttp
 
+from cah_resources.redaction import redact_url
+
 COMMON_CRAWL_URL = "https://data.commoncrawl.org"
 USER_AGENT = "cah/0.1 (Crawling@Home on Dagster; +https://github.com/) aiohttp"
 CHUNK = 1 << 20
@@ -22,7 +24,7 @@ class CrawlFileMissing(FileNotFoundError):
     """A path the crawl's listing names is not at the source (a 404, or absent from the folder)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CrawlSource:
     """Reads ``crawl-data/<CRAWL>/wat.paths.gz`` and WAT files from a base URL or a local folder.
 
@@ -35,6 +37,10 @@ class CrawlSource:
     retries: int = 5
     timeout_s: float = 900.0
     backoff_s: float = 2.0
+
+    def __repr__(self) -> str:
+        # A mirror's URL may carry a password (https://user:password@mirror/): shown redacted.
+        return f"CrawlSource(base={redact_url(self.base)!r}, cache_dir={self.cache_dir!r})"
 
     @property
     def is_remote(self) -> bool:
@@ -56,7 +62,7 @@ class CrawlSource:
         if not self.is_remote:
             path = self._local_path(rel_path)
             if not os.path.exists(path):
-                raise CrawlFileMissing(f"{rel_path} is not in {self.base}")
+                raise CrawlFileMissing(f"{rel_path} is not in {redact_url(self.base)}")
             yield path
             return
         directory = self.cache_dir or tempfile.gettempdir()
@@ -81,7 +87,7 @@ class CrawlSource:
                 except (aiohttp.ClientError, asyncio.TimeoutError, IncompleteDownload) as error:
                     if attempt == self.retries:
                         raise IncompleteDownload(
-                            f"{url}: gave up after {attempt + 1} attempts ({type(error).__name__}: {error})"
+                            f"{redact_url(url)}: gave up after {attempt + 1} attempts ({type(error).__name__}: {error})"
                         ) from error
                     delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
                     await asyncio.sleep(delay)
@@ -92,13 +98,14 @@ class IncompleteDownload(IOError):
 
 
 async def _stream_to_file(session: aiohttp.ClientSession, url: str, path: str) -> None:
+    shown = redact_url(url)
     async with session.get(url) as response:
         if response.status == 404:
-            raise CrawlFileMissing(f"{url} answered 404")
+            raise CrawlFileMissing(f"{shown} answered 404")
         if response.status >= 500 or response.status == 429:
-            raise IncompleteDownload(f"{url} answered {response.status}")
+            raise IncompleteDownload(f"{shown} answered {response.status}")
         if response.status != 200:
-            raise CrawlFileMissing(f"{url} answered {response.status}")
+            raise CrawlFileMissing(f"{shown} answered {response.status}")
         expected = response.content_length
         received = 0
         with open(path, "wb") as handle:
@@ -106,4 +113,4 @@ async def _stream_to_file(session: aiohttp.ClientSession, url: str, path: str) -
                 handle.write(chunk)
                 received += len(chunk)
         if expected is not None and received != expected:
-            raise IncompleteDownload(f"{url}: got {received} of {expected} bytes")
+            raise IncompleteDownload(f"{shown}: got {received} of {expected} bytes")

@@ -11,10 +11,10 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 
+from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 DEFAULT_TABLE = "dedup_claims"
@@ -34,16 +34,6 @@ T = TypeVar("T")
 
 class DedupIndexError(RuntimeError):
     """The dedup index cannot be used as configured (bad URL, unreachable server, locked file)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=userinfo + host))
 
 
 def _sqlite_path(url: str) -> str:
@@ -497,7 +487,7 @@ def default_sqlite_url(data_root: DataRoot | None) -> str:
         raise DedupIndexError("dedup_index.url is empty and no data root was given to put it in")
     if not data_root.is_local:
         raise DedupIndexError(
-            f"data root {data_root.url} is not local, so the SQLite dedup index cannot live there; "
+            f"data root {redact_url(data_root.url)} is not local, so the SQLite dedup index cannot live there; "
             "set dedup_index.url to a postgresql:// URL"
         )
     path = data_root.fs._strip_protocol(data_root.path(*DEFAULT_SQLITE_PARTS))

@@ -61,7 +61,11 @@ def load_projects(environ: dict[str, str] | None = None) -> list[Project]:
     for number, entry in enumerate(raw.replace(",", " ").split(), 1):
         token, _, cap = entry.partition(":")
         if cap and not cap.isdigit():
-            raise FleetError(f"entry {number} of {TOKENS_ENV} ends in ':{cap}'; the cap after ':' must be a number of servers")
+            # Never echo what follows the ':': tokens separated by a colon make it a whole token.
+            raise FleetError(
+                f"entry {number} of {TOKENS_ENV} has a ':' not followed by a number of servers; separate tokens "
+                "with commas or spaces, and write a cap as TOKEN:MAX"
+            )
         projects.append(Project(number, token, int(cap) if cap else None))
     if not projects:
         raise FleetError(f"no Hetzner API token: set {TOKENS_ENV} (several projects, comma-separated, filled in order) or {TOKEN_ENV}")

@@ -14,16 +14,22 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cah_resources.redaction import redact_options, redact_url
+
 LOCAL_PROTOCOLS = ("file", "local")
 WRITE_BUFFER = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DataRoot:
     """A folder of outputs (``./data``, ``/mnt/cah``, ``s3://bucket/cah``); picklable for workers."""
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __repr__(self) -> str:
+        # Work units carry their data root to workers, and Dask and Dagster print them: no credentials.
+        return f"DataRoot(url={redact_url(self.url)!r}, storage_options={redact_options(self.storage_options)!r})"
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:

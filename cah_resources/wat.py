@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
-from typing import BinaryIO, ContextManager, Iterator, NamedTuple
+from typing import ContextManager, Iterator, NamedTuple
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_MAGIC = b"WARC/1."
+# A record larger than this is damage. Common Crawl cuts every fetched page at 1 MiB, so the JSON
+# describing one is a few MiB at most; the cap only bounds what a lying Content-Length can cost.
+MAX_RECORD_BYTES = 64 << 20
 IMAGE_LINK_PATH = "IMG@/src"
 HTML_MARKER = b'"HTML-Metadata"'
 READ_CHUNK = 1 << 20
@@ -58,6 +62,8 @@ class _Record(msgspec.Struct, gc=False):
 _decode_record = msgspec.json.Decoder(_Record).decode
 _decode_any = msgspec.json.Decoder().decode
 _NOT_DECODED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# msgspec decodes nested JSON by recursion and raises RecursionError past Python's recursion limit
+# (about 1,000 levels): a record nested that deep is damage (malformed_too_deep), like invalid JSON.
 
 
 class Page(NamedTuple):
@@ -68,12 +74,16 @@ class Page(NamedTuple):
     images: list[tuple[str, object]]  # (src, alt as found: str, None or junk)
 
 
-def iter_pages(path: str, counts: Counter) -> Iterator[Page]:
+def iter_pages(path: str, counts: Counter, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Page]:
     """Yield every HTML page of a WAT file; count records and every kind of damage in ``counts``.
 
-    A corrupt gzip member does not end the file: reading resumes at the next gzip member, so one
-    bad record costs that record only (Common Crawl writes one gzip member per record).
+    Damage does not end the file: after a corrupt gzip member, a record larger than
+    ``max_record_bytes`` or one shorter than its Content-Length, reading resumes at the next gzip
+    member, so one bad record costs that record only (Common Crawl writes one gzip member per record).
+    A record's Content-Length is checked before its body is read, so a lie never inflates the rest
+    of the file into memory.
     """
+    marker = _record_marker(path)
     start: int | None = 0
     recovering = False
     records = 0  # counted here, added once: this loop runs for every record of the file
@@ -85,23 +95,29 @@ def iter_pages(path: str, counts: Counter) -> Iterator[Page]:
                     for record in ArchiveIterator(source, record_types=WarcRecordType.metadata, parse_http=False):
                         last_good, recovering = record.stream_pos, False
                         records += 1
+                        if record.content_length > max_record_bytes:
+                            counts["malformed_too_large"] += 1
+                            break
                         body = record.reader.read()
                         if len(body) < record.content_length:
+                            # A lying Content-Length reads on through the records behind it: resume.
                             counts["malformed_truncated"] += 1
+                            break
                         # Requests, non-HTML responses and WARC metadata (most records of a real
                         # WAT) cannot hold image links: they are read but not parsed, so damage is
                         # counted on HTML records.
-                        elif HTML_MARKER in body:
+                        if HTML_MARKER in body:
                             page = _page_of(body, record, counts)
                             if page is not None:
                                 yield page
-                start = None
+                    else:
+                        start = None
+                        continue
             except OSError:
                 # Restarts that fail before any record are the same damaged stretch: count it once.
                 counts["corrupt_gzip"] += not recovering
                 recovering = True
-                with open(path, "rb") as handle:
-                    start = _next_member(handle, last_good + 1)
+            start = _next_record(path, last_good + 1, marker)
     finally:
         counts["metadata_records"] += records
 
@@ -116,18 +132,25 @@ def _source(path: str, start: int) -> ContextManager:
     return handle
 
 
-def _next_member(handle: BinaryIO, offset: int) -> int | None:
-    """Offset of the next gzip member header at or after ``offset``, or None at end of file."""
-    handle.seek(offset)
-    carry = b""
-    position = offset
-    while chunk := handle.read(READ_CHUNK):
-        window = carry + chunk
-        found = window.find(GZIP_MAGIC)
-        if found >= 0:
-            return position - len(carry) + found
-        carry = window[-(len(GZIP_MAGIC) - 1):]
-        position += len(chunk)
+def _record_marker(path: str) -> bytes:
+    """The bytes a record starts with: its gzip member's header, or in an uncompressed file its version line."""
+    with open(path, "rb") as handle:
+        return WARC_MAGIC if handle.read(len(WARC_MAGIC)) == WARC_MAGIC else GZIP_MAGIC
+
+
+def _next_record(path: str, offset: int, marker: bytes) -> int | None:
+    """Offset of the next ``marker`` (a gzip member or record header) at or after ``offset``, or None."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        carry = b""
+        position = offset
+        while chunk := handle.read(READ_CHUNK):
+            window = carry + chunk
+            found = window.find(marker)
+            if found >= 0:
+                return position - len(carry) + found
+            carry = window[-(len(marker) - 1):]
+            position += len(chunk)
     return None
 
 
@@ -145,6 +168,9 @@ def _page_of(body: bytes, record, counts: Counter) -> Page | None:
         envelope = _decode_record(body).Envelope
         html = envelope.payload.response.html
         page_url = envelope.header.target_uri
+    except RecursionError:
+        counts["malformed_too_deep"] += 1
+        return None
     except (*_NOT_DECODED, AttributeError):
         return _page_of_any_shape(body, record, counts)
     if html is None or page_url.__class__ is not str or not page_url:
@@ -161,6 +187,9 @@ def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
         doc = _decode_any(body)
     except _NOT_DECODED:
         counts["malformed_invalid_json"] += 1
+        return None
+    except RecursionError:
+        counts["malformed_too_deep"] += 1
         return None
     try:
         envelope = doc["Envelope"]

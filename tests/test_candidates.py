@@ -1,6 +1,8 @@
 """The candidates stage and asset against a generated crawl whose every expected row is known."""
 
+import gzip
 import os
+import shutil
 from collections import Counter
 
 import dagster as dg
@@ -10,12 +12,22 @@ from cah_assets.candidates import candidates
 from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
-from cah_resources.candidates import SCHEMA, extract_pairs, label_pairs, output_paths, pair_uid
+from cah_resources.candidates import (
+    SCHEMA,
+    WatFileUnit,
+    extract_pairs,
+    extract_wat_file,
+    label_pairs,
+    output_paths,
+    pair_uid,
+    part_paths,
+    summarize_parts,
+)
+from cah_resources.common_crawl import CrawlSource
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.image_links import CandidateFilters
 from cah_resources.language import LanguageDetector
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
+from cah_resources.resources import CommonCrawl, StorageResource
 from cah_resources.segments import register_crawl
 
 
@@ -35,6 +47,29 @@ def test_each_wat_file_yields_exactly_the_generated_candidates_and_drop_counts(s
         table = label_pairs(pairs, rel, detector)
         assert _rows(table) == _truth(sample_crawl.candidates[rel])
         assert counts == sample_crawl.counts[rel]
+
+
+def _hostile_member(body: bytes, claimed: int) -> bytes:
+    head = f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: https://example.org/\r\nContent-Length: {claimed}\r\n"
+    return gzip.compress(head.encode() + b"\r\n" + body + b"\r\n\r\n")
+
+
+def test_too_deep_and_too_large_records_cost_only_themselves_in_a_wat_file(sample_crawl, data_root, tmp_path):
+    # A record nested 100k levels deep and one claiming 10^12 bytes, ahead of a whole generated WAT file.
+    rel = sample_crawl.wat_paths[0]
+    deep = b'{"HTML-Metadata":1,"Envelope":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    hostile = _hostile_member(deep, len(deep)) + _hostile_member(b'{"HTML-Metadata":1}', 10**12)
+    os.makedirs(os.path.dirname(tmp_path / "crawl" / rel))
+    with open(tmp_path / "crawl" / rel, "wb") as out, open(os.path.join(sample_crawl.root, rel), "rb") as wat:
+        out.write(hostile)
+        shutil.copyfileobj(wat, out)
+    unit = WatFileUnit("CC-MAIN-SAMPLE_00000", 0, rel, data_root, CrawlSource(base=str(tmp_path / "crawl")))
+    stats = extract_wat_file(unit)
+    table = data_root.read_parquet(part_paths(data_root, "CC-MAIN-SAMPLE_00000", 0)[0])
+    assert sorted(_rows(table)) == sorted(_truth(sample_crawl.candidates[rel]))
+    expected = sample_crawl.counts[rel] + Counter(metadata_records=2, malformed_too_deep=1, malformed_too_large=1)
+    assert {key: stats[key] for key in expected} == dict(expected)
+    assert summarize_parts([stats])["malformed_too_large"] == 1
 
 
 def test_languages_are_labelled_with_code_and_probability(sample_crawl):

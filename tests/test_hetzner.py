@@ -232,6 +232,24 @@ def test_tokens_are_never_in_reprs_or_messages():
         load_projects({})
 
 
+def test_tokens_separated_by_a_colon_are_never_echoed(api, tls, monkeypatch, capsys):
+    # What follows a ':' is read as a cap; with a colon between tokens it is the second token.
+    api.add_project(TOKEN_A)
+    monkeypatch.setenv("HCLOUD_TOKENS", f"{TOKEN_A}:{TOKEN_B}")
+    resource = HetznerFleet(
+        server_type="cx22", endpoint=api.endpoint, scheduler_address=SCHEDULER, tls_dir=str(tls), package=PACKAGE
+    )
+    with pytest.raises(FleetError, match="entry 1 of HCLOUD_TOKENS") as error:
+        resource.fleet()
+    assert fleet_main(["status", "--endpoint", api.endpoint]) == 2
+    out = capsys.readouterr()
+    assert "separate tokens with commas" in out.err
+    for token in (TOKEN_A, TOKEN_B):
+        assert token not in str(error.value) + out.out + out.err
+        assert token[:12] not in str(error.value) + out.out + out.err
+    assert api.requests == []
+
+
 def test_up_waits_for_workers_and_reports_which_joined(api, tls, tmp_path):
     api.add_project(TOKEN_A)
     with scheduler(tls, tmp_path) as address, cah_worker(address, "cah-001", tls, tmp_path):

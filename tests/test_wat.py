@@ -1,7 +1,11 @@
 """Reading WAT files: real Common Crawl framing, and damage that costs only the damaged record."""
 
 import gzip
+import json
 import os
+import subprocess
+import sys
+import zlib
 from collections import Counter
 
 from cah_resources.wat import iter_pages
@@ -95,3 +99,77 @@ def test_links_whose_fields_are_not_text_read_as_they_did(tmp_path):
         ("https://example.org/plain", [("a.jpg", "a red car")]),
     ]
     assert counts["malformed_link"] == 1 and counts["html_pages"] == 2
+
+
+def _record(body: bytes, claimed: int | None = None) -> bytes:
+    """One WARC metadata record, uncompressed, whose Content-Length may lie."""
+    length = len(body) if claimed is None else claimed
+    head = f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: https://example.org/\r\nContent-Length: {length}\r\n"
+    return head.encode() + b"\r\n" + body + b"\r\n\r\n"
+
+
+def test_json_nested_past_the_recursion_limit_is_counted_and_the_file_goes_on(tmp_path):
+    deep = []
+    for depth in (1_500, 100_000):
+        nested = ("[" * depth + "]" * depth).encode()
+        # Deep where the typed structs skip a field, and deep where only the generic path looks.
+        deep.append(_page("https://example.org/deep").replace(b'"Head":{}', b'"Head":{},"x":' + nested))
+        deep.append(b'{"HTML-Metadata":1,"Envelope":' + nested + b"}")
+    path = tmp_path / "deep.wat.gz"
+    path.write_bytes(
+        b"".join(_member(body) + _member(_page(f"https://example.org/{i}")) for i, body in enumerate(deep))
+    )
+    counts = Counter()
+    urls = [p.url for p in iter_pages(str(path), counts)]
+    assert urls == [f"https://example.org/{i}" for i in range(len(deep))]
+    assert counts["malformed_too_deep"] == len(deep) and counts["metadata_records"] == 2 * len(deep)
+
+
+def test_a_content_length_past_the_record_cap_costs_only_that_record(tmp_path):
+    path = tmp_path / "liar.wat.gz"
+    good = b"".join(gzip.compress(_record(_page(f"https://example.org/{i}"))) for i in range(1_000))
+    path.write_bytes(gzip.compress(_record(_page("https://example.org/liar"), claimed=10**12)) + good)
+    counts = Counter()
+    urls = [p.url for p in iter_pages(str(path), counts)]
+    assert urls == [f"https://example.org/{i}" for i in range(1_000)]
+    assert counts["malformed_too_large"] == 1 and counts["metadata_records"] == 1_001
+
+
+def test_a_content_length_under_the_cap_that_runs_past_the_end_costs_only_that_record(tmp_path):
+    # The lie reads on through every record behind it and ends short at the end of the file.
+    records = [_record(_page(f"https://example.org/{i}")) for i in range(200)]
+    records.insert(100, _record(_page("https://example.org/liar"), claimed=30 << 20))
+    for name, data in (("liar.wat.gz", b"".join(map(gzip.compress, records))), ("liar.wat", b"".join(records))):
+        (tmp_path / name).write_bytes(data)
+        counts = Counter()
+        urls = [p.url for p in iter_pages(str(tmp_path / name), counts)]
+        assert urls == [f"https://example.org/{i}" for i in range(200)], name
+        assert counts["malformed_truncated"] == 1, name
+
+
+def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_path):
+    # 256 MiB of body in one gzip member, under a 1 MiB cap: counted, never read, the next record read.
+    path = tmp_path / "bomb.wat.gz"
+    size = 256 << 20
+    with open(path, "wb") as handle:
+        deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+        handle.write(deflate.compress(_record(b"", claimed=size)[:-4]))
+        zeros = bytes(1 << 20)
+        handle.writelines(deflate.compress(zeros) for _ in range(size >> 20))
+        handle.write(deflate.compress(b"\r\n\r\n") + deflate.flush())
+        handle.write(_member(_page("https://example.org/after")))
+    probe = (
+        "import json, resource, sys; from collections import Counter; from cah_resources.wat import iter_pages\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "counts = Counter()\n"
+        "urls = [p.url for p in iter_pages(sys.argv[1], counts, max_record_bytes=int(sys.argv[2]))]\n"
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10\n"
+        "print(json.dumps([urls, counts, grown]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", probe, str(path), str(1 << 20)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    urls, counts, grown_mib = json.loads(done.stdout)
+    assert urls == ["https://example.org/after"] and counts["malformed_too_large"] == 1
+    assert grown_mib < 32  # peak RSS growth in MiB; reading the body would add 256
