@@ -21,6 +21,7 @@ from cah_resources.image_shards import (
     segment_folder,
     summarize_markers,
 )
+from cah_resources.redaction import redact_url
 from cah_resources.resizer import ResizeSettings
 from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
@@ -124,6 +125,6 @@ def describe(root: DataRoot, key: str) -> dict:
         "statuses": counts_table(totals["status_counts"], "status"),
         "shards": totals["shards"],
         "bytes_written": totals["bytes_written"],
-        "path": dg.MetadataValue.path(segment_folder(root, key)),
+        "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
         "sample": markdown_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }
