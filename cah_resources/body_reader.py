@@ -52,8 +52,11 @@ class _Zlib:
         self.gzip = coding == "gzip"
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzip else None
         self._head = b""
+        self._ended = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._ended:
+            return
         if self._inflater is None:  # deflate: the first two bytes say whether a zlib header wraps it
             data, self._head = self._head + data, b""
             if len(data) < 2:
@@ -67,9 +70,11 @@ class _Zlib:
             if out:
                 yield out
             if self._inflater.eof:
-                data = self._inflater.unused_data + data
-                if not (self.gzip and data):
-                    return  # bytes after the end of a deflate stream are ignored, as browsers do
+                data = self._inflater.unused_data  # every byte past the end; unconsumed_tail repeats some
+                if not (self.gzip and data.startswith(b"\x1f\x8b")):
+                    # Bytes after the end that start no gzip member are ignored, and not kept.
+                    self._ended = bool(data) and not (self.gzip and data == b"\x1f")
+                    return
                 self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
             elif not data and len(out) < DECODE_STEP:
                 return

@@ -75,7 +75,10 @@ def test_a_compression_bomb_is_too_large_after_little_memory(bombs, coding):
 
 def test_compressed_bodies_are_decoded_and_only_decodable_encodings_are_asked_for():
     image = bytes(range(256)) * 4_000
+    half = len(image) // 2
     bodies = {"gzip": ("gzip", zlib.compress(image, wbits=16 + zlib.MAX_WBITS)),
+              "gzip_members": ("gzip", b"".join(zlib.compress(part, wbits=16 + zlib.MAX_WBITS)
+                                                for part in (image[:half], image[half:]))),
               "deflate": ("deflate", zlib.compress(image)),
               "raw_deflate": ("deflate", zlib.compress(image, wbits=-zlib.MAX_WBITS)),
               "br": ("br", brotli.compress(image)),
