@@ -169,8 +169,8 @@ def test_numeric_host_forms_that_are_not_canonical_ip_literals_are_refused_witho
     port = listener.port
     hosts = ["2130706433", "0177.0.0.1", "0x7f.1", "127.1", "2852039166", "0x7f000001", "127.0.0.01", "images.0x1f"]
     try:
-        results = _fetch_all([f"http://{host}:{port}/a.jpg" for host in hosts],
-                             FetchSettings(allowed_networks=allowed, connect_timeout=2, read_timeout=2, total_timeout=4))
+        settings = FetchSettings(allowed_networks=allowed, connect_timeout=2, read_timeout=2, total_timeout=4)
+        results = _fetch_all([f"http://{host}:{port}/a.jpg" for host in hosts], settings)
         assert [r.status for r in results] == ["blocked_address"] * len(hosts)
         assert all("not a canonical host name or IP address" in r.error_message for r in results)
         assert listener.connections() == 0
@@ -178,7 +178,7 @@ def test_numeric_host_forms_that_are_not_canonical_ip_literals_are_refused_witho
         listener.close()
 
 
-@pytest.mark.parametrize("host", ["images.example.com", "bücher.de", "xn--bcher-kva.de", "cdn_1.example.net", "localhost",
-                                  "example.com.", "8.8.8.8", "[2606:4700:4700::1111]"])
+@pytest.mark.parametrize("host", ["images.example.com", "bücher.de", "xn--bcher-kva.de", "cdn_1.example.net",
+                                  "localhost", "example.com.", "8.8.8.8", "[2606:4700:4700::1111]"])
 def test_dns_names_and_canonical_ip_literals_pass_the_literal_check(host):
     AddressPolicy().check_literal_host(host)
