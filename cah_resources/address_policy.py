@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from typing import Iterable
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,6 +19,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # IPv6-only networks reach IPv4 hosts through NAT64 (RFC 6052); those addresses carry a public
 # IPv4 address in their last 32 bits and must be judged by it, not refused as "reserved".
 NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+# A DNS name as resolvers take it: letters, digits and hyphens (underscores too, which real
+# hostnames carry and no address parser reads as a number), at most 63 per label and 253 in all.
+# The last label starts with a letter, as every top-level domain does: a name ending in a number
+# ("127.1", "0x7f.1", "2130706433") is an IPv4 address to inet_aton and to some URL parsers.
+_DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*[a-z](?:[a-z0-9_-]{{0,61}}[a-z0-9_])?\.?", re.IGNORECASE)
+NOT_CANONICAL = "not a canonical host name or IP address"
 
 
 class BlockedAddressError(ConnectionRefusedError):
@@ -93,27 +102,43 @@ class AddressPolicy:
         return blocked_reason(ip)
 
     def check_literal_host(self, host: str) -> None:
-        """Raise BlockedAddressError when ``host`` is an IP literal the policy refuses.
+        """Raise BlockedAddressError when ``host`` is an IP literal the policy refuses, or no
+        canonical host at all.
 
         aiohttp hands IP literals straight to ``connect`` without asking the resolver, so they
-        must be judged here, for the first URL and for every redirect target.
+        must be judged here, for the first URL and for every redirect target. A host that is
+        neither a DNS name nor a canonical IP literal (``0177.0.0.1``, ``2130706433``) is refused
+        whatever the HTTP library would make of it: some read such forms as addresses.
         """
-        bare = host.strip("[]")
-        if ":" not in bare and not bare.replace(".", "").isdigit():
-            return  # a name: the resolver judges what it resolves to
-        reason = _literal_refusal(self, bare)
+        reason = _literal_refusal(self, host)
         if reason is not None:
-            raise BlockedAddressError(host, bare, reason)
+            raise BlockedAddressError(host, host.strip("[]"), reason)
 
 
 @functools.lru_cache(maxsize=65_536)
 def _literal_refusal(policy: AddressPolicy, host: str) -> str | None:
     # Every hop of every URL asks; a shard meets the same few thousand hosts again and again.
+    bare = host.strip("[]")
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare.split("%", 1)[0])
+        except ValueError:
+            return NOT_CANONICAL
+        return policy.refusal(bare)
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ipaddress.IPv4Address(bare)  # dotted decimal only: no octal, hex, short or integer forms
     except ValueError:
-        return None
-    return policy.refusal(host)
+        pass
+    else:
+        return policy.refusal(bare)
+    if not bare.isascii():
+        try:  # an internationalized name is dialled as its punycode form; judge that one
+            bare = URL.build(scheme="http", host=bare).raw_host or ""
+        except (ValueError, UnicodeError):
+            return NOT_CANONICAL
+    if len(bare) > 254 or not _DNS_NAME.fullmatch(bare):
+        return NOT_CANONICAL
+    return None  # a name: the resolver judges what it resolves to
 
 
 class GuardedResolver(AbstractResolver):

@@ -12,6 +12,7 @@ import aiohttp
 from yarl import URL
 
 from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
+from cah_resources.body_reader import REQUEST_OPTIONS, read_body
 
 DEFAULT_USER_AGENT = (
     "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
@@ -130,7 +131,10 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
         return Fetched("connection_error", error_message=_one_line(exc), final_url=url, transient=True)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return Fetched("bad_response", error_message=_one_line(exc), final_url=url)
+        # A response that does not parse; aiohttp has closed its connection. On a reused connection
+        # it is often the tail of the previous response, sent past its Content-Length: a retry goes
+        # out on a fresh connection and gets the URL's own answer.
+        return Fetched("bad_response", error_message=_one_line(exc), final_url=url, transient=True)
     return Fetched("error", error_message=_one_line(exc), final_url=url)
 
 
@@ -252,7 +256,7 @@ class Downloader:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
             self.policy.check_literal_host(current.host)
             visited.add(str(current))
-            async with self._session.get(current, allow_redirects=False) as response:
+            async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:
@@ -291,15 +295,5 @@ class Downloader:
                                       s.disallowed_robots_directives)
             if refusal is not None:
                 return Fetched("robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url)
-        declared = response.content_length
-        if declared is not None and declared > s.max_body_bytes:
-            return Fetched("too_large", http_status=code, final_url=url,
-                           error_message=f"Content-Length {declared} is over the {s.max_body_bytes} byte limit")
-        chunks, size = [], 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > s.max_body_bytes:
-                return Fetched("too_large", http_status=code, final_url=url,
-                               error_message=f"body passed the {s.max_body_bytes} byte limit")
-            chunks.append(chunk)
-        return Fetched("fetched", body=b"".join(chunks), http_status=code, final_url=url)
+        body = await read_body(response, s.max_body_bytes)
+        return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cah_resources.body_reader import body_budget
 from cah_resources.downloader import Downloader, Fetched, FetchSettings
 from cah_resources.image_pool import ImageWorkers
 from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size
@@ -147,67 +148,134 @@ def _outcome_fields(fetched: Fetched, image: ImageOutcome | None) -> dict[str, A
 
 
 class BodyBacklog:
-    """Bytes a shard task holds for downloads not yet through the image workers.
+    """Bytes a shard task holds in bodies: downloading, waiting for the image workers, or in them.
 
-    A download claims the mean body size so far when it starts, its body's size once that
-    arrives, and nothing once its image is done. A new download starts only while the claims
-    stay under the limit (or none is held), so memory is bounded however far the network runs
-    ahead of the image work.
+    A download claims the mean body size so far when it starts; as its body arrives the claim grows
+    to the bytes held (to the whole Content-Length at once when one is given), and it is given back
+    when the image is done. A claim grows, and a new download starts, only while the claims stay
+    under the limit; otherwise it waits, its connection paused, for images to finish. Growing bodies
+    go before new downloads. When every claim is a download waiting to grow, nothing would ever free
+    room: the first of them then grows alone past the limit, by at most one body, so memory stays
+    within the limit plus one body however far the network runs ahead of the image work.
     """
 
     def __init__(self, limit: int, first_guess: int = 100_000) -> None:
         self.limit, self.claimed = limit, 0
         self._bodies, self._body_bytes, self._first_guess = 0, 0, first_guess
-        self._changed = asyncio.Condition()
-        self._waiting = 0
+        self._holders = 0
+        self._growers: deque[tuple[BodyClaim, int, asyncio.Future]] = deque()
+        self._starters: deque[asyncio.Future] = deque()
+        self._unbounded: BodyClaim | None = None
 
     def _guess(self) -> int:
         return self._body_bytes // self._bodies if self._bodies else self._first_guess
 
-    def _has_room(self) -> bool:
-        return self.claimed == 0 or self.claimed + self._guess() <= self.limit
+    def _fits(self, extra: int) -> bool:
+        return self.claimed == 0 or self.claimed + extra <= self.limit
 
     async def claim(self) -> BodyClaim:
         """Wait for room, then claim the expected size of one more download."""
-        if not self._has_room():
-            async with self._changed:
-                self._waiting += 1
-                try:
-                    await self._changed.wait_for(self._has_room)
-                finally:
-                    self._waiting -= 1
-        return BodyClaim(self, self._guess())
+        if not self._growers and not self._starters and self._fits(self._guess()):
+            return BodyClaim(self, self._guess())
+        granted = asyncio.get_running_loop().create_future()
+        self._starters.append(granted)
+        try:
+            return await granted
+        except asyncio.CancelledError:
+            self._forget(self._starters, granted)
+            raise
 
-    def _resize(self, claim: BodyClaim, size: int) -> None:
+    async def _grow(self, claim: BodyClaim, total: int) -> None:
+        if total <= claim.size:
+            return
+        if claim is self._unbounded or (not self._growers and self._fits(total - claim.size)):
+            self._resize(claim, total)
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._growers.append((claim, total, granted))
+        self._wake()
+        try:
+            await granted
+        except asyncio.CancelledError:
+            self._forget(self._growers, granted)
+            raise
+
+    def _forget(self, queue: deque, granted: asyncio.Future) -> None:
+        if granted.done() and not granted.cancelled():  # granted just as it was cancelled: give it back
+            result = granted.result()
+            if isinstance(result, BodyClaim):
+                result._drop()
+        for entry in list(queue):
+            if entry is granted or (isinstance(entry, tuple) and entry[2] is granted):
+                queue.remove(entry)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._growers:
+            claim, total, granted = self._growers[0]
+            if granted.done():  # cancelled; _forget takes it out
+                self._growers.popleft()
+                continue
+            stuck = self._unbounded is None and len(self._growers) == self._holders
+            if not (self._fits(total - claim.size) or stuck):
+                break
+            self._growers.popleft()
+            if not self._fits(total - claim.size):
+                self._unbounded = claim  # grows to its end alone: one body past the limit at most
+            self._resize(claim, total, wake=False)
+            granted.set_result(None)
+        while not self._growers and self._starters and self._fits(self._guess()):
+            granted = self._starters.popleft()
+            if not granted.done():
+                granted.set_result(BodyClaim(self, self._guess()))
+
+    def _resize(self, claim: BodyClaim, size: int, wake: bool = True) -> None:
+        shrinks = size < claim.size
         self.claimed += size - claim.size
         claim.size = size
+        if shrinks and wake:
+            self._wake()
 
     def _body_arrived(self, claim: BodyClaim, size: int) -> None:
         self._bodies, self._body_bytes = self._bodies + 1, self._body_bytes + size
         self._resize(claim, size)
 
-    async def _release(self, claim: BodyClaim) -> None:
-        self._resize(claim, 0)
-        if self._waiting:
-            async with self._changed:
-                self._changed.notify_all()
+    def _release(self, claim: BodyClaim) -> None:
+        self._holders -= 1
+        if self._unbounded is claim:
+            self._unbounded = None
+        self._resize(claim, 0, wake=False)
+        self._wake()
 
 
 class BodyClaim:
-    """One download's share of the backlog; ``async with`` it to give it back when the image is done."""
+    """One download's share of the backlog; ``async with`` it to give it back when the image is done.
+
+    The body reader grows it through ``reserve`` (it is the download's ``body_budget``).
+    """
 
     def __init__(self, backlog: BodyBacklog, size: int) -> None:
-        self.backlog, self.size = backlog, 0
-        backlog._resize(self, size)
+        self.backlog, self.size, self._held = backlog, 0, True
+        backlog._holders += 1
+        backlog._resize(self, size, wake=False)
+
+    async def reserve(self, total: int) -> None:
+        """Return once ``total`` bytes of body may be held, waiting for room if needed."""
+        await self.backlog._grow(self, total)
 
     def body_arrived(self, size: int) -> None:
         self.backlog._body_arrived(self, size)
+
+    def _drop(self) -> None:
+        if self._held:
+            self._held = False
+            self.backlog._release(self)
 
     async def __aenter__(self) -> BodyClaim:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.backlog._release(self)
+        self._drop()
 
 
 async def _download_rows(
@@ -222,7 +290,11 @@ async def _download_rows(
             async with claim:
                 # Network slots are held by the download itself (fetch): a body waiting for an
                 # image worker does not keep the next URL (maybe a slow host) from starting.
-                fetched = await downloader.fetch(row["url"])
+                reading_into = body_budget.set(claim)  # bodies count against the backlog as they arrive
+                try:
+                    fetched = await downloader.fetch(row["url"])
+                finally:
+                    body_budget.reset(reading_into)
                 if fetched.body is not None:
                     totals["bytes_fetched"] += len(fetched.body)
                     claim.body_arrived(len(fetched.body))

@@ -161,3 +161,24 @@ def test_allowing_a_range_lets_the_downloader_reach_it():
         (fetched,) = _fetch_all([url], FetchSettings(allowed_networks=("127.0.0.0/8",), total_timeout=4))
     assert refused.status == "blocked_address"
     assert fetched.status == "fetched" and fetched.body == web.body("jpeg", 0)
+
+
+@pytest.mark.parametrize("allowed", [(), ("127.0.0.0/8", "169.254.0.0/16")])
+def test_numeric_host_forms_that_are_not_canonical_ip_literals_are_refused_without_connecting(allowed):
+    listener = CountingListener()
+    port = listener.port
+    hosts = ["2130706433", "0177.0.0.1", "0x7f.1", "127.1", "2852039166", "0x7f000001", "127.0.0.01", "images.0x1f"]
+    try:
+        settings = FetchSettings(allowed_networks=allowed, connect_timeout=2, read_timeout=2, total_timeout=4)
+        results = _fetch_all([f"http://{host}:{port}/a.jpg" for host in hosts], settings)
+        assert [r.status for r in results] == ["blocked_address"] * len(hosts)
+        assert all("not a canonical host name or IP address" in r.error_message for r in results)
+        assert listener.connections() == 0
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("host", ["images.example.com", "bücher.de", "xn--bcher-kva.de", "cdn_1.example.net",
+                                  "localhost", "example.com.", "8.8.8.8", "[2606:4700:4700::1111]"])
+def test_dns_names_and_canonical_ip_literals_pass_the_literal_check(host):
+    AddressPolicy().check_literal_host(host)

@@ -41,6 +41,7 @@ from tests.hostile_images import (
     jpeg_with_bogus_exif_tags,
     progressive_jpeg_with_repeated_scans,
 )
+from hostile_peers import RawServer, read_request, response_head
 
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(
@@ -412,3 +413,80 @@ def test_an_image_full_of_bogus_exif_tags_prints_no_warnings_and_is_counted(web,
     assert done.stderr.splitlines() == []  # the run's and its image worker's, which writes to the same stderr
     assert int(done.stdout.split()[-1]) > 5000
     assert [r["status"] for r in all_rows(root, SEGMENT)] == ["ok"] * 3
+
+
+BIG_BODY = 19_000_000
+# Peak RSS from the kernel's high-water mark, reset first (ru_maxrss would count the forked parent).
+RSS_CHILD = textwrap.dedent("""
+    import json, sys
+    import psutil
+    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
+    from cah_resources.storage import DataRoot
+    from cah_resources.downloader import FetchSettings
+    settings = ShardSettings(
+        fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), concurrency=64, per_host_connections=64,
+                            connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000),
+        image_backlog_bytes=int(sys.argv[2]), shard_size=1000)
+    (unit,) = plan_shards(DataRoot(sys.argv[1]), "CC-MAIN-TEST_00000", settings.shard_size)
+    with open("/proc/self/clear_refs", "w") as reset:
+        reset.write("5")
+    before = psutil.Process().memory_info().rss
+    marker = download_shard(unit, settings)
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"growth": peak - before, "statuses": marker["status_counts"]}))
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads Linux's peak RSS")
+def test_bodies_still_downloading_count_against_the_backlog(tmp_path):
+    body = os.urandom(BIG_BODY)
+
+    async def big_bodies(reader, writer):  # even paths say Content-Length, odd ones end at close
+        while (line := await read_request(reader)) is not None:
+            declared = int(line.split()[1].strip("/").split(".")[0]) % 2 == 0
+            headers = {"Content_Length": len(body)} if declared else {"Connection": "close"}
+            writer.write(response_head(Content_Type="image/jpeg", **headers) + body)
+            await writer.drain()
+            if not declared:
+                return
+
+    backlog = 32_000_000
+    with RawServer(big_bodies) as server:
+        root = DataRoot(str(tmp_path / "data"))
+        urls = [LocalUrl(server.url(f"/{n}.jpg"), "big", "not_an_image") for n in range(40)]
+        write_candidates(root, SEGMENT, urls)
+        done = subprocess.run([sys.executable, "-c", RSS_CHILD, root.url, str(backlog)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["statuses"] == {"not_an_image": 40}
+    # The bound README.md states (Stage 2): backlog + (image_processes + 3) bodies of max_body_bytes
+    # + 64 MB + 0.5 MB per connection; here 208 MB, where 40 bodies at once were 760 MB (1.16 GB of RSS).
+    settings = ShardSettings()
+    bound = backlog + (settings.image_processes + 3) * 20_000_000 + 64_000_000 + 64 * 500_000
+    assert result["growth"] <= bound, result
+
+
+def test_when_every_download_waits_to_grow_the_first_grows_alone_past_the_backlog():
+    async def scenario() -> list[str]:
+        backlog, seen = BodyBacklog(limit=100, first_guess=10), []
+        first, second = await backlog.claim(), await backlog.claim()
+        await first.reserve(60)
+        await second.reserve(40)  # 100 of 100 held by two bodies still downloading
+
+        async def grow(name: str, claim, total: int) -> None:
+            await claim.reserve(total)
+            seen.append(f"{name} grew")
+            claim.body_arrived(total)
+
+        async with first, second:
+            growing = [asyncio.create_task(grow("first", first, 90)), asyncio.create_task(grow("second", second, 50))]
+            await asyncio.sleep(0.05)
+            assert seen == ["first grew"]  # nothing else could free room: it goes on alone
+            first.body_arrived(90)
+            await first.__aexit__(None, None, None)  # its image is done
+            await asyncio.wait_for(asyncio.gather(*growing), 5)
+        return seen
+
+    assert asyncio.run(scenario()) == ["first grew", "second grew"]

@@ -1,0 +1,127 @@
+"""The downloader against hostile servers on raw loopback sockets: compression bombs and framing lies."""
+
+import asyncio
+import gc
+import tracemalloc
+import zlib
+
+import brotli
+import pytest
+from hostile_peers import RawServer, read_request, response_head
+
+from cah_resources.body_reader import ENCODINGS
+from cah_resources.downloader import Downloader, FetchSettings
+
+LOOPBACK = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=2, total_timeout=20,
+                retries=1, retry_backoff=0.05)
+INFLATED = 300_000_000  # what each bomb inflates to; the cap below is 1 MB
+
+
+def fetch_all(urls, settings):
+    async def run():
+        async with Downloader(settings) as downloader:
+            return await asyncio.gather(*(downloader.fetch(url) for url in urls))
+
+    return asyncio.run(run())
+
+
+def _compress(coding: str, size: int) -> bytes:
+    if coding == "br":
+        return brotli.compress(b"\0" * size, quality=5)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS)
+    zeros = b"\0" * 1_000_000
+    return b"".join(packer.compress(zeros) for _ in range(size // len(zeros))) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def bombs():
+    return {coding: _compress(coding, INFLATED) for coding in ("gzip", "deflate", "br")}
+
+
+def serve_encoded(bodies: dict[str, tuple[str, bytes]], seen_headers: list[bytes] | None = None):
+    """A server answering /<name> with ``bodies[name]`` = (Content-Encoding, bytes), keeping connections open."""
+
+    async def handler(reader, writer):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            if seen_headers is not None:
+                seen_headers.append(head)
+            name = head.split(b" ", 2)[1].decode().lstrip("/")
+            coding, body = bodies[name]
+            writer.write(response_head(Content_Type="image/jpeg", Content_Encoding=coding, Content_Length=len(body)))
+            writer.write(body)
+            await writer.drain()
+
+    return RawServer(handler)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+def test_a_compression_bomb_is_too_large_after_little_memory(bombs, coding):
+    with serve_encoded({"bomb": (coding, bombs[coding])}) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            (result,) = fetch_all([server.url("/bomb")], FetchSettings(**LOOPBACK, max_body_bytes=1_000_000))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.status == "too_large"
+    assert "1000000 byte limit" in result.error_message
+    assert peak < 16_000_000  # against 300 MB inflated: the cap, one decode step and the raw chunks
+
+
+def test_compressed_bodies_are_decoded_and_only_decodable_encodings_are_asked_for():
+    image = bytes(range(256)) * 4_000
+    half = len(image) // 2
+    bodies = {"gzip": ("gzip", zlib.compress(image, wbits=16 + zlib.MAX_WBITS)),
+              "gzip_members": ("gzip", b"".join(zlib.compress(part, wbits=16 + zlib.MAX_WBITS)
+                                                for part in (image[:half], image[half:]))),
+              "deflate": ("deflate", zlib.compress(image)),
+              "raw_deflate": ("deflate", zlib.compress(image, wbits=-zlib.MAX_WBITS)),
+              "br": ("br", brotli.compress(image)),
+              "plain": ("identity", image)}
+    seen: list[bytes] = []
+    with serve_encoded(bodies, seen) as server:
+        results = fetch_all([server.url(f"/{name}") for name in bodies], FetchSettings(**LOOPBACK))
+    assert [r.status for r in results] == ["fetched"] * len(bodies)
+    assert all(r.body == image for r in results)
+    asked = {line.split(b":", 1)[1].strip() for head in seen for line in head.split(b"\r\n")
+             if line.lower().startswith(b"accept-encoding:")}
+    assert asked == {", ".join(ENCODINGS).encode()} and ENCODINGS == ("gzip", "deflate", "br")
+
+
+def test_an_unknown_or_stacked_content_encoding_gets_its_own_status():
+    bodies = {"zstd": ("zstd", b"\x28\xb5\x2f\xfd" + b"\0" * 20_000), "stacked": ("gzip, br", b"\0" * 20_000),
+              "corrupt": ("gzip", b"\x1f\x8b\x08\x00" + b"\xff" * 20_000)}
+    with serve_encoded(bodies) as server:
+        results = fetch_all([server.url(f"/{name}") for name in bodies], FetchSettings(**LOOPBACK))
+    assert [r.status for r in results] == ["unsupported_encoding", "unsupported_encoding", "bad_encoding"]
+    assert "'zstd' was not asked for" in results[0].error_message
+    assert all(r.body is None for r in results)
+
+
+def test_a_content_length_lie_does_not_poison_the_next_response_on_that_connection():
+    async def liar(reader, writer):
+        while (line := await read_request(reader)) is not None:
+            path = line.split()[1]
+            if path == "/lie":  # says 100 bytes, sends 10 MB, then reads the next request as if all was well
+                writer.write(response_head(Content_Length=100) + b"a" * 100)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(response_head(Content_Length=8) + b"INJECTED" + b"x" * 10_000_000)
+            else:
+                body = f"the body of {path}".encode()
+                writer.write(response_head(Content_Length=len(body)) + body)
+            await writer.drain()
+
+    with RawServer(liar) as server:
+        settings = FetchSettings(**{**LOOPBACK, "per_host_connections": 1, "concurrency": 1})
+        lie, following, third = fetch_all([server.url(p) for p in ("/lie", "/next", "/third")], settings)
+        connections = server.connections
+    assert lie.status == "fetched" and lie.body == b"a" * 100
+    assert (following.status, following.body) == ("fetched", b"the body of /next")
+    assert (third.status, third.body) == ("fetched", b"the body of /third")
+    assert connections >= 2  # the liar's connection was dropped, not handed to /next
