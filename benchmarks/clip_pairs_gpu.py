@@ -118,7 +118,9 @@ def _write_shard(job: tuple[str, int, list[str], int]) -> int:
     return len(samples)
 
 
-def make_shards(work: Path, images: int, shard_size: int, sizes: tuple[tuple[int, int], ...], procs: int) -> dict[str, Any]:
+def make_shards(
+    work: Path, images: int, shard_size: int, sizes: tuple[tuple[int, int], ...], procs: int
+) -> dict[str, Any]:
     """Tar + parquet image shards of web-photo-sized JPEGs, in parallel; returns what was made."""
     started = time.perf_counter()
     shutil.rmtree(work, ignore_errors=True)
@@ -148,14 +150,18 @@ def make_shards(work: Path, images: int, shard_size: int, sizes: tuple[tuple[int
         "jpeg_bytes": sum(len(photos[p]) for p in picks),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    say(f"inputs: {written} JPEGs ({made['mean_megapixels']} MP mean, {made['jpeg_bytes'] / 1e9:.2f} GB) in "
-        f"{len(shard_jobs)} shard(s), made in {made['seconds']}s")
+    say(
+        f"inputs: {written} JPEGs ({made['mean_megapixels']} MP mean, {made['jpeg_bytes'] / 1e9:.2f} GB) in "
+        f"{len(shard_jobs)} shard(s), made in {made['seconds']}s"
+    )
     return made
 
 
 def units_of(work: Path) -> list[ClipPairsUnit]:
     root = DataRoot(str(work))
-    return [ClipPairsUnit(root, SEGMENT, shard) for shard in clip_pairs._shards_with_marker(root, "image_shards", SEGMENT)]
+    return [
+        ClipPairsUnit(root, SEGMENT, shard) for shard in clip_pairs._shards_with_marker(root, "image_shards", SEGMENT)
+    ]
 
 
 def sample_inputs(unit: ClipPairsUnit, limit: int) -> tuple[list[bytes], list[str]]:
@@ -206,15 +212,21 @@ def model_only(args: argparse.Namespace, specs: list[ClipModelSpec], texts: list
                     text_s = timed(args.device, functools.partial(encode_text, model, tokens), args.iters, warmups)
                     both_s = timed(args.device, functools.partial(loaded.embed, pixels, tokens), args.iters, warmups)
                 row = {
-                    "model": spec.label, "precision": precision, "batch": batch, "tokens": tokens.shape[1],
+                    "model": spec.label,
+                    "precision": precision,
+                    "batch": batch,
+                    "tokens": tokens.shape[1],
                     "image_tower_images_per_s": round(batch / image_s, 1),
                     "text_tower_texts_per_s": round(batch / text_s, 1),
                     "both_pairs_per_s": round(batch / both_s, 1),
                 }
                 rows.append(row)
-                say(f"model-only {spec.label} {precision} batch {batch:5d}: image tower "
-                    f"{row['image_tower_images_per_s']:10.1f} images/s, text tower {row['text_tower_texts_per_s']:10.1f}/s, "
-                    f"both {row['both_pairs_per_s']:10.1f} pairs/s")
+                say(
+                    f"model-only {spec.label} {precision} batch {batch:5d}: image tower "
+                    f"{row['image_tower_images_per_s']:10.1f} images/s, "
+                    f"text tower {row['text_tower_texts_per_s']:10.1f}/s, "
+                    f"both {row['both_pairs_per_s']:10.1f} pairs/s"
+                )
     return {"status": "done", "rows": rows, "skipped": skipped}
 
 
@@ -248,12 +260,21 @@ def score_all(units: list[ClipPairsUnit], settings: ScoringSettings, oom: OomCou
     rows = sum(s["pairs"] for s in summaries)
     scored = sum(sum(s["scored"].values()) for s in summaries)
     run = {
-        "decode": settings.decode, "decode_workers": settings.decode_workers, "batch": settings.batch_size,
-        "precision": summaries[0]["precision"], "device": summaries[0]["device"],
-        "rows": rows, "scored": scored, "every_row_scored": rows == scored and rows > 0,
-        "not_scored": {k: sum(s["not_scored"].get(k, 0) for s in summaries) for s in summaries for k in s["not_scored"]},
-        "seconds": round(seconds, 3), "images_per_s": round(scored / seconds, 1),
-        "oom_halvings": len(oom.messages) - heard, "oom_messages": oom.messages[heard:][:5],
+        "decode": settings.decode,
+        "decode_workers": settings.decode_workers,
+        "batch": settings.batch_size,
+        "precision": summaries[0]["precision"],
+        "device": summaries[0]["device"],
+        "rows": rows,
+        "scored": scored,
+        "every_row_scored": rows == scored and rows > 0,
+        "not_scored": {
+            k: sum(s["not_scored"].get(k, 0) for s in summaries) for s in summaries for k in s["not_scored"]
+        },
+        "seconds": round(seconds, 3),
+        "images_per_s": round(scored / seconds, 1),
+        "oom_halvings": len(oom.messages) - heard,
+        "oom_messages": oom.messages[heard:][:5],
     }
     if device == "cuda":
         run["gpu_allocated_before_bytes"] = before
@@ -322,9 +343,15 @@ def profile_one_shard(unit: ClipPairsUnit, settings: ScoringSettings, out: Path,
             u()
     wall = time.perf_counter() - started
     averages = prof.key_averages()
-    sort = "self_cuda_time_total" if settings.device == "cuda" else "self_cpu_time_total"
     path = out / f"profile_{name}.txt"
-    path.write_text(averages.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    # torch renamed the cuda columns to device ones; take the first spelling this torch knows.
+    sorts = ("self_device_time_total", "self_cuda_time_total") if settings.device == "cuda" else ()
+    for sort in (*sorts, "self_cpu_time_total"):
+        try:
+            path.write_text(averages.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
 
     def device_us(event: Any) -> float:
         return float(getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0) or 0)
@@ -335,13 +362,17 @@ def profile_one_shard(unit: ClipPairsUnit, settings: ScoringSettings, out: Path,
             summary[label] = {"calls": calls, "thread_s": round(seconds, 3)}
     for event in averages:
         if event.key in summary:
-            summary[event.key].update(profiler_cpu_ms=round(event.cpu_time_total / 1e3, 1),
-                                      profiler_device_ms=round(device_us(event) / 1e3, 1))
+            summary[event.key].update(
+                profiler_cpu_ms=round(event.cpu_time_total / 1e3, 1),
+                profiler_device_ms=round(device_us(event) / 1e3, 1),
+            )
     h2d = [e for e in averages if "Memcpy HtoD" in e.key]
     if h2d:
         summary["memcpy_htod_device_ms"] = round(sum(device_us(e) for e in h2d) / 1e3, 1)
-    say(f"profile {name}: {wall:.2f}s wall; " + ", ".join(
-        f"{k} {v['thread_s']}s/{v['calls']} calls" for k, v in summary.items() if k.startswith("cah.")))
+    say(
+        f"profile {name}: {wall:.2f}s wall; "
+        + ", ".join(f"{k} {v['thread_s']}s/{v['calls']} calls" for k, v in summary.items() if k.startswith("cah."))
+    )
     return summary
 
 
@@ -374,8 +405,11 @@ def components(args: argparse.Namespace, loaded: LoadedClip, jpegs: list[bytes],
 
         def gpu_decode_only() -> None:
             for chunk in chunks:
-                decode_jpeg([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in chunk],
-                            mode=ImageReadMode.RGB, device="cuda")
+                decode_jpeg(
+                    [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in chunk],
+                    mode=ImageReadMode.RGB,
+                    device="cuda",
+                )
 
         result["decode_gpu_nvjpeg_images_per_s"] = round(len(jpegs) / timed("cuda", gpu_decode_only, 1), 1)
         result["decode_gpu_plus_resize_images_per_s"] = round(len(jpegs) / timed("cuda", gpu_decode, 1), 1)
@@ -389,8 +423,14 @@ def components(args: argparse.Namespace, loaded: LoadedClip, jpegs: list[bytes],
     return result
 
 
-def end_to_end(args: argparse.Namespace, settings_for: Callable[..., ScoringSettings], units: list[ClipPairsUnit],
-               oom: OomCounter, model_rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+def end_to_end(
+    args: argparse.Namespace,
+    settings_for: Callable[..., ScoringSettings],
+    units: list[ClipPairsUnit],
+    oom: OomCounter,
+    model_rows: list[dict[str, Any]],
+    out: Path,
+) -> dict[str, Any]:
     gpu = args.device == "cuda"
     modes = [("gpu_decode" if gpu else "torch_decode_on_cpu", "torch", 4), ("cpu_decode", "pil", args.cpu_workers)]
     notes = []
@@ -406,7 +446,11 @@ def end_to_end(args: argparse.Namespace, settings_for: Callable[..., ScoringSett
             for name, decode, workers in modes:
                 if name == "cpu_decode" and batch != args.e2e_batches[0]:
                     continue
-                run = {"mode": name, "round": round_ + 1, **score_all(units, settings_for(decode=decode, decode_workers=workers, batch_size=batch), oom)}
+                run = {
+                    "mode": name,
+                    "round": round_ + 1,
+                    **score_all(units, settings_for(decode=decode, decode_workers=workers, batch_size=batch), oom),
+                }
                 same = [r for r in model_rows if r["model"] == label and r["precision"] == run["precision"]]
                 # The model-only row at the same batch, else the nearest batch measured.
                 model = min(same, key=lambda r: abs(r["batch"] - batch), default=None)
@@ -415,9 +459,12 @@ def end_to_end(args: argparse.Namespace, settings_for: Callable[..., ScoringSett
                     run["model_only_batch"] = model["batch"]
                     run["ratio_to_model_only"] = round(run["images_per_s"] / model["both_pairs_per_s"], 3)
                 runs.append(run)
-                say(f"end-to-end {name:20s} batch {batch:5d} round {round_ + 1}: {run['images_per_s']:9.1f} images/s, "
+                say(
+                    f"end-to-end {name:20s} batch {batch:5d} round {round_ + 1}: {run['images_per_s']:9.1f} images/s, "
                     f"{run['scored']}/{run['rows']} rows scored, ratio to model-only {run.get('ratio_to_model_only')}, "
-                    f"peak GPU {run.get('peak_gpu_allocated_bytes', 0) / 2**30:.2f} GiB, OOM halvings {run['oom_halvings']}")
+                    f"peak GPU {run.get('peak_gpu_allocated_bytes', 0) / 2**30:.2f} GiB, "
+                    f"OOM halvings {run['oom_halvings']}"
+                )
     best: dict[str, Any] = {}
     for run in runs:
         key = f"{run['mode']}_batch{run['batch']}"
@@ -425,20 +472,33 @@ def end_to_end(args: argparse.Namespace, settings_for: Callable[..., ScoringSett
             best[key] = run
     profiles = {}
     for name, decode, workers in modes:
-        profiles[name] = profile_one_shard(units[0], settings_for(decode=decode, decode_workers=workers,
-                                                                  batch_size=args.e2e_batches[0]), out, name)
+        profiles[name] = profile_one_shard(
+            units[0], settings_for(decode=decode, decode_workers=workers, batch_size=args.e2e_batches[0]), out, name
+        )
     loaded = load_clip(settings_for().models["en"], args.device, settings_for().precision)
     jpegs, texts = sample_inputs(units[0], args.component_images)
     parts = components(args, loaded, jpegs, texts)
-    return {"status": "done", "runs": runs, "best": best, "profiles": profiles, "components": parts, "skipped": notes,
-            "every_run_scored_every_row": all(r["every_row_scored"] for r in runs)}
+    return {
+        "status": "done",
+        "runs": runs,
+        "best": best,
+        "profiles": profiles,
+        "components": parts,
+        "skipped": notes,
+        "every_run_scored_every_row": all(r["every_row_scored"] for r in runs),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- part 3
 
 
-def forced_oom(args: argparse.Namespace, settings_for: Callable[..., ScoringSettings], units: list[ClipPairsUnit],
-               oom: OomCounter, per_image_bytes: float) -> dict[str, Any]:
+def forced_oom(
+    args: argparse.Namespace,
+    settings_for: Callable[..., ScoringSettings],
+    units: list[ClipPairsUnit],
+    oom: OomCounter,
+    per_image_bytes: float,
+) -> dict[str, Any]:
     """One shard as one oversized batch under a memory cap, per decode path: halving fires, every row scored?"""
     unit = units[:1]
     rows = unit[0].root.read_parquet(unit[0].source(".parquet")).num_rows
@@ -469,8 +529,10 @@ def forced_oom(args: argparse.Namespace, settings_for: Callable[..., ScoringSett
             torch.cuda.empty_cache()
         run["max_batch_after"] = loaded.max_batch
         result["runs"].append({"capped": True, **run})
-        say(f"forced OOM decode={decode}: halvings {run.get('oom_halvings')}, every row scored "
-            f"{run.get('every_row_scored')}, not scored {run.get('not_scored', run.get('failed'))}")
+        say(
+            f"forced OOM decode={decode}: halvings {run.get('oom_halvings')}, every row scored "
+            f"{run.get('every_row_scored')}, not scored {run.get('not_scored', run.get('failed'))}"
+        )
     loaded.max_batch = None
     return {"status": "done", **result}
 
@@ -478,8 +540,9 @@ def forced_oom(args: argparse.Namespace, settings_for: Callable[..., ScoringSett
 # ---------------------------------------------------------------------------------------------- part 4
 
 
-def worker_part(args: argparse.Namespace, settings_for: Callable[..., ScoringSettings], units: list[ClipPairsUnit],
-                out: Path) -> dict[str, Any]:
+def worker_part(
+    args: argparse.Namespace, settings_for: Callable[..., ScoringSettings], units: list[ClipPairsUnit], out: Path
+) -> dict[str, Any]:
     """``cah worker --gpu`` (``cah worker`` on CPU in a dry run) joins a scheduler started here and scores a shard."""
     from distributed import Client, LocalCluster
 
@@ -489,21 +552,37 @@ def worker_part(args: argparse.Namespace, settings_for: Callable[..., ScoringSet
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     log = open(out / "worker.log", "w")  # noqa: SIM115 - the worker writes to it until the finally below
     cli = [sys.executable, "-m", "cah_assets.cli", "worker"]
-    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0", scheduler_port=0) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0", scheduler_port=0
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         address = cluster.scheduler_address
         if args.device == "cuda":
-            command, resources = [*cli, "--scheduler", address, "--gpu", "--name", "bench", "--memory-limit", "16GB"], {GPU: 1}
+            command, resources = (
+                [*cli, "--scheduler", address, "--gpu", "--name", "bench", "--memory-limit", "16GB"],
+                {GPU: 1},
+            )
         else:
-            command, resources = [*cli, "--scheduler", address, "--nworkers", "1", "--name", "bench", "--memory-limit", "4GB"], None
+            command, resources = (
+                [*cli, "--scheduler", address, "--nworkers", "1", "--name", "bench", "--memory-limit", "4GB"],
+                None,
+            )
         result["command"] = " ".join(command[1:]).replace(address, "<scheduler>")
         started = time.perf_counter()
         worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             if args.device != "cuda":
                 # While the CPU runner starts: what `cah worker --gpu` says on a machine without CUDA.
-                refused = subprocess.run([*cli, "--scheduler", address, "--gpu"], capture_output=True, text=True, env=env,
-                                         timeout=args.worker_timeout, check=False)
+                refused = subprocess.run(
+                    [*cli, "--scheduler", address, "--gpu"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=args.worker_timeout,
+                    check=False,
+                )
                 said = refused.stderr.strip()[-200:]
                 result["gpu_refused"] = {"rc": refused.returncode, "stderr": said}
                 result["gpu"] = skip(f"cah worker --gpu (it said: {said!r}); a CPU runner scores the shard")
@@ -517,12 +596,21 @@ def worker_part(args: argparse.Namespace, settings_for: Callable[..., ScoringSet
             future.release()
             scored = sum(summary["scored"].values())
             result.update(
-                status="done", scored_by=summary["worker"], device=summary["device"], precision=summary["precision"],
-                rows=summary["pairs"], scored=scored, every_row_scored=scored == summary["pairs"] > 0,
-                images_per_s=summary["images_per_s"], seconds_to_result=round(time.perf_counter() - started, 1),
+                status="done",
+                scored_by=summary["worker"],
+                device=summary["device"],
+                precision=summary["precision"],
+                rows=summary["pairs"],
+                scored=scored,
+                every_row_scored=scored == summary["pairs"] > 0,
+                images_per_s=summary["images_per_s"],
+                seconds_to_result=round(time.perf_counter() - started, 1),
             )
-            say(f"worker: {result['command']} joined in {result['joined_s']}s; {summary['worker']} scored "
-                f"{scored}/{summary['pairs']} rows on {summary['device']} ({summary['images_per_s']} images/s in the shard)")
+            say(
+                f"worker: {result['command']} joined in {result['joined_s']}s; {summary['worker']} scored "
+                f"{scored}/{summary['pairs']} rows on {summary['device']} "
+                f"({summary['images_per_s']} images/s in the shard)"
+            )
         finally:
             # The worker's nannies stop on SIGTERM (serve_workers); its session group is ours alone.
             worker.send_signal(signal.SIGTERM)
@@ -543,8 +631,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     import torchvision
 
     env: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "open_clip": open_clip.__version__, "cuda_runtime": torch.version.cuda, "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "open_clip": open_clip.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "cpus": os.cpu_count(),
         "host": platform.node(),
     }
     if args.device == "cuda":
@@ -552,8 +644,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
         smi = shutil.which("nvidia-smi")
         if smi:
-            query = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                   capture_output=True, text=True, check=False)
+            query = subprocess.run(
+                [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             env["nvidia_smi"] = query.stdout.strip()
     return env
 
@@ -568,8 +664,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shard-size", type=int, default=2_560)
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp16"])
     parser.add_argument("--model-batches", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--e2e-batches", type=int, nargs="+", default=[ClipScorer().batch_size, 1024],
-                        help="the first is the stage's default and the one CPU decode and the profiles use")
+    parser.add_argument(
+        "--e2e-batches",
+        type=int,
+        nargs="+",
+        default=[ClipScorer().batch_size, 1024],
+        help="the first is the stage's default and the one CPU decode and the profiles use",
+    )
     parser.add_argument("--e2e-precision", default="fp16", help="the stage's own default on CUDA (precision auto)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
@@ -597,8 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         say("clip_pairs_gpu: --device cuda but torch sees no CUDA device; use --dry-run --device cpu here")
         return 2
-    label = ("DRY RUN on the CPU with a tiny input: checks the script, measures nothing" if args.dry_run
-             else f"measured on {args.device}")
+    label = (
+        "DRY RUN on the CPU with a tiny input: checks the script, measures nothing"
+        if args.dry_run
+        else f"measured on {args.device}"
+    )
     say(f"== clip_pairs_gpu: {label}")
     report = Report(out, {"dry_run": args.dry_run, "label": label, "args": vars(args)})
     oom = OomCounter()
@@ -607,15 +711,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         tiny = ClipScorer.tiny()
-        base = {f: getattr(tiny, f) for f in ("open_clip_config", *(f"{c}_{k}" for c in ("en", "multi", "nolang")
-                                                                     for k in ("model", "pretrained", "threshold")))}
+        base = {
+            f: getattr(tiny, f)
+            for f in (
+                "open_clip_config",
+                *(f"{c}_{k}" for c in ("en", "multi", "nolang") for k in ("model", "pretrained", "threshold")),
+            )
+        }
     else:
         # ViT-B-32 with random weights for every category: the cost of a pass does not depend on weights.
-        base = {f"{c}_{k}": v for c in ("en", "multi", "nolang") for k, v in (("model", "ViT-B-32"), ("pretrained", ""))}
+        base = {
+            f"{c}_{k}": v for c in ("en", "multi", "nolang") for k, v in (("model", "ViT-B-32"), ("pretrained", ""))
+        }
 
     def settings_for(**overrides: Any) -> ScoringSettings:
-        fields = {**base, "device": args.device, "precision": args.e2e_precision if args.device == "cuda" else "fp32",
-                  "batch_size": args.e2e_batches[0], **overrides}
+        fields = {
+            **base,
+            "device": args.device,
+            "precision": args.e2e_precision if args.device == "cuda" else "fp32",
+            "batch_size": args.e2e_batches[0],
+            **overrides,
+        }
         return ClipScorer(**fields).settings()
 
     deadline = time.perf_counter() + args.budget_s
@@ -646,8 +762,14 @@ def main(argv: list[str] | None = None) -> int:
     if within_budget("memory"):
         peaks = [r for r in e2e.get("runs", []) if r.get("peak_gpu_allocated_bytes")]
         # What one image of a batch adds on the GPU when decode runs on the CPU: the embed step alone.
-        per_image = max(((r["peak_gpu_allocated_bytes"] - r["gpu_allocated_before_bytes"]) / r["batch"]
-                         for r in peaks if r["decode"] == "pil"), default=0.0)
+        per_image = max(
+            (
+                (r["peak_gpu_allocated_bytes"] - r["gpu_allocated_before_bytes"]) / r["batch"]
+                for r in peaks
+                if r["decode"] == "pil"
+            ),
+            default=0.0,
+        )
         memory: dict[str, Any] = {
             "peak_gpu_allocated_bytes": max((r["peak_gpu_allocated_bytes"] for r in peaks), default=None),
             "peak_gpu_reserved_bytes": max((r["peak_gpu_reserved_bytes"] for r in peaks), default=None),
@@ -679,8 +801,10 @@ def verdict(report: Report, args: argparse.Namespace) -> None:
     best = parts.get("end_to_end", {}).get("best", {})
     lines = []
     for key, run in sorted(best.items()):
-        lines.append(f"{key}: {run['images_per_s']} images/s (target {TARGET_IMAGES_PER_S}), ratio "
-                     f"{run.get('ratio_to_model_only')} (target {TARGET_RATIO})")
+        lines.append(
+            f"{key}: {run['images_per_s']} images/s (target {TARGET_IMAGES_PER_S}), ratio "
+            f"{run.get('ratio_to_model_only')} (target {TARGET_RATIO})"
+        )
     report.data["verdict"] = ["dry run: no figure here is a measurement"] + lines if args.dry_run else lines
     done = [name for name, part in parts.items() if part.get("status") == "done"]
     report.data["parts_done"] = done

@@ -24,7 +24,12 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CLIP_PAIRS_GPU_TIMEOUT_S": str(LIMIT_S - 30)}
     done = subprocess.run(
         ["bash", str(SCRIPT), "--dry-run", "--device", "cpu"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=LIMIT_S, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "clip_pairs_gpu.json").read_text()), done.stdout
