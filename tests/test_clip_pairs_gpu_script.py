@@ -1,0 +1,86 @@
+"""benchmarks/clip_pairs_gpu.sh, the one script a device session runs, runs end to end as a CPU dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "clip_pairs_gpu.sh"
+# Four Python processes import torch (driver, `cah worker` and its Dask worker, `cah worker --gpu`);
+# on two busy shared cores that alone can take minutes.
+LIMIT_S = 900
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("clip_pairs_gpu") / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CLIP_PAIRS_GPU_TIMEOUT_S": str(LIMIT_S - 30)}
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "clip_pairs_gpu.json").read_text()), done.stdout
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_is_labelled_and_completes_every_part(dry_run: tuple[dict, str]) -> None:
+    report, stdout = dry_run
+    assert report["dry_run"] is True
+    assert report["label"].startswith("DRY RUN")
+    assert report["parts_done"] == ["model_only", "end_to_end", "memory", "worker"]
+    assert "verdict: dry run: no figure here is a measurement" in stdout
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_says_which_gpu_steps_it_skipped(dry_run: tuple[dict, str]) -> None:
+    report, stdout = dry_run
+    skipped = [line for line in stdout.splitlines() if line.endswith("skipped: no CUDA")]
+    assert any("model-only bf16/fp16" in line for line in skipped)
+    assert any("nvJPEG" in line for line in skipped)
+    assert any("forced OOM" in line for line in skipped)
+    assert any("cah worker --gpu" in line for line in skipped)
+    assert report["parts"]["worker"]["gpu_refused"]["rc"] == 2
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_scores_every_row_in_every_end_to_end_run(dry_run: tuple[dict, str]) -> None:
+    report, _ = dry_run
+    e2e = report["parts"]["end_to_end"]
+    images = report["inputs"]["images"]
+    assert {run["mode"] for run in e2e["runs"]} == {"torch_decode_on_cpu", "cpu_decode"}
+    assert all(run["rows"] == run["scored"] == images for run in e2e["runs"])
+    assert all(run["ratio_to_model_only"] > 0 for run in e2e["runs"])
+    forced = report["parts"]["memory"]["forced"]["runs"]
+    assert [run["decode"] for run in forced] == ["torch", "pil"]
+    assert all(run["every_row_scored"] for run in forced)
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_worker_joins_the_scheduler_and_scores_a_shard(dry_run: tuple[dict, str]) -> None:
+    worker = dry_run[0]["parts"]["worker"]
+    assert worker["status"] == "done"
+    assert worker["scored_by"] == "bench-0"
+    assert worker["every_row_scored"] is True
+    assert worker["worker_rc"] == 0
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_writes_a_profile_per_decode_path(dry_run: tuple[dict, str]) -> None:
+    profiles = dry_run[0]["parts"]["end_to_end"]["profiles"]
+    for name, profile in profiles.items():
+        assert profile["cah.model"]["calls"] >= 1, name
+        assert profile["cah.tokenize"]["calls"] >= 1, name
+    assert profiles["cpu_decode"]["cah.decode_cpu"]["calls"] == dry_run[0]["args"]["shard_size"]
