@@ -42,6 +42,8 @@ demo: setup
 	env -u DAGSTER_HOME $(VENV)/bin/cah demo --workdir .demo
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q --durations=15
 
 dev: setup
