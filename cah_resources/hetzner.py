@@ -19,6 +19,7 @@ from hcloud.locations import Location
 from hcloud.server_types import ServerType
 from hcloud.ssh_keys import SSHKey
 
+from cah_resources import retries as retry_policies
 from cah_resources.cloud_init import UserDataError, render_cloud_init
 from cah_resources.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
 
@@ -188,15 +189,14 @@ class Fleet:
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)``, waiting out rate limits beyond the retries hcloud makes by itself."""
-        for attempt in range(self.settings.rate_limit_retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except APIException as exc:
-                if exc.code != "rate_limit_exceeded" or attempt == self.settings.rate_limit_retries:
-                    raise
-                delay = self.settings.rate_limit_backoff_s * 2**attempt
-                self.progress(f"rate limited while {what}; retrying in {delay:.0f}s")
-                self.sleep(delay)
+        policy = retry_policies.hetzner_rate_limit(
+            self.settings.rate_limit_retries,
+            self.settings.rate_limit_backoff_s,
+            is_rate_limit=lambda exc: isinstance(exc, APIException) and exc.code == "rate_limit_exceeded",
+            on_wait=lambda delay: self.progress(f"rate limited while {what}; retrying in {delay:.0f}s"),
+            sleep=self.sleep,
+        )
+        return policy(fn, *args, **kwargs)
 
     # --- reading ------------------------------------------------------------------------------
     def servers(self) -> list[FleetServer]:
