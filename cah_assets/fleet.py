@@ -16,7 +16,9 @@ def segments_in_flight(instance: dg.DagsterInstance) -> int:
     """Segments with a CPU stage queued or running: the backlog the runners are there to clear."""
     keys = instance.get_dynamic_partitions(segments.name)
     status = pipeline_status(instance, keys, list(CPU_STAGES))
-    return len({key for by_key in status.values() for key, s in by_key.items() if s == dg.AssetPartitionStatus.IN_PROGRESS})
+    return len(
+        {key for by_key in status.values() for key, s in by_key.items() if s == dg.AssetPartitionStatus.IN_PROGRESS}
+    )
 
 
 @dg.sensor(

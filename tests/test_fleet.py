@@ -39,13 +39,23 @@ def queue_runs(instance: dg.DagsterInstance, keys: list[str]) -> None:
     """Runs of candidates created and not finished: segments in flight."""
     job = defs.get_implicit_global_asset_job_def()
     for key in keys:
-        instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey("candidates")}),
-                                    tags={"dagster/partition": key}, status=dg.DagsterRunStatus.STARTING)
+        instance.create_run_for_job(
+            job,
+            asset_selection=frozenset({dg.AssetKey("candidates")}),
+            tags={"dagster/partition": key},
+            status=dg.DagsterRunStatus.STARTING,
+        )
 
 
 def tick(instance, api, tls, **fields):
-    resource = HetznerFleet(server_type="cx22", endpoint=api.endpoint, scheduler_address="tls://203.0.113.250:8786",
-                            tls_dir=str(tls), package="cah", **fields)
+    resource = HetznerFleet(
+        server_type="cx22",
+        endpoint=api.endpoint,
+        scheduler_address="tls://203.0.113.250:8786",
+        tls_dir=str(tls),
+        package="cah",
+        **fields,
+    )
     with dg.build_sensor_context(instance=instance, resources={"hetzner_fleet": resource}) as context:
         return fleet_sensor(context)
 
