@@ -72,7 +72,7 @@ def _dialect_of(url: str) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _engine(url: str) -> sa.Engine:
     """One engine per URL and process. NullPool: a connection per call, as a picklable index that
     runs on many workers needs, and nothing held open between segments."""
@@ -91,7 +91,7 @@ def _engine(url: str) -> sa.Engine:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tables(name: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     """The index's tables (claims, segments) and the per-connection batch table, in every dialect."""
     metadata = sa.MetaData()

@@ -472,7 +472,8 @@ class HetznerFleet(dg.ConfigurableResource):
         return cls(**{name: _env_default(name, environ) for name in FLEET_ENV})
 
     def settings(self) -> FleetSettings:
-        values = {name: getattr(self, name) for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields}
+        shared = [name for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields]
+        values = {name: getattr(self, name) for name in shared}
         return FleetSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def fleet(self, progress: Progress | None = None) -> Fleet:
@@ -506,7 +507,9 @@ def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.Argument
     up.add_argument("--nthreads", type=int, default=DEFAULTS.nthreads, help="threads per worker process")
     up.add_argument("--max-servers", type=int, default=env("max_servers"))
     up.add_argument("--max-price-per-hour", type=float, default=env("max_price_per_hour"), help="EUR incl. VAT")
-    up.add_argument("--join-timeout", type=float, default=DEFAULTS.join_timeout_s, help="seconds to wait for workers to join")
+    up.add_argument(
+        "--join-timeout", type=float, default=DEFAULTS.join_timeout_s, help="seconds to wait for workers to join"
+    )
     up.add_argument("--no-wait", action="store_true", help="do not wait for the workers to join")
     down = sub.add_parser("down", parents=[common], help="delete the fleet's servers (only those with its labels)")
     down.add_argument("--keep", type=int, default=0, help="keep this many (the oldest names)")

@@ -194,7 +194,7 @@ class Table(NamedTuple):
     note: str = ""  # a sentence under the table
 
     def as_dicts(self) -> list[dict[str, object]]:
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
 def table_markdown(table: Table) -> str:
@@ -205,7 +205,9 @@ def table_markdown(table: Table) -> str:
             return f"{value:,.1f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    numeric = [bool(table.rows) and all(isinstance(r[i], (int, float)) for r in table.rows) for i in range(len(table.columns))]
+    numeric = [
+        bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows) for i in range(len(table.columns))
+    ]
     lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
     lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in table.rows]
     return "\n".join(lines + (["", table.note] if table.note else []))
