@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
 
-.PHONY: help setup system-deps compiled demo test dev validate bench clean
+.PHONY: help setup system-deps demo test dev validate bench clean
 
 help:
 	@echo "make demo   run the whole pipeline offline on a generated crawl (then: make dev)"
@@ -31,17 +31,14 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-# The compiled twins of the hot modules (cah_resources/compiled.py): uv sync builds them with the
-# package; this rebuilds any whose source changed since (a no-op when they are current).
-compiled: $(VENV)/.synced
-	$(VENV)/bin/python -m cah_resources.compiled
-
-setup: system-deps $(VENV)/.synced compiled
+setup: system-deps $(VENV)/.synced
 
 demo: setup
 	env -u DAGSTER_HOME $(VENV)/bin/cah demo --workdir .demo
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q --durations=15
 
 dev: setup
@@ -55,4 +52,4 @@ bench: setup
 	@for script in benchmarks/*_bench.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
 
 clean:
-	rm -rf .demo data .pytest_cache cah_resources/_compiled
+	rm -rf .demo data .pytest_cache

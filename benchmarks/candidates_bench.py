@@ -6,9 +6,7 @@
 Every contender runs in its own fresh process pinned to CPU 0, over the same cached WAT file (in
 the page cache), interleaved round by round; the best of ``--repeats`` rounds counts. Figures are
 MB of compressed WAT file per CPU second of that process, and ratios between contenders measured
-in the same run. Extraction runs as installed (the per-link loop as the compiled twin of
-image_links.py, see cah_resources/compiled.py) and once more as pure Python, to show what the
-twin adds.
+in the same run.
 
 The WAT file is generated (seeded) with the record mix of a real Common Crawl WAT: per capture a
 request, a response and a WARC metadata record, ~40% of responses not HTML (so ~80% of records
@@ -41,11 +39,10 @@ MEASURED_CPU = 0
 # CPU seconds (user + system) of the measuring process, all threads: on a machine shared with
 # other work, wall time also counts the others' turns on the CPU; this counts only ours.
 clock = time.process_time
-CONTENDERS = ("ceiling", "extraction", "extraction_python", "step", "cc2dataset")
+CONTENDERS = ("ceiling", "extraction", "step", "cc2dataset")
 LABELS = {
     "ceiling": "ceiling: fastwarc + msgspec.json.decode of every record",
     "extraction": "extraction: parse, links, URL resolution, filters, dedup",
-    "extraction_python": "  the same without the compiled twin (CAH_PURE_PYTHON=1)",
     "step": "candidates step: extraction + gcld3 + part parquet",
     "cc2dataset": "cc2dataset {version} process_wat(path, 'image')",
 }
@@ -362,13 +359,11 @@ def measure_extraction(path: str) -> dict:
     from cah_resources.candidates import extract_pairs
     from cah_resources.image_links import CandidateFilters
 
-    from cah_resources import image_links
-
     counts: Counter = Counter()
     started = clock()
     pairs = extract_pairs(path, CandidateFilters(), counts)
     seconds = clock() - started
-    return {"seconds": seconds, "pairs": len(pairs), "counts": dict(counts), "compiled": image_links._twin is not None}
+    return {"seconds": seconds, "pairs": len(pairs), "counts": dict(counts)}
 
 
 def measure_step(path: str) -> dict:
@@ -444,17 +439,13 @@ def check_url_fast_path(path: Path) -> tuple[int, int]:
     return links, fast
 
 
-MEASURES = {"ceiling": measure_ceiling, "extraction": measure_extraction, "extraction_python": measure_extraction,
-            "step": measure_step, "cc2dataset": measure_cc2dataset}
+MEASURES = {"ceiling": measure_ceiling, "extraction": measure_extraction, "step": measure_step,
+            "cc2dataset": measure_cc2dataset}
 
 
 def run_measured(contender: str, path: Path) -> dict:
     python = str(CC2DATASET_VENV / "bin" / "python") if contender == "cc2dataset" else sys.executable
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    if contender == "extraction_python":
-        env["CAH_PURE_PYTHON"] = "1"  # the per-link loop as Python: what the compiled twin adds
-    else:
-        env.pop("CAH_PURE_PYTHON", None)
     done = subprocess.run([python, __file__, "--measure", contender, str(path)], env=env, cwd=REPO,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -521,13 +512,10 @@ def report(best: dict[str, dict], megabytes: float) -> None:
     gcld3_rate = step["distinct_texts"] / step["gcld3_seconds"]
     print(f"{'gcld3 alone, over the step’s distinct texts':<60} {gcld3_rate:7.0f} calls/s")
     print()
-    compiled = best["extraction"]["compiled"]
-    print(f"extraction ran the compiled twin of image_links: {'yes' if compiled else 'NO (make setup builds it)'}")
     print(f"extraction / ceiling        {rate['extraction'] / rate['ceiling']:.2f}   (target >= 0.70)")
     if "cc2dataset" in rate:
         print(f"extraction / cc2dataset     {rate['extraction'] / rate['cc2dataset']:.2f}   (target >= 2.00)")
         print(f"step / cc2dataset           {rate['step'] / rate['cc2dataset']:.2f}")
-    print(f"compiled / Python extraction {rate['extraction'] / rate['extraction_python']:.2f}")
     print(f"gcld3 share of the step     {step['gcld3_seconds'] / step['seconds']:.0%}   "
           f"({step['language_calls']:,} calls for {step['candidates']:,} candidates)")
     once = step["language_calls"] == step["distinct_texts"]

@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from cah_assets.metadata import counts_table, markdown_table, rate
+from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CANDIDATES_RETRY, SEGMENT_BACKFILL
 from cah_resources.candidate_rules import CandidateRules
@@ -53,7 +53,7 @@ def candidates(
     return dg.MaterializeResult(metadata={
         "segments": len(keys),
         "candidates": sum(s["candidates"] for s in stats.values()),
-        "per_segment": markdown_table(({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100),
+        "per_segment": rows_table(({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100),
         "seconds": round(seconds, 2),
     })
 
@@ -80,5 +80,5 @@ def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
         "records_per_s": rate(stats.get("metadata_records", 0), seconds),
         "seconds": round(seconds, 2),
         "path": dg.MetadataValue.path(redact_url(table_path)),
-        "sample": markdown_table(sample, ["category", "language", "text", "url"]),
+        "sample": rows_table(sample, ["category", "language", "text", "url"]),
     }

@@ -11,7 +11,13 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+# The one private Dagster import: a check that covers several segments in one step must yield
+# dg.AssetCheckEvaluation per segment, and Dagster has no public way to build the pointer to the
+# materialization each verdict read (dg.AssetCheckResult builds it only for a one-partition step).
+# Without it a verdict is matched to its materialization by timestamps only.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET

@@ -5,10 +5,10 @@ import time
 import dagster as dg
 
 from cah_assets.image_shards import image_shards
-from cah_assets.metadata import counts_table, markdown_table, rate
+from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, SEGMENT_BACKFILL
-from cah_resources.clip_pairs import histogram_markdown, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
+from cah_resources.clip_pairs import histogram_rows, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
 from cah_resources.clip_scorer import CATEGORIES
 from cah_resources.compute import ComputeResource
 from cah_resources.redaction import redact_url
@@ -54,7 +54,7 @@ def clip_pairs(
         "images_per_s": rate(scored_now, seconds),
         "shards_scored_now": len(ran),
         "seconds": round(seconds, 2),
-        "models": markdown_table(({"category": c, "model": settings.models[c].label, "threshold": settings.thresholds[c]} for c in CATEGORIES), ["category", "model", "threshold"]),
+        "models": rows_table(({"category": c, "model": settings.models[c].label, "threshold": settings.thresholds[c]} for c in CATEGORIES), ["category", "model", "threshold"]),
     })
 
 
@@ -68,11 +68,11 @@ def describe(root: DataRoot, key: str) -> dict:
         "pairs_kept": totals["kept_total"],
         "kept_rate": totals["kept_rate"],
         "not_scored": counts_table(totals["not_scored"], "clip_status"),
-        "similarity_histogram": dg.MetadataValue.md(histogram_markdown(totals["histogram"])),
+        "similarity_histogram": rows_table(histogram_rows(totals["histogram"]), ["similarity", "pairs", "bar"], limit=100),
         "shard_images_per_s": totals["shard_images_per_s"] or 0.0,
         "device": totals["device"],
         "precision": totals["precision"],
         "shards": totals["shards"],
         "path": dg.MetadataValue.path(redact_url(root.path("clip_pairs", key))),
-        "sample_kept": markdown_table(read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]),
+        "sample_kept": rows_table(read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]),
     }

@@ -3,8 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
+from cah_assets.metadata import rows_table
 from cah_resources.redaction import redact_url
-from cah_resources.release import build_release, release_dir, summary_markdown
+from cah_resources.release import build_release, release_dir
 from cah_resources.report import build_report, png_markdown
 from cah_resources.resources import StorageResource
 from cah_resources.segments import load_registration
@@ -35,17 +36,22 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
 def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
     root = storage.data_root()
-    lines, total = [], 0
+    crawls, categories, nsfw = [], [], []
     for crawl, keys in crawls_to_roll_up(root, config).items():
         summary = build_release(root, keys, release_dir(root, crawl))
-        total += summary.rows
         context.log.info(f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
                          f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet")
-        lines += [f"## {crawl}: {summary.rows:,} pairs from {summary.shards} shards "
-                  f"({len(summary.missing_segments)} segments pending)", summary_markdown(summary)]
+        crawls.append({"crawl": crawl, "pairs": summary.rows, "shards": summary.shards,
+                       "segments_pending": len(summary.missing_segments)})
+        categories += [{"crawl": crawl, "category": category, "pairs": count,
+                        "share": round(count / summary.rows, 4) if summary.rows else 0.0}
+                       for category, count in summary.by_category.items()]
+        nsfw += [{"crawl": crawl, "nsfw": tag, "pairs": count} for tag, count in summary.by_nsfw.items()]
     return dg.MaterializeResult(metadata={
-        "pairs": total,
-        "by_category": dg.MetadataValue.md("\n\n".join(lines) or "no registered crawl"),
+        "pairs": sum(c["pairs"] for c in crawls),
+        "crawls": rows_table(crawls, ["crawl", "pairs", "shards", "segments_pending"], limit=len(crawls)),
+        "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
+        "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
         "path": dg.MetadataValue.path(redact_url(root.path("release"))),
     })
 
@@ -59,8 +65,10 @@ def report(context: dg.AssetExecutionContext, config: DatasetConfig, storage: St
         built = build_report(root, keys, root.path("report", crawl))
         context.log.info(f"{crawl}: report written to {redact_url(root.path('report', crawl))}")
         for name, png in built.plots.items():
-            table = built.tables.get(name, "")
-            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name) + ("\n\n" + table if table else ""))
-        metadata[f"{crawl}/candidate_drops"] = dg.MetadataValue.md(built.tables["candidate_drops"])
+            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name))
+        for name, table in built.tables.items():
+            metadata[f"{crawl}/{name}_table"] = rows_table(table.as_dicts(), table.columns, limit=len(table.rows))
+            if table.note:
+                metadata[f"{crawl}/{name}_note"] = table.note
         metadata[f"{crawl}/path"] = dg.MetadataValue.path(redact_url(root.path("report", crawl, "report.md")))
     return dg.MaterializeResult(metadata=metadata)

@@ -10,11 +10,13 @@ from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards
 from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import release, report
+from cah_assets.fleet import fleet_sensor
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.hetzner import HetznerFleet
 from cah_resources.resources import ClipScorer
 from cah_resources.resources import CommonCrawl
 from cah_resources.resources import StorageResource
@@ -24,7 +26,7 @@ defs = dg.Definitions(
     asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
     jobs=[register_crawl_job],
     schedules=[segment_schedule],
-    sensors=[crawl_discovery_sensor, segment_flow_sensor],
+    sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
     resources={
         "compute": ComputeResource(),
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
@@ -36,5 +38,6 @@ defs = dg.Definitions(
         "clip_scorer": ClipScorer(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
+        "hetzner_fleet": HetznerFleet.from_env(),
     },
 )

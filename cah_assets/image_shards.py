@@ -6,7 +6,7 @@ import dagster as dg
 import dask
 
 from cah_assets.candidates import candidates
-from cah_assets.metadata import counts_table, markdown_table, rate
+from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, SEGMENT_BACKFILL
 from cah_resources.compute import ComputeResource
@@ -126,5 +126,5 @@ def describe(root: DataRoot, key: str) -> dict:
         "shards": totals["shards"],
         "bytes_written": totals["bytes_written"],
         "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
-        "sample": markdown_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
+        "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

@@ -449,11 +449,11 @@ def read_kept_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict
     return root.read_parquet(root.path(STAGE, segment, "kept", f"{shards[0]:05d}.parquet")).slice(0, limit).to_pylist()
 
 
-def histogram_markdown(histogram: list[int]) -> str:
-    """The similarity histogram as a markdown table, one row per bin, with a text bar."""
+def histogram_rows(histogram: list[int]) -> list[dict[str, object]]:
+    """The similarity histogram as table rows, one per bin, with a text bar."""
     edges = ("-inf", *(f"{e:.2f}" for e in HISTOGRAM_EDGES), "inf")
     peak = max(histogram) if histogram and max(histogram) else 1
-    lines = ["| similarity | pairs | |", "| --- | ---: | --- |"]
-    for low, high, count in zip(edges, edges[1:], histogram):
-        lines.append(f"| [{low}, {high}) | {count} | {'█' * round(20 * count / peak)} |")
-    return "\n".join(lines)
+    return [
+        {"similarity": f"[{low}, {high})", "pairs": count, "bar": "█" * round(20 * count / peak)}
+        for low, high, count in zip(edges, edges[1:], histogram)
+    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-import random
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Iterator
 
 import aiohttp
 
+from cah_resources import retries as retry_policies
 from cah_resources.redaction import redact_url
 
 COMMON_CRAWL_URL = "https://data.commoncrawl.org"
@@ -78,23 +78,22 @@ class CrawlSource:
     async def _download(self, url: str, path: str) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=30, sock_read=120)
         async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
-            for attempt in range(self.retries + 1):
-                try:
-                    await _stream_to_file(session, url, path)
-                    return
-                except CrawlFileMissing:
-                    raise
-                except (aiohttp.ClientError, asyncio.TimeoutError, IncompleteDownload) as error:
-                    if attempt == self.retries:
-                        raise IncompleteDownload(
-                            f"{redact_url(url)}: gave up after {attempt + 1} attempts ({type(error).__name__}: {error})"
-                        ) from error
-                    delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
-                    await asyncio.sleep(delay)
+            policy = retry_policies.crawl_download(self.retries, self.backoff_s, _BROKEN_OFF)
+            try:
+                await policy(_stream_to_file, session, url, path)
+            except _BROKEN_OFF as error:
+                attempts = policy.statistics.get("attempt_number", self.retries + 1)
+                raise IncompleteDownload(
+                    f"{redact_url(url)}: gave up after {attempts} attempts ({type(error).__name__}: {error})"
+                ) from error
 
 
 class IncompleteDownload(IOError):
     """A download that ended before its announced length, or failed every retry."""
+
+
+# What a retry may cure; a 404 (CrawlFileMissing) is final.
+_BROKEN_OFF = (aiohttp.ClientError, asyncio.TimeoutError, IncompleteDownload)
 
 
 async def _stream_to_file(session: aiohttp.ClientSession, url: str, path: str) -> None:

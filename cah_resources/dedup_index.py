@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
-import sqlite3
-import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import dagster as dg
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
+from cah_resources import retries as retry_policies
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
@@ -28,6 +30,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 # SQLite write lock for tens of milliseconds, so only a stuck process comes near it.
 _SQLITE_LOCK_WAIT_S = 300.0
 _PG_TRANSIENT_RETRIES = 5
+# URL prefixes accepted for Postgres; psycopg2 is the driver (its COPY is the bulk path).
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
 
 T = TypeVar("T")
 
@@ -50,11 +54,59 @@ def _sqlite_path(url: str) -> str:
 def _dialect_of(url: str) -> str:
     if url.startswith("sqlite:///"):
         return "sqlite"
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(_POSTGRES_SCHEMES):
         return "postgres"
     raise DedupIndexError(
-        f"dedup index URL {redact_url(url)!r} must start with sqlite:/// or postgresql://"
+        f"dedup index URL {redact_url(url)!r} must start with sqlite:/// or postgresql:// "
+        "(or postgresql+psycopg2://)"
     )
+
+
+@functools.cache
+def _engine(url: str) -> sa.Engine:
+    """One engine per URL and process. NullPool: a connection per call, as a picklable index that
+    runs on many workers needs, and nothing held open between segments."""
+    if _dialect_of(url) == "sqlite":
+        path = _sqlite_path(url)
+        # AUTOCOMMIT leaves transactions to us: BEGIN IMMEDIATE takes the write lock before a
+        # writer reads, so two writers cannot both read and then fail to upgrade.
+        return sa.create_engine(
+            f"sqlite:///{path}", poolclass=NullPool, isolation_level="AUTOCOMMIT",
+            connect_args={"timeout": _SQLITE_LOCK_WAIT_S},
+        )
+    rest = url.split("://", 1)[1]
+    return sa.create_engine(
+        f"postgresql+psycopg2://{rest}", poolclass=NullPool,
+        connect_args={"connect_timeout": 10, "application_name": "cah-dedup-index"},
+    )
+
+
+@functools.cache
+def _tables(name: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    """The index's tables (claims, segments) and the per-connection batch table, in every dialect."""
+    metadata = sa.MetaData()
+    segments = sa.Table(
+        f"{name}_segments", metadata,
+        # The segment's small integer id is stored per claim instead of its key.
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("segment_key", sa.Text, nullable=False, unique=True),
+    )
+    claims = sa.Table(
+        name, metadata,
+        sa.Column("uid", sa.LargeBinary, primary_key=True),
+        sa.Column("segment_id", sa.Integer, nullable=False),
+        # release() and per-segment counts find a segment's claims through this index.
+        sa.Index(f"{name}_by_segment", "segment_id"),
+        # SQLite: the uid key is the table itself, not a rowid table plus an index.
+        sqlite_with_rowid=False,
+    )
+    batch = sa.Table(
+        "cah_claim_batch", sa.MetaData(),
+        sa.Column("uid", sa.LargeBinary, nullable=False),
+        sa.Column("pos", sa.Integer, nullable=False),
+        prefixes=["TEMPORARY"],
+    )
+    return metadata, claims, segments, batch
 
 
 def _uid_bytes(uid: str) -> bytes:
@@ -74,8 +126,9 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 class DedupIndex:
     """(url, text) uids with the segment that claimed each; picklable, connects per call.
 
-    ``url`` is ``sqlite:///path/to/index.sqlite`` or ``postgresql://user:pass@host:port/db``.
-    Both dialects run the same claim SQL; only table types and bulk loading differ.
+    ``url`` is ``sqlite:///path/to/index.sqlite`` or ``postgresql://user:pass@host:port/db``
+    (``postgresql+psycopg2://`` too). Both dialects run the same claim SQL through SQLAlchemy;
+    only bulk loading, locking and planner hints differ.
     """
 
     url: str
@@ -176,13 +229,17 @@ def _check_segment_key(segment_key: str) -> None:
 class _Session(ABC):
     """One connection to the index; subclasses hold what differs between SQLite and Postgres."""
 
-    placeholder = "?"
-
     def __init__(self, index: DedupIndex) -> None:
         self.index = index
-        self.claims = index.table
-        self.segments = f"{index.table}_segments"
-        self.conn: Any = None
+        self.metadata, self.claims, self.segments, self.batch = _tables(index.table)
+        self.conn: sa.Connection | None = None
+
+    def connect(self) -> None:
+        try:
+            self.conn = _engine(self.index.url).connect()
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            raise DedupIndexError(f"cannot reach the dedup index at {redact_url(self.index.url)}: {reason}") from None
 
     # What differs per dialect.
     @abstractmethod
@@ -197,10 +254,10 @@ class _Session(ABC):
         return self.in_write_transaction(work)
 
     @abstractmethod
-    def load_batch(self, cursor: Any, batch: Sequence[bytes]) -> None:
+    def load_batch(self, batch: Sequence[bytes]) -> None:
         """Fill the temporary batch table with ``batch`` (uid, position) rows."""
 
-    def probe_by_primary_key(self, cursor: Any) -> None:
+    def probe_by_primary_key(self) -> None:
         """Steer the planner to primary-key probes for the batch joins (a no-op in SQLite)."""
 
     def end_read(self) -> None:
@@ -210,113 +267,94 @@ class _Session(ABC):
         if self.conn is not None:
             self.conn.close()
 
-    def sql(self, statement: str) -> str:
-        return statement.replace("?", self.placeholder)
+    def execute(self, statement: str, **params: Any) -> sa.CursorResult:
+        """``statement`` with ``:name`` parameters, in the connection's own parameter style."""
+        return self.conn.execute(sa.text(statement), params)
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        cursor = self.conn.cursor()
-        cursor.execute(self.sql(statement), params)
-        return cursor
-
-    # The shared SQL.
+    # The shared SQL. The joins are written out (CROSS JOIN fixes SQLite's join order).
     def segment_id(self, segment_key: str) -> int:
         """The segment's small integer id (stored per claim instead of its key), made once."""
 
         def lookup() -> int:
             self.execute(
-                f"INSERT INTO {self.segments} (segment_key) VALUES (?) "
+                f"INSERT INTO {self.segments.name} (segment_key) VALUES (:key) "
                 "ON CONFLICT (segment_key) DO NOTHING",
-                (segment_key,),
+                key=segment_key,
             )
             row = self.execute(
-                f"SELECT id FROM {self.segments} WHERE segment_key = ?", (segment_key,)
+                f"SELECT id FROM {self.segments.name} WHERE segment_key = :key", key=segment_key
             ).fetchone()
             return int(row[0])
 
         return self.in_write_transaction(lookup)
 
     def claim_batch(self, segment_id: int, batch: Sequence[bytes]) -> list[bytes]:
-        cursor = self.conn.cursor()
-        cursor.execute(self.sql("DELETE FROM cah_claim_batch"))
-        self.load_batch(cursor, batch)
-        self.probe_by_primary_key(cursor)
+        self.conn.execute(self.batch.delete())
+        self.load_batch(batch)
+        self.probe_by_primary_key()
         # Inserting in uid order makes concurrent Postgres writers take row locks in one order,
         # so segments racing over the same uids queue behind each other instead of deadlocking
         # (a deadlock that still happens is retried). WHERE true: SQLite needs it to parse
         # INSERT ... SELECT ... ON CONFLICT.
-        cursor.execute(
-            self.sql(
-                f"INSERT INTO {self.claims} (uid, segment_id) "
-                "SELECT uid, ? FROM cah_claim_batch WHERE true ORDER BY uid "
-                "ON CONFLICT (uid) DO NOTHING"
-            ),
-            (segment_id,),
+        inserted = self.execute(
+            f"INSERT INTO {self.claims.name} (uid, segment_id) "
+            "SELECT uid, :segment_id FROM cah_claim_batch WHERE true ORDER BY uid "
+            "ON CONFLICT (uid) DO NOTHING",
+            segment_id=segment_id,
         )
-        if cursor.rowcount == len(batch):
+        if inserted.rowcount == len(batch):
             return list(batch)  # every uid was new and is now this segment's: nothing to read back
         # Read back the positions of the uids this segment does NOT own: often few, and
         # integers travel faster than bytea. The LEFT JOIN keeps the batch as the outer loop
         # and probes the claims primary key per uid; a "segment_id = ?" filter would let
         # planners walk the segment's whole index on every batch, making big claims quadratic.
-        cursor.execute(
-            self.sql(
-                f"SELECT b.pos FROM cah_claim_batch b LEFT JOIN {self.claims} c ON c.uid = b.uid "
-                "WHERE c.segment_id IS NULL OR c.segment_id <> ?"
-            ),
-            (segment_id,),
+        rows = self.execute(
+            f"SELECT b.pos FROM cah_claim_batch b LEFT JOIN {self.claims.name} c ON c.uid = b.uid "
+            "WHERE c.segment_id IS NULL OR c.segment_id <> :segment_id",
+            segment_id=segment_id,
         )
-        not_owned = {row[0] for row in cursor.fetchall()}
+        not_owned = {row[0] for row in rows}
         return [uid for pos, uid in enumerate(batch) if pos not in not_owned]
 
     def owners_batch(self, batch: Sequence[bytes]) -> list[tuple[Any, str]]:
-        cursor = self.conn.cursor()
-        cursor.execute(self.sql("DELETE FROM cah_claim_batch"))
-        self.load_batch(cursor, batch)
-        self.probe_by_primary_key(cursor)
-        cursor.execute(
-            f"SELECT c.uid, s.segment_key FROM cah_claim_batch b CROSS JOIN {self.claims} c "
-            f"CROSS JOIN {self.segments} s WHERE c.uid = b.uid AND s.id = c.segment_id"
+        self.conn.execute(self.batch.delete())
+        self.load_batch(batch)
+        self.probe_by_primary_key()
+        rows = self.execute(
+            f"SELECT c.uid, s.segment_key FROM cah_claim_batch b CROSS JOIN {self.claims.name} c "
+            f"CROSS JOIN {self.segments.name} s WHERE c.uid = b.uid AND s.id = c.segment_id"
         )
-        return [(row[0], row[1]) for row in cursor.fetchall()]
+        return [(row[0], row[1]) for row in rows]
 
     def release(self, segment_key: str) -> int:
         segment_id = self.execute(
-            f"SELECT id FROM {self.segments} WHERE segment_key = ?", (segment_key,)
+            f"SELECT id FROM {self.segments.name} WHERE segment_key = :key", key=segment_key
         ).fetchone()
         if segment_id is None:
             return 0
         # The segment's id row stays: a claim of the same segment running meanwhile keeps a
         # valid id, and the key means the same files forever.
-        deleted = self.execute(
-            f"DELETE FROM {self.claims} WHERE segment_id = ?", (segment_id[0],)
-        ).rowcount
-        return int(deleted)
+        deleted = self.conn.execute(self.claims.delete().where(self.claims.c.segment_id == segment_id[0]))
+        return int(deleted.rowcount)
 
     def count(self, segment_key: str | None) -> int:
         if segment_key is None:
-            row = self.execute(f"SELECT COUNT(*) FROM {self.claims}").fetchone()
+            row = self.execute(f"SELECT COUNT(*) FROM {self.claims.name}").fetchone()
         else:
             row = self.execute(
-                f"SELECT COUNT(*) FROM {self.claims} c CROSS JOIN {self.segments} s "
-                "WHERE s.segment_key = ? AND c.segment_id = s.id",
-                (segment_key,),
+                f"SELECT COUNT(*) FROM {self.claims.name} c CROSS JOIN {self.segments.name} s "
+                "WHERE s.segment_key = :key AND c.segment_id = s.id",
+                key=segment_key,
             ).fetchone()
         self.end_read()
         return int(row[0])
 
     def drop_tables(self) -> None:
-        self.execute(f"DROP TABLE IF EXISTS {self.claims}")
-        self.execute(f"DROP TABLE IF EXISTS {self.segments}")
+        self.metadata.drop_all(self.conn, checkfirst=True)
 
-    def schema_statements(self, blob: str, identity: str, claims_options: str = "") -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.segments} "
-            f"(id {identity}, segment_key TEXT NOT NULL UNIQUE)",
-            f"CREATE TABLE IF NOT EXISTS {self.claims} "
-            f"(uid {blob} PRIMARY KEY, segment_id INTEGER NOT NULL){claims_options}",
-            # release() and per-segment counts find a segment's claims through this index.
-            f"CREATE INDEX IF NOT EXISTS {self.claims}_by_segment ON {self.claims} (segment_id)",
-        ]
+    def create_tables(self) -> None:
+        self.metadata.create_all(self.conn, checkfirst=True)
+        self.batch.create(self.conn, checkfirst=True)
 
 
 class _SqliteSession(_Session):
@@ -325,140 +363,110 @@ class _SqliteSession(_Session):
         path = _sqlite_path(index.url)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
-            # lock before reading and two writers cannot both read-then-fail to upgrade.
-            self.conn = sqlite3.connect(path, timeout=_SQLITE_LOCK_WAIT_S, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise DedupIndexError(f"cannot open the dedup index {path}: {exc}") from None
+            self.conn = _engine(index.url).connect()
+        except (OSError, sa.exc.DBAPIError) as exc:
+            raise DedupIndexError(f"cannot open the dedup index {path}: {getattr(exc, 'orig', exc)}") from None
 
     def ensure_schema(self) -> None:
         self._use_wal()
-        self.execute("PRAGMA synchronous=NORMAL")
-
-        def create() -> None:
-            # WITHOUT ROWID: the uid key is the table itself, not a rowid table plus an index.
-            for statement in self.schema_statements(
-                "BLOB", "INTEGER PRIMARY KEY", claims_options=" WITHOUT ROWID"
-            ):
-                self.execute(statement)
-
-        self.in_write_transaction(create)
-        self.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS cah_claim_batch "
-            "(uid BLOB NOT NULL, pos INTEGER NOT NULL)"
-        )
+        self.conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        self.in_write_transaction(self.create_tables)
 
     def _use_wal(self) -> None:
         """WAL lets readers run beside the one writer. The mode is stored in the file, so only a
         fresh file is switched; switching needs the file to itself, and SQLite answers "locked" at
         once rather than waiting, so the first openers of a new index retry until one has won."""
-        deadline = time.monotonic() + _SQLITE_LOCK_WAIT_S
-        while self.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            try:
-                self.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise DedupIndexError(
-                        f"cannot switch the dedup index {_sqlite_path(self.index.url)} to WAL: {exc}"
-                    ) from None
-                time.sleep(0.01)
+
+        def switch() -> None:
+            if self.conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() != "wal":
+                self.conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+        def is_locked(exc: BaseException) -> bool:
+            return isinstance(exc, sa.exc.OperationalError) and "locked" in str(exc.orig)
+
+        try:
+            retry_policies.sqlite_wal_switch(_SQLITE_LOCK_WAIT_S, is_locked)(switch)
+        except sa.exc.OperationalError as exc:
+            raise DedupIndexError(
+                f"cannot switch the dedup index {_sqlite_path(self.index.url)} to WAL: {exc.orig}"
+            ) from None
 
     def in_write_transaction(self, work: Callable[[], T], begin: str = "BEGIN IMMEDIATE") -> T:
         try:
-            self.conn.execute(begin)
-        except sqlite3.OperationalError as exc:
+            self.conn.exec_driver_sql(begin)
+        except sa.exc.OperationalError as exc:
             raise DedupIndexError(
                 f"dedup index {_sqlite_path(self.index.url)} stayed locked for "
-                f"{_SQLITE_LOCK_WAIT_S:.0f}s ({exc}); is a process stuck holding it?"
+                f"{_SQLITE_LOCK_WAIT_S:.0f}s ({exc.orig}); is a process stuck holding it?"
             ) from None
         try:
             result = work()
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.exec_driver_sql("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        self.conn.exec_driver_sql("COMMIT")
         return result
 
     def in_read_transaction(self, work: Callable[[], T]) -> T:
         return self.in_write_transaction(work, begin="BEGIN")
 
-    def load_batch(self, cursor: Any, batch: Sequence[bytes]) -> None:
-        cursor.executemany(
+    def load_batch(self, batch: Sequence[bytes]) -> None:
+        # executemany straight to sqlite3: the bulk path, without a dict per row.
+        self.conn.exec_driver_sql(
             "INSERT INTO cah_claim_batch (uid, pos) VALUES (?, ?)",
-            ((uid, pos) for pos, uid in enumerate(batch)),
+            [(uid, pos) for pos, uid in enumerate(batch)],
         )
 
 
 class _PostgresSession(_Session):
-    placeholder = "%s"
-
     def __init__(self, index: DedupIndex) -> None:
         super().__init__(index)
-        import psycopg2
-
-        self._psycopg2 = psycopg2
-        try:
-            self.conn = psycopg2.connect(
-                index.url, connect_timeout=10, application_name="cah-dedup-index"
-            )
-        except psycopg2.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DedupIndexError(
-                f"cannot reach the dedup index at {redact_url(index.url)}: {reason}"
-            ) from None
+        self.connect()
 
     def ensure_schema(self) -> None:
         def create() -> None:
-            exists = self.execute("SELECT to_regclass(%s)", (self.claims,)).fetchone()[0]
-            if exists is not None:
+            if sa.inspect(self.conn).has_table(self.claims.name):
                 return
             # CREATE TABLE IF NOT EXISTS still races in Postgres (duplicate pg_type row),
             # so concurrent first runs take turns on a lock named after the table.
-            self.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.claims,))
-            for statement in self.schema_statements(
-                "BYTEA", "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
-            ):
-                self.execute(statement)
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(:name))", name=self.claims.name)
+            self.metadata.create_all(self.conn, checkfirst=True)
 
         self.in_write_transaction(create)
-        self.in_write_transaction(
-            lambda: self.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS cah_claim_batch "
-                "(uid BYTEA NOT NULL, pos INTEGER NOT NULL)"
-            )
-        )
+        self.in_write_transaction(lambda: self.batch.create(self.conn, checkfirst=True))
 
     def in_write_transaction(self, work: Callable[[], T]) -> T:
-        errors = self._psycopg2.errors
-        transient = (errors.DeadlockDetected, errors.SerializationFailure)
-        attempt = 0
-        while True:
+        import psycopg2.errors
+
+        transient = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
+
+        def is_transient(exc: BaseException) -> bool:
+            return isinstance(getattr(exc, "orig", exc), transient)
+
+        def attempt() -> T:
             try:
                 result = work()
                 self.conn.commit()
                 return result
-            except transient:
-                # Another writer won a lock cycle; the whole batch transaction is safe to redo.
-                self.conn.rollback()
-                attempt += 1
-                if attempt > _PG_TRANSIENT_RETRIES:
-                    raise
-                time.sleep(0.05 * attempt)
             except BaseException:
+                # Another writer may have won a lock cycle; the whole batch transaction is safe to redo.
                 self.conn.rollback()
                 raise
 
-    def load_batch(self, cursor: Any, batch: Sequence[bytes]) -> None:
-        # COPY is Postgres' bulk path; in its text format "\\x<hex>" is the bytea literal.
+        return retry_policies.postgres_transaction(_PG_TRANSIENT_RETRIES, is_transient)(attempt)
+
+    def load_batch(self, batch: Sequence[bytes]) -> None:
+        # COPY is Postgres' bulk path (psycopg2's own call); in its text format "\\x<hex>" is the bytea literal.
         text = "".join(f"\\\\x{uid.hex()}\t{pos}\n" for pos, uid in enumerate(batch))
+        cursor = self.conn.connection.cursor()
         cursor.copy_expert("COPY cah_claim_batch (uid, pos) FROM STDIN", io.StringIO(text))
 
-    def probe_by_primary_key(self, cursor: Any) -> None:
+    def probe_by_primary_key(self) -> None:
         # A batch is a small slice of the claims table, but while the table holds a few
         # million rows Postgres prefers hashing all of it per batch (a full scan per 10k
         # uids); index probes are the right plan at every size, so take hash/merge joins away.
-        cursor.execute("SET LOCAL enable_hashjoin = off")
-        cursor.execute("SET LOCAL enable_mergejoin = off")
+        self.conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        self.conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
 
     def end_read(self) -> None:
         self.conn.rollback()

@@ -19,6 +19,7 @@ from hcloud.locations import Location
 from hcloud.server_types import ServerType
 from hcloud.ssh_keys import SSHKey
 
+from cah_resources import retries as retry_policies
 from cah_resources.cloud_init import UserDataError, render_cloud_init
 from cah_resources.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
 
@@ -192,15 +193,14 @@ class Fleet:
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)``, waiting out rate limits beyond the retries hcloud makes by itself."""
-        for attempt in range(self.settings.rate_limit_retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except APIException as exc:
-                if exc.code != "rate_limit_exceeded" or attempt == self.settings.rate_limit_retries:
-                    raise
-                delay = self.settings.rate_limit_backoff_s * 2**attempt
-                self.progress(f"rate limited while {what}; retrying in {delay:.0f}s")
-                self.sleep(delay)
+        policy = retry_policies.hetzner_rate_limit(
+            self.settings.rate_limit_retries,
+            self.settings.rate_limit_backoff_s,
+            is_rate_limit=lambda exc: isinstance(exc, APIException) and exc.code == "rate_limit_exceeded",
+            on_wait=lambda delay: self.progress(f"rate limited while {what}; retrying in {delay:.0f}s"),
+            sleep=self.sleep,
+        )
+        return policy(fn, *args, **kwargs)
 
     # --- reading ------------------------------------------------------------------------------
     def servers(self) -> list[FleetServer]:
@@ -434,31 +434,51 @@ class Fleet:
         return self.down(keep=count)
 
 
+DEFAULTS = FleetSettings()  # every default of the fleet, written once: the resource and the CLI take them from here
+# Environment variables a deployment sets for the fleet; the CLI's defaults and HetznerFleet.from_env read them.
+FLEET_ENV = {
+    "name": "CAH_FLEET", "scheduler_address": "CAH_SCHEDULER_ADDRESS", "tls_dir": "CAH_TLS_DIR",
+    "package": "CAH_FLEET_PACKAGE", "max_servers": "CAH_FLEET_MAX_SERVERS",
+    "max_price_per_hour": "CAH_FLEET_MAX_EUR_PER_HOUR", "endpoint": "HCLOUD_ENDPOINT",
+}
+
+
+def _env_default(field_name: str, environ: dict[str, str] | None = None):
+    """The field's default, or the deployment's value from its environment variable (typed as the default)."""
+    default = getattr(DEFAULTS, field_name)
+    raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
+    return default if raw is None else type(default)(raw)
+
+
 class HetznerFleet(dg.ConfigurableResource):
     """CPU runners on Hetzner Cloud that join the Dask scheduler; tokens come from HCLOUD_TOKENS, never config."""
 
-    name: str = "cah"
-    server_type: str = "cpx31"
-    location: str = "fsn1"
-    image: str = "ubuntu-24.04"
-    ssh_keys: list[str] = []
-    max_servers: int = 10
-    max_price_per_hour: float = 2.0
-    scheduler_address: str = ""
-    tls_dir: str = ""
-    package: str = ""
-    extra_packages: list[str] = []
-    nthreads: int = 1
-    join_timeout_s: float = 900.0
-    endpoint: str = HETZNER_API
+    name: str = DEFAULTS.name
+    server_type: str = DEFAULTS.server_type
+    location: str = DEFAULTS.location
+    image: str = DEFAULTS.image
+    ssh_keys: list[str] = list(DEFAULTS.ssh_keys)
+    max_servers: int = DEFAULTS.max_servers
+    max_price_per_hour: float = DEFAULTS.max_price_per_hour
+    scheduler_address: str = DEFAULTS.scheduler_address
+    tls_dir: str = DEFAULTS.tls_dir
+    package: str = DEFAULTS.package
+    extra_packages: list[str] = list(DEFAULTS.extra_packages)
+    nthreads: int = DEFAULTS.nthreads
+    join_timeout_s: float = DEFAULTS.join_timeout_s
+    endpoint: str = DEFAULTS.endpoint
+    # Backlog sizing (fleet sensor): one runner per this many segments queued or running.
+    segments_per_server: int = 4
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> HetznerFleet:
+        """The resource as a deployment configures it through FLEET_ENV (unset variables keep the defaults)."""
+        return cls(**{name: _env_default(name, environ) for name in FLEET_ENV})
 
     def settings(self) -> FleetSettings:
-        return FleetSettings(
-            name=self.name, server_type=self.server_type, location=self.location, image=self.image,
-            ssh_keys=tuple(self.ssh_keys), max_servers=self.max_servers, max_price_per_hour=self.max_price_per_hour,
-            scheduler_address=self.scheduler_address, tls_dir=self.tls_dir, package=self.package,
-            extra_packages=tuple(self.extra_packages), nthreads=self.nthreads, join_timeout_s=self.join_timeout_s, endpoint=self.endpoint,
-        )
+        shared = [name for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields]
+        values = {name: getattr(self, name) for name in shared}
+        return FleetSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def fleet(self, progress: Progress | None = None) -> Fleet:
         return Fleet(self.settings(), load_projects(), progress=progress)
@@ -473,31 +493,33 @@ def servers_for_backlog(pending_units: int, units_per_server: int, max_servers: 
 
 # --- `cah fleet up | down | status` ---------------------------------------------------------------
 def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    env = os.environ.get
+    env = _env_default
     sub = parser.add_subparsers(dest="fleet_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default=env("CAH_FLEET", "cah"), help="fleet name: label and server-name prefix")
-    common.add_argument("--endpoint", default=env("HCLOUD_ENDPOINT", HETZNER_API), help=argparse.SUPPRESS)
+    common.add_argument("--name", default=env("name"), help="fleet name: label and server-name prefix")
+    common.add_argument("--endpoint", default=env("endpoint"), help=argparse.SUPPRESS)
     up = sub.add_parser("up", parents=[common], help="grow the fleet to N servers and wait for their workers")
     up.add_argument("count", type=int)
-    up.add_argument("--location", default="fsn1")
-    up.add_argument("--type", dest="server_type", default="cpx31", help="Hetzner server type")
-    up.add_argument("--image", default="ubuntu-24.04")
+    up.add_argument("--location", default=DEFAULTS.location)
+    up.add_argument("--type", dest="server_type", default=DEFAULTS.server_type, help="Hetzner server type")
+    up.add_argument("--image", default=DEFAULTS.image)
     up.add_argument("--ssh-key", dest="ssh_keys", action="append", default=[], help="SSH key name in the project (repeatable)")
-    up.add_argument("--scheduler", default=env("CAH_SCHEDULER_ADDRESS", ""), help="address workers join, tls://HOST:8786")
-    up.add_argument("--tls-dir", default=env("CAH_TLS_DIR", ""), help="folder made by deploy/make_tls.sh")
-    up.add_argument("--package", default=env("CAH_FLEET_PACKAGE", ""), help="pip requirement that installs this project")
+    up.add_argument("--scheduler", default=env("scheduler_address"), help="address workers join, tls://HOST:8786")
+    up.add_argument("--tls-dir", default=env("tls_dir"), help="folder made by deploy/make_tls.sh")
+    up.add_argument("--package", default=env("package"), help="pip requirement that installs this project")
     up.add_argument("--pip", dest="extra_packages", action="append", default=[], help="extra pip requirement, e.g. s3fs (repeatable)")
-    up.add_argument("--nthreads", type=int, default=1, help="threads per worker process")
-    up.add_argument("--max-servers", type=int, default=int(env("CAH_FLEET_MAX_SERVERS", "10")))
-    up.add_argument("--max-price-per-hour", type=float, default=float(env("CAH_FLEET_MAX_EUR_PER_HOUR", "2.0")), help="EUR incl. VAT")
-    up.add_argument("--join-timeout", type=float, default=900.0, help="seconds to wait for workers to join")
+    up.add_argument("--nthreads", type=int, default=DEFAULTS.nthreads, help="threads per worker process")
+    up.add_argument("--max-servers", type=int, default=env("max_servers"))
+    up.add_argument("--max-price-per-hour", type=float, default=env("max_price_per_hour"), help="EUR incl. VAT")
+    up.add_argument(
+        "--join-timeout", type=float, default=DEFAULTS.join_timeout_s, help="seconds to wait for workers to join"
+    )
     up.add_argument("--no-wait", action="store_true", help="do not wait for the workers to join")
     down = sub.add_parser("down", parents=[common], help="delete the fleet's servers (only those with its labels)")
     down.add_argument("--keep", type=int, default=0, help="keep this many (the oldest names)")
     status = sub.add_parser("status", parents=[common], help="list the fleet's servers and their price per hour")
-    status.add_argument("--scheduler", default=env("CAH_SCHEDULER_ADDRESS", ""), help="also show which joined")
-    status.add_argument("--tls-dir", default=env("CAH_TLS_DIR", ""))
+    status.add_argument("--scheduler", default=env("scheduler_address"), help="also show which joined")
+    status.add_argument("--tls-dir", default=env("tls_dir"))
     return parser
 
 

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
-from cah_resources import compiled
-
 HTTP_SCHEMES = ("http", "https")
 # First letters of "data:" and "javascript:" in any case: other links skip lower-casing a prefix.
 _DATA_OR_JAVASCRIPT = ("d", "D", "j", "J")
@@ -84,8 +82,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
     """``check_image_link`` of every ``(src, alt)`` of one page, sorted into kept pairs and drop reasons.
 
     One loop per page rather than one call per link: this is the stage's innermost loop, and its
-    results go into plain lists that the caller adds up in bulk. ``image_links.pxd`` gives its
-    variables C types for the compiled twin (see ``cah_resources/compiled.py``).
+    results go into plain lists that the caller adds up in bulk.
     """
     plain: _PlainBase | None = None
     plain_known = False  # the base is parsed at the page's first relative link, if it has one
@@ -98,7 +95,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
         if type(found_alt) is not str:
             dropped.append("no_alt")
             continue
-        alt = found_alt  # text from here on (the compiled twin types it so)
+        alt = found_alt  # text from here on
         # Every whitespace character but the ASCII space is a control or separator, which
         # isprintable() refuses: a printable alt without doubled or edge spaces is normalized
         # already, and most are, which spares the split and join.
@@ -271,9 +268,3 @@ def _path_and_query(tail: str) -> tuple[str, str]:
     path, _, query = tail.partition("#")[0].partition("?")
     return path, "?" + query if query else ""
 
-
-# The compiled twin of this module (see cah_resources/compiled.py) runs the per-page loop where one
-# is built from this very source; everything else here stays as it is.
-_twin = compiled.twin(__name__)
-if _twin is not None:
-    PageLinks, check_image_links = _twin.PageLinks, _twin.check_image_links

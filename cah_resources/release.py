@@ -230,17 +230,3 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
         return {}
     counts = pc.value_counts(pc.fill_null(column, "null")).to_pylist()
     return {item["values"]: item["counts"] for item in counts}
-
-
-def summary_markdown(summary: ReleaseSummary) -> str:
-    """Counts per category and NSFW tag as a markdown table, for the asset's metadata."""
-    lines = ["| category | pairs | share |", "| --- | ---: | ---: |"]
-    for category, count in summary.by_category.items():
-        share = count / summary.rows if summary.rows else 0.0
-        lines.append(f"| {category} | {count:,} | {share:.1%} |")
-    lines.append(f"| **all** | **{summary.rows:,}** | |")
-    if summary.by_nsfw:
-        lines += ["", "| NSFW | pairs |", "| --- | ---: |"]
-        lines += [f"| {tag} | {count:,} |" for tag, count in summary.by_nsfw.items()]
-    return "\n".join(lines)
-

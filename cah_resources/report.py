@@ -6,7 +6,7 @@ import base64
 import io
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -186,50 +186,64 @@ def collect_facts(
 # -- tables --------------------------------------------------------------------------------
 
 
+class Table(NamedTuple):
+    """A table of the report as plain data: the asset shows it as Dagster table metadata, report.md as markdown."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple]
+    note: str = ""  # a sentence under the table
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def table_markdown(table: Table) -> str:
+    """``table`` as markdown for report.md: numbers right-aligned with thousands separators."""
+
+    def text(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.1f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    numeric = [
+        bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows) for i in range(len(table.columns))
+    ]
+    lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines + (["", table.note] if table.note else []))
+
+
 def _ratio(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "n/a"
 
 
-def funnel_markdown(facts: DatasetFacts) -> str:
+def funnel_table(facts: DatasetFacts) -> Table:
     """records → candidates → attempted → downloaded → scored → kept, per category."""
-    lines = [
-        "| category | candidates | attempted | downloaded | kept | download rate | keep rate |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
     categories = [c for c in CATEGORIES if any(facts.funnel[s][c] for s in FUNNEL_STEPS)]
     categories += sorted({c for s in FUNNEL_STEPS for c in facts.funnel[s]} - set(CATEGORIES))
     totals = {s: sum(facts.funnel[s].values()) for s in FUNNEL_STEPS}
-    for name, counts in [(c, {s: facts.funnel[s][c] for s in FUNNEL_STEPS}) for c in categories] + [
-        ("**all**", totals)
-    ]:
-        lines.append(
-            f"| {name} | {counts['candidates']:,} | {counts['attempted']:,} | "
-            f"{counts['downloaded']:,} | {counts['kept']:,} | "
-            f"{_ratio(counts['downloaded'], counts['attempted'])} | "
-            f"{_ratio(counts['kept'], counts['downloaded'])} |"
-        )
-    lines.append("")
-    lines.append(
+    rows = []
+    for name, counts in [(c, {s: facts.funnel[s][c] for s in FUNNEL_STEPS}) for c in categories] + [("all", totals)]:
+        rows.append((name, counts["candidates"], counts["attempted"], counts["downloaded"], counts["kept"],
+                     _ratio(counts["downloaded"], counts["attempted"]), _ratio(counts["kept"], counts["downloaded"])))
+    note = (
         f"{facts.records:,} WAT records in {len(facts.segments)} segments gave "
         f"{totals['candidates']:,} candidates and {totals['kept']:,} kept pairs "
         f"({_ratio(totals['kept'], totals['candidates'])} of candidates)."
     )
-    return "\n".join(lines)
+    columns = ("category", "candidates", "attempted", "downloaded", "kept", "download rate", "keep rate")
+    return Table(columns, rows, note)
 
 
-def status_markdown(facts: DatasetFacts) -> str:
+def status_table(facts: DatasetFacts) -> Table:
     total = sum(facts.statuses.values())
-    lines = ["| download status | URLs | share |", "| --- | ---: | ---: |"]
-    for status, count in facts.statuses.most_common():
-        lines.append(f"| {status} | {count:,} | {_ratio(count, total)} |")
-    return "\n".join(lines)
+    rows = [(status, count, _ratio(count, total)) for status, count in facts.statuses.most_common()]
+    return Table(("download status", "URLs", "share"), rows)
 
 
-def candidate_drops_markdown(facts: DatasetFacts) -> str:
-    lines = ["| candidates drop reason | links |", "| --- | ---: |"]
-    for reason, count in facts.candidate_drops.most_common():
-        lines.append(f"| {reason.removeprefix('drop_')} | {count:,} |")
-    return "\n".join(lines)
+def candidate_drops_table(facts: DatasetFacts) -> Table:
+    rows = [(reason.removeprefix("drop_"), count) for reason, count in facts.candidate_drops.most_common()]
+    return Table(("candidates drop reason", "links"), rows)
 
 
 def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, int]]:
@@ -244,31 +258,20 @@ def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, i
     ]
 
 
-def top_domains_markdown(facts: DatasetFacts, n: int = 20) -> str:
-    lines = ["| domain | attempted | downloaded | kept |", "| --- | ---: | ---: | ---: |"]
-    for domain, attempted, downloaded, kept in top_domains(facts, n):
-        lines.append(f"| {domain} | {attempted:,} | {downloaded:,} | {kept:,} |")
-    return "\n".join(lines)
+def top_domains_table(facts: DatasetFacts, n: int = 20) -> Table:
+    return Table(("domain", "attempted", "downloaded", "kept"), top_domains(facts, n))
 
 
-def _rate(value: float | None) -> str:
-    return f"{value:,.1f}" if value is not None else "n/a"
-
-
-def throughput_markdown(facts: DatasetFacts) -> str:
-    lines = [
-        "| stage | items | unit | task seconds | per task second | per run second |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
-    ]
+def throughput_table(facts: DatasetFacts) -> Table:
+    rows = []
     for stage in STAGES:
         t = facts.throughput.get(stage)
         if t is None:
             continue
-        lines.append(
-            f"| {stage} | {t.items:,} | {t.unit} | {t.task_seconds:,.1f} | "
-            f"{_rate(t.per_task_second)} | {_rate(t.per_wall_second)} |"
-        )
-    return "\n".join(lines)
+        per_task = round(t.per_task_second, 1) if t.per_task_second is not None else "n/a"
+        per_run = round(t.per_wall_second, 1) if t.per_wall_second is not None else "n/a"
+        rows.append((stage, t.items, t.unit, round(t.task_seconds, 1), per_task, per_run))
+    return Table(("stage", "items", "unit", "task seconds", "per task second", "per run second"), rows)
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -384,7 +387,7 @@ def _category_order(category: str) -> tuple[int, str]:
 class Report:
     facts: DatasetFacts
     plots: dict[str, bytes]  # name -> PNG
-    tables: dict[str, str]  # name -> markdown
+    tables: dict[str, Table]
     paths: dict[str, str] = field(default_factory=dict)  # name -> file written
 
 
@@ -410,11 +413,11 @@ def build_report(
         "throughput": throughput_plot(facts),
     }
     tables = {
-        "funnel": funnel_markdown(facts),
-        "download_status": status_markdown(facts),
-        "candidate_drops": candidate_drops_markdown(facts),
-        "top_domains": top_domains_markdown(facts, top_n_domains),
-        "throughput": throughput_markdown(facts),
+        "funnel": funnel_table(facts),
+        "download_status": status_table(facts),
+        "candidate_drops": candidate_drops_table(facts),
+        "top_domains": top_domains_table(facts, top_n_domains),
+        "throughput": throughput_table(facts),
     }
     report = Report(facts, plots, tables)
     for name, png in plots.items():
@@ -427,7 +430,7 @@ def build_report(
         if name in plots:
             sections.append(f"![{name}]({name}.png)")
         if name in tables:
-            sections.append(tables[name])
+            sections.append(table_markdown(tables[name]))
     missing = {stage: segs for stage, segs in facts.missing.items() if segs}
     if missing:
         sections.append("## not yet materialized")

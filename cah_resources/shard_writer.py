@@ -14,18 +14,6 @@ import pyarrow as pa
 
 from cah_resources.storage import DataRoot
 
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("uid", pa.string()),
-        ("url", pa.string()),
-        ("text", pa.string()),
-        ("page_url", pa.string()),
-        ("category", pa.string()),
-        ("language", pa.string()),
-        ("language_prob", pa.float32()),
-        ("wat_file", pa.string()),
-    ]
-)
 DOWNLOAD_FIELDS = pa.schema(
     [
         ("key", pa.string()),

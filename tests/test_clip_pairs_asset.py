@@ -56,11 +56,13 @@ def test_a_segment_materializes_with_the_numbers_a_person_asks_for(data):
     kept = metadata["pairs_kept_en"].value + metadata["pairs_kept_multi"].value
     assert kept == metadata["pairs_kept"].value and 25 <= kept <= 30  # every caption here matches its picture
     assert metadata["kept_rate"].value == round(kept / 30, 4)
-    assert "image_unreadable | 1" in metadata["not_scored"].value
-    assert "| similarity | pairs |" in metadata["similarity_histogram"].value
+    assert {r.data["clip_status"]: r.data["count"] for r in metadata["not_scored"].records} == {"image_unreadable": 1}
+    histogram = metadata["similarity_histogram"]
+    assert [c.name for c in histogram.schema.columns] == ["similarity", "pairs", "bar"]
+    assert sum(r.data["pairs"] for r in histogram.records) == 30
     assert (metadata["device"].value, metadata["precision"].value) == ("cpu", "fp32")
     assert metadata["images_per_s"].value > 0 and metadata["shards_scored_now"].value == 2
-    assert "cah-tiny-clip" in metadata["models"].value
+    assert all("cah-tiny-clip" in r.data["model"] for r in metadata["models"].records)
 
 
 def test_a_rematerialized_segment_scores_nothing_again_and_reports_the_same_totals(data):

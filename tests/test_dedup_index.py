@@ -247,3 +247,15 @@ def test_the_first_openers_of_a_new_sqlite_index_wait_for_each_other(tmp_path):
         for thread in threads:
             thread.join()
         assert errors == [] and DedupIndex(url).count() == 18
+
+
+@pytest.mark.postgres
+def test_a_postgresql_psycopg2_url_as_the_readme_documents_claims_like_postgresql(tmp_path):
+    require_postgres()
+    table = f"dedup_test_{uuid.uuid4().hex[:12]}"
+    index = DedupIndex(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg2://", 1), table=table)
+    try:
+        assert index.claim("CC-MAIN-2024-10_00000", uids("driver", 5)) == set(uids("driver", 5))
+        assert DedupIndex(POSTGRES_URL, table=table).count("CC-MAIN-2024-10_00000") == 5
+    finally:
+        index.drop()

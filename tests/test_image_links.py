@@ -1,25 +1,16 @@
-"""Turning <img src> + alt into candidates: URL resolution and every filter's drop reason.
-
-Every test runs twice: on the module as imported (its compiled twin where one is built) and on the
-same source run as Python (see cah_resources/compiled.py).
-"""
+"""Turning <img src> + alt into candidates: URL resolution and every filter's drop reason."""
 
 import random
 
 import pytest
 
-from cah_resources import compiled, image_links
+from cah_resources import image_links
 from cah_resources.image_links import CandidateFilters, base_url_of
-from conftest import skip_or_fail
 
 
-@pytest.fixture(params=["as imported", "python"])
-def links(request):
+@pytest.fixture
+def links():
     """The module whose ``check_image_link`` a test drives."""
-    if request.param == "python":
-        return compiled.pure("image_links")
-    if image_links._twin is None:
-        skip_or_fail("no compiled twin of image_links is built (make setup builds it)")
     return image_links
 
 
@@ -110,7 +101,7 @@ def test_links_come_out_the_same_with_and_without_the_fast_url_path(monkeypatch,
     fast = [links.check_image_link(src, ALT, base, RULES) for src, base in cases]
     assert sum(isinstance(r, tuple) for r in fast) > 5_000
 
-    slow = compiled.pure("image_links")
+    slow = image_links  # the general path alone: the shortcuts patched out (undone after the test)
     monkeypatch.setattr(slow, "_split_absolute", lambda src: None)
     monkeypatch.setattr(slow, "_resolve_relative", lambda src, plain: None)
     assert [slow.check_image_link(src, ALT, base, RULES) for src, base in cases] == fast

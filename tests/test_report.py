@@ -16,7 +16,7 @@ from cah_resources.report import (
     SIMILARITY_EDGES,
     build_report,
     collect_facts,
-    funnel_markdown,
+    funnel_table,
     png_markdown,
     top_domains,
     url_domains,
@@ -61,11 +61,11 @@ def test_funnel_counts_each_step_per_category_over_all_segments(root):
 
 
 def test_funnel_table_shows_counts_and_rates_per_category(root):
-    table = funnel_markdown(collect_facts(root, SEGMENTS))
-    assert "| en | 10 | 10 | 6 | 4 | 60.0% | 66.7% |" in table
-    assert "| nolang | 2 | 2 | 0 | 0 | 0.0% | n/a |" in table
-    assert "| **all** | 14 | 14 | 8 | 6 | 57.1% | 75.0% |" in table
-    assert "201 WAT records in 2 segments" in table
+    table = funnel_table(collect_facts(root, SEGMENTS))
+    assert ("en", 10, 10, 6, 4, "60.0%", "66.7%") in table.rows
+    assert ("nolang", 2, 2, 0, 0, "0.0%", "n/a") in table.rows
+    assert table.rows[-1] == ("all", 14, 14, 8, 6, "57.1%", "75.0%")
+    assert "201 WAT records in 2 segments" in table.note
 
 
 def test_similarity_histograms_count_every_scored_pair_in_its_bin_per_category(root):
@@ -135,16 +135,18 @@ def test_a_report_of_segments_with_no_output_yet_still_draws(root):
     assert "CC-X_00005" in root.read_bytes(report.paths["report"]).decode()
 
 
-def test_plots_reach_dagster_metadata_as_inline_markdown_images(root, tmp_path):
+def test_plots_reach_dagster_metadata_as_inline_markdown_images_and_tables_as_table_metadata(root, tmp_path):
+    from cah_assets.metadata import rows_table
+
     report = build_report(root, SEGMENTS, root.path("report", "CC-X"))
+    funnel = report.tables["funnel"]
 
     @dg.asset
     def report_probe() -> dg.MaterializeResult:
         return dg.MaterializeResult(
             metadata={
-                "funnel": dg.MetadataValue.md(
-                    png_markdown(report.plots["funnel"], "funnel") + "\n\n" + report.tables["funnel"]
-                )
+                "funnel": dg.MetadataValue.md(png_markdown(report.plots["funnel"], "funnel")),
+                "funnel_table": rows_table(funnel.as_dicts(), funnel.columns, limit=len(funnel.rows)),
             }
         )
 
@@ -154,4 +156,6 @@ def test_plots_reach_dagster_metadata_as_inline_markdown_images(root, tmp_path):
     text = event.asset_materialization.metadata["funnel"].value
     encoded = text.split("data:image/png;base64,", 1)[1].split(")", 1)[0]
     assert base64.b64decode(encoded) == report.plots["funnel"]
-    assert "| **all** | 14 | 14 | 8 | 6 |" in text
+    table = event.asset_materialization.metadata["funnel_table"]
+    assert [c.type for c in table.schema.columns][:5] == ["string", "int", "int", "int", "int"]
+    assert table.records[-1].data == dict(zip(funnel.columns, ("all", 14, 14, 8, 6, "57.1%", "75.0%")))

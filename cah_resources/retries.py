@@ -1,0 +1,72 @@
+"""The retry policy of each kind of outside call: what is retried, how many times, and how long apart."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import tenacity
+
+
+def _doubling_with_jitter(base_s: float) -> Callable[[tenacity.RetryCallState], float]:
+    # base, 2x base, 4x base, ... each scaled by 0.5-1.5 at random, so that many workers whose
+    # downloads broke off together (a mirror restarting) do not come back in step.
+    return lambda state: base_s * 2 ** (state.attempt_number - 1) * (0.5 + random.random())
+
+
+def crawl_download(retries: int, backoff_s: float, retried: tuple[type[BaseException], ...]) -> tenacity.AsyncRetrying:
+    """A crawl file's download: ``retries`` more tries after a break-off, doubling with jitter.
+
+    The last error is raised as it is (``reraise``); the caller wraps it with the attempt count.
+    """
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=_doubling_with_jitter(backoff_s),
+        retry=tenacity.retry_if_exception_type(retried),
+        reraise=True,
+    )
+
+
+def hetzner_rate_limit(
+    retries: int,
+    backoff_s: float,
+    is_rate_limit: Callable[[BaseException], bool],
+    on_wait: Callable[[float], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tenacity.Retrying:
+    """A Hetzner API call refused for its rate limit: ``retries`` more tries, doubling, no jitter.
+
+    hcloud retries briefly by itself; the hourly limit needs longer waits than it makes.
+    ``on_wait(seconds)`` is told before each wait; any other error is raised at once.
+    """
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, exp_base=2),
+        retry=tenacity.retry_if_exception(is_rate_limit),
+        before_sleep=lambda state: on_wait(state.upcoming_sleep),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def sqlite_wal_switch(deadline_s: float, is_locked: Callable[[BaseException], bool]) -> tenacity.Retrying:
+    """Switching a new SQLite file to WAL: SQLite answers "locked" at once to all but one opener,
+    so the others try again every 10 ms until one has won (or ``deadline_s`` has passed)."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_delay(deadline_s),
+        wait=tenacity.wait_fixed(0.01),
+        retry=tenacity.retry_if_exception(is_locked),
+        reraise=True,
+    )
+
+
+def postgres_transaction(retries: int, is_transient: Callable[[BaseException], bool]) -> tenacity.Retrying:
+    """A Postgres transaction that lost a lock cycle (deadlock, serialization failure): redone up to
+    ``retries`` times, 50 ms more apart each time; the whole transaction is safe to redo."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=tenacity.wait_incrementing(start=0.05, increment=0.05),
+        retry=tenacity.retry_if_exception(is_transient),
+        reraise=True,
+    )
