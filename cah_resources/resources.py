@@ -46,7 +46,10 @@ class StorageResource(dg.ConfigurableResource):
     def data_root(self) -> DataRoot:
         options = json.loads(self.storage_options_json)
         if self.root.startswith(S3_PREFIXES):
-            options.update(s3_storage_options(self.endpoint_url, self.access_key_id, self.secret_access_key, self.region))
+            # Outside a run (CLI, registration) EnvVar fields are not resolved yet: read them here.
+            values = [v.get_value("") if isinstance(v, dg.EnvVar) else v
+                      for v in (self.endpoint_url, self.access_key_id, self.secret_access_key, self.region)]
+            options.update(s3_storage_options(*values))
         return DataRoot(self.root, options)
 
 

@@ -189,3 +189,113 @@ def test_the_storage_resource_hands_its_s3_fields_to_the_data_root_without_showi
 def test_a_local_root_takes_no_s3_options():
     root = StorageResource(root="data", endpoint_url="http://127.0.0.1:1", secret_access_key="s").data_root()
     assert root.storage_options == {} and root.is_local
+
+
+# --- every stage, check, release and report on the peer ------------------------------------------
+
+PLANTED_SECRET = "planted-secret-Qx7wV3kP"  # moto takes any key; this one must never be seen again
+IMAGE_SUFFIXES = (".tar", ".jpg", ".jpeg", ".png", ".webp")
+
+
+@pytest.fixture(scope="module")
+def pipeline_on_s3(s3_peer, tmp_path_factory):
+    """One segment of the sample crawl through every stage, its checks, release and report, data root on the peer.
+
+    Stage work runs in Dask worker processes; every path the run process (this one) opens on the
+    store is recorded, as are its logs and output.
+    """
+    import logging
+
+    import dagster as dg
+    import s3fs
+
+    from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
+    from cah_assets.crawls import register_and_add
+    from cah_assets.definitions import defs
+    from cah_assets.demo import DATASET, STAGES, demo_resources
+    from cah_resources.compute import ComputeResource
+    from cah_resources.dedup_index import DedupIndexResource
+    from cah_resources.sample_crawl import generate_crawl
+
+    work = tmp_path_factory.mktemp("pipeline_on_s3")
+    bucket_root = new_bucket_root(s3_peer)
+    opened: list[str] = []
+    original_open = s3fs.S3FileSystem._open
+
+    def recording_open(self, path, mode="rb", *args, **kwargs):
+        opened.append(f"{mode} {path}")
+        return original_open(self, path, mode, *args, **kwargs)
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    os.environ["CAH_TEST_PLANTED_SECRET"] = PLANTED_SECRET
+    s3fs.S3FileSystem._open = recording_open
+    try:
+        with LocalImageWeb(n_hosts=6, seed=3) as web:
+            crawl = generate_crawl(str(work / "crawl"), wat_files=1, pages_per_file=24, seed=3, mismatch_rate=0.3,
+                                   missing_rate=0.1, image_base=web.origins[:4], page_base=web.origins[4:])
+            resources = {
+                **demo_resources(crawl.root, str(work / "unused")),
+                "storage": StorageResource(root=bucket_root.url, endpoint_url=s3_peer, access_key_id=ACCESS_KEY,
+                                           secret_access_key=dg.EnvVar("CAH_TEST_PLANTED_SECRET"), region=REGION),
+                "compute": ComputeResource(n_workers=2, processes=True),
+                "dedup_index": DedupIndexResource(url=f"sqlite:///{work}/dedup.sqlite"),
+            }
+            (work / "home").mkdir()
+            instance = dg.DagsterInstance.local_temp(str(work / "home"))
+            registration, _ = register_and_add(instance, resources["common_crawl"], resources["storage"], crawl.crawl,
+                                               files_per_segment=1)
+            key = registration.keys()[0]
+            stages = [defs.get_assets_def(name) for name in STAGES]
+            checks = [candidates_checks, image_shards_checks, clip_pairs_checks]
+            stage_run = dg.materialize([*stages, *checks], partition_key=key, instance=instance, resources=resources)
+            dataset_run = dg.materialize([defs.get_assets_def(name) for name in DATASET], instance=instance,
+                                         resources=resources, selection=list(DATASET))
+            root = resources["storage"].data_root()
+    finally:
+        s3fs.S3FileSystem._open = original_open
+        logging.getLogger().removeHandler(handler)
+        os.environ.pop("CAH_TEST_PLANTED_SECRET", None)
+    yield {"root": root, "key": key, "runs": [stage_run, dataset_run], "opened": opened, "logs": records,
+           "instance": instance}
+    instance.dispose()
+
+
+def test_every_stage_check_release_and_report_succeed_with_the_data_root_on_s3(pipeline_on_s3):
+    import dagster as dg
+
+    from cah_resources.release import read_release, release_dir
+
+    stage_run, dataset_run = pipeline_on_s3["runs"]
+    assert stage_run.success and dataset_run.success
+    evaluations = stage_run.get_asset_check_evaluations()
+    assert len(evaluations) == 9 and all(e.passed for e in evaluations), [e.description for e in evaluations]
+    root, key = pipeline_on_s3["root"], pipeline_on_s3["key"]
+    assert root.url.startswith("s3://")
+    folder = segment_folder(root, key)
+    assert any(name.endswith(".tar") for name in root.listdir(folder))
+    crawl = key.rsplit("_", 1)[0]
+    assert read_release(root, release_dir(root, crawl)).num_rows > 0
+    assert root.read_bytes(f"{root.path('report', crawl)}/funnel.png").startswith(b"\x89PNG")
+    assert pipeline_on_s3["instance"].get_latest_materialization_event(dg.AssetKey("report")) is not None
+
+
+def test_the_run_process_reads_no_tar_and_no_image_from_the_store(pipeline_on_s3):
+    reads = [entry.split(" ", 1)[1] for entry in pipeline_on_s3["opened"] if entry.startswith("rb")]
+    assert any(path.endswith(".done") for path in reads)  # it does look at the store, through s3fs
+    assert [path for path in reads if path.lower().endswith(IMAGE_SUFFIXES)] == []
+
+
+def test_the_s3_secret_reaches_no_log_metadata_event_or_repr(pipeline_on_s3):
+    root = pipeline_on_s3["root"]
+    assert root.storage_options["secret"] == PLANTED_SECRET  # it did travel, to the workers
+    seen = [repr(root), str(root), repr(plan_shards(root, pipeline_on_s3["key"], 10)), *pipeline_on_s3["logs"]]
+    for run in pipeline_on_s3["runs"]:
+        seen.append(repr(run.dagster_run))
+        for event in run.all_events:
+            seen.append(repr(event))
+        for record in pipeline_on_s3["instance"].all_logs(run.run_id):
+            seen.append(repr(record))
+    assert [text for text in seen if PLANTED_SECRET in text] == []
