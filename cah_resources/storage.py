@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import fsspec
-from fsspec.spec import AbstractBufferedFile
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.spec import AbstractBufferedFile
 
 LOCAL_PROTOCOLS = ("file", "local")
 # Filesystems whose open(..., "wb") shows the file at once; they get a temporary name and a move.

@@ -10,15 +10,20 @@ from dataclasses import asdict
 
 import pyarrow as pa
 import pytest
+from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
 from cah_resources.candidates import SCHEMA, output_paths, pair_uid
 from cah_resources.downloader import FetchSettings
-from cah_resources.image_shards import ShardSettings, download_shard, plan_shards, segment_folder
+from cah_resources.image_shards import (
+    ShardSettings,
+    download_shard,
+    plan_shards,
+    segment_folder,
+)
 from cah_resources.local_web import LocalImageWeb
 from cah_resources.resizer import ResizeSettings
 from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
-from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PART = 5 * 2**20  # S3's smallest multipart part: a write past it starts a multipart upload
@@ -202,14 +207,18 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
     """One segment of the sample crawl through every stage, its checks, release and report, data root on the peer.
 
     Stage work runs in Dask worker processes; every path the run process (this one) opens on the
-    store is recorded, as are its logs and output.
+    store is recorded, as are the log records it emits.
     """
     import logging
 
     import dagster as dg
     import s3fs
 
-    from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
+    from cah_assets.checks import (
+        candidates_checks,
+        clip_pairs_checks,
+        image_shards_checks,
+    )
     from cah_assets.crawls import register_and_add
     from cah_assets.definitions import defs
     from cah_assets.demo import DATASET, STAGES, demo_resources
