@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, both image regimes, best of 2 rounds (~20 min)
     .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
+    .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
 
 A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -27,6 +28,10 @@ first shard's start and the last shard's end as each tool records them (so inter
 cluster start-up are not counted); images per CPU second of the contender's whole process tree
 (start-up included; it moves far less than wall time on a machine shared with other work); and
 the peak RSS of the process tree (summed, so shared pages count more than once: an upper bound).
+
+--s3: image_shards alone, its data root on a local folder and on an S3 peer (moto's server on
+loopback, started here, reached through s3fs with the standard AWS variables), interleaved round by
+round: the object store's rate as a fraction of the local folder's (target >= 0.9).
 """
 
 from __future__ import annotations
@@ -137,7 +142,9 @@ IMAGE_SHARDS = textwrap.dedent(
     )
     units = plan_shards(root, segment, settings.shard_size)
     compute = ComputeResource(n_workers=workers, processes=True, local_gpus=0)
-    with dask.config.set({"distributed.worker.daemon": False}):
+    # s3fs and aiobotocore take seconds to import: start-up, which the measured window leaves out.
+    preload = ["s3fs"] if root.url.startswith("s3://") else []
+    with dask.config.set({"distributed.worker.daemon": False, "distributed.worker.preload": preload}):
         markers = [r.value for r in compute.run_units(download_shard, units, settings=settings)]
     print(json.dumps({"ok": sum(m["successes"] for m in markers), "count": sum(m["count"] for m in markers),
                       "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
@@ -229,8 +236,12 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
         command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES), str(TIMEOUT_S)]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
-    elif name == "image_shards":
-        command = [sys.executable, "-c", IMAGE_SHARDS, str(url_file), str(work / "data"), SEGMENT, str(CONCURRENCY),
+    elif name in ("image_shards", "image_shards_s3"):
+        data_root = str(work / "data")
+        if name == "image_shards_s3":
+            data_root, s3_env = s3_data_root(work.name)
+            env.update(s3_env)
+        command = [sys.executable, "-c", IMAGE_SHARDS, str(url_file), data_root, SEGMENT, str(CONCURRENCY),
                    str(PER_HOST), str(TIMEOUT_S), str(RETRIES), str(IMAGE_SIZE), str(CORES)]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
@@ -304,6 +315,47 @@ def report(regime: str, best: dict[str, dict]) -> None:
     print(f"  image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
 
 
+S3_PEER: dict[str, str] = {}  # the endpoint of the moto server main() starts for --s3
+
+
+def s3_data_root(name: str) -> tuple[str, dict[str, str]]:
+    """A fresh bucket on the S3 peer for one measurement, and the AWS variables that reach it."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root
+
+    root = new_bucket_root(S3_PEER["endpoint"], prefix=name)
+    return root.url, {"AWS_ENDPOINT_URL_S3": S3_PEER["endpoint"], "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                      "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
+
+
+def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
+    """image_shards with its data root on the S3 peer and on a local folder, interleaved; the best round of each."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_peer import moto_server
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    print(f"\n== {regime}: {REGIMES[regime]}; data root on a local folder and on S3 (moto on loopback)", flush=True)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime == "thumbnails")
+    best: dict[str, dict] = {}
+    try:
+        urls = [url for url, _, _ in web.urls]
+        with moto_server() as endpoint, tempfile.TemporaryDirectory(dir=WORK) as tmp:
+            S3_PEER["endpoint"] = endpoint
+            for round_ in range(args.rounds):
+                for name in ("image_shards", "image_shards_s3"):
+                    result = measure(name, urls, Path(tmp) / f"{name.replace('_', '-')}-{round_}")
+                    print(f"  round {round_ + 1} {name:16s} {result['images_per_s']:7.1f} images/s "
+                          f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
+                          f"peak {result['peak_rss'] / 2**20:.0f} MiB)", flush=True)
+                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
+                        best[name] = result
+    finally:
+        web.close()
+    ratio = best["image_shards_s3"]["images_per_s"] / best["image_shards"]["images_per_s"]
+    print(f"\n{regime}: local folder {best['image_shards']['images_per_s']:.1f} images/s, "
+          f"S3 peer {best['image_shards_s3']['images_per_s']:.1f} images/s: S3 / local = {ratio:.2f} (target >= 0.9)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=12_000)
@@ -315,7 +367,12 @@ def main() -> None:
     parser.add_argument("--images", choices=[*REGIMES, "both"], default="both",
                         help="which image sizes the fake web serves (default: both, one after the other)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--s3", action="store_true", help="image_shards only: data root on an S3 peer vs a local folder")
     args = parser.parse_args()
+    if args.s3:
+        for regime in list(REGIMES) if args.images == "both" else [args.images]:
+            compare_s3_with_local(regime, args)
+        return
 
     ensure_img2dataset()
     regimes = list(REGIMES) if args.images == "both" else [args.images]

@@ -1,7 +1,6 @@
 """Asset checks of the three stages, one verdict per segment, blocking so that bad data does not flow on."""
 
 import re
-import tarfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET
 from cah_resources.candidates import CATEGORIES, SCHEMA, output_paths
+from cah_resources.compute import ComputeResource
 from cah_resources.resources import StorageResource
+from cah_resources.shard_writer import read_tar_names
 from cah_resources.storage import DataRoot
 
 UID = re.compile(r"^[0-9a-f]{32}$")
@@ -171,6 +172,11 @@ IMAGE_SHARDS_CHECKS = {
 }
 
 
+def run_here(fn: Callable, units: list, **kwargs) -> list:
+    """Runs ``fn(unit, **kwargs)`` for each unit in this process; the Dagster checks pass the compute engine's instead."""
+    return [fn(unit, **kwargs) for unit in units]
+
+
 def _shard_numbers(root: DataRoot, folder: str) -> tuple[list[int], set[int]]:
     """Shards that have a parquet, and shards that have a .done marker."""
     parquets, done = set(), set()
@@ -181,7 +187,8 @@ def _shard_numbers(root: DataRoot, folder: str) -> tuple[list[int], set[int]]:
     return sorted(parquets | done), done
 
 
-def check_image_shards(root: DataRoot, segment: str) -> dict[str, Verdict]:
+def check_image_shards(root: DataRoot, segment: str, run: Callable = run_here) -> dict[str, Verdict]:
+    """``run`` maps the tar reads: the run process reads only parquet, stats and markers from the store."""
     candidates_path = output_paths(root, segment)[0]
     if not root.exists(candidates_path):
         return _missing(candidates_path, tuple(IMAGE_SHARDS_CHECKS))
@@ -195,7 +202,7 @@ def check_image_shards(root: DataRoot, segment: str) -> dict[str, Verdict]:
             tables[shard] = root.read_parquet(path, columns=["uid", "key", "status"])
     return {
         "rows_match_candidates": _rows_verdict(expected_uids, shards, done, tables),
-        "tar_members_match_ok_rows": _tar_verdict(root, folder, tables),
+        "tar_members_match_ok_rows": _tar_verdict(root, folder, tables, run),
         "stats_agree": _stats_verdict(root, folder, tables),
     }
 
@@ -229,25 +236,17 @@ def _rows_verdict(expected_uids: list[str], shards: list[int], done: set[int], t
     return Verdict(True, f"{len(uids)} rows in {len(shards)} finished shards, same order as the candidates", meta)
 
 
-def _tar_names(root: DataRoot, path: str) -> list[str]:
-    with root.fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-        return tar.getnames()
-
-
-def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> Verdict:
+def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: Callable) -> Verdict:
     missing, extra, duplicated, unreadable, members = 0, 0, 0, [], 0
     examples: list[str] = []
-    for shard, table in sorted(tables.items()):
+    shards = sorted(tables)
+    listings = run(read_tar_names, [f"{folder}/{shard:05d}.tar" for shard in shards], root=root)
+    for shard, (names, error) in zip(shards, listings):
+        table = tables[shard]
         ok_keys = table.filter(pc.equal(table.column("status"), "ok")).column("key").to_pylist()
         expected = {key + suffix for key in ok_keys for suffix in TAR_SUFFIXES}
-        path = f"{folder}/{shard:05d}.tar"
-        try:
-            names = _tar_names(root, path) if root.exists(path) else None
-        except (tarfile.TarError, OSError, EOFError) as error:
-            unreadable.append(f"{shard:05d}: {error}")
-            continue
         if names is None:
-            unreadable.append(f"{shard:05d}: no tar")
+            unreadable.append(f"{shard:05d}: {error}")
             continue
         found = set(names)
         members += len(names)
@@ -349,9 +348,14 @@ def _target(instance: dg.DagsterInstance, asset_key: dg.AssetKey, segment: str) 
 
 
 def segment_checks(
-    asset: str, descriptions: dict[str, str], verdicts_of: Callable[[DataRoot, str], dict[str, Verdict]], automated: bool
+    asset: str, descriptions: dict[str, str], verdicts_of: Callable[..., dict[str, Verdict]], automated: bool,
+    reads_on_workers: bool = False,
 ) -> dg.AssetChecksDefinition:
-    """Blocking checks of ``asset``, evaluated for every segment of the run and recorded per segment."""
+    """Blocking checks of ``asset``, evaluated for every segment of the run and recorded per segment.
+
+    ``reads_on_workers``: ``verdicts_of`` takes a ``run`` that maps its heavy reads (tars) onto the
+    compute engine, so the run process reads only parquet, stats and markers from the store.
+    """
     asset_key = dg.AssetKey(asset)
     # Per-partition checks are a Dagster preview; they are what lets automation hold back one bad segment.
     with warnings.catch_warnings():
@@ -365,13 +369,18 @@ def segment_checks(
         ]
 
     @dg.multi_asset_check(specs=specs, name=f"{asset}_checks", description=f"Checks of {asset}, per segment.")
-    def _checks(context: dg.AssetCheckExecutionContext, storage: StorageResource):
+    def _checks(context: dg.AssetCheckExecutionContext, storage: StorageResource, compute: ComputeResource):
         if not (context.has_partition_key or context.has_partition_key_range):
             raise dg.Failure(f"checks of {asset} run per segment: pick one or more segments")
         root = storage.data_root()
+
+        def on_workers(fn: Callable, units: list, **kwargs) -> list:
+            return [result.value for result in compute.run_units(fn, units, **kwargs)]
+
+        extra = {"run": on_workers} if reads_on_workers else {}
         failed: Counter = Counter()
         for segment in context.partition_keys:
-            verdicts = verdicts_of(root, segment)
+            verdicts = verdicts_of(root, segment, **extra)
             target = _target(context.instance, asset_key, segment)
             for spec in specs:
                 verdict = verdicts[spec.name]
@@ -391,5 +400,7 @@ def segment_checks(
 
 
 candidates_checks = segment_checks("candidates", CANDIDATES_CHECKS, check_candidates, automated=False)
-image_shards_checks = segment_checks("image_shards", IMAGE_SHARDS_CHECKS, check_image_shards, automated=True)
+image_shards_checks = segment_checks(
+    "image_shards", IMAGE_SHARDS_CHECKS, check_image_shards, automated=True, reads_on_workers=True
+)
 clip_pairs_checks = segment_checks("clip_pairs", CLIP_PAIRS_CHECKS, check_clip_pairs, automated=True)

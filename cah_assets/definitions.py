@@ -30,7 +30,7 @@ defs = dg.Definitions(
     resources={
         "compute": ComputeResource(),
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
-        "storage": StorageResource(root=os.environ.get("CAH_DATA_ROOT", "data")),
+        "storage": StorageResource.from_env(os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
         # A Postgres URL carries a password: read through EnvVar so it never shows in run config.
         "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL")) if os.environ.get("CAH_DEDUP_URL") else DedupIndexResource(),

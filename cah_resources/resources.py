@@ -5,25 +5,52 @@ processes that run those objects never import Dagster."""
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from cah_resources.common_crawl import COMMON_CRAWL_URL, CrawlSource
-from cah_resources.storage import DataRoot
+from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage_options
 
 if TYPE_CHECKING:
     from cah_resources.clip_scorer import ScoringSettings
 
 
 class StorageResource(dg.ConfigurableResource):
-    """Where outputs go: a local folder (default ``./data``) or any fsspec URL such as ``s3://bucket/cah``."""
+    """Where outputs go: a local folder (default ``./data``) or any fsspec URL such as ``s3://bucket/cah``.
+
+    For ``s3://`` roots, empty endpoint and credential fields leave them to botocore's standard
+    sources (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_REGION, ~/.aws); set through ``dg.EnvVar`` they travel with the data root to every worker.
+    """
 
     root: str = "data"
     storage_options_json: str = "{}"
+    endpoint_url: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    region: str = ""
+
+    @classmethod
+    def from_env(cls, root: str) -> StorageResource:
+        """``root`` with the S3 endpoint and credentials of the standard AWS variables that are set,
+        read through ``dg.EnvVar`` so that no secret shows in run config."""
+        fields = {}
+        for name, variables in S3_ENV_VARS.items():
+            variable = next((v for v in variables if os.environ.get(v)), None)
+            if variable:
+                fields[name] = dg.EnvVar(variable)
+        return cls(root=root, **fields)
 
     def data_root(self) -> DataRoot:
-        return DataRoot(self.root, json.loads(self.storage_options_json))
+        options = json.loads(self.storage_options_json)
+        if self.root.startswith(S3_PREFIXES):
+            # Outside a run (CLI, registration) EnvVar fields are not resolved yet: read them here.
+            values = [v.get_value("") if isinstance(v, dg.EnvVar) else v
+                      for v in (self.endpoint_url, self.access_key_id, self.secret_access_key, self.region)]
+            options.update(s3_storage_options(*values))
+        return DataRoot(self.root, options)
 
 
 class CommonCrawl(dg.ConfigurableResource):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -102,6 +103,21 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
             root.remove(f"{folder}/{entry}")
             removed.append(entry)
     return removed
+
+
+def read_tar_names(path: str, root: DataRoot) -> tuple[list[str] | None, str | None]:
+    """The member names of a shard's tar, or why they could not be read (the tar missing or broken).
+
+    Checks run this on the compute engine's workers: a tar is image bytes, which the run process
+    never reads from the store.
+    """
+    if not root.exists(path):
+        return None, "no tar"
+    try:
+        with root.fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+            return tar.getnames(), None
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return None, str(error)
 
 
 class ShardWriter:

@@ -13,11 +13,36 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.spec import AbstractBufferedFile
 
 from cah_resources.redaction import redact_options, redact_url
 
 LOCAL_PROTOCOLS = ("file", "local")
+# Filesystems whose open(..., "wb") shows the file at once; they get a temporary name and a move.
+PUBLISH_ON_OPEN_PROTOCOLS = ("memory",)
 WRITE_BUFFER = 1 << 20
+S3_PREFIXES = ("s3://", "s3a://")
+# The storage resource's S3 fields and the standard AWS variables that fill them, first set wins.
+S3_ENV_VARS = {
+    "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
+
+
+def s3_storage_options(endpoint_url: str = "", key: str = "", secret: str = "", region: str = "") -> dict[str, Any]:
+    """s3fs options for the values given; what is empty is left to botocore's own lookup."""
+    options: dict[str, Any] = {}
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    if key:
+        options["key"] = key
+    if secret:
+        options["secret"] = secret
+    if region:
+        options["client_kwargs"] = {"region_name": region}
+    return options
 
 
 @dataclass(frozen=True, repr=False)
@@ -25,7 +50,8 @@ class DataRoot:
     """A folder of outputs (``./data``, ``/mnt/cah``, ``s3://bucket/cah``); picklable for workers."""
 
     url: str
-    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # Credentials travel here to the workers; repr=False keeps them out of logs and metadata.
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     def __repr__(self) -> str:
         # Work units carry their data root to workers, and Dask and Dagster print them: no credentials.
@@ -33,14 +59,21 @@ class DataRoot:
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        options = dict(self.storage_options)
+        if "://" in self.url and not self.url.startswith(("file://", "local://")):
+            # Other machines write to the same store: a cached listing would hide their files.
+            options.setdefault("use_listings_cache", False)
+        fs, _ = fsspec.core.url_to_fs(self.url, **options)
         return fs
 
     @property
-    def is_local(self) -> bool:
+    def _protocols(self) -> set[str]:
         protocol = self.fs.protocol
-        protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-        return any(p in LOCAL_PROTOCOLS for p in protocols)
+        return {protocol} if isinstance(protocol, str) else set(protocol)
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self._protocols & set(LOCAL_PROTOCOLS))
 
     def path(self, *parts: str) -> str:
         base = self.url.rstrip("/")
@@ -64,29 +97,33 @@ class DataRoot:
     def open_atomic(self, path: str, mode: str = "wb") -> Iterator[io.IOBase]:
         """Write ``path`` so that readers see the old file or the whole new one, never a part.
 
-        Local files go to a temporary name beside the target and are renamed; object stores
-        (s3, gcs, ...) publish an object only when its upload completes, so they are written
-        in place.
+        Local files go to a temporary name beside the target and are renamed. Object stores
+        (s3, gcs, ...) publish an object only when its upload completes, so they are written in
+        place, and a write that raises is discarded (its multipart upload aborted) rather than
+        completed; a process killed mid-write never completes its upload. Other filesystems
+        (memory://) write to a temporary name and move it.
         """
         fs = self.fs
         parent = path.rsplit("/", 1)[0]
         fs.makedirs(parent, exist_ok=True)
-        if not self.is_local:
-            with fs.open(path, mode) as handle:
+        if self.is_local:
+            with _local_atomic(fs._strip_protocol(path), mode) as handle:
                 yield handle
             return
-        local_path = fs._strip_protocol(path)
-        tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
+        if self._protocols & set(PUBLISH_ON_OPEN_PROTOCOLS):
+            with _moved_atomic(fs, path, mode) as moved:
+                yield moved
+            return
+        handle = fs.open(path, mode)
         try:
-            # A large buffer: shard tars are written a sample (tens of KB) at a time.
-            with open(tmp, mode, buffering=WRITE_BUFFER) as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, local_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            yield handle
+        except BaseException:
+            # fsspec's __exit__/close would complete the upload with whatever was written so far.
+            handle.discard()
+            if isinstance(handle, AbstractBufferedFile):
+                handle.closed = True  # close() (also from __del__) would flush and commit the rest
+            raise
+        handle.close()
 
     def write_bytes(self, path: str, data: bytes) -> None:
         with self.open_atomic(path, "wb") as handle:
@@ -109,3 +146,30 @@ class DataRoot:
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(path, "rb") as handle:
             return pq.read_table(handle, columns=columns)
+
+
+@contextmanager
+def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
+    tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
+    try:
+        # A large buffer: shard tars are written a sample (tens of KB) at a time.
+        with open(tmp, mode, buffering=WRITE_BUFFER) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, local_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def _moved_atomic(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[io.IOBase]:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open(tmp, mode) as handle:
+            yield handle
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
