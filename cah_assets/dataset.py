@@ -4,12 +4,32 @@ import dagster as dg
 from pydantic import Field
 
 from cah_resources.release import build_release, release_dir, summary_markdown
-from cah_resources.report import build_report, png_markdown
+from cah_resources.report import STAGES, build_report, png_markdown
 from cah_resources.resources import StorageResource
 from cah_resources.segments import load_registration
 from cah_resources.storage import DataRoot
 
 DATASET_KINDS = {"python", "parquet"}
+
+
+# The Dagster UI renders a markdown metadata value in place only below this many characters (longer
+# ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
+INLINE_MARKDOWN_CHARS = 1000
+
+
+class ReportLinks(dg.ConfigurableResource):
+    """Where a browser reads the data root (e.g. `cah dev`'s file server): the report's plots then show in the UI."""
+
+    files_url: str = ""
+
+    def plot_markdown(self, root: DataRoot, path: str, png: bytes, name: str) -> str:
+        """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
+        prefix = root.path()
+        if self.files_url and path.startswith(prefix):
+            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix):]})"
+            if len(linked) < INLINE_MARKDOWN_CHARS:
+                return linked
+        return png_markdown(png, name)
 
 
 class DatasetConfig(dg.Config):
@@ -47,17 +67,37 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
     })
 
 
+def stage_run_seconds(instance: dg.DagsterInstance, stage: str, keys: list[str]) -> float | None:
+    """Seconds the runs behind the segments' latest materializations of ``stage`` took, each run counted once."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=keys), limit=max(len(keys), 1) * 4
+    ).records
+    latest: dict[str, dg.EventLogRecord] = {}
+    for record in records:  # newest first
+        partition = record.partition_key or ""
+        latest.setdefault(partition, record)
+    per_run = {}
+    for record in latest.values():
+        seconds = record.asset_materialization.metadata.get("seconds")
+        if seconds is not None:
+            per_run[record.run_id] = float(seconds.value)
+    return sum(per_run.values()) if per_run else None
+
+
 @dg.asset(deps=[release, "candidates", "image_shards", "clip_pairs"], group_name="dataset", kinds={"python", "matplotlib"})
-def report(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
+def report(
+    context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource, report_links: ReportLinks
+) -> dg.MaterializeResult:
     """The dataset and the pipeline in pictures: funnel, similarity, download statuses, domains, throughput."""
     root = storage.data_root()
     metadata: dict = {}
     for crawl, keys in crawls_to_roll_up(root, config).items():
-        built = build_report(root, keys, root.path("report", crawl))
+        seconds = {stage: stage_run_seconds(context.instance, stage, keys) for stage in STAGES}
+        built = build_report(root, keys, root.path("report", crawl), {s: v for s, v in seconds.items() if v})
         context.log.info(f"{crawl}: report written to {root.path('report', crawl)}")
         for name, png in built.plots.items():
-            table = built.tables.get(name, "")
-            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name) + ("\n\n" + table if table else ""))
-        metadata[f"{crawl}/candidate_drops"] = dg.MetadataValue.md(built.tables["candidate_drops"])
+            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(report_links.plot_markdown(root, built.paths[name], png, name))
+        for name, table in built.tables.items():
+            metadata[f"{crawl}/{name}_table"] = dg.MetadataValue.md(table)
         metadata[f"{crawl}/path"] = dg.MetadataValue.path(root.path("report", crawl, "report.md"))
     return dg.MaterializeResult(metadata=metadata)

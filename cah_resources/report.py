@@ -281,6 +281,11 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _legend_outside(axes) -> None:
+    # Right of the plot area (savefig's bbox_inches="tight" widens the image for it): it covers no data.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
     # Figure without pyplot: no global state, so workers and threads can draw side by side.
     figure = Figure(figsize=(width, height))
@@ -302,7 +307,7 @@ def funnel_plot(facts: DatasetFacts) -> bytes:
     axes.set_ylabel("pairs")
     axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
     if categories:
-        axes.legend()
+        _legend_outside(axes)
     return _png(figure)
 
 
@@ -326,7 +331,7 @@ def similarity_plot(facts: DatasetFacts) -> bytes:
     axes.set_ylabel("pairs")
     axes.set_title("CLIP similarity of downloaded pairs")
     if facts.similarity:
-        axes.legend()
+        _legend_outside(axes)
     return _png(figure)
 
 
@@ -349,27 +354,26 @@ def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
     axes.set_xlabel("pairs")
     axes.set_title(f"Top {len(rows)} domains by kept pairs")
     if rows:
-        axes.legend()
+        _legend_outside(axes)
     return _png(figure)
 
 
 def throughput_plot(facts: DatasetFacts) -> bytes:
-    stages = [s for s in STAGES if s in facts.throughput]
-    figure, axes = _figure()
-    x = np.arange(len(stages))
-    task = [facts.throughput[s].per_task_second or 0.0 for s in stages]
-    wall = [facts.throughput[s].per_wall_second or 0.0 for s in stages]
-    axes.bar(x - 0.2, task, width=0.4, label="per task second", color="#4C72B0")
-    axes.bar(x + 0.2, wall, width=0.4, label="per run second", color="#DD8452")
-    axes.set_xticks(x, [f"{s}\n({facts.throughput[s].unit})" for s in stages])
-    rates = [r for r in task + wall if r > 0]
-    if rates and max(rates) > 20 * min(rates):
-        # Stages count different items (records, URLs, pairs) at rates orders of magnitude apart.
-        axes.set_yscale("log")
-    axes.set_ylabel("items / s")
-    axes.set_title("Throughput per stage")
-    if stages:
-        axes.legend()
+    """One panel per stage, each in its own unit (records, URLs, pairs per second): per task second and per run second."""
+    stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
+    figure = Figure(figsize=(3.0 * len(stages), 3.6))
+    for i, stage in enumerate(stages):
+        axes = figure.add_subplot(1, len(stages), i + 1)
+        t = facts.throughput.get(stage) or StageThroughput(stage, "items")
+        rates = [t.per_task_second, t.per_wall_second]
+        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates], color=["#4C72B0", "#DD8452"])
+        for bar, value in zip(bars, rates):
+            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        axes.set_ylabel(f"{t.unit} / s")
+        axes.set_title(stage)
+        axes.margins(y=0.15)
+    figure.suptitle("Throughput per stage")
+    figure.tight_layout()
     return _png(figure)
 
 
