@@ -241,6 +241,6 @@ def summary_markdown(summary: ReleaseSummary) -> str:
     lines.append(f"| **all** | **{summary.rows:,}** | |")
     if summary.by_nsfw:
         lines += ["", "| NSFW | pairs |", "| --- | ---: |"]
-        lines += [f"| {tag} | {count:,} |" for tag, count in summary.by_nsfw.items()]
+        lines += [f"| {tag or 'unknown'} | {count:,} |" for tag, count in summary.by_nsfw.items()]
     return "\n".join(lines)
 
