@@ -3,7 +3,14 @@
 import dagster as dg
 from pydantic import Field
 
-from cah_resources.release import build_release, release_dir, summary_markdown
+from cah_resources.release import (
+    build_release,
+    embeddings_dir,
+    finished_clip_pairs_shards,
+    merge_embeddings,
+    release_dir,
+    summary_markdown,
+)
 from cah_resources.report import STAGES, build_report, png_markdown
 from cah_resources.resources import StorageResource
 from cah_resources.segments import load_registration
@@ -52,10 +59,13 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
 def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
     root = storage.data_root()
-    lines, total = [], 0
+    lines, total, embedded = [], 0, 0
     for crawl, keys in crawls_to_roll_up(root, config).items():
         summary = build_release(root, keys, release_dir(root, crawl))
         total += summary.rows
+        # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
+        merged = merge_embeddings(root, finished_clip_pairs_shards(root, keys)[0], embeddings_dir(root, crawl))
+        embedded += sum(merged.values())
         context.log.info(f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
                          f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet")
         lines += [f"## {crawl}: {summary.rows:,} pairs from {summary.shards} shards "
@@ -64,6 +74,7 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
         "pairs": total,
         "by_category": dg.MetadataValue.md("\n\n".join(lines) or "no registered crawl"),
         "path": dg.MetadataValue.path(root.path("release")),
+        "embedding_shards": embedded,
     })
 
 
