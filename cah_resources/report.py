@@ -292,7 +292,7 @@ def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
     return figure, figure.add_subplot()
 
 
-def funnel_plot(facts: DatasetFacts) -> bytes:
+def funnel_figure(facts: DatasetFacts) -> Figure:
     """Stacked bars per step, one stack per category; the record count in the title."""
     figure, axes = _figure()
     steps = list(FUNNEL_STEPS)
@@ -308,10 +308,10 @@ def funnel_plot(facts: DatasetFacts) -> bytes:
     axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
     if categories:
         _legend_outside(axes)
-    return _png(figure)
+    return figure
 
 
-def similarity_plot(facts: DatasetFacts) -> bytes:
+def similarity_figure(facts: DatasetFacts) -> Figure:
     """Histogram of CLIP similarity per category with the category's threshold."""
     figure, axes = _figure()
     populated = [h for h in facts.similarity.values() if h.sum()]
@@ -332,19 +332,19 @@ def similarity_plot(facts: DatasetFacts) -> bytes:
     axes.set_title("CLIP similarity of downloaded pairs")
     if facts.similarity:
         _legend_outside(axes)
-    return _png(figure)
+    return figure
 
 
-def status_plot(facts: DatasetFacts) -> bytes:
+def status_figure(facts: DatasetFacts) -> Figure:
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(facts.statuses), 1))
     statuses = facts.statuses.most_common()[::-1]
     axes.barh([s for s, _ in statuses], [c for _, c in statuses], color="#4C72B0")
     axes.set_xlabel("URLs")
     axes.set_title(f"Download status of {sum(facts.statuses.values()):,} URLs")
-    return _png(figure)
+    return figure
 
 
-def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
     rows = top_domains(facts, n)[::-1]
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
     names = [r[0] for r in rows]
@@ -355,10 +355,10 @@ def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
     axes.set_title(f"Top {len(rows)} domains by kept pairs")
     if rows:
         _legend_outside(axes)
-    return _png(figure)
+    return figure
 
 
-def throughput_plot(facts: DatasetFacts) -> bytes:
+def throughput_figure(facts: DatasetFacts) -> Figure:
     """One panel per stage, each in its own unit (records, URLs, pairs per second): per task second and per run second."""
     stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
     figure = Figure(figsize=(3.0 * len(stages), 3.6))
@@ -374,7 +374,27 @@ def throughput_plot(facts: DatasetFacts) -> bytes:
         axes.margins(y=0.15)
     figure.suptitle("Throughput per stage")
     figure.tight_layout()
-    return _png(figure)
+    return figure
+
+
+def funnel_plot(facts: DatasetFacts) -> bytes:
+    return _png(funnel_figure(facts))
+
+
+def similarity_plot(facts: DatasetFacts) -> bytes:
+    return _png(similarity_figure(facts))
+
+
+def status_plot(facts: DatasetFacts) -> bytes:
+    return _png(status_figure(facts))
+
+
+def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+    return _png(top_domains_figure(facts, n))
+
+
+def throughput_plot(facts: DatasetFacts) -> bytes:
+    return _png(throughput_figure(facts))
 
 
 def _category_order(category: str) -> tuple[int, str]:
