@@ -31,17 +31,17 @@ class UserError(click.ClickException):
 
 def _instance():
     """The instance of $DAGSTER_HOME and the code location's definitions for its deployment."""
-    from cah_assets.deployment import instance_home
+    from cah_assets.deployment import instance_home, read_deployment
 
     try:
-        instance_home()
+        home = instance_home()
     except LookupError as error:
         raise UserError(str(error)) from None
     import dagster as dg
 
-    from cah_assets.definitions import defs
+    from cah_assets.definitions import build_definitions
 
-    return dg.DagsterInstance.get(), defs
+    return dg.DagsterInstance.get(), build_definitions(read_deployment(home))
 
 
 def _known_crawls(source_base: str, crawl_list: str) -> str:
