@@ -1,6 +1,5 @@
 """The `cah` command: the demo, the UI, registering crawls and materializing segments, and (scale-out) fleet and worker."""
 
-import logging
 import os
 import subprocess
 import sys
@@ -66,9 +65,9 @@ def cah() -> None:
 
     Start with `cah demo`, then `cah dev` to see and re-run it in Dagster's UI.
     """
-    # Dask logs a worker's shutdown at WARNING ("still alive after 4 s, killing") when a run's local
-    # cluster stops; that is normal there and nothing a user can act on, so the terminal stays ours.
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    from cah_assets.progress import quiet_console
+
+    quiet_console()
 
 
 @cah.command()

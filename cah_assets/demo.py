@@ -15,7 +15,7 @@ import dagster as dg
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions
 from cah_assets.deployment import Deployment, write_deployment
-from cah_assets.progress import QUIET_RUN_CONFIG, run_summary, stage_progress
+from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary, stage_progress
 from cah_resources.local_web import LocalImageWeb
 from cah_resources.report import STAGES
 from cah_resources.sample_crawl import SampleCrawl, generate_crawl
@@ -94,6 +94,7 @@ def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, page
     """
     workdir = os.path.abspath(workdir)
     started = time.perf_counter()
+    quiet_console()
     home = os.path.join(workdir, "dagster_home")
     instance = prepare_dagster_home(home)
     crawl_dir, data_dir = os.path.join(workdir, "crawl"), os.path.join(workdir, "data")

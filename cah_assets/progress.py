@@ -1,6 +1,7 @@
 """What `cah` prints while it runs the pipeline: one line per stage per segment, and a progress bar with an ETA."""
 
 import contextlib
+import logging
 from typing import Callable, Iterator
 
 import dagster as dg
@@ -8,6 +9,15 @@ import dagster as dg
 # Runs started by `cah` log to the instance (the UI's run view) at full detail; the terminal shows only
 # errors from Dagster, and `cah`'s own lines.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+
+def quiet_console() -> None:
+    """Keep the terminal to `cah`'s own lines while runs go on."""
+    # Dask logs a worker's shutdown at WARNING ("still alive after 4 s, killing") when a run's local
+    # cluster stops; that is normal there and nothing a user can act on.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
 
 # What a stage's line shows: (metadata key, label) counts, then the rate key and its unit.
 SUMMARY = {
