@@ -81,7 +81,11 @@ def demo(workdir: str, crawl: str, wat_files: int, seed: int) -> None:
     """Run the whole pipeline offline on a generated crawl and a local image web (no network needed)."""
     from cah_assets.demo import run_demo
 
-    sys.exit(run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed))
+    try:
+        code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed)
+    except RuntimeError as error:  # a failed run: its logs are on the instance
+        raise UserError(str(error)) from None
+    sys.exit(code)
 
 
 @cah.command()

@@ -96,3 +96,16 @@ def test_segments_are_keys_ranges_or_whole_crawls():
     assert cli.expand_segments(("CC-A_00001..CC-A_00003",), known) == known[1:4]
     assert cli.expand_segments(("CC-B", "CC-A_00000"), known) == ["CC-B_00000", "CC-A_00000"]
     assert cli.expand_segments(("CC-A_00002..CC-A_00001", "CC-A_00001"), known) == ["CC-A_00001", "CC-A_00002"]
+
+
+def test_loading_the_code_location_shows_no_beta_or_preview_warning():
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import cah_assets.definitions"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "BetaWarning" not in done.stderr and "PreviewWarning" not in done.stderr, done.stderr
