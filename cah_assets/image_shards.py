@@ -92,7 +92,8 @@ def image_shards(
     started = time.perf_counter()
     # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
     with dask.config.set({"distributed.worker.daemon": False}):
-        ran = [r.value for r in compute.run_units(download_shard, todo, on_result=progress, settings=settings)]
+        ran = [r.value for r in compute.run_units(download_shard, todo, on_result=progress, on_progress=context.log.info,
+                                                  settings=settings)]
     seconds = time.perf_counter() - started
     speed = {
         "images_per_s": rate(sum(m["successes"] for m in ran), seconds),

@@ -19,6 +19,7 @@ from cah_resources.image_pool import image_pool, replace_broken_pool
 from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size, process_image
 from cah_resources.shard_writer import MAX_SHARD_SIZE, ShardWriter, remove_unfinished_files, shard_paths
 from cah_resources.storage import DataRoot
+from cah_resources.unit_progress import UnitProgress
 
 STAGE = "image_shards"
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
@@ -209,7 +210,7 @@ class BodyClaim:
         await self.backlog._release(self)
 
 
-async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter) -> dict:
+async def _download_rows(rows: list[dict], settings: ShardSettings, writer: ShardWriter, progress: UnitProgress) -> dict:
     totals = {"bytes_fetched": 0}
     backlog = BodyBacklog(settings.image_backlog_bytes)
     async with Downloader(settings.fetch) as downloader:
@@ -225,6 +226,7 @@ async def _download_rows(rows: list[dict], settings: ShardSettings, writer: Shar
                     claim.body_arrived(len(fetched.body))
                     image = await _check_image(fetched.body, settings)
             writer.add(index, row, _outcome_fields(fetched, image), image.jpeg if image is not None else None)
+            progress.step(image is not None)
 
         # One loop admits the rows in order, so only it ever waits for room in the backlog.
         started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
@@ -256,7 +258,8 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
     started = time.perf_counter()
     with ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            totals = runner.run(_download_rows(rows, settings, writer))
+            progress = UnitProgress(f"shard {unit.segment}/{unit.shard:05d}", len(rows))  # lines in the run's log
+            totals = runner.run(_download_rows(rows, settings, writer, progress))
         seconds = time.perf_counter() - started
         pool = image_pool(settings.image_processes)
         workers = "processes" if isinstance(pool, ProcessPoolExecutor) else "threads"
