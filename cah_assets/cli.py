@@ -152,7 +152,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 @click.option("--files-per-segment", default=0, show_default=True, type=click.IntRange(0),
               help="WAT files per segment; 0 sizes the crawl to about 2000 segments.")
 @click.option("--source", default=None,
-              help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz (default: the instance's, else Common Crawl).")
+              help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz "
+                   "(default: the instance's, else Common Crawl).")
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
     """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
@@ -171,7 +172,8 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
     except (ValueError, KeyError) as error:
         raise UserError(str(error.args[0] if error.args else error)) from None
     click.echo(f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
-               f"segment, {registration.segment_count} segments, {added} new partitions (first {registration.keys()[0]})")
+               f"segment, {registration.segment_count} segments, {added} new partitions "
+               f"(first {registration.keys()[0]})")
 
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:

@@ -107,7 +107,8 @@ def report(
         built = build_report(root, keys, root.path("report", crawl), {s: v for s, v in seconds.items() if v})
         context.log.info(f"{crawl}: report written to {root.path('report', crawl)}")
         for name, png in built.plots.items():
-            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(report_links.plot_markdown(root, built.paths[name], png, name))
+            plot = report_links.plot_markdown(root, built.paths[name], png, name)
+            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(plot)
         for name, table in built.tables.items():
             metadata[f"{crawl}/{name}_table"] = dg.MetadataValue.md(table)
         metadata[f"{crawl}/path"] = dg.MetadataValue.path(root.path("report", crawl, "report.md"))

@@ -4,7 +4,14 @@ import os
 
 import dagster as dg
 
-from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
+from cah_assets.automation import (
+    CRAWL_LIST_URL,
+    CrawlDiscovery,
+    SegmentFlow,
+    crawl_discovery_sensor,
+    segment_flow_sensor,
+    segment_schedule,
+)
 from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.clip_pairs import clip_pairs
@@ -16,10 +23,8 @@ from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
 from cah_resources.report import STAGES
-from cah_resources.resources import StorageResource
+from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 
 DATASET = ("release", "report")
 PIPELINE_JOB = "pipeline"
@@ -41,7 +46,7 @@ def _jobs() -> list:
         for stage in STAGES
     ]
     pipeline = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.assets(*STAGES),
-                                   description="Every stage of the chosen segments in order, each followed by its checks.")
+                                   description="Every stage of the chosen segments in order, each with its checks.")
     dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET),
                                   description="The release parquet and the report of every registered crawl.")
     return [*stage_jobs, pipeline, dataset, register_crawl_job]

@@ -7,15 +7,20 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import dagster as dg
 
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions
 from cah_assets.deployment import Deployment, write_deployment
-from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary, stage_progress
+from cah_assets.progress import (
+    QUIET_RUN_CONFIG,
+    quiet_console,
+    run_summary,
+    stage_progress,
+)
 from cah_resources.local_web import LocalImageWeb
 from cah_resources.report import STAGES
 from cah_resources.sample_crawl import SampleCrawl, generate_crawl
@@ -107,7 +112,8 @@ def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, page
         say(f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
             f"{WEB_HOSTS - 1} more hosts")
         sample = generate_crawl(crawl_dir, crawl=crawl, wat_files=wat_files, pages_per_file=pages_per_file, seed=seed,
-                                mismatch_rate=0.3, missing_rate=0.1, image_base=web.origins[:4], page_base=web.origins[4:])
+                                mismatch_rate=0.3, missing_rate=0.1,
+                                image_base=web.origins[:4], page_base=web.origins[4:])
         defs = build_definitions(deployment)
         registration, _ = register_and_add(instance, defs.resources["common_crawl"], defs.resources["storage"], crawl,
                                            files_per_segment=2)
@@ -121,7 +127,8 @@ def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, page
                 for line in run_summary(result, STAGES):
                     say(f"3/4 {key} {line}")
                 if not result.success:
-                    raise RuntimeError(f"demo: segment {key} failed in run {result.run_id}; open it in the UI (make dev)")
+                    raise RuntimeError(f"demo: segment {key} failed in run {result.run_id}; "
+                                       "open it in the UI (make dev)")
                 advance()
         result = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, run_config=QUIET_RUN_CONFIG,
                                                                       raise_on_error=False)

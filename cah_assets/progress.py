@@ -2,7 +2,7 @@
 
 import contextlib
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -39,7 +39,8 @@ def _checks_line(result: dg.ExecuteInProcessResult, stage: str) -> str:
 
 def run_summary(result: dg.ExecuteInProcessResult, stages: tuple[str, ...]) -> list[str]:
     """One line per stage of the run: its counts, rate, seconds and checks; or that it did not materialize."""
-    materialized = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    events = result.get_asset_materialization_events()
+    materialized = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
     lines = []
     for stage in stages:
         meta = materialized.get(stage)
@@ -62,7 +63,14 @@ def stage_progress(total: int, label: str, enabled: bool = True) -> Iterator[Cal
     if not enabled:
         yield lambda: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())

@@ -359,16 +359,18 @@ def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
 
 
 def throughput_figure(facts: DatasetFacts) -> Figure:
-    """One panel per stage, each in its own unit (records, URLs, pairs per second): per task second and per run second."""
+    """One panel per stage, each in its own unit (records, URLs, pairs): per task second and per run second."""
     stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
     figure = Figure(figsize=(3.0 * len(stages), 3.6))
     for i, stage in enumerate(stages):
         axes = figure.add_subplot(1, len(stages), i + 1)
         t = facts.throughput.get(stage) or StageThroughput(stage, "items")
         rates = [t.per_task_second, t.per_wall_second]
-        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates], color=["#4C72B0", "#DD8452"])
+        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates],
+                        color=["#4C72B0", "#DD8452"])
         for bar, value in zip(bars, rates):
-            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)
         axes.set_ylabel(f"{t.unit} / s")
         axes.set_title(stage)
         axes.margins(y=0.15)

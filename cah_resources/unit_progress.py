@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 PROGRESS_TOPIC = "cah-progress"  # the Dask event topic compute.run_units subscribes to
 REPORT_EVERY_S = 30.0

@@ -172,7 +172,8 @@ def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
     assert parts[0] == parts[1] == parts[2] == ["CC-X_00000-00000", "CC-X_00001-00000"]
     images = np.concatenate([np.load(root.fs.open(f"{folder}/img_emb/{n}", "rb")) for n in names["img_emb"]])
     texts = np.concatenate([np.load(root.fs.open(f"{folder}/text_emb/{n}", "rb")) for n in names["text_emb"]])
-    metadata = pa.concat_tables([pq.read_table(root.fs.open(f"{folder}/metadata/{n}", "rb")) for n in names["metadata"]])
+    metadata = pa.concat_tables([pq.read_table(root.fs.open(f"{folder}/metadata/{n}", "rb"))
+                                 for n in names["metadata"]])
     assert images.shape[0] == texts.shape[0] == metadata.num_rows == 12
     assert len(set(metadata.column("uid").to_pylist())) == 12
     # Row i of the embeddings is row i of the metadata: their product is the similarity recorded for that pair.
@@ -192,5 +193,6 @@ def test_merging_again_removes_embeddings_of_shards_no_longer_finished(root):
 
     stale = f"{root.path('release', 'CC-X')}/embeddings/embeddings/img_emb/img_emb_CC-X_00009-00000.npy"
     root.write_bytes(stale, b"old")
-    assert merge_embeddings(root, [ClipPairsShard("CC-X_00000", "00000", "", b"")], root.path("release", "CC-X", "embeddings")) == {}
+    out = root.path("release", "CC-X", "embeddings")
+    assert merge_embeddings(root, [ClipPairsShard("CC-X_00000", "00000", "", b"")], out) == {}
     assert not root.exists(stale)
