@@ -101,26 +101,22 @@ def dev(port: int) -> None:
     except LookupError as error:
         raise UserError(str(error)) from None
     deployment = read_deployment(home)
-    if deployment.name == "demo":
-        from cah_assets.demo import serve_demo
-
-        try:
-            serving = serve_demo(deployment)
-            serving.__enter__()
-        except OSError as error:
-            raise UserError(str(error)) from None
-        click.echo(f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} more) "
-                   f"and its data root ({deployment.files_url})")
-    else:
-        serving = contextlib.nullcontext()
     workspace = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workspace.yaml")
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    try:
-        code = subprocess.call([dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)])
-    except KeyboardInterrupt:
-        code = 0
-    finally:
-        serving.__exit__(None, None, None)
+    with contextlib.ExitStack() as serving:
+        if deployment.name == "demo":
+            from cah_assets.demo import serve_demo
+
+            try:
+                serving.enter_context(serve_demo(deployment))
+            except OSError as error:
+                raise UserError(str(error)) from None
+            click.echo(f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} "
+                       f"more) and its data root ({deployment.files_url})")
+        try:
+            code = subprocess.call([dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)])
+        except KeyboardInterrupt:
+            code = 0
     sys.exit(code)
 
 
