@@ -13,7 +13,7 @@ DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 help:
 	@echo "make demo   run the whole pipeline offline on a generated crawl (then: make dev)"
 	@echo "make test   the whole test suite"
-	@echo "make dev    dagster dev on \$$DAGSTER_HOME ($(DAGSTER_HOME))"
+	@echo "make dev    the UI on \$$DAGSTER_HOME ($(DAGSTER_HOME)), with the demo's image web if it is the demo's"
 	@echo "make bench  the benchmarks in benchmarks/ (slow; prints one figure per contender)"
 
 # gcld3 compiles against protobuf: it needs protoc and the protobuf headers to build.
@@ -43,7 +43,7 @@ test: setup
 
 dev: setup
 	@mkdir -p "$(DAGSTER_HOME)" && [ -e "$(DAGSTER_HOME)/dagster.yaml" ] || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
-	DAGSTER_HOME="$(DAGSTER_HOME)" $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(VENV)/bin/cah dev
 
 validate: setup
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml

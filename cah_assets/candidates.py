@@ -6,7 +6,7 @@ import dagster as dg
 
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
-from cah_assets.policies import CANDIDATES_RETRY, SEGMENT_BACKFILL
+from cah_assets.policies import CANDIDATES_RETRY, permanent_errors, segment_asset
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
 from cah_resources.compute import ComputeResource
@@ -18,7 +18,7 @@ from cah_resources.segments import registration_for_key
 from cah_resources.storage import DataRoot
 
 
-@dg.asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY, backfill_policy=SEGMENT_BACKFILL)
+@segment_asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY)
 def candidates(
     context: dg.AssetExecutionContext,
     compute: ComputeResource,
@@ -30,11 +30,12 @@ def candidates(
     """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
     root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
     source, filters = common_crawl.source(), candidate_rules.filters()
-    units = [
-        WatFileUnit(key, i, path, root, source, filters, candidate_rules.max_record_bytes)
-        for key in keys
-        for i, path in enumerate(registration_for_key(root, key).files_of(key))
-    ]
+    with permanent_errors():  # a crawl not registered: fail now, retrying cannot register it
+        units = [
+            WatFileUnit(key, i, path, root, source, filters, candidate_rules.max_record_bytes)
+            for key in keys
+            for i, path in enumerate(registration_for_key(root, key).files_of(key))
+        ]
     context.log.info(f"{len(keys)} segment(s), {len(units)} WAT files to the compute engine")
 
     def progress(result, done, total):

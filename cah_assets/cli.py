@@ -1,84 +1,272 @@
-"""The `cah` command: register crawls, run the offline demo, and (scale-out) fleet and worker commands."""
+"""The `cah` command: the demo, the UI, registering crawls and materializing segments, and (scale-out) fleet and worker."""
 
-import argparse
 import os
+import subprocess
 import sys
+import time
+
+import click
+
+REGISTER_ATTEMPTS = 3  # a crawl source that stays unreachable this many times is reported, not waited on
+REGISTER_TIMEOUT_S = 30.0
+REGISTER_BACKOFF_S = 2.0
+STAGE_NAMES = ("candidates", "image_shards", "clip_pairs")  # the order they run in (cah_resources.report.STAGES)
+RANGE = ".."
 
 
-def _register(args: argparse.Namespace) -> int:
+class UserError(click.ClickException):
+    """An error the user can fix: printed as one line, `cah <command>: <what to do>`, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        context = click.get_current_context(silent=True)
+        self.command = context.command_path if context is not None else "cah"
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.command}: {self.message}", err=True)
+
+
+def _instance():
+    """The instance of $DAGSTER_HOME and the code location's definitions for its deployment."""
+    from cah_assets.deployment import instance_home, read_deployment
+
+    try:
+        home = instance_home()
+    except LookupError as error:
+        raise UserError(str(error)) from None
     import dagster as dg
 
-    from cah_assets.crawls import register_and_add
-    from cah_resources.resources import CommonCrawl
-    from cah_resources.resources import StorageResource
+    from cah_assets.definitions import build_definitions
 
-    instance = dg.DagsterInstance.get()
-    registration, added = register_and_add(
-        instance, CommonCrawl(base_url=args.source), StorageResource(root=args.data_root), args.crawl, args.files_per_segment
-    )
-    print(
-        f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per segment, "
-        f"{registration.segment_count} segments, {added} new partitions (first {registration.keys()[0]})"
-    )
-    return 0
+    return dg.DagsterInstance.get(), build_definitions(read_deployment(home))
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _known_crawls(source_base: str, crawl_list: str) -> str:
+    """The crawl ids the source (a folder) or the crawl list offers, for an unknown-crawl message."""
+    if "://" not in source_base:
+        folder = os.path.join(source_base, "crawl-data")
+        ids = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        return ", ".join(ids) if ids else f"none under {folder}"
+    from cah_assets.automation import CrawlListError, read_crawl_list
+
+    try:
+        ids = read_crawl_list(crawl_list, timeout_s=REGISTER_TIMEOUT_S)
+    except CrawlListError as error:
+        return f"unknown ({error})"
+    shown = ", ".join(ids[:8])
+    return f"{shown}, ... ({len(ids)} in all, {crawl_list})" if len(ids) > 8 else shown
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def cah() -> None:
+    """Crawling@Home on Dagster: Common Crawl's WAT files -> a LAION-style image-text dataset.
+
+    Start with `cah demo`, then `cah dev` to see and re-run it in Dagster's UI.
+    """
+    from cah_assets.progress import quiet_console
+
+    quiet_console()
+
+
+@cah.command()
+@click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the generated crawl, the data root and the Dagster instance (dagster_home/).")
+@click.option("--crawl", default="CC-MAIN-SAMPLE", show_default=True, help="Id given to the generated crawl.")
+@click.option("--wat-files", default=4, show_default=True, type=click.IntRange(1),
+              help="WAT files to generate; two make one segment (partition).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated pages and images.")
+def demo(workdir: str, crawl: str, wat_files: int, seed: int) -> None:
+    """Run the whole pipeline offline on a generated crawl and a local image web (no network needed)."""
     from cah_assets.demo import run_demo
 
-    return run_demo(args.workdir, crawl=args.crawl, wat_files=args.wat_files, seed=args.seed)
+    try:
+        code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed)
+    except RuntimeError as error:  # a failed run: its logs are on the instance
+        raise UserError(str(error)) from None
+    sys.exit(code)
 
 
-def _fleet(args: argparse.Namespace) -> int:
+@cah.command()
+@click.option("--port", default=3000, show_default=True, type=int, help="Port of the UI on 127.0.0.1.")
+def dev(port: int) -> None:
+    """Open Dagster's UI on $DAGSTER_HOME; on the demo's instance, serve its image web again so runs can redo it."""
+    import contextlib
+
+    from cah_assets.deployment import instance_home, read_deployment
+
+    try:
+        home = instance_home()
+    except LookupError as error:
+        raise UserError(str(error)) from None
+    deployment = read_deployment(home)
+    workspace = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workspace.yaml")
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    with contextlib.ExitStack() as serving:
+        if deployment.name == "demo":
+            from cah_assets.demo import serve_demo
+
+            try:
+                serving.enter_context(serve_demo(deployment))
+            except OSError as error:
+                raise UserError(str(error)) from None
+            click.echo(f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} "
+                       f"more) and its data root ({deployment.files_url})")
+        try:
+            code = subprocess.call([dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)])
+        except KeyboardInterrupt:
+            code = 0
+    sys.exit(code)
+
+
+def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int):
+    """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
+    from cah_assets.crawls import register_and_add
+    from cah_resources.common_crawl import CrawlFileMissing, IncompleteDownload
+
+    for attempt in range(1, REGISTER_ATTEMPTS + 1):
+        try:
+            return register_and_add(instance, common_crawl, storage, crawl, files_per_segment)
+        except CrawlFileMissing:
+            raise
+        except (IncompleteDownload, OSError) as error:
+            cause = error.__cause__ or error  # the connection's own error, not the download's wrapper
+            reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
+            if attempt == REGISTER_ATTEMPTS:
+                raise UserError(f"{common_crawl.base_url} is unreachable after {attempt} attempts ({reason}); "
+                                "check the network or pass --source a mirror or folder") from None
+            delay = REGISTER_BACKOFF_S * 2 ** (attempt - 1)
+            click.echo(f"{common_crawl.base_url} did not answer ({reason}); attempt {attempt + 1}/{REGISTER_ATTEMPTS} "
+                       f"in {delay:.0f} s", err=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@cah.command()
+@click.argument("crawl")
+@click.option("--files-per-segment", default=0, show_default=True, type=click.IntRange(0),
+              help="WAT files per segment; 0 sizes the crawl to about 2000 segments.")
+@click.option("--source", default=None,
+              help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz "
+                   "(default: the instance's, else Common Crawl).")
+@click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
+def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
+    """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
+    from cah_resources.common_crawl import CrawlFileMissing
+    from cah_resources.resources import CommonCrawl, StorageResource
+
+    instance, defs = _instance()
+    common_crawl = CommonCrawl(base_url=source, retries=0, timeout_s=REGISTER_TIMEOUT_S) if source else \
+        defs.resources["common_crawl"].model_copy(update={"retries": 0, "timeout_s": REGISTER_TIMEOUT_S})
+    storage = StorageResource(root=data_root) if data_root else defs.resources["storage"]
+    try:
+        registration, added = _register_with_retries(instance, common_crawl, storage, crawl, files_per_segment)
+    except CrawlFileMissing:
+        known = _known_crawls(common_crawl.base_url, defs.resources["crawl_discovery"].crawl_list)
+        raise UserError(f"{crawl} is not a crawl of {common_crawl.base_url}; known crawls: {known}") from None
+    except (ValueError, KeyError) as error:
+        raise UserError(str(error.args[0] if error.args else error)) from None
+    click.echo(f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
+               f"segment, {registration.segment_count} segments, {added} new partitions "
+               f"(first {registration.keys()[0]})")
+
+
+def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
+    """Segment keys from KEY, FIRST..LAST (a range of registered keys) or a crawl id (all its segments)."""
+    from cah_resources.segments import parse_segment_key
+
+    crawls = {}
+    for key in known:
+        crawls.setdefault(parse_segment_key(key)[0], []).append(key)
+    chosen: list[str] = []
+    for item in requested:
+        if item in crawls:
+            chosen += crawls[item]
+        elif RANGE in item:
+            first, last = item.split(RANGE, 1)
+            missing = [k for k in (first, last) if k not in known]
+            if missing:
+                raise UserError(f"{', '.join(missing)} is not a registered segment; `cah register <crawl>` first")
+            start, end = sorted((known.index(first), known.index(last)))
+            chosen += known[start : end + 1]
+        elif item in known:
+            chosen.append(item)
+        else:
+            hint = f"registered crawls: {', '.join(crawls)}" if crawls else "no crawl is registered yet"
+            raise UserError(f"{item} is not a registered segment or crawl ({hint}); `cah register <crawl>` first")
+    return list(dict.fromkeys(chosen))
+
+
+@cah.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGE_NAMES),
+              help="Stage to run (repeatable); default: all three, in order.")
+def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
+    """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).
+
+    Each segment is one run of a named job on the instance (see it in `cah dev`); the checks run with it.
+    """
+    from cah_assets.definitions import PIPELINE_JOB, stage_job_name
+    from cah_assets.partitions import segments as segment_partitions
+    from cah_assets.progress import QUIET_RUN_CONFIG, run_summary, stage_progress
+
+    instance, defs = _instance()
+    keys = expand_segments(segments, instance.get_dynamic_partitions(segment_partitions.name))
+    picked = tuple(s for s in STAGE_NAMES if s in stages) or STAGE_NAMES
+    jobs = [PIPELINE_JOB] if picked == STAGE_NAMES else [stage_job_name(s) for s in picked]
+    failed = []
+    with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:
+        for key in keys:
+            for job in jobs:
+                result = defs.resolve_job_def(job).execute_in_process(
+                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False)
+                stages_of_job = picked if job == PIPELINE_JOB else (job.removesuffix("_job"),)
+                for line in run_summary(result, stages_of_job):
+                    click.echo(f"{key} {line}")
+                advance()
+                if not result.success:
+                    failed.append(f"{key} (run {result.run_id[:8]})")
+                    break
+    if failed:
+        raise UserError(f"{len(failed)} segment(s) failed: {', '.join(failed)}; their logs are in the UI (`cah dev`)")
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@cah.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def fleet(argv: tuple[str, ...]) -> None:
+    """Hetzner CPU runners: up N | down | status (`cah fleet --help` for options)."""
     from cah_resources.hetzner import fleet_main
 
-    return fleet_main(args.argv)
+    sys.exit(fleet_main(list(argv)))
 
 
-def _worker(args: argparse.Namespace) -> int:
+@cah.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def worker(argv: tuple[str, ...]) -> None:
+    """Join a Dask cluster as CPU runners or, with --gpu, a GPU executor (`cah worker --help` for options)."""
     from cah_resources.gpu_worker import worker_main
 
-    return worker_main(args.argv)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cah", description="Crawling@Home on Dagster")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    register = commands.add_parser("register", help="register a crawl: its segments become partitions")
-    register.add_argument("crawl", help="crawl id, e.g. CC-MAIN-2024-10")
-    register.add_argument("--files-per-segment", type=int, default=0, help="WAT files per segment (default: ~2000 segments)")
-    register.add_argument("--source", default=os.environ.get("CAH_CRAWL_SOURCE", "https://data.commoncrawl.org"),
-                          help="base URL or local folder holding crawl-data/<CRAWL>/wat.paths.gz")
-    register.add_argument("--data-root", default=os.environ.get("CAH_DATA_ROOT", "data"))
-    register.set_defaults(run=_register)
-
-    demo = commands.add_parser("demo", help="run the pipeline offline on a generated crawl")
-    demo.add_argument("--workdir", default=".demo")
-    demo.add_argument("--crawl", default="CC-MAIN-SAMPLE")
-    demo.add_argument("--wat-files", type=int, default=4)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
-
-    # fleet and worker parse their own arguments (`cah fleet --help`), so hcloud and Dask load only when used.
-    fleet = commands.add_parser("fleet", help="Hetzner CPU runners: up N | down | status", add_help=False, prefix_chars="\0")
-    fleet.add_argument("argv", nargs="*")
-    fleet.set_defaults(run=_fleet)
-
-    worker = commands.add_parser("worker", help="join a Dask cluster as CPU runners or, with --gpu, a GPU executor",
-                                 add_help=False, prefix_chars="\0")
-    worker.add_argument("argv", nargs="*")
-    worker.set_defaults(run=_worker)
-    return parser
+    sys.exit(worker_main(list(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of the `cah` console script; returns the exit status instead of exiting (tests call it)."""
     try:
-        return args.run(args)
-    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as error:
-        print(f"cah {args.command}: {error}", file=sys.stderr)
-        return 2
+        cah.main(args=argv, prog_name="cah", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Abort:
+        return 1
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import dagster as dg
 from cah_assets.image_shards import image_shards
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
-from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, SEGMENT_BACKFILL
+from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, permanent_errors, segment_asset
 from cah_resources.clip_pairs import histogram_rows, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
 from cah_resources.clip_scorer import CATEGORIES
 from cah_resources.compute import ComputeResource
@@ -17,13 +17,12 @@ from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
 
 
-@dg.asset(
+@segment_asset(
     partitions_def=segments,
     deps=[image_shards],
     group_name="pipeline",
     kinds={"pytorch", "parquet", "dask"},
     retry_policy=CLIP_PAIRS_RETRY,
-    backfill_policy=SEGMENT_BACKFILL,
     automation_condition=FOLLOWS_UPSTREAM,
     pool=GPU_POOL,
 )
@@ -32,7 +31,8 @@ def clip_pairs(
 ) -> dg.MaterializeResult:
     """Image–caption pairs scored with CLIP: cosine similarity, kept by LAION-5B's thresholds, NSFW and watermark tags."""
     root, keys, settings = storage.data_root(), context.partition_keys, clip_scorer.settings()
-    units = [unit for key in keys for unit in pending_units(root, key)]
+    with permanent_errors():  # image shards not materialized: fail now, retrying cannot make them
+        units = [unit for key in keys for unit in pending_units(root, key)]
     # GPU workers when the cluster has them; CPU workers otherwise (compute.allow_cpu_fallback).
     resources = compute.gpu_resources()
     context.log.info(f"{len(keys)} segment(s): {len(units)} image shards to score on {'GPU' if resources else 'CPU'} workers")

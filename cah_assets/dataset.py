@@ -5,13 +5,39 @@ from pydantic import Field
 
 from cah_assets.metadata import rows_table
 from cah_resources.redaction import redact_url
-from cah_resources.release import build_release, release_dir
-from cah_resources.report import build_report, png_markdown
+from cah_resources.release import (
+    build_release,
+    embeddings_dir,
+    finished_clip_pairs_shards,
+    merge_embeddings,
+    release_dir,
+)
+from cah_resources.report import STAGES, build_report, png_markdown
 from cah_resources.resources import StorageResource
 from cah_resources.segments import load_registration
 from cah_resources.storage import DataRoot
 
 DATASET_KINDS = {"python", "parquet"}
+
+
+# The Dagster UI renders a markdown metadata value in place only below this many characters (longer
+# ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
+INLINE_MARKDOWN_CHARS = 1000
+
+
+class ReportLinks(dg.ConfigurableResource):
+    """Where a browser reads the data root (e.g. `cah dev`'s file server): the report's plots then show in the UI."""
+
+    files_url: str = ""
+
+    def plot_markdown(self, root: DataRoot, path: str, png: bytes, name: str) -> str:
+        """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
+        prefix = root.path()
+        if self.files_url and path.startswith(prefix):
+            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix):]})"
+            if len(linked) < INLINE_MARKDOWN_CHARS:
+                return linked
+        return png_markdown(png, name)
 
 
 class DatasetConfig(dg.Config):
@@ -36,9 +62,12 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
 def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
     root = storage.data_root()
-    crawls, categories, nsfw = [], [], []
+    crawls, categories, nsfw, embedded = [], [], [], 0
     for crawl, keys in crawls_to_roll_up(root, config).items():
         summary = build_release(root, keys, release_dir(root, crawl))
+        # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
+        merged = merge_embeddings(root, finished_clip_pairs_shards(root, keys)[0], embeddings_dir(root, crawl))
+        embedded += sum(merged.values())
         context.log.info(f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
                          f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet")
         crawls.append({"crawl": crawl, "pairs": summary.rows, "shards": summary.shards,
@@ -53,19 +82,41 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
         "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
         "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
         "path": dg.MetadataValue.path(redact_url(root.path("release"))),
+        "embedding_shards": embedded,
     })
 
 
+def stage_run_seconds(instance: dg.DagsterInstance, stage: str, keys: list[str]) -> float | None:
+    """Seconds the runs behind the segments' latest materializations of ``stage`` took, each run counted once."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=keys), limit=max(len(keys), 1) * 4
+    ).records
+    latest: dict[str, dg.EventLogRecord] = {}
+    for record in records:  # newest first
+        partition = record.partition_key or ""
+        latest.setdefault(partition, record)
+    per_run = {}
+    for record in latest.values():
+        seconds = record.asset_materialization.metadata.get("seconds")
+        if seconds is not None:
+            per_run[record.run_id] = float(seconds.value)
+    return sum(per_run.values()) if per_run else None
+
+
 @dg.asset(deps=[release, "candidates", "image_shards", "clip_pairs"], group_name="dataset", kinds={"python", "matplotlib"})
-def report(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
+def report(
+    context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource, report_links: ReportLinks
+) -> dg.MaterializeResult:
     """The dataset and the pipeline in pictures: funnel, similarity, download statuses, domains, throughput."""
     root = storage.data_root()
     metadata: dict = {}
     for crawl, keys in crawls_to_roll_up(root, config).items():
-        built = build_report(root, keys, root.path("report", crawl))
+        seconds = {stage: stage_run_seconds(context.instance, stage, keys) for stage in STAGES}
+        built = build_report(root, keys, root.path("report", crawl), {s: v for s, v in seconds.items() if v})
         context.log.info(f"{crawl}: report written to {redact_url(root.path('report', crawl))}")
         for name, png in built.plots.items():
-            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(png_markdown(png, name))
+            plot = report_links.plot_markdown(root, built.paths[name], png, name)
+            metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(plot)
         for name, table in built.tables.items():
             metadata[f"{crawl}/{name}_table"] = rows_table(table.as_dicts(), table.columns, limit=len(table.rows))
             if table.note:

@@ -1,15 +1,23 @@
-"""The code location: every asset, job and resource of the pipeline, with one-machine defaults."""
+"""The code location: every asset, job and resource of the pipeline, with the resource set of the instance's deployment."""
 
 import os
 
 import dagster as dg
 
-from cah_assets.automation import CRAWL_LIST_URL, CrawlDiscovery, SegmentFlow, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
+from cah_assets.automation import (
+    CRAWL_LIST_URL,
+    CrawlDiscovery,
+    SegmentFlow,
+    crawl_discovery_sensor,
+    segment_flow_sensor,
+    segment_schedule,
+)
 from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
-from cah_assets.dataset import release, report
+from cah_assets.dataset import ReportLinks, release, report
+from cah_assets.deployment import Deployment, read_deployment
 from cah_assets.fleet import fleet_sensor
 from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
@@ -17,17 +25,38 @@ from cah_resources.common_crawl import COMMON_CRAWL_URL
 from cah_resources.compute import ComputeResource
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.hetzner import HetznerFleet
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
+from cah_resources.report import STAGES
+from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 
-defs = dg.Definitions(
-    assets=[candidates, image_shards, clip_pairs, release, report],
-    asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
-    jobs=[register_crawl_job],
-    schedules=[segment_schedule],
-    sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
-    resources={
+DATASET = ("release", "report")
+PIPELINE_JOB = "pipeline"
+DATASET_JOB = "dataset"
+# The demo's image web and pages live on 127.0.0.0/8, which the downloader refuses unless allowed.
+DEMO_NETWORKS = ["127.0.0.0/8"]
+DEMO_SHARD_SIZE = 500
+
+
+def stage_job_name(stage: str) -> str:
+    return f"{stage}_job"
+
+
+def _jobs() -> list:
+    """One job per stage and one for a whole segment, each with the stage's checks, plus the dataset roll-up."""
+    stage_jobs = [
+        dg.define_asset_job(stage_job_name(stage), selection=dg.AssetSelection.assets(stage),
+                            description=f"The {stage} stage of the chosen segments, and its checks.")
+        for stage in STAGES
+    ]
+    pipeline = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.assets(*STAGES),
+                                   description="Every stage of the chosen segments in order, each with its checks.")
+    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET),
+                                  description="The release parquet and the report of every registered crawl.")
+    return [*stage_jobs, pipeline, dataset, register_crawl_job]
+
+
+def deployment_resources(deployment: Deployment) -> dict:
+    """The resource set of a deployment: one-machine defaults (deploy/cah.env overrides them), or the demo's."""
+    resources = {
         "compute": ComputeResource(),
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
         "storage": StorageResource.from_env(os.environ.get("CAH_DATA_ROOT", "data")),
@@ -39,5 +68,27 @@ defs = dg.Definitions(
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
         "hetzner_fleet": HetznerFleet.from_env(),
-    },
-)
+        "report_links": ReportLinks(files_url=deployment.files_url),
+    }
+    if deployment.crawl_source:
+        resources["common_crawl"] = CommonCrawl(base_url=deployment.crawl_source)
+    if deployment.data_root:
+        resources["storage"] = StorageResource.from_env(deployment.data_root)
+    if deployment.name == "demo":
+        resources["image_downloader"] = ImageDownloader(allowed_networks=DEMO_NETWORKS, shard_size=DEMO_SHARD_SIZE)
+        resources["clip_scorer"] = ClipScorer.tiny()
+    return resources
+
+
+def build_definitions(deployment: Deployment) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[candidates, image_shards, clip_pairs, release, report],
+        asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
+        jobs=_jobs(),
+        schedules=[segment_schedule],
+        sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
+        resources=deployment_resources(deployment),
+    )
+
+
+defs = build_definitions(read_deployment())

@@ -1,26 +1,35 @@
-"""The offline demo: a generated crawl and a local image web run through the whole pipeline, kept for `dagster dev`."""
+"""The offline demo: a generated crawl and a local image web run through the whole pipeline, kept for `cah dev`."""
 
+import contextlib
+import functools
+import http.server
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
 
 from cah_assets.crawls import register_and_add
-from cah_assets.definitions import defs
-from cah_assets.image_shards import ImageDownloader
+from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions
+from cah_assets.deployment import Deployment, write_deployment
+from cah_assets.progress import (
+    QUIET_RUN_CONFIG,
+    quiet_console,
+    run_summary,
+    stage_progress,
+)
 from cah_resources.local_web import LocalImageWeb
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
+from cah_resources.report import STAGES
 from cah_resources.sample_crawl import SampleCrawl, generate_crawl
 from cah_resources.storage import DataRoot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INSTANCE_YAML = os.path.join(os.path.dirname(HERE), "dagster.yaml")
-STAGES = ("candidates", "image_shards", "clip_pairs")
-DATASET = ("release", "report")
+DEMO_CRAWL = "CC-MAIN-SAMPLE"
+WEB_HOSTS = 6  # the first four serve images, the last two the pages that link them
 
 
 @dataclass
@@ -30,6 +39,7 @@ class DemoResult:
     segment_keys: list[str]
     instance: dg.DagsterInstance
     seconds: float
+    deployment: Deployment
 
 
 def prepare_dagster_home(path: str) -> dg.DagsterInstance:
@@ -41,71 +51,98 @@ def prepare_dagster_home(path: str) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def demo_resources(crawl_dir: str, data_dir: str) -> dict:
-    """The code location's resources, pointed at the generated crawl, allowed onto loopback, tiny CLIP."""
-    return {
-        **defs.resources,
-        "common_crawl": CommonCrawl(base_url=crawl_dir),
-        "storage": StorageResource(root=data_dir),
-        # The demo's image web lives on 127.0.0.0/8, which the downloader refuses unless allowed.
-        "image_downloader": ImageDownloader(allowed_networks=["127.0.0.0/8"], shard_size=500),
-        "clip_scorer": ClipScorer.tiny(),
-    }
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # the UI fetches plots often; the terminal stays the user's
+        pass
 
 
-def run_pipeline(workdir: str, crawl: str = "CC-MAIN-SAMPLE", wat_files: int = 4, pages_per_file: int = 40,
-                 seed: int = 0, say=print) -> DemoResult:
-    """Generate, register and materialize every stage and the dataset assets; outputs under ``workdir``."""
+@contextlib.contextmanager
+def file_server(folder: str, port: int = 0) -> Iterator[str]:
+    """Serve ``folder`` read-only on 127.0.0.1 (the report's plots, shown by the UI); yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietFiles, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, name="cah-files", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def serve_demo(deployment: Deployment) -> Iterator[Deployment]:
+    """The demo's image web and file server again, on the addresses its crawl and report recorded."""
+    try:
+        web = LocalImageWeb(n_hosts=len(deployment.web_hosts), seed=deployment.web_seed,
+                            ports=[_port(h) for h in deployment.web_hosts]).start()
+    except OSError as error:
+        raise OSError(f"the demo's image web cannot listen on its recorded ports ({error.strerror}): "
+                      "stop what holds them, or run `make demo` again") from None
+    try:
+        with file_server(deployment.data_root, _port(deployment.files_url)):
+            yield deployment
+    finally:
+        web.stop()
+
+
+def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, pages_per_file: int = 40,
+                 seed: int = 0, say: Callable[[str], None] = print, show_progress: bool = False) -> DemoResult:
+    """Generate, register and materialize every stage, its checks and the dataset assets; outputs under ``workdir``.
+
+    The instance's deployment file records the demo's resource set, so `cah dev` on the same
+    instance re-runs anything from the UI: same crawl, data root, image web addresses and tiny CLIP.
+    """
     workdir = os.path.abspath(workdir)
     started = time.perf_counter()
-    instance = prepare_dagster_home(os.path.join(workdir, "dagster_home"))
+    quiet_console()
+    home = os.path.join(workdir, "dagster_home")
+    instance = prepare_dagster_home(home)
     crawl_dir, data_dir = os.path.join(workdir, "crawl"), os.path.join(workdir, "data")
     for stale in (crawl_dir, data_dir):  # a new image web gets new ports: old outputs would not match
         shutil.rmtree(stale, ignore_errors=True)
-    assets = [defs.get_assets_def(name) for name in STAGES]
-    with LocalImageWeb(n_hosts=6, seed=seed) as web:
-        say(f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and 5 more hosts")
+    os.makedirs(data_dir)
+    with LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed) as web, file_server(data_dir) as files_url:
+        deployment = Deployment("demo", crawl_dir, data_dir, seed, list(web.hosts), files_url)
+        write_deployment(home, deployment)
+        say(f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
+            f"{WEB_HOSTS - 1} more hosts")
         sample = generate_crawl(crawl_dir, crawl=crawl, wat_files=wat_files, pages_per_file=pages_per_file, seed=seed,
-                                mismatch_rate=0.3, missing_rate=0.1, image_base=web.origins[:4], page_base=web.origins[4:])
-        resources = demo_resources(crawl_dir, data_dir)
-        registration, _ = register_and_add(instance, resources["common_crawl"], resources["storage"], crawl, files_per_segment=2)
+                                mismatch_rate=0.3, missing_rate=0.1,
+                                image_base=web.origins[:4], page_base=web.origins[4:])
+        defs = build_definitions(deployment)
+        registration, _ = register_and_add(instance, defs.resources["common_crawl"], defs.resources["storage"], crawl,
+                                           files_per_segment=2)
         keys = registration.keys()
         say(f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files")
-        for key in keys:
-            result = dg.materialize(assets, partition_key=key, instance=instance, resources=resources)
-            if not result.success:
-                raise RuntimeError(f"demo: segment {key} failed; open its run in the UI (make dev)")
-            say(f"3/4 {key}: " + "; ".join(_summary(result, name) for name in STAGES))
-    dataset = [defs.get_assets_def(name) for name in DATASET]
-    result = dg.materialize(dataset, instance=instance, resources=resources,
-                            selection=list(DATASET))
-    if not result.success:
-        raise RuntimeError("demo: release/report failed; open the run in the UI (make dev)")
-    say(f"4/4 release and report: {_summary(result, 'release')}")
-    return DemoResult(sample, resources["storage"].data_root(), keys, instance, time.perf_counter() - started)
+        pipeline = defs.resolve_job_def(PIPELINE_JOB)
+        with stage_progress(len(keys), "3/4 segments", enabled=show_progress) as advance:
+            for key in keys:
+                result = pipeline.execute_in_process(partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG,
+                                                     raise_on_error=False)
+                for line in run_summary(result, STAGES):
+                    say(f"3/4 {key} {line}")
+                if not result.success:
+                    raise RuntimeError(f"demo: segment {key} failed in run {result.run_id}; "
+                                       "open it in the UI (make dev)")
+                advance()
+        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, run_config=QUIET_RUN_CONFIG,
+                                                                      raise_on_error=False)
+        if not result.success:
+            raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
+        say(f"4/4 {run_summary(result, ('release',))[0]}")
+    root = defs.resources["storage"].data_root()
+    return DemoResult(sample, root, keys, instance, time.perf_counter() - started, deployment)
 
 
-SUMMARY_KEYS = {
-    "candidates": ("records_read", "candidates"),
-    "image_shards": ("ok", "success_rate"),
-    "clip_pairs": ("pairs_scored", "pairs_kept"),
-    "release": ("pairs",),
-}
-
-
-def _summary(result: dg.ExecuteInProcessResult, name: str) -> str:
-    for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == name:
-            meta = event.materialization.metadata
-            shown = [f"{k}={meta[k].value}" for k in SUMMARY_KEYS[name] if k in meta]
-            return f"{name} " + ", ".join(shown)
-    return f"{name} (no materialization)"
-
-
-def run_demo(workdir: str, crawl: str = "CC-MAIN-SAMPLE", wat_files: int = 4, seed: int = 0) -> int:
-    outcome = run_pipeline(workdir, crawl=crawl, wat_files=wat_files, seed=seed)
+def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: int = 0) -> int:
+    outcome = run_pipeline(workdir, crawl=crawl, wat_files=wat_files, seed=seed, show_progress=True)
     print(f"done in {outcome.seconds:.0f}s. Release: {outcome.root.path('release', crawl)}; "
           f"report: {outcome.root.path('report', crawl, 'report.md')}")
-    print("Browse lineage, partitions, runs, checks and the report (asset 'report') with:")
-    print(f"  DAGSTER_HOME={outcome.instance.root_directory} make dev    # then open http://127.0.0.1:3000")
+    print("Browse lineage, partitions, runs, checks and the report, and re-run any of it, with:")
+    print("  make dev    # then open http://127.0.0.1:3000")
     return 0

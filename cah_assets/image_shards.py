@@ -8,7 +8,7 @@ import dask
 from cah_assets.candidates import candidates
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
-from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, SEGMENT_BACKFILL
+from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
 from cah_resources.compute import ComputeResource
 from cah_resources.downloader import DEFAULT_USER_AGENT
 from cah_resources.image_shards import (
@@ -70,13 +70,12 @@ class ImageDownloader(dg.ConfigurableResource):
         return ShardSettings.from_flat(self.model_dump())
 
 
-@dg.asset(
+@segment_asset(
     partitions_def=segments,
     deps=[candidates],
     group_name="pipeline",
     kinds={"python", "parquet", "dask"},
     retry_policy=IMAGE_SHARDS_RETRY,
-    backfill_policy=SEGMENT_BACKFILL,
     automation_condition=FOLLOWS_UPSTREAM,
 )
 def image_shards(
@@ -87,7 +86,8 @@ def image_shards(
 ) -> dg.MaterializeResult:
     """The candidates' images, downloaded, checked and resized into webdataset shards (tar + parquet + stats)."""
     root, keys, settings = storage.data_root(), context.partition_keys, image_downloader.settings()
-    units = [unit for key in keys for unit in plan_shards(root, key, settings.shard_size)]
+    with permanent_errors():  # candidates not materialized: fail now, retrying cannot make them
+        units = [unit for key in keys for unit in plan_shards(root, key, settings.shard_size)]
     todo = [unit for unit in units if read_marker(unit) is None]
     context.log.info(f"{len(keys)} segment(s): {len(units)} shards, {len(units) - len(todo)} already done, {len(todo)} to the compute engine")
 
@@ -98,7 +98,8 @@ def image_shards(
     started = time.perf_counter()
     # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
     with dask.config.set({"distributed.worker.daemon": False}):
-        ran = [r.value for r in compute.run_units(download_shard, todo, on_result=progress, settings=settings)]
+        ran = [r.value for r in compute.run_units(download_shard, todo, on_result=progress, on_progress=context.log.info,
+                                                  settings=settings)]
     seconds = time.perf_counter() - started
     speed = {
         "images_per_s": rate(sum(m["successes"] for m in ran), seconds),

@@ -1,5 +1,9 @@
 """How each stage is retried, backfilled, pooled and automated: the one home of the pipeline's run policies."""
 
+import contextlib
+import warnings
+from typing import Callable, Iterator
+
 import dagster as dg
 
 # Stage 1 reads WAT files over HTTPS/S3; the reader already retries a broken download, so a step
@@ -13,6 +17,30 @@ CLIP_PAIRS_RETRY = dg.RetryPolicy(max_retries=1, delay=15)
 # A range backfill runs this many segments per run; each run hands all their work units to Dask at once.
 SEGMENTS_PER_RUN = 8
 SEGMENT_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=SEGMENTS_PER_RUN)
+
+# What a segment's planning raises when the configuration or the input is wrong (a crawl not registered, an
+# upstream stage not materialized, a bad key): trying again cannot help, so it fails at once, never retried.
+PERMANENT_ERRORS = (ValueError, KeyError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def permanent_errors() -> Iterator[None]:
+    """Turn a configuration or input error into a one-line ``dg.Failure`` that the RetryPolicy does not retry."""
+    try:
+        yield
+    except PERMANENT_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        raise dg.Failure(str(message), allow_retries=False) from None
+
+
+def segment_asset(**kwargs) -> Callable[..., dg.AssetsDefinition]:
+    """``dg.asset`` of a stage: partitioned by segment, a range backfill split into runs of SEGMENTS_PER_RUN."""
+    with warnings.catch_warnings():
+        # backfill_policy is marked beta in Dagster 1.x; it is what splits a range into runs, and the
+        # warning would reach every `cah` and `dagster` user at import, with nothing for them to do.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(backfill_policy=SEGMENT_BACKFILL, **kwargs)
+
 
 # Steps that need a GPU take a slot of this pool (its limit is in dagster.yaml: pools > default_limit).
 GPU_POOL = "gpu"

@@ -277,8 +277,9 @@ def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettin
             [spec.label if (spec := scorer.spec_of(r)) else None for r in range(scorer.n)], pa.string()
         ),
         "nsfw": pa.array(scorer.nsfw, pa.string()),
-        "nsfw_score": pa.array(scorer.nsfw_score, pa.float32(), mask=~scored),
-        "watermark_score": pa.array(scorer.watermark_score, pa.float32(), mask=~scored),
+        # NaN: scored by a model without tags (ClipModelSpec.tags_known): unknown, so null like unscored rows
+        "nsfw_score": pa.array(scorer.nsfw_score, pa.float32(), mask=~scored | np.isnan(scorer.nsfw_score)),
+        "watermark_score": pa.array(scorer.watermark_score, pa.float32(), mask=~scored | np.isnan(scorer.watermark_score)),
         "clip_status": pa.array(scorer.status, pa.string()),
         "clip_error": pa.array(scorer.error, pa.string()),
     }

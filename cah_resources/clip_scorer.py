@@ -83,6 +83,17 @@ class ClipModelSpec:
     config: str = ""
 
     @property
+    def tags_known(self) -> bool:
+        """Whether LAION's zero-shot tag prompts mean anything to this model: only open_clip's published weights.
+
+        A local checkpoint (the tiny test model, a custom fine-tune) never saw those prompts' concepts:
+        its NSFW and watermark "tags" would be noise, so they are recorded as unknown (null).
+        """
+        import open_clip
+
+        return bool(self.pretrained) and (self.model, self.pretrained) in set(open_clip.list_pretrained())
+
+    @property
     def label(self) -> str:
         """What the ``clip_model`` column records: name and weights, without local folders."""
         weights = self.pretrained.rsplit("/", 1)[-1] if self.pretrained else "random"
@@ -156,6 +167,7 @@ class LoadedClip:
     nsfw_emb: torch.Tensor
     watermark_emb: torch.Tensor
     clean_emb: torch.Tensor
+    tags_known: bool = True  # spec.tags_known, decided once at load
     # Largest batch that has fit on the device; lowered when a batch runs out of memory so that
     # the rest of the shard does not hit the same wall again.
     max_batch: int | None = None
@@ -245,8 +257,11 @@ class LoadedClip:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.inference_mode()
-    def tags(self, image_emb: torch.Tensor) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """NSFW label and score and watermark score of each image, from its normalised embedding."""
+    def tags(self, image_emb: torch.Tensor) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        """NSFW label and score and watermark score of each image; None and NaN where the model has no tags."""
+        if not self.tags_known:
+            unknown = np.full(len(image_emb), np.nan, dtype=np.float32)
+            return [None] * len(image_emb), unknown, unknown.copy()
         return nsfw_tags(image_emb, self.safe_emb, self.nsfw_emb) + (
             watermark_scores(image_emb, self.watermark_emb, self.clean_emb),
         )
@@ -397,4 +412,5 @@ def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
         nsfw_emb=prompts(NSFW_PROMPTS),
         watermark_emb=prompts(WATERMARK_PROMPTS),
         clean_emb=prompts(CLEAN_PROMPTS),
+        tags_known=spec.tags_known,
     )

@@ -16,6 +16,7 @@ from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
 from cah_resources.lifetime import exit_with_parent
+from cah_resources.unit_progress import PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +258,14 @@ class ComputeResource(dg.ConfigurableResource):
         units: Iterable[Any],
         *,
         on_result: Callable[[UnitResult, int, int], None] | None = None,
+        on_progress: Callable[[str], None] | None = None,
         resources: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> list[UnitResult]:
         """Run ``fn(unit, **kwargs)`` for every unit on the cluster; results come back in unit order.
 
-        ``on_result(result, done, total)`` is called as each unit finishes, for progress logs.
+        ``on_result(result, done, total)`` is called as each unit finishes, for progress logs;
+        ``on_progress(line)`` with each line a unit publishes while it runs (unit_progress.UnitProgress).
         A unit whose worker dies is rerun by the scheduler elsewhere, so every unit's result
         comes back exactly once; units must therefore write their outputs idempotently.
         """
@@ -270,6 +273,8 @@ class ComputeResource(dg.ConfigurableResource):
         if not units:
             return []
         with self.client() as client:
+            if on_progress is not None:
+                client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_progress(event[1]))
             resources = self._placeable(client, resources)
             futures = client.map(
                 fn, units, pure=False, retries=self.task_retries, resources=resources, **kwargs
@@ -281,4 +286,6 @@ class ComputeResource(dg.ConfigurableResource):
                 results[i] = UnitResult(units[i], value)
                 if on_result is not None:
                     on_result(results[i], done, len(units))
+            if on_progress is not None:
+                client.unsubscribe_topic(PROGRESS_TOPIC)
         return [r for r in results if r is not None]

@@ -24,6 +24,7 @@ from cah_resources.shard_writer import (
     shard_paths,
 )
 from cah_resources.storage import DataRoot
+from cah_resources.unit_progress import UnitProgress
 
 STAGE = "image_shards"
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
@@ -279,7 +280,7 @@ class BodyClaim:
 
 
 async def _download_rows(
-    rows: list[dict], settings: ShardSettings, writer: ShardWriter, workers: ImageWorkers
+    rows: list[dict], settings: ShardSettings, writer: ShardWriter, workers: ImageWorkers, progress: UnitProgress
 ) -> dict:
     totals = {"bytes_fetched": 0, "image_warnings": 0}
     backlog = BodyBacklog(settings.image_backlog_bytes)
@@ -301,6 +302,7 @@ async def _download_rows(
                     image = await _check_image(fetched.body, settings, workers)
                     totals["image_warnings"] += image.warnings
             writer.add(index, row, _outcome_fields(fetched, image), image.jpeg if image is not None else None)
+            progress.step(image is not None)
 
         # One loop admits the rows in order, so only it ever waits for room in the backlog.
         started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
@@ -337,7 +339,8 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
         ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer,
     ):
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            totals = runner.run(_download_rows(rows, settings, writer, workers))
+            progress = UnitProgress(f"shard {unit.segment}/{unit.shard:05d}", len(rows))  # lines in the run's log
+            totals = runner.run(_download_rows(rows, settings, writer, workers, progress))
         seconds = time.perf_counter() - started
         marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds,
                               image_workers=workers.kind, rows_digest=rows_digest(r["uid"] for r in rows), **totals)

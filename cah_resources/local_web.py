@@ -191,6 +191,7 @@ class LocalImageWeb:
         image_sizes: tuple[tuple[int, int], ...] = SMALL_IMAGE_SIZES,
         seed: int = 0,
         address_prefix: str = "127.77",
+        ports: list[int] | None = None,
     ) -> None:
         if not 1 <= n_hosts <= 250 * 250 - 1:
             raise ValueError(f"n_hosts must be within 1..62499, not {n_hosts}")
@@ -199,6 +200,10 @@ class LocalImageWeb:
         self.image_sizes = image_sizes
         self.seed = seed
         self.address_prefix = address_prefix
+        # Fixed ports serve the same URLs as an earlier run (the demo's web, served again by `cah dev`).
+        self.ports = list(ports) if ports else [0] * n_hosts
+        if len(self.ports) != n_hosts:
+            raise ValueError(f"{len(self.ports)} ports for {n_hosts} hosts")
         self.hosts: list[str] = []
         self.requests: Counter[str] = Counter()  # per path
         self.user_agents: Counter[str] = Counter()
@@ -474,7 +479,7 @@ class LocalImageWeb:
         await self._runner.setup()
         for i in range(self.n_hosts):
             address = _host_address(self.address_prefix, i)
-            site = web.TCPSite(self._runner, address, 0, backlog=1024)
+            site = web.TCPSite(self._runner, address, self.ports[i], backlog=1024)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             self.hosts.append(f"{address}:{port}")

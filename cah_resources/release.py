@@ -230,3 +230,42 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
         return {}
     counts = pc.value_counts(pc.fill_null(column, "null")).to_pylist()
     return {item["values"]: item["counts"] for item in counts}
+
+
+# clip-retrieval's layout: one folder per kind, files named <kind>_<part> with the same <part> across kinds.
+EMBEDDING_KINDS = (("img_emb", ".npy"), ("text_emb", ".npy"), ("metadata", ".parquet"))
+
+
+def embeddings_dir(root: DataRoot, crawl: str) -> str:
+    """Where a crawl's merged embeddings live: ``release/<CRAWL>/embeddings/`` (one folder per model)."""
+    return f"{release_dir(root, crawl)}/embeddings"
+
+
+def merge_embeddings(root: DataRoot, shards: Iterable[ClipPairsShard], out_dir: str) -> dict[str, int]:
+    """The segments' clip-retrieval files in one folder per model, renamed ``<kind>_<segment>-<NNNNN>``.
+
+    Per segment the files are ``img_emb_NNNNN.npy``, which collide across segments; with the segment
+    in the name they are unique and sort alike in the three kinds, so clip-retrieval's and autofaiss's
+    readers take ``out_dir/<model folder>`` as it is. Files of shards no longer finished are removed.
+    Returns the shards merged per model folder.
+    """
+    merged: Counter = Counter()
+    wanted: set[str] = set()
+    for shard in shards:
+        segment_dir = root.path(CLIP_PAIRS, shard.segment)
+        for folder in (n for n in root.listdir(segment_dir) if n.startswith("embeddings")):
+            sources = [f"{segment_dir}/{folder}/{kind}/{kind}_{shard.name}{ext}" for kind, ext in EMBEDDING_KINDS]
+            if not all(root.exists(path) for path in sources):
+                continue  # scored without write_embeddings, or by another model
+            for (kind, ext), source in zip(EMBEDDING_KINDS, sources):
+                target = f"{out_dir}/{folder}/{kind}/{kind}_{shard.segment}-{shard.name}{ext}"
+                wanted.add(target)
+                root.write_bytes(target, root.read_bytes(source))
+            merged[folder] += 1
+    for folder in root.listdir(out_dir) if root.exists(out_dir) else []:
+        for kind, _ in EMBEDDING_KINDS:
+            kind_dir = f"{out_dir}/{folder}/{kind}"
+            for name in root.listdir(kind_dir) if root.exists(kind_dir) else []:
+                if f"{kind_dir}/{name}" not in wanted:
+                    root.remove(f"{kind_dir}/{name}")
+    return dict(merged)

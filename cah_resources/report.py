@@ -213,6 +213,10 @@ def table_markdown(table: Table) -> str:
     return "\n".join(lines + (["", table.note] if table.note else []))
 
 
+def _rate(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None else "n/a"
+
+
 def _ratio(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "n/a"
 
@@ -284,13 +288,18 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _legend_outside(axes) -> None:
+    # Right of the plot area (savefig's bbox_inches="tight" widens the image for it): it covers no data.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
     # Figure without pyplot: no global state, so workers and threads can draw side by side.
     figure = Figure(figsize=(width, height))
     return figure, figure.add_subplot()
 
 
-def funnel_plot(facts: DatasetFacts) -> bytes:
+def funnel_figure(facts: DatasetFacts) -> Figure:
     """Stacked bars per step, one stack per category; the record count in the title."""
     figure, axes = _figure()
     steps = list(FUNNEL_STEPS)
@@ -305,11 +314,11 @@ def funnel_plot(facts: DatasetFacts) -> bytes:
     axes.set_ylabel("pairs")
     axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
     if categories:
-        axes.legend()
-    return _png(figure)
+        _legend_outside(axes)
+    return figure
 
 
-def similarity_plot(facts: DatasetFacts) -> bytes:
+def similarity_figure(facts: DatasetFacts) -> Figure:
     """Histogram of CLIP similarity per category with the category's threshold."""
     figure, axes = _figure()
     populated = [h for h in facts.similarity.values() if h.sum()]
@@ -329,20 +338,20 @@ def similarity_plot(facts: DatasetFacts) -> bytes:
     axes.set_ylabel("pairs")
     axes.set_title("CLIP similarity of downloaded pairs")
     if facts.similarity:
-        axes.legend()
-    return _png(figure)
+        _legend_outside(axes)
+    return figure
 
 
-def status_plot(facts: DatasetFacts) -> bytes:
+def status_figure(facts: DatasetFacts) -> Figure:
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(facts.statuses), 1))
     statuses = facts.statuses.most_common()[::-1]
     axes.barh([s for s, _ in statuses], [c for _, c in statuses], color="#4C72B0")
     axes.set_xlabel("URLs")
     axes.set_title(f"Download status of {sum(facts.statuses.values()):,} URLs")
-    return _png(figure)
+    return figure
 
 
-def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
     rows = top_domains(facts, n)[::-1]
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
     names = [r[0] for r in rows]
@@ -352,28 +361,49 @@ def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
     axes.set_xlabel("pairs")
     axes.set_title(f"Top {len(rows)} domains by kept pairs")
     if rows:
-        axes.legend()
-    return _png(figure)
+        _legend_outside(axes)
+    return figure
+
+
+def throughput_figure(facts: DatasetFacts) -> Figure:
+    """One panel per stage, each in its own unit (records, URLs, pairs): per task second and per run second."""
+    stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
+    figure = Figure(figsize=(3.0 * len(stages), 3.6))
+    for i, stage in enumerate(stages):
+        axes = figure.add_subplot(1, len(stages), i + 1)
+        t = facts.throughput.get(stage) or StageThroughput(stage, "items")
+        rates = [t.per_task_second, t.per_wall_second]
+        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates],
+                        color=["#4C72B0", "#DD8452"])
+        for bar, value in zip(bars, rates):
+            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)
+        axes.set_ylabel(f"{t.unit} / s")
+        axes.set_title(stage)
+        axes.margins(y=0.15)
+    figure.suptitle("Throughput per stage")
+    figure.tight_layout()
+    return figure
+
+
+def funnel_plot(facts: DatasetFacts) -> bytes:
+    return _png(funnel_figure(facts))
+
+
+def similarity_plot(facts: DatasetFacts) -> bytes:
+    return _png(similarity_figure(facts))
+
+
+def status_plot(facts: DatasetFacts) -> bytes:
+    return _png(status_figure(facts))
+
+
+def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+    return _png(top_domains_figure(facts, n))
 
 
 def throughput_plot(facts: DatasetFacts) -> bytes:
-    stages = [s for s in STAGES if s in facts.throughput]
-    figure, axes = _figure()
-    x = np.arange(len(stages))
-    task = [facts.throughput[s].per_task_second or 0.0 for s in stages]
-    wall = [facts.throughput[s].per_wall_second or 0.0 for s in stages]
-    axes.bar(x - 0.2, task, width=0.4, label="per task second", color="#4C72B0")
-    axes.bar(x + 0.2, wall, width=0.4, label="per run second", color="#DD8452")
-    axes.set_xticks(x, [f"{s}\n({facts.throughput[s].unit})" for s in stages])
-    rates = [r for r in task + wall if r > 0]
-    if rates and max(rates) > 20 * min(rates):
-        # Stages count different items (records, URLs, pairs) at rates orders of magnitude apart.
-        axes.set_yscale("log")
-    axes.set_ylabel("items / s")
-    axes.set_title("Throughput per stage")
-    if stages:
-        axes.legend()
-    return _png(figure)
+    return _png(throughput_figure(facts))
 
 
 def _category_order(category: str) -> tuple[int, str]:

@@ -55,7 +55,7 @@ def read(root: DataRoot, *parts: str):
     return root.read_parquet(root.path("clip_pairs", SEGMENT, *parts))
 
 
-def test_every_ok_row_is_scored_with_similarity_threshold_kept_and_tags(root):
+def test_every_ok_row_is_scored_with_similarity_threshold_kept_and_unknown_tags_from_the_tiny_model(root):
     samples, matching = shape_samples(40, seed=1)
     failed = ShardSample("a red circle", None, status="http_error")
     write_image_shard(root, SEGMENT, 0, samples + [failed])
@@ -67,10 +67,11 @@ def test_every_ok_row_is_scored_with_similarity_threshold_kept_and_tags(root):
     assert set(CLIP_COLUMNS) <= set(table.column_names)
     assert table.num_rows == 40 and set(table.column("status").to_pylist()) == {"ok"}
     rows = table.to_pylist()
-    assert all(r["clip_status"] == "scored" and r["nsfw"] in ("UNLIKELY", "UNSURE", "NSFW") for r in rows)
+    assert all(r["clip_status"] == "scored" for r in rows)
     assert all(r["kept"] == (r["similarity"] >= r["threshold"]) for r in rows)
     assert all(r["threshold"] == pytest.approx(0.28 if r["category"] in ("en", "nolang") else 0.26) for r in rows)
-    assert all(0.0 <= r["nsfw_score"] <= 1.0 and 0.0 <= r["watermark_score"] <= 1.0 for r in rows)
+    # The tiny model is a local checkpoint that never learnt the tag prompts: its tags are unknown, not NSFW.
+    assert all(r["nsfw"] is None and r["nsfw_score"] is None and r["watermark_score"] is None for r in rows)
     agreement = np.mean([r["kept"] == m for r, m in zip(rows, matching)])
     assert agreement >= 0.9
     assert summary["pairs"] == 40 and sum(summary["kept"].values()) == sum(r["kept"] for r in rows)

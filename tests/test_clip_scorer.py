@@ -206,3 +206,13 @@ def test_bad_settings_are_refused_with_what_is_allowed():
         ScoringSettings(settings.models, settings.thresholds, device="tpu")
     with pytest.raises(ValueError, match="categories"):
         ScoringSettings({"en": settings.models["en"]}, settings.thresholds)
+
+
+def test_only_open_clips_published_weights_have_known_tags():
+    from cah_resources.models import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME
+
+    assert ClipModelSpec("ViT-B-32", "openai").tags_known
+    assert ClipModelSpec("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k").tags_known
+    assert not ClipModelSpec(TINY_CLIP_NAME, str(TINY_CLIP_CHECKPOINT), str(TINY_CLIP_CONFIG)).tags_known
+    assert not ClipModelSpec("ViT-B-32", "/models/my-finetune.pt").tags_known
+    assert not ClipModelSpec("ViT-B-32", "").tags_known  # random weights

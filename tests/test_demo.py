@@ -1,12 +1,41 @@
 """The offline demo end to end: generated crawl, local image web, every stage, release and report."""
 
+import contextlib
 import os
+import sys
+import tempfile
 
+import dagster as dg
 import pytest
 
 from cah_assets.demo import run_pipeline
 from cah_resources.release import read_release, release_dir
 from cah_resources.segments import load_registration
+
+STAGES = ("candidates", "image_shards", "clip_pairs")
+
+
+@contextlib.contextmanager
+def captured_terminal():
+    """What reaches file descriptors 1 and 2 (Python, Dagster's console logger, Dask's processes alike)."""
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    streams = sys.stdout, sys.stderr  # pytest's own capture objects: print() and logging must reach the fds
+    with tempfile.TemporaryFile() as sink:
+        text: list[str] = []
+        try:
+            sys.stdout.flush(), sys.stderr.flush()
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+            yield text
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text.append(sink.read().decode(errors="replace"))
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +43,10 @@ def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     previous = os.environ.get("DAGSTER_HOME")
     try:
-        yield run_pipeline(str(workdir), wat_files=2, pages_per_file=24, seed=2, say=lambda _: None)
+        with captured_terminal() as terminal:
+            outcome = run_pipeline(str(workdir), wat_files=4, pages_per_file=12, seed=2)
+        outcome.terminal = terminal[0]
+        yield outcome
     finally:
         if previous is None:
             os.environ.pop("DAGSTER_HOME", None)
@@ -68,3 +100,70 @@ def test_every_stage_and_the_dataset_assets_are_materialized_on_the_instance(dem
         assert done == set(demo.segment_keys)
     for name in ("release", "report"):
         assert demo.instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
+
+
+def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_warning(demo):
+    lines = demo.terminal.strip().splitlines()
+    for key in demo.segment_keys:
+        for stage in STAGES:
+            (line,) = [line for line in lines if line.startswith(f"3/4 {key} {stage} ")]
+            assert "/s" in line and "passed" in line
+    assert not [line for line in lines if "DEBUG" in line or "Warning" in line or "WARNING" in line]
+    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES)  # 1/4, 2/4, those, 4/4
+
+
+def test_runs_of_the_demo_have_job_names(demo):
+    names = {run.job_name for run in demo.instance.get_runs()}
+    assert names == {"pipeline", "dataset"}
+
+
+def test_the_demo_evaluates_every_check_and_they_pass(demo):
+    from cah_assets.definitions import build_definitions
+
+    check_keys = build_definitions(demo.deployment).resolve_asset_graph().asset_check_keys
+    assert len(check_keys) == 9  # 4 of candidates, 3 of image_shards, 2 of clip_pairs
+    for key in check_keys:
+        history = demo.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        evaluations = [r.event.dagster_event.event_specific_data for r in history if r.event is not None]
+        evaluations = [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation)]
+        assert {e.partition for e in evaluations} == set(demo.segment_keys), key
+        assert all(e.passed for e in evaluations), key
+
+
+def test_the_tiny_models_tags_are_unknown_in_the_release(demo):
+    release = read_release(demo.root, release_dir(demo.root, demo.crawl.crawl))
+    assert release.num_rows and set(release.column("NSFW").to_pylist()) == {None}
+
+
+def test_the_report_fills_per_run_second_and_links_plots_the_ui_shows_in_place(demo):
+    event = demo.instance.get_latest_materialization_event(dg.AssetKey("report"))
+    metadata = event.asset_materialization.metadata
+    crawl = demo.crawl.crawl
+    assert "n/a" not in metadata[f"{crawl}/throughput_table"].value
+    assert metadata[f"{crawl}/funnel"].value == f"![funnel]({demo.deployment.files_url}/report/{crawl}/funnel.png)"
+
+
+def test_the_instances_resources_rerun_a_stage_after_the_demo_with_its_web_served_again(demo, capsys):
+    from cah_assets import cli
+    from cah_assets.demo import serve_demo
+    from cah_assets.deployment import read_deployment
+
+    home = os.environ["DAGSTER_HOME"]
+    assert read_deployment(home) == demo.deployment and demo.deployment.name == "demo"
+    key = demo.segment_keys[0]
+    before = demo.instance.get_latest_materialization_event(dg.AssetKey("image_shards")) or None
+    images = {e.asset_materialization.partition: e.asset_materialization.metadata["images"].value
+              for e in [before] if e is not None}
+    demo.root.remove(demo.root.path("image_shards", key))  # every shard downloaded again, from the served web
+    with serve_demo(read_deployment(home)):
+        code = cli.main(["materialize", key, "--stage", "image_shards"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (line,) = [line for line in out.splitlines() if line.startswith(f"{key} image_shards")]
+    assert "checks 3/3 passed" in line
+    runs = demo.instance.get_runs(limit=1)
+    assert runs[0].job_name == "image_shards_job" and runs[0].tags["dagster/partition"] == key
+    after = demo.instance.get_latest_materialization_event(dg.AssetKey("image_shards")).asset_materialization
+    assert after.partition == key and after.metadata["images"].value > 0
+    if key in images:
+        assert after.metadata["images"].value == images[key]

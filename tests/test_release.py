@@ -142,3 +142,54 @@ def test_width_and_height_fall_back_to_the_stored_size_when_the_original_is_unkn
     release = read_release(root, release_dir(root, "CC-X")).to_pylist()
     first_shard = [row for row in release if row["key"].startswith("00000")]
     assert first_shard and all(row["WIDTH"] == 256 for row in first_shard)
+
+
+def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
+    import numpy as np
+
+    from cah_resources.clip_pairs import ClipPairsUnit, score_image_shard
+    from cah_resources.models.shapes import ShardSample, sample_pairs, write_image_shard
+    from cah_resources.release import embeddings_dir, finished_clip_pairs_shards, merge_embeddings
+    from cah_resources.resources import ClipScorer
+
+    settings = ClipScorer.tiny(batch_size=8, decode_workers=1, write_embeddings=True).settings()
+    segments = ("CC-X_00000", "CC-X_00001")
+    for seed, segment in enumerate(segments):  # shard 00000 in both: the per-segment file names collide
+        samples = [ShardSample(caption, jpeg, "en", "en") for _, _, caption, jpeg in sample_pairs(6, seed)]
+        write_image_shard(root, segment, 0, samples)
+        score_image_shard(ClipPairsUnit(root, segment, 0), settings)
+    out = embeddings_dir(root, "CC-X")
+    assert merge_embeddings(root, finished_clip_pairs_shards(root, segments)[0], out) == {"embeddings": 2}
+
+    # What autofaiss / clip-retrieval do: every .npy of img_emb/ in name order, metadata/ in the same order.
+    folder = f"{out}/embeddings"
+    names = {kind: root.listdir(f"{folder}/{kind}") for kind in ("img_emb", "text_emb", "metadata")}
+    assert len(names["img_emb"]) == len(set(names["img_emb"])) == 2
+    parts = [[n.removeprefix(f"{kind}_").rsplit(".", 1)[0] for n in names[kind]] for kind in names]
+    assert parts[0] == parts[1] == parts[2] == ["CC-X_00000-00000", "CC-X_00001-00000"]
+    images = np.concatenate([np.load(root.fs.open(f"{folder}/img_emb/{n}", "rb")) for n in names["img_emb"]])
+    texts = np.concatenate([np.load(root.fs.open(f"{folder}/text_emb/{n}", "rb")) for n in names["text_emb"]])
+    metadata = pa.concat_tables([pq.read_table(root.fs.open(f"{folder}/metadata/{n}", "rb"))
+                                 for n in names["metadata"]])
+    assert images.shape[0] == texts.shape[0] == metadata.num_rows == 12
+    assert len(set(metadata.column("uid").to_pylist())) == 12
+    # Row i of the embeddings is row i of the metadata: their product is the similarity recorded for that pair.
+    similarity = (images.astype(np.float32) * texts.astype(np.float32)).sum(axis=1)
+    np.testing.assert_allclose(similarity, metadata.column("similarity").to_numpy(), atol=2e-2)
+    try:
+        import faiss
+    except ImportError:
+        return  # faiss-cpu is optional: the numpy reading above is what its readers do
+    index = faiss.IndexFlatIP(images.shape[1])
+    index.add(images.astype(np.float32))
+    assert index.ntotal == metadata.num_rows
+
+
+def test_merging_again_removes_embeddings_of_shards_no_longer_finished(root):
+    from cah_resources.release import ClipPairsShard, merge_embeddings
+
+    stale = f"{root.path('release', 'CC-X')}/embeddings/embeddings/img_emb/img_emb_CC-X_00009-00000.npy"
+    root.write_bytes(stale, b"old")
+    out = root.path("release", "CC-X", "embeddings")
+    assert merge_embeddings(root, [ClipPairsShard("CC-X_00000", "00000", "", b"")], out) == {}
+    assert not root.exists(stale)

@@ -159,3 +159,65 @@ def test_plots_reach_dagster_metadata_as_inline_markdown_images_and_tables_as_ta
     table = event.asset_materialization.metadata["funnel_table"]
     assert [c.type for c in table.schema.columns][:5] == ["string", "int", "int", "int", "int"]
     assert table.records[-1].data == dict(zip(funnel.columns, ("all", 14, 14, 8, 6, "57.1%", "75.0%")))
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_legends_cover_no_bar_or_line(root):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cah_resources.report import funnel_figure, similarity_figure, top_domains_figure
+
+    facts = collect_facts(root, SEGMENTS)
+    for figure in (funnel_figure(facts), similarity_figure(facts), top_domains_figure(facts)):
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()  # lays the figure out as savefig does
+        renderer = canvas.get_renderer()
+        for axes in figure.axes:
+            legend = axes.get_legend().get_window_extent(renderer)
+            # Bars and lines are clipped to the plot area: a legend outside it covers none of them.
+            assert axes.patches and not _boxes_overlap(legend, axes.get_window_extent(renderer))
+
+
+def test_throughput_has_one_unit_per_axis_and_both_rates(root):
+    from cah_resources.report import throughput_figure
+
+    facts = collect_facts(root, SEGMENTS, wall_seconds={s: 4.0 for s in ("candidates", "image_shards", "clip_pairs")})
+    figure = throughput_figure(facts)
+    labels = [axes.get_ylabel() for axes in figure.axes]
+    assert labels == ["WAT records / s", "URLs / s", "pairs scored / s"]
+    for axes in figure.axes:  # per task second and per run second, both non-zero
+        assert [bar.get_height() > 0 for bar in axes.patches] == [True, True]
+
+
+def _stage_run(stage: str, seconds: float):
+    from cah_assets.partitions import segments
+
+    @dg.asset(name=stage, partitions_def=segments)
+    def stand_in() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"seconds": seconds})
+
+    return stand_in
+
+
+def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_inline(root):
+    from cah_assets.dataset import INLINE_MARKDOWN_CHARS, ReportLinks, stage_run_seconds
+    from cah_assets.partitions import segments
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(segments.name, SEGMENTS)
+    for stage, seconds in (("candidates", 2.0), ("image_shards", 3.5), ("clip_pairs", 5.0)):
+        for key in SEGMENTS:  # one run per segment: the run seconds add up
+            assert dg.materialize([_stage_run(stage, seconds)], instance=instance, partition_key=key).success
+    assert stage_run_seconds(instance, "image_shards", SEGMENTS) == 7.0
+    links = ReportLinks(files_url="http://127.0.0.1:8123")
+    seconds = {s: stage_run_seconds(instance, s, SEGMENTS) for s in ("candidates", "image_shards", "clip_pairs")}
+    built = build_report(root, SEGMENTS, root.path("report", "CC-X"), seconds)
+    assert built.facts.throughput["image_shards"].per_wall_second == pytest.approx(14 / 7.0)
+    assert "n/a" not in built.tables["throughput"]
+    text = links.plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel")
+    assert text == "![funnel](http://127.0.0.1:8123/report/CC-X/funnel.png)" and len(text) < INLINE_MARKDOWN_CHARS
+    assert ReportLinks().plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel").startswith(
+        "![funnel](data:image/png;base64,")

@@ -301,3 +301,90 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
     for run_id in run_ids:
         expect(page.get_by_text(run_id[:8], exact=True).first).to_be_visible()
     _shot(page, "backfill_runs")
+
+
+# --- the demo's instance, as `make demo` then `make dev` show it -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_ui(tmp_path_factory):
+    """`cah demo`'s instance served by dagster-webserver with only DAGSTER_HOME set, and its web served again."""
+    from cah_assets.demo import run_pipeline, serve_demo
+
+    workdir = tmp_path_factory.mktemp("demo_ui")
+    previous = os.environ.get("DAGSTER_HOME")
+    try:
+        outcome = run_pipeline(str(workdir), wat_files=2, pages_per_file=12, seed=3, say=lambda _: None)
+    finally:
+        os.environ.pop("DAGSTER_HOME", None) if previous is None else os.environ.__setitem__("DAGSTER_HOME", previous)
+    home = outcome.instance.root_directory
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")}
+    env["DAGSTER_HOME"] = home
+    url = f"http://127.0.0.1:{_free_port()}"
+    with serve_demo(outcome.deployment):
+        process, log = _start(["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w",
+                               os.path.join(REPO, "workspace.yaml")], env, os.path.join(home, "webserver.log"))
+        try:
+            _wait_until_loaded(url, process, log.name)
+            _graphql(url, "mutation { setNuxSeen }")
+            yield {"url": url, "outcome": outcome}
+        finally:
+            _stop(process, log)
+
+
+@pytest.fixture
+def demo_page(browser, demo_ui):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def test_the_demo_instance_loads_the_demos_resources_and_names_its_jobs(demo_ui):
+    data = _graphql(demo_ui["url"], """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        jobs { name } allTopLevelResourceDetails { name configFields { name } configuredValues { key value } } } } } }""")
+    (repository,) = data["repositoriesOrError"]["nodes"]
+    jobs = {job["name"] for job in repository["jobs"]}
+    assert {"candidates_job", "image_shards_job", "clip_pairs_job", "pipeline", "dataset"} <= jobs
+    storage = next(r for r in repository["allTopLevelResourceDetails"] if r["name"] == "storage")
+    root = next(v["value"] for v in storage["configuredValues"] if v["key"] == "root")
+    assert json.loads(root) == demo_ui["outcome"].deployment.data_root
+
+
+def test_screenshots_of_the_demo_graph_partitions_run_checks_and_report(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page, url, outcome = demo_page, demo_ui["url"], demo_ui["outcome"]
+    page.goto(f"{url}/locations/__repository__@cah/asset-groups/pipeline")
+    for stage in STAGES:
+        expect(page.get_by_text(stage, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Loading...")).to_have_count(0)
+    _shot(page, "demo_asset_graph")
+
+    page.goto(f"{url}/assets/image_shards?view=partitions")
+    expect(page.get_by_text(f"Materialized ({len(outcome.segment_keys)})")).to_be_visible()
+    _shot(page, "demo_partitions")
+
+    run = next(r for r in outcome.instance.get_runs() if r.job_name == "pipeline")
+    page.goto(f"{url}/runs/{run.run_id}")
+    expect(page.get_by_text("Success").first).to_be_visible()
+    expect(page.get_by_text("pipeline").first).to_be_visible()
+    expect(page.get_by_text("Loading run logs...")).to_have_count(0)
+    expect(page.get_by_text("Re-execute all").first).to_be_enabled()  # a named job: the run can be redone
+    _shot(page, "demo_run")
+
+    page.goto(f"{url}/assets/candidates?view=checks")
+    expect(page.get_by_text("drops_add_up").first).to_be_visible()
+    expect(page.get_by_text("Passed").first).to_be_visible()
+    _shot(page, "demo_checks")
+
+    page.goto(f"{url}/assets/report")
+    plot = page.locator("img[src$='funnel.png']").first
+    expect(plot).to_be_visible()
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
+    _shot(page, "demo_report")

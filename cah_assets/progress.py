@@ -1,0 +1,80 @@
+"""What `cah` prints while it runs the pipeline: one line per stage per segment, and a progress bar with an ETA."""
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import dagster as dg
+
+# Runs started by `cah` log to the instance (the UI's run view) at full detail; the terminal shows only
+# errors from Dagster, and `cah`'s own lines.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+
+def quiet_console() -> None:
+    """Keep the terminal to `cah`'s own lines while runs go on."""
+    # Dask logs a worker's shutdown at WARNING ("still alive after 4 s, killing") when a run's local
+    # cluster stops; that is normal there and nothing a user can act on.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+# What a stage's line shows: (metadata key, label) counts, then the rate key and its unit.
+SUMMARY = {
+    "candidates": ((("records_read", "records"), ("candidates", "candidates")), "records_per_s", "records/s"),
+    "image_shards": ((("candidates", "URLs"), ("images", "images")), "images_per_s", "images/s"),
+    "clip_pairs": ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "images_per_s", "pairs/s"),
+    "release": ((("pairs", "pairs"),), "", ""),
+}
+
+
+def _checks_line(result: dg.ExecuteInProcessResult, stage: str) -> str:
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == stage]
+    if not evaluations:
+        return ""
+    failed = [e.check_name for e in evaluations if not e.passed]
+    passed = len(evaluations) - len(failed)
+    return f"; checks {passed}/{len(evaluations)} passed" + (f" (failed: {', '.join(failed)})" if failed else "")
+
+
+def run_summary(result: dg.ExecuteInProcessResult, stages: tuple[str, ...]) -> list[str]:
+    """One line per stage of the run: its counts, rate, seconds and checks; or that it did not materialize."""
+    events = result.get_asset_materialization_events()
+    materialized = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
+    lines = []
+    for stage in stages:
+        meta = materialized.get(stage)
+        if meta is None:
+            lines.append(f"{stage:<12} not materialized (run {result.run_id[:8]}: see its logs in the UI)")
+            continue
+        counts, rate_key, unit = SUMMARY.get(stage, ((), "", ""))
+        shown = [f"{meta[k].value:,} {label}" for k, label in counts if k in meta]
+        if rate_key in meta:
+            shown.append(f"{meta[rate_key].value:,.0f} {unit}")
+        if "seconds" in meta:
+            shown.append(f"{meta['seconds'].value:.1f} s")
+        lines.append(f"{stage:<12} " + ", ".join(shown) + _checks_line(result, stage))
+    return lines
+
+
+@contextlib.contextmanager
+def stage_progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A rich progress bar (done/total, elapsed, ETA) on the terminal; yields the function that advances it."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    # transient: the bar disappears when done, leaving the one-line-per-stage summary printed above it
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)

@@ -1,0 +1,113 @@
+"""The `cah` command: help on everything, and one line for every error a user can cause."""
+
+import http.server
+import threading
+
+import click
+import pytest
+
+from cah_assets import cli
+from cah_resources.sample_crawl import generate_crawl
+
+
+def _commands(group: click.Group):
+    for name, command in group.commands.items():
+        yield name, command
+        if isinstance(command, click.Group):
+            yield from _commands(command)
+
+
+def test_every_command_and_option_has_help_text():
+    assert cli.cah.help
+    for name, command in _commands(cli.cah):
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts}"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def instance_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def test_without_dagster_home_a_command_says_how_to_set_it_in_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    code, _, err = _run(capsys, "register", "CC-MAIN-2024-10")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("cah register: DAGSTER_HOME is not set") and "make demo" in err
+
+
+def test_an_unknown_crawl_is_one_line_listing_the_crawls_the_source_has(capsys, instance_home, tmp_path):
+    crawls = tmp_path / "crawl"
+    generate_crawl(str(crawls), crawl="CC-MAIN-2024-10", wat_files=1, pages_per_file=2)
+    generate_crawl(str(crawls), crawl="CC-MAIN-2024-18", wat_files=1, pages_per_file=2)
+    data = str(tmp_path / "d")
+    code, _, err = _run(capsys, "register", "CC-MAIN-2024-1O", "--source", str(crawls), "--data-root", data)
+    assert code == 2 and err.count("\n") == 1
+    assert err.strip().endswith("known crawls: CC-MAIN-2024-10, CC-MAIN-2024-18")
+
+
+def test_an_unreachable_source_is_retried_visibly_then_one_line(capsys, instance_home, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "REGISTER_BACKOFF_S", 0.01)
+    # A listening socket that answers every request by closing the connection: unreachable as a crawl source.
+    class Hangup(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.close_connection = True
+            self.connection.close()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hangup)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = f"http://127.0.0.1:{server.server_address[1]}"
+        data = str(tmp_path / "d")
+        code, _, err = _run(capsys, "register", "CC-MAIN-2024-10", "--source", source, "--data-root", data)
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == cli.REGISTER_ATTEMPTS
+    assert all("did not answer" in line for line in lines[:-1])
+    assert lines[-1].startswith(f"cah register: {source} is unreachable after {cli.REGISTER_ATTEMPTS} attempts")
+
+
+def test_materialize_of_an_unregistered_segment_names_the_registered_crawls(capsys, instance_home):
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("segments", ["CC-MAIN-2024-10_00000", "CC-MAIN-2024-10_00001"])
+    code, _, err = _run(capsys, "materialize", "CC-MAIN-2024-18_00000")
+    assert code == 2 and err.count("\n") == 1
+    assert "registered crawls: CC-MAIN-2024-10" in err
+
+
+def test_segments_are_keys_ranges_or_whole_crawls():
+    known = [f"CC-A_{i:05d}" for i in range(4)] + ["CC-B_00000"]
+    assert cli.expand_segments(("CC-A_00001..CC-A_00003",), known) == known[1:4]
+    assert cli.expand_segments(("CC-B", "CC-A_00000"), known) == ["CC-B_00000", "CC-A_00000"]
+    assert cli.expand_segments(("CC-A_00002..CC-A_00001", "CC-A_00001"), known) == ["CC-A_00001", "CC-A_00002"]
+
+
+def test_loading_the_code_location_shows_no_beta_or_preview_warning():
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import cah_assets.definitions"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "BetaWarning" not in done.stderr and "PreviewWarning" not in done.stderr, done.stderr
