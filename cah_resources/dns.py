@@ -35,6 +35,12 @@ _pinned: contextvars.ContextVar[tuple[str, int, list[ResolveResult]] | None] = c
 )
 
 
+def pinned_answer(host: str, port: int) -> list[ResolveResult] | None:
+    """The answer pinned for (host, port) in the current task, if any."""
+    pinned = _pinned.get()
+    return pinned[2] if pinned is not None and pinned[0] == host and pinned[1] == port else None
+
+
 def pin_answer(host: str | None, port: int = 0, answers: list[ResolveResult] | None = None) -> None:
     """Hand ``answers`` to the current task's next resolve of (host, port); ``pin_answer(None)`` clears it."""
     _pinned.set(None if host is None else (host, port, answers or []))
@@ -126,9 +132,9 @@ class CachingResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        pinned = _pinned.get()
-        if pinned is not None and pinned[0] == host and pinned[1] == port:
-            return pinned[2]
+        pinned = pinned_answer(host, port)
+        if pinned is not None:
+            return pinned
         key = (host.lower(), int(family))
         cached = self._cache.get(key)
         if cached is not None and cached[0] > time.monotonic():

@@ -14,7 +14,7 @@ from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
-from cah_resources.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer
+from cah_resources.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
 
 DEFAULT_USER_AGENT = (
     "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
@@ -251,6 +251,7 @@ class Downloader:
             parsed, host = None, ""
         dns_timeouts = 0
         for attempt in range(s.retries + 1):
+            pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
                 if parsed is not None and parsed.scheme in ("http", "https") and host:
                     await self._lookup(host, parsed.port or 0)
@@ -290,9 +291,8 @@ class Downloader:
         answers are judged by the GuardedResolver and held for the connector, which asks again.
         """
         self.policy.check_literal_host(host)
-        if is_ip_address(host.strip("[]")):
-            return
-        pin_answer(None)
+        if is_ip_address(host.strip("[]")) or pinned_answer(host, port) is not None:
+            return  # a literal, or the name this attempt has just looked up
         if deadline is None:
             answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
         else:

@@ -315,6 +315,12 @@ class LocalImageWeb:
         return f"{self.dns.name(self._dns_addresses.index(address), label)}:{port}"
 
     @property
+    def named_origins(self) -> list[str]:
+        """``http://site.h<i>.web.test:port`` of every host, resolved by the local DNS (``hostnames`` only)."""
+        self.nameserver  # noqa: B018 - raises on a web without hostnames
+        return [f"http://{self.dns.name(i, 'site')}:{host.rsplit(':', 1)[1]}" for i, host in enumerate(self.hosts)]
+
+    @property
     def origins(self) -> list[str]:
         """``http://host:port`` of every host, e.g. as ``image_base`` of a generated crawl."""
         return [f"http://{host}" for host in self.hosts]
