@@ -9,10 +9,14 @@ answer by a (min, max) seconds range drawn per query, like an uncached recursive
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import ipaddress
+import socket
+import json
 import struct
+import sys
 import threading
 from collections import Counter
 
@@ -28,6 +32,7 @@ FAILURE_MODES = {
     "private": "answers 10.0.0.1, a private address a public crawler must refuse",
 }
 PRIVATE_ANSWER = "10.0.0.1"
+SOCKET_BUFFER_BYTES = 4 * 2**20
 
 
 class LocalDns:
@@ -170,7 +175,11 @@ class LocalDns:
                 writer.close()
 
         for address, port in ((self.host, self.port), *self.extra_listen):
-            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(address, port))
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+            # A burst of hundreds of queries must queue, not be dropped, while this thread waits for the GIL.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+            sock.bind((address, port))
+            transport, _ = await loop.create_datagram_endpoint(Udp, sock=sock)
             bound = transport.get_extra_info("sockname")[1]
             # TCP on the same port number, as resolvers expect when an answer is truncated.
             tcp_server = await asyncio.start_server(tcp, address, bound)
@@ -214,3 +223,29 @@ class LocalDns:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until stdin closes, in a process of its own (a real resolver does not share the web's GIL).
+
+    Prints ``{"nameserver": "ip:port"}`` first; each ``dns`` line read from stdin is answered with
+    ``{"dns_queries": N}``, the queries served so far.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addresses", required=True, help="comma-separated: the i-th answers *.h<i>.web.test")
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--ttl", type=int, default=300)
+    parser.add_argument("--listen", action="append", default=[], metavar="IP:PORT",
+                        help="another address to answer on, e.g. 127.0.0.53:53 for programs reading /etc/resolv.conf")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    listen = tuple((a, int(p)) for a, p in (entry.rsplit(":", 1) for entry in args.listen))
+    with LocalDns(args.addresses.split(","), tuple(args.latency), args.ttl, extra_listen=listen, seed=args.seed) as dns:
+        print(json.dumps({"nameserver": dns.nameserver}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "dns":
+                print(json.dumps({"dns_queries": sum(dns.queries.values())}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -314,6 +314,12 @@ class LocalImageWeb:
         label = f"{kind.replace('_', '-')}-{n}"  # hostnames have no underscores
         return f"{self.dns.name(self._dns_addresses.index(address), label)}:{port}"
 
+    def literal_url(self, url: str) -> str:
+        """A ``hostnames`` URL with its hostname replaced by the address the local DNS answers for it."""
+        name = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        index = int(name.split(".")[-3][1:])
+        return url.replace(name, self._dns_addresses[index], 1)
+
     @property
     def named_origins(self) -> list[str]:
         """``http://site.h<i>.web.test:port`` of every host, resolved by the local DNS (``hostnames`` only)."""
@@ -572,8 +578,11 @@ class LocalImageWeb:
 def main(argv: list[str] | None = None) -> None:
     """Serve the fake web until stdin closes; print one JSON line of URLs first.
 
-    Used by the benchmark (to keep the server off the measured process's CPU budget accounting)
-    and by the offline demo.
+    With ``--hostnames`` a second line gives the same URLs with IP-literal hosts (``literal_urls``),
+    the ``addresses`` a DNS server must give ``*.h<i>.web.test`` (``python -m
+    cah_resources.local_dns --addresses``, in a process of its own so that it does not share this
+    one's GIL) and the ``nameserver`` of an in-process one. Used by the benchmark (to keep the
+    server off the measured process's CPU budget accounting) and by the offline demo.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=32)
@@ -584,21 +593,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hostnames", action="store_true",
                         help="every URL on a hostname of its own, served by a local DNS server (its ip:port is "
                              "printed on a second line)")
-    parser.add_argument("--dns-latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
-    parser.add_argument("--dns-listen", action="append", default=[], metavar="IP:PORT",
-                        help="another address the DNS server answers on, e.g. 127.0.0.53:53 for /etc/resolv.conf")
     args = parser.parse_args(argv)
     sizes = WEB_IMAGE_SIZES if args.web_sized else SMALL_IMAGE_SIZES
-    listen = tuple((a, int(p)) for a, p in (entry.rsplit(":", 1) for entry in args.dns_listen))
-    with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames,
-                       dns_latency=tuple(args.dns_latency), dns_listen=listen) as fake_web:
+    with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames) as fake_web:
         urls = fake_web.mixed_urls(args.count, seed=args.seed)
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
         if args.hostnames:
-            print(json.dumps({"nameserver": fake_web.nameserver}), flush=True)
+            literal = [fake_web.literal_url(u.url) for u in urls]
+            print(json.dumps({"literal_urls": literal, "addresses": fake_web.dns.addresses,
+                              "nameserver": fake_web.nameserver}), flush=True)
         sys.stdin.read()
-        if args.hostnames:
-            print(json.dumps({"dns_queries": sum(fake_web.dns.queries.values())}), flush=True)
 
 
 if __name__ == "__main__":
