@@ -25,6 +25,7 @@ _ARES_ERRORS = {
     ares.ARES_EBADNAME: ("dns_error", "not a valid hostname", True),
     ares.ARES_ECONNREFUSED: ("dns_error", "no nameserver could be reached", False),
 }
+SOCKET_BUFFER_BYTES = 4 * 2**20
 MAX_CACHED_NAMES = 200_000  # per task; a shard meets at most its row count of names (plus redirects)
 
 # The answer the current task just looked up for the host it is about to connect to: the
@@ -119,7 +120,9 @@ class CachingResolver(AbstractResolver):
         # One try of ``timeout`` seconds: c-ares drops a late answer to a try it has given up on, so
         # splitting the time into tries fails every lookup slower than one share. The downloader
         # retries a timed-out lookup once instead.
-        self._resolver = aiodns.DNSResolver(nameservers=servers or None, timeout=timeout, tries=1)
+        # A burst of answers to hundreds of lookups must queue, not be dropped (a lost answer costs a timeout).
+        self._resolver = aiodns.DNSResolver(nameservers=servers or None, timeout=timeout, tries=1,
+                                            socket_receive_buffer_size=SOCKET_BUFFER_BYTES)
         self.timeout = timeout
         self.min_ttl, self.max_ttl = min_ttl, max_ttl
         self.negative_ttl = min(max(negative_ttl, min_ttl), max_ttl)

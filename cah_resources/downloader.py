@@ -253,8 +253,8 @@ class Downloader:
         for attempt in range(s.retries + 1):
             pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
-                if parsed is not None and parsed.scheme in ("http", "https") and host:
-                    await self._lookup(host, parsed.port or 0)
+                if parsed is not None and parsed.scheme in ("http", "https") and parsed.raw_host:
+                    await self._lookup(parsed.raw_host, parsed.port or 0)
             except Exception as exc:
                 result = classify_exception(exc, url)
             else:
@@ -316,7 +316,7 @@ class Downloader:
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
-            await self._lookup(current.host, current.port or 0, deadline)
+            await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
             visited.add(str(current))
             async with self._session.get(current, allow_redirects=False) as response:
                 if response.status in REDIRECT_STATUSES:

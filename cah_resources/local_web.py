@@ -30,7 +30,6 @@ import numpy as np
 from aiohttp import web
 from PIL import Image, ImageDraw
 
-from cah_resources.local_dns import LocalDns
 from cah_resources.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
@@ -223,7 +222,12 @@ class LocalImageWeb:
         self._runner: web.AppRunner | None = None
         self._dead_host = ""
         self._dns_addresses: list[str] = []
-        self.dns = LocalDns(latency=dns_latency, extra_listen=dns_listen, seed=seed) if hostnames else None
+        self.dns = None
+        if hostnames:
+            # dnslib is a test dependency; the offline demo serves IP literals and runs without it.
+            from cah_resources.local_dns import LocalDns
+
+            self.dns = LocalDns(latency=dns_latency, extra_listen=dns_listen, seed=seed)
 
     def reset_counters(self) -> None:
         """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
