@@ -26,6 +26,9 @@ _ARES_ERRORS = {
     ares.ARES_ECONNREFUSED: ("dns_error", "no nameserver could be reached", False),
 }
 SOCKET_BUFFER_BYTES = 4 * 2**20
+# Seconds without an answer before a lookup's query is sent again (Chrome's resolver waits about as
+# long): far above an uncached recursive lookup (30-300 ms), far below a whole timeout.
+HEDGE_AFTER_S = 1.0
 MAX_CACHED_NAMES = 200_000  # per task; a shard meets at most its row count of names (plus redirects)
 
 # The answer the current task just looked up for the host it is about to connect to: the
@@ -86,6 +89,7 @@ class DnsStats:
     coalesced: int = 0  # callers that waited for a lookup another URL had started
     seconds: float = 0.0  # summed duration of the lookups sent
     peak_in_flight: int = 0
+    hedged: int = 0  # lookups whose query was sent again after HEDGE_AFTER_S without an answer
     failures: Counter | None = None
 
     def as_totals(self) -> dict[str, object]:
@@ -97,6 +101,7 @@ class DnsStats:
             "dns_failures": dict(sorted((self.failures or {}).items())),
             "dns_seconds": round(self.seconds, 3),
             "dns_peak_in_flight": self.peak_in_flight,
+            "dns_hedged": self.hedged,
         }
 
 
@@ -169,7 +174,7 @@ class CachingResolver(AbstractResolver):
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.timeout + 0.5):
-                    result = await self._resolver.getaddrinfo(host, family=key[1], type=socket.SOCK_STREAM)
+                    result = await self._query_hedged(host, key[1])
             except ares.DNSError as exc:
                 errno = exc.args[0] if exc.args else None
                 status, reason, cached = _ARES_ERRORS.get(errno, ("dns_error", _one_line_reason(exc), False))
@@ -185,6 +190,35 @@ class CachingResolver(AbstractResolver):
                                   self.negative_ttl)
         ttl = min((node.ttl for node in result.nodes), default=0)
         return self._remember(key, answers, min(max(ttl, self.min_ttl), self.max_ttl))
+
+    async def _query_hedged(self, host: str, family: int):
+        """getaddrinfo, sent again if no answer came within HEDGE_AFTER_S; the first answer wins.
+
+        A lost UDP packet would otherwise cost the whole timeout, and c-ares's own retry drops a
+        late answer to the try it gave up on; a second query beside the first keeps both alive.
+        """
+        first = self._resolver.getaddrinfo(host, family=family, type=socket.SOCK_STREAM)
+        queries = {first}
+        if self.timeout > HEDGE_AFTER_S:
+            done, _ = await asyncio.wait(queries, timeout=HEDGE_AFTER_S)
+            if not done:
+                self.stats.hedged += 1
+                queries.add(self._resolver.getaddrinfo(host, family=family, type=socket.SOCK_STREAM))
+        try:
+            while True:
+                done, pending = await asyncio.wait(queries, return_when=asyncio.FIRST_COMPLETED)
+                for query in sorted(done, key=lambda q: q.exception() is not None):  # an answer first
+                    error = query.exception()
+                    # A timeout of one query is no answer while the other may still bring one.
+                    if not (pending and isinstance(error, ares.DNSError) and error.args[0] == ares.ARES_ETIMEOUT):
+                        return query.result()
+                queries = pending
+        finally:
+            for query in queries:
+                if not query.done():
+                    query.cancel()
+                elif not query.cancelled():
+                    query.exception()  # retrieved: the loser's error is not worth a warning
 
     def _remember(self, key, answer, ttl: float):
         if isinstance(answer, DnsLookupError):

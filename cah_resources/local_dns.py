@@ -29,6 +29,7 @@ FAILURE_MODES = {
     "servfail": "answers SERVFAIL (the resolver could not get an answer)",
     "noanswer": "answers NOERROR with no address (the name exists without A/AAAA records)",
     "silent": "never answers (a lookup times out)",
+    "lossy": "drops the first query of each name and type (a lost packet), then answers as h0",
     "private": "answers 10.0.0.1, a private address a public crawler must refuse",
 }
 PRIVATE_ANSWER = "10.0.0.1"
@@ -62,6 +63,7 @@ class LocalDns:
         self.tcp_queries = 0
         self.peak_pending = 0  # most queries waiting for their answer at once
         self._pending = 0
+        self._dropped: set[tuple[str, int]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closers: list = []
@@ -118,6 +120,11 @@ class LocalDns:
         zone_label = labels[-3]
         if zone_label == "silent":
             return None, 0.0
+        if zone_label == "lossy":
+            if (name, question.qtype) not in self._dropped:
+                self._dropped.add((name, question.qtype))
+                return None, 0.0
+            zone_label = "h0"
         if zone_label == "nxdomain":
             reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack(), delay

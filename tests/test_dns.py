@@ -213,3 +213,12 @@ def test_the_resolver_raises_a_lookup_error_naming_the_host():
 
     with LocalDns() as dns, pytest.raises(DnsLookupError, match=r"nope\.nxdomain\.web\.test: NXDOMAIN"):
         asyncio.run(resolve(dns))
+
+
+def test_a_lost_query_is_sent_again_long_before_the_lookup_times_out(web):
+    port = web.hosts[0].rsplit(":", 1)[1]
+    url = f"http://{web.dns.failing_name('lossy', 'once')}:{port}/jpeg/0.jpg"
+    (result,), _, totals = fetch_all([url], settings_for(web, dns_timeout=30, retries=0, total_timeout=4))
+    # Without the second query this would wait out the 30 s timeout and end as dns_timeout.
+    assert result.status == "fetched"
+    assert totals["dns_hedged"] == 1 and totals["dns_lookups"] == 1 and not totals["dns_failures"]
