@@ -97,7 +97,8 @@ class FakeWeb:
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = self.dns.stdout.readline()
             if not line:
-                raise SystemExit(f"the DNS server did not start (it listens on {SYSTEM_RESOLVER[0]}:53 too: run as root)")
+                raise SystemExit(f"the DNS server did not start (it also listens on {SYSTEM_RESOLVER[0]}:53: "
+                                 "run as root)")
             self.nameserver = json.loads(line)["nameserver"]
 
     def dns_queries(self) -> int:
@@ -206,7 +207,8 @@ def under_local_resolver(command: list[str], work: Path) -> list[str]:
     program at a local server without touching the machine's own resolver.
     """
     if os.geteuid() != 0 or not shutil.which("unshare"):
-        raise SystemExit("the hostnames regime runs img2dataset under `unshare -m` with its own resolv.conf: run as root")
+        raise SystemExit("the hostnames regime runs img2dataset under `unshare -m` with its own resolv.conf: "
+                         "run as root")
     resolv = work / "resolv.conf"
     resolv.write_text(f"nameserver {SYSTEM_RESOLVER[0]}\noptions timeout:5 attempts:2\n")
     script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
@@ -285,8 +287,8 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
     if name == "ceiling":
         # image_shards runs CORES shard tasks of CONCURRENCY requests each: the ceiling gets the same totals.
-        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES), str(TIMEOUT_S),
-                   *nameservers]
+        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES),
+                   str(TIMEOUT_S), *nameservers]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
     elif name == "image_shards":
@@ -377,7 +379,8 @@ def report(regime: str, best: dict[str, dict]) -> None:
         r = best["image_shards"]
         print(f"  image_shards' own lookups   = {r['dns_lookups'] / r['count']:.2f} per URL, "
               f"{1000 * r['dns_seconds'] / max(r['dns_lookups'], 1):.0f} ms each, {r['dns_timeouts']} timed out")
-        print(f"  image_shards / IP literals  = {r['images_per_s'] / best[LITERAL]['images_per_s']:.2f}    (target >= 0.9)")
+        ratio = r["images_per_s"] / best[LITERAL]["images_per_s"]
+        print(f"  image_shards / IP literals  = {ratio:.2f}    (target >= 0.9)")
     ours = best["image_shards"]["images_per_s"]
     per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
     print(f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "

@@ -133,7 +133,7 @@ def describe(root: DataRoot, key: str) -> dict:
         "dns_cache_hits": totals["dns_cache_hits"],
         "dns_failures": counts_table(totals["dns_failures"], "status"),
         "dns_seconds": totals["dns_seconds"],
-        "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / totals["dns_lookups"], 1) if totals["dns_lookups"] else 0.0,
+        "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / max(totals["dns_lookups"], 1), 1),
         "path": dg.MetadataValue.path(segment_folder(root, key)),
         "sample": markdown_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

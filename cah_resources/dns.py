@@ -115,7 +115,7 @@ class CachingResolver(AbstractResolver):
     def __init__(
         self,
         nameservers: tuple[str, ...] = (),
-        concurrency: int = 128,
+        concurrency: int = 256,
         timeout: float = 5.0,
         min_ttl: float = 60.0,
         max_ttl: float = 3600.0,

@@ -48,7 +48,7 @@ class FetchSettings:
     # caching resolver. Lookups have their own limit, separate from connection slots, and their
     # own timeout, spent before the URL's request (and its timeouts) starts.
     nameservers: tuple[str, ...] = ()
-    dns_concurrency: int = 128
+    dns_concurrency: int = 256
     dns_timeout: float = 5.0
     dns_min_ttl: float = 60.0
     dns_max_ttl: float = 3600.0
@@ -61,7 +61,8 @@ class FetchSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
         if not 0 <= self.dns_min_ttl <= self.dns_max_ttl:
-            raise ValueError(f"dns_min_ttl..dns_max_ttl must be a range of seconds, not {self.dns_min_ttl}..{self.dns_max_ttl}")
+            raise ValueError(f"dns_min_ttl..dns_max_ttl must be a range of seconds, "
+                             f"not {self.dns_min_ttl}..{self.dns_max_ttl}")
         for server in self.nameservers:
             parse_nameserver(server)
 

@@ -3,8 +3,8 @@
 Each URL it hands out comes with the status the image_shards downloader must record for it, so
 tests can check every row, and the benchmark and the offline demo get a realistic web without
 the internet. With ``hostnames=True`` every URL gets a hostname of its own, answered by a local
-DNS server (cah_resources.local_dns) that the downloader must be pointed at (``web.nameserver``). Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs with
-its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects`` between
+DNS server (cah_resources.local_dns) that the downloader must be pointed at (``web.nameserver``).
+Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs with its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects`` between
 3 and 11 and ``max_body_bytes`` under 25 MB (``LocalImageWeb.assumed_fetch_limits``).
 """
 
