@@ -1,9 +1,10 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, both image regimes, best of 2 rounds (~20 min)
+    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, all three regimes, best of 2 rounds (~30 min)
     .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
+    sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
 
 A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -12,7 +13,15 @@ the same URL list to every contender, each in a fresh process, interleaved round
 best round of each counts. It runs twice, once per image regime: web-sized photos (320x240 to
 2048x1536), where decoding is most of the CPU and a small machine is bound by it, and
 thumbnails, where the network and the downloader's own work dominate and the fetch-only
-ceiling is the bound that means something. Every contender gets the whole machine (same CPU
+ceiling is the bound that means something. A third regime, hostnames, is the real web's shape:
+the thumbnails' URLs, fault mix and hosts, but every URL on a hostname of its own, answered by
+a local DNS server (cah_resources.local_dns) after 30-150 ms per lookup (nothing is cached
+server-side, so every lookup a contender sends costs that). Every contender resolves through it:
+image_shards and the ceiling through c-ares pointed at its port, img2dataset through glibc (it
+has no resolver setting), so the server also answers on 127.0.0.53:53 and img2dataset runs in
+`unshare -m` with a resolv.conf naming it bind-mounted over /etc/resolv.conf (root only). The
+regime also runs image_shards on the same list with IP-literal hosts, the reference its DNS
+cost is measured against, and counts the DNS queries each contender sent. Every contender gets the whole machine (same CPU
 budget) and the same timeout, retries, image size and resize mode:
 
 - ceiling: aiohttp with the downloader's concurrency and per-host limit times the number of shard
@@ -39,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +71,8 @@ IMAGE_SIZE = 256
 CONCURRENCY = 256
 PER_HOST = 16
 CORES = os.cpu_count() or 1
+DNS_LATENCY = (0.03, 0.15)  # seconds per uncached lookup through a recursive resolver
+SYSTEM_RESOLVER = ("127.0.0.53", 53)  # where glibc (img2dataset) is sent, through a bind-mounted resolv.conf
 
 # ---------------------------------------------------------------------------------------------
 # The fake web, in its own process so that the contenders' measurements leave it out
@@ -68,19 +80,45 @@ CORES = os.cpu_count() or 1
 
 
 class FakeWeb:
-    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool) -> None:
+    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool,
+                 hostnames: bool = False) -> None:
         command = [sys.executable, "-m", "cah_resources.local_web", "--hosts", str(hosts), "--count", str(count),
                    "--latency", str(latency[0]), str(latency[1]), "--seed", str(seed)]
         command += [] if small else ["--web-sized"]
+        command += ["--hostnames"] if hostnames else []
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
             raise SystemExit("the fake web did not start; run `python -m cah_resources.local_web` to see why")
         self.urls = [tuple(entry) for entry in json.loads(line)]
+        self.nameserver, self.literal_urls, self.dns = "", [], None
+        if hostnames:
+            named = json.loads(self.process.stdout.readline())
+            self.literal_urls = named["literal_urls"]
+            # The DNS server in a process of its own, as a real resolver is: not behind the web's GIL.
+            self.dns = subprocess.Popen(
+                [sys.executable, "-m", "cah_resources.local_dns", "--addresses", ",".join(named["addresses"]),
+                 "--latency", *map(str, DNS_LATENCY), "--listen", "{}:{}".format(*SYSTEM_RESOLVER)],
+                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = self.dns.stdout.readline()
+            if not line:
+                raise SystemExit(f"the DNS server did not start (it also listens on {SYSTEM_RESOLVER[0]}:53: "
+                                 "run as root)")
+            self.nameserver = json.loads(line)["nameserver"]
+
+    def dns_queries(self) -> int:
+        """Queries the DNS server has answered (or dropped) so far."""
+        if self.dns is None:
+            return 0
+        self.dns.stdin.write("dns\n")
+        self.dns.stdin.flush()
+        return json.loads(self.dns.stdout.readline())["dns_queries"]
 
     def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        for process in (self.process, self.dns):
+            if process is not None:
+                process.stdin.close()
+                process.wait(timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,9 +132,11 @@ CEILING = textwrap.dedent(
 
     urls = json.load(open(sys.argv[1]))
     concurrency, per_host, timeout = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    nameservers = sys.argv[5:]  # the regime's DNS server, through aiohttp's stock c-ares resolver
 
     async def main():
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300)
+        resolver = aiohttp.AsyncResolver(nameservers=nameservers) if nameservers else None
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300, resolver=resolver)
         slots = asyncio.Semaphore(concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
             async def one(url):
@@ -129,6 +169,7 @@ IMAGE_SHARDS = textwrap.dedent(
 
     urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]
     concurrency, per_host, timeout, retries, size, workers = (int(a) for a in sys.argv[4:10])
+    nameservers = tuple(sys.argv[10:])
     rows = sorted(({"uid": pair_uid(u, f"caption {i}"), "url": u, "text": f"caption {i}", "page_url": "http://pages/",
                     "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench"}
                    for i, u in enumerate(urls)), key=lambda r: r["uid"])
@@ -136,7 +177,7 @@ IMAGE_SHARDS = textwrap.dedent(
     settings = ShardSettings(
         fetch=FetchSettings(concurrency=concurrency, per_host_connections=per_host, connect_timeout=timeout,
                             read_timeout=timeout, total_timeout=timeout, retries=retries,
-                            allowed_networks=("127.0.0.0/8",)),
+                            allowed_networks=("127.0.0.0/8",), nameservers=nameservers),
         resize=ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10),
         shard_size=math.ceil(len(urls) / workers),
     )
@@ -148,7 +189,9 @@ IMAGE_SHARDS = textwrap.dedent(
         markers = [r.value for r in compute.run_units(download_shard, units, settings=settings)]
     print(json.dumps({"ok": sum(m["successes"] for m in markers), "count": sum(m["count"] for m in markers),
                       "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
-                      "image_workers": markers[0]["image_workers"]}))
+                      "image_workers": markers[0]["image_workers"], "dns_lookups": sum(m["dns_lookups"] for m in markers),
+                      "dns_seconds": sum(m["dns_seconds"] for m in markers),
+                      "dns_timeouts": sum(m["dns_failures"].get("dns_timeout", 0) for m in markers)}))
     """
 )
 
@@ -162,6 +205,21 @@ def ensure_img2dataset() -> Path:
         subprocess.run(["uv", "venv", "-q", "-p", f"{sys.version_info.major}.{sys.version_info.minor}", str(IMG2DATASET_VENV)], check=True)
         subprocess.run(["uv", "pip", "install", "-q", "--python", str(IMG2DATASET_VENV / "bin" / "python"), IMG2DATASET], check=True)
     return cli
+
+
+def under_local_resolver(command: list[str], work: Path) -> list[str]:
+    """``command`` in a private mount namespace whose /etc/resolv.conf names the regime's DNS server.
+
+    glibc takes nameservers only from resolv.conf, on port 53: the one way to point an unmodified
+    program at a local server without touching the machine's own resolver.
+    """
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        raise SystemExit("the hostnames regime runs img2dataset under `unshare -m` with its own resolv.conf: "
+                         "run as root")
+    resolv = work / "resolv.conf"
+    resolv.write_text(f"nameserver {SYSTEM_RESOLVER[0]}\noptions timeout:5 attempts:2\n")
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(resolv), *command]
 
 
 def img2dataset_command(url_file: Path, out: Path, threads: int, count: int) -> list[str]:
@@ -226,14 +284,18 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) 
     return out, peak, sum(cpu.values())
 
 
-def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
+def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeWeb | None = None) -> dict:
+    """One contender on ``urls``; ``web.nameserver`` set means the URLs' hosts are names it serves."""
+    nameservers = [web.nameserver] if web is not None and web.nameserver else []
+    queries_before = web.dns_queries() if web is not None else 0
     work.mkdir(parents=True, exist_ok=True)
     url_file = work / "urls.json"
     url_file.write_text(json.dumps(urls))
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
     if name == "ceiling":
         # image_shards runs CORES shard tasks of CONCURRENCY requests each: the ceiling gets the same totals.
-        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES), str(TIMEOUT_S)]
+        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES),
+                   str(TIMEOUT_S), *nameservers]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
     elif name in ("image_shards", "image_shards_s3"):
@@ -242,7 +304,7 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
             data_root, s3_env = s3_data_root(work.name)
             env.update(s3_env)
         command = [sys.executable, "-c", IMAGE_SHARDS, str(url_file), data_root, SEGMENT, str(CONCURRENCY),
-                   str(PER_HOST), str(TIMEOUT_S), str(RETRIES), str(IMAGE_SIZE), str(CORES)]
+                   str(PER_HOST), str(TIMEOUT_S), str(RETRIES), str(IMAGE_SIZE), str(CORES), *nameservers]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
     else:
@@ -252,9 +314,12 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0) -> dict:
         parquet = work / "urls.parquet"
         pq.write_table(pa.table({"url": urls, "text": [f"caption {i}" for i in range(len(urls))]}), parquet)
         out_dir = work / "out"
-        _, peak, cpu = run_measured(img2dataset_command(parquet, out_dir, threads, len(urls)), env)
+        command = img2dataset_command(parquet, out_dir, threads, len(urls))
+        _, peak, cpu = run_measured(under_local_resolver(command, work) if nameservers else command, env)
         result = img2dataset_result(out_dir)
     seconds = result["end"] - result["start"]
+    if nameservers:
+        result["dns_queries_per_url"] = (web.dns_queries() - queries_before) / len(urls)
     return {**result, "seconds": seconds, "images_per_s": result["ok"] / seconds,
             "urls_per_s": result["count"] / seconds, "peak_rss": peak, "cpu_s": cpu, "images_per_cpu_s": result["ok"] / cpu}
 
@@ -271,25 +336,37 @@ def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int])
 REGIMES = {
     "web-sized": "photos from 320x240 to 2048x1536 (~200 KB): decoding them is most of the CPU",
     "thumbnails": "96-200 px (~10 KB): the network and the downloader's own work dominate",
+    "hostnames": (f"thumbnails, every URL on a hostname of its own behind a DNS server answering each lookup "
+                  f"after {DNS_LATENCY[0] * 1000:.0f}-{DNS_LATENCY[1] * 1000:.0f} ms"),
 }
+# The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
+LITERAL = "image_shards_ip"
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
     """Every contender on one fake web, interleaved round by round; the best round of each."""
     print(f"\n== {regime}: {REGIMES[regime]}", flush=True)
-    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime == "thumbnails")
+    named = regime == "hostnames"
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime != "web-sized", hostnames=named)
     try:
         urls = [url for url, _, _ in web.urls]
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
             work = Path(tmp)
             threads = args.threads[0] if len(args.threads) == 1 else best_img2dataset_threads(urls, work, args.threads)
             best: dict[str, dict] = {}
+            contenders = ("ceiling", "image_shards", "img2dataset", *([LITERAL] if named else []))
             for round_ in range(args.rounds):
-                for name in ("ceiling", "image_shards", "img2dataset"):
-                    result = measure(name, urls, work / f"{name}-{round_}", threads)
-                    print(f"  round {round_ + 1} {name:12s} {result['images_per_s']:7.1f} images/s "
+                for name in contenders:
+                    if name == LITERAL:
+                        result = measure("image_shards", web.literal_urls, work / f"{name}-{round_}", threads)
+                    else:
+                        result = measure(name, urls, work / f"{name}-{round_}", threads, web)
+                    dns = ""
+                    if "dns_queries_per_url" in result:
+                        dns = f", {result['dns_queries_per_url']:.2f} DNS queries/URL"
+                    print(f"  round {round_ + 1} {name:15s} {result['images_per_s']:7.1f} images/s "
                           f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
-                          f"peak {result['peak_rss'] / 2**20:.0f} MiB)",
+                          f"peak {result['peak_rss'] / 2**20:.0f} MiB{dns})",
                           flush=True)
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = {**result, "threads": threads}
@@ -301,12 +378,20 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
 def report(regime: str, best: dict[str, dict]) -> None:
     threads = best["img2dataset"]["threads"]
     labels = {"ceiling": "ceiling (aiohttp fetch only)", "image_shards": "image_shards (this repo)",
-              "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)"}
+              "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)",
+              LITERAL: "image_shards, same URLs on IP literals"}
     print(f"\n{regime}:")
-    for name in ("ceiling", "image_shards", "img2dataset"):
+    for name in [n for n in labels if n in best]:
         r = best[name]
+        dns = f"  {r['dns_queries_per_url']:.2f} DNS queries/URL" if "dns_queries_per_url" in r else ""
         print(f"  {labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
-              f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB")
+              f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB{dns}")
+    if LITERAL in best:
+        r = best["image_shards"]
+        print(f"  image_shards' own lookups   = {r['dns_lookups'] / r['count']:.2f} per URL, "
+              f"{1000 * r['dns_seconds'] / max(r['dns_lookups'], 1):.0f} ms each, {r['dns_timeouts']} timed out")
+        ratio = r["images_per_s"] / best[LITERAL]["images_per_s"]
+        print(f"  image_shards / IP literals  = {ratio:.2f}    (target >= 0.9)")
     ours = best["image_shards"]["images_per_s"]
     per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
     print(f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "
@@ -364,8 +449,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
                         help="img2dataset thread counts to sweep (per process); one value skips the sweep")
-    parser.add_argument("--images", choices=[*REGIMES, "both"], default="both",
-                        help="which image sizes the fake web serves (default: both, one after the other)")
+    parser.add_argument("--images", choices=[*REGIMES, "both", "all"], default="all",
+                        help="which regimes run: one, both image sizes on IP literals, or all three (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="image_shards only: data root on an S3 peer vs a local folder")
     args = parser.parse_args()
@@ -375,7 +460,7 @@ def main() -> None:
         return
 
     ensure_img2dataset()
-    regimes = list(REGIMES) if args.images == "both" else [args.images]
+    regimes = {"all": list(REGIMES), "both": ["web-sized", "thumbnails"]}.get(args.images, [args.images])
     print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs with "
           f"its fault mix; {CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
     results = {regime: run_regime(regime, args) for regime in regimes}

@@ -10,7 +10,7 @@ from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
 from cah_resources.compute import ComputeResource
-from cah_resources.downloader import DEFAULT_USER_AGENT
+from cah_resources.downloader import DEFAULT_USER_AGENT, FetchSettings
 from cah_resources.image_shards import (
     ShardSettings,
     download_shard,
@@ -48,6 +48,15 @@ class ImageDownloader(dg.ConfigurableResource):
     allowed_networks: list[str] = []
     block_private_addresses: bool = True
     verify_tls: bool = True
+    # DNS: the system's nameservers unless listed here ("ip" or "ip:port"), e.g. a local caching
+    # resolver (Unbound, knot-resolver); lookups have their own limit and timeout, and answers are
+    # cached per shard task for their TTL clamped to dns_min_ttl..dns_max_ttl seconds.
+    nameservers: list[str] = []
+    dns_concurrency: int = FetchSettings.dns_concurrency
+    dns_timeout: float = FetchSettings.dns_timeout
+    dns_min_ttl: float = FetchSettings.dns_min_ttl
+    dns_max_ttl: float = FetchSettings.dns_max_ttl
+    dns_negative_ttl: float = FetchSettings.dns_negative_ttl
     resize_mode: str = "border"
     image_size: int = 256
     resize_only_if_bigger: bool = False
@@ -126,6 +135,12 @@ def describe(root: DataRoot, key: str) -> dict:
         "statuses": counts_table(totals["status_counts"], "status"),
         "shards": totals["shards"],
         "bytes_written": totals["bytes_written"],
+        # A slow or failing resolver shows here before it shows as missing images.
+        "dns_lookups": totals["dns_lookups"],
+        "dns_cache_hits": totals["dns_cache_hits"],
+        "dns_failures": counts_table(totals["dns_failures"], "status"),
+        "dns_seconds": totals["dns_seconds"],
+        "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / max(totals["dns_lookups"], 1), 1),
         "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
         "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

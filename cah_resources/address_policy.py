@@ -144,8 +144,9 @@ def _literal_refusal(policy: AddressPolicy, host: str) -> str | None:
 class GuardedResolver(AbstractResolver):
     """aiohttp resolver that drops refused addresses from every answer, so they are never dialled.
 
-    When every address of a name is refused it raises BlockedAddressError; aiohttp caches only
-    successful answers, so the refusal is re-judged on every lookup.
+    When every address of a name is refused it raises BlockedAddressError. The inner resolver
+    (the downloader's CachingResolver) caches raw answers, so every call, for the first URL and
+    each redirect hop, is judged here again.
     """
 
     def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:

@@ -1,18 +1,21 @@
-"""Fetching image URLs with aiohttp: limits, timeouts, redirects, retries, robots and the address guard."""
+"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, robots and the address guard."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import random
+import socket
 import time
 from dataclasses import dataclass, replace
 
 import aiohttp
+from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
 from cah_resources.body_reader import REQUEST_OPTIONS, read_body
+from cah_resources.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
 
 DEFAULT_USER_AGENT = (
     "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
@@ -42,14 +45,27 @@ class FetchSettings:
     allowed_networks: tuple[str, ...] = ()
     block_private_addresses: bool = True
     verify_tls: bool = True
-    dns_cache_seconds: float = 300.0
+    # DNS: the system's nameservers unless these ("ip" or "ip:port") name others, e.g. a local
+    # caching resolver. Lookups have their own limit, separate from connection slots, and their
+    # own timeout, spent before the URL's request (and its timeouts) starts.
+    nameservers: tuple[str, ...] = ()
+    dns_concurrency: int = 256
+    dns_timeout: float = 5.0
+    dns_min_ttl: float = 60.0
+    dns_max_ttl: float = 3600.0
+    dns_negative_ttl: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.per_host_connections < 1:
-            raise ValueError("concurrency and per_host_connections must be at least 1")
-        for name in ("connect_timeout", "read_timeout", "total_timeout"):
+        if self.concurrency < 1 or self.per_host_connections < 1 or self.dns_concurrency < 1:
+            raise ValueError("concurrency, per_host_connections and dns_concurrency must be at least 1")
+        for name in ("connect_timeout", "read_timeout", "total_timeout", "dns_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+        if not 0 <= self.dns_min_ttl <= self.dns_max_ttl:
+            raise ValueError(f"dns_min_ttl..dns_max_ttl must be a range of seconds, "
+                             f"not {self.dns_min_ttl}..{self.dns_max_ttl}")
+        for server in self.nameservers:
+            parse_nameserver(server)
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,11 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
     blocked = next((e for e in chain if isinstance(e, BlockedAddressError)), None)
     if blocked is not None:
         return Fetched("blocked_address", error_message=str(blocked), final_url=url)
+    unresolved = next((e for e in chain if isinstance(e, DnsLookupError)), None)
+    if unresolved is not None:
+        # A timeout may pass on a second try (fetch allows one); NXDOMAIN, SERVFAIL and the like are answers.
+        return Fetched(unresolved.status, error_message=str(unresolved), final_url=url,
+                       transient=unresolved.status == "dns_timeout")
     if isinstance(exc, TimeoutError):
         return Fetched("timeout", error_message=_one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, UnicodeError)):
@@ -189,12 +210,14 @@ class Downloader:
 
     async def __aenter__(self) -> Downloader:
         s = self.settings
+        self.dns = CachingResolver(s.nameservers, s.dns_concurrency, s.dns_timeout, s.dns_min_ttl, s.dns_max_ttl,
+                                   s.dns_negative_ttl)
+        self._resolver = GuardedResolver(self.policy, self.dns)
         connector = aiohttp.TCPConnector(
             limit=s.concurrency,
             limit_per_host=s.per_host_connections,
-            use_dns_cache=True,
-            ttl_dns_cache=s.dns_cache_seconds,
-            resolver=GuardedResolver(self.policy),
+            use_dns_cache=False,  # CachingResolver caches, with TTLs and negative answers
+            resolver=self._resolver,
             ssl=None if s.verify_tls else False,
         )
         self._session = aiohttp.ClientSession(
@@ -212,29 +235,38 @@ class Downloader:
             await self._session.close()
             self._session = None
 
+    def dns_totals(self) -> dict[str, object]:
+        """What this downloader's lookups cost so far (see DnsStats)."""
+        return self.dns.stats.as_totals()
+
     async def fetch(self, url: str) -> Fetched:
         """Download one URL's body, retrying transient failures; never raises.
 
-        Each attempt holds a slot of the URL's host and a global one (redirect hops are capped by
-        the connector); the wait between attempts holds neither, so a URL backing off does not
-        keep other URLs from starting.
+        The host is looked up first, under the lookup limit and the DNS timeout only. Then each
+        attempt holds a slot of the URL's host and a global one (redirect hops are capped by the
+        connector), and only then do its timeouts start: a URL waiting in a queue never times out.
+        The wait between attempts holds no slot, so a URL backing off does not keep others from
+        starting. A DNS timeout is retried once at most; other DNS failures are answers, not retried.
         """
         s = self.settings
         try:
-            host = URL(url).host or ""
+            parsed = URL(url)
+            host = parsed.host or ""
         except (ValueError, TypeError):
-            host = ""
+            parsed, host = None, ""
+        dns_timeouts = 0
         for attempt in range(s.retries + 1):
-            await self._slots.acquire(host)
+            pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
-                async with asyncio.timeout(s.total_timeout):
-                    result = await self._follow_redirects(url)
+                if parsed is not None and parsed.scheme in ("http", "https") and parsed.raw_host:
+                    await self._lookup(parsed.raw_host, parsed.port or 0)
             except Exception as exc:
                 result = classify_exception(exc, url)
-                if isinstance(exc, TimeoutError) and not str(exc):
-                    result = replace(result, error_message=f"no complete answer within {s.total_timeout:g} s")
-            finally:
-                self._slots.release(host)
+            else:
+                result = await self._attempt(url, host)
+            if result.status == "dns_timeout":
+                dns_timeouts += 1
+                result = replace(result, transient=dns_timeouts < 2)
             if not result.transient or attempt == s.retries:
                 return result
             delay = result.retry_after
@@ -243,7 +275,42 @@ class Downloader:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns")
 
-    async def _follow_redirects(self, url: str) -> Fetched:
+    async def _attempt(self, url: str, host: str) -> Fetched:
+        s = self.settings
+        await self._slots.acquire(host)
+        try:
+            async with asyncio.timeout(s.total_timeout) as deadline:
+                return await self._follow_redirects(url, deadline)
+        except Exception as exc:
+            result = classify_exception(exc, url)
+            if isinstance(exc, TimeoutError) and not str(exc):
+                result = replace(result, error_message=f"no complete answer within {s.total_timeout:g} s")
+            return result
+        finally:
+            self._slots.release(host)
+
+    async def _lookup(self, host: str, port: int, deadline: asyncio.Timeout | None = None) -> None:
+        """Resolve (and judge) a host before connecting to it; the request's deadline stands still meanwhile.
+
+        IP literals are judged here (aiohttp dials them without asking the resolver); a name's
+        answers are judged by the GuardedResolver and held for the connector, which asks again.
+        """
+        self.policy.check_literal_host(host)
+        if is_ip_address(host.strip("[]")) or pinned_answer(host, port) is not None:
+            return  # a literal, or the name this attempt has just looked up
+        if deadline is None:
+            answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+        else:
+            loop = asyncio.get_running_loop()
+            left = deadline.when() - loop.time()
+            deadline.reschedule(None)
+            try:
+                answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+            finally:
+                deadline.reschedule(loop.time() + left)
+        pin_answer(host, port, answers)
+
+    async def _follow_redirects(self, url: str, deadline: asyncio.Timeout | None = None) -> Fetched:
         s = self.settings
         assert self._session is not None, "use Downloader inside 'async with'"
         try:
@@ -254,7 +321,7 @@ class Downloader:
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
-            self.policy.check_literal_host(current.host)
+            await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
             visited.add(str(current))
             async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
                 if response.status in REDIRECT_STATUSES:

@@ -307,6 +307,7 @@ async def _download_rows(
         # One loop admits the rows in order, so only it ever waits for room in the backlog.
         started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
         await asyncio.gather(*started)
+        totals.update(downloader.dns_totals())  # lookups, failures and time in them: a slow resolver shows
     return totals
 
 
@@ -354,10 +355,12 @@ def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
 
 
 def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over shard markers: rows attempted, images kept, statuses, bytes written."""
+    """Totals over shard markers: rows attempted, images kept, statuses, bytes written, DNS lookups."""
     statuses: Counter[str] = Counter()
+    dns_failures: Counter[str] = Counter()
     for marker in markers:
         statuses.update(marker["status_counts"])
+        dns_failures.update(marker.get("dns_failures", {}))  # markers written before DNS stats have none
     count, ok = sum(m["count"] for m in markers), sum(m["successes"] for m in markers)
     return {
         "shards": len(markers),
@@ -366,6 +369,10 @@ def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": round(ok / count, 4) if count else 0.0,
         "status_counts": dict(statuses),
         "bytes_written": sum(m["bytes_written"] for m in markers),
+        "dns_lookups": sum(m.get("dns_lookups", 0) for m in markers),
+        "dns_cache_hits": sum(m.get("dns_cache_hits", 0) for m in markers),
+        "dns_failures": dict(dns_failures),
+        "dns_seconds": round(sum(m.get("dns_seconds", 0.0) for m in markers), 3),
     }
 
 

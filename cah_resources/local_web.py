@@ -2,8 +2,9 @@
 
 Each URL it hands out comes with the status the image_shards downloader must record for it, so
 tests can check every row, and the benchmark and the offline demo get a realistic web without
-the internet. Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs with
-its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects`` between
+the internet. With ``hostnames=True`` every URL gets a hostname of its own, answered by a local
+DNS server (cah_resources.local_dns) that the downloader must be pointed at (``web.nameserver``).
+Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs with its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects`` between
 3 and 11 and ``max_body_bytes`` under 25 MB (``LocalImageWeb.assumed_fetch_limits``).
 """
 
@@ -179,7 +180,9 @@ class LocalImageWeb:
     """Serve the fake web from a background thread: ``with LocalImageWeb(n_hosts=8) as web: web.urls()``.
 
     Hosts are 127.<second>.<x>.<y> addresses (Linux routes all of 127.0.0.0/8 to loopback), one
-    aiohttp site each. ``latency`` is a (min, max) seconds range drawn per request.
+    aiohttp site each. ``latency`` is a (min, max) seconds range drawn per request. ``hostnames``
+    names every URL's host ``<kind>-<n>.h<i>.web.test`` instead, served by ``self.dns`` (a
+    LocalDns answering each uncached lookup after ``dns_latency`` seconds, on ``dns_listen`` too).
     """
 
     assumed_fetch_limits = {"retries": ">= 1", "max_redirects": "3..11", "max_body_bytes": "< 25 MB"}
@@ -192,6 +195,9 @@ class LocalImageWeb:
         seed: int = 0,
         address_prefix: str = "127.77",
         ports: list[int] | None = None,
+        hostnames: bool = False,
+        dns_latency: tuple[float, float] = (0.0, 0.0),
+        dns_listen: tuple[tuple[str, int], ...] = (),
     ) -> None:
         if not 1 <= n_hosts <= 250 * 250 - 1:
             raise ValueError(f"n_hosts must be within 1..62499, not {n_hosts}")
@@ -220,6 +226,13 @@ class LocalImageWeb:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._dead_host = ""
+        self._dns_addresses: list[str] = []
+        self.dns = None
+        if hostnames:
+            # dnslib is a test dependency; the offline demo serves IP literals and runs without it.
+            from cah_resources.local_dns import LocalDns
+
+            self.dns = LocalDns(latency=dns_latency, extra_listen=dns_listen, seed=seed)
 
     def reset_counters(self) -> None:
         """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
@@ -298,6 +311,31 @@ class LocalImageWeb:
     # ---- URLs ----------------------------------------------------------------------------
 
     @property
+    def nameserver(self) -> str:
+        """``ip:port`` of the local DNS server (FetchSettings.nameservers); only with ``hostnames``."""
+        if self.dns is None:
+            raise RuntimeError("this LocalImageWeb serves IP-literal hosts; make it with hostnames=True")
+        return self.dns.nameserver
+
+    def _named(self, kind: str, n: int, address_port: str) -> str:
+        """``address_port`` spelled with a hostname of its own that the local DNS resolves to it."""
+        address, port = address_port.rsplit(":", 1)
+        label = f"{kind.replace('_', '-')}-{n}"  # hostnames have no underscores
+        return f"{self.dns.name(self._dns_addresses.index(address), label)}:{port}"
+
+    def literal_url(self, url: str) -> str:
+        """A ``hostnames`` URL with its hostname replaced by the address the local DNS answers for it."""
+        name = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        index = int(name.split(".")[-3][1:])
+        return url.replace(name, self._dns_addresses[index], 1)
+
+    @property
+    def named_origins(self) -> list[str]:
+        """``http://site.h<i>.web.test:port`` of every host, resolved by the local DNS (``hostnames`` only)."""
+        self.nameserver  # noqa: B018 - raises on a web without hostnames
+        return [f"http://{self.dns.name(i, 'site')}:{host.rsplit(':', 1)[1]}" for i, host in enumerate(self.hosts)]
+
+    @property
     def origins(self) -> list[str]:
         """``http://host:port`` of every host, e.g. as ``image_base`` of a generated crawl."""
         return [f"http://{host}" for host in self.hosts]
@@ -309,8 +347,11 @@ class LocalImageWeb:
         if not self.hosts:
             raise RuntimeError("LocalImageWeb is not started; call start() or use it in a with block")
         if kind == "dead_host":
-            return f"http://{self._dead_host}/jpeg/{n}.jpg"
+            host = self._named(kind, n, self._dead_host) if self.dns is not None else self._dead_host
+            return f"http://{host}/jpeg/{n}.jpg"
         host = self.hosts[n % len(self.hosts)]
+        if self.dns is not None:
+            host = self._named(kind, n, host)
         suffix = {"png": "png", "png_alpha": "png", "webp": "webp", "gif": "gif", "html": "html", "bomb": "png"}.get(kind, "jpg")
         return f"http://{host}/{kind}/{n}.{suffix}"
 
@@ -344,8 +385,14 @@ class LocalImageWeb:
         digest = hashlib.blake2b(f"{self.seed}:{path}:{self._attempts[path]}".encode(), digest_size=8).digest()
         return low + (high - low) * int.from_bytes(digest, "big") / 2**64
 
+    @staticmethod
+    def _site(request: web.Request) -> str:
+        """``address:port`` of the site that took the request, whatever name the URL gave it."""
+        address, port = request.transport.get_extra_info("sockname")[:2]
+        return f"{address}:{port}"
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        host = request.host
+        host = self._site(request)
         self._in_flight[host] += 1
         self._in_flight_total += 1
         self.peak_per_host[host] = max(self.peak_per_host[host], self._in_flight[host])
@@ -377,7 +424,8 @@ class LocalImageWeb:
             n = int(parts[1].split(".")[0])
         except (IndexError, ValueError):
             raise web.HTTPNotFound()
-        host_index = self.hosts.index(request.host) if request.host in self.hosts else 0
+        site = self._site(request)
+        host_index = self.hosts.index(site) if site in self.hosts else 0
         next_host = self.hosts[(host_index + 1) % len(self.hosts)]
 
         if kind in ("flaky_500", "rate_limited_once", "reset_once") and attempt == 0:
@@ -485,6 +533,7 @@ class LocalImageWeb:
             self.hosts.append(f"{address}:{port}")
         # A host address with nothing listening: connections to it are refused.
         self._dead_host = f"{self.address_prefix}.249.250:{self.hosts[0].rsplit(':', 1)[1]}"
+        self._dns_addresses = [h.rsplit(":", 1)[0] for h in (*self.hosts, self._dead_host)]
 
     def start(self) -> LocalImageWeb:
         """Start serving on a background thread; returns once every host listens."""
@@ -508,12 +557,17 @@ class LocalImageWeb:
         self._thread.start()
         ready.wait()
         asyncio.run_coroutine_threadsafe(self._start_sites(), self._loop).result(timeout=30)
+        if self.dns is not None:
+            self.dns.addresses = list(self._dns_addresses)
+            self.dns.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread; safe to call twice."""
         if self._thread is None or self._loop is None:
             return
+        if self.dns is not None:
+            self.dns.stop()
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -533,8 +587,11 @@ class LocalImageWeb:
 def main(argv: list[str] | None = None) -> None:
     """Serve the fake web until stdin closes; print one JSON line of URLs first.
 
-    Used by the benchmark (to keep the server off the measured process's CPU budget accounting)
-    and by the offline demo.
+    With ``--hostnames`` a second line gives the same URLs with IP-literal hosts (``literal_urls``),
+    the ``addresses`` a DNS server must give ``*.h<i>.web.test`` (``python -m
+    cah_resources.local_dns --addresses``, in a process of its own so that it does not share this
+    one's GIL) and the ``nameserver`` of an in-process one. Used by the benchmark (to keep the
+    server off the measured process's CPU budget accounting) and by the offline demo.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=32)
@@ -542,11 +599,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1000, help="number of URLs from the web-like mix")
     parser.add_argument("--web-sized", action="store_true", help="serve 500-1200 px images instead of small ones")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hostnames", action="store_true",
+                        help="every URL on a hostname of its own, served by a local DNS server (its ip:port is "
+                             "printed on a second line)")
     args = parser.parse_args(argv)
     sizes = WEB_IMAGE_SIZES if args.web_sized else SMALL_IMAGE_SIZES
-    with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed) as fake_web:
+    with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames) as fake_web:
         urls = fake_web.mixed_urls(args.count, seed=args.seed)
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
+        if args.hostnames:
+            literal = [fake_web.literal_url(u.url) for u in urls]
+            print(json.dumps({"literal_urls": literal, "addresses": fake_web.dns.addresses,
+                              "nameserver": fake_web.nameserver}), flush=True)
         sys.stdin.read()
 
 

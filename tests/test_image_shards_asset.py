@@ -151,3 +151,29 @@ def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp
     assert metadata["segments"].value == 2
     assert metadata["candidates"].value == sum(len(rows) for rows in given.values())
     assert metadata["images"].value == sum(observed[key]["images"].value for key in keys)
+
+
+def test_a_segment_on_named_hosts_reports_its_dns_lookups_and_failures(tmp_path, data_root, local_compute):
+    with LocalImageWeb(n_hosts=3, hostnames=True) as named_web:
+        port = named_web.hosts[0].rsplit(":", 1)[1]
+        gone = f"http://{named_web.dns.failing_name('nxdomain', 'img')}:{port}"
+        crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=12, seed=5, missing_rate=0.2,
+                               image_base=[*named_web.named_origins[:2], gone], page_base=named_web.named_origins[2:])
+        registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl,
+                                      files_per_segment=2)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(segments.name, registration.keys())
+        key = registration.keys()[0]
+        run = {**resources(crawl, data_root, local_compute),
+               "image_downloader": DOWNLOADER.model_copy(update={"nameservers": [named_web.nameserver]})}
+        result = dg.materialize([candidates, image_shards], partition_key=key, instance=instance, resources=run)
+    assert result.success
+    rows = shard_rows(data_root, key)
+    failed = sum(r["status"] == "dns_error" for r in rows)
+    assert failed and {r["status"] for r in rows} <= {"ok", "http_404", "dns_error"}
+    metadata = result.asset_materializations_for_node("image_shards")[0].metadata
+    # Four names (two image hosts, the page host for relative links, the missing one): one lookup each per shard task.
+    assert 4 <= metadata["dns_lookups"].value <= 4 * metadata["shards"].value < len(rows)
+    assert "| dns_error |" in metadata["dns_failures"].value
+    assert f"| dns_error | {failed} |" in metadata["statuses"].value
+    assert metadata["dns_seconds"].value >= 0 and "dns_ms_per_lookup" in metadata
