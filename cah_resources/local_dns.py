@@ -219,14 +219,22 @@ class LocalDns:
                 writer.close()
 
         for address, port in ((self.host, self.port), *self.extra_listen):
-            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
-            # A burst of hundreds of queries must queue, not be dropped, while this thread waits for the GIL.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-            sock.bind((address, port))
-            transport, _ = await loop.create_datagram_endpoint(Udp, sock=sock)
-            bound = transport.get_extra_info("sockname")[1]
-            # TCP on the same port number, as resolvers expect when an answer is truncated.
-            tcp_server = await asyncio.start_server(tcp, address, bound)
+            # An ephemeral UDP port may be taken for TCP (a client socket's local port): try others.
+            for attempt in range(1 if port else 20):
+                sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+                # A burst of hundreds of queries must queue, not be dropped, while this thread waits for the GIL.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+                sock.bind((address, port))
+                transport, _ = await loop.create_datagram_endpoint(Udp, sock=sock)
+                bound = transport.get_extra_info("sockname")[1]
+                try:
+                    # TCP on the same port number, as resolvers expect when an answer is truncated.
+                    tcp_server = await asyncio.start_server(tcp, address, bound)
+                    break
+                except OSError:
+                    transport.close()
+                    if port or attempt == 19:
+                        raise
             self._closers += [transport.close, tcp_server.close]
             if address == self.host and port == self.port:
                 self.port = bound

@@ -174,6 +174,6 @@ def test_a_segment_on_named_hosts_reports_its_dns_lookups_and_failures(tmp_path,
     metadata = result.asset_materializations_for_node("image_shards")[0].metadata
     # Four names (two image hosts, the page host for relative links, the missing one): one lookup each per shard task.
     assert 4 <= metadata["dns_lookups"].value <= 4 * metadata["shards"].value < len(rows)
-    assert "| dns_error |" in metadata["dns_failures"].value
-    assert f"| dns_error | {failed} |" in metadata["statuses"].value
+    assert [r.data["status"] for r in metadata["dns_failures"].value.records] == ["dns_error"]
+    assert {"status": "dns_error", "count": failed} in [r.data for r in metadata["statuses"].value.records]
     assert metadata["dns_seconds"].value >= 0 and "dns_ms_per_lookup" in metadata
