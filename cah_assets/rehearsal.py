@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import threading
 import time
 import uuid
@@ -73,20 +74,24 @@ class SegmentOutputs:
     candidates: list[str]
     shard_rows: list[tuple[str, str]]
     kept: list[str]
+    tar_members: list[str]  # every file of every shard tar, sorted: an image written twice shows here
 
 
 def segment_outputs(root: DataRoot, segment: str) -> SegmentOutputs:
     candidates = root.read_parquet(output_paths(root, segment)[0], columns=["uid"]).column("uid").to_pylist()
     shards, kept = root.path("image_shards", segment), root.path("clip_pairs", segment, "kept")
-    rows = []
+    rows, members = [], []
     for name in root.listdir(shards):
         if name.endswith(".parquet"):
             table = root.read_parquet(f"{shards}/{name}", columns=["uid", "status"])
             rows += zip(table.column("uid").to_pylist(), table.column("status").to_pylist(), strict=True)
+        elif name.endswith(".tar"):
+            with root.fs.open(f"{shards}/{name}", "rb") as handle, tarfile.open(fileobj=handle) as tar:
+                members += [f"{name}/{member}" for member in tar.getnames()]
     kept_uids = []
     for name in root.listdir(kept):
         kept_uids += root.read_parquet(f"{kept}/{name}", columns=["uid"]).column("uid").to_pylist()
-    return SegmentOutputs(sorted(candidates), sorted(rows), sorted(kept_uids))
+    return SegmentOutputs(sorted(candidates), sorted(rows), sorted(kept_uids), sorted(members))
 
 
 @dataclass
@@ -96,6 +101,7 @@ class RehearsalResult:
     one_machine: dict[str, SegmentOutputs]
     killed: Killed | None
     killed_segment: str
+    kill_error: str
     refusals: dict[str, str]
     trespasses: list[str]
     watch_samples: int
@@ -117,13 +123,15 @@ class RehearsalResult:
         failed = []
         for key in self.segment_keys:
             ours, theirs = self.cluster.get(key), self.one_machine.get(key)
-            for part in ("candidates", "shard_rows", "kept"):
+            for part in ("candidates", "shard_rows", "kept", "tar_members"):
                 if ours is None or theirs is None or getattr(ours, part) != getattr(theirs, part):
                     failed.append(f"{key}: {part} differ from the one-machine demo's")
             if ours is not None and len({uid for uid, _ in ours.shard_rows}) != len(ours.shard_rows):
                 failed.append(f"{key}: a shard row appears twice")
+            if ours is not None and len(set(ours.tar_members)) != len(ours.tar_members):
+                failed.append(f"{key}: a file appears twice in a shard tar")
         if self.killed is None:
-            failed.append("no worker was killed mid-shard")
+            failed.append(f"no worker was killed mid-shard ({self.kill_error or 'no shard task seen'})")
         accepted = [what for what, outcome in self.refusals.items() if outcome == "accepted"]
         if accepted or not self.refusals:
             failed.append(f"the scheduler accepted: {', '.join(accepted) or 'nothing was tried'}")
@@ -377,6 +385,7 @@ def run_rehearsal(
         one_machine=one_machine,
         killed=box.get("killed"),
         killed_segment=keys[0],
+        kill_error=box.get("error", ""),
         refusals=refusals,
         trespasses=watch.seen,
         watch_samples=watch.samples,

@@ -43,6 +43,7 @@ def test_the_cluster_gives_the_one_machine_demos_candidates_shard_statuses_and_k
         assert ours.candidates and ours.candidates == theirs.candidates
         assert ours.shard_rows == theirs.shard_rows
         assert ours.kept and ours.kept == theirs.kept
+        assert ours.tar_members and ours.tar_members == theirs.tar_members
     assert rehearsal.failures() == []
 
 
@@ -53,6 +54,9 @@ def test_a_worker_killed_mid_shard_still_leaves_every_row_exactly_once(rehearsal
     killed = rehearsal.cluster[rehearsal.killed_segment]
     uids = [uid for uid, _ in killed.shard_rows]
     assert sorted(uids) == sorted(set(uids)) == killed.candidates
+    assert len(set(killed.tar_members)) == len(killed.tar_members)
+    images = [m for m in killed.tar_members if m.endswith(".jpg")]
+    assert len(images) == sum(status == "ok" for _, status in killed.shard_rows)
 
 
 def test_the_scheduler_refuses_every_client_without_a_certificate_of_its_ca(rehearsal):
