@@ -288,6 +288,10 @@ def run_rehearsal(
     for folder in (coordinator, mirror):
         folder.mkdir(parents=True)
     with ExitStack() as stack:
+        # The shared services first: a missing one is reported before minutes of work.
+        database = stack.enter_context(postgres_database())
+        endpoint = s3_endpoint or stack.enter_context(moto_server())
+        bucket = stack.enter_context(s3_bucket(endpoint))
         web = stack.enter_context(LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed))
         generate_crawl(
             str(mirror),
@@ -306,9 +310,6 @@ def run_rehearsal(
         one_machine_seconds = time.perf_counter() - one_machine_started
 
         cluster_started = time.perf_counter()
-        endpoint = s3_endpoint or stack.enter_context(moto_server())
-        bucket = stack.enter_context(s3_bucket(endpoint))
-        database = stack.enter_context(postgres_database())
         tls = make_tls(coordinator / "tls")
         address = stack.enter_context(tls_scheduler(tls, coordinator / "scheduler.log"))
         crawl_url = stack.enter_context(file_server(str(mirror)))
