@@ -8,10 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
 
-.PHONY: help setup system-deps demo test dev validate bench clean
+.PHONY: help setup system-deps demo demo-cluster test dev validate bench clean
 
 help:
 	@echo "make demo   run the whole pipeline offline on a generated crawl (then: make dev)"
+	@echo "make demo-cluster  the same as a fleet on this machine: Postgres, TLS scheduler, 2 workers, S3 peer"
 	@echo "make test   the whole test suite"
 	@echo "make dev    the UI on \$$DAGSTER_HOME ($(DAGSTER_HOME)), with the demo's image web if it is the demo's"
 	@echo "make bench  the benchmarks in benchmarks/ (slow; prints one figure per contender)"
@@ -36,6 +37,10 @@ setup: system-deps $(VENV)/.synced
 demo: setup
 	env -u DAGSTER_HOME $(VENV)/bin/cah demo --workdir .demo
 
+# Needs PostgreSQL on 127.0.0.1:5432 (trust auth for postgres) and the dev group's moto: `make test`'s set-up.
+demo-cluster: setup
+	env -u DAGSTER_HOME $(VENV)/bin/cah demo --cluster --workdir .demo-cluster
+
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -52,4 +57,4 @@ bench: setup
 	@for script in benchmarks/*_bench.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
 
 clean:
-	rm -rf .demo data .pytest_cache
+	rm -rf .demo .demo-cluster data .pytest_cache

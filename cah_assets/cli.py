@@ -71,16 +71,30 @@ def cah() -> None:
 
 
 @cah.command()
-@click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the generated crawl, the data root and the Dagster instance (dagster_home/).")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the generated crawl, the data root and the Dagster instance (dagster_home/) "
+                   "[default: .demo, with --cluster .demo-cluster, emptied first].")
 @click.option("--crawl", default="CC-MAIN-SAMPLE", show_default=True, help="Id given to the generated crawl.")
 @click.option("--wat-files", default=4, show_default=True, type=click.IntRange(1),
               help="WAT files to generate; two make one segment (partition).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated pages and images.")
-def demo(workdir: str, crawl: str, wat_files: int, seed: int) -> None:
+@click.option("--cluster", is_flag=True,
+              help="Rehearse a fleet on this machine: Postgres instance and dedup index, TLS scheduler, two `cah "
+                   "worker` runners in folders of their own, crawl over HTTP, data root on an S3 peer (moto); "
+                   "compared with the one-machine run, one worker killed mid-shard.")
+def demo(workdir: str | None, crawl: str, wat_files: int, seed: int, cluster: bool) -> None:
     """Run the whole pipeline offline on a generated crawl and a local image web (no network needed)."""
     from cah_assets.demo import run_demo
 
+    if cluster:
+        from cah_assets.rehearsal import run_rehearsal_command
+
+        try:
+            code = run_rehearsal_command(workdir or ".demo-cluster", crawl=crawl, wat_files=wat_files, seed=seed)
+        except RuntimeError as error:  # a failed run or a missing service: one line
+            raise UserError(str(error)) from None
+        sys.exit(code)
+    workdir = workdir or ".demo"
     try:
         code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed)
     except RuntimeError as error:  # a failed run: its logs are on the instance

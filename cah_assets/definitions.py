@@ -80,14 +80,15 @@ def deployment_resources(deployment: Deployment) -> dict:
     return resources
 
 
-def build_definitions(deployment: Deployment) -> dg.Definitions:
+def build_definitions(deployment: Deployment, overrides: dict | None = None) -> dg.Definitions:
+    """Every asset, check, job and sensor with the deployment's resources, ``overrides`` replacing some by key."""
     return dg.Definitions(
         assets=[candidates, image_shards, clip_pairs, release, report],
         asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
         jobs=_jobs(),
         schedules=[segment_schedule],
         sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
-        resources=deployment_resources(deployment),
+        resources={**deployment_resources(deployment), **(overrides or {})},
     )
 
 
