@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from cah_resources.clip_pairs import ClipPairsUnit, score_image_shard
-from cah_resources.clip_scorer import CATEGORIES, ClipModelSpec, ScoringSettings, load_clip
+from cah_resources.clip_scorer import ClipModelSpec, ScoringSettings, load_clip
+from cah_resources.contract import CATEGORIES
 from cah_resources.models.shapes import ALL_SHAPES, ShardSample, draw, jpeg_bytes, write_image_shard
 from cah_resources.storage import DataRoot
 

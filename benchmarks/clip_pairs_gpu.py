@@ -48,6 +48,7 @@ from cah_resources.clip_scorer import (
     ScoringSettings,
     load_clip,
 )
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, finished_shards, stage_folder
 from cah_resources.local_web import WEB_IMAGE_SIZES, photo_like
 from cah_resources.models.shapes import ShardSample, jpeg_bytes, write_image_shard
 from cah_resources.resources import ClipScorer
@@ -159,9 +160,8 @@ def make_shards(
 
 def units_of(work: Path) -> list[ClipPairsUnit]:
     root = DataRoot(str(work))
-    return [
-        ClipPairsUnit(root, SEGMENT, shard) for shard in clip_pairs._shards_with_marker(root, "image_shards", SEGMENT)
-    ]
+    finished = finished_shards(root, stage_folder(root, IMAGE_SHARDS, SEGMENT))
+    return [ClipPairsUnit(root, SEGMENT, int(name)) for name in finished]
 
 
 def sample_inputs(unit: ClipPairsUnit, limit: int) -> tuple[list[bytes], list[str]]:
@@ -248,7 +248,7 @@ class OomCounter(logging.Handler):
 def score_all(units: list[ClipPairsUnit], settings: ScoringSettings, oom: OomCounter) -> dict[str, Any]:
     """score_image_shard over every unit from scratch: rate, rows, peak memory, OOM-halving."""
     root = units[0].root
-    root.remove(root.path(clip_pairs.STAGE))
+    root.remove(root.path(CLIP_PAIRS))
     device = load_clip(settings.models["en"], settings.device, settings.precision).device
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -329,7 +329,7 @@ def profile_one_shard(unit: ClipPairsUnit, settings: ScoringSettings, out: Path,
     """torch profiler over one shard: the stage's steps as labelled ranges, the table saved under out."""
     from torch.profiler import ProfilerActivity, profile
 
-    unit.root.remove(unit.root.path(clip_pairs.STAGE))
+    unit.root.remove(unit.root.path(CLIP_PAIRS))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device == "cuda" else [])
     clock: dict[str, list[float]] = {}
     undo = [labelled(*entry, clock) for entry in PROFILE_LABELS]
@@ -590,7 +590,7 @@ def worker_part(
             result["joined_s"] = round(time.perf_counter() - started, 1)
             result["workers"] = {w["name"]: w.get("resources", {}) for w in client.scheduler_info()["workers"].values()}
             unit = units[0]
-            unit.root.remove(unit.root.path(clip_pairs.STAGE))
+            unit.root.remove(unit.root.path(CLIP_PAIRS))
             future = client.submit(score_image_shard, unit, settings_for(), resources=resources, pure=False)
             summary = future.result(timeout=args.worker_timeout)
             future.release()
@@ -715,13 +715,13 @@ def main(argv: list[str] | None = None) -> int:
             f: getattr(tiny, f)
             for f in (
                 "open_clip_config",
-                *(f"{c}_{k}" for c in ("en", "multi", "nolang") for k in ("model", "pretrained", "threshold")),
+                *(f"{c}_{k}" for c in CATEGORIES for k in ("model", "pretrained", "threshold")),
             )
         }
     else:
         # ViT-B-32 with random weights for every category: the cost of a pass does not depend on weights.
         base = {
-            f"{c}_{k}": v for c in ("en", "multi", "nolang") for k, v in (("model", "ViT-B-32"), ("pretrained", ""))
+            f"{c}_{k}": v for c in CATEGORIES for k, v in (("model", "ViT-B-32"), ("pretrained", ""))
         }
 
     def settings_for(**overrides: Any) -> ScoringSettings:

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -120,7 +119,8 @@ IMAGE_SHARDS = textwrap.dedent(
     import json, math, sys
     import dask
     import pyarrow as pa
-    from cah_resources.candidates import SCHEMA, output_paths, pair_uid
+    from cah_resources.candidates import output_paths, pair_uid
+    from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
     from cah_resources.compute import ComputeResource
     from cah_resources.downloader import FetchSettings
     from cah_resources.image_shards import ShardSettings, download_shard, plan_shards

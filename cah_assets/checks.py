@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 # The one private Dagster import: a check that covers several segments in one step must yield
 # dg.AssetCheckEvaluation per segment, and Dagster has no public way to build the pointer to the
 # materialization each verdict read (dg.AssetCheckResult builds it only for a one-partition step).
@@ -20,14 +21,25 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET
-from cah_resources.candidates import CATEGORIES, SCHEMA, output_paths
+from cah_resources.candidates import output_paths
 from cah_resources.compute import ComputeResource
+from cah_resources.contract import (
+    CANDIDATES,
+    CANDIDATES_SCHEMA,
+    CATEGORIES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    MARKER,
+    finished_shards,
+    shard_paths,
+    stage_folder,
+)
 from cah_resources.resources import StorageResource
 from cah_resources.shard_writer import read_tar_names
 from cah_resources.storage import DataRoot
 
 UID = re.compile(r"^[0-9a-f]{32}$")
-SHARD_FILE = re.compile(r"^(\d{5})\.(parquet|done)$")
+SHARD_PARQUET = re.compile(r"^(\d{5})\.parquet$")
 TAR_SUFFIXES = (".jpg", ".txt", ".json")
 SHOWN = 5  # offending values shown in a check's metadata
 
@@ -73,7 +85,7 @@ def check_candidates(root: DataRoot, segment: str) -> dict[str, Verdict]:
 
 
 def _schema_verdict(schema: pa.Schema) -> Verdict:
-    expected = {f.name: f.type for f in SCHEMA}
+    expected = {f.name: f.type for f in CANDIDATES_SCHEMA}
     found = {f.name: f.type for f in schema}
     missing = [n for n in expected if n not in found]
     extra = [n for n in found if n not in expected]
@@ -82,7 +94,7 @@ def _schema_verdict(schema: pa.Schema) -> Verdict:
     problems = [p for p in problems if p]
     if problems:
         return Verdict(False, "schema differs from the contract: " + "; ".join(problems), {"columns": list(found)})
-    if schema.names != SCHEMA.names:
+    if schema.names != CANDIDATES_SCHEMA.names:
         return Verdict(False, f"columns are out of order: {schema.names}", {"columns": list(found)})
     return Verdict(True, "columns and types as in the contract", {"columns": len(found)})
 
@@ -179,11 +191,8 @@ def run_here(fn: Callable, units: list, **kwargs) -> list:
 
 def _shard_numbers(root: DataRoot, folder: str) -> tuple[list[int], set[int]]:
     """Shards that have a parquet, and shards that have a .done marker."""
-    parquets, done = set(), set()
-    for name in root.listdir(folder):
-        match = SHARD_FILE.match(name)
-        if match:
-            (parquets if match[2] == "parquet" else done).add(int(match[1]))
+    parquets = {int(match[1]) for match in map(SHARD_PARQUET.match, root.listdir(folder)) if match}
+    done = {int(name) for name in finished_shards(root, folder)}
     return sorted(parquets | done), done
 
 
@@ -193,11 +202,11 @@ def check_image_shards(root: DataRoot, segment: str, run: Callable = run_here) -
     if not root.exists(candidates_path):
         return _missing(candidates_path, tuple(IMAGE_SHARDS_CHECKS))
     expected_uids = root.read_parquet(candidates_path, columns=["uid"]).column("uid").to_pylist()
-    folder = root.path("image_shards", segment)
+    folder = stage_folder(root, IMAGE_SHARDS, segment)
     shards, done = _shard_numbers(root, folder)
     tables = {}
     for shard in shards:
-        path = f"{folder}/{shard:05d}.parquet"
+        path = shard_paths(folder, shard)["parquet"]
         if root.exists(path):
             tables[shard] = root.read_parquet(path, columns=["uid", "key", "status"])
     return {
@@ -240,7 +249,7 @@ def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: 
     missing, extra, duplicated, unreadable, members = 0, 0, 0, [], 0
     examples: list[str] = []
     shards = sorted(tables)
-    listings = run(read_tar_names, [f"{folder}/{shard:05d}.tar" for shard in shards], root=root)
+    listings = run(read_tar_names, [shard_paths(folder, shard)["tar"] for shard in shards], root=root)
     for shard, (names, error) in zip(shards, listings):
         table = tables[shard]
         ok_keys = table.filter(pc.equal(table.column("status"), "ok")).column("key").to_pylist()
@@ -268,7 +277,7 @@ def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> 
         statuses = dict(Counter(table.column("status").to_pylist()))
         ok = statuses.get("ok", 0)
         want = {"count": table.num_rows, "successes": ok, "failed": table.num_rows - ok, "status_counts": statuses}
-        for suffix in ("_stats.json", ".done"):
+        for suffix in ("_stats.json", MARKER):
             path = f"{folder}/{shard:05d}{suffix}"
             if not root.exists(path):
                 problems.append(f"{shard:05d}{suffix} missing")
@@ -292,12 +301,12 @@ CLIP_PAIRS_CHECKS = {
 
 
 def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
-    image_folder, clip_folder = root.path("image_shards", segment), root.path("clip_pairs", segment)
+    image_folder, clip_folder = stage_folder(root, IMAGE_SHARDS, segment), stage_folder(root, CLIP_PAIRS, segment)
     _, image_done = _shard_numbers(root, image_folder)
     clip_shards, clip_done = _shard_numbers(root, clip_folder)
     below, kept, scored, problems = 0, 0, 0, []
     for shard in clip_shards:
-        path = f"{clip_folder}/{shard:05d}.parquet"
+        path = shard_paths(clip_folder, shard)["parquet"]
         if not root.exists(path):
             continue
         table = root.read_parquet(path, columns=["key", "similarity", "threshold", "kept"])
@@ -308,10 +317,10 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
         below += pc.sum(pc.and_(is_kept, pc.invert(passes))).as_py() or 0
     for shard in sorted(image_done):
         ok_keys = sorted(
-            r["key"] for r in root.read_parquet(f"{image_folder}/{shard:05d}.parquet", columns=["key", "status"]).to_pylist()
+            r["key"] for r in root.read_parquet(shard_paths(image_folder, shard)["parquet"], columns=["key", "status"]).to_pylist()
             if r["status"] == "ok"
         )
-        path = f"{clip_folder}/{shard:05d}.parquet"
+        path = shard_paths(clip_folder, shard)["parquet"]
         if shard not in clip_done or not root.exists(path):
             problems.append(f"shard {shard:05d} not scored")
             continue
@@ -399,8 +408,8 @@ def segment_checks(
     return _checks
 
 
-candidates_checks = segment_checks("candidates", CANDIDATES_CHECKS, check_candidates, automated=False)
+candidates_checks = segment_checks(CANDIDATES, CANDIDATES_CHECKS, check_candidates, automated=False)
 image_shards_checks = segment_checks(
-    "image_shards", IMAGE_SHARDS_CHECKS, check_image_shards, automated=True, reads_on_workers=True
+    IMAGE_SHARDS, IMAGE_SHARDS_CHECKS, check_image_shards, automated=True, reads_on_workers=True
 )
-clip_pairs_checks = segment_checks("clip_pairs", CLIP_PAIRS_CHECKS, check_clip_pairs, automated=True)
+clip_pairs_checks = segment_checks(CLIP_PAIRS, CLIP_PAIRS_CHECKS, check_clip_pairs, automated=True)

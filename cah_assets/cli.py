@@ -7,10 +7,11 @@ import time
 
 import click
 
+from cah_resources.contract import STAGES
+
 REGISTER_ATTEMPTS = 3  # a crawl source that stays unreachable this many times is reported, not waited on
 REGISTER_TIMEOUT_S = 30.0
 REGISTER_BACKOFF_S = 2.0
-STAGE_NAMES = ("candidates", "image_shards", "clip_pairs")  # the order they run in (cah_resources.report.STAGES)
 RANGE = ".."
 
 
@@ -200,7 +201,7 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
 
 @cah.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGE_NAMES),
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
               help="Stage to run (repeatable); default: all three, in order.")
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).
@@ -213,8 +214,8 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
 
     instance, defs = _instance()
     keys = expand_segments(segments, instance.get_dynamic_partitions(segment_partitions.name))
-    picked = tuple(s for s in STAGE_NAMES if s in stages) or STAGE_NAMES
-    jobs = [PIPELINE_JOB] if picked == STAGE_NAMES else [stage_job_name(s) for s in picked]
+    picked = tuple(s for s in STAGES if s in stages) or STAGES
+    jobs = [PIPELINE_JOB] if picked == STAGES else [stage_job_name(s) for s in picked]
     failed = []
     with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:
         for key in keys:

@@ -8,12 +8,18 @@ from cah_assets.image_shards import image_shards
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, permanent_errors, segment_asset
-from cah_resources.clip_pairs import histogram_rows, pending_units, read_kept_sample, score_image_shard, shard_summaries, summarize
-from cah_resources.clip_scorer import CATEGORIES
+from cah_resources.clip_pairs import (
+    histogram_rows,
+    pending_units,
+    read_kept_sample,
+    score_image_shard,
+    shard_summaries,
+    summarize,
+)
 from cah_resources.compute import ComputeResource
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, stage_folder
 from cah_resources.redaction import redact_url
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import StorageResource
+from cah_resources.resources import ClipScorer, StorageResource
 from cah_resources.storage import DataRoot
 
 
@@ -73,6 +79,6 @@ def describe(root: DataRoot, key: str) -> dict:
         "device": totals["device"],
         "precision": totals["precision"],
         "shards": totals["shards"],
-        "path": dg.MetadataValue.path(redact_url(root.path("clip_pairs", key))),
+        "path": dg.MetadataValue.path(redact_url(stage_folder(root, CLIP_PAIRS, key))),
         "sample_kept": rows_table(read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]),
     }

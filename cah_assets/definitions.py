@@ -23,12 +23,11 @@ from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.common_crawl import COMMON_CRAWL_URL
 from cah_resources.compute import ComputeResource
+from cah_resources.contract import DATASET_ASSETS, STAGES
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.hetzner import HetznerFleet
-from cah_resources.report import STAGES
 from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 
-DATASET = ("release", "report")
 PIPELINE_JOB = "pipeline"
 DATASET_JOB = "dataset"
 # The demo's image web and pages live on 127.0.0.0/8, which the downloader refuses unless allowed.
@@ -49,7 +48,7 @@ def _jobs() -> list:
     ]
     pipeline = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.assets(*STAGES),
                                    description="Every stage of the chosen segments in order, each with its checks.")
-    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET),
+    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET_ASSETS),
                                   description="The release parquet and the report of every registered crawl.")
     return [*stage_jobs, pipeline, dataset, register_crawl_job]
 

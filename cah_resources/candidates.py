@@ -13,25 +13,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cah_resources.common_crawl import CrawlSource
+from cah_resources.contract import (
+    CANDIDATES_SCHEMA,
+    CATEGORIES,
+    candidates_parts_folder,
+    candidates_path,
+    candidates_stats_path,
+)
 from cah_resources.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.language import LanguageDetector
 from cah_resources.storage import DataRoot
 from cah_resources.wat import MAX_RECORD_BYTES, iter_pages
 
-STAGE = "candidates"
-CATEGORIES = ("en", "multi", "nolang")
-SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),  # blake2b-128 of url + "\x00" + text, hex
-        pa.field("url", pa.string(), nullable=False),  # absolute http(s) image URL
-        pa.field("text", pa.string(), nullable=False),  # alt text, whitespace-normalized
-        pa.field("page_url", pa.string(), nullable=False),  # page of the first occurrence
-        pa.field("category", pa.string(), nullable=False),  # en | multi | nolang
-        pa.field("language", pa.string(), nullable=False),  # gcld3 code ("und" if none)
-        pa.field("language_prob", pa.float32(), nullable=False),
-        pa.field("wat_file", pa.string(), nullable=False),  # crawl-relative WAT path
-    ]
-)
 # Keys of the per-file counters that are summed into a segment's stats.
 COUNT_KEYS = ("metadata_records", "html_pages", "links_seen", "alt_truncated", "language_calls", "bytes")
 
@@ -72,7 +65,7 @@ def label_pairs(
 ) -> pa.Table:
     """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
     languages = {}
-    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    columns: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
     for (url, text), page_url in pairs.items():
         language = languages.get(text)
         if language is None:
@@ -85,7 +78,7 @@ def label_pairs(
         columns["language"].append(language.code)
         columns["language_prob"].append(language.probability)
         columns["wat_file"].append(wat_file)
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+    return pa.Table.from_pydict(columns, schema=CANDIDATES_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -102,7 +95,7 @@ class WatFileUnit:
 
 
 def part_paths(root: DataRoot, segment: str, position: int) -> tuple[str, str]:
-    base = root.path(STAGE, segment, "parts", f"{position:05d}")
+    base = f"{candidates_parts_folder(root, segment)}/{position:05d}"
     return base + ".parquet", base + ".json"
 
 
@@ -144,7 +137,7 @@ ClaimFn = Callable[[str, list[str]], set[str]]
 
 
 def output_paths(root: DataRoot, segment: str) -> tuple[str, str]:
-    return root.path(STAGE, segment, "candidates.parquet"), root.path(STAGE, segment, "stats.json")
+    return candidates_path(root, segment), candidates_stats_path(root, segment)
 
 
 @dataclass(frozen=True)
@@ -168,7 +161,7 @@ def merge_segment(
     pairs another segment owns), sort by uid, write the segment's parquet and stats atomically."""
     part_stats = list(part_stats)
     tables = [root.read_parquet(part_paths(root, segment, i)[0]) for i in range(len(part_stats))]
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else CANDIDATES_SCHEMA.empty_table()
     seen: set[str] = set()
     keep = []
     for uid in table.column("uid").to_pylist():
@@ -189,7 +182,7 @@ def merge_segment(
     table_path, stats_path = output_paths(root, segment)
     root.write_parquet(table_path, table)
     root.write_json(stats_path, stats)
-    root.remove(root.path(STAGE, segment, "parts"))
+    root.remove(candidates_parts_folder(root, segment))
     return stats
 
 

@@ -35,15 +35,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cah_resources.clip_scorer import CATEGORIES, ClipModelSpec, LoadedClip, ScoringSettings, load_clip
+from cah_resources.clip_scorer import ClipModelSpec, LoadedClip, ScoringSettings, load_clip
+from cah_resources.contract import (
+    CATEGORIES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    MARKER,
+    SIMILARITY_EDGES,
+    finished_shards,
+    kept_path,
+    similarity_histogram,
+    stage_folder,
+)
 from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
 
-STAGE = "clip_pairs"
-SOURCE_STAGE = "image_shards"
-# Similarity histogram bins (cosine): fine around LAION's thresholds, open at both ends.
-HISTOGRAM_EDGES = tuple(round(0.10 + 0.02 * i, 2) for i in range(16))
 CLIP_STATUSES = ("scored", "image_unreadable", "image_missing", "unknown_category")
 _ERROR_CHARS = 200
 
@@ -61,34 +68,33 @@ class ClipPairsUnit:
         return f"{self.shard:05d}"
 
     def source(self, suffix: str) -> str:
-        return self.root.path(SOURCE_STAGE, self.segment, f"{self.name}{suffix}")
+        return f"{stage_folder(self.root, IMAGE_SHARDS, self.segment)}/{self.name}{suffix}"
 
     def output(self, *parts: str) -> str:
-        return self.root.path(STAGE, self.segment, *parts)
+        return self.root.path(CLIP_PAIRS, self.segment, *parts)
 
     @property
     def marker(self) -> str:
-        return self.output(f"{self.name}.done")
+        return self.output(f"{self.name}{MARKER}")
 
 
-def _shards_with_marker(root: DataRoot, stage: str, segment: str) -> list[int]:
-    names = root.listdir(root.path(stage, segment))
-    return sorted(int(n[: -len(".done")]) for n in names if n.endswith(".done") and n[: -len(".done")].isdigit())
+def _finished(root: DataRoot, stage: str, segment: str) -> list[int]:
+    return [int(name) for name in finished_shards(root, stage_folder(root, stage, segment))]
 
 
 def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
     """The segment's finished image shards that have no clip_pairs marker yet."""
-    scored = set(_shards_with_marker(root, STAGE, segment))
+    scored = set(_finished(root, CLIP_PAIRS, segment))
     return [
         ClipPairsUnit(root, segment, shard)
-        for shard in _shards_with_marker(root, SOURCE_STAGE, segment)
+        for shard in _finished(root, IMAGE_SHARDS, segment)
         if shard not in scored
     ]
 
 
 def shard_summaries(root: DataRoot, segment: str) -> list[dict[str, Any]]:
     """The summary every finished clip_pairs shard of the segment wrote into its marker."""
-    return [root.read_json(root.path(STAGE, segment, f"{s:05d}.done")) for s in _shards_with_marker(root, STAGE, segment)]
+    return [root.read_json(ClipPairsUnit(root, segment, s).marker) for s in _finished(root, CLIP_PAIRS, segment)]
 
 
 @dataclass
@@ -349,7 +355,6 @@ def _summary(unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, se
     kept = table.column("kept").to_pylist()
     similarity = table.column("similarity").to_numpy(zero_copy_only=False)
     scored_sims = similarity[np.array([s == "scored" for s in status], dtype=bool)] if table.num_rows else similarity
-    edges = np.array((-np.inf, *HISTOGRAM_EDGES, np.inf))
     device = precision = None
     if scorer is not None and scorer.models:
         any_model = next(iter(scorer.models.values()))
@@ -362,8 +367,7 @@ def _summary(unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, se
         "scored": {c: sum(1 for s, k in zip(status, categories) if s == "scored" and k == c) for c in sorted(set(categories))},
         "kept": {c: sum(1 for k, cat in zip(kept, categories) if k and cat == c) for c in sorted(set(categories))},
         "not_scored": {s: status.count(s) for s in CLIP_STATUSES[1:] if status.count(s)},
-        "histogram": np.histogram(scored_sims, bins=edges)[0].tolist(),
-        "histogram_edges": list(HISTOGRAM_EDGES),
+        "histogram": similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
         "seconds": round(seconds, 3),
         "images_per_s": round(scored_count / seconds, 2) if seconds > 0 else None,
         "device": device,
@@ -415,13 +419,14 @@ def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     scored: dict[str, int] = {}
     kept: dict[str, int] = {}
     not_scored: dict[str, int] = {}
-    histogram = [0] * (len(HISTOGRAM_EDGES) + 1)
+    histogram = [0] * (len(SIMILARITY_EDGES) - 1)
     seconds = 0.0
     for summary in summaries:
         for name, target in (("scored", scored), ("kept", kept), ("not_scored", not_scored)):
             for key, count in summary.get(name, {}).items():
                 target[key] = target.get(key, 0) + count
-        histogram = [a + b for a, b in zip(histogram, summary.get("histogram", histogram))]
+        if len(summary.get("histogram", ())) == len(histogram):  # markers of older builds binned otherwise
+            histogram = [a + b for a, b in zip(histogram, summary["histogram"])]
         seconds += summary.get("seconds") or 0.0
     total_scored, total_kept = sum(scored.values()), sum(kept.values())
     devices = sorted({s["device"] for s in summaries if s.get("device")})
@@ -444,17 +449,24 @@ def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def read_kept_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:
     """A few kept pairs of the segment's first finished shard, for people to eyeball."""
-    shards = _shards_with_marker(root, STAGE, segment)
+    shards = _finished(root, CLIP_PAIRS, segment)
     if not shards:
         return []
-    return root.read_parquet(root.path(STAGE, segment, "kept", f"{shards[0]:05d}.parquet")).slice(0, limit).to_pylist()
+    return root.read_parquet(kept_path(root, segment, shards[0])).slice(0, limit).to_pylist()
 
 
-def histogram_rows(histogram: list[int]) -> list[dict[str, object]]:
-    """The similarity histogram as table rows, one per bin, with a text bar."""
-    edges = ("-inf", *(f"{e:.2f}" for e in HISTOGRAM_EDGES), "inf")
-    peak = max(histogram) if histogram and max(histogram) else 1
+def histogram_rows(histogram: list[int], max_rows: int = 40) -> list[dict[str, object]]:
+    """The similarity histogram as table rows with a text bar: the span of non-empty bins, merged to ``max_rows``."""
+    nonzero = [i for i, count in enumerate(histogram) if count]
+    if not nonzero:
+        return []
+    first, last = nonzero[0], nonzero[-1] + 1
+    step = -(-(last - first) // max_rows)
+    groups = [(i, min(i + step, last)) for i in range(first, last, step)]
+    counts = [sum(histogram[a:b]) for a, b in groups]
+    peak = max(counts)
     return [
-        {"similarity": f"[{low}, {high})", "pairs": count, "bar": "█" * round(20 * count / peak)}
-        for low, high, count in zip(edges, edges[1:], histogram)
+        {"similarity": f"[{SIMILARITY_EDGES[a]:.2f}, {SIMILARITY_EDGES[b]:.2f})", "pairs": count,
+         "bar": "█" * round(20 * count / peak)}
+        for (a, b), count in zip(groups, counts)
     ]

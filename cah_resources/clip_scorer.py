@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cah_resources.contract import CATEGORIES
+
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("en", "multi", "nolang")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # How images are decoded: 'pil' on CPU threads, 'torch' with torchvision on the model's device

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cah_resources.body_reader import body_budget
+from cah_resources.contract import IMAGE_SHARDS, candidates_path, finished_shards, shard_paths, stage_folder
 from cah_resources.downloader import Downloader, Fetched, FetchSettings
 from cah_resources.image_pool import ImageWorkers
 from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size
@@ -21,12 +22,10 @@ from cah_resources.shard_writer import (
     ShardWriter,
     remove_unfinished_files,
     rows_digest,
-    shard_paths,
 )
 from cah_resources.storage import DataRoot
 from cah_resources.unit_progress import UnitProgress
 
-STAGE = "image_shards"
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
 
 
@@ -73,13 +72,7 @@ class ShardUnit:
 
 
 def segment_folder(root: DataRoot, segment: str) -> str:
-    return root.path(STAGE, segment)
-
-
-def candidates_path(root: DataRoot, segment: str) -> str:
-    """Stage 1's output per the data layout. Spelled out rather than imported from the candidates
-    module, whose WAT and language dependencies (and Dagster) every shard worker would then load."""
-    return root.path("candidates", segment, "candidates.parquet")
+    return stage_folder(root, IMAGE_SHARDS, segment)
 
 
 def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit]:
@@ -101,7 +94,7 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
     A marker holds the digest of its rows' uids: candidates rewritten with the same number of rows
     but other content make it stale, and the shard is redone.
     """
-    path = shard_paths(unit.root, segment_folder(unit.root, unit.segment), unit.shard)["done"]
+    path = shard_paths(segment_folder(unit.root, unit.segment), unit.shard)["done"]
     if not unit.root.exists(path):
         return None
     marker = unit.root.read_json(path)
@@ -350,7 +343,7 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
 def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
     """The completion markers of a segment's finished shards, in shard order."""
     folder = segment_folder(root, segment)
-    return [root.read_json(f"{folder}/{name}") for name in root.listdir(folder) if name.endswith(".done")]
+    return [root.read_json(shard_paths(folder, int(name))["done"]) for name in finished_shards(root, folder)]
 
 
 def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -372,7 +365,7 @@ def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
 def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:
     """A few rows of the segment's first finished shard for people to eyeball: ok rows first."""
     folder = segment_folder(root, segment)
-    finished = [name[: -len(".done")] for name in root.listdir(folder) if name.endswith(".done")]
+    finished = finished_shards(root, folder)
     if not finished:
         return []
     rows = root.read_parquet(f"{folder}/{finished[0]}.parquet").slice(0, 10 * limit).to_pylist()

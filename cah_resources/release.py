@@ -10,10 +10,9 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cah_resources.contract import CLIP_PAIRS, finished_shards, release_folder, shard_paths, stage_folder
 from cah_resources.storage import DataRoot
 
-CLIP_PAIRS = "clip_pairs"
-RELEASE = "release"
 MANIFEST = "release.json"
 DEFAULT_ROWS_PER_FILE = 1_000_000
 # Bump when the release columns change, so an unchanged input still makes a new build.
@@ -101,7 +100,7 @@ class ClipPairsShard:
 
 def release_dir(root: DataRoot, crawl: str) -> str:
     """Where a crawl's release lives: ``release/<CRAWL>/`` under the data root."""
-    return root.path(RELEASE, crawl)
+    return release_folder(root, crawl)
 
 
 def finished_clip_pairs_shards(
@@ -113,17 +112,15 @@ def finished_clip_pairs_shards(
     missing: list[str] = []
     unfinished: list[str] = []
     for segment in sorted(set(segment_keys)):
-        folder = root.path(CLIP_PAIRS, segment)
-        names = root.listdir(folder)
-        done = {n[: -len(".done")] for n in names if n.endswith(".done")}
-        parquet = {n[: -len(".parquet")] for n in names if n.endswith(".parquet")}
-        unfinished += [f"{segment}/{name}" for name in sorted(parquet - done)]
-        finished = sorted(done & parquet)
+        folder = stage_folder(root, CLIP_PAIRS, segment)
+        finished = finished_shards(root, folder)
+        parquet = {n.removesuffix(".parquet") for n in root.listdir(folder) if n.endswith(".parquet")}
+        unfinished += [f"{segment}/{name}" for name in sorted(parquet - set(finished))]
         if not finished:
             missing.append(segment)
         for name in finished:
-            marker = root.read_bytes(f"{folder}/{name}.done")
-            shards.append(ClipPairsShard(segment, name, f"{folder}/{name}.parquet", marker))
+            paths = shard_paths(folder, int(name))
+            shards.append(ClipPairsShard(segment, name, paths["parquet"], root.read_bytes(paths["done"])))
     return shards, missing, unfinished
 
 

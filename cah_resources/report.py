@@ -14,13 +14,23 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cah_resources.contract import (
+    CANDIDATES,
+    CATEGORIES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    SIMILARITY_EDGES,
+    STAGES,
+    candidates_path,
+    candidates_stats_path,
+    finished_shards,
+    shard_paths,
+    similarity_histogram,
+    stage_folder,
+)
 from cah_resources.storage import DataRoot
 
-CATEGORIES = ("en", "multi", "nolang")
-STAGES = ("candidates", "image_shards", "clip_pairs")
 FUNNEL_STEPS = ("candidates", "attempted", "downloaded", "scored", "kept")
-# Fixed bins let histograms of any number of segments add up exactly, without keeping values.
-SIMILARITY_EDGES = np.round(np.linspace(-1.0, 1.0, 201), 2)
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
 _CATEGORY_COLORS = {"en": "#4C72B0", "multi": "#DD8452", "nolang": "#55A868"}
 
@@ -65,13 +75,6 @@ class DatasetFacts:
 # -- reading the data layout ---------------------------------------------------------------
 
 
-def _finished_shards(root: DataRoot, stage: str, segment: str) -> list[str]:
-    names = root.listdir(root.path(stage, segment))
-    done = {n.removesuffix(".done") for n in names if n.endswith(".done")}
-    parquet = {n.removesuffix(".parquet") for n in names if n.endswith(".parquet")}
-    return sorted(parquet & done)
-
-
 def _counts(column: pa.ChunkedArray | pa.Array) -> Counter:
     if len(column) == 0:
         return Counter()
@@ -95,10 +98,9 @@ def url_domains(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
-    path = root.path("candidates", segment, "candidates.parquet")
-    stats_path = root.path("candidates", segment, "stats.json")
+    path, stats_path = candidates_path(root, segment), candidates_stats_path(root, segment)
     if not root.exists(path):
-        facts.missing["candidates"].append(segment)
+        facts.missing[CANDIDATES].append(segment)
         return
     table = root.read_parquet(path, columns=["category"])
     facts.funnel["candidates"].update(_counts_by_category(table))
@@ -108,21 +110,21 @@ def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
     facts.candidate_drops.update(
         {k: int(v) for k, v in stats.items() if k.startswith("drop_") and isinstance(v, (int, float))}
     )
-    stage = facts.throughput.setdefault("candidates", StageThroughput("candidates", "WAT records"))
+    stage = facts.throughput.setdefault(CANDIDATES, StageThroughput(CANDIDATES, "WAT records"))
     stage.items += records
     stage.task_seconds += float(stats.get("task_seconds") or 0.0)
 
 
 def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
-    shards = _finished_shards(root, "image_shards", segment)
+    folder = stage_folder(root, IMAGE_SHARDS, segment)
+    shards = finished_shards(root, folder)
     if not shards:
-        facts.missing["image_shards"].append(segment)
+        facts.missing[IMAGE_SHARDS].append(segment)
         return
-    stage = facts.throughput.setdefault("image_shards", StageThroughput("image_shards", "URLs"))
+    stage = facts.throughput.setdefault(IMAGE_SHARDS, StageThroughput(IMAGE_SHARDS, "URLs"))
     for name in shards:
-        table = root.read_parquet(
-            root.path("image_shards", segment, f"{name}.parquet"), columns=["url", "category", "status"]
-        )
+        paths = shard_paths(folder, int(name))
+        table = root.read_parquet(paths["parquet"], columns=["url", "category", "status"])
         ok = pc.equal(table.column("status"), "ok")
         facts.funnel["attempted"].update(_counts_by_category(table))
         facts.funnel["downloaded"].update(_counts_by_category(table.filter(ok)))
@@ -130,21 +132,22 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
         domains = url_domains(table.column("url"))
         facts.domains["attempted"].update(_counts(domains))
         facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
-        stats_path = root.path("image_shards", segment, f"{name}_stats.json")
-        stats = root.read_json(stats_path) if root.exists(stats_path) else {}
+        stats = root.read_json(paths["stats"]) if root.exists(paths["stats"]) else {}
         stage.items += table.num_rows
         stage.task_seconds += float(stats.get("download_seconds") or stats.get("duration") or 0.0)
 
 
 def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
-    shards = _finished_shards(root, "clip_pairs", segment)
+    folder = stage_folder(root, CLIP_PAIRS, segment)
+    shards = finished_shards(root, folder)
     if not shards:
-        facts.missing["clip_pairs"].append(segment)
+        facts.missing[CLIP_PAIRS].append(segment)
         return
-    stage = facts.throughput.setdefault("clip_pairs", StageThroughput("clip_pairs", "pairs scored"))
+    stage = facts.throughput.setdefault(CLIP_PAIRS, StageThroughput(CLIP_PAIRS, "pairs scored"))
     for name in shards:
+        paths = shard_paths(folder, int(name))
         table = root.read_parquet(
-            root.path("clip_pairs", segment, f"{name}.parquet"),
+            paths["parquet"],
             columns=["url", "category", "similarity", "threshold", "kept"],
         )
         scored = table.filter(pc.is_valid(table.column("similarity")))
@@ -155,12 +158,12 @@ def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
         for category in set(scored.column("category").to_pylist()):
             rows = scored.filter(pc.equal(scored.column("category"), category))
             values = rows.column("similarity").to_numpy()
-            hist = np.histogram(np.clip(values, -1.0, 1.0), bins=SIMILARITY_EDGES)[0]
+            hist = similarity_histogram(values)
             facts.similarity[category] = facts.similarity.get(category, 0) + hist
             threshold = pc.max(rows.column("threshold")).as_py()
             if threshold is not None:
                 facts.thresholds[category] = threshold
-        marker = root.read_json(root.path("clip_pairs", segment, f"{name}.done"))
+        marker = root.read_json(paths["done"])
         stage.items += scored.num_rows
         stage.task_seconds += float(marker.get("seconds") or 0.0)
 

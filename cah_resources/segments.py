@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from cah_resources.common_crawl import CrawlSource
+from cah_resources.contract import segments_manifest_path
 from cah_resources.storage import DataRoot
 
 CRAWL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -75,7 +76,7 @@ def default_files_per_segment(file_count: int, target_segments: int = DEFAULT_TA
 
 
 def registration_path(root: DataRoot, crawl: str) -> str:
-    return root.path("crawls", crawl, "segments.json")
+    return segments_manifest_path(root, crawl)
 
 
 def load_registration(root: DataRoot, crawl: str) -> CrawlRegistration | None:

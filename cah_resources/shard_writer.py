@@ -13,22 +13,9 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from cah_resources.contract import DOWNLOAD_FIELDS, MARKER, shard_name, shard_paths, shard_row_schema
 from cah_resources.storage import DataRoot
 
-DOWNLOAD_FIELDS = pa.schema(
-    [
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("http_status", pa.int32()),
-        ("error_message", pa.string()),
-        ("bytes", pa.int64()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("original_width", pa.int32()),
-        ("original_height", pa.int32()),
-    ]
-)
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
 IMAGE_FACTS = ("bytes", "sha256", "width", "height", "original_width", "original_height")
 MAX_SHARD_SIZE = 100_000  # keys give the row within a shard five digits
@@ -62,23 +49,9 @@ def ustar_member(name: str, data: bytes, mtime: int) -> bytes:
     return bytes(header) + data + b"\0" * padding
 
 
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
-
-
 def sample_key(shard: int, row_in_shard: int) -> str:
     """The webdataset key of a row: stable across reruns because rows are the sorted candidates'."""
     return f"{shard:05d}{row_in_shard:05d}"
-
-
-def shard_paths(root: DataRoot, folder: str, shard: int) -> dict[str, str]:
-    name = shard_name(shard)
-    return {
-        "tar": f"{folder}/{name}.tar",
-        "parquet": f"{folder}/{name}.parquet",
-        "stats": f"{folder}/{name}_stats.json",
-        "done": f"{folder}/{name}.done",
-    }
 
 
 def rows_digest(uids: Iterable[str]) -> str:
@@ -97,7 +70,7 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
     """
     name = shard_name(shard)
     removed = []
-    entries = sorted(root.listdir(folder), key=lambda entry: entry != f"{name}.done")
+    entries = sorted(root.listdir(folder), key=lambda entry: entry != f"{name}{MARKER}")
     for entry in entries:
         if entry.startswith(f"{name}.") or entry.startswith(f"{name}_stats.json"):
             root.remove(f"{folder}/{entry}")
@@ -135,8 +108,8 @@ class ShardWriter:
         self.folder = folder
         self.shard = shard
         self.rows = rows
-        self.paths = shard_paths(root, folder, shard)
-        self.schema = pa.schema(list(candidate_schema) + [f for f in DOWNLOAD_FIELDS if f.name not in candidate_schema.names])
+        self.paths = shard_paths(folder, shard)
+        self.schema = shard_row_schema(candidate_schema)
         self._records: list[dict[str, Any] | None] = [None] * rows
         self._stack = ExitStack()
         self._tar: Any = None

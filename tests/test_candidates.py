@@ -13,7 +13,6 @@ from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
 from cah_resources.candidate_rules import CandidateRules
 from cah_resources.candidates import (
-    SCHEMA,
     WatFileUnit,
     extract_pairs,
     extract_wat_file,
@@ -24,6 +23,7 @@ from cah_resources.candidates import (
     summarize_parts,
 )
 from cah_resources.common_crawl import CrawlSource
+from cah_resources.contract import CANDIDATES_SCHEMA
 from cah_resources.dedup_index import DedupIndexResource
 from cah_resources.image_links import CandidateFilters
 from cah_resources.language import LanguageDetector
@@ -156,7 +156,7 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
     assert result.success
     table_path, stats_path = output_paths(data_root, key)
     table = data_root.read_parquet(table_path)
-    assert table.schema == SCHEMA
+    assert table.schema == CANDIDATES_SCHEMA
     expected = sample_crawl.expected_segment(registration.files_of(key))
     assert sorted(_rows(table)) == sorted(_truth(expected))
     assert table.column("uid").to_pylist() == sorted(pair_uid(r.url, r.text) for r in expected)

@@ -7,6 +7,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from contract_layout import THRESHOLDS
 
 from cah_assets.candidates import candidates
 from cah_assets.checks import (
@@ -27,16 +28,14 @@ from cah_assets.partitions import segments
 from cah_resources.candidates import output_paths
 from cah_resources.compute import ComputeResource
 from cah_resources.local_web import LocalImageWeb
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
+from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 from cah_resources.sample_crawl import generate_crawl
 from cah_resources.segments import register_crawl
 from cah_resources.shard_writer import ShardWriter
 from cah_resources.storage import DataRoot
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-THRESHOLDS = {"en": 0.28, "multi": 0.26, "nolang": 0.28}
+
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,11 @@ import psutil
 import pyarrow as pa
 import pytest
 import webdataset as wds
+from hostile_peers import RawServer, read_request, response_head
 from PIL import Image
 
-from cah_resources.candidates import SCHEMA, output_paths, pair_uid
+from cah_resources.candidates import output_paths, pair_uid
+from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
 from cah_resources.downloader import FetchSettings
 from cah_resources.image_pool import ImageWorkers
 from cah_resources.image_shards import (
@@ -41,7 +43,6 @@ from tests.hostile_images import (
     jpeg_with_bogus_exif_tags,
     progressive_jpeg_with_repeated_scans,
 )
-from hostile_peers import RawServer, read_request, response_head
 
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
-from cah_resources.candidates import SCHEMA, output_paths, pair_uid
+from cah_resources.candidates import output_paths, pair_uid
+from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
 from cah_resources.downloader import FetchSettings
 from cah_resources.image_shards import (
     ShardSettings,
@@ -221,8 +222,10 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
     )
     from cah_assets.crawls import register_and_add
     from cah_assets.definitions import defs
-    from cah_assets.demo import DATASET, STAGES, demo_resources
+    from cah_assets.demo import demo_resources
     from cah_resources.compute import ComputeResource
+    from cah_resources.contract import DATASET_ASSETS as DATASET
+    from cah_resources.contract import STAGES
     from cah_resources.dedup_index import DedupIndexResource
     from cah_resources.sample_crawl import generate_crawl
 

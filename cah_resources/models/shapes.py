@@ -169,7 +169,8 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
 
     import pyarrow as pa
 
-    name = f"{shard:05d}"
+    from cah_resources.contract import IMAGE_SHARDS, shard_paths, shard_row_schema, stage_folder
+
     rows: list[dict] = []
     tar_bytes = io.BytesIO()
     with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
@@ -203,20 +204,10 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
                     info = tarfile.TarInfo(key + suffix)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    schema = pa.schema(
-        [
-            ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),
-            ("category", pa.string()), ("language", pa.string()), ("language_prob", pa.float32()),
-            ("wat_file", pa.string()), ("key", pa.string()), ("status", pa.string()),
-            ("http_status", pa.int32()), ("error_message", pa.string()), ("bytes", pa.int64()),
-            ("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-            ("original_width", pa.int32()), ("original_height", pa.int32()),
-        ]
-    )
-    folder = ("image_shards", segment)
-    root.write_bytes(root.path(*folder, f"{name}.tar"), tar_bytes.getvalue())
-    root.write_parquet(root.path(*folder, f"{name}.parquet"), pa.Table.from_pylist(rows, schema=schema))
+    paths = shard_paths(stage_folder(root, IMAGE_SHARDS, segment), shard)
+    root.write_bytes(paths["tar"], tar_bytes.getvalue())
+    root.write_parquet(paths["parquet"], pa.Table.from_pylist(rows, schema=shard_row_schema()))
     ok_count = sum(r["status"] == "ok" for r in rows)
-    root.write_json(root.path(*folder, f"{name}_stats.json"), {"count": len(rows), "successes": ok_count})
-    root.write_json(root.path(*folder, f"{name}.done"), {"count": len(rows), "successes": ok_count})
+    root.write_json(paths["stats"], {"count": len(rows), "successes": ok_count})
+    root.write_json(paths["done"], {"count": len(rows), "successes": ok_count})
     return [r["key"] for r in rows]
