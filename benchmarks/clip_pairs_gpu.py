@@ -40,18 +40,18 @@ from typing import Any
 import torch
 from clip_pairs_bench import WORDS
 
-from cah_resources import clip_pairs
-from cah_resources.clip_pairs import ClipPairsUnit, iter_tar_images, score_image_shard
-from cah_resources.clip_scorer import (
+from cah_resources.clip_pairs import stage as clip_pairs
+from cah_resources.clip_pairs.clip_scorer import (
     ClipModelSpec,
     LoadedClip,
     ScoringSettings,
     load_clip,
 )
+from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, score_image_shard
 from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, finished_shards, stage_folder
-from cah_resources.local_web import WEB_IMAGE_SIZES, photo_like
-from cah_resources.models.shapes import ShardSample, jpeg_bytes, write_image_shard
 from cah_resources.resources import ClipScorer
+from cah_resources.samples.local_web import WEB_IMAGE_SIZES, photo_like
+from cah_resources.samples.tiny_clip.shapes import ShardSample, jpeg_bytes, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-GPUBENCH_00000"
@@ -191,7 +191,7 @@ def timed(device: str, run: Callable[[], Any], iters: int, warmups: int = 2) -> 
 
 def model_only(args: argparse.Namespace, specs: list[ClipModelSpec], texts: list[str]) -> dict[str, Any]:
     """Each model's towers on inputs already on the device: images/s per precision and batch."""
-    from cah_resources.clip_scorer import encode_text, trim_padding
+    from cah_resources.clip_pairs.clip_scorer import encode_text, trim_padding
 
     rows, skipped = [], []
     precisions = args.precisions if args.device == "cuda" else ["fp32"]
@@ -546,7 +546,7 @@ def worker_part(
     """``cah worker --gpu`` (``cah worker`` on CPU in a dry run) joins a scheduler started here and scores a shard."""
     from distributed import Client, LocalCluster
 
-    from cah_resources.compute import GPU
+    from cah_resources.fleet.compute import GPU
 
     result: dict[str, Any] = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
@@ -706,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"== clip_pairs_gpu: {label}")
     report = Report(out, {"dry_run": args.dry_run, "label": label, "args": vars(args)})
     oom = OomCounter()
-    logging.getLogger("cah_resources.clip_scorer").addHandler(oom)
-    logging.getLogger("cah_resources.clip_scorer").setLevel(logging.WARNING)
+    logging.getLogger("cah_resources.clip_pairs.clip_scorer").addHandler(oom)
+    logging.getLogger("cah_resources.clip_pairs.clip_scorer").setLevel(logging.WARNING)
 
     if args.dry_run:
         tiny = ClipScorer.tiny()

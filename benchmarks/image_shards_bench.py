@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
 
-A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
+A fake web (cah_resources.samples.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
 truncated and corrupt bodies, redirect chains and loops, oversized bodies, a bomb, noai) serves
 the same URL list to every contender, each in a fresh process, interleaved round by round; the
@@ -68,13 +68,13 @@ CORES = os.cpu_count() or 1
 
 class FakeWeb:
     def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool) -> None:
-        command = [sys.executable, "-m", "cah_resources.local_web", "--hosts", str(hosts), "--count", str(count),
+        command = [sys.executable, "-m", "cah_resources.samples.local_web", "--hosts", str(hosts), "--count", str(count),
                    "--latency", str(latency[0]), str(latency[1]), "--seed", str(seed)]
         command += [] if small else ["--web-sized"]
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
-            raise SystemExit("the fake web did not start; run `python -m cah_resources.local_web` to see why")
+            raise SystemExit("the fake web did not start; run `python -m cah_resources.samples.local_web` to see why")
         self.urls = [tuple(entry) for entry in json.loads(line)]
 
     def close(self) -> None:
@@ -119,12 +119,12 @@ IMAGE_SHARDS = textwrap.dedent(
     import json, math, sys
     import dask
     import pyarrow as pa
-    from cah_resources.candidates import output_paths, pair_uid
+    from cah_resources.candidates.stage import output_paths, pair_uid
     from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
-    from cah_resources.compute import ComputeResource
-    from cah_resources.downloader import FetchSettings
-    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
-    from cah_resources.resizer import ResizeSettings
+    from cah_resources.fleet.compute import ComputeResource
+    from cah_resources.image_shards.downloader import FetchSettings
+    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
+    from cah_resources.image_shards.resizer import ResizeSettings
     from cah_resources.storage import DataRoot
 
     urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]

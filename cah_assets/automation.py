@@ -12,10 +12,10 @@ from pydantic import Field
 
 from cah_assets.partitions import ADD_BATCH, segments
 from cah_assets.policies import MAX_IN_FLIGHT, MAX_REQUESTS_PER_TICK
-from cah_resources.common_crawl import USER_AGENT
 from cah_resources.contract import STAGES
+from cah_resources.crawl.common_crawl import USER_AGENT
+from cah_resources.crawl.segments import parse_segment_key, register_crawl
 from cah_resources.resources import CommonCrawl, StorageResource
-from cah_resources.segments import parse_segment_key, register_crawl
 
 CRAWL_LIST_URL = "https://index.commoncrawl.org/collinfo.json"
 TRIGGER_TAG = "cah/trigger"

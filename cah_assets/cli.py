@@ -124,7 +124,7 @@ def dev(port: int) -> None:
 def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int):
     """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
     from cah_assets.crawls import register_and_add
-    from cah_resources.common_crawl import CrawlFileMissing, IncompleteDownload
+    from cah_resources.crawl.common_crawl import CrawlFileMissing, IncompleteDownload
 
     for attempt in range(1, REGISTER_ATTEMPTS + 1):
         try:
@@ -154,7 +154,7 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
     """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
-    from cah_resources.common_crawl import CrawlFileMissing
+    from cah_resources.crawl.common_crawl import CrawlFileMissing
     from cah_resources.resources import CommonCrawl, StorageResource
 
     instance, defs = _instance()
@@ -175,7 +175,7 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     """Segment keys from KEY, FIRST..LAST (a range of registered keys) or a crawl id (all its segments)."""
-    from cah_resources.segments import parse_segment_key
+    from cah_resources.crawl.segments import parse_segment_key
 
     crawls = {}
     for key in known:
@@ -240,7 +240,7 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def fleet(argv: tuple[str, ...]) -> None:
     """Hetzner CPU runners: up N | down | status (`cah fleet --help` for options)."""
-    from cah_resources.hetzner import fleet_main
+    from cah_resources.fleet.hetzner import fleet_main
 
     sys.exit(fleet_main(list(argv)))
 
@@ -249,7 +249,7 @@ def fleet(argv: tuple[str, ...]) -> None:
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def worker(argv: tuple[str, ...]) -> None:
     """Join a Dask cluster as CPU runners or, with --gpu, a GPU executor (`cah worker --help` for options)."""
-    from cah_resources.gpu_worker import worker_main
+    from cah_resources.fleet.gpu_worker import worker_main
 
     sys.exit(worker_main(list(argv)))
 

@@ -5,17 +5,17 @@ from pydantic import Field
 
 from cah_assets.metadata import rows_table
 from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, report_folder
-from cah_resources.redaction import redact_url
-from cah_resources.release import (
+from cah_resources.crawl.segments import load_registration
+from cah_resources.dataset.release import (
     build_release,
     embeddings_dir,
     finished_clip_pairs_shards,
     merge_embeddings,
     release_dir,
 )
-from cah_resources.report import build_report, png_markdown
+from cah_resources.dataset.report import build_report, png_markdown
+from cah_resources.redaction import redact_url
 from cah_resources.resources import StorageResource
-from cah_resources.segments import load_registration
 from cah_resources.storage import DataRoot
 
 DATASET_KINDS = {"python", "parquet"}

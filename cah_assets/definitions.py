@@ -12,20 +12,20 @@ from cah_assets.automation import (
     segment_flow_sensor,
     segment_schedule,
 )
-from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
-from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import ReportLinks, release, report
 from cah_assets.deployment import Deployment, read_deployment
 from cah_assets.fleet import fleet_sensor
-from cah_assets.image_shards import ImageDownloader, image_shards
-from cah_resources.candidate_rules import CandidateRules
-from cah_resources.common_crawl import COMMON_CRAWL_URL
-from cah_resources.compute import ComputeResource
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import ImageDownloader, image_shards
+from cah_resources.candidates.rules import CandidateRules
 from cah_resources.contract import DATASET_ASSETS, STAGES
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.hetzner import HetznerFleet
+from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL
+from cah_resources.dataset.dedup_index import DedupIndexResource
+from cah_resources.fleet.compute import ComputeResource
+from cah_resources.fleet.hetzner import HetznerFleet
 from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 
 PIPELINE_JOB = "pipeline"

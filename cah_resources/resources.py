@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from cah_resources.common_crawl import COMMON_CRAWL_URL, CrawlSource
 from cah_resources.contract import CATEGORIES
+from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CrawlSource
 from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage_options
 
 if TYPE_CHECKING:
-    from cah_resources.clip_scorer import ScoringSettings
+    from cah_resources.clip_pairs.clip_scorer import ScoringSettings
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -89,7 +89,7 @@ class ClipScorer(dg.ConfigurableResource):
 
     def settings(self) -> ScoringSettings:
         """The plain settings the stage function takes on a worker."""
-        from cah_resources.clip_scorer import ClipModelSpec, ScoringSettings  # torch: only when scoring
+        from cah_resources.clip_pairs.clip_scorer import ClipModelSpec, ScoringSettings  # torch: only when scoring
 
         return ScoringSettings(
             models={
@@ -109,7 +109,12 @@ class ClipScorer(dg.ConfigurableResource):
     @classmethod
     def tiny(cls, **overrides: Any) -> "ClipScorer":
         """The tiny CLIP shipped with cah for every category: offline demo and tests."""
-        from cah_resources.models import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
+        from cah_resources.samples.tiny_clip import (
+            TINY_CLIP_CHECKPOINT,
+            TINY_CLIP_CONFIG,
+            TINY_CLIP_NAME,
+            TINY_CLIP_THRESHOLDS,
+        )
 
         fields: dict[str, Any] = {"open_clip_config": str(TINY_CLIP_CONFIG)}
         for category in CATEGORIES:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from cah_resources.candidates import pair_uid
+from cah_resources.candidates.stage import pair_uid
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CLIP_FIELDS,

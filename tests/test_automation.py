@@ -17,19 +17,19 @@ from cah_assets.automation import (
     read_crawl_list,
     segment_schedule,
 )
-from cah_assets.candidates import candidates
 from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
-from cah_assets.clip_pairs import clip_pairs
 from cah_assets.definitions import defs
-from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
-from cah_resources.candidates import output_paths
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import ImageDownloader, image_shards
+from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import STAGES
-from cah_resources.local_web import LocalImageWeb
+from cah_resources.crawl.segments import load_registration, register_crawl
 from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import load_registration, register_crawl
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import generate_crawl
 
 OLD, NEW = "CC-MAIN-2024-10", "CC-MAIN-2024-18"
 

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 from conftest import skip_or_fail
 
-from cah_resources.dedup_index import (
+from cah_resources.dataset.dedup_index import (
     DedupIndex,
     DedupIndexError,
     DedupIndexResource,

@@ -10,8 +10,8 @@ import pytest
 
 from cah_assets.demo import run_pipeline
 from cah_resources.contract import STAGES
-from cah_resources.release import read_release, release_dir
-from cah_resources.segments import load_registration
+from cah_resources.crawl.segments import load_registration
+from cah_resources.dataset.release import read_release, release_dir
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import yaml
 from dask_peers import cah_worker, make_tls, scheduler, wait_for_worker_names
 from fake_hcloud import FakeHetznerCloud
 
-from cah_resources.hetzner import (
+from cah_resources.fleet.hetzner import (
     LABEL_FLEET,
     LABEL_MANAGED,
     LABEL_ROLE,

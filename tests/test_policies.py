@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from cah_assets.candidates import candidates
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
-from cah_resources.compute import ComputeResource
+from cah_assets.stages.candidates import candidates
+from cah_resources.fleet.compute import ComputeResource
 from cah_resources.resources import StorageResource
 
 

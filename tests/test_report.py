@@ -13,7 +13,7 @@ from contract_layout import Pair, write_segment
 from PIL import Image
 
 from cah_resources.contract import SIMILARITY_EDGES, STAGES
-from cah_resources.report import (
+from cah_resources.dataset.report import (
     build_report,
     collect_facts,
     funnel_table,
@@ -168,7 +168,7 @@ def _boxes_overlap(a, b) -> bool:
 def test_legends_cover_no_bar_or_line(root):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from cah_resources.report import funnel_figure, similarity_figure, top_domains_figure
+    from cah_resources.dataset.report import funnel_figure, similarity_figure, top_domains_figure
 
     facts = collect_facts(root, SEGMENTS)
     for figure in (funnel_figure(facts), similarity_figure(facts), top_domains_figure(facts)):
@@ -182,7 +182,7 @@ def test_legends_cover_no_bar_or_line(root):
 
 
 def test_throughput_has_one_unit_per_axis_and_both_rates(root):
-    from cah_resources.report import throughput_figure
+    from cah_resources.dataset.report import throughput_figure
 
     facts = collect_facts(root, SEGMENTS, wall_seconds={s: 4.0 for s in STAGES})
     figure = throughput_figure(facts)

@@ -18,16 +18,16 @@ import pytest
 import yaml
 from conftest import skip_or_fail
 
-from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
-from cah_resources.compute import ComputeResource
+from cah_assets.stages.candidates import candidates
 from cah_resources.contract import STAGES
+from cah_resources.crawl.segments import register_crawl
+from cah_resources.fleet.compute import ComputeResource
 from cah_resources.resources import CommonCrawl, StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import register_crawl
+from cah_resources.samples.sample_crawl import generate_crawl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -371,7 +371,7 @@ def watermark_scores(image_emb: torch.Tensor, watermark_emb: torch.Tensor, clean
 
 def load_clip(spec: ClipModelSpec, device: str = "auto", precision: str = "auto") -> LoadedClip:
     """The model for ``spec`` on this process, loaded on first use and kept for every later batch."""
-    from cah_resources.gpu_worker import warm_model
+    from cah_resources.fleet.gpu_worker import warm_model
 
     device = resolve_device(device)
     precision = resolve_precision(precision, device)

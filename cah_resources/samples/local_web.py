@@ -20,8 +20,8 @@ import random
 import struct
 import sys
 import threading
-import zlib
 import time
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -29,7 +29,7 @@ import numpy as np
 from aiohttp import web
 from PIL import Image, ImageDraw
 
-from cah_resources.sample_crawl import SHAPES, parse_image_name
+from cah_resources.samples.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
 EXPECTED_STATUS = {

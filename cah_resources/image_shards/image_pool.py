@@ -18,8 +18,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from cah_resources.lifetime import exit_with_parent
-from cah_resources.resizer import ImageOutcome, ResizeSettings, process_image
+from cah_resources.fleet.lifetime import exit_with_parent
+from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, process_image
 
 # Image workers yield the CPU to the event loops that start downloads: those wait on latency,
 # the image work only on throughput, which a lower priority does not take away.

@@ -91,7 +91,7 @@ def render_cloud_init(
         if not _is_requirement(extra):
             raise UserDataError(f"extra package {extra!r} must be one pip requirement, e.g. 's3fs>=2024.6'")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    template = env.from_string(resources.files("cah_resources").joinpath(TEMPLATE).read_text(encoding="utf-8"))
+    template = env.from_string(resources.files("cah_resources.fleet").joinpath(TEMPLATE).read_text(encoding="utf-8"))
     text = template.render(
         fleet=fleet,
         scheduler_address=scheduler_address,

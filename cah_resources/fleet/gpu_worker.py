@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from cah_resources.compute import GPU, ClusterUnavailable, cluster_security
+from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import aiohttp
 from yarl import URL
 
-from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
-from cah_resources.body_reader import REQUEST_OPTIONS, read_body
+from cah_resources.image_shards.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
+from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, read_body
 
 DEFAULT_USER_AGENT = (
     "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"

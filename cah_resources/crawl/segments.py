@@ -6,8 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from cah_resources.common_crawl import CrawlSource
 from cah_resources.contract import segments_manifest_path
+from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.storage import DataRoot
 
 CRAWL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")

@@ -12,19 +12,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cah_resources.body_reader import body_budget
 from cah_resources.contract import IMAGE_SHARDS, candidates_path, finished_shards, shard_paths, stage_folder
-from cah_resources.downloader import Downloader, Fetched, FetchSettings
-from cah_resources.image_pool import ImageWorkers
-from cah_resources.resizer import ImageOutcome, ResizeSettings, check_body_size
-from cah_resources.shard_writer import (
+from cah_resources.fleet.unit_progress import UnitProgress
+from cah_resources.image_shards.body_reader import body_budget
+from cah_resources.image_shards.downloader import Downloader, Fetched, FetchSettings
+from cah_resources.image_shards.image_pool import ImageWorkers
+from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, check_body_size
+from cah_resources.image_shards.shard_writer import (
     MAX_SHARD_SIZE,
     ShardWriter,
     remove_unfinished_files,
     rows_digest,
 )
 from cah_resources.storage import DataRoot
-from cah_resources.unit_progress import UnitProgress
 
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from cah_resources.image_links import CandidateFilters
-from cah_resources.wat import MAX_RECORD_BYTES
+from cah_resources.candidates.image_links import CandidateFilters
+from cah_resources.candidates.wat import MAX_RECORD_BYTES
 
 
 class CandidateRules(dg.ConfigurableResource):

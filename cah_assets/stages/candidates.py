@@ -7,14 +7,20 @@ import dagster as dg
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CANDIDATES_RETRY, permanent_errors, segment_asset
-from cah_resources.candidate_rules import CandidateRules
-from cah_resources.candidates import CATEGORIES, SegmentMergeUnit, WatFileUnit, extract_wat_file, merge_unit, output_paths
-from cah_resources.compute import ComputeResource
-from cah_resources.dedup_index import DedupIndexResource
+from cah_resources.candidates.rules import CandidateRules
+from cah_resources.candidates.stage import (
+    CATEGORIES,
+    SegmentMergeUnit,
+    WatFileUnit,
+    extract_wat_file,
+    merge_unit,
+    output_paths,
+)
+from cah_resources.crawl.segments import registration_for_key
+from cah_resources.dataset.dedup_index import DedupIndexResource
+from cah_resources.fleet.compute import ComputeResource
 from cah_resources.redaction import redact_url
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.segments import registration_for_key
+from cah_resources.resources import CommonCrawl, StorageResource
 from cah_resources.storage import DataRoot
 
 

@@ -1,6 +1,6 @@
 """Trains the tiny CLIP shipped with cah on generated coloured-shape pictures and their captions.
 
-Run ``python -m cah_resources.models.train_tiny_clip`` to reproduce ``cah-tiny-clip.safetensors``
+Run ``python -m cah_resources.samples.tiny_clip.train_tiny_clip`` to reproduce ``cah-tiny-clip.safetensors``
 (seeded; a few minutes on one CPU core). The model is a custom small open_clip config registered
 with ``open_clip.add_model_config`` and built by ``create_model_and_transforms``, the path a user's
 own checkpoint takes. Captions come in English, German, French, Spanish and Russian.
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from cah_resources.models import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
-from cah_resources.models.shapes import ALL_SHAPES, LANGUAGES, captions, draw, jpeg_bytes
+from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
+from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, LANGUAGES, captions, draw, jpeg_bytes
 
 # Every step shows each image every shape's captions (random templates and languages), so the
 # hardest wrong caption (same colour or same shape) is always in view. The loss pulls the right

@@ -4,11 +4,11 @@ import time
 
 import dagster as dg
 
-from cah_assets.image_shards import image_shards
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, permanent_errors, segment_asset
-from cah_resources.clip_pairs import (
+from cah_assets.stages.image_shards import image_shards
+from cah_resources.clip_pairs.stage import (
     histogram_rows,
     pending_units,
     read_kept_sample,
@@ -16,8 +16,8 @@ from cah_resources.clip_pairs import (
     shard_summaries,
     summarize,
 )
-from cah_resources.compute import ComputeResource
 from cah_resources.contract import CATEGORIES, CLIP_PAIRS, stage_folder
+from cah_resources.fleet.compute import ComputeResource
 from cah_resources.redaction import redact_url
 from cah_resources.resources import ClipScorer, StorageResource
 from cah_resources.storage import DataRoot

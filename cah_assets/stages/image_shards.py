@@ -5,13 +5,14 @@ import time
 import dagster as dg
 import dask
 
-from cah_assets.candidates import candidates
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
-from cah_resources.compute import ComputeResource
-from cah_resources.downloader import DEFAULT_USER_AGENT
-from cah_resources.image_shards import (
+from cah_assets.stages.candidates import candidates
+from cah_resources.fleet.compute import ComputeResource
+from cah_resources.image_shards.downloader import DEFAULT_USER_AGENT
+from cah_resources.image_shards.resizer import ResizeSettings
+from cah_resources.image_shards.stage import (
     ShardSettings,
     download_shard,
     plan_shards,
@@ -22,7 +23,6 @@ from cah_resources.image_shards import (
     summarize_markers,
 )
 from cah_resources.redaction import redact_url
-from cah_resources.resizer import ResizeSettings
 from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
 

@@ -12,7 +12,9 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cah_resources.common_crawl import CrawlSource
+from cah_resources.candidates.image_links import CandidateFilters, base_url_of, check_image_links
+from cah_resources.candidates.language import LanguageDetector
+from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CATEGORIES,
@@ -20,10 +22,8 @@ from cah_resources.contract import (
     candidates_path,
     candidates_stats_path,
 )
-from cah_resources.image_links import CandidateFilters, base_url_of, check_image_links
-from cah_resources.language import LanguageDetector
+from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.storage import DataRoot
-from cah_resources.wat import MAX_RECORD_BYTES, iter_pages
 
 # Keys of the per-file counters that are summed into a segment's stats.
 COUNT_KEYS = ("metadata_records", "html_pages", "links_seen", "alt_truncated", "language_calls", "bytes")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cah_resources import sample_crawl
+from cah_resources.samples import sample_crawl
 
 # The sample crawl's six colours and four shapes, so the offline demo's pictures and captions are
 # ones the tiny CLIP has learnt. name -> (rgb, German stem, French masculine, French feminine)

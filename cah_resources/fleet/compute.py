@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import dagster as dg
-from pydantic import PrivateAttr
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
+from pydantic import PrivateAttr
 
-from cah_resources.lifetime import exit_with_parent
-from cah_resources.unit_progress import PROGRESS_TOPIC
+from cah_resources.fleet.lifetime import exit_with_parent
+from cah_resources.fleet.unit_progress import PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ComputeResource(dg.ConfigurableResource):
     def local_gpu_count(self) -> int:
         if self.local_gpus >= 0:
             return self.local_gpus
-        from cah_resources.gpu_worker import count_visible_cuda_devices
+        from cah_resources.fleet.gpu_worker import count_visible_cuda_devices
 
         return count_visible_cuda_devices()
 

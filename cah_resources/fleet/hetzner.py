@@ -20,8 +20,8 @@ from hcloud.server_types import ServerType
 from hcloud.ssh_keys import SSHKey
 
 from cah_resources import retries as retry_policies
-from cah_resources.cloud_init import UserDataError, render_cloud_init
-from cah_resources.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
+from cah_resources.fleet.cloud_init import UserDataError, render_cloud_init
+from cah_resources.fleet.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
 
 HETZNER_API = "https://api.hetzner.cloud/v1"
 TOKENS_ENV = "HCLOUD_TOKENS"
