@@ -42,15 +42,14 @@ from clip_pairs_bench import WORDS
 
 from cah_resources.clip_pairs import stage as clip_pairs
 from cah_resources.clip_pairs.clip_scorer import (
-    ClipModelSpec,
     LoadedClip,
-    ScoringSettings,
     load_clip,
 )
+from cah_resources.clip_pairs.settings import SCORING_DEFAULTS, ClipModelSpec, ScoringSettings
 from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, score_image_shard
 from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, finished_shards, stage_folder
-from cah_resources.resources import ClipScorer
 from cah_resources.samples.local_web import WEB_IMAGE_SIZES, photo_like
+from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
 from cah_resources.samples.tiny_clip.shapes import ShardSample, jpeg_bytes, write_image_shard
 from cah_resources.storage import DataRoot
 
@@ -668,7 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--e2e-batches",
         type=int,
         nargs="+",
-        default=[ClipScorer().batch_size, 1024],
+        default=[SCORING_DEFAULTS.batch_size, 1024],
         help="the first is the stage's default and the one CPU decode and the profiles use",
     )
     parser.add_argument("--e2e-precision", default="fp16", help="the stage's own default on CUDA (precision auto)")
@@ -710,29 +709,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("cah_resources.clip_pairs.clip_scorer").setLevel(logging.WARNING)
 
     if args.dry_run:
-        tiny = ClipScorer.tiny()
-        base = {
-            f: getattr(tiny, f)
-            for f in (
-                "open_clip_config",
-                *(f"{c}_{k}" for c in CATEGORIES for k in ("model", "pretrained", "threshold")),
-            )
-        }
+        models = {c: ClipModelSpec(TINY_CLIP_NAME, str(TINY_CLIP_CHECKPOINT), str(TINY_CLIP_CONFIG)) for c in CATEGORIES}
+        thresholds = dict(TINY_CLIP_THRESHOLDS)
     else:
         # ViT-B-32 with random weights for every category: the cost of a pass does not depend on weights.
-        base = {
-            f"{c}_{k}": v for c in CATEGORIES for k, v in (("model", "ViT-B-32"), ("pretrained", ""))
-        }
+        models = {c: ClipModelSpec("ViT-B-32", "") for c in CATEGORIES}
+        thresholds = dict(SCORING_DEFAULTS.thresholds)
 
     def settings_for(**overrides: Any) -> ScoringSettings:
         fields = {
-            **base,
             "device": args.device,
             "precision": args.e2e_precision if args.device == "cuda" else "fp32",
             "batch_size": args.e2e_batches[0],
             **overrides,
         }
-        return ClipScorer(**fields).settings()
+        return ScoringSettings(models=models, thresholds=thresholds, **fields)
 
     deadline = time.perf_counter() + args.budget_s
 

@@ -27,7 +27,7 @@ REPO = HERE.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from cah_resources.fleet.compute import ComputeResource  # noqa: E402
+from cah_assets.resources import ComputeResource  # noqa: E402
 
 
 def echo(unit: str) -> int:

@@ -121,7 +121,7 @@ IMAGE_SHARDS = textwrap.dedent(
     import pyarrow as pa
     from cah_resources.candidates.stage import output_paths, pair_uid
     from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
-    from cah_resources.fleet.compute import ComputeResource
+    from cah_assets.resources import ComputeResource
     from cah_resources.image_shards.downloader import FetchSettings
     from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
     from cah_resources.image_shards.resizer import ResizeSettings

@@ -16,6 +16,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET
+from cah_assets.resources import ComputeResource, StorageResource
 from cah_resources.contract import CANDIDATES, CLIP_PAIRS, IMAGE_SHARDS
 from cah_resources.dataset.checks import (
     CANDIDATES_CHECKS,
@@ -26,8 +27,6 @@ from cah_resources.dataset.checks import (
     check_clip_pairs,
     check_image_shards,
 )
-from cah_resources.fleet.compute import ComputeResource
-from cah_resources.resources import StorageResource
 
 
 def _target(instance: dg.DagsterInstance, asset_key: dg.AssetKey, segment: str) -> AssetCheckEvaluationTargetMaterializationData | None:

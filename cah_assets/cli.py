@@ -154,8 +154,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
     """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
+    from cah_assets.resources import CommonCrawl, StorageResource
     from cah_resources.crawl.common_crawl import CrawlFileMissing
-    from cah_resources.resources import CommonCrawl, StorageResource
 
     instance, defs = _instance()
     common_crawl = CommonCrawl(base_url=source, retries=0, timeout_s=REGISTER_TIMEOUT_S) if source else \

@@ -4,8 +4,8 @@ import dagster as dg
 from pydantic import Field
 
 from cah_assets.partitions import add_segments
+from cah_assets.resources import CommonCrawl, StorageResource
 from cah_resources.crawl.segments import CrawlRegistration, register_crawl
-from cah_resources.resources import CommonCrawl, StorageResource
 
 
 class RegisterCrawlConfig(dg.Config):

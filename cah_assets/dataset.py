@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from cah_assets.metadata import rows_table
+from cah_assets.resources import ReportLinks, StorageResource
 from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, report_folder
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import (
@@ -13,32 +14,11 @@ from cah_resources.dataset.release import (
     merge_embeddings,
     release_dir,
 )
-from cah_resources.dataset.report import build_report, png_markdown
+from cah_resources.dataset.report import build_report
 from cah_resources.redaction import redact_url
-from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
 
 DATASET_KINDS = {"python", "parquet"}
-
-
-# The Dagster UI renders a markdown metadata value in place only below this many characters (longer
-# ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
-INLINE_MARKDOWN_CHARS = 1000
-
-
-class ReportLinks(dg.ConfigurableResource):
-    """Where a browser reads the data root (e.g. `cah dev`'s file server): the report's plots then show in the UI."""
-
-    files_url: str = ""
-
-    def plot_markdown(self, root: DataRoot, path: str, png: bytes, name: str) -> str:
-        """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
-        prefix = root.path()
-        if self.files_url and path.startswith(prefix):
-            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix):]})"
-            if len(linked) < INLINE_MARKDOWN_CHARS:
-                return linked
-        return png_markdown(png, name)
 
 
 class DatasetConfig(dg.Config):

@@ -4,29 +4,30 @@ import os
 
 import dagster as dg
 
-from cah_assets.automation import (
-    CRAWL_LIST_URL,
-    CrawlDiscovery,
-    SegmentFlow,
-    crawl_discovery_sensor,
-    segment_flow_sensor,
-    segment_schedule,
-)
+from cah_assets.automation import crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.crawls import register_crawl_job
-from cah_assets.dataset import ReportLinks, release, report
+from cah_assets.dataset import release, report
 from cah_assets.deployment import Deployment, read_deployment
 from cah_assets.fleet import fleet_sensor
+from cah_assets.resources import (
+    CandidateRules,
+    ClipScorer,
+    CommonCrawl,
+    ComputeResource,
+    CrawlDiscovery,
+    DedupIndexResource,
+    HetznerFleet,
+    ImageDownloader,
+    ReportLinks,
+    SegmentFlow,
+    StorageResource,
+)
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
-from cah_assets.stages.image_shards import ImageDownloader, image_shards
-from cah_resources.candidates.rules import CandidateRules
+from cah_assets.stages.image_shards import image_shards
 from cah_resources.contract import DATASET_ASSETS, STAGES
-from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL
-from cah_resources.dataset.dedup_index import DedupIndexResource
-from cah_resources.fleet.compute import ComputeResource
-from cah_resources.fleet.hetzner import HetznerFleet
-from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
+from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CRAWL_LIST_URL
 
 PIPELINE_JOB = "pipeline"
 DATASET_JOB = "dataset"

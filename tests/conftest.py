@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cah_resources.fleet.compute import ComputeResource
+from cah_assets.resources import ComputeResource
 from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from cah_resources.candidates.stage import pair_uid
+from cah_resources.clip_pairs.settings import LAION_THRESHOLDS
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CLIP_FIELDS,
@@ -21,7 +22,7 @@ from cah_resources.contract import (
 )
 from cah_resources.storage import DataRoot
 
-THRESHOLDS = {"en": 0.28, "multi": 0.26, "nolang": 0.28}
+THRESHOLDS = LAION_THRESHOLDS
 SHARD_SCHEMA = shard_row_schema()
 CLIP_SCHEMA = pa.schema(list(SHARD_SCHEMA) + list(CLIP_FIELDS))
 

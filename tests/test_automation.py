@@ -9,9 +9,7 @@ import dagster as dg
 import pytest
 
 from cah_assets.automation import (
-    CrawlDiscovery,
     CrawlListError,
-    SegmentFlow,
     choose_crawls,
     crawl_discovery_sensor,
     read_crawl_list,
@@ -21,13 +19,13 @@ from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
+from cah_assets.resources import ClipScorer, CommonCrawl, CrawlDiscovery, ImageDownloader, SegmentFlow, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
-from cah_assets.stages.image_shards import ImageDownloader, image_shards
+from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import STAGES
 from cah_resources.crawl.segments import load_registration, register_crawl
-from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl
 

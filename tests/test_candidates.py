@@ -10,10 +10,10 @@ import pytest
 
 from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
+from cah_assets.resources import CandidateRules, CommonCrawl, DedupIndexResource, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.language import LanguageDetector
-from cah_resources.candidates.rules import CandidateRules
 from cah_resources.candidates.stage import (
     WatFileUnit,
     extract_pairs,
@@ -27,8 +27,6 @@ from cah_resources.candidates.stage import (
 from cah_resources.contract import CANDIDATES_SCHEMA
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.segments import register_crawl
-from cah_resources.dataset.dedup_index import DedupIndexResource
-from cah_resources.resources import CommonCrawl, StorageResource
 
 
 def _rows(table, columns=("url", "text", "page_url", "category", "wat_file")):

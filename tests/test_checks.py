@@ -12,9 +12,10 @@ from contract_layout import THRESHOLDS
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
+from cah_assets.resources import ClipScorer, CommonCrawl, ComputeResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
-from cah_assets.stages.image_shards import ImageDownloader, image_shards
+from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
 from cah_resources.crawl.segments import register_crawl
 from cah_resources.dataset.checks import (
@@ -25,9 +26,7 @@ from cah_resources.dataset.checks import (
     check_clip_pairs,
     check_image_shards,
 )
-from cah_resources.fleet.compute import ComputeResource
 from cah_resources.image_shards.shard_writer import ShardWriter
-from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cah_assets.resources import ClipScorer
 from cah_resources.clip_pairs.stage import (
     ClipPairsUnit,
     pending_units,
@@ -17,7 +18,6 @@ from cah_resources.clip_pairs.stage import (
     shard_summaries,
     summarize,
 )
-from cah_resources.resources import ClipScorer
 from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, ShardSample, captions, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cah_assets.resources import ClipScorer
 from cah_resources.clip_pairs.clip_scorer import (
-    ClipModelSpec,
-    ScoringSettings,
     encode_text,
     load_clip,
     map_halving_on_oom,
@@ -22,7 +21,7 @@ from cah_resources.clip_pairs.clip_scorer import (
     trim_padding,
     watermark_scores,
 )
-from cah_resources.resources import ClipScorer
+from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT
 from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, LANGUAGES, captions, sample_pairs
 

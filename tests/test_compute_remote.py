@@ -15,13 +15,11 @@ from dask_peers import cah_worker, dask_worker, free_port, make_tls, scheduler, 
 from distributed import Client, get_worker
 
 from cah_assets.partitions import segments
+from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
 from cah_assets.stages.candidates import candidates
-from cah_resources.candidates.rules import CandidateRules
 from cah_resources.candidates.stage import output_paths
 from cah_resources.crawl.segments import register_crawl
-from cah_resources.dataset.dedup_index import DedupIndexResource
-from cah_resources.fleet.compute import ClusterUnavailable, ComputeResource
-from cah_resources.resources import CommonCrawl, StorageResource
+from cah_resources.fleet.compute import ClusterUnavailable
 from cah_resources.storage import DataRoot
 
 

@@ -10,7 +10,8 @@ from fake_hcloud import FakeHetznerCloud
 from cah_assets.definitions import defs
 from cah_assets.fleet import fleet_sensor
 from cah_assets.partitions import segments
-from cah_resources.fleet.hetzner import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE, HetznerFleet
+from cah_assets.resources import HetznerFleet
+from cah_resources.fleet.hetzner import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE
 
 TOKEN = "tokenA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
 KEYS = [f"CC-MAIN-2024-10_{i:05d}" for i in range(5)]

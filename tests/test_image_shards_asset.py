@@ -5,14 +5,12 @@ import pytest
 
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
+from cah_assets.resources import CommonCrawl, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
-from cah_assets.stages.image_shards import ImageDownloader, image_shards
+from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
 from cah_resources.crawl.segments import register_crawl
-from cah_resources.dataset.dedup_index import DedupIndexResource
-from cah_resources.fleet.compute import ComputeResource
 from cah_resources.image_shards.stage import read_segment_markers, segment_folder
-from cah_resources.resources import CommonCrawl, StorageResource
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl
 

@@ -147,9 +147,9 @@ def test_width_and_height_fall_back_to_the_stored_size_when_the_original_is_unkn
 def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
     import numpy as np
 
+    from cah_assets.resources import ClipScorer
     from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
     from cah_resources.dataset.release import embeddings_dir, finished_clip_pairs_shards, merge_embeddings
-    from cah_resources.resources import ClipScorer
     from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 
     settings = ClipScorer.tiny(batch_size=8, decode_workers=1, write_embeddings=True).settings()

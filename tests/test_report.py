@@ -203,8 +203,9 @@ def _stage_run(stage: str, seconds: float):
 
 
 def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_inline(root):
-    from cah_assets.dataset import INLINE_MARKDOWN_CHARS, ReportLinks, stage_run_seconds
+    from cah_assets.dataset import stage_run_seconds
     from cah_assets.partitions import segments
+    from cah_assets.resources import INLINE_MARKDOWN_CHARS, ReportLinks
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, SEGMENTS)

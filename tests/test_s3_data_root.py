@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
+from cah_assets.resources import StorageResource
 from cah_resources.candidates.stage import output_paths, pair_uid
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
 from cah_resources.image_shards.downloader import FetchSettings
@@ -22,7 +23,6 @@ from cah_resources.image_shards.stage import (
     plan_shards,
     segment_folder,
 )
-from cah_resources.resources import StorageResource
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.storage import DataRoot
 
@@ -223,10 +223,9 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
     from cah_assets.crawls import register_and_add
     from cah_assets.definitions import defs
     from cah_assets.demo import demo_resources
+    from cah_assets.resources import ComputeResource, DedupIndexResource
     from cah_resources.contract import DATASET_ASSETS as DATASET
     from cah_resources.contract import STAGES
-    from cah_resources.dataset.dedup_index import DedupIndexResource
-    from cah_resources.fleet.compute import ComputeResource
     from cah_resources.samples.sample_crawl import generate_crawl
 
     work = tmp_path_factory.mktemp("pipeline_on_s3")

@@ -22,11 +22,10 @@ from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
+from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_resources.contract import STAGES
 from cah_resources.crawl.segments import register_crawl
-from cah_resources.fleet.compute import ComputeResource
-from cah_resources.resources import CommonCrawl, StorageResource
 from cah_resources.samples.sample_crawl import generate_crawl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -1,6 +1,6 @@
 """Progress inside a long unit: throttled lines, and their way from a Dask worker to the run."""
 
-from cah_resources.fleet.compute import ComputeResource
+from cah_assets.resources import ComputeResource
 from cah_resources.fleet.unit_progress import UnitProgress
 
 

@@ -7,7 +7,7 @@ import dagster as dg
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CANDIDATES_RETRY, permanent_errors, segment_asset
-from cah_resources.candidates.rules import CandidateRules
+from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
 from cah_resources.candidates.stage import (
     CATEGORIES,
     SegmentMergeUnit,
@@ -17,10 +17,7 @@ from cah_resources.candidates.stage import (
     output_paths,
 )
 from cah_resources.crawl.segments import registration_for_key
-from cah_resources.dataset.dedup_index import DedupIndexResource
-from cah_resources.fleet.compute import ComputeResource
 from cah_resources.redaction import redact_url
-from cah_resources.resources import CommonCrawl, StorageResource
 from cah_resources.storage import DataRoot
 
 

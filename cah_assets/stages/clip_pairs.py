@@ -7,6 +7,7 @@ import dagster as dg
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, permanent_errors, segment_asset
+from cah_assets.resources import ClipScorer, ComputeResource, StorageResource
 from cah_assets.stages.image_shards import image_shards
 from cah_resources.clip_pairs.stage import (
     histogram_rows,
@@ -17,9 +18,7 @@ from cah_resources.clip_pairs.stage import (
     summarize,
 )
 from cah_resources.contract import CATEGORIES, CLIP_PAIRS, stage_folder
-from cah_resources.fleet.compute import ComputeResource
 from cah_resources.redaction import redact_url
-from cah_resources.resources import ClipScorer, StorageResource
 from cah_resources.storage import DataRoot
 
 

@@ -8,12 +8,9 @@ import dask
 from cah_assets.metadata import counts_table, rate, rows_table
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
+from cah_assets.resources import ComputeResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
-from cah_resources.fleet.compute import ComputeResource
-from cah_resources.image_shards.downloader import DEFAULT_USER_AGENT
-from cah_resources.image_shards.resizer import ResizeSettings
 from cah_resources.image_shards.stage import (
-    ShardSettings,
     download_shard,
     plan_shards,
     read_marker,
@@ -23,51 +20,7 @@ from cah_resources.image_shards.stage import (
     summarize_markers,
 )
 from cah_resources.redaction import redact_url
-from cah_resources.resources import StorageResource
 from cah_resources.storage import DataRoot
-
-
-class ImageDownloader(dg.ConfigurableResource):
-    """How image_shards downloads: network limits, the address guard, image checks, resizing, shard size."""
-
-    concurrency: int = 256
-    per_host_connections: int = 16
-    connect_timeout: float = 10.0
-    read_timeout: float = 20.0
-    total_timeout: float = 60.0
-    max_body_bytes: int = 20_000_000
-    max_redirects: int = 5
-    retries: int = 2
-    retry_backoff: float = 0.5
-    max_retry_after: float = 30.0
-    user_agent: str = DEFAULT_USER_AGENT
-    user_agent_token: str = "cah"
-    honour_robots_noai: bool = True
-    disallowed_robots_directives: list[str] = ["noai", "noimageai"]
-    # Private/loopback networks the downloader may reach anyway (tests, an intranet mirror).
-    allowed_networks: list[str] = []
-    block_private_addresses: bool = True
-    verify_tls: bool = True
-    resize_mode: str = "border"
-    image_size: int = 256
-    resize_only_if_bigger: bool = False
-    encode_quality: int = 95
-    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP"]
-    min_bytes: int = 5000
-    min_side: int = 0
-    max_pixels: int = 89_478_485
-    max_aspect_ratio: float = 10.0
-    # Decode cost: JPEG scans x pixels refused before decoding ('too_costly'), CPU seconds per image
-    # in its worker process ('decode_timeout'); 0 = no limit.
-    max_scan_pixels: int = ResizeSettings.max_scan_pixels
-    max_decode_cpu_seconds: float = ResizeSettings.max_decode_cpu_seconds
-    shard_size: int = 10_000
-    image_processes: int = ShardSettings.image_processes
-    # Downloaded bytes waiting for the image workers per shard task; past it new downloads wait.
-    image_backlog_bytes: int = ShardSettings.image_backlog_bytes
-
-    def settings(self) -> ShardSettings:
-        return ShardSettings.from_flat(self.model_dump())
 
 
 @segment_asset(

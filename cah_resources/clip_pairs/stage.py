@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cah_resources.clip_pairs.clip_scorer import ClipModelSpec, LoadedClip, ScoringSettings, load_clip
+from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
+from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.contract import (
     CATEGORIES,
     CLIP_PAIRS,

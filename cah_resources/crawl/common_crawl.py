@@ -16,6 +16,7 @@ from cah_resources import retries as retry_policies
 from cah_resources.redaction import redact_url
 
 COMMON_CRAWL_URL = "https://data.commoncrawl.org"
+CRAWL_LIST_URL = "https://index.commoncrawl.org/collinfo.json"  # every crawl's id, newest first
 USER_AGENT = "cah/0.1 (Crawling@Home on Dagster; +https://github.com/) aiohttp"
 CHUNK = 1 << 20
 

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
@@ -470,23 +469,6 @@ class _PostgresSession(_Session):
 
     def end_read(self) -> None:
         self.conn.rollback()
-
-
-class DedupIndexResource(dg.ConfigurableResource):
-    """Global (url, text) dedup index: SQLite under the data root by default, Postgres in deploy.
-
-    Set ``url`` with ``dg.EnvVar("CAH_DEDUP_URL")`` when it carries a password; it is never
-    logged (``DedupIndex`` and errors show it redacted).
-    """
-
-    url: str = ""
-    table: str = DEFAULT_TABLE
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    def index(self, data_root: DataRoot | None = None) -> DedupIndex:
-        """The index to use; with no ``url``, a SQLite file under the (local) data root."""
-        url = self.url or default_sqlite_url(data_root)
-        return DedupIndex(url=url, table=self.table, batch_size=self.batch_size)
 
 
 def default_sqlite_url(data_root: DataRoot | None) -> str:

@@ -8,12 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-import dagster as dg
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
-from pydantic import PrivateAttr
 
 from cah_resources.fleet.lifetime import exit_with_parent
 from cah_resources.fleet.unit_progress import PROGRESS_TOPIC
@@ -105,39 +103,12 @@ def can_satisfy(resources: dict[str, float], advertised: Iterable[dict[str, floa
     return any(all(have.get(k, 0) >= v for k, v in resources.items()) for have in advertised)
 
 
-class ComputeResource(dg.ConfigurableResource):
-    """Dask distributed cluster the assets submit their work to (a LocalCluster by default)."""
+class DaskCompute:
+    """What the compute resource does, without Dagster: start or reach the cluster, place and run units.
 
-    # "local" or "remote"; empty: $CAH_COMPUTE_MODE, else "local".
-    mode: str = ""
-    n_workers: int = 0
-    threads_per_worker: int = 1
-    processes: bool = True
-    memory_limit: str = "auto"
-    # empty: $CAH_SCHEDULER_ADDRESS
-    scheduler_address: str = ""
-    task_retries: int = 2
-    # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off).
-    local_gpus: int = -1
-    # When no worker advertises GPU, GPU work runs on CPU workers instead of failing the run.
-    allow_cpu_fallback: bool = True
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    connect_timeout_s: float = 30.0
-
-    # Inside a Dagster run the local cluster is started once and kept for every step and call of
-    # that run process (starting one costs seconds); outside a run each client() makes its own.
-    _keep_cluster: bool = PrivateAttr(default=False)
-    _cluster: SpecCluster | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._keep_cluster = True
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
+    Its fields (mode, n_workers, ..., and the kept cluster) are declared by the Dagster resource that
+    inherits it, ``cah_assets.resources.ComputeResource``.
+    """
 
     @property
     def resolved_mode(self) -> str:

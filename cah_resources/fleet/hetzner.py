@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import dagster as dg
 import requests
 from hcloud import APIException, Client
 from hcloud.actions import ActionFailedException, ActionTimeoutException
@@ -448,40 +447,6 @@ def _env_default(field_name: str, environ: dict[str, str] | None = None):
     default = getattr(DEFAULTS, field_name)
     raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
     return default if raw is None else type(default)(raw)
-
-
-class HetznerFleet(dg.ConfigurableResource):
-    """CPU runners on Hetzner Cloud that join the Dask scheduler; tokens come from HCLOUD_TOKENS, never config."""
-
-    name: str = DEFAULTS.name
-    server_type: str = DEFAULTS.server_type
-    location: str = DEFAULTS.location
-    image: str = DEFAULTS.image
-    ssh_keys: list[str] = list(DEFAULTS.ssh_keys)
-    max_servers: int = DEFAULTS.max_servers
-    max_price_per_hour: float = DEFAULTS.max_price_per_hour
-    scheduler_address: str = DEFAULTS.scheduler_address
-    tls_dir: str = DEFAULTS.tls_dir
-    package: str = DEFAULTS.package
-    extra_packages: list[str] = list(DEFAULTS.extra_packages)
-    nthreads: int = DEFAULTS.nthreads
-    join_timeout_s: float = DEFAULTS.join_timeout_s
-    endpoint: str = DEFAULTS.endpoint
-    # Backlog sizing (fleet sensor): one runner per this many segments queued or running.
-    segments_per_server: int = 4
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> HetznerFleet:
-        """The resource as a deployment configures it through FLEET_ENV (unset variables keep the defaults)."""
-        return cls(**{name: _env_default(name, environ) for name in FLEET_ENV})
-
-    def settings(self) -> FleetSettings:
-        shared = [name for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields]
-        values = {name: getattr(self, name) for name in shared}
-        return FleetSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def fleet(self, progress: Progress | None = None) -> Fleet:
-        return Fleet(self.settings(), load_projects(), progress=progress)
 
 
 def servers_for_backlog(pending_units: int, units_per_server: int, max_servers: int) -> int:

@@ -67,7 +67,6 @@ EXPECTED_STATUS = {
     "robots_noai": "robots_noai",
     "robots_noimageai": "robots_noai",
 }
-OK_KINDS = tuple(k for k, v in EXPECTED_STATUS.items() if v == "ok")
 
 # A web-like mix for benchmarks and demos: mostly good images, the usual share of dead links,
 # a few of everything else. Weights are relative.
