@@ -221,8 +221,8 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
         image_shards_checks,
     )
     from cah_assets.crawls import register_and_add
-    from cah_assets.definitions import defs
-    from cah_assets.demo import demo_resources
+    from cah_assets.definitions import defs, deployment_resources
+    from cah_assets.deployment import Deployment
     from cah_assets.resources import ComputeResource, DedupIndexResource
     from cah_resources.contract import DATASET_ASSETS as DATASET
     from cah_resources.contract import STAGES
@@ -248,7 +248,7 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
             crawl = generate_crawl(str(work / "crawl"), wat_files=1, pages_per_file=24, seed=3, mismatch_rate=0.3,
                                    missing_rate=0.1, image_base=web.origins[:4], page_base=web.origins[4:])
             resources = {
-                **demo_resources(crawl.root, str(work / "unused")),
+                **deployment_resources(Deployment("demo", crawl_source=crawl.root, data_root=str(work / "unused"))),
                 "storage": StorageResource(root=bucket_root.url, endpoint_url=s3_peer, access_key_id=ACCESS_KEY,
                                            secret_access_key=dg.EnvVar("CAH_TEST_PLANTED_SECRET"), region=REGION),
                 "compute": ComputeResource(n_workers=2, processes=True),
