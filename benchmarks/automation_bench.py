@@ -23,13 +23,13 @@ import warnings
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
-from cah_assets.candidates import candidates
 from cah_assets.checks import CANDIDATES_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
-from cah_assets.clip_pairs import clip_pairs
 from cah_assets.definitions import defs
-from cah_assets.image_shards import image_shards
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import image_shards
 
 LATER = ("image_shards", "clip_pairs")
 

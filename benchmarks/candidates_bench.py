@@ -356,8 +356,8 @@ def measure_ceiling(path: str) -> dict:
 def measure_extraction(path: str) -> dict:
     from collections import Counter
 
-    from cah_resources.candidates import extract_pairs
-    from cah_resources.image_links import CandidateFilters
+    from cah_resources.candidates.image_links import CandidateFilters
+    from cah_resources.candidates.stage import extract_pairs
 
     counts: Counter = Counter()
     started = clock()
@@ -372,9 +372,9 @@ def measure_step(path: str) -> dict:
 
     import pyarrow.compute as pc
 
-    from cah_resources.candidates import WatFileUnit, extract_wat_file, part_paths
-    from cah_resources.common_crawl import CrawlSource
-    from cah_resources.language import LanguageDetector
+    from cah_resources.candidates.language import LanguageDetector
+    from cah_resources.candidates.stage import WatFileUnit, extract_wat_file, part_paths
+    from cah_resources.crawl.common_crawl import CrawlSource
     from cah_resources.storage import DataRoot
 
     crawl_root = str(Path(path).parents[2])
@@ -400,9 +400,8 @@ def measure_step(path: str) -> dict:
 def measure_cc2dataset(path: str) -> dict:
     from importlib.metadata import version
 
-    from loguru import logger
-
     from cc2dataset.main import process_wat
+    from loguru import logger
 
     logger.remove()  # its per-file log lines would only add noise to the figure
     started = clock()
@@ -417,8 +416,8 @@ def check_url_fast_path(path: Path) -> tuple[int, int]:
     """
     from collections import Counter
 
-    from cah_resources import image_links
-    from cah_resources.wat import iter_pages
+    from cah_resources.candidates import image_links
+    from cah_resources.candidates.wat import iter_pages
 
     links = fast = 0
     for page in iter_pages(str(path), Counter()):

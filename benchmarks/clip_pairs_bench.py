@@ -33,9 +33,11 @@ from pathlib import Path
 
 import torch
 
-from cah_resources.clip_pairs import ClipPairsUnit, score_image_shard
-from cah_resources.clip_scorer import CATEGORIES, ClipModelSpec, ScoringSettings, load_clip
-from cah_resources.models.shapes import ALL_SHAPES, ShardSample, draw, jpeg_bytes, write_image_shard
+from cah_resources.clip_pairs.clip_scorer import load_clip
+from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
+from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
+from cah_resources.contract import CATEGORIES
+from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, ShardSample, draw, jpeg_bytes, write_image_shard
 from cah_resources.storage import DataRoot
 
 HERE = Path(__file__).resolve().parent

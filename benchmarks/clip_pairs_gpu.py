@@ -40,17 +40,17 @@ from typing import Any
 import torch
 from clip_pairs_bench import WORDS
 
-from cah_resources import clip_pairs
-from cah_resources.clip_pairs import ClipPairsUnit, iter_tar_images, score_image_shard
-from cah_resources.clip_scorer import (
-    ClipModelSpec,
+from cah_resources.clip_pairs import stage as clip_pairs
+from cah_resources.clip_pairs.clip_scorer import (
     LoadedClip,
-    ScoringSettings,
     load_clip,
 )
-from cah_resources.local_web import WEB_IMAGE_SIZES, photo_like
-from cah_resources.models.shapes import ShardSample, jpeg_bytes, write_image_shard
-from cah_resources.resources import ClipScorer
+from cah_resources.clip_pairs.settings import SCORING_DEFAULTS, ClipModelSpec, ScoringSettings
+from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, score_image_shard
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, finished_shards, stage_folder
+from cah_resources.samples.local_web import WEB_IMAGE_SIZES, photo_like
+from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
+from cah_resources.samples.tiny_clip.shapes import ShardSample, jpeg_bytes, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-GPUBENCH_00000"
@@ -159,9 +159,8 @@ def make_shards(
 
 def units_of(work: Path) -> list[ClipPairsUnit]:
     root = DataRoot(str(work))
-    return [
-        ClipPairsUnit(root, SEGMENT, shard) for shard in clip_pairs._shards_with_marker(root, "image_shards", SEGMENT)
-    ]
+    finished = finished_shards(root, stage_folder(root, IMAGE_SHARDS, SEGMENT))
+    return [ClipPairsUnit(root, SEGMENT, int(name)) for name in finished]
 
 
 def sample_inputs(unit: ClipPairsUnit, limit: int) -> tuple[list[bytes], list[str]]:
@@ -191,7 +190,7 @@ def timed(device: str, run: Callable[[], Any], iters: int, warmups: int = 2) -> 
 
 def model_only(args: argparse.Namespace, specs: list[ClipModelSpec], texts: list[str]) -> dict[str, Any]:
     """Each model's towers on inputs already on the device: images/s per precision and batch."""
-    from cah_resources.clip_scorer import encode_text, trim_padding
+    from cah_resources.clip_pairs.clip_scorer import encode_text, trim_padding
 
     rows, skipped = [], []
     precisions = args.precisions if args.device == "cuda" else ["fp32"]
@@ -248,7 +247,7 @@ class OomCounter(logging.Handler):
 def score_all(units: list[ClipPairsUnit], settings: ScoringSettings, oom: OomCounter) -> dict[str, Any]:
     """score_image_shard over every unit from scratch: rate, rows, peak memory, OOM-halving."""
     root = units[0].root
-    root.remove(root.path(clip_pairs.STAGE))
+    root.remove(root.path(CLIP_PAIRS))
     device = load_clip(settings.models["en"], settings.device, settings.precision).device
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -329,7 +328,7 @@ def profile_one_shard(unit: ClipPairsUnit, settings: ScoringSettings, out: Path,
     """torch profiler over one shard: the stage's steps as labelled ranges, the table saved under out."""
     from torch.profiler import ProfilerActivity, profile
 
-    unit.root.remove(unit.root.path(clip_pairs.STAGE))
+    unit.root.remove(unit.root.path(CLIP_PAIRS))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device == "cuda" else [])
     clock: dict[str, list[float]] = {}
     undo = [labelled(*entry, clock) for entry in PROFILE_LABELS]
@@ -546,7 +545,7 @@ def worker_part(
     """``cah worker --gpu`` (``cah worker`` on CPU in a dry run) joins a scheduler started here and scores a shard."""
     from distributed import Client, LocalCluster
 
-    from cah_resources.compute import GPU
+    from cah_resources.fleet.compute import GPU
 
     result: dict[str, Any] = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
@@ -590,7 +589,7 @@ def worker_part(
             result["joined_s"] = round(time.perf_counter() - started, 1)
             result["workers"] = {w["name"]: w.get("resources", {}) for w in client.scheduler_info()["workers"].values()}
             unit = units[0]
-            unit.root.remove(unit.root.path(clip_pairs.STAGE))
+            unit.root.remove(unit.root.path(CLIP_PAIRS))
             future = client.submit(score_image_shard, unit, settings_for(), resources=resources, pure=False)
             summary = future.result(timeout=args.worker_timeout)
             future.release()
@@ -668,7 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--e2e-batches",
         type=int,
         nargs="+",
-        default=[ClipScorer().batch_size, 1024],
+        default=[SCORING_DEFAULTS.batch_size, 1024],
         help="the first is the stage's default and the one CPU decode and the profiles use",
     )
     parser.add_argument("--e2e-precision", default="fp16", help="the stage's own default on CUDA (precision auto)")
@@ -706,33 +705,25 @@ def main(argv: list[str] | None = None) -> int:
     say(f"== clip_pairs_gpu: {label}")
     report = Report(out, {"dry_run": args.dry_run, "label": label, "args": vars(args)})
     oom = OomCounter()
-    logging.getLogger("cah_resources.clip_scorer").addHandler(oom)
-    logging.getLogger("cah_resources.clip_scorer").setLevel(logging.WARNING)
+    logging.getLogger("cah_resources.clip_pairs.clip_scorer").addHandler(oom)
+    logging.getLogger("cah_resources.clip_pairs.clip_scorer").setLevel(logging.WARNING)
 
     if args.dry_run:
-        tiny = ClipScorer.tiny()
-        base = {
-            f: getattr(tiny, f)
-            for f in (
-                "open_clip_config",
-                *(f"{c}_{k}" for c in ("en", "multi", "nolang") for k in ("model", "pretrained", "threshold")),
-            )
-        }
+        models = {c: ClipModelSpec(TINY_CLIP_NAME, str(TINY_CLIP_CHECKPOINT), str(TINY_CLIP_CONFIG)) for c in CATEGORIES}
+        thresholds = dict(TINY_CLIP_THRESHOLDS)
     else:
         # ViT-B-32 with random weights for every category: the cost of a pass does not depend on weights.
-        base = {
-            f"{c}_{k}": v for c in ("en", "multi", "nolang") for k, v in (("model", "ViT-B-32"), ("pretrained", ""))
-        }
+        models = {c: ClipModelSpec("ViT-B-32", "") for c in CATEGORIES}
+        thresholds = dict(SCORING_DEFAULTS.thresholds)
 
     def settings_for(**overrides: Any) -> ScoringSettings:
         fields = {
-            **base,
             "device": args.device,
             "precision": args.e2e_precision if args.device == "cuda" else "fp32",
             "batch_size": args.e2e_batches[0],
             **overrides,
         }
-        return ClipScorer(**fields).settings()
+        return ScoringSettings(models=models, thresholds=thresholds, **fields)
 
     deadline = time.perf_counter() + args.budget_s
 

@@ -51,8 +51,8 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # On the device, fail in one line before any work when an import is missing (a wheel left off the
 # list); the dry run skips it, its shared venv has everything and the check costs a torch import.
-if [ "$DRY" = 0 ] && ! failed=$("$PYTHON" -c "import open_clip, distributed, dagster, cah_resources.gpu_worker, \
-cah_resources.resources, cah_resources.clip_pairs, cah_resources.local_web" 2>&1); then
+if [ "$DRY" = 0 ] && ! failed=$("$PYTHON" -c "import open_clip, distributed, dagster, cah_resources.fleet.gpu_worker, \
+cah_resources.clip_pairs.settings, cah_resources.clip_pairs.stage, cah_resources.samples.local_web" 2>&1); then
   echo "$failed" | tail -1
   echo "clip_pairs_gpu: an import failed (above); add its wheel to $LIST"
   exit 2

@@ -27,7 +27,7 @@ REPO = HERE.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from cah_resources.compute import ComputeResource  # noqa: E402
+from cah_assets.resources import ComputeResource  # noqa: E402
 
 
 def echo(unit: str) -> int:
@@ -65,7 +65,7 @@ def start_cluster(tls: Path | None, work: Path, workers: int) -> tuple[str, list
     procs = [_start(sched, work / f"scheduler-{port}.log")]
     time.sleep(3)
     argv = ["--scheduler", address, "--name", f"bench{port}", *worker]
-    code = f"import sys; from cah_resources.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
+    code = f"import sys; from cah_resources.fleet.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
     procs.append(_start([sys.executable, "-c", code], work / f"worker-{port}.log"))
     return address, procs
 

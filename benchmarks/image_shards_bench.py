@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
 
-A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
+A fake web (cah_resources.samples.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
 truncated and corrupt bodies, redirect chains and loops, oversized bodies, a bomb, noai) serves
 the same URL list to every contender, each in a fresh process, interleaved round by round; the
@@ -15,7 +15,7 @@ best round of each counts. It runs twice, once per image regime: web-sized photo
 thumbnails, where the network and the downloader's own work dominate and the fetch-only
 ceiling is the bound that means something. A third regime, hostnames, is the real web's shape:
 the thumbnails' URLs, fault mix and hosts, but every URL on a hostname of its own, answered by
-a local DNS server (cah_resources.local_dns) after 30-150 ms per lookup (nothing is cached
+a local DNS server (cah_resources.samples.local_dns) after 30-150 ms per lookup (nothing is cached
 server-side, so every lookup a contender sends costs that). Every contender resolves through it:
 image_shards and the ceiling through c-ares pointed at its port, img2dataset through glibc (it
 has no resolver setting), so the server also answers on 127.0.0.53:53 and img2dataset runs in
@@ -54,7 +54,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -82,14 +81,14 @@ SYSTEM_RESOLVER = ("127.0.0.53", 53)  # where glibc (img2dataset) is sent, throu
 class FakeWeb:
     def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool,
                  hostnames: bool = False) -> None:
-        command = [sys.executable, "-m", "cah_resources.local_web", "--hosts", str(hosts), "--count", str(count),
+        command = [sys.executable, "-m", "cah_resources.samples.local_web", "--hosts", str(hosts), "--count", str(count),
                    "--latency", str(latency[0]), str(latency[1]), "--seed", str(seed)]
         command += [] if small else ["--web-sized"]
         command += ["--hostnames"] if hostnames else []
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
-            raise SystemExit("the fake web did not start; run `python -m cah_resources.local_web` to see why")
+            raise SystemExit("the fake web did not start; run `python -m cah_resources.samples.local_web` to see why")
         self.urls = [tuple(entry) for entry in json.loads(line)]
         self.nameserver, self.literal_urls, self.dns = "", [], None
         if hostnames:
@@ -97,7 +96,7 @@ class FakeWeb:
             self.literal_urls = named["literal_urls"]
             # The DNS server in a process of its own, as a real resolver is: not behind the web's GIL.
             self.dns = subprocess.Popen(
-                [sys.executable, "-m", "cah_resources.local_dns", "--addresses", ",".join(named["addresses"]),
+                [sys.executable, "-m", "cah_resources.samples.local_dns", "--addresses", ",".join(named["addresses"]),
                  "--latency", *map(str, DNS_LATENCY), "--listen", "{}:{}".format(*SYSTEM_RESOLVER)],
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = self.dns.stdout.readline()
@@ -160,11 +159,12 @@ IMAGE_SHARDS = textwrap.dedent(
     import json, math, sys
     import dask
     import pyarrow as pa
-    from cah_resources.candidates import SCHEMA, output_paths, pair_uid
-    from cah_resources.compute import ComputeResource
-    from cah_resources.downloader import FetchSettings
-    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
-    from cah_resources.resizer import ResizeSettings
+    from cah_resources.candidates.stage import output_paths, pair_uid
+    from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
+    from cah_assets.resources import ComputeResource
+    from cah_resources.image_shards.downloader import FetchSettings
+    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
+    from cah_resources.image_shards.resizer import ResizeSettings
     from cah_resources.storage import DataRoot
 
     urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]

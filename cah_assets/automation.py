@@ -8,17 +8,13 @@ import urllib.request
 import warnings
 
 import dagster as dg
-from pydantic import Field
 
-from cah_assets.partitions import ADD_BATCH, segments
-from cah_assets.policies import MAX_IN_FLIGHT, MAX_REQUESTS_PER_TICK
-from cah_resources.common_crawl import USER_AGENT
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.segments import parse_segment_key, register_crawl
+from cah_assets.partitions import segments
+from cah_assets.resources import CommonCrawl, CrawlDiscovery, SegmentFlow, StorageResource
+from cah_resources.contract import STAGES
+from cah_resources.crawl.common_crawl import USER_AGENT
+from cah_resources.crawl.segments import parse_segment_key, register_crawl
 
-CRAWL_LIST_URL = "https://index.commoncrawl.org/collinfo.json"
-STAGES = ("candidates", "image_shards", "clip_pairs")
 TRIGGER_TAG = "cah/trigger"
 
 
@@ -55,16 +51,6 @@ def choose_crawls(ids: list[str], include: str, newest: int) -> list[str]:
     """The ``newest`` crawls whose id matches ``include``, newest first (crawl ids sort by date)."""
     pattern = re.compile(include)
     return sorted({i for i in ids if pattern.search(i)}, reverse=True)[: max(newest, 0)]
-
-
-class CrawlDiscovery(dg.ConfigurableResource):
-    """Which crawls the discovery sensor registers, and how fast it adds their segments as partitions."""
-
-    crawl_list: str = Field(CRAWL_LIST_URL, description="URL or local path of a collinfo.json-style crawl list")
-    include: str = Field(r"^CC-MAIN-\d{4}-\d{2}$", description="regular expression a crawl id must match")
-    newest: int = Field(1, description="register the newest N matching crawls (each adds ~2000 partitions)")
-    files_per_segment: int = Field(0, description="WAT files per segment; 0 sizes each crawl to about 2000 segments")
-    segments_per_tick: int = Field(ADD_BATCH, description="at most this many new partitions per sensor tick")
 
 
 def _load_cursor(raw: str | None) -> dict[str, int]:
@@ -114,14 +100,6 @@ def crawl_discovery_sensor(
     if not new_keys:
         return dg.SensorResult(cursor=cursor, skip_reason="; ".join(notes) or f"no new segments in {crawls or 'no matching crawl'}")
     return dg.SensorResult(dynamic_partitions_requests=[segments.build_add_request(new_keys)], cursor=cursor)
-
-
-class SegmentFlow(dg.ConfigurableResource):
-    """How fast the schedule feeds segments into the pipeline."""
-
-    crawls: list[str] = Field([], description="active crawls, in order; empty: every registered crawl, newest first")
-    segments_per_tick: int = Field(MAX_REQUESTS_PER_TICK, description="segments requested per schedule tick")
-    max_in_flight: int = Field(MAX_IN_FLIGHT, description="segments with a stage queued or running, at most")
 
 
 def pipeline_status(instance: dg.DagsterInstance, keys: list[str], stages: list[str]) -> dict[str, dict[str, dg.AssetPartitionStatus | None]]:

@@ -7,10 +7,11 @@ import time
 
 import click
 
+from cah_resources.contract import STAGES
+
 REGISTER_ATTEMPTS = 3  # a crawl source that stays unreachable this many times is reported, not waited on
 REGISTER_TIMEOUT_S = 30.0
 REGISTER_BACKOFF_S = 2.0
-STAGE_NAMES = ("candidates", "image_shards", "clip_pairs")  # the order they run in (cah_resources.report.STAGES)
 RANGE = ".."
 
 
@@ -137,7 +138,7 @@ def dev(port: int) -> None:
 def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int):
     """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
     from cah_assets.crawls import register_and_add
-    from cah_resources.common_crawl import CrawlFileMissing, IncompleteDownload
+    from cah_resources.crawl.common_crawl import CrawlFileMissing, IncompleteDownload
 
     for attempt in range(1, REGISTER_ATTEMPTS + 1):
         try:
@@ -167,8 +168,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
     """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
-    from cah_resources.common_crawl import CrawlFileMissing
-    from cah_resources.resources import CommonCrawl, StorageResource
+    from cah_assets.resources import CommonCrawl, StorageResource
+    from cah_resources.crawl.common_crawl import CrawlFileMissing
 
     instance, defs = _instance()
     common_crawl = CommonCrawl(base_url=source, retries=0, timeout_s=REGISTER_TIMEOUT_S) if source else \
@@ -188,7 +189,7 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     """Segment keys from KEY, FIRST..LAST (a range of registered keys) or a crawl id (all its segments)."""
-    from cah_resources.segments import parse_segment_key
+    from cah_resources.crawl.segments import parse_segment_key
 
     crawls = {}
     for key in known:
@@ -214,7 +215,7 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
 
 @cah.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGE_NAMES),
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
               help="Stage to run (repeatable); default: all three, in order.")
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).
@@ -227,8 +228,8 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
 
     instance, defs = _instance()
     keys = expand_segments(segments, instance.get_dynamic_partitions(segment_partitions.name))
-    picked = tuple(s for s in STAGE_NAMES if s in stages) or STAGE_NAMES
-    jobs = [PIPELINE_JOB] if picked == STAGE_NAMES else [stage_job_name(s) for s in picked]
+    picked = tuple(s for s in STAGES if s in stages) or STAGES
+    jobs = [PIPELINE_JOB] if picked == STAGES else [stage_job_name(s) for s in picked]
     failed = []
     with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:
         for key in keys:
@@ -253,7 +254,7 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def fleet(argv: tuple[str, ...]) -> None:
     """Hetzner CPU runners: up N | down | status (`cah fleet --help` for options)."""
-    from cah_resources.hetzner import fleet_main
+    from cah_resources.fleet.hetzner import fleet_main
 
     sys.exit(fleet_main(list(argv)))
 
@@ -262,7 +263,7 @@ def fleet(argv: tuple[str, ...]) -> None:
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def worker(argv: tuple[str, ...]) -> None:
     """Join a Dask cluster as CPU runners or, with --gpu, a GPU executor (`cah worker --help` for options)."""
-    from cah_resources.gpu_worker import worker_main
+    from cah_resources.fleet.gpu_worker import worker_main
 
     sys.exit(worker_main(list(argv)))
 

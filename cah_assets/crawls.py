@@ -4,9 +4,8 @@ import dagster as dg
 from pydantic import Field
 
 from cah_assets.partitions import add_segments
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.segments import CrawlRegistration, register_crawl
+from cah_assets.resources import CommonCrawl, StorageResource
+from cah_resources.crawl.segments import CrawlRegistration, register_crawl
 
 
 class RegisterCrawlConfig(dg.Config):

@@ -4,40 +4,21 @@ import dagster as dg
 from pydantic import Field
 
 from cah_assets.metadata import rows_table
-from cah_resources.redaction import redact_url
-from cah_resources.release import (
+from cah_assets.resources import ReportLinks, StorageResource
+from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, report_folder
+from cah_resources.crawl.segments import load_registration
+from cah_resources.dataset.release import (
     build_release,
     embeddings_dir,
     finished_clip_pairs_shards,
     merge_embeddings,
     release_dir,
 )
-from cah_resources.report import STAGES, build_report, png_markdown
-from cah_resources.resources import StorageResource
-from cah_resources.segments import load_registration
+from cah_resources.dataset.report import build_report
+from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 DATASET_KINDS = {"python", "parquet"}
-
-
-# The Dagster UI renders a markdown metadata value in place only below this many characters (longer
-# ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
-INLINE_MARKDOWN_CHARS = 1000
-
-
-class ReportLinks(dg.ConfigurableResource):
-    """Where a browser reads the data root (e.g. `cah dev`'s file server): the report's plots then show in the UI."""
-
-    files_url: str = ""
-
-    def plot_markdown(self, root: DataRoot, path: str, png: bytes, name: str) -> str:
-        """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
-        prefix = root.path()
-        if self.files_url and path.startswith(prefix):
-            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix):]})"
-            if len(linked) < INLINE_MARKDOWN_CHARS:
-                return linked
-        return png_markdown(png, name)
 
 
 class DatasetConfig(dg.Config):
@@ -46,7 +27,7 @@ class DatasetConfig(dg.Config):
 
 def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[str]]:
     """Each crawl to roll up with its segment keys; an unregistered crawl is a one-line error."""
-    names = config.crawls or root.listdir(root.path("crawls"))
+    names = config.crawls or root.listdir(root.path(CRAWLS))
     plans = {}
     for crawl in names:
         registration = load_registration(root, crawl)
@@ -58,7 +39,7 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
     return plans
 
 
-@dg.asset(deps=["clip_pairs"], group_name="dataset", kinds=DATASET_KINDS)
+@dg.asset(deps=[CLIP_PAIRS], group_name="dataset", kinds=DATASET_KINDS)
 def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
     root = storage.data_root()
@@ -103,7 +84,7 @@ def stage_run_seconds(instance: dg.DagsterInstance, stage: str, keys: list[str])
     return sum(per_run.values()) if per_run else None
 
 
-@dg.asset(deps=[release, "candidates", "image_shards", "clip_pairs"], group_name="dataset", kinds={"python", "matplotlib"})
+@dg.asset(deps=[release, *STAGES], group_name="dataset", kinds={"python", "matplotlib"})
 def report(
     context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource, report_links: ReportLinks
 ) -> dg.MaterializeResult:
@@ -112,8 +93,9 @@ def report(
     metadata: dict = {}
     for crawl, keys in crawls_to_roll_up(root, config).items():
         seconds = {stage: stage_run_seconds(context.instance, stage, keys) for stage in STAGES}
-        built = build_report(root, keys, root.path("report", crawl), {s: v for s, v in seconds.items() if v})
-        context.log.info(f"{crawl}: report written to {redact_url(root.path('report', crawl))}")
+        out_dir = report_folder(root, crawl)
+        built = build_report(root, keys, out_dir, {s: v for s, v in seconds.items() if v})
+        context.log.info(f"{crawl}: report written to {redact_url(out_dir)}")
         for name, png in built.plots.items():
             plot = report_links.plot_markdown(root, built.paths[name], png, name)
             metadata[f"{crawl}/{name}"] = dg.MetadataValue.md(plot)
@@ -121,5 +103,5 @@ def report(
             metadata[f"{crawl}/{name}_table"] = rows_table(table.as_dicts(), table.columns, limit=len(table.rows))
             if table.note:
                 metadata[f"{crawl}/{name}_note"] = table.note
-        metadata[f"{crawl}/path"] = dg.MetadataValue.path(redact_url(root.path("report", crawl, "report.md")))
+        metadata[f"{crawl}/path"] = dg.MetadataValue.path(redact_url(built.paths["report"]))
     return dg.MaterializeResult(metadata=metadata)

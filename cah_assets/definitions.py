@@ -4,31 +4,31 @@ import os
 
 import dagster as dg
 
-from cah_assets.automation import (
-    CRAWL_LIST_URL,
-    CrawlDiscovery,
-    SegmentFlow,
-    crawl_discovery_sensor,
-    segment_flow_sensor,
-    segment_schedule,
-)
-from cah_assets.candidates import candidates
+from cah_assets.automation import crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
-from cah_assets.clip_pairs import clip_pairs
 from cah_assets.crawls import register_crawl_job
-from cah_assets.dataset import ReportLinks, release, report
+from cah_assets.dataset import release, report
 from cah_assets.deployment import Deployment, read_deployment
 from cah_assets.fleet import fleet_sensor
-from cah_assets.image_shards import ImageDownloader, image_shards
-from cah_resources.candidate_rules import CandidateRules
-from cah_resources.common_crawl import COMMON_CRAWL_URL
-from cah_resources.compute import ComputeResource
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.hetzner import HetznerFleet
-from cah_resources.report import STAGES
-from cah_resources.resources import ClipScorer, CommonCrawl, StorageResource
+from cah_assets.resources import (
+    CandidateRules,
+    ClipScorer,
+    CommonCrawl,
+    ComputeResource,
+    CrawlDiscovery,
+    DedupIndexResource,
+    HetznerFleet,
+    ImageDownloader,
+    ReportLinks,
+    SegmentFlow,
+    StorageResource,
+)
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import image_shards
+from cah_resources.contract import DATASET_ASSETS, STAGES
+from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CRAWL_LIST_URL
 
-DATASET = ("release", "report")
 PIPELINE_JOB = "pipeline"
 DATASET_JOB = "dataset"
 # The demo's image web and pages live on 127.0.0.0/8, which the downloader refuses unless allowed.
@@ -49,7 +49,7 @@ def _jobs() -> list:
     ]
     pipeline = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.assets(*STAGES),
                                    description="Every stage of the chosen segments in order, each with its checks.")
-    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET),
+    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET_ASSETS),
                                   description="The release parquet and the report of every registered crawl.")
     return [*stage_jobs, pipeline, dataset, register_crawl_job]
 

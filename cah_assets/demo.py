@@ -21,9 +21,9 @@ from cah_assets.progress import (
     run_summary,
     stage_progress,
 )
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.report import STAGES
-from cah_resources.sample_crawl import SampleCrawl, generate_crawl
+from cah_resources.contract import STAGES
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import SampleCrawl, generate_crawl
 from cah_resources.storage import DataRoot
 
 HERE = os.path.dirname(os.path.abspath(__file__))

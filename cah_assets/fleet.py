@@ -6,10 +6,12 @@ from hcloud import APIException
 
 from cah_assets.automation import pipeline_status
 from cah_assets.partitions import segments
-from cah_resources.hetzner import FleetError, HetznerFleet, servers_for_backlog
+from cah_assets.resources import HetznerFleet
+from cah_resources.contract import CANDIDATES, IMAGE_SHARDS
+from cah_resources.fleet.hetzner import FleetError, servers_for_backlog
 
 # The stages whose work runs on the CPU runners (clip_pairs runs on GPU executors, not on this fleet).
-CPU_STAGES = ("candidates", "image_shards")
+CPU_STAGES = (CANDIDATES, IMAGE_SHARDS)
 
 
 def segments_in_flight(instance: dg.DagsterInstance) -> int:

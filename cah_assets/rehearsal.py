@@ -28,10 +28,13 @@ from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, DEMO_NETWORKS, PIPELINE_JOB, build_definitions
 from cah_assets.demo import DEMO_CRAWL, WEB_HOSTS, file_server
 from cah_assets.deployment import Deployment
-from cah_assets.image_shards import ImageDownloader
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
-from cah_resources.candidates import output_paths
-from cah_resources.cluster_peers import (
+from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
+from cah_resources.candidates.stage import output_paths
+from cah_resources.contract import STAGES
+from cah_resources.dataset.release import read_release, release_dir
+from cah_resources.fleet.compute import cluster_security, connect_client
+from cah_resources.samples.cluster_peers import (
     POSTGRES,
     FolderWatch,
     Killed,
@@ -43,13 +46,8 @@ from cah_resources.cluster_peers import (
     unauthenticated_refusals,
     worker_machine,
 )
-from cah_resources.compute import ComputeResource, cluster_security, connect_client
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.release import read_release, release_dir
-from cah_resources.report import STAGES
-from cah_resources.resources import ClipScorer, StorageResource
-from cah_resources.sample_crawl import generate_crawl
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot, s3_storage_options
 
 WORKERS = 2

@@ -1,1 +1,1 @@
-"""Resources and the plain code they drive."""
+"""The plain code the pipeline runs, without Dagster: the stages, their contract, roll-ups, compute, demo data."""

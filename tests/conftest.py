@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from cah_resources.compute import ComputeResource
-from cah_resources.sample_crawl import generate_crawl
+from cah_assets.resources import ComputeResource
+from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot
 
 REQUIRE_SERVICES = os.environ.get("CAH_REQUIRE_SERVICES") == "1"

@@ -7,52 +7,24 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cah_resources.candidates.stage import pair_uid
+from cah_resources.clip_pairs.settings import LAION_THRESHOLDS
+from cah_resources.contract import (
+    CANDIDATES_SCHEMA,
+    CLIP_FIELDS,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    candidates_path,
+    candidates_stats_path,
+    shard_paths,
+    shard_row_schema,
+    stage_folder,
+)
 from cah_resources.storage import DataRoot
 
-THRESHOLDS = {"en": 0.28, "multi": 0.26, "nolang": 0.28}
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("uid", pa.string()),
-        ("url", pa.string()),
-        ("text", pa.string()),
-        ("page_url", pa.string()),
-        ("category", pa.string()),
-        ("language", pa.string()),
-        ("language_prob", pa.float32()),
-        ("wat_file", pa.string()),
-    ]
-)
-SHARD_SCHEMA = pa.schema(
-    list(CANDIDATE_SCHEMA)
-    + [
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("http_status", pa.int32()),
-        ("error_message", pa.string()),
-        ("bytes", pa.int64()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("original_width", pa.int32()),
-        ("original_height", pa.int32()),
-    ]
-)
-CLIP_SCHEMA = pa.schema(
-    list(SHARD_SCHEMA)
-    + [
-        ("similarity", pa.float32()),
-        ("threshold", pa.float32()),
-        ("kept", pa.bool_()),
-        ("clip_model", pa.string()),
-        ("nsfw", pa.string()),
-        ("nsfw_score", pa.float32()),
-        ("watermark_score", pa.float32()),
-    ]
-)
-
-
-def pair_uid(url: str, text: str) -> str:
-    return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
+THRESHOLDS = LAION_THRESHOLDS
+SHARD_SCHEMA = shard_row_schema()
+CLIP_SCHEMA = pa.schema(list(SHARD_SCHEMA) + list(CLIP_FIELDS))
 
 
 @dataclass
@@ -107,13 +79,10 @@ def write_segment(
         }
         for p in pairs
     ]
-    root.write_parquet(
-        root.path("candidates", segment, "candidates.parquet"),
-        pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA),
-    )
+    root.write_parquet(candidates_path(root, segment), pa.Table.from_pylist(candidates, schema=CANDIDATES_SCHEMA))
     stats = {"metadata_records": metadata_records, "candidates": len(pairs), "task_seconds": stage_seconds}
     stats.update(drops or {})
-    root.write_json(root.path("candidates", segment, "stats.json"), stats)
+    root.write_json(candidates_stats_path(root, segment), stats)
     for shard, start in enumerate(range(0, len(pairs), shard_size)):
         rows, clip_rows = [], []
         for offset, (pair, candidate) in enumerate(
@@ -148,16 +117,13 @@ def write_segment(
                         watermark_score=pair.watermark_score,
                     )
                 )
-        name = f"{shard:05d}"
-        folder = root.path("image_shards", segment)
-        root.write_parquet(f"{folder}/{name}.parquet", pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
+        paths = shard_paths(stage_folder(root, IMAGE_SHARDS, segment), shard)
+        root.write_parquet(paths["parquet"], pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
         shard_stats = {"count": len(rows), "download_seconds": stage_seconds}
-        root.write_json(f"{folder}/{name}_stats.json", shard_stats)
-        root.write_json(f"{folder}/{name}.done", shard_stats)
-        folder = root.path("clip_pairs", segment)
-        root.write_parquet(
-            f"{folder}/{name}.parquet", pa.Table.from_pylist(clip_rows, schema=CLIP_SCHEMA)
-        )
+        root.write_json(paths["stats"], shard_stats)
+        root.write_json(paths["done"], shard_stats)
+        paths = shard_paths(stage_folder(root, CLIP_PAIRS, segment), shard)
+        root.write_parquet(paths["parquet"], pa.Table.from_pylist(clip_rows, schema=CLIP_SCHEMA))
         if finish_clip_shards is None or shard < finish_clip_shards:
-            root.write_json(f"{folder}/{name}.done", {"seconds": stage_seconds, "pairs": len(clip_rows)})
+            root.write_json(paths["done"], {"seconds": stage_seconds, "pairs": len(clip_rows)})
     return pairs

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from distributed import Client
 
-from cah_resources.compute import cluster_security
+from cah_resources.fleet.compute import cluster_security
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
     argv = ["--scheduler", address, "--name", name, "--nworkers", "1", *extra]
     if tls is not None:
         argv += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
-    code = f"import sys; from cah_resources.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
+    code = f"import sys; from cah_resources.fleet.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
     proc = _start([sys.executable, "-c", code], logs / f"worker-{name}.log")
     try:
         yield proc

@@ -7,7 +7,7 @@ import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from cah_resources.local_web import photo_like
+from cah_resources.samples.local_web import photo_like
 
 START_OF_SCAN = 0xDA
 

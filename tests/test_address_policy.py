@@ -5,9 +5,14 @@ import socket
 
 import pytest
 
-from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, blocked_reason
-from cah_resources.downloader import Downloader, FetchSettings
-from cah_resources.local_web import LocalImageWeb
+from cah_resources.image_shards.address_policy import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    blocked_reason,
+)
+from cah_resources.image_shards.downloader import Downloader, FetchSettings
+from cah_resources.samples.local_web import LocalImageWeb
 
 REFUSED = [
     ("127.0.0.1", "loopback"),

@@ -9,29 +9,25 @@ import dagster as dg
 import pytest
 
 from cah_assets.automation import (
-    STAGES,
-    CrawlDiscovery,
     CrawlListError,
-    SegmentFlow,
     choose_crawls,
     crawl_discovery_sensor,
     read_crawl_list,
     segment_schedule,
 )
-from cah_assets.candidates import candidates
 from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.definitions import defs
-from cah_assets.clip_pairs import clip_pairs
-from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
-from cah_resources.candidates import output_paths
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import load_registration, register_crawl
+from cah_assets.resources import ClipScorer, CommonCrawl, CrawlDiscovery, ImageDownloader, SegmentFlow, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import image_shards
+from cah_resources.candidates.stage import output_paths
+from cah_resources.contract import STAGES
+from cah_resources.crawl.segments import load_registration, register_crawl
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import generate_crawl
 
 OLD, NEW = "CC-MAIN-2024-10", "CC-MAIN-2024-18"
 
@@ -293,14 +289,14 @@ def _stage(name: str) -> dg.AssetsDefinition:
 
 
 def test_network_stages_retry_more_than_the_gpu_stage_with_backoff_and_jitter():
-    policies = {name: _stage(name).op.retry_policy for name in ("candidates", "image_shards", "clip_pairs")}
+    policies = {name: _stage(name).op.retry_policy for name in STAGES}
     assert policies["image_shards"].max_retries >= policies["candidates"].max_retries > policies["clip_pairs"].max_retries >= 1
     for name in ("candidates", "image_shards"):
         assert (policies[name].backoff, policies[name].jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
 
 
 def test_every_stage_backfills_several_segments_per_run_and_clip_pairs_takes_the_gpu_pool():
-    for name in ("candidates", "image_shards", "clip_pairs"):
+    for name in STAGES:
         assert _stage(name).backfill_policy == dg.BackfillPolicy.multi_run(SEGMENTS_PER_RUN)
     assert _stage("clip_pairs").op.pool == GPU_POOL
     assert _stage("candidates").op.pool is None and _stage("image_shards").op.pool is None

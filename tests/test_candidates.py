@@ -8,12 +8,13 @@ from collections import Counter
 import dagster as dg
 import pytest
 
-from cah_assets.candidates import candidates
 from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
-from cah_resources.candidate_rules import CandidateRules
-from cah_resources.candidates import (
-    SCHEMA,
+from cah_assets.resources import CandidateRules, CommonCrawl, DedupIndexResource, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_resources.candidates.image_links import CandidateFilters
+from cah_resources.candidates.language import LanguageDetector
+from cah_resources.candidates.stage import (
     WatFileUnit,
     extract_pairs,
     extract_wat_file,
@@ -23,12 +24,9 @@ from cah_resources.candidates import (
     part_paths,
     summarize_parts,
 )
-from cah_resources.common_crawl import CrawlSource
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.image_links import CandidateFilters
-from cah_resources.language import LanguageDetector
-from cah_resources.resources import CommonCrawl, StorageResource
-from cah_resources.segments import register_crawl
+from cah_resources.contract import CANDIDATES_SCHEMA
+from cah_resources.crawl.common_crawl import CrawlSource
+from cah_resources.crawl.segments import register_crawl
 
 
 def _rows(table, columns=("url", "text", "page_url", "category", "wat_file")):
@@ -156,7 +154,7 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
     assert result.success
     table_path, stats_path = output_paths(data_root, key)
     table = data_root.read_parquet(table_path)
-    assert table.schema == SCHEMA
+    assert table.schema == CANDIDATES_SCHEMA
     expected = sample_crawl.expected_segment(registration.files_of(key))
     assert sorted(_rows(table)) == sorted(_truth(expected))
     assert table.column("uid").to_pylist() == sorted(pair_uid(r.url, r.text) for r in expected)
@@ -182,7 +180,7 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
 
 
 def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
-    from cah_resources.sample_crawl import generate_crawl, parse_image_name
+    from cah_resources.samples.sample_crawl import generate_crawl, parse_image_name
 
     crawl = generate_crawl(str(tmp_path), wat_files=1, seed=3, mismatch_rate=0.3, missing_rate=0.1,
                            image_base=["http://127.0.0.2:8000"], page_base=["http://127.0.0.3:8000"])
@@ -201,7 +199,7 @@ def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
 
 
 def test_a_pair_claimed_by_an_earlier_segment_is_dropped_as_a_global_duplicate(tmp_path, local_compute):
-    from cah_resources.sample_crawl import generate_crawl
+    from cah_resources.samples.sample_crawl import generate_crawl
 
     crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=20, seed=1)
     root = StorageResource(root=str(tmp_path / "data")).data_root()

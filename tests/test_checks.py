@@ -7,36 +7,32 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from contract_layout import THRESHOLDS
 
-from cah_assets.candidates import candidates
-from cah_assets.checks import (
+from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
+from cah_assets.definitions import defs
+from cah_assets.partitions import segments
+from cah_assets.resources import ClipScorer, CommonCrawl, ComputeResource, ImageDownloader, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_assets.stages.image_shards import image_shards
+from cah_resources.candidates.stage import output_paths
+from cah_resources.crawl.segments import register_crawl
+from cah_resources.dataset.checks import (
     CANDIDATES_CHECKS,
     CLIP_PAIRS_CHECKS,
     IMAGE_SHARDS_CHECKS,
-    candidates_checks,
     check_candidates,
     check_clip_pairs,
     check_image_shards,
-    clip_pairs_checks,
-    image_shards_checks,
 )
-from cah_assets.clip_pairs import clip_pairs
-from cah_assets.definitions import defs
-from cah_assets.image_shards import ImageDownloader, image_shards
-from cah_assets.partitions import segments
-from cah_resources.candidates import output_paths
-from cah_resources.compute import ComputeResource
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.resources import ClipScorer
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import register_crawl
-from cah_resources.shard_writer import ShardWriter
+from cah_resources.image_shards.shard_writer import ShardWriter
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-THRESHOLDS = {"en": 0.28, "multi": 0.26, "nolang": 0.28}
+
 
 
 @pytest.fixture(scope="module")

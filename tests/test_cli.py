@@ -7,7 +7,7 @@ import click
 import pytest
 
 from cah_assets import cli
-from cah_resources.sample_crawl import generate_crawl
+from cah_resources.samples.sample_crawl import generate_crawl
 
 
 def _commands(group: click.Group):

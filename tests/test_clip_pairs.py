@@ -10,15 +10,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cah_resources.clip_pairs import (
+from cah_assets.resources import ClipScorer
+from cah_resources.clip_pairs.stage import (
     ClipPairsUnit,
     pending_units,
     score_image_shard,
     shard_summaries,
     summarize,
 )
-from cah_resources.resources import ClipScorer
-from cah_resources.models.shapes import ALL_SHAPES, ShardSample, captions, sample_pairs, write_image_shard
+from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, ShardSample, captions, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00007"

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from cah_assets.clip_pairs import clip_pairs
-from cah_resources.clip_pairs import shard_summaries
-from cah_resources.compute import ComputeResource
-from cah_resources.resources import ClipScorer
-from cah_resources.models.shapes import ShardSample, sample_pairs, write_image_shard
-from cah_resources.resources import StorageResource
+from cah_assets.resources import ClipScorer, ComputeResource, StorageResource
+from cah_assets.stages.clip_pairs import clip_pairs
+from cah_resources.clip_pairs.stage import shard_summaries
+from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00003"

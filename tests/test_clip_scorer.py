@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cah_resources.clip_scorer import (
-    ClipModelSpec,
-    ScoringSettings,
+from cah_assets.resources import ClipScorer
+from cah_resources.clip_pairs.clip_scorer import (
     encode_text,
     load_clip,
     map_halving_on_oom,
@@ -22,9 +21,9 @@ from cah_resources.clip_scorer import (
     trim_padding,
     watermark_scores,
 )
-from cah_resources.models import TINY_CLIP_CHECKPOINT
-from cah_resources.models.shapes import ALL_SHAPES, LANGUAGES, captions, sample_pairs
-from cah_resources.resources import ClipScorer
+from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
+from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT
+from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, LANGUAGES, captions, sample_pairs
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +208,7 @@ def test_bad_settings_are_refused_with_what_is_allowed():
 
 
 def test_only_open_clips_published_weights_have_known_tags():
-    from cah_resources.models import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME
+    from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
     assert ClipModelSpec("ViT-B-32", "openai").tags_known
     assert ClipModelSpec("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k").tags_known

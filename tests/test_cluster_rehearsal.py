@@ -8,7 +8,7 @@ from conftest import skip_or_fail
 from s3_peer import s3_endpoint
 
 from cah_assets.rehearsal import run_rehearsal
-from cah_resources.cluster_peers import POSTGRES
+from cah_resources.samples.cluster_peers import POSTGRES
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

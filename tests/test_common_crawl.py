@@ -7,7 +7,7 @@ import threading
 import pytest
 from aiohttp import web
 
-from cah_resources.common_crawl import CrawlFileMissing, CrawlSource, IncompleteDownload
+from cah_resources.crawl.common_crawl import CrawlFileMissing, CrawlSource, IncompleteDownload
 
 WAT_BYTES = bytes(range(256)) * 4000  # 1 MB
 

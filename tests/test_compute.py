@@ -14,8 +14,9 @@ import pytest
 from distributed import get_worker
 from distributed.system import MEMORY_LIMIT
 
-from cah_resources.compute import ClusterUnavailable, ComputeResource, worker_resources
-from cah_resources.gpu_worker import (
+from cah_assets.resources import ComputeResource
+from cah_resources.fleet.compute import ClusterUnavailable, worker_resources
+from cah_resources.fleet.gpu_worker import (
     GIB,
     GpuDevice,
     count_visible_cuda_devices,
@@ -25,7 +26,6 @@ from cah_resources.gpu_worker import (
     warm_model,
     worker_main,
 )
-
 
 
 def where(unit):
@@ -146,7 +146,7 @@ def test_a_killed_run_leaves_no_local_worker_processes_behind(tmp_path):
     # Dask's parent-alive pipe open, so only watching the parent process itself ends the workers.
     code = (
         "import os, sys, time\n"
-        "from cah_resources.compute import ComputeResource\n"
+        "from cah_assets.resources import ComputeResource\n"
         "with ComputeResource(n_workers=2, local_gpus=0).client() as client:\n"
         "    pids = list(client.run(os.getpid).values())\n"
         "    child = os.fork()\n"
@@ -194,7 +194,7 @@ def _worker_address(_unit):
 def test_a_dagster_run_starts_its_local_cluster_once_for_all_its_steps_and_calls():
     import dagster as dg
 
-    from cah_resources.compute import ComputeResource
+    from cah_assets.resources import ComputeResource
 
     seen: dict[str, set] = {}
 

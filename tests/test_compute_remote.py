@@ -14,17 +14,13 @@ import pytest
 from dask_peers import cah_worker, dask_worker, free_port, make_tls, scheduler, wait_for_worker_names
 from distributed import Client, get_worker
 
-from cah_assets.candidates import candidates
 from cah_assets.partitions import segments
-from cah_resources.candidate_rules import CandidateRules
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.candidates import output_paths
-from cah_resources.resources import CommonCrawl
-from cah_resources.compute import ClusterUnavailable, ComputeResource
-from cah_resources.segments import register_crawl
+from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_resources.candidates.stage import output_paths
+from cah_resources.crawl.segments import register_crawl
+from cah_resources.fleet.compute import ClusterUnavailable
 from cah_resources.storage import DataRoot
-from cah_resources.resources import StorageResource
-
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ import dagster as dg
 import pytest
 from conftest import skip_or_fail
 
-from cah_resources.dedup_index import (
-    DedupIndex,
-    DedupIndexError,
-    DedupIndexResource,
-    default_sqlite_url,
-)
+from cah_assets.resources import DedupIndexResource
+from cah_resources.dataset.dedup_index import DedupIndex, DedupIndexError, default_sqlite_url
 from cah_resources.storage import DataRoot
 
 POSTGRES_URL = os.environ.get("CAH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -9,10 +9,9 @@ import dagster as dg
 import pytest
 
 from cah_assets.demo import run_pipeline
-from cah_resources.release import read_release, release_dir
-from cah_resources.segments import load_registration
-
-STAGES = ("candidates", "image_shards", "clip_pairs")
+from cah_resources.contract import STAGES
+from cah_resources.crawl.segments import load_registration
+from cah_resources.dataset.release import read_release, release_dir
 
 
 @contextlib.contextmanager
@@ -95,7 +94,7 @@ def test_release_has_laion_columns_and_report_has_its_pictures(demo):
 def test_every_stage_and_the_dataset_assets_are_materialized_on_the_instance(demo):
     import dagster as dg
 
-    for name in ("candidates", "image_shards", "clip_pairs"):
+    for name in STAGES:
         done = demo.instance.get_materialized_partitions(dg.AssetKey(name))
         assert done == set(demo.segment_keys)
     for name in ("release", "report"):

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from cah_resources.dns import CachingResolver, DnsLookupError, parse_nameserver
-from cah_resources.downloader import Downloader, FetchSettings
-from cah_resources.local_dns import LocalDns
-from cah_resources.local_web import LocalImageWeb
+from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, parse_nameserver
+from cah_resources.image_shards.downloader import Downloader, FetchSettings
+from cah_resources.samples.local_dns import LocalDns
+from cah_resources.samples.local_web import LocalImageWeb
 
 
 @pytest.fixture(scope="module")

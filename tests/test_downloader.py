@@ -5,8 +5,14 @@ import asyncio
 import pytest
 from yarl import URL
 
-from cah_resources.downloader import DEFAULT_USER_AGENT, Downloader, FetchSettings, parse_retry_after, robots_disallow
-from cah_resources.local_web import OVERSIZED_BYTES, LocalImageWeb
+from cah_resources.image_shards.downloader import (
+    DEFAULT_USER_AGENT,
+    Downloader,
+    FetchSettings,
+    parse_retry_after,
+    robots_disallow,
+)
+from cah_resources.samples.local_web import OVERSIZED_BYTES, LocalImageWeb
 
 FAST = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4,
             retries=1, retry_backoff=0.05)

@@ -10,7 +10,8 @@ from fake_hcloud import FakeHetznerCloud
 from cah_assets.definitions import defs
 from cah_assets.fleet import fleet_sensor
 from cah_assets.partitions import segments
-from cah_resources.hetzner import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE, HetznerFleet
+from cah_assets.resources import HetznerFleet
+from cah_resources.fleet.hetzner import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE
 
 TOKEN = "tokenA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
 KEYS = [f"CC-MAIN-2024-10_{i:05d}" for i in range(5)]
@@ -110,7 +111,7 @@ def test_the_fleet_sensor_is_in_the_definitions_and_off_by_default():
 def test_the_resource_and_the_cli_take_their_defaults_from_fleet_settings(monkeypatch):
     import argparse
 
-    from cah_resources.hetzner import FLEET_ENV, FleetSettings, _settings_from_args, configure_fleet_parser
+    from cah_resources.fleet.hetzner import FLEET_ENV, FleetSettings, _settings_from_args, configure_fleet_parser
 
     for variable in FLEET_ENV.values():
         monkeypatch.delenv(variable, raising=False)

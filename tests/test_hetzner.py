@@ -9,7 +9,8 @@ import yaml
 from dask_peers import cah_worker, make_tls, scheduler, wait_for_worker_names
 from fake_hcloud import FakeHetznerCloud
 
-from cah_resources.hetzner import (
+from cah_assets.resources import HetznerFleet
+from cah_resources.fleet.hetzner import (
     LABEL_FLEET,
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -17,7 +18,6 @@ from cah_resources.hetzner import (
     Fleet,
     FleetError,
     FleetSettings,
-    HetznerFleet,
     fleet_main,
     load_projects,
     servers_for_backlog,

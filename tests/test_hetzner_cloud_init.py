@@ -6,7 +6,7 @@ import pytest
 import yaml
 from dask_peers import make_tls
 
-from cah_resources.cloud_init import UserDataError, render_cloud_init
+from cah_resources.fleet.cloud_init import UserDataError, render_cloud_init
 
 PACKAGE = "cah @ git+https://github.com/example/cah@0123abc"
 

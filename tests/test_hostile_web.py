@@ -9,8 +9,8 @@ import brotli
 import pytest
 from hostile_peers import RawServer, read_request, response_head
 
-from cah_resources.body_reader import ENCODINGS
-from cah_resources.downloader import Downloader, FetchSettings
+from cah_resources.image_shards.body_reader import ENCODINGS
+from cah_resources.image_shards.downloader import Downloader, FetchSettings
 
 LOOPBACK = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=2, total_timeout=20,
                 retries=1, retry_backoff=0.05)

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from cah_resources import image_links
-from cah_resources.image_links import CandidateFilters, base_url_of
+from cah_resources.candidates import image_links
+from cah_resources.candidates.image_links import CandidateFilters, base_url_of
 
 
 @pytest.fixture

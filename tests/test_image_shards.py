@@ -20,28 +20,29 @@ import psutil
 import pyarrow as pa
 import pytest
 import webdataset as wds
+from hostile_peers import RawServer, read_request, response_head
 from PIL import Image
 
-from cah_resources.candidates import SCHEMA, output_paths, pair_uid
-from cah_resources.downloader import FetchSettings
-from cah_resources.image_pool import ImageWorkers
-from cah_resources.image_shards import (
+from cah_resources.candidates.stage import output_paths, pair_uid
+from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
+from cah_resources.image_shards.downloader import FetchSettings
+from cah_resources.image_shards.image_pool import ImageWorkers
+from cah_resources.image_shards.resizer import ResizeSettings, process_image
+from cah_resources.image_shards.shard_writer import ustar_member
+from cah_resources.image_shards.stage import (
     BodyBacklog,
     ShardSettings,
     download_shard,
     plan_shards,
     segment_folder,
 )
-from cah_resources.local_web import EXPECTED_STATUS, LocalImageWeb, LocalUrl
-from cah_resources.resizer import ResizeSettings, process_image
-from cah_resources.shard_writer import ustar_member
+from cah_resources.samples.local_web import EXPECTED_STATUS, LocalImageWeb, LocalUrl
 from cah_resources.storage import DataRoot
 from tests.hostile_images import (
     BodiesWeb,
     jpeg_with_bogus_exif_tags,
     progressive_jpeg_with_repeated_scans,
 )
-from hostile_peers import RawServer, read_request, response_head
 
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(
@@ -232,9 +233,9 @@ def test_missing_candidates_are_a_one_line_error(tmp_path):
 KILLABLE_RUN = textwrap.dedent(
     """
     import sys
-    from cah_resources.downloader import FetchSettings
-    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
-    from cah_resources.resizer import ResizeSettings
+    from cah_resources.image_shards.downloader import FetchSettings
+    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
+    from cah_resources.image_shards.resizer import ResizeSettings
     from cah_resources.storage import DataRoot
 
     root, segment = DataRoot(sys.argv[1]), sys.argv[2]
@@ -302,7 +303,7 @@ def test_image_worker_processes_load_pillow_and_nothing_heavier():
 
 
 def test_stage_worker_modules_import_without_dagster():
-    code = ("import sys, cah_resources.candidates, cah_resources.image_shards, cah_resources.clip_pairs; "
+    code = ("import sys, cah_resources.candidates.stage, cah_resources.image_shards.stage, cah_resources.clip_pairs.stage; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -420,9 +421,9 @@ BIG_BODY = 19_000_000
 RSS_CHILD = textwrap.dedent("""
     import json, sys
     import psutil
-    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
+    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
     from cah_resources.storage import DataRoot
-    from cah_resources.downloader import FetchSettings
+    from cah_resources.image_shards.downloader import FetchSettings
     settings = ShardSettings(
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), concurrency=64, per_host_connections=64,
                             connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000),

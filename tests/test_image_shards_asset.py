@@ -3,19 +3,16 @@
 import dagster as dg
 import pytest
 
-from cah_assets.candidates import candidates
 from cah_assets.definitions import defs
-from cah_assets.image_shards import ImageDownloader, image_shards
 from cah_assets.partitions import segments
-from cah_resources.candidates import output_paths
-from cah_resources.compute import ComputeResource
-from cah_resources.dedup_index import DedupIndexResource
-from cah_resources.image_shards import read_segment_markers, segment_folder
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import register_crawl
+from cah_assets.resources import CommonCrawl, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_assets.stages.image_shards import image_shards
+from cah_resources.candidates.stage import output_paths
+from cah_resources.crawl.segments import register_crawl
+from cah_resources.image_shards.stage import read_segment_markers, segment_folder
+from cah_resources.samples.local_web import LocalImageWeb
+from cah_resources.samples.sample_crawl import generate_crawl
 
 # Generous timeouts: nothing in a generated crawl hangs, and a busy test machine must not turn slow answers into failures.
 DOWNLOADER = ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10, total_timeout=30,

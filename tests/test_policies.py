@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from cah_assets.candidates import candidates
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
-from cah_resources.compute import ComputeResource
-from cah_resources.resources import StorageResource
+from cah_assets.resources import ComputeResource, StorageResource
+from cah_assets.stages.candidates import candidates
 
 
 def test_a_segment_of_an_unregistered_crawl_fails_once_with_one_line_and_no_retry(tmp_path):

@@ -8,17 +8,15 @@ import uuid
 
 import dagster as dg
 import pytest
+from conftest import skip_or_fail
 
-from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL
-from cah_resources.compute import ComputeResource
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.segments import register_crawl
-from conftest import skip_or_fail
+from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_resources.crawl.segments import register_crawl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}

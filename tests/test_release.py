@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from contract_layout import Pair, write_segment
 
-from cah_resources.release import (
+from cah_resources.dataset.release import (
     RELEASE_SCHEMA,
     build_release,
     read_release,
@@ -147,10 +147,10 @@ def test_width_and_height_fall_back_to_the_stored_size_when_the_original_is_unkn
 def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
     import numpy as np
 
-    from cah_resources.clip_pairs import ClipPairsUnit, score_image_shard
-    from cah_resources.models.shapes import ShardSample, sample_pairs, write_image_shard
-    from cah_resources.release import embeddings_dir, finished_clip_pairs_shards, merge_embeddings
-    from cah_resources.resources import ClipScorer
+    from cah_assets.resources import ClipScorer
+    from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
+    from cah_resources.dataset.release import embeddings_dir, finished_clip_pairs_shards, merge_embeddings
+    from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 
     settings = ClipScorer.tiny(batch_size=8, decode_workers=1, write_embeddings=True).settings()
     segments = ("CC-X_00000", "CC-X_00001")
@@ -186,7 +186,7 @@ def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
 
 
 def test_merging_again_removes_embeddings_of_shards_no_longer_finished(root):
-    from cah_resources.release import ClipPairsShard, merge_embeddings
+    from cah_resources.dataset.release import ClipPairsShard, merge_embeddings
 
     stale = f"{root.path('release', 'CC-X')}/embeddings/embeddings/img_emb/img_emb_CC-X_00009-00000.npy"
     root.write_bytes(stale, b"old")

@@ -12,8 +12,8 @@ import pytest
 from contract_layout import Pair, write_segment
 from PIL import Image
 
-from cah_resources.report import (
-    SIMILARITY_EDGES,
+from cah_resources.contract import SIMILARITY_EDGES, STAGES
+from cah_resources.dataset.report import (
     build_report,
     collect_facts,
     funnel_table,
@@ -101,7 +101,7 @@ def test_url_domains_take_the_host_without_port_user_or_case():
 
 def test_throughput_adds_items_and_task_seconds_per_stage_and_uses_run_seconds_when_given(root):
     facts = collect_facts(root, SEGMENTS, wall_seconds={"image_shards": 7.0})
-    candidates, shards, clip = (facts.throughput[s] for s in ("candidates", "image_shards", "clip_pairs"))
+    candidates, shards, clip = (facts.throughput[s] for s in STAGES)
     assert (candidates.items, candidates.task_seconds) == (201, 4.0)
     assert (shards.items, shards.task_seconds, shards.per_wall_second) == (14, 12.0, 2.0)
     assert (clip.items, clip.task_seconds, clip.per_wall_second) == (8, 12.0, None)
@@ -111,7 +111,7 @@ def test_segments_without_outputs_are_named_and_unfinished_shards_not_counted(ro
     folder = root.path("image_shards", "CC-X_00001")
     root.remove(f"{folder}/00002.done")  # the shard with the last candidate of that segment
     facts = collect_facts(root, SEGMENTS + ["CC-X_00007"])
-    assert facts.missing == {s: ["CC-X_00007"] for s in ("candidates", "image_shards", "clip_pairs")}
+    assert facts.missing == {s: ["CC-X_00007"] for s in STAGES}
     assert sum(facts.funnel["attempted"].values()) == 13
 
 
@@ -168,7 +168,7 @@ def _boxes_overlap(a, b) -> bool:
 def test_legends_cover_no_bar_or_line(root):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from cah_resources.report import funnel_figure, similarity_figure, top_domains_figure
+    from cah_resources.dataset.report import funnel_figure, similarity_figure, top_domains_figure
 
     facts = collect_facts(root, SEGMENTS)
     for figure in (funnel_figure(facts), similarity_figure(facts), top_domains_figure(facts)):
@@ -182,9 +182,9 @@ def test_legends_cover_no_bar_or_line(root):
 
 
 def test_throughput_has_one_unit_per_axis_and_both_rates(root):
-    from cah_resources.report import throughput_figure
+    from cah_resources.dataset.report import throughput_figure
 
-    facts = collect_facts(root, SEGMENTS, wall_seconds={s: 4.0 for s in ("candidates", "image_shards", "clip_pairs")})
+    facts = collect_facts(root, SEGMENTS, wall_seconds={s: 4.0 for s in STAGES})
     figure = throughput_figure(facts)
     labels = [axes.get_ylabel() for axes in figure.axes]
     assert labels == ["WAT records / s", "URLs / s", "pairs scored / s"]
@@ -203,8 +203,9 @@ def _stage_run(stage: str, seconds: float):
 
 
 def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_inline(root):
-    from cah_assets.dataset import INLINE_MARKDOWN_CHARS, ReportLinks, stage_run_seconds
+    from cah_assets.dataset import stage_run_seconds
     from cah_assets.partitions import segments
+    from cah_assets.resources import INLINE_MARKDOWN_CHARS, ReportLinks
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, SEGMENTS)
@@ -213,7 +214,7 @@ def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_
             assert dg.materialize([_stage_run(stage, seconds)], instance=instance, partition_key=key).success
     assert stage_run_seconds(instance, "image_shards", SEGMENTS) == 7.0
     links = ReportLinks(files_url="http://127.0.0.1:8123")
-    seconds = {s: stage_run_seconds(instance, s, SEGMENTS) for s in ("candidates", "image_shards", "clip_pairs")}
+    seconds = {s: stage_run_seconds(instance, s, SEGMENTS) for s in STAGES}
     built = build_report(root, SEGMENTS, root.path("report", "CC-X"), seconds)
     assert built.facts.throughput["image_shards"].per_wall_second == pytest.approx(14 / 7.0)
     assert "n/a" not in built.tables["throughput"]

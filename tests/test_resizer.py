@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cah_resources.local_web import decompression_bomb_png, photo_like
-from cah_resources.resizer import ResizeSettings, process_image
+from cah_resources.image_shards.resizer import ResizeSettings, process_image
+from cah_resources.samples.local_web import decompression_bomb_png, photo_like
 from tests.hostile_images import (
     jpeg_with_bogus_exif_tags,
     progressive_jpeg_with_repeated_scans,

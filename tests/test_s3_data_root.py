@@ -12,17 +12,18 @@ import pyarrow as pa
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
-from cah_resources.candidates import SCHEMA, output_paths, pair_uid
-from cah_resources.downloader import FetchSettings
-from cah_resources.image_shards import (
+from cah_assets.resources import StorageResource
+from cah_resources.candidates.stage import output_paths, pair_uid
+from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
+from cah_resources.image_shards.downloader import FetchSettings
+from cah_resources.image_shards.resizer import ResizeSettings
+from cah_resources.image_shards.stage import (
     ShardSettings,
     download_shard,
     plan_shards,
     segment_folder,
 )
-from cah_resources.local_web import LocalImageWeb
-from cah_resources.resizer import ResizeSettings
-from cah_resources.resources import StorageResource
+from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.storage import DataRoot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,9 +133,9 @@ def write_candidates(root: DataRoot, urls) -> list[dict]:
 KILLABLE_RUN = textwrap.dedent(
     """
     import sys
-    from cah_resources.downloader import FetchSettings
-    from cah_resources.image_shards import ShardSettings, download_shard, plan_shards
-    from cah_resources.resizer import ResizeSettings
+    from cah_resources.image_shards.downloader import FetchSettings
+    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
+    from cah_resources.image_shards.resizer import ResizeSettings
     from cah_resources.storage import DataRoot
 
     root, segment = DataRoot(sys.argv[1]), sys.argv[2]  # endpoint and keys from the AWS variables
@@ -220,11 +221,12 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
         image_shards_checks,
     )
     from cah_assets.crawls import register_and_add
-    from cah_assets.definitions import DATASET, STAGES, defs, deployment_resources
+    from cah_assets.definitions import defs, deployment_resources
     from cah_assets.deployment import Deployment
-    from cah_resources.compute import ComputeResource
-    from cah_resources.dedup_index import DedupIndexResource
-    from cah_resources.sample_crawl import generate_crawl
+    from cah_assets.resources import ComputeResource, DedupIndexResource
+    from cah_resources.contract import DATASET_ASSETS as DATASET
+    from cah_resources.contract import STAGES
+    from cah_resources.samples.sample_crawl import generate_crawl
 
     work = tmp_path_factory.mktemp("pipeline_on_s3")
     bucket_root = new_bucket_root(s3_peer)
@@ -275,7 +277,7 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
 def test_every_stage_check_release_and_report_succeed_with_the_data_root_on_s3(pipeline_on_s3):
     import dagster as dg
 
-    from cah_resources.release import read_release, release_dir
+    from cah_resources.dataset.release import read_release, release_dir
 
     stage_run, dataset_run = pipeline_on_s3["runs"]
     assert stage_run.success and dataset_run.success

@@ -5,9 +5,10 @@ import logging
 import dagster as dg
 import pytest
 
-from cah_resources.candidates import SegmentMergeUnit, WatFileUnit
-from cah_resources.common_crawl import CrawlSource
-from cah_resources.dedup_index import DedupIndex, DedupIndexError, DedupIndexResource
+from cah_assets.resources import DedupIndexResource
+from cah_resources.candidates.stage import SegmentMergeUnit, WatFileUnit
+from cah_resources.crawl.common_crawl import CrawlSource
+from cah_resources.dataset.dedup_index import DedupIndex, DedupIndexError
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 

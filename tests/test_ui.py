@@ -16,18 +16,17 @@ import urllib.request
 import dagster as dg
 import pytest
 import yaml
+from conftest import skip_or_fail
 
-from cah_assets.candidates import candidates
 from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
-from cah_resources.compute import ComputeResource
-from cah_resources.resources import CommonCrawl
-from cah_resources.resources import StorageResource
-from cah_resources.sample_crawl import generate_crawl
-from cah_resources.segments import register_crawl
-from conftest import skip_or_fail
+from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
+from cah_assets.stages.candidates import candidates
+from cah_resources.contract import STAGES
+from cah_resources.crawl.segments import register_crawl
+from cah_resources.samples.sample_crawl import generate_crawl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -36,7 +35,6 @@ ARTIFACTS = os.path.join(REPO, "test-artifacts", "ui")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-STAGES = ("candidates", "image_shards", "clip_pairs")
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 NOT_RETRIED = {"execution": {"config": {"in_process": {"retries": {"disabled": {}}}}}}
 SERVER_START_S = 150

@@ -1,7 +1,7 @@
 """Progress inside a long unit: throttled lines, and their way from a Dask worker to the run."""
 
-from cah_resources.compute import ComputeResource
-from cah_resources.unit_progress import UnitProgress
+from cah_assets.resources import ComputeResource
+from cah_resources.fleet.unit_progress import UnitProgress
 
 
 def test_a_unit_reports_every_tenth_with_rate_and_eta_but_not_its_end():

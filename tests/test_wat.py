@@ -8,7 +8,7 @@ import sys
 import zlib
 from collections import Counter
 
-from cah_resources.wat import iter_pages
+from cah_resources.candidates.wat import iter_pages
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "commoncrawl")
 
@@ -159,7 +159,7 @@ def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_pat
         handle.write(deflate.compress(b"\r\n\r\n") + deflate.flush())
         handle.write(_member(_page("https://example.org/after")))
     probe = (
-        "import json, resource, sys; from collections import Counter; from cah_resources.wat import iter_pages\n"
+        "import json, resource, sys; from collections import Counter; from cah_resources.candidates.wat import iter_pages\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "counts = Counter()\n"
         "urls = [p.url for p in iter_pages(sys.argv[1], counts, max_record_bytes=int(sys.argv[2]))]\n"

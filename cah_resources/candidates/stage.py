@@ -1,0 +1,199 @@
+"""The candidates stage: WAT files of a segment → deduplicated, language-labelled image/alt-text pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cah_resources.candidates.image_links import CandidateFilters, base_url_of, check_image_links
+from cah_resources.candidates.language import LanguageDetector
+from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
+from cah_resources.contract import (
+    CANDIDATES_SCHEMA,
+    CATEGORIES,
+    candidates_parts_folder,
+    candidates_path,
+    candidates_stats_path,
+)
+from cah_resources.crawl.common_crawl import CrawlSource
+from cah_resources.storage import DataRoot
+
+# Keys of the per-file counters that are summed into a segment's stats.
+COUNT_KEYS = ("metadata_records", "html_pages", "links_seen", "alt_truncated", "language_calls", "bytes")
+
+
+def pair_uid(url: str, text: str) -> str:
+    return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
+
+
+def extract_pairs(
+    path: str, filters: CandidateFilters, counts: Counter, max_record_bytes: int = MAX_RECORD_BYTES
+) -> dict[tuple[str, str], str]:
+    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``,
+    damage as ``malformed_*`` / ``corrupt_*`` (a record over ``max_record_bytes`` is damage)."""
+    pairs: dict[tuple[str, str], str] = {}
+    keep_first = pairs.setdefault
+    dropped: list[str] = []
+    links = kept = truncated = 0
+    # The stage's innermost loop: per pair one dict operation, everything else counted in bulk.
+    for page in iter_pages(path, counts, max_record_bytes):
+        links += len(page.images)
+        checked = check_image_links(page.images, base_url_of(page.url, page.base_href), filters)
+        dropped += checked.dropped
+        if checked.truncated:  # counted once per pair, as the pair: only where it is new
+            truncated += len({pair for pair in checked.truncated if pair not in pairs})
+        kept += len(checked.kept)
+        for pair in checked.kept:
+            keep_first(pair, page.url)
+    counts["links_seen"] += links
+    counts["alt_truncated"] += truncated
+    drops = Counter(dropped)
+    drops["duplicate"] += kept - len(pairs)
+    counts.update({f"drop_{reason}": n for reason, n in drops.items() if n})
+    return pairs
+
+
+def label_pairs(
+    pairs: dict[tuple[str, str], str], wat_file: str, detector: LanguageDetector
+) -> pa.Table:
+    """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
+    languages = {}
+    columns: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
+    for (url, text), page_url in pairs.items():
+        language = languages.get(text)
+        if language is None:
+            language = languages[text] = detector.detect(text)
+        columns["uid"].append(pair_uid(url, text))
+        columns["url"].append(url)
+        columns["text"].append(text)
+        columns["page_url"].append(page_url)
+        columns["category"].append(language.category)
+        columns["language"].append(language.code)
+        columns["language_prob"].append(language.probability)
+        columns["wat_file"].append(wat_file)
+    return pa.Table.from_pydict(columns, schema=CANDIDATES_SCHEMA)
+
+
+@dataclass(frozen=True)
+class WatFileUnit:
+    """One work unit: a WAT file of a segment, and where its part of the output goes."""
+
+    segment: str
+    position: int
+    wat_path: str
+    root: DataRoot
+    source: CrawlSource
+    filters: CandidateFilters = field(default_factory=CandidateFilters)
+    max_record_bytes: int = MAX_RECORD_BYTES
+
+
+def part_paths(root: DataRoot, segment: str, position: int) -> tuple[str, str]:
+    base = f"{candidates_parts_folder(root, segment)}/{position:05d}"
+    return base + ".parquet", base + ".json"
+
+
+_DETECTOR: LanguageDetector | None = None
+
+
+def _detector() -> LanguageDetector:
+    # One gcld3 model per worker process, reused by every task it runs.
+    global _DETECTOR
+    if _DETECTOR is None:
+        _DETECTOR = LanguageDetector()
+    return _DETECTOR
+
+
+def extract_wat_file(unit: WatFileUnit) -> dict:
+    """Extract one WAT file into its part file; a part already written is kept (retries redo nothing)."""
+    table_path, stats_path = part_paths(unit.root, unit.segment, unit.position)
+    if unit.root.exists(stats_path):
+        return unit.root.read_json(stats_path)
+    started = time.perf_counter()
+    counts: Counter = Counter()
+    with unit.source.local_copy(unit.wat_path) as local:
+        counts["bytes"] = os.path.getsize(local)
+        pairs = extract_pairs(local, unit.filters, counts, unit.max_record_bytes)
+    detector = _detector()
+    calls_before = detector.calls
+    table = label_pairs(pairs, unit.wat_path, detector)
+    counts["language_calls"] = detector.calls - calls_before
+    stats = dict(counts)
+    stats["wat_file"] = unit.wat_path
+    stats["candidates"] = table.num_rows
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    unit.root.write_parquet(table_path, table)
+    unit.root.write_json(stats_path, stats)
+    return stats
+
+
+ClaimFn = Callable[[str, list[str]], set[str]]
+
+
+def output_paths(root: DataRoot, segment: str) -> tuple[str, str]:
+    return candidates_path(root, segment), candidates_stats_path(root, segment)
+
+
+@dataclass(frozen=True)
+class SegmentMergeUnit:
+    """One work unit: join a segment's finished parts into its output."""
+
+    segment: str
+    root: DataRoot
+    part_stats: tuple[dict, ...]
+    claim: ClaimFn | None = None
+
+
+def merge_unit(unit: SegmentMergeUnit) -> dict:
+    return merge_segment(unit.segment, unit.root, unit.part_stats, unit.claim)
+
+
+def merge_segment(
+    segment: str, root: DataRoot, part_stats: Iterable[dict], claim: ClaimFn | None = None
+) -> dict:
+    """Join a segment's parts in WAT order: drop pairs seen in an earlier file (and, with ``claim``,
+    pairs another segment owns), sort by uid, write the segment's parquet and stats atomically."""
+    part_stats = list(part_stats)
+    tables = [root.read_parquet(part_paths(root, segment, i)[0]) for i in range(len(part_stats))]
+    table = pa.concat_tables(tables) if tables else CANDIDATES_SCHEMA.empty_table()
+    seen: set[str] = set()
+    keep = []
+    for uid in table.column("uid").to_pylist():
+        keep.append(uid not in seen)
+        seen.add(uid)
+    table = table.filter(pa.array(keep, pa.bool_()))
+    stats = summarize_parts(part_stats)
+    stats["drop_duplicate"] = stats.get("drop_duplicate", 0) + keep.count(False)
+    if claim is not None:
+        owned = claim(segment, table.column("uid").to_pylist())
+        mask = pc.is_in(table.column("uid"), value_set=pa.array(sorted(owned), pa.string()))
+        stats["drop_duplicate_global"] = table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+        table = table.filter(mask)
+    table = table.sort_by("uid")
+    stats["candidates"] = table.num_rows
+    for category in CATEGORIES:
+        stats[f"candidates_{category}"] = pc.sum(pc.equal(table.column("category"), category)).as_py() or 0
+    table_path, stats_path = output_paths(root, segment)
+    root.write_parquet(table_path, table)
+    root.write_json(stats_path, stats)
+    root.remove(candidates_parts_folder(root, segment))
+    return stats
+
+
+def summarize_parts(part_stats: list[dict]) -> dict:
+    """Counters of all files added up: records, pages, links, every drop and damage reason."""
+    total: Counter = Counter()
+    for stats in part_stats:
+        for key, value in stats.items():
+            if key in COUNT_KEYS or key.startswith(("drop_", "malformed_", "corrupt_")):
+                total[key] += value
+    result = dict(total)
+    result["wat_files"] = len(part_stats)
+    result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
+    return result

@@ -1,0 +1,473 @@
+"""The clip_pairs stage: one image shard in, every ok pair scored by CLIP out (parquet, kept view, embeddings).
+
+Reader → worker → writer, like img2dataset: the shard's tar is streamed into per-model batches,
+a thread pool decodes and tokenizes the next batches while the model embeds the current one, and
+the results are written atomically, the ``NNNNN.done`` marker last.
+
+Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows.
+A pair that could not be scored stays in the file with ``clip_status`` saying why
+(``image_unreadable``: the JPEG does not decode; ``image_missing``: the tar has no image for the
+key; ``unknown_category``: no model is configured for its category), ``clip_error`` the detail,
+null similarity and tags, and ``kept`` false. Scored pairs have ``clip_status == 'scored'``.
+
+Beside it: ``kept/NNNNN.parquet``, the kept rows only (the release view), and with
+``write_embeddings`` clip-retrieval's layout, ``embeddings/{img_emb,text_emb,metadata}/``
+(``img_emb_NNNNN.npy`` float16, rows aligned with ``metadata_NNNNN.parquet``) for the en model's
+pairs; a category scored by another model gets its own ``embeddings_<category>/`` so that each
+index holds one embedding space.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import tarfile
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
+from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
+from cah_resources.contract import (
+    CATEGORIES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    MARKER,
+    SIMILARITY_EDGES,
+    finished_shards,
+    kept_path,
+    similarity_histogram,
+    stage_folder,
+)
+from cah_resources.storage import DataRoot
+
+log = logging.getLogger(__name__)
+
+CLIP_STATUSES = ("scored", "image_unreadable", "image_missing", "unknown_category")
+_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ClipPairsUnit:
+    """One work unit: one finished image shard of one segment, named by paths in the data root."""
+
+    root: DataRoot
+    segment: str
+    shard: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.shard:05d}"
+
+    def source(self, suffix: str) -> str:
+        return f"{stage_folder(self.root, IMAGE_SHARDS, self.segment)}/{self.name}{suffix}"
+
+    def output(self, *parts: str) -> str:
+        return self.root.path(CLIP_PAIRS, self.segment, *parts)
+
+    @property
+    def marker(self) -> str:
+        return self.output(f"{self.name}{MARKER}")
+
+
+def _finished(root: DataRoot, stage: str, segment: str) -> list[int]:
+    return [int(name) for name in finished_shards(root, stage_folder(root, stage, segment))]
+
+
+def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
+    """The segment's finished image shards that have no clip_pairs marker yet."""
+    scored = set(_finished(root, CLIP_PAIRS, segment))
+    return [
+        ClipPairsUnit(root, segment, shard)
+        for shard in _finished(root, IMAGE_SHARDS, segment)
+        if shard not in scored
+    ]
+
+
+def shard_summaries(root: DataRoot, segment: str) -> list[dict[str, Any]]:
+    """The summary every finished clip_pairs shard of the segment wrote into its marker."""
+    return [root.read_json(ClipPairsUnit(root, segment, s).marker) for s in _finished(root, CLIP_PAIRS, segment)]
+
+
+@dataclass
+class _Batch:
+    spec: ClipModelSpec
+    rows: list[int] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    spec: ClipModelSpec
+    rows: list[int]
+    tokens: torch.Tensor
+    pixels: torch.Tensor | None = None
+    encoded: list[torch.Tensor] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    # Object addresses ("<_io.BytesIO object at 0x7f...>") would make reruns differ.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)[:_ERROR_CHARS]
+
+
+def iter_tar_images(handle: Any, wanted: dict[str, int]) -> Iterator[tuple[int, bytes]]:
+    """(row, jpeg bytes) for each ``<key>.jpg`` member of a streamed tar whose key is ``wanted``."""
+    with tarfile.open(fileobj=handle, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.endswith(".jpg"):
+                continue
+            row = wanted.get(member.name.rsplit("/", 1)[-1][: -len(".jpg")])
+            if row is None:
+                continue
+            data = tar.extractfile(member)
+            if data is not None:
+                yield row, data.read()
+
+
+class _ShardScorer:
+    """Scores the ok rows of one shard: batches per model, prefetched decode, model on this thread."""
+
+    def __init__(self, table: pa.Table, settings: ScoringSettings) -> None:
+        self.settings = settings
+        self.n = table.num_rows
+        self.keys = table.column("key").to_pylist()
+        self.texts = table.column("text").to_pylist()
+        self.categories = table.column("category").to_pylist()
+        self.similarity = np.full(self.n, np.nan, dtype=np.float32)
+        self.nsfw_score = np.full(self.n, np.nan, dtype=np.float32)
+        self.watermark_score = np.full(self.n, np.nan, dtype=np.float32)
+        self.nsfw: list[str | None] = [None] * self.n
+        self.status = ["image_missing"] * self.n
+        self.error: list[str | None] = ["the shard's tar has no image for this key"] * self.n
+        self.embeddings: dict[ClipModelSpec, tuple[np.ndarray, np.ndarray]] = {}
+        self.models: dict[ClipModelSpec, LoadedClip] = {}
+        for row, category in enumerate(self.categories):
+            if category not in settings.models:
+                self.status[row] = "unknown_category"
+                self.error[row] = f"no CLIP model is configured for category {category!r}"
+        for spec in {settings.models[c] for c in set(self.categories) if c in settings.models}:
+            self.models[spec] = load_clip(spec, settings.device, settings.precision)
+
+    def spec_of(self, row: int) -> ClipModelSpec | None:
+        return self.settings.models.get(self.categories[row])
+
+    def decode_on_device(self, loaded: LoadedClip) -> bool:
+        if self.settings.decode == "auto":
+            return loaded.device == "cuda"
+        return self.settings.decode == "torch"
+
+    def batches(self, images: Iterator[tuple[int, bytes]]) -> Iterator[_Batch]:
+        pending: dict[ClipModelSpec, _Batch] = {}
+        for row, data in images:
+            spec = self.spec_of(row)
+            if spec is None:
+                continue
+            batch = pending.setdefault(spec, _Batch(spec))
+            batch.rows.append(row)
+            batch.images.append(data)
+            if len(batch.rows) >= self.settings.batch_size:
+                yield pending.pop(spec)
+        yield from pending.values()
+
+    def prepare(self, batch: _Batch) -> _Prepared:
+        """Decode and tokenize one batch (runs on a pool thread)."""
+        loaded = self.models[batch.spec]
+        prepared = _Prepared(batch.spec, [], tokens=torch.empty(0))
+        if self.decode_on_device(loaded):
+            prepared.encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in batch.images]
+            prepared.rows = list(batch.rows)
+        else:
+            tensors = []
+            for row, data in zip(batch.rows, batch.images):
+                try:
+                    tensors.append(loaded.preprocess_jpeg(data))
+                    prepared.rows.append(row)
+                except Exception as error:  # noqa: BLE001 - any undecodable image is recorded, not fatal
+                    prepared.errors[row] = _one_line(error)
+            prepared.pixels = torch.stack(tensors) if tensors else None
+        prepared.tokens = loaded.tokenize([self.texts[row] for row in prepared.rows])
+        return prepared
+
+    def _decode_encoded(self, loaded: LoadedClip, prepared: _Prepared) -> None:
+        """torchvision decode of the batch on the model's device (nvJPEG on CUDA) and resize there.
+
+        A batch with a bad image is decoded again image by image to find it.
+        """
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its codecs deprecated in favour of TorchCodec; they still
+            # are the batched nvJPEG decoder this needs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            try:
+                decoded = decode_jpeg(prepared.encoded, mode=ImageReadMode.RGB, device=loaded.device)
+                rows = prepared.rows
+            except Exception:  # noqa: BLE001 - find the bad images one at a time below
+                decoded, rows = [], []
+                for row, data in zip(prepared.rows, prepared.encoded):
+                    try:
+                        decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=loaded.device))
+                        rows.append(row)
+                    except Exception as error:  # noqa: BLE001
+                        prepared.errors[row] = _one_line(error)
+                keep = [prepared.rows.index(r) for r in rows]
+                prepared.tokens = prepared.tokens[keep]
+        prepared.rows = rows
+        prepared.pixels = loaded.preprocess_on_device(decoded) if decoded else None
+
+    def score(self, prepared: _Prepared) -> None:
+        """Embed one prepared batch and record its similarities and tags (runs on this thread)."""
+        loaded = self.models[prepared.spec]
+        for row, message in prepared.errors.items():
+            self.status[row], self.error[row] = "image_unreadable", message
+        if prepared.encoded is not None:
+            self._decode_encoded(loaded, prepared)
+            for row, message in prepared.errors.items():
+                self.status[row], self.error[row] = "image_unreadable", message
+        if prepared.pixels is None or not prepared.rows:
+            return
+        image_emb, text_emb = loaded.embed_in_halves(prepared.pixels, prepared.tokens)
+        rows = np.asarray(prepared.rows)
+        self.similarity[rows] = (image_emb * text_emb).sum(dim=-1).cpu().numpy()
+        labels, nsfw_score, watermark_score = loaded.tags(image_emb)
+        self.nsfw_score[rows] = nsfw_score
+        self.watermark_score[rows] = watermark_score
+        for row, label in zip(prepared.rows, labels):
+            self.nsfw[row], self.status[row], self.error[row] = label, "scored", None
+        if self.settings.write_embeddings:
+            if prepared.spec not in self.embeddings:
+                dim = image_emb.shape[1]
+                self.embeddings[prepared.spec] = (
+                    np.zeros((self.n, dim), np.float16),
+                    np.zeros((self.n, text_emb.shape[1]), np.float16),
+                )
+            images, texts = self.embeddings[prepared.spec]
+            images[rows] = image_emb.half().cpu().numpy()
+            texts[rows] = text_emb.half().cpu().numpy()
+
+    def run(self, images: Iterator[tuple[int, bytes]]) -> None:
+        settings = self.settings
+        in_flight: deque[Future[_Prepared]] = deque()
+        limit = settings.decode_workers + settings.prefetch_batches
+        with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clip-decode") as pool:
+            for batch in self.batches(images):
+                in_flight.append(pool.submit(self.prepare, batch))
+                # Score whatever is ready; block only when the prefetch window is full.
+                while in_flight and (len(in_flight) > limit or in_flight[0].done()):
+                    self.score(in_flight.popleft().result())
+            while in_flight:
+                self.score(in_flight.popleft().result())
+
+
+def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:
+    thresholds = np.array(
+        [settings.thresholds.get(c, np.nan) for c in scorer.categories], dtype=np.float32
+    )
+    scored = np.array([s == "scored" for s in scorer.status], dtype=bool)
+    kept = scored & (np.nan_to_num(scorer.similarity, nan=-2.0) >= np.nan_to_num(thresholds, nan=2.0))
+    columns = {
+        "similarity": pa.array(scorer.similarity, pa.float32(), mask=~scored),
+        "threshold": pa.array(thresholds, pa.float32(), mask=np.isnan(thresholds)),
+        "kept": pa.array(kept, pa.bool_()),
+        "clip_model": pa.array(
+            [spec.label if (spec := scorer.spec_of(r)) else None for r in range(scorer.n)], pa.string()
+        ),
+        "nsfw": pa.array(scorer.nsfw, pa.string()),
+        # NaN: scored by a model without tags (ClipModelSpec.tags_known): unknown, so null like unscored rows
+        "nsfw_score": pa.array(scorer.nsfw_score, pa.float32(), mask=~scored | np.isnan(scorer.nsfw_score)),
+        "watermark_score": pa.array(scorer.watermark_score, pa.float32(), mask=~scored | np.isnan(scorer.watermark_score)),
+        "clip_status": pa.array(scorer.status, pa.string()),
+        "clip_error": pa.array(scorer.error, pa.string()),
+    }
+    table = table.drop_columns([name for name in columns if name in table.column_names])
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    return table
+
+
+def _embedding_folders(settings: ScoringSettings) -> dict[ClipModelSpec, str]:
+    """Where each model's embeddings go: ``embeddings`` for the en model, ``embeddings_<cat>`` else.
+
+    One folder per model keeps each clip-retrieval index in one embedding space.
+    """
+    folders: dict[ClipModelSpec, str] = {}
+    for category in CATEGORIES:
+        spec = settings.models[category]
+        folders.setdefault(spec, "embeddings" if not folders else f"embeddings_{category}")
+    return folders
+
+
+def _write_embeddings(unit: ClipPairsUnit, table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> None:
+    root, name = unit.root, unit.name
+    for spec, folder in _embedding_folders(settings).items():
+        if spec not in scorer.embeddings:
+            continue
+        rows = np.array(
+            [i for i in range(scorer.n) if scorer.status[i] == "scored" and scorer.spec_of(i) == spec], dtype=np.int64
+        )
+        images, texts = scorer.embeddings[spec]
+        for kind, matrix in (("img_emb", images), ("text_emb", texts)):
+            buffer = io.BytesIO()
+            np.save(buffer, matrix[rows])
+            root.write_bytes(unit.output(folder, kind, f"{kind}_{name}.npy"), buffer.getvalue())
+        picked = table.take(pa.array(rows))
+        metadata = pa.table(
+            {
+                "image_path": picked["key"],
+                "caption": picked["text"],
+                "url": picked["url"],
+                "uid": picked["uid"],
+                "category": picked["category"],
+                "language": picked["language"],
+                "width": picked["width"],
+                "height": picked["height"],
+                "similarity": picked["similarity"],
+                "kept": picked["kept"],
+                "nsfw": picked["nsfw"],
+            }
+        )
+        root.write_parquet(unit.output(folder, "metadata", f"metadata_{name}.parquet"), metadata)
+
+
+def _worker_name() -> str | None:
+    """The Dask worker running this shard (which executor scored it), or None outside Dask."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
+def _summary(unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, seconds: float, scorer: _ShardScorer | None) -> dict[str, Any]:
+    status = table.column("clip_status").to_pylist()
+    categories = table.column("category").to_pylist()
+    kept = table.column("kept").to_pylist()
+    similarity = table.column("similarity").to_numpy(zero_copy_only=False)
+    scored_sims = similarity[np.array([s == "scored" for s in status], dtype=bool)] if table.num_rows else similarity
+    device = precision = None
+    if scorer is not None and scorer.models:
+        any_model = next(iter(scorer.models.values()))
+        device, precision = any_model.device, any_model.precision
+    scored_count = sum(s == "scored" for s in status)
+    return {
+        "segment": unit.segment,
+        "shard": unit.shard,
+        "pairs": table.num_rows,
+        "scored": {c: sum(1 for s, k in zip(status, categories) if s == "scored" and k == c) for c in sorted(set(categories))},
+        "kept": {c: sum(1 for k, cat in zip(kept, categories) if k and cat == c) for c in sorted(set(categories))},
+        "not_scored": {s: status.count(s) for s in CLIP_STATUSES[1:] if status.count(s)},
+        "histogram": similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
+        "seconds": round(seconds, 3),
+        "images_per_s": round(scored_count / seconds, 2) if seconds > 0 else None,
+        "device": device,
+        "precision": precision,
+        "worker": _worker_name(),
+        "models": {c: settings.models[c].label for c in CATEGORIES},
+        "thresholds": dict(settings.thresholds),
+    }
+
+
+def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[str, Any]:
+    """Score one image shard and write its clip_pairs outputs; returns the shard's summary.
+
+    A shard whose marker exists is never redone: its summary is read back. Without the marker
+    every output is rewritten from scratch, so a retried or interrupted shard ends the same.
+    """
+    root = unit.root
+    if root.exists(unit.marker):
+        return root.read_json(unit.marker)
+    started = time.perf_counter()
+    source = root.read_parquet(unit.source(".parquet"))
+    table = source.filter(pc.equal(source.column("status"), "ok"))
+    scorer = _ShardScorer(table, settings) if table.num_rows else None
+    if scorer is not None:
+        wanted = {key: row for row, key in enumerate(scorer.keys)}
+        tar_path = unit.source(".tar")
+        try:
+            with root.fs.open(tar_path, "rb") as handle:
+                scorer.run(iter_tar_images(handle, wanted))
+        except (tarfile.TarError, EOFError, FileNotFoundError) as error:
+            raise RuntimeError(
+                f"{tar_path} is unreadable ({_one_line(error)}); rematerialize image_shards for {unit.segment}"
+            ) from error
+        table = _scored_table(table, scorer, settings)
+    else:
+        table = _scored_table(table, _ShardScorer(table, settings), settings)
+    root.write_parquet(unit.output(f"{unit.name}.parquet"), table)
+    root.write_parquet(unit.output("kept", f"{unit.name}.parquet"), table.filter(table.column("kept")))
+    if settings.write_embeddings and scorer is not None:
+        _write_embeddings(unit, table, scorer, settings)
+    summary = _summary(unit, table, settings, time.perf_counter() - started, scorer)
+    root.write_json(unit.marker, summary)
+    log.info("clip_pairs %s/%s: %d pairs, %s kept", unit.segment, unit.name, table.num_rows, summary["kept"])
+    return summary
+
+
+def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Segment totals from shard summaries: pairs scored and kept per category, rates, histogram."""
+    scored: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    not_scored: dict[str, int] = {}
+    histogram = [0] * (len(SIMILARITY_EDGES) - 1)
+    seconds = 0.0
+    for summary in summaries:
+        for name, target in (("scored", scored), ("kept", kept), ("not_scored", not_scored)):
+            for key, count in summary.get(name, {}).items():
+                target[key] = target.get(key, 0) + count
+        if len(summary.get("histogram", ())) == len(histogram):  # markers of older builds binned otherwise
+            histogram = [a + b for a, b in zip(histogram, summary["histogram"])]
+        seconds += summary.get("seconds") or 0.0
+    total_scored, total_kept = sum(scored.values()), sum(kept.values())
+    devices = sorted({s["device"] for s in summaries if s.get("device")})
+    precisions = sorted({s["precision"] for s in summaries if s.get("precision")})
+    return {
+        "shards": len(summaries),
+        "pairs": sum(s.get("pairs", 0) for s in summaries),
+        "scored": scored,
+        "kept": kept,
+        "not_scored": not_scored,
+        "scored_total": total_scored,
+        "kept_total": total_kept,
+        "kept_rate": round(total_kept / total_scored, 4) if total_scored else 0.0,
+        "histogram": histogram,
+        "shard_images_per_s": round(total_scored / seconds, 2) if seconds else None,
+        "device": ",".join(devices) or "none",
+        "precision": ",".join(precisions) or "none",
+    }
+
+
+def read_kept_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:
+    """A few kept pairs of the segment's first finished shard, for people to eyeball."""
+    shards = _finished(root, CLIP_PAIRS, segment)
+    if not shards:
+        return []
+    return root.read_parquet(kept_path(root, segment, shards[0])).slice(0, limit).to_pylist()
+
+
+def histogram_rows(histogram: list[int], max_rows: int = 40) -> list[dict[str, object]]:
+    """The similarity histogram as table rows with a text bar: the span of non-empty bins, merged to ``max_rows``."""
+    nonzero = [i for i, count in enumerate(histogram) if count]
+    if not nonzero:
+        return []
+    first, last = nonzero[0], nonzero[-1] + 1
+    step = -(-(last - first) // max_rows)
+    groups = [(i, min(i + step, last)) for i in range(first, last, step)]
+    counts = [sum(histogram[a:b]) for a, b in groups]
+    peak = max(counts)
+    return [
+        {"similarity": f"[{SIMILARITY_EDGES[a]:.2f}, {SIMILARITY_EDGES[b]:.2f})", "pairs": count,
+         "bar": "█" * round(20 * count / peak)}
+        for (a, b), count in zip(groups, counts)
+    ]

@@ -1,0 +1,140 @@
+"""The on-disk contract between the stages: names, folders and files under the data root, schemas, finished shards."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from cah_resources.storage import DataRoot
+
+# The three partitioned stages, in the order they run; each is an asset, a module and a folder.
+STAGES = ("candidates", "image_shards", "clip_pairs")
+CANDIDATES, IMAGE_SHARDS, CLIP_PAIRS = STAGES
+# The unpartitioned roll-ups of a crawl.
+RELEASE, REPORT = "release", "report"
+DATASET_ASSETS = (RELEASE, REPORT)
+CRAWLS = "crawls"  # crawls/<CRAWL>/segments.json: a registered crawl's segments
+# Alt-text language categories: English, another language, none detected.
+CATEGORIES = ("en", "multi", "nolang")
+
+MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means
+SHARD_DIGITS = 5  # NNNNN: shard numbers, and the shard half of a sample key
+
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),  # blake2b-128 of url + "\x00" + text, hex
+        pa.field("url", pa.string(), nullable=False),  # absolute http(s) image URL
+        pa.field("text", pa.string(), nullable=False),  # alt text, whitespace-normalized
+        pa.field("page_url", pa.string(), nullable=False),  # page of the first occurrence
+        pa.field("category", pa.string(), nullable=False),  # en | multi | nolang
+        pa.field("language", pa.string(), nullable=False),  # gcld3 code ("und" if none)
+        pa.field("language_prob", pa.float32(), nullable=False),
+        pa.field("wat_file", pa.string(), nullable=False),  # crawl-relative WAT path
+    ]
+)
+# What image_shards adds to each candidate row: one row per attempted URL.
+DOWNLOAD_FIELDS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("http_status", pa.int32()),
+        ("error_message", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+    ]
+)
+# What clip_pairs adds to each ok shard row.
+CLIP_FIELDS = pa.schema(
+    [
+        ("similarity", pa.float32()),
+        ("threshold", pa.float32()),
+        ("kept", pa.bool_()),
+        ("clip_model", pa.string()),
+        ("nsfw", pa.string()),
+        ("nsfw_score", pa.float32()),
+        ("watermark_score", pa.float32()),
+        ("clip_status", pa.string()),
+        ("clip_error", pa.string()),
+    ]
+)
+
+
+def shard_row_schema(candidate_schema: pa.Schema = CANDIDATES_SCHEMA) -> pa.Schema:
+    """Columns of an image shard's parquet: the candidate's, then the download's."""
+    return pa.schema(list(candidate_schema) + [f for f in DOWNLOAD_FIELDS if f.name not in candidate_schema.names])
+
+
+# Similarity histogram (cosine, values clipped to [-1, 1]): fixed 0.01 bins, so histograms of any
+# number of shards and segments add up exactly, and the report's plot and the stage's metadata agree.
+SIMILARITY_EDGES = np.round(np.linspace(-1.0, 1.0, 201), 2)
+
+
+def similarity_histogram(values: np.ndarray) -> np.ndarray:
+    """Pair counts per SIMILARITY_EDGES bin."""
+    return np.histogram(np.clip(values, -1.0, 1.0), bins=SIMILARITY_EDGES)[0]
+
+
+# -- paths under the data root ------------------------------------------------------------------
+
+
+def stage_folder(root: DataRoot, stage: str, segment: str) -> str:
+    """``<stage>/<segment>/``: one partition's outputs of one stage."""
+    return root.path(stage, segment)
+
+
+def candidates_path(root: DataRoot, segment: str) -> str:
+    return root.path(CANDIDATES, segment, "candidates.parquet")
+
+
+def candidates_stats_path(root: DataRoot, segment: str) -> str:
+    return root.path(CANDIDATES, segment, "stats.json")
+
+
+def candidates_parts_folder(root: DataRoot, segment: str) -> str:
+    """Per-WAT-file partial results of a segment's candidates, removed once merged."""
+    return root.path(CANDIDATES, segment, "parts")
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:0{SHARD_DIGITS}d}"
+
+
+def shard_paths(folder: str, shard: int) -> dict[str, str]:
+    """An image shard's files: NNNNN.tar (webdataset), .parquet (every attempt), _stats.json, .done."""
+    name = shard_name(shard)
+    return {
+        "tar": f"{folder}/{name}.tar",
+        "parquet": f"{folder}/{name}.parquet",
+        "stats": f"{folder}/{name}_stats.json",
+        "done": f"{folder}/{name}{MARKER}",
+    }
+
+
+def kept_path(root: DataRoot, segment: str, shard: int) -> str:
+    """clip_pairs' kept rows of one shard: the release's view."""
+    return root.path(CLIP_PAIRS, segment, "kept", f"{shard_name(shard)}.parquet")
+
+
+def release_folder(root: DataRoot, crawl: str) -> str:
+    return root.path(RELEASE, crawl)
+
+
+def report_folder(root: DataRoot, crawl: str) -> str:
+    return root.path(REPORT, crawl)
+
+
+def segments_manifest_path(root: DataRoot, crawl: str) -> str:
+    return root.path(CRAWLS, crawl, "segments.json")
+
+
+def finished_shards(root: DataRoot, folder: str) -> list[str]:
+    """Names (NNNNN) of the folder's finished shards, in shard order: those with a ``.done`` marker."""
+    names = (n.removesuffix(MARKER) for n in root.listdir(folder) if n.endswith(MARKER))
+    return sorted(n for n in names if len(n) == SHARD_DIGITS and n.isdigit())

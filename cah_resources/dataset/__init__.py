@@ -1,0 +1,1 @@
+"""Dataset roll-ups over segments: global dedup index, release parquet, report."""

@@ -1,0 +1,473 @@
+"""The dataset report: funnel, similarity, status, domains, throughput as PNGs and tables."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cah_resources.contract import (
+    CANDIDATES,
+    CATEGORIES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    SIMILARITY_EDGES,
+    STAGES,
+    candidates_path,
+    candidates_stats_path,
+    finished_shards,
+    shard_paths,
+    similarity_histogram,
+    stage_folder,
+)
+from cah_resources.storage import DataRoot
+
+FUNNEL_STEPS = ("candidates", "attempted", "downloaded", "scored", "kept")
+_HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+_CATEGORY_COLORS = {"en": "#4C72B0", "multi": "#DD8452", "nolang": "#55A868"}
+
+
+@dataclass
+class StageThroughput:
+    """Work of one stage: items done and seconds spent by its tasks (and the run, if known)."""
+
+    stage: str
+    unit: str
+    items: int = 0
+    task_seconds: float = 0.0
+    wall_seconds: float | None = None
+
+    @property
+    def per_task_second(self) -> float | None:
+        return self.items / self.task_seconds if self.task_seconds > 0 else None
+
+    @property
+    def per_wall_second(self) -> float | None:
+        return self.items / self.wall_seconds if self.wall_seconds else None
+
+
+@dataclass
+class DatasetFacts:
+    """Everything the report shows, summed over segments from the files of the data layout."""
+
+    segments: list[str]
+    records: int = 0  # WAT metadata records read
+    funnel: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in FUNNEL_STEPS})
+    candidate_drops: Counter = field(default_factory=Counter)  # drop_* of the candidates stage
+    statuses: Counter = field(default_factory=Counter)  # download status of every attempt
+    similarity: dict[str, np.ndarray] = field(default_factory=dict)  # counts per SIMILARITY bin
+    thresholds: dict[str, float] = field(default_factory=dict)
+    domains: dict[str, Counter] = field(
+        default_factory=lambda: {"attempted": Counter(), "downloaded": Counter(), "kept": Counter()}
+    )
+    throughput: dict[str, StageThroughput] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+
+# -- reading the data layout ---------------------------------------------------------------
+
+
+def _counts(column: pa.ChunkedArray | pa.Array) -> Counter:
+    if len(column) == 0:
+        return Counter()
+    column = pc.fill_null(column, "null")
+    return Counter({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()})
+
+
+def _counts_by_category(table: pa.Table) -> Counter:
+    return _counts(table.column("category"))
+
+
+def url_domains(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Lower-case host of every URL (null where there is none), vectorized."""
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    matched = pc.extract_regex(urls, _HOST)
+    hosts = matched.field("host")
+    # A struct's child keeps "" under a null (non-matching) row; make those null too.
+    usable = pc.and_(pc.is_valid(matched), pc.not_equal(hosts, ""))
+    return pc.utf8_lower(pc.if_else(usable, hosts, pa.scalar(None, pa.string())))
+
+
+def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    path, stats_path = candidates_path(root, segment), candidates_stats_path(root, segment)
+    if not root.exists(path):
+        facts.missing[CANDIDATES].append(segment)
+        return
+    table = root.read_parquet(path, columns=["category"])
+    facts.funnel["candidates"].update(_counts_by_category(table))
+    stats = root.read_json(stats_path) if root.exists(stats_path) else {}
+    records = int(stats.get("metadata_records", 0))
+    facts.records += records
+    facts.candidate_drops.update(
+        {k: int(v) for k, v in stats.items() if k.startswith("drop_") and isinstance(v, (int, float))}
+    )
+    stage = facts.throughput.setdefault(CANDIDATES, StageThroughput(CANDIDATES, "WAT records"))
+    stage.items += records
+    stage.task_seconds += float(stats.get("task_seconds") or 0.0)
+
+
+def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    folder = stage_folder(root, IMAGE_SHARDS, segment)
+    shards = finished_shards(root, folder)
+    if not shards:
+        facts.missing[IMAGE_SHARDS].append(segment)
+        return
+    stage = facts.throughput.setdefault(IMAGE_SHARDS, StageThroughput(IMAGE_SHARDS, "URLs"))
+    for name in shards:
+        paths = shard_paths(folder, int(name))
+        table = root.read_parquet(paths["parquet"], columns=["url", "category", "status"])
+        ok = pc.equal(table.column("status"), "ok")
+        facts.funnel["attempted"].update(_counts_by_category(table))
+        facts.funnel["downloaded"].update(_counts_by_category(table.filter(ok)))
+        facts.statuses.update(_counts(table.column("status")))
+        domains = url_domains(table.column("url"))
+        facts.domains["attempted"].update(_counts(domains))
+        facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
+        stats = root.read_json(paths["stats"]) if root.exists(paths["stats"]) else {}
+        stage.items += table.num_rows
+        stage.task_seconds += float(stats.get("download_seconds") or stats.get("duration") or 0.0)
+
+
+def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    folder = stage_folder(root, CLIP_PAIRS, segment)
+    shards = finished_shards(root, folder)
+    if not shards:
+        facts.missing[CLIP_PAIRS].append(segment)
+        return
+    stage = facts.throughput.setdefault(CLIP_PAIRS, StageThroughput(CLIP_PAIRS, "pairs scored"))
+    for name in shards:
+        paths = shard_paths(folder, int(name))
+        table = root.read_parquet(
+            paths["parquet"],
+            columns=["url", "category", "similarity", "threshold", "kept"],
+        )
+        scored = table.filter(pc.is_valid(table.column("similarity")))
+        kept = table.filter(pc.fill_null(table.column("kept"), False))
+        facts.funnel["scored"].update(_counts_by_category(scored))
+        facts.funnel["kept"].update(_counts_by_category(kept))
+        facts.domains["kept"].update(_counts(url_domains(kept.column("url"))))
+        for category in set(scored.column("category").to_pylist()):
+            rows = scored.filter(pc.equal(scored.column("category"), category))
+            values = rows.column("similarity").to_numpy()
+            hist = similarity_histogram(values)
+            facts.similarity[category] = facts.similarity.get(category, 0) + hist
+            threshold = pc.max(rows.column("threshold")).as_py()
+            if threshold is not None:
+                facts.thresholds[category] = threshold
+        marker = root.read_json(paths["done"])
+        stage.items += scored.num_rows
+        stage.task_seconds += float(marker.get("seconds") or 0.0)
+
+
+def collect_facts(
+    root: DataRoot, segment_keys: Iterable[str], wall_seconds: Mapping[str, float] | None = None
+) -> DatasetFacts:
+    """Read the stats and parquet files of ``segment_keys``; only finished shards count.
+
+    ``wall_seconds`` (stage -> seconds of its runs, from Dagster) adds per-run throughput.
+    """
+    facts = DatasetFacts(segments=sorted(set(segment_keys)))
+    for segment in facts.segments:
+        _add_candidates(facts, root, segment)
+        _add_image_shards(facts, root, segment)
+        _add_clip_pairs(facts, root, segment)
+    for stage, seconds in (wall_seconds or {}).items():
+        if stage in facts.throughput:
+            facts.throughput[stage].wall_seconds = seconds
+    return facts
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+class Table(NamedTuple):
+    """A table of the report as plain data: the asset shows it as Dagster table metadata, report.md as markdown."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple]
+    note: str = ""  # a sentence under the table
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def table_markdown(table: Table) -> str:
+    """``table`` as markdown for report.md: numbers right-aligned with thousands separators."""
+
+    def text(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.1f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    numeric = [
+        bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows) for i in range(len(table.columns))
+    ]
+    lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines + (["", table.note] if table.note else []))
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None else "n/a"
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
+
+
+def funnel_table(facts: DatasetFacts) -> Table:
+    """records → candidates → attempted → downloaded → scored → kept, per category."""
+    categories = [c for c in CATEGORIES if any(facts.funnel[s][c] for s in FUNNEL_STEPS)]
+    categories += sorted({c for s in FUNNEL_STEPS for c in facts.funnel[s]} - set(CATEGORIES))
+    totals = {s: sum(facts.funnel[s].values()) for s in FUNNEL_STEPS}
+    rows = []
+    for name, counts in [(c, {s: facts.funnel[s][c] for s in FUNNEL_STEPS}) for c in categories] + [("all", totals)]:
+        rows.append((name, counts["candidates"], counts["attempted"], counts["downloaded"], counts["kept"],
+                     _ratio(counts["downloaded"], counts["attempted"]), _ratio(counts["kept"], counts["downloaded"])))
+    note = (
+        f"{facts.records:,} WAT records in {len(facts.segments)} segments gave "
+        f"{totals['candidates']:,} candidates and {totals['kept']:,} kept pairs "
+        f"({_ratio(totals['kept'], totals['candidates'])} of candidates)."
+    )
+    columns = ("category", "candidates", "attempted", "downloaded", "kept", "download rate", "keep rate")
+    return Table(columns, rows, note)
+
+
+def status_table(facts: DatasetFacts) -> Table:
+    total = sum(facts.statuses.values())
+    rows = [(status, count, _ratio(count, total)) for status, count in facts.statuses.most_common()]
+    return Table(("download status", "URLs", "share"), rows)
+
+
+def candidate_drops_table(facts: DatasetFacts) -> Table:
+    rows = [(reason.removeprefix("drop_"), count) for reason, count in facts.candidate_drops.most_common()]
+    return Table(("candidates drop reason", "links"), rows)
+
+
+def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, int]]:
+    """(domain, attempted, downloaded, kept) of the ``n`` domains with the most kept pairs,
+    then the most attempts."""
+    domains = facts.domains
+    names = set(domains["attempted"]) | set(domains["kept"])
+    names.discard("null")
+    ranked = sorted(names, key=lambda d: (-domains["kept"][d], -domains["attempted"][d], d))
+    return [
+        (d, domains["attempted"][d], domains["downloaded"][d], domains["kept"][d]) for d in ranked[:n]
+    ]
+
+
+def top_domains_table(facts: DatasetFacts, n: int = 20) -> Table:
+    return Table(("domain", "attempted", "downloaded", "kept"), top_domains(facts, n))
+
+
+def throughput_table(facts: DatasetFacts) -> Table:
+    rows = []
+    for stage in STAGES:
+        t = facts.throughput.get(stage)
+        if t is None:
+            continue
+        per_task = round(t.per_task_second, 1) if t.per_task_second is not None else "n/a"
+        per_run = round(t.per_wall_second, 1) if t.per_wall_second is not None else "n/a"
+        rows.append((stage, t.items, t.unit, round(t.task_seconds, 1), per_task, per_run))
+    return Table(("stage", "items", "unit", "task seconds", "per task second", "per run second"), rows)
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _legend_outside(axes) -> None:
+    # Right of the plot area (savefig's bbox_inches="tight" widens the image for it): it covers no data.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
+    # Figure without pyplot: no global state, so workers and threads can draw side by side.
+    figure = Figure(figsize=(width, height))
+    return figure, figure.add_subplot()
+
+
+def funnel_figure(facts: DatasetFacts) -> Figure:
+    """Stacked bars per step, one stack per category; the record count in the title."""
+    figure, axes = _figure()
+    steps = list(FUNNEL_STEPS)
+    bottom = np.zeros(len(steps))
+    categories = sorted({c for s in steps for c in facts.funnel[s]}, key=_category_order)
+    for category in categories:
+        heights = np.array([facts.funnel[s][category] for s in steps], dtype=float)
+        axes.bar(steps, heights, bottom=bottom, label=category, color=_CATEGORY_COLORS.get(category))
+        bottom += heights
+    for x, total in enumerate(bottom):
+        axes.annotate(f"{int(total):,}", (x, total), ha="center", va="bottom", fontsize=8)
+    axes.set_ylabel("pairs")
+    axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
+    if categories:
+        _legend_outside(axes)
+    return figure
+
+
+def similarity_figure(facts: DatasetFacts) -> Figure:
+    """Histogram of CLIP similarity per category with the category's threshold."""
+    figure, axes = _figure()
+    populated = [h for h in facts.similarity.values() if h.sum()]
+    if populated:
+        nonzero = np.nonzero(np.sum(populated, axis=0))[0]
+        low, high = SIMILARITY_EDGES[nonzero[0]], SIMILARITY_EDGES[nonzero[-1] + 1]
+    else:
+        low, high = 0.0, 0.5
+    for category in sorted(facts.similarity, key=_category_order):
+        hist = facts.similarity[category]
+        color = _CATEGORY_COLORS.get(category)
+        axes.stairs(hist, SIMILARITY_EDGES, label=f"{category} ({int(hist.sum()):,})", color=color)
+        if category in facts.thresholds:
+            axes.axvline(facts.thresholds[category], color=color, linestyle="--", linewidth=1)
+    axes.set_xlim(low - 0.02, high + 0.02)
+    axes.set_xlabel("cosine similarity (dashed: threshold)")
+    axes.set_ylabel("pairs")
+    axes.set_title("CLIP similarity of downloaded pairs")
+    if facts.similarity:
+        _legend_outside(axes)
+    return figure
+
+
+def status_figure(facts: DatasetFacts) -> Figure:
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(facts.statuses), 1))
+    statuses = facts.statuses.most_common()[::-1]
+    axes.barh([s for s, _ in statuses], [c for _, c in statuses], color="#4C72B0")
+    axes.set_xlabel("URLs")
+    axes.set_title(f"Download status of {sum(facts.statuses.values()):,} URLs")
+    return figure
+
+
+def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
+    rows = top_domains(facts, n)[::-1]
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
+    names = [r[0] for r in rows]
+    bars = ((1, "attempted", "#CCCCCC"), (2, "downloaded", "#4C72B0"), (3, "kept", "#55A868"))
+    for column, label, color in bars:
+        axes.barh(names, [r[column] for r in rows], label=label, color=color)
+    axes.set_xlabel("pairs")
+    axes.set_title(f"Top {len(rows)} domains by kept pairs")
+    if rows:
+        _legend_outside(axes)
+    return figure
+
+
+def throughput_figure(facts: DatasetFacts) -> Figure:
+    """One panel per stage, each in its own unit (records, URLs, pairs): per task second and per run second."""
+    stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
+    figure = Figure(figsize=(3.0 * len(stages), 3.6))
+    for i, stage in enumerate(stages):
+        axes = figure.add_subplot(1, len(stages), i + 1)
+        t = facts.throughput.get(stage) or StageThroughput(stage, "items")
+        rates = [t.per_task_second, t.per_wall_second]
+        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates],
+                        color=["#4C72B0", "#DD8452"])
+        for bar, value in zip(bars, rates):
+            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)
+        axes.set_ylabel(f"{t.unit} / s")
+        axes.set_title(stage)
+        axes.margins(y=0.15)
+    figure.suptitle("Throughput per stage")
+    figure.tight_layout()
+    return figure
+
+
+def funnel_plot(facts: DatasetFacts) -> bytes:
+    return _png(funnel_figure(facts))
+
+
+def similarity_plot(facts: DatasetFacts) -> bytes:
+    return _png(similarity_figure(facts))
+
+
+def status_plot(facts: DatasetFacts) -> bytes:
+    return _png(status_figure(facts))
+
+
+def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
+    return _png(top_domains_figure(facts, n))
+
+
+def throughput_plot(facts: DatasetFacts) -> bytes:
+    return _png(throughput_figure(facts))
+
+
+def _category_order(category: str) -> tuple[int, str]:
+    return (CATEGORIES.index(category) if category in CATEGORIES else len(CATEGORIES), category)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    facts: DatasetFacts
+    plots: dict[str, bytes]  # name -> PNG
+    tables: dict[str, Table]
+    paths: dict[str, str] = field(default_factory=dict)  # name -> file written
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """The PNG inline as markdown (a data URI), which Dagster's metadata view renders."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def build_report(
+    root: DataRoot,
+    segment_keys: Iterable[str],
+    out_dir: str,
+    wall_seconds: Mapping[str, float] | None = None,
+    top_n_domains: int = 20,
+) -> Report:
+    """Collect the facts, draw the plots, write ``out_dir/<name>.png`` and ``report.md``."""
+    facts = collect_facts(root, segment_keys, wall_seconds)
+    plots = {
+        "funnel": funnel_plot(facts),
+        "similarity": similarity_plot(facts),
+        "download_status": status_plot(facts),
+        "top_domains": top_domains_plot(facts, top_n_domains),
+        "throughput": throughput_plot(facts),
+    }
+    tables = {
+        "funnel": funnel_table(facts),
+        "download_status": status_table(facts),
+        "candidate_drops": candidate_drops_table(facts),
+        "top_domains": top_domains_table(facts, top_n_domains),
+        "throughput": throughput_table(facts),
+    }
+    report = Report(facts, plots, tables)
+    for name, png in plots.items():
+        path = f"{out_dir}/{name}.png"
+        root.write_bytes(path, png)
+        report.paths[name] = path
+    sections = [f"# Dataset report: {len(facts.segments)} segments"]
+    for name in ("funnel", "similarity", "download_status", "candidate_drops", "top_domains", "throughput"):
+        sections.append(f"## {name.replace('_', ' ')}")
+        if name in plots:
+            sections.append(f"![{name}]({name}.png)")
+        if name in tables:
+            sections.append(table_markdown(tables[name]))
+    missing = {stage: segs for stage, segs in facts.missing.items() if segs}
+    if missing:
+        sections.append("## not yet materialized")
+        sections += [f"- {stage}: {', '.join(segs)}" for stage, segs in missing.items()]
+    report.paths["report"] = f"{out_dir}/report.md"
+    root.write_bytes(report.paths["report"], "\n\n".join(sections).encode() + b"\n")
+    return report

@@ -1,0 +1,1 @@
+"""Stage 2, image_shards: candidates downloaded, checked, resized and written as webdataset shards."""

@@ -1,0 +1,366 @@
+"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, robots and the address guard."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import socket
+import time
+from dataclasses import dataclass, replace
+
+import aiohttp
+from aiohttp.helpers import is_ip_address
+from yarl import URL
+
+from cah_resources.image_shards.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
+from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, read_body
+from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
+
+DEFAULT_USER_AGENT = (
+    "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ACCEPT = "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5"
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How the downloader behaves on the network; defaults suit one machine crawling the web."""
+
+    concurrency: int = 256
+    per_host_connections: int = 16
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    total_timeout: float = 60.0
+    max_body_bytes: int = 20_000_000
+    max_redirects: int = 5
+    retries: int = 2
+    retry_backoff: float = 0.5
+    max_retry_after: float = 30.0
+    user_agent: str = DEFAULT_USER_AGENT
+    user_agent_token: str = "cah"
+    honour_robots_noai: bool = True
+    disallowed_robots_directives: tuple[str, ...] = ("noai", "noimageai")
+    allowed_networks: tuple[str, ...] = ()
+    block_private_addresses: bool = True
+    verify_tls: bool = True
+    # DNS: the system's nameservers unless these ("ip" or "ip:port") name others, e.g. a local
+    # caching resolver. Lookups have their own limit, separate from connection slots, and their
+    # own timeout, spent before the URL's request (and its timeouts) starts.
+    nameservers: tuple[str, ...] = ()
+    dns_concurrency: int = 256
+    dns_timeout: float = 5.0
+    dns_min_ttl: float = 60.0
+    dns_max_ttl: float = 3600.0
+    dns_negative_ttl: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.per_host_connections < 1 or self.dns_concurrency < 1:
+            raise ValueError("concurrency, per_host_connections and dns_concurrency must be at least 1")
+        for name in ("connect_timeout", "read_timeout", "total_timeout", "dns_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+        if not 0 <= self.dns_min_ttl <= self.dns_max_ttl:
+            raise ValueError(f"dns_min_ttl..dns_max_ttl must be a range of seconds, "
+                             f"not {self.dns_min_ttl}..{self.dns_max_ttl}")
+        for server in self.nameservers:
+            parse_nameserver(server)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One URL's network outcome: ``body`` is set exactly when status is 'fetched'."""
+
+    status: str
+    body: bytes | None = None
+    http_status: int | None = None
+    error_message: str | None = None
+    final_url: str | None = None
+    transient: bool = False
+    retry_after: float | None = None
+
+
+def robots_disallow(header_values: list[str], token: str, directives: tuple[str, ...]) -> str | None:
+    """The X-Robots-Tag value forbidding our use, as img2dataset reads it, or None.
+
+    A value is ``[user-agent:] directive, directive``; unprefixed values address every crawler.
+    """
+    for value in header_values:
+        agent, sep, rest = value.partition(":")
+        if sep and agent.strip() and " " not in agent.strip():
+            target, scoped = agent.strip().lower(), rest
+        else:
+            target, scoped = None, value
+        words = {word.strip().lower() for word in scoped.split(",")}
+        if (target is None or target == token.lower()) and words & set(directives):
+            return value.strip()
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+    return chain
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
+
+
+def classify_exception(exc: BaseException, url: str) -> Fetched:
+    """Map a client-side exception to a status; transient ones are worth a retry."""
+    chain = _cause_chain(exc)
+    blocked = next((e for e in chain if isinstance(e, BlockedAddressError)), None)
+    if blocked is not None:
+        return Fetched("blocked_address", error_message=str(blocked), final_url=url)
+    unresolved = next((e for e in chain if isinstance(e, DnsLookupError)), None)
+    if unresolved is not None:
+        # A timeout may pass on a second try (fetch allows one); NXDOMAIN, SERVFAIL and the like are answers.
+        return Fetched(unresolved.status, error_message=str(unresolved), final_url=url,
+                       transient=unresolved.status == "dns_timeout")
+    if isinstance(exc, TimeoutError):
+        return Fetched("timeout", error_message=_one_line(exc), final_url=url)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, UnicodeError)):
+        return Fetched("invalid_url", error_message=_one_line(exc), final_url=url)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Fetched("dns_error", error_message=_one_line(exc), final_url=url)
+    if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError)):
+        return Fetched("tls_error", error_message=_one_line(exc), final_url=url)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Fetched("connection_error", error_message=_one_line(exc), final_url=url)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Fetched("truncated", error_message=_one_line(exc), final_url=url, transient=True)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
+        return Fetched("connection_error", error_message=_one_line(exc), final_url=url, transient=True)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # A response that does not parse; aiohttp has closed its connection. On a reused connection
+        # it is often the tail of the previous response, sent past its Content-Length: a retry goes
+        # out on a fresh connection and gets the URL's own answer.
+        return Fetched("bad_response", error_message=_one_line(exc), final_url=url, transient=True)
+    return Fetched("error", error_message=_one_line(exc), final_url=url)
+
+
+class _Slots:
+    """At most ``total`` requests in flight, and ``per_host`` per host; idle hosts are forgotten.
+
+    A request waits for its host first, so URLs queued behind a busy host do not sit on global
+    slots that URLs of idle hosts could use. Plain acquire/release: this runs per attempt.
+    """
+
+    def __init__(self, total: int, per_host: int) -> None:
+        self.per_host = per_host
+        self._total = asyncio.Semaphore(total)
+        self._hosts: dict[str, list] = {}  # host -> [semaphore, requests holding or waiting]
+
+    async def acquire(self, host: str) -> None:
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = [asyncio.Semaphore(self.per_host), 0]
+        entry[1] += 1
+        try:
+            await entry[0].acquire()
+        except BaseException:
+            self._forget(host, entry)
+            raise
+        try:
+            await self._total.acquire()
+        except BaseException:
+            entry[0].release()
+            self._forget(host, entry)
+            raise
+
+    def release(self, host: str) -> None:
+        entry = self._hosts[host]
+        self._total.release()
+        entry[0].release()
+        self._forget(host, entry)
+
+    def _forget(self, host: str, entry: list) -> None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._hosts[host]
+
+
+class Downloader:
+    """One aiohttp session shared by every URL of a shard: ``async with Downloader(s) as d``."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self.settings = settings
+        self.policy = AddressPolicy.from_strings(settings.allowed_networks, settings.block_private_addresses)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Downloader:
+        s = self.settings
+        self.dns = CachingResolver(s.nameservers, s.dns_concurrency, s.dns_timeout, s.dns_min_ttl, s.dns_max_ttl,
+                                   s.dns_negative_ttl)
+        self._resolver = GuardedResolver(self.policy, self.dns)
+        connector = aiohttp.TCPConnector(
+            limit=s.concurrency,
+            limit_per_host=s.per_host_connections,
+            use_dns_cache=False,  # CachingResolver caches, with TTLs and negative answers
+            resolver=self._resolver,
+            ssl=None if s.verify_tls else False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
+            headers={"User-Agent": s.user_agent, "Accept": ACCEPT},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        self._slots = _Slots(s.concurrency, s.per_host_connections)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def dns_totals(self) -> dict[str, object]:
+        """What this downloader's lookups cost so far (see DnsStats)."""
+        return self.dns.stats.as_totals()
+
+    async def fetch(self, url: str) -> Fetched:
+        """Download one URL's body, retrying transient failures; never raises.
+
+        The host is looked up first, under the lookup limit and the DNS timeout only. Then each
+        attempt holds a slot of the URL's host and a global one (redirect hops are capped by the
+        connector), and only then do its timeouts start: a URL waiting in a queue never times out.
+        The wait between attempts holds no slot, so a URL backing off does not keep others from
+        starting. A DNS timeout is retried once at most; other DNS failures are answers, not retried.
+        """
+        s = self.settings
+        try:
+            parsed = URL(url)
+            host = parsed.host or ""
+        except (ValueError, TypeError):
+            parsed, host = None, ""
+        dns_timeouts = 0
+        for attempt in range(s.retries + 1):
+            pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
+            try:
+                if parsed is not None and parsed.scheme in ("http", "https") and parsed.raw_host:
+                    await self._lookup(parsed.raw_host, parsed.port or 0)
+            except Exception as exc:
+                result = classify_exception(exc, url)
+            else:
+                result = await self._attempt(url, host)
+            if result.status == "dns_timeout":
+                dns_timeouts += 1
+                result = replace(result, transient=dns_timeouts < 2)
+            if not result.transient or attempt == s.retries:
+                return result
+            delay = result.retry_after
+            if delay is None:
+                delay = s.retry_backoff * 2**attempt * random.uniform(0.5, 1.5)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    async def _attempt(self, url: str, host: str) -> Fetched:
+        s = self.settings
+        await self._slots.acquire(host)
+        try:
+            async with asyncio.timeout(s.total_timeout) as deadline:
+                return await self._follow_redirects(url, deadline)
+        except Exception as exc:
+            result = classify_exception(exc, url)
+            if isinstance(exc, TimeoutError) and not str(exc):
+                result = replace(result, error_message=f"no complete answer within {s.total_timeout:g} s")
+            return result
+        finally:
+            self._slots.release(host)
+
+    async def _lookup(self, host: str, port: int, deadline: asyncio.Timeout | None = None) -> None:
+        """Resolve (and judge) a host before connecting to it; the request's deadline stands still meanwhile.
+
+        IP literals are judged here (aiohttp dials them without asking the resolver); a name's
+        answers are judged by the GuardedResolver and held for the connector, which asks again.
+        """
+        self.policy.check_literal_host(host)
+        if is_ip_address(host.strip("[]")) or pinned_answer(host, port) is not None:
+            return  # a literal, or the name this attempt has just looked up
+        if deadline is None:
+            answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+        else:
+            loop = asyncio.get_running_loop()
+            left = deadline.when() - loop.time()
+            deadline.reschedule(None)
+            try:
+                answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+            finally:
+                deadline.reschedule(loop.time() + left)
+        pin_answer(host, port, answers)
+
+    async def _follow_redirects(self, url: str, deadline: asyncio.Timeout | None = None) -> Fetched:
+        s = self.settings
+        assert self._session is not None, "use Downloader inside 'async with'"
+        try:
+            current = URL(url)
+        except (ValueError, TypeError) as exc:
+            return Fetched("invalid_url", error_message=_one_line(exc), final_url=url)
+        visited: set[str] = set()
+        for _hop in range(s.max_redirects + 1):
+            if current.scheme not in ("http", "https") or not current.host:
+                return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
+            await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
+            visited.add(str(current))
+            async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        return Fetched(
+                            f"http_{response.status}", http_status=response.status,
+                            error_message="redirect without a Location header", final_url=str(current),
+                        )
+                    try:
+                        current = current.join(URL(location))
+                    except (ValueError, TypeError) as exc:
+                        return Fetched("invalid_url", http_status=response.status, final_url=str(current),
+                                       error_message=f"redirect to an unusable Location: {_one_line(exc)}")
+                    if str(current) in visited:
+                        return Fetched("redirect_loop", http_status=response.status,
+                                       error_message=f"redirects back to {str(current)[:200]}", final_url=str(current))
+                    continue
+                return await self._read(response, str(current))
+        return Fetched("too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current))
+
+    async def _read(self, response: aiohttp.ClientResponse, url: str) -> Fetched:
+        s = self.settings
+        code = response.status
+        if code == 429 or code >= 500:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            too_long = wait is not None and wait > s.max_retry_after
+            message = f"HTTP {code} {response.reason or ''}".strip()
+            if too_long:
+                message += f"; Retry-After {wait:g} s is over the {s.max_retry_after:g} s limit"
+            return Fetched(f"http_{code}", http_status=code, error_message=message, final_url=url,
+                           transient=not too_long, retry_after=wait)
+        if not 200 <= code < 300:
+            return Fetched(f"http_{code}", http_status=code, error_message=f"HTTP {code} {response.reason or ''}".strip(),
+                           final_url=url)
+        if s.honour_robots_noai:
+            refusal = robots_disallow(response.headers.getall("X-Robots-Tag", []), s.user_agent_token,
+                                      s.disallowed_robots_directives)
+            if refusal is not None:
+                return Fetched("robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url)
+        body = await read_body(response, s.max_body_bytes)
+        return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)
