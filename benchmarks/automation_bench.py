@@ -35,21 +35,38 @@ LATER = ("image_shards", "clip_pairs")
 
 
 def variant(condition: dg.AutomationCondition) -> dg.Definitions:
-    assets = [candidates, image_shards.map_asset_specs(lambda s: s.replace_attributes(automation_condition=condition)),
-              clip_pairs.map_asset_specs(lambda s: s.replace_attributes(automation_condition=condition))]
-    return dg.Definitions(assets=assets, asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks], resources=defs.resources)
+    assets = [
+        candidates,
+        image_shards.map_asset_specs(lambda s: s.replace_attributes(automation_condition=condition)),
+        clip_pairs.map_asset_specs(lambda s: s.replace_attributes(automation_condition=condition)),
+    ]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
+        resources=defs.resources,
+    )
 
 
 def report_upstream(instance: dg.DagsterInstance, keys: list[str]) -> None:
     for key in keys:
         instance.report_runless_asset_event(dg.AssetMaterialization("candidates", partition=key))
-        record = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("candidates"), asset_partitions=[key]), limit=1).records[0]
-        target = AssetCheckEvaluationTargetMaterializationData(storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("candidates"), asset_partitions=[key]), limit=1
+        ).records[0]
+        target = AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+        )
         for name in CANDIDATES_CHECKS:
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey("candidates"), check_name=name, passed=True, partition=key, blocking=True,
-                target_materialization_data=target,
-            ))
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=dg.AssetKey("candidates"),
+                    check_name=name,
+                    passed=True,
+                    partition=key,
+                    blocking=True,
+                    target_materialization_data=target,
+                )
+            )
 
 
 def main() -> None:
@@ -66,10 +83,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home, dg.DagsterInstance.local_temp(home) as instance:
         keys = [f"CC-MAIN-2024-10_{i:05d}" for i in range(args.segments)]
         instance.add_dynamic_partitions(segments.name, keys)
-        cursors = {name: dg.evaluate_automation_conditions(defs=d, instance=instance).cursor for name, d in variants.items()}
+        cursors = {
+            name: dg.evaluate_automation_conditions(defs=d, instance=instance).cursor for name, d in variants.items()
+        }
         started = time.perf_counter()
         report_upstream(instance, keys[: args.updated])
-        print(f"{args.segments} segments, {args.updated} with new upstream (reported in {time.perf_counter() - started:.1f} s)")
+        print(
+            f"{args.segments} segments, {args.updated} with new upstream "
+            f"(reported in {time.perf_counter() - started:.1f} s)"
+        )
         best, requested = {}, {}
         for _ in range(args.repeats):
             for name, definitions in variants.items():

@@ -74,13 +74,35 @@ WORDS = {
 LANGUAGE_WEIGHTS = {"en": 55, "de": 10, "fr": 9, "es": 10, "ru": 9, "ja": 7}
 # What an <img> carries on real pages, by share of IMG@/src links (rough Common Crawl habits).
 IMG_KINDS = {
-    "no_alt": 30, "empty_alt": 12, "short_alt": 6, "lazy_data_url": 5, "svg": 4, "gif": 3,
-    "site_image": 8, "javascript": 0.3, "ftp": 0.1, "long_domain": 0.2,
-    "absolute": 14, "root_relative": 8, "relative": 4, "protocol_relative": 3, "messy_alt": 2,
-    "camera_name": 1, "huge_alt": 0.3, "fragment": 0.3, "upper_scheme": 0.3,
+    "no_alt": 30,
+    "empty_alt": 12,
+    "short_alt": 6,
+    "lazy_data_url": 5,
+    "svg": 4,
+    "gif": 3,
+    "site_image": 8,
+    "javascript": 0.3,
+    "ftp": 0.1,
+    "long_domain": 0.2,
+    "absolute": 14,
+    "root_relative": 8,
+    "relative": 4,
+    "protocol_relative": 3,
+    "messy_alt": 2,
+    "camera_name": 1,
+    "huge_alt": 0.3,
+    "fragment": 0.3,
+    "upper_scheme": 0.3,
 }
-OTHER_LINKS = (("A@/href", 70), ("LINK@/href", 10), ("SCRIPT@/src", 10), ("FORM@/action", 2),
-               ("IMG@/data-src", 3), ("IFRAME@/src", 2), ("A@/href#title", 3))
+OTHER_LINKS = (
+    ("A@/href", 70),
+    ("LINK@/href", 10),
+    ("SCRIPT@/src", 10),
+    ("FORM@/action", 2),
+    ("IMG@/data-src", 3),
+    ("IFRAME@/src", 2),
+    ("A@/href#title", 3),
+)
 NON_HTML_TYPES = ("application/pdf", "image/jpeg", "application/json", "text/plain", "application/xml")
 
 
@@ -123,8 +145,14 @@ class RealisticWat:
         for j in range(4):
             alt = rng.choice([f"{host} logo", self._text(lang), f"banner {j}", ""])
             images.append({"path": "IMG@/src", "url": f"/wp-content/uploads/2023/0{j + 1}/logo-{j}.png", "alt": alt})
-        return {"host": host, "cdn": cdn, "https": rng.random() < 0.85, "lang": lang, "images": images,
-                "base": rng.random() < 0.05}
+        return {
+            "host": host,
+            "cdn": cdn,
+            "https": rng.random() < 0.85,
+            "lang": lang,
+            "images": images,
+            "base": rng.random() < 0.05,
+        }
 
     def _text(self, language: str, low: int = 2, high: int = 10) -> str:
         words = WORDS[language]
@@ -185,8 +213,15 @@ class RealisticWat:
         self.serial += 1
         slug = "-".join(rng.choice(WORDS["en"]) for _ in range(rng.randint(1, 5)))
         if path.startswith("A@/href"):
-            url = rng.choice([f"/{slug}/", f"https://{site['host']}/{slug}-{self.serial}.html",
-                              f"https://www.{rng.choice(WORDS['en'])}{self.serial % 500}.com/", "#", f"?page={self.serial % 9}"])
+            url = rng.choice(
+                [
+                    f"/{slug}/",
+                    f"https://{site['host']}/{slug}-{self.serial}.html",
+                    f"https://www.{rng.choice(WORDS['en'])}{self.serial % 500}.com/",
+                    "#",
+                    f"?page={self.serial % 9}",
+                ]
+            )
             link = {"path": "A@/href", "url": url}
             if path.endswith("#title"):
                 link["title"] = self._text(site["lang"], 1, 6)
@@ -194,9 +229,17 @@ class RealisticWat:
                 link["text"] = self._text(site["lang"], 1, 5)
             return link
         if path == "LINK@/href":
-            return {"path": path, "url": f"/wp-content/themes/{slug}/style.css?ver=6.{self.serial % 9}", "rel": "stylesheet"}
+            return {
+                "path": path,
+                "url": f"/wp-content/themes/{slug}/style.css?ver=6.{self.serial % 9}",
+                "rel": "stylesheet",
+            }
         if path == "SCRIPT@/src":
-            return {"path": path, "url": f"https://{site['cdn']}/js/{slug}.min.js?v={self.serial}", "type": "text/javascript"}
+            return {
+                "path": path,
+                "url": f"https://{site['cdn']}/js/{slug}.min.js?v={self.serial}",
+                "type": "text/javascript",
+            }
         if path == "FORM@/action":
             return {"path": path, "url": f"/{slug}/submit", "method": "post"}
         if path == "IMG@/data-src":
@@ -207,21 +250,32 @@ class RealisticWat:
         rng = self.rng
         self.serial += 1
         return {
-            "Container": {"Filename": "CC-MAIN-20240518000000-20240518030000-00042.warc.gz", "Compressed": True,
-                          "Offset": str(rng.randrange(10**9)),
-                          "Gzip-Metadata": {"Deflate-Length": str(length // 4), "Header-Length": "10",
-                                            "Footer-Length": "8", "Inflated-CRC": str(rng.getrandbits(31)),
-                                            "Inflated-Length": str(length)}},
+            "Container": {
+                "Filename": "CC-MAIN-20240518000000-20240518030000-00042.warc.gz",
+                "Compressed": True,
+                "Offset": str(rng.randrange(10**9)),
+                "Gzip-Metadata": {
+                    "Deflate-Length": str(length // 4),
+                    "Header-Length": "10",
+                    "Footer-Length": "8",
+                    "Inflated-CRC": str(rng.getrandbits(31)),
+                    "Inflated-Length": str(length),
+                },
+            },
             "Envelope": {
-                "Format": "WARC", "WARC-Header-Length": str(400 + rng.randrange(200)),
-                "Actual-Content-Length": str(length), "Block-Digest": f"sha1:{rng.getrandbits(160):040X}",
+                "Format": "WARC",
+                "WARC-Header-Length": str(400 + rng.randrange(200)),
+                "Actual-Content-Length": str(length),
+                "Block-Digest": f"sha1:{rng.getrandbits(160):040X}",
                 "WARC-Header-Metadata": {
-                    "WARC-Type": warc_type, "WARC-Date": "2024-05-18T01:23:45Z",
+                    "WARC-Type": warc_type,
+                    "WARC-Date": "2024-05-18T01:23:45Z",
                     "WARC-Record-ID": f"<urn:uuid:{rng.getrandbits(128):032x}>",
-                    "Content-Length": str(length), "Content-Type": f"application/http; msgtype={warc_type}",
+                    "Content-Length": str(length),
+                    "Content-Type": f"application/http; msgtype={warc_type}",
                     "WARC-Warcinfo-ID": "<urn:uuid:8a3b6a64-0d1f-4b7e-9d0a-5e1b0b1f2c3d>",
                     "WARC-Concurrent-To": f"<urn:uuid:{rng.getrandbits(128):032x}>",
-                    "WARC-IP-Address": f"{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+                    "WARC-IP-Address": ".".join(str(rng.randrange(256)) for _ in range(4)),
                     "WARC-Target-URI": url,
                     "WARC-Payload-Digest": f"sha1:{rng.getrandbits(160):040X}",
                     "WARC-Block-Digest": f"sha1:{rng.getrandbits(160):040X}",
@@ -231,23 +285,47 @@ class RealisticWat:
         }
 
     def _request(self, url: str, site: dict) -> dict:
-        return {"Actual-Content-Type": "application/http; msgtype=request", "HTTP-Request-Metadata": {
-            "Request-Message": {"Method": "GET", "Path": url.split(site["host"], 1)[-1] or "/", "Version": "HTTP/1.1"},
-            "Headers-Length": "320", "Entity-Length": "0", "Entity-Trailing-Slop-Length": "0",
-            "Headers": {"Host": site["host"], "Accept-Encoding": "br,gzip", "Accept-Language": "en-US,en;q=0.5",
-                        "User-Agent": "CCBot/2.0 (https://commoncrawl.org/faq/)", "Connection": "Keep-Alive",
-                        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}}}
+        return {
+            "Actual-Content-Type": "application/http; msgtype=request",
+            "HTTP-Request-Metadata": {
+                "Request-Message": {
+                    "Method": "GET",
+                    "Path": url.split(site["host"], 1)[-1] or "/",
+                    "Version": "HTTP/1.1",
+                },
+                "Headers-Length": "320",
+                "Entity-Length": "0",
+                "Entity-Trailing-Slop-Length": "0",
+                "Headers": {
+                    "Host": site["host"],
+                    "Accept-Encoding": "br,gzip",
+                    "Accept-Language": "en-US,en;q=0.5",
+                    "User-Agent": "CCBot/2.0 (https://commoncrawl.org/faq/)",
+                    "Connection": "Keep-Alive",
+                    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                },
+            },
+        }
 
     def _response(self, site: dict, page_url: str, html: bool) -> dict:
         rng = self.rng
-        headers = {"Date": "Sat, 18 May 2024 01:23:45 GMT", "Server": rng.choice(["nginx", "Apache", "cloudflare"]),
-                   "Content-Type": "text/html; charset=UTF-8" if html else rng.choice(NON_HTML_TYPES),
-                   "X-Crawler-Content-Length": str(rng.randrange(2000, 400000)), "Vary": "Accept-Encoding",
-                   "Cache-Control": "max-age=600", "X-Crawler-Content-Encoding": "gzip"}
-        response = {"Response-Message": {"Version": "HTTP/1.1", "Status": "200", "Reason": "OK"},
-                    "Headers-Length": "512", "Entity-Length": headers["X-Crawler-Content-Length"],
-                    "Entity-Trailing-Slop-Length": "0", "Entity-Digest": f"sha1:{rng.getrandbits(160):040X}",
-                    "Headers": headers}
+        headers = {
+            "Date": "Sat, 18 May 2024 01:23:45 GMT",
+            "Server": rng.choice(["nginx", "Apache", "cloudflare"]),
+            "Content-Type": "text/html; charset=UTF-8" if html else rng.choice(NON_HTML_TYPES),
+            "X-Crawler-Content-Length": str(rng.randrange(2000, 400000)),
+            "Vary": "Accept-Encoding",
+            "Cache-Control": "max-age=600",
+            "X-Crawler-Content-Encoding": "gzip",
+        }
+        response = {
+            "Response-Message": {"Version": "HTTP/1.1", "Status": "200", "Reason": "OK"},
+            "Headers-Length": "512",
+            "Entity-Length": headers["X-Crawler-Content-Length"],
+            "Entity-Trailing-Slop-Length": "0",
+            "Entity-Digest": f"sha1:{rng.getrandbits(160):040X}",
+            "Headers": headers,
+        }
         payload = {"Actual-Content-Type": "application/http; msgtype=response", "HTTP-Response-Metadata": response}
         if not html:
             return payload
@@ -257,14 +335,26 @@ class RealisticWat:
         links = [self._other_link(site) for _ in range(n_links - n_images)]
         links += [self._img(site) for _ in range(n_images)]
         rng.shuffle(links)
-        head = {"Title": self._text(site["lang"], 3, 12),
-                "Metas": [{"name": "viewport", "content": "width=device-width, initial-scale=1"},
-                          {"name": "description", "content": self._text(site["lang"], 10, 30)},
-                          {"property": "og:title", "content": self._text(site["lang"], 3, 8)},
-                          {"name": "generator", "content": "WordPress 6.5.3"}],
-                "Link": [{"path": "LINK@/href", "url": f"https://{site['host']}/feed/", "rel": "alternate",
-                          "type": "application/rss+xml"}],
-                "Scripts": [{"path": "SCRIPT@/src", "url": f"https://{site['cdn']}/js/jquery.min.js", "type": "text/javascript"}]}
+        head = {
+            "Title": self._text(site["lang"], 3, 12),
+            "Metas": [
+                {"name": "viewport", "content": "width=device-width, initial-scale=1"},
+                {"name": "description", "content": self._text(site["lang"], 10, 30)},
+                {"property": "og:title", "content": self._text(site["lang"], 3, 8)},
+                {"name": "generator", "content": "WordPress 6.5.3"},
+            ],
+            "Link": [
+                {
+                    "path": "LINK@/href",
+                    "url": f"https://{site['host']}/feed/",
+                    "rel": "alternate",
+                    "type": "application/rss+xml",
+                }
+            ],
+            "Scripts": [
+                {"path": "SCRIPT@/src", "url": f"https://{site['cdn']}/js/jquery.min.js", "type": "text/javascript"}
+            ],
+        }
         if site["base"]:
             head["Base"] = f"https://{site['cdn']}/"
         self.counts["html_pages"] += 1
@@ -276,10 +366,15 @@ class RealisticWat:
     def _metadata(self) -> dict:
         rng = self.rng
         lang = {"languages": [{"code": "en", "code-iso-639-3": "eng", "text-covered": 0.97}]}
-        records = [{"Name": "fetchTimeMs", "Value": str(rng.randrange(20, 3000))},
-                   {"Name": "charset-detected", "Value": "UTF-8"},
-                   {"Name": "languages-cld2", "Value": json.dumps(lang)}]
-        return {"Actual-Content-Type": "application/warc-fields", "WARC-Metadata-Metadata": {"Metadata-Records": records}}
+        records = [
+            {"Name": "fetchTimeMs", "Value": str(rng.randrange(20, 3000))},
+            {"Name": "charset-detected", "Value": "UTF-8"},
+            {"Name": "languages-cld2", "Value": json.dumps(lang)},
+        ]
+        return {
+            "Actual-Content-Type": "application/warc-fields",
+            "WARC-Metadata-Metadata": {"Metadata-Records": records},
+        }
 
     def write(self, path: Path, megabytes: float) -> dict:
         import msgspec  # the generator runs in the project's environment only
@@ -288,23 +383,33 @@ class RealisticWat:
         written, rng = 0, self.rng
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as out:
-            written += out.write(_member(b"WARC/1.0\r\nWARC-Type: warcinfo\r\nContent-Type: application/warc-fields\r\n",
-                                         b"software: cah candidates_bench\r\nformat: WARC File Format 1.0\r\n"))
+            written += out.write(
+                _member(
+                    b"WARC/1.0\r\nWARC-Type: warcinfo\r\nContent-Type: application/warc-fields\r\n",
+                    b"software: cah candidates_bench\r\nformat: WARC File Format 1.0\r\n",
+                )
+            )
             while written < target:
                 site = rng.choice(self.sites)
                 scheme = "https" if site["https"] else "http"
                 slug = "-".join(rng.choice(WORDS["en"]) for _ in range(rng.randint(1, 4)))
-                url = f"{scheme}://{site['host']}/{rng.choice(['blog', 'shop', 'news', '2024/05'])}/{slug}-{self.serial}"
+                url = (
+                    f"{scheme}://{site['host']}/{rng.choice(['blog', 'shop', 'news', '2024/05'])}/{slug}-{self.serial}"
+                )
                 html = rng.random() < 0.6
                 url += ".html" if html else rng.choice([".pdf", ".jpg", ".json", ".txt", ".xml"])
-                for warc_type, payload in (("request", self._request(url, site)),
-                                           ("response", self._response(site, url, html)),
-                                           ("metadata", self._metadata())):
+                for warc_type, payload in (
+                    ("request", self._request(url, site)),
+                    ("response", self._response(site, url, html)),
+                    ("metadata", self._metadata()),
+                ):
                     body = msgspec.json.encode(self._envelope(warc_type, url, payload, rng.randrange(1000, 400000)))
-                    header = (f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {url}\r\n"
-                              f"WARC-Date: 2024-05-18T01:23:45Z\r\nWARC-Record-ID: <urn:uuid:{rng.getrandbits(128):032x}>\r\n"
-                              f"WARC-Refers-To: <urn:uuid:{rng.getrandbits(128):032x}>\r\n"
-                              "Content-Type: application/json\r\n").encode()
+                    header = (
+                        f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {url}\r\n"
+                        f"WARC-Date: 2024-05-18T01:23:45Z\r\nWARC-Record-ID: <urn:uuid:{rng.getrandbits(128):032x}>\r\n"
+                        f"WARC-Refers-To: <urn:uuid:{rng.getrandbits(128):032x}>\r\n"
+                        "Content-Type: application/json\r\n"
+                    ).encode()
                     written += out.write(_member(header, body))
                     self.counts["records"] += 1
         os.replace(tmp, path)
@@ -393,8 +498,13 @@ def measure_step(path: str) -> dict:
     for text in texts:
         detector.detect(text)
     gcld3_seconds = clock() - began
-    return {"seconds": seconds, "candidates": table.num_rows, "distinct_texts": len(texts),
-            "language_calls": stats["language_calls"], "gcld3_seconds": gcld3_seconds}
+    return {
+        "seconds": seconds,
+        "candidates": table.num_rows,
+        "distinct_texts": len(texts),
+        "language_calls": stats["language_calls"],
+        "gcld3_seconds": gcld3_seconds,
+    }
 
 
 def measure_cc2dataset(path: str) -> dict:
@@ -438,15 +548,25 @@ def check_url_fast_path(path: Path) -> tuple[int, int]:
     return links, fast
 
 
-MEASURES = {"ceiling": measure_ceiling, "extraction": measure_extraction, "step": measure_step,
-            "cc2dataset": measure_cc2dataset}
+MEASURES = {
+    "ceiling": measure_ceiling,
+    "extraction": measure_extraction,
+    "step": measure_step,
+    "cc2dataset": measure_cc2dataset,
+}
 
 
 def run_measured(contender: str, path: Path) -> dict:
     python = str(CC2DATASET_VENV / "bin" / "python") if contender == "cc2dataset" else sys.executable
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([python, __file__, "--measure", contender, str(path)], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [python, __file__, "--measure", contender, str(path)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"{contender} failed:\n{done.stderr.strip()}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -459,8 +579,17 @@ def ensure_cc2dataset() -> None:
     if probe and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return
     print(f"installing {CC2DATASET} into {CC2DATASET_VENV.relative_to(REPO)} (once) ...", flush=True)
-    subprocess.run(["uv", "venv", "--quiet", "--python", f"{sys.version_info.major}.{sys.version_info.minor}",
-                    str(CC2DATASET_VENV)], check=True)
+    subprocess.run(
+        [
+            "uv",
+            "venv",
+            "--quiet",
+            "--python",
+            f"{sys.version_info.major}.{sys.version_info.minor}",
+            str(CC2DATASET_VENV),
+        ],
+        check=True,
+    )
     subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), CC2DATASET], check=True)
 
 
@@ -486,10 +615,12 @@ def main() -> None:
     links, fast = check_url_fast_path(path)  # also brings the file into the page cache
     print(f"URL fast path: {fast:,} of {links:,} image links, each equal to urllib's resolution")
     megabytes = facts["bytes"] / 1e6
-    print(f"WAT file: {megabytes:.1f} MB, {facts['records']:,} records, {facts['html_pages']:,} HTML pages "
-          f"({facts['html_pages'] / facts['records']:.0%}), {facts['links']:,} links, "
-          f"{facts['img_links']:,} IMG@/src; one core (CPU {MEASURED_CPU}), best of {args.repeats}, interleaved",
-          flush=True)
+    print(
+        f"WAT file: {megabytes:.1f} MB, {facts['records']:,} records, {facts['html_pages']:,} HTML pages "
+        f"({facts['html_pages'] / facts['records']:.0%}), {facts['links']:,} links, "
+        f"{facts['img_links']:,} IMG@/src; one core (CPU {MEASURED_CPU}), best of {args.repeats}, interleaved",
+        flush=True,
+    )
     best: dict[str, dict] = {}
     for round_ in range(args.repeats):
         for contender in contenders:
@@ -515,14 +646,20 @@ def report(best: dict[str, dict], megabytes: float) -> None:
     if "cc2dataset" in rate:
         print(f"extraction / cc2dataset     {rate['extraction'] / rate['cc2dataset']:.2f}   (target >= 2.00)")
         print(f"step / cc2dataset           {rate['step'] / rate['cc2dataset']:.2f}")
-    print(f"gcld3 share of the step     {step['gcld3_seconds'] / step['seconds']:.0%}   "
-          f"({step['language_calls']:,} calls for {step['candidates']:,} candidates)")
+    print(
+        f"gcld3 share of the step     {step['gcld3_seconds'] / step['seconds']:.0%}   "
+        f"({step['language_calls']:,} calls for {step['candidates']:,} candidates)"
+    )
     once = step["language_calls"] == step["distinct_texts"]
-    print(f"gcld3 once per distinct candidate text: {'yes' if once else 'NO'} "
-          f"({step['language_calls']:,} calls, {step['distinct_texts']:,} distinct texts)")
+    print(
+        f"gcld3 once per distinct candidate text: {'yes' if once else 'NO'} "
+        f"({step['language_calls']:,} calls, {step['distinct_texts']:,} distinct texts)"
+    )
     extraction = best["extraction"]
-    print(f"extraction kept {extraction['pairs']:,} pairs; "
-          + ", ".join(f"{k}={v:,}" for k, v in sorted(extraction["counts"].items()) if k.startswith("drop_")))
+    print(
+        f"extraction kept {extraction['pairs']:,} pairs; "
+        + ", ".join(f"{k}={v:,}" for k, v in sorted(extraction["counts"].items()) if k.startswith("drop_"))
+    )
     if "cc2dataset" in best:
         print(f"cc2dataset yielded {best['cc2dataset']['rows']:,} rows (no filters or dedup of its own per file)")
 

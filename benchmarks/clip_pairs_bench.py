@@ -134,9 +134,11 @@ def main() -> None:
     started = time.perf_counter()
     units = make_shards(root, args.images, args.shard_size)
     loaded = load_clip(spec, args.device, args.precision)
-    print(f"{args.images} images in {len(units)} shard(s), made in {time.perf_counter() - started:.1f}s; "
-          f"ViT-B-32 (random weights) on {loaded.device} ({loaded.precision}), batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}, decode workers {args.decode_workers}")
+    print(
+        f"{args.images} images in {len(units)} shard(s), made in {time.perf_counter() - started:.1f}s; "
+        f"ViT-B-32 (random weights) on {loaded.device} ({loaded.precision}), batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}, decode workers {args.decode_workers}"
+    )
     warm = make_shards(DataRoot(str(WORK / "warm")), min(args.images, 2 * args.batch_size), args.shard_size, seed=1)
     end_to_end(settings, warm)
     model_only(settings, warm)
@@ -150,14 +152,19 @@ def main() -> None:
         stage_rates.append(e_n / e_wall)
         ratios.append((e_n / e_wall) / (m_n / m_wall))
         cpu_ratios.append((e_n / e_cpu) / (m_n / m_cpu))
-        print(f"round {round_ + 1}: model-only {m_n / m_wall:8.1f} images/s ({m_n / m_cpu:6.1f}/CPU-s)   "
-              f"end-to-end {e_n / e_wall:8.1f} images/s ({e_n / e_cpu:6.1f}/CPU-s)   ratio {ratios[-1]:.3f}")
+        print(
+            f"round {round_ + 1}: model-only {m_n / m_wall:8.1f} images/s ({m_n / m_cpu:6.1f}/CPU-s)   "
+            f"end-to-end {e_n / e_wall:8.1f} images/s ({e_n / e_cpu:6.1f}/CPU-s)   ratio {ratios[-1]:.3f}"
+        )
     p_wall, _, p_n = model_only(settings, units, plain=True)
     print(f"for comparison, open_clip encode_image + encode_text on the full context: {p_n / p_wall:.1f} images/s")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end")
-    print(f"clip_pairs end-to-end / model-only, best round of each (wall): {max(stage_rates):.1f} / "
-          f"{max(model_rates):.1f} images/s = {max(stage_rates) / max(model_rates):.3f}   "
-          f"[median of per-round ratios {statistics.median(ratios):.3f}; per CPU second {statistics.median(cpu_ratios):.3f}]")
+    print(
+        f"clip_pairs end-to-end / model-only, best round of each (wall): {max(stage_rates):.1f} / "
+        f"{max(model_rates):.1f} images/s = {max(stage_rates) / max(model_rates):.3f}   "
+        f"[median of per-round ratios {statistics.median(ratios):.3f}; "
+        f"per CPU second {statistics.median(cpu_ratios):.3f}]"
+    )
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def make_shards(
     with ProcessPoolExecutor(procs) as pool:
         photos = list(pool.map(_photo, jobs))
         paths = [str(work / "photos" / f"{i}.jpg") for i in range(len(photos))]
-        for path, photo in zip(paths, photos):
+        for path, photo in zip(paths, photos, strict=False):
             Path(path).write_bytes(photo)
         rng = random.Random(0)
         picks = [rng.randrange(len(photos)) for _ in range(images)]
@@ -709,7 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("cah_resources.clip_pairs.clip_scorer").setLevel(logging.WARNING)
 
     if args.dry_run:
-        models = {c: ClipModelSpec(TINY_CLIP_NAME, str(TINY_CLIP_CHECKPOINT), str(TINY_CLIP_CONFIG)) for c in CATEGORIES}
+        models = {
+            c: ClipModelSpec(TINY_CLIP_NAME, str(TINY_CLIP_CHECKPOINT), str(TINY_CLIP_CONFIG)) for c in CATEGORIES
+        }
         thresholds = dict(TINY_CLIP_THRESHOLDS)
     else:
         # ViT-B-32 with random weights for every category: the cost of a pass does not depend on weights.

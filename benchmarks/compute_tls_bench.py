@@ -58,9 +58,24 @@ def start_cluster(tls: Path | None, work: Path, workers: int) -> tuple[str, list
     sched = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = ["--nworkers", str(workers)]
     if tls:
-        sched += ["--protocol", "tls", "--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "scheduler.pem"),
-                  "--tls-key", str(tls / "scheduler-key.pem")]
-        worker += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
+        sched += [
+            "--protocol",
+            "tls",
+            "--tls-ca-file",
+            str(tls / "ca.pem"),
+            "--tls-cert",
+            str(tls / "scheduler.pem"),
+            "--tls-key",
+            str(tls / "scheduler-key.pem"),
+        ]
+        worker += [
+            "--tls-ca-file",
+            str(tls / "ca.pem"),
+            "--tls-cert",
+            str(tls / "worker.pem"),
+            "--tls-key",
+            str(tls / "worker-key.pem"),
+        ]
     address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
     procs = [_start(sched, work / f"scheduler-{port}.log")]
     time.sleep(3)
@@ -84,9 +99,14 @@ def main() -> int:
         tls_address, tls_procs = start_cluster(tls, work, args.workers)
         contenders = {
             "tcp (reference)": ComputeResource(mode="remote", scheduler_address=tcp_address, task_retries=0),
-            "tls": ComputeResource(mode="remote", scheduler_address=tls_address, task_retries=0,
-                                   tls_ca_file=str(tls / "ca.pem"), tls_cert_file=str(tls / "client.pem"),
-                                   tls_key_file=str(tls / "client-key.pem")),
+            "tls": ComputeResource(
+                mode="remote",
+                scheduler_address=tls_address,
+                task_retries=0,
+                tls_ca_file=str(tls / "ca.pem"),
+                tls_cert_file=str(tls / "client.pem"),
+                tls_key_file=str(tls / "client-key.pem"),
+            ),
         }
         try:
             for compute in contenders.values():

@@ -133,8 +133,7 @@ def main() -> None:
         for name in ("claim new", "claim seen", "retry"):
             seconds = best[backend][name]
             print(
-                f"    {name:<10} {args.uids / seconds:>10,.0f} uids/s   "
-                f"{seconds / reference:.2f}x the reference's time"
+                f"    {name:<10} {args.uids / seconds:>10,.0f} uids/s   {seconds / reference:.2f}x the reference's time"
             )
 
 

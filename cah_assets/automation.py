@@ -41,7 +41,9 @@ def read_crawl_list(location: str, timeout_s: float = 30.0) -> list[str]:
         entries = json.loads(body)
         ids = [entry["id"] for entry in entries]
     except (ValueError, TypeError, KeyError) as error:
-        raise CrawlListError(f"crawl list {location} is not a JSON list of {{\"id\": ...}} objects ({type(error).__name__}: {error})") from None
+        raise CrawlListError(
+            f'crawl list {location} is not a JSON list of {{"id": ...}} objects ({type(error).__name__}: {error})'
+        ) from None
     if not all(isinstance(i, str) for i in ids):
         raise CrawlListError(f"crawl list {location} has non-string ids")
     return ids
@@ -67,13 +69,18 @@ def _load_cursor(raw: str | None) -> dict[str, int]:
     description="Reads Common Crawl's crawl list and adds the segments of new crawls as partitions, in batches.",
 )
 def crawl_discovery_sensor(
-    context: dg.SensorEvaluationContext, crawl_discovery: CrawlDiscovery, common_crawl: CommonCrawl, storage: StorageResource
+    context: dg.SensorEvaluationContext,
+    crawl_discovery: CrawlDiscovery,
+    common_crawl: CommonCrawl,
+    storage: StorageResource,
 ) -> dg.SensorResult | dg.SkipReason:
     # The cursor maps each crawl to how many of its segments are added. A crawl's WAT listing is read
     # once, when it is registered; later ticks read its recorded plan back from the data root.
     added = _load_cursor(context.cursor)
     try:
-        crawls = choose_crawls(read_crawl_list(crawl_discovery.crawl_list), crawl_discovery.include, crawl_discovery.newest)
+        crawls = choose_crawls(
+            read_crawl_list(crawl_discovery.crawl_list), crawl_discovery.include, crawl_discovery.newest
+        )
     except CrawlListError as error:
         return dg.SkipReason(str(error))
     budget, new_keys, notes = crawl_discovery.segments_per_tick, [], []
@@ -82,7 +89,9 @@ def crawl_discovery_sensor(
         if budget <= 0:
             break
         try:
-            registration = register_crawl(common_crawl.source(), storage.data_root(), crawl, crawl_discovery.files_per_segment or None)
+            registration = register_crawl(
+                common_crawl.source(), storage.data_root(), crawl, crawl_discovery.files_per_segment or None
+            )
         except (ValueError, KeyError, OSError) as error:
             notes.append(f"{crawl}: {error}")
             continue
@@ -98,16 +107,22 @@ def crawl_discovery_sensor(
         context.log.info(note)
     cursor = json.dumps(added, sort_keys=True)
     if not new_keys:
-        return dg.SensorResult(cursor=cursor, skip_reason="; ".join(notes) or f"no new segments in {crawls or 'no matching crawl'}")
+        return dg.SensorResult(
+            cursor=cursor, skip_reason="; ".join(notes) or f"no new segments in {crawls or 'no matching crawl'}"
+        )
     return dg.SensorResult(dynamic_partitions_requests=[segments.build_add_request(new_keys)], cursor=cursor)
 
 
-def pipeline_status(instance: dg.DagsterInstance, keys: list[str], stages: list[str]) -> dict[str, dict[str, dg.AssetPartitionStatus | None]]:
+def pipeline_status(
+    instance: dg.DagsterInstance, keys: list[str], stages: list[str]
+) -> dict[str, dict[str, dg.AssetPartitionStatus | None]]:
     """Each stage's status per segment key: MATERIALIZED, FAILED, IN_PROGRESS (queued or running), or None."""
     return {stage: dict(instance.get_status_by_partition(dg.AssetKey(stage), keys, segments) or {}) for stage in stages}
 
 
-def next_segments(keys: list[str], status: dict[str, dict], active: list[str], count: int, max_in_flight: int) -> tuple[list[str], int]:
+def next_segments(
+    keys: list[str], status: dict[str, dict], active: list[str], count: int, max_in_flight: int
+) -> tuple[list[str], int]:
     """Up to ``count`` never-started segments of the active crawls, leaving at most ``max_in_flight`` in flight.
 
     Returns them and how many segments are in flight now. A segment whose first stage failed is not
@@ -135,12 +150,21 @@ SEGMENT_CRON = os.environ.get("CAH_SEGMENT_CRON", "*/10 * * * *")
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Requests the next pending segments of the active crawls, keeping the number in flight under a cap.",
 )
-def segment_schedule(context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow) -> list[dg.RunRequest] | dg.SkipReason:
+def segment_schedule(
+    context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow
+) -> list[dg.RunRequest] | dg.SkipReason:
     keys = context.instance.get_dynamic_partitions(segments.name)
-    chosen, in_flight = next_segments(keys, pipeline_status(context.instance, keys, list(STAGES)), segment_flow.crawls,
-                                      segment_flow.segments_per_tick, segment_flow.max_in_flight)
+    chosen, in_flight = next_segments(
+        keys,
+        pipeline_status(context.instance, keys, list(STAGES)),
+        segment_flow.crawls,
+        segment_flow.segments_per_tick,
+        segment_flow.max_in_flight,
+    )
     if not chosen:
-        return dg.SkipReason(f"{in_flight} segments in flight (cap {segment_flow.max_in_flight}); none pending and allowed")
+        return dg.SkipReason(
+            f"{in_flight} segments in flight (cap {segment_flow.max_in_flight}); none pending and allowed"
+        )
     tags = {TRIGGER_TAG: "schedule"}
     # A run key per segment: a tick the daemon retries after a crash does not launch a segment twice.
     return [dg.RunRequest(run_key=key, partition_key=key, tags=tags) for key in chosen]
@@ -158,5 +182,7 @@ with warnings.catch_warnings():
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         run_tags={TRIGGER_TAG: "automation"},
-        description="Requests image_shards and clip_pairs of segments whose upstream stage is new and passed its checks.",
+        description=(
+            "Requests image_shards and clip_pairs of segments whose upstream stage is new and passed its checks."
+        ),
     )

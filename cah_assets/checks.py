@@ -2,7 +2,7 @@
 
 import warnings
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -29,17 +29,26 @@ from cah_resources.dataset.checks import (
 )
 
 
-def _target(instance: dg.DagsterInstance, asset_key: dg.AssetKey, segment: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+def _target(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, segment: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
     # A partition's check counts only against the materialization it looked at; a newer one makes it stale.
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[segment]), limit=1).records
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[segment]), limit=1
+    ).records
     if not records:
         return None
     record = records[0]
-    return AssetCheckEvaluationTargetMaterializationData(storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
 
 
 def segment_checks(
-    asset: str, descriptions: dict[str, str], verdicts_of: Callable[..., dict[str, Verdict]], automated: bool,
+    asset: str,
+    descriptions: dict[str, str],
+    verdicts_of: Callable[..., dict[str, Verdict]],
+    automated: bool,
     reads_on_workers: bool = False,
 ) -> dg.AssetChecksDefinition:
     """Blocking checks of ``asset``, evaluated for every segment of the run and recorded per segment.
@@ -53,7 +62,11 @@ def segment_checks(
         warnings.simplefilter("ignore", dg.PreviewWarning)
         specs = [
             dg.AssetCheckSpec(
-                name, asset=asset_key, description=text, blocking=True, partitions_def=segments,
+                name,
+                asset=asset_key,
+                description=text,
+                blocking=True,
+                partitions_def=segments,
                 automation_condition=WITH_ITS_ASSET if automated else None,
             )
             for name, text in descriptions.items()
@@ -77,15 +90,22 @@ def segment_checks(
                 verdict = verdicts[spec.name]
                 failed[spec.name] += not verdict.passed
                 yield dg.AssetCheckEvaluation(
-                    asset_key=asset_key, check_name=spec.name, passed=verdict.passed, partition=segment, blocking=True,
-                    metadata={"segment": segment, **verdict.metadata}, description=verdict.description,
+                    asset_key=asset_key,
+                    check_name=spec.name,
+                    passed=verdict.passed,
+                    partition=segment,
+                    blocking=True,
+                    metadata={"segment": segment, **verdict.metadata},
+                    description=verdict.description,
                     target_materialization_data=target,
                 )
         if failed.total():
             context.log.error(f"{asset}: failed checks {dict(+failed)} over {len(context.partition_keys)} segment(s)")
         # Downstream steps of the run wait on these outputs; a failed blocking evaluation fails the step after them.
         for spec in specs:
-            yield dg.Output(None, output_name=context.op_execution_context.assets_def.get_output_name_for_asset_check_key(spec.key))
+            yield dg.Output(
+                None, output_name=context.op_execution_context.assets_def.get_output_name_for_asset_check_key(spec.key)
+            )
 
     return _checks
 

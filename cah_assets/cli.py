@@ -1,4 +1,4 @@
-"""The `cah` command: the demo, the UI, registering crawls and materializing segments, and (scale-out) fleet and worker."""
+"""The `cah` command: demo, UI, registering crawls, materializing segments, and (scale-out) fleet and worker."""
 
 import os
 import subprocess
@@ -72,17 +72,29 @@ def cah() -> None:
 
 
 @cah.command()
-@click.option("--workdir", default=None, type=click.Path(file_okay=False),
-              help="Folder for the generated crawl, the data root and the Dagster instance (dagster_home/) "
-                   "[default: .demo, with --cluster .demo-cluster, emptied first].")
+@click.option(
+    "--workdir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder for the generated crawl, the data root and the Dagster instance (dagster_home/) "
+    "[default: .demo, with --cluster .demo-cluster, emptied first].",
+)
 @click.option("--crawl", default="CC-MAIN-SAMPLE", show_default=True, help="Id given to the generated crawl.")
-@click.option("--wat-files", default=4, show_default=True, type=click.IntRange(1),
-              help="WAT files to generate; two make one segment (partition).")
+@click.option(
+    "--wat-files",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="WAT files to generate; two make one segment (partition).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated pages and images.")
-@click.option("--cluster", is_flag=True,
-              help="Rehearse a fleet on this machine: Postgres instance and dedup index, TLS scheduler, two `cah "
-                   "worker` runners in folders of their own, crawl over HTTP, data root on an S3 peer (moto); "
-                   "compared with the one-machine run, one worker killed mid-shard.")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Rehearse a fleet on this machine: Postgres instance and dedup index, TLS scheduler, two `cah "
+    "worker` runners in folders of their own, crawl over HTTP, data root on an S3 peer (moto); "
+    "compared with the one-machine run, one worker killed mid-shard.",
+)
 def demo(workdir: str | None, crawl: str, wat_files: int, seed: int, cluster: bool) -> None:
     """Run the whole pipeline offline on a generated crawl and a local image web (no network needed)."""
     from cah_assets.demo import run_demo
@@ -126,8 +138,10 @@ def dev(port: int) -> None:
                 serving.enter_context(serve_demo(deployment))
             except OSError as error:
                 raise UserError(str(error)) from None
-            click.echo(f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} "
-                       f"more) and its data root ({deployment.files_url})")
+            click.echo(
+                f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} "
+                f"more) and its data root ({deployment.files_url})"
+            )
         try:
             code = subprocess.call([dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)])
         except KeyboardInterrupt:
@@ -149,22 +163,34 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
             cause = error.__cause__ or error  # the connection's own error, not the download's wrapper
             reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
             if attempt == REGISTER_ATTEMPTS:
-                raise UserError(f"{common_crawl.base_url} is unreachable after {attempt} attempts ({reason}); "
-                                "check the network or pass --source a mirror or folder") from None
+                raise UserError(
+                    f"{common_crawl.base_url} is unreachable after {attempt} attempts ({reason}); "
+                    "check the network or pass --source a mirror or folder"
+                ) from None
             delay = REGISTER_BACKOFF_S * 2 ** (attempt - 1)
-            click.echo(f"{common_crawl.base_url} did not answer ({reason}); attempt {attempt + 1}/{REGISTER_ATTEMPTS} "
-                       f"in {delay:.0f} s", err=True)
+            click.echo(
+                f"{common_crawl.base_url} did not answer ({reason}); attempt {attempt + 1}/{REGISTER_ATTEMPTS} "
+                f"in {delay:.0f} s",
+                err=True,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 @cah.command()
 @click.argument("crawl")
-@click.option("--files-per-segment", default=0, show_default=True, type=click.IntRange(0),
-              help="WAT files per segment; 0 sizes the crawl to about 2000 segments.")
-@click.option("--source", default=None,
-              help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz "
-                   "(default: the instance's, else Common Crawl).")
+@click.option(
+    "--files-per-segment",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="WAT files per segment; 0 sizes the crawl to about 2000 segments.",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz (default: the instance's, else Common Crawl).",
+)
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
     """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
@@ -172,8 +198,11 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
     from cah_resources.crawl.common_crawl import CrawlFileMissing
 
     instance, defs = _instance()
-    common_crawl = CommonCrawl(base_url=source, retries=0, timeout_s=REGISTER_TIMEOUT_S) if source else \
-        defs.resources["common_crawl"].model_copy(update={"retries": 0, "timeout_s": REGISTER_TIMEOUT_S})
+    common_crawl = (
+        CommonCrawl(base_url=source, retries=0, timeout_s=REGISTER_TIMEOUT_S)
+        if source
+        else defs.resources["common_crawl"].model_copy(update={"retries": 0, "timeout_s": REGISTER_TIMEOUT_S})
+    )
     storage = StorageResource(root=data_root) if data_root else defs.resources["storage"]
     try:
         registration, added = _register_with_retries(instance, common_crawl, storage, crawl, files_per_segment)
@@ -182,9 +211,11 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
         raise UserError(f"{crawl} is not a crawl of {common_crawl.base_url}; known crawls: {known}") from None
     except (ValueError, KeyError) as error:
         raise UserError(str(error.args[0] if error.args else error)) from None
-    click.echo(f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
-               f"segment, {registration.segment_count} segments, {added} new partitions "
-               f"(first {registration.keys()[0]})")
+    click.echo(
+        f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
+        f"segment, {registration.segment_count} segments, {added} new partitions "
+        f"(first {registration.keys()[0]})"
+    )
 
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
@@ -215,8 +246,13 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
 
 @cah.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
-              help="Stage to run (repeatable); default: all three, in order.")
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    type=click.Choice(STAGES),
+    help="Stage to run (repeatable); default: all three, in order.",
+)
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).
 
@@ -235,7 +271,8 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
         for key in keys:
             for job in jobs:
                 result = defs.resolve_job_def(job).execute_in_process(
-                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False)
+                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+                )
                 stages_of_job = picked if job == PIPELINE_JOB else (job.removesuffix("_job"),)
                 for line in run_summary(result, stages_of_job):
                     click.echo(f"{key} {line}")

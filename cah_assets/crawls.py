@@ -14,7 +14,11 @@ class RegisterCrawlConfig(dg.Config):
 
 
 def register_and_add(
-    instance: dg.DagsterInstance, common_crawl: CommonCrawl, storage: StorageResource, crawl: str, files_per_segment: int = 0
+    instance: dg.DagsterInstance,
+    common_crawl: CommonCrawl,
+    storage: StorageResource,
+    crawl: str,
+    files_per_segment: int = 0,
 ) -> tuple[CrawlRegistration, int]:
     """Record the crawl's segments (once, for good) and add the missing partitions in batches."""
     registration = register_crawl(common_crawl.source(), storage.data_root(), crawl, files_per_segment or None)
@@ -26,7 +30,9 @@ def register_crawl_segments(
     context: dg.OpExecutionContext, config: RegisterCrawlConfig, common_crawl: CommonCrawl, storage: StorageResource
 ) -> None:
     """Read the crawl's WAT listing, fix its segments, and add them as partitions."""
-    registration, added = register_and_add(context.instance, common_crawl, storage, config.crawl, config.files_per_segment)
+    registration, added = register_and_add(
+        context.instance, common_crawl, storage, config.crawl, config.files_per_segment
+    )
     context.log.info(
         f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per segment, "
         f"{registration.segment_count} segments ({added} new partitions)"

@@ -1,4 +1,4 @@
-"""The code location: every asset, job and resource of the pipeline, with the resource set of the instance's deployment."""
+"""The code location: every asset, job and resource of the pipeline, with the resource set of its deployment."""
 
 import os
 
@@ -43,14 +43,23 @@ def stage_job_name(stage: str) -> str:
 def _jobs() -> list:
     """One job per stage and one for a whole segment, each with the stage's checks, plus the dataset roll-up."""
     stage_jobs = [
-        dg.define_asset_job(stage_job_name(stage), selection=dg.AssetSelection.assets(stage),
-                            description=f"The {stage} stage of the chosen segments, and its checks.")
+        dg.define_asset_job(
+            stage_job_name(stage),
+            selection=dg.AssetSelection.assets(stage),
+            description=f"The {stage} stage of the chosen segments, and its checks.",
+        )
         for stage in STAGES
     ]
-    pipeline = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.assets(*STAGES),
-                                   description="Every stage of the chosen segments in order, each with its checks.")
-    dataset = dg.define_asset_job(DATASET_JOB, selection=dg.AssetSelection.assets(*DATASET_ASSETS),
-                                  description="The release parquet and the report of every registered crawl.")
+    pipeline = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.assets(*STAGES),
+        description="Every stage of the chosen segments in order, each with its checks.",
+    )
+    dataset = dg.define_asset_job(
+        DATASET_JOB,
+        selection=dg.AssetSelection.assets(*DATASET_ASSETS),
+        description="The release parquet and the report of every registered crawl.",
+    )
     return [*stage_jobs, pipeline, dataset, register_crawl_job]
 
 
@@ -62,7 +71,9 @@ def deployment_resources(deployment: Deployment) -> dict:
         "storage": StorageResource.from_env(os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
         # A Postgres URL carries a password: read through EnvVar so it never shows in run config.
-        "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL")) if os.environ.get("CAH_DEDUP_URL") else DedupIndexResource(),
+        "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL"))
+        if os.environ.get("CAH_DEDUP_URL")
+        else DedupIndexResource(),
         "image_downloader": ImageDownloader(),
         "clip_scorer": ClipScorer(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),

@@ -78,11 +78,14 @@ def _port(address: str) -> int:
 def serve_demo(deployment: Deployment) -> Iterator[Deployment]:
     """The demo's image web and file server again, on the addresses its crawl and report recorded."""
     try:
-        web = LocalImageWeb(n_hosts=len(deployment.web_hosts), seed=deployment.web_seed,
-                            ports=[_port(h) for h in deployment.web_hosts]).start()
+        web = LocalImageWeb(
+            n_hosts=len(deployment.web_hosts), seed=deployment.web_seed, ports=[_port(h) for h in deployment.web_hosts]
+        ).start()
     except OSError as error:
-        raise OSError(f"the demo's image web cannot listen on its recorded ports ({error.strerror}): "
-                      "stop what holds them, or run `make demo` again") from None
+        raise OSError(
+            f"the demo's image web cannot listen on its recorded ports ({error.strerror}): "
+            "stop what holds them, or run `make demo` again"
+        ) from None
     try:
         with file_server(deployment.data_root, _port(deployment.files_url)):
             yield deployment
@@ -90,8 +93,15 @@ def serve_demo(deployment: Deployment) -> Iterator[Deployment]:
         web.stop()
 
 
-def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, pages_per_file: int = 40,
-                 seed: int = 0, say: Callable[[str], None] = print, show_progress: bool = False) -> DemoResult:
+def run_pipeline(
+    workdir: str,
+    crawl: str = DEMO_CRAWL,
+    wat_files: int = 4,
+    pages_per_file: int = 40,
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+    show_progress: bool = False,
+) -> DemoResult:
     """Generate, register and materialize every stage, its checks and the dataset assets; outputs under ``workdir``.
 
     The instance's deployment file records the demo's resource set, so `cah dev` on the same
@@ -109,29 +119,43 @@ def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, page
     with LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed) as web, file_server(data_dir) as files_url:
         deployment = Deployment("demo", crawl_dir, data_dir, seed, list(web.hosts), files_url)
         write_deployment(home, deployment)
-        say(f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
-            f"{WEB_HOSTS - 1} more hosts")
-        sample = generate_crawl(crawl_dir, crawl=crawl, wat_files=wat_files, pages_per_file=pages_per_file, seed=seed,
-                                mismatch_rate=0.3, missing_rate=0.1,
-                                image_base=web.origins[:4], page_base=web.origins[4:])
+        say(
+            f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
+            f"{WEB_HOSTS - 1} more hosts"
+        )
+        sample = generate_crawl(
+            crawl_dir,
+            crawl=crawl,
+            wat_files=wat_files,
+            pages_per_file=pages_per_file,
+            seed=seed,
+            mismatch_rate=0.3,
+            missing_rate=0.1,
+            image_base=web.origins[:4],
+            page_base=web.origins[4:],
+        )
         defs = build_definitions(deployment)
-        registration, _ = register_and_add(instance, defs.resources["common_crawl"], defs.resources["storage"], crawl,
-                                           files_per_segment=2)
+        registration, _ = register_and_add(
+            instance, defs.resources["common_crawl"], defs.resources["storage"], crawl, files_per_segment=2
+        )
         keys = registration.keys()
         say(f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files")
         pipeline = defs.resolve_job_def(PIPELINE_JOB)
         with stage_progress(len(keys), "3/4 segments", enabled=show_progress) as advance:
             for key in keys:
-                result = pipeline.execute_in_process(partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG,
-                                                     raise_on_error=False)
+                result = pipeline.execute_in_process(
+                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+                )
                 for line in run_summary(result, STAGES):
                     say(f"3/4 {key} {line}")
                 if not result.success:
-                    raise RuntimeError(f"demo: segment {key} failed in run {result.run_id}; "
-                                       "open it in the UI (make dev)")
+                    raise RuntimeError(
+                        f"demo: segment {key} failed in run {result.run_id}; open it in the UI (make dev)"
+                    )
                 advance()
-        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, run_config=QUIET_RUN_CONFIG,
-                                                                      raise_on_error=False)
+        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
+            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+        )
         if not result.success:
             raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
         say(f"4/4 {run_summary(result, ('release',))[0]}")
@@ -141,8 +165,10 @@ def run_pipeline(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, page
 
 def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: int = 0) -> int:
     outcome = run_pipeline(workdir, crawl=crawl, wat_files=wat_files, seed=seed, show_progress=True)
-    print(f"done in {outcome.seconds:.0f}s. Release: {outcome.root.path('release', crawl)}; "
-          f"report: {outcome.root.path('report', crawl, 'report.md')}")
+    print(
+        f"done in {outcome.seconds:.0f}s. Release: {outcome.root.path('release', crawl)}; "
+        f"report: {outcome.root.path('report', crawl, 'report.md')}"
+    )
     print("Browse lineage, partitions, runs, checks and the report, and re-run any of it, with:")
     print("  make dev    # then open http://127.0.0.1:3000")
     return 0

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 DEPLOYMENT_FILE = "cah_deployment.json"
 DEPLOYMENTS = ("local", "demo")
-NO_INSTANCE = ("DAGSTER_HOME is not set: run `make demo` and use its instance (DAGSTER_HOME=$PWD/.demo/dagster_home), "
-               "or export DAGSTER_HOME=<a folder for runs and event logs>")
+NO_INSTANCE = (
+    "DAGSTER_HOME is not set: run `make demo` and use its instance (DAGSTER_HOME=$PWD/.demo/dagster_home), "
+    "or export DAGSTER_HOME=<a folder for runs and event logs>"
+)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import contextlib
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -10,7 +10,9 @@ import dagster as dg
 # that still fails met something bigger (a lost Dask cluster, an outage): wait, then try again.
 CANDIDATES_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # Stage 2 talks to the whole web; finished shards are never redone, so a retry costs only what failed.
-IMAGE_SHARDS_RETRY = dg.RetryPolicy(max_retries=5, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+IMAGE_SHARDS_RETRY = dg.RetryPolicy(
+    max_retries=5, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 # Stage 3 is local compute: one retry covers a lost GPU executor; more would repeat a real bug.
 CLIP_PAIRS_RETRY = dg.RetryPolicy(max_retries=1, delay=15)
 
@@ -79,7 +81,9 @@ class CappedCondition(dg.AutomationCondition):
 
     async def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
         view = context.asset_graph_view
-        wanted = await context.for_child_condition(self.operand, child_indices=[0], candidate_subset=context.candidate_subset).evaluate_async()
+        wanted = await context.for_child_condition(
+            self.operand, child_indices=[0], candidate_subset=context.candidate_subset
+        ).evaluate_async()
         running = await context.for_child_condition(
             self.children[1], child_indices=[1], candidate_subset=view.get_full_subset(key=context.key)
         ).evaluate_async()

@@ -11,7 +11,6 @@ import dagster as dg
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-
 def quiet_console() -> None:
     """Keep the terminal to `cah`'s own lines while runs go on."""
     # Dask logs a worker's shutdown at WARNING ("still alive after 4 s, killing") when a run's local
@@ -72,8 +71,14 @@ def stage_progress(total: int, label: str, enabled: bool = True) -> Iterator[Cal
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     # transient: the bar disappears when done, leaving the one-line-per-stage summary printed above it
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(label, total=total)

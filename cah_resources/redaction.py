@@ -25,7 +25,7 @@ def redact_url(url: str) -> str:
     scheme = _SCHEME.match(url)
     if scheme is None:
         return _SECRET_KEYWORD.sub(rf"\g<1>{MASK}", url)
-    rest = url[scheme.end():]
+    rest = url[scheme.end() :]
     slash = rest.find("/")
     authority = rest if slash < 0 else rest[:slash]
     at = authority.rfind("@")

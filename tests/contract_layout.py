@@ -86,7 +86,7 @@ def write_segment(
     for shard, start in enumerate(range(0, len(pairs), shard_size)):
         rows, clip_rows = [], []
         for offset, (pair, candidate) in enumerate(
-            zip(pairs[start : start + shard_size], candidates[start : start + shard_size])
+            zip(pairs[start : start + shard_size], candidates[start : start + shard_size], strict=False)
         ):
             ok = pair.status == "ok"
             width, height = pair.original_size

@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from distributed import Client
 
@@ -24,7 +24,10 @@ def make_tls(out: Path) -> Path:
     """The cluster's CA and certificates, made by the script users run (2048-bit keys: faster)."""
     subprocess.run(
         ["bash", str(REPO / "deploy" / "make_tls.sh"), str(out)],
-        check=True, capture_output=True, env={**os.environ, "KEY_BITS": "2048"}, timeout=120,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "KEY_BITS": "2048"},
+        timeout=120,
     )
     return out
 
@@ -76,8 +79,16 @@ def scheduler(tls: Path | None, logs: Path) -> Iterator[str]:
     port = free_port()
     args = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     if tls is not None:
-        args += ["--protocol", "tls", "--tls-ca-file", str(tls / "ca.pem"),
-                 "--tls-cert", str(tls / "scheduler.pem"), "--tls-key", str(tls / "scheduler-key.pem")]
+        args += [
+            "--protocol",
+            "tls",
+            "--tls-ca-file",
+            str(tls / "ca.pem"),
+            "--tls-cert",
+            str(tls / "scheduler.pem"),
+            "--tls-key",
+            str(tls / "scheduler-key.pem"),
+        ]
     proc = _start(args, logs / f"scheduler-{port}.log")
     try:
         _wait_for_port(port, proc)
@@ -91,7 +102,14 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
     """A `cah worker` process (the command fleet servers run), CPU mode, one worker process."""
     argv = ["--scheduler", address, "--name", name, "--nworkers", "1", *extra]
     if tls is not None:
-        argv += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
+        argv += [
+            "--tls-ca-file",
+            str(tls / "ca.pem"),
+            "--tls-cert",
+            str(tls / "worker.pem"),
+            "--tls-key",
+            str(tls / "worker-key.pem"),
+        ]
     code = f"import sys; from cah_resources.fleet.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
     proc = _start([sys.executable, "-c", code], logs / f"worker-{name}.log")
     try:
@@ -105,7 +123,14 @@ def dask_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: s
     """A plain `dask worker` process (with its nanny), e.g. advertising ``--resources GPU=1``."""
     args = [str(BIN / "dask"), "worker", address, "--name", name, "--nthreads", "1", "--no-dashboard", *extra]
     if tls is not None:
-        args += ["--tls-ca-file", str(tls / "ca.pem"), "--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
+        args += [
+            "--tls-ca-file",
+            str(tls / "ca.pem"),
+            "--tls-cert",
+            str(tls / "worker.pem"),
+            "--tls-key",
+            str(tls / "worker-key.pem"),
+        ]
     proc = _start(args, logs / f"worker-{name}.log")
     try:
         yield proc

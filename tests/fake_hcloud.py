@@ -7,17 +7,41 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 LOCATIONS = [
-    {"id": 1, "name": "fsn1", "description": "Falkenstein DC Park 1", "country": "DE", "city": "Falkenstein",
-     "latitude": 50.47612, "longitude": 12.370071, "network_zone": "eu-central"},
-    {"id": 2, "name": "nbg1", "description": "Nuremberg DC Park 1", "country": "DE", "city": "Nuremberg",
-     "latitude": 49.452102, "longitude": 11.076665, "network_zone": "eu-central"},
-    {"id": 3, "name": "hel1", "description": "Helsinki DC Park 1", "country": "FI", "city": "Helsinki",
-     "latitude": 60.169855, "longitude": 24.938379, "network_zone": "eu-central"},
+    {
+        "id": 1,
+        "name": "fsn1",
+        "description": "Falkenstein DC Park 1",
+        "country": "DE",
+        "city": "Falkenstein",
+        "latitude": 50.47612,
+        "longitude": 12.370071,
+        "network_zone": "eu-central",
+    },
+    {
+        "id": 2,
+        "name": "nbg1",
+        "description": "Nuremberg DC Park 1",
+        "country": "DE",
+        "city": "Nuremberg",
+        "latitude": 49.452102,
+        "longitude": 11.076665,
+        "network_zone": "eu-central",
+    },
+    {
+        "id": 3,
+        "name": "hel1",
+        "description": "Helsinki DC Park 1",
+        "country": "FI",
+        "city": "Helsinki",
+        "latitude": 60.169855,
+        "longitude": 24.938379,
+        "network_zone": "eu-central",
+    },
 ]
 # name: (cores, memory GB, disk GB, EUR net per hour, locations)
 SERVER_TYPES = {
@@ -27,33 +51,68 @@ SERVER_TYPES = {
 }
 VAT = 1.19
 IMAGES = [
-    {"id": 161547269, "name": "ubuntu-24.04", "type": "system", "status": "available", "description": "Ubuntu 24.04",
-     "image_size": None, "disk_size": 5, "created": "2024-04-25T13:27:04+00:00", "created_from": None, "bound_to": None,
-     "os_flavor": "ubuntu", "os_version": "24.04", "rapid_deploy": True, "protection": {"delete": False},
-     "deprecated": None, "deleted": None, "labels": {}, "architecture": "x86"},
+    {
+        "id": 161547269,
+        "name": "ubuntu-24.04",
+        "type": "system",
+        "status": "available",
+        "description": "Ubuntu 24.04",
+        "image_size": None,
+        "disk_size": 5,
+        "created": "2024-04-25T13:27:04+00:00",
+        "created_from": None,
+        "bound_to": None,
+        "os_flavor": "ubuntu",
+        "os_version": "24.04",
+        "rapid_deploy": True,
+        "protection": {"delete": False},
+        "deprecated": None,
+        "deleted": None,
+        "labels": {},
+        "architecture": "x86",
+    },
 ]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def server_type_json(type_id: int, name: str) -> dict:
     cores, memory, disk, net, locations = SERVER_TYPES[name]
     gross = f"{float(net) * VAT:.10f}"
     return {
-        "id": type_id, "name": name, "description": name.upper(), "category": "shared", "cores": cores,
-        "memory": memory, "disk": disk, "deprecated": False, "deprecation": None, "storage_type": "local",
-        "cpu_type": "shared", "architecture": "x86", "included_traffic": 21990232555520,
+        "id": type_id,
+        "name": name,
+        "description": name.upper(),
+        "category": "shared",
+        "cores": cores,
+        "memory": memory,
+        "disk": disk,
+        "deprecated": False,
+        "deprecation": None,
+        "storage_type": "local",
+        "cpu_type": "shared",
+        "architecture": "x86",
+        "included_traffic": 21990232555520,
         "prices": [
-            {"location": loc, "price_hourly": {"net": net, "gross": gross},
-             "price_monthly": {"net": f"{float(net) * 730:.4f}", "gross": f"{float(gross) * 730:.4f}"},
-             "included_traffic": 21990232555520, "price_per_tb_traffic": {"net": "1.0000", "gross": "1.1900"}}
+            {
+                "location": loc,
+                "price_hourly": {"net": net, "gross": gross},
+                "price_monthly": {"net": f"{float(net) * 730:.4f}", "gross": f"{float(gross) * 730:.4f}"},
+                "included_traffic": 21990232555520,
+                "price_per_tb_traffic": {"net": "1.0000", "gross": "1.1900"},
+            }
             for loc in locations
         ],
         "locations": [
-            {"id": next(l["id"] for l in LOCATIONS if l["name"] == loc), "name": loc, "deprecation": None,
-             "available": True, "recommended": True}
+            {
+                "id": next(x["id"] for x in LOCATIONS if x["name"] == loc),
+                "name": loc,
+                "deprecation": None,
+                "available": True,
+                "recommended": True,
+            }
             for loc in locations
         ],
     }
@@ -105,7 +164,7 @@ class FakeHetznerCloud:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def __enter__(self) -> "FakeHetznerCloud":
+    def __enter__(self) -> FakeHetznerCloud:
         self._thread.start()
         return self
 
@@ -117,8 +176,16 @@ class FakeHetznerCloud:
     def add_project(self, token: str, server_limit: int = 25, ssh_keys: tuple[str, ...] = ()) -> Project:
         project = Project(token, server_limit)
         for name in ssh_keys:
-            project.ssh_keys.append({"id": next(self._ids), "name": name, "fingerprint": "b7:2f:30:a0:2f:6c:58:6c",
-                                     "public_key": f"ssh-ed25519 AAAA {name}", "labels": {}, "created": _now()})
+            project.ssh_keys.append(
+                {
+                    "id": next(self._ids),
+                    "name": name,
+                    "fingerprint": "b7:2f:30:a0:2f:6c:58:6c",
+                    "public_key": f"ssh-ed25519 AAAA {name}",
+                    "labels": {},
+                    "created": _now(),
+                }
+            )
         self.projects[token] = project
         return project
 
@@ -141,26 +208,54 @@ class FakeHetznerCloud:
         n = next(self._ips)
         type_json = next(t for t in TYPES if t["name"] == server_type)
         return {
-            "id": sid, "name": name, "status": status, "created": _now(),
+            "id": sid,
+            "name": name,
+            "status": status,
+            "created": _now(),
             "public_net": {
-                "ipv4": {"id": sid + 1, "ip": f"203.0.113.{n % 250}", "blocked": False, "dns_ptr": f"static.{n}.example"},
+                "ipv4": {
+                    "id": sid + 1,
+                    "ip": f"203.0.113.{n % 250}",
+                    "blocked": False,
+                    "dns_ptr": f"static.{n}.example",
+                },
                 "ipv6": {"id": sid + 2, "ip": f"2001:db8:{n:x}::/64", "blocked": False, "dns_ptr": []},
-                "floating_ips": [], "firewalls": [],
+                "floating_ips": [],
+                "firewalls": [],
             },
-            "private_net": [], "server_type": type_json,
+            "private_net": [],
+            "server_type": type_json,
             "datacenter": None,
-            "location": next(l for l in LOCATIONS if l["name"] == location),
+            "location": next(x for x in LOCATIONS if x["name"] == location),
             "image": next(i for i in IMAGES if i["name"] == image),
-            "iso": None, "rescue_enabled": False, "locked": False, "backup_window": None,
-            "outgoing_traffic": 0, "ingoing_traffic": 0, "included_traffic": 21990232555520,
-            "protection": {"delete": False, "rebuild": False}, "labels": dict(labels), "volumes": [],
-            "load_balancers": [], "primary_disk_size": type_json["disk"], "placement_group": None,
+            "iso": None,
+            "rescue_enabled": False,
+            "locked": False,
+            "backup_window": None,
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 21990232555520,
+            "protection": {"delete": False, "rebuild": False},
+            "labels": dict(labels),
+            "volumes": [],
+            "load_balancers": [],
+            "primary_disk_size": type_json["disk"],
+            "placement_group": None,
         }
 
     def _action(self, command: str, resource_id: int, on_finish=None) -> dict:
-        action = {"id": next(self._ids), "command": command, "status": "running", "progress": 0,
-                  "started": _now(), "finished": None, "resources": [{"id": resource_id, "type": "server"}],
-                  "error": None, "_polls": 0, "_on_finish": on_finish}
+        action = {
+            "id": next(self._ids),
+            "command": command,
+            "status": "running",
+            "progress": 0,
+            "started": _now(),
+            "finished": None,
+            "resources": [{"id": resource_id, "type": "server"}],
+            "error": None,
+            "_polls": 0,
+            "_on_finish": on_finish,
+        }
         self.actions[action["id"]] = action
         return action
 
@@ -224,7 +319,7 @@ class FakeHetznerCloud:
         if method == "GET" and path == "/server_types":
             return 200, self._page("server_types", [t for t in TYPES if one("name") in (None, t["name"])], query)
         if method == "GET" and path == "/locations":
-            return 200, self._page("locations", [l for l in LOCATIONS if one("name") in (None, l["name"])], query)
+            return 200, self._page("locations", [x for x in LOCATIONS if one("name") in (None, x["name"])], query)
         if method == "GET" and path == "/images":
             arch = query.get("architecture")
             found = [i for i in IMAGES if one("name") in (None, i["name"]) and (not arch or i["architecture"] in arch)]
@@ -232,8 +327,11 @@ class FakeHetznerCloud:
         if method == "GET" and path == "/ssh_keys":
             return 200, self._page("ssh_keys", [k for k in project.ssh_keys if one("name") in (None, k["name"])], query)
         if method == "GET" and path == "/servers":
-            found = [s for s in project.servers.values()
-                     if one("name") in (None, s["name"]) and matches_selector(s["labels"], one("label_selector"))]
+            found = [
+                s
+                for s in project.servers.values()
+                if one("name") in (None, s["name"]) and matches_selector(s["labels"], one("label_selector"))
+            ]
             return 200, self._page("servers", sorted(found, key=lambda s: s["id"]), query)
         if method == "POST" and path == "/servers":
             return self._create_server(project, body or {})
@@ -256,8 +354,11 @@ class FakeHetznerCloud:
             action["_polls"] += 1
             if action["status"] == "running" and action["_polls"] >= self.actions_finish_after_polls:
                 if action.get("_fails"):
-                    action.update(status="error", finished=_now(),
-                                  error={"code": "server_create_failed", "message": "could not create server"})
+                    action.update(
+                        status="error",
+                        finished=_now(),
+                        error={"code": "server_create_failed", "message": "could not create server"},
+                    )
                 else:
                     action.update(status="success", progress=100, finished=_now())
                     if action["_on_finish"]:
@@ -272,7 +373,7 @@ class FakeHetznerCloud:
             return 400, {"code": "invalid_input", "message": f"invalid server name {name!r}"}
         if type_name not in SERVER_TYPES:
             return 400, {"code": "invalid_input", "message": f"server type {type_name!r} not found"}
-        if location not in {l["name"] for l in LOCATIONS}:
+        if location not in {x["name"] for x in LOCATIONS}:
             return 400, {"code": "invalid_input", "message": f"location {location!r} not found"}
         if image not in {i["name"] for i in IMAGES}:
             return 400, {"code": "invalid_input", "message": f"image {image!r} not found"}
@@ -292,17 +393,31 @@ class FakeHetznerCloud:
 
         action = self._action("create_server", server["id"], started)
         action["_fails"] = name in self.failing_creates
-        return 201, {"server": self._public(server), "action": self._public(action), "next_actions": [],
-                     "root_password": None}
+        return 201, {
+            "server": self._public(server),
+            "action": self._public(action),
+            "next_actions": [],
+            "root_password": None,
+        }
 
     def _page(self, key: str, items: list[dict], query: dict) -> dict:
         page = int((query.get("page") or ["1"])[0])
         per_page = int((query.get("per_page") or ["25"])[0])
         last = max(1, -(-len(items) // per_page))
         chunk = [self._public(i) for i in items[(page - 1) * per_page : page * per_page]]
-        return {key: chunk, "meta": {"pagination": {
-            "page": page, "per_page": per_page, "previous_page": page - 1 or None,
-            "next_page": page + 1 if page < last else None, "last_page": last, "total_entries": len(items)}}}
+        return {
+            key: chunk,
+            "meta": {
+                "pagination": {
+                    "page": page,
+                    "per_page": per_page,
+                    "previous_page": page - 1 or None,
+                    "next_page": page + 1 if page < last else None,
+                    "last_page": last,
+                    "total_entries": len(items),
+                }
+            },
+        }
 
 
 def matches_selector(labels: dict, selector: str | None) -> bool:

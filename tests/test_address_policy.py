@@ -148,7 +148,9 @@ def test_a_redirect_to_a_refused_address_is_not_followed():
     listener = CountingListener()
     with LocalImageWeb(n_hosts=1) as web:
         start = f"{web.origins[0]}/redirect_to/0?to=http://127.0.0.1:{listener.port}/secret.jpg"
-        only_the_fake_web = FetchSettings(allowed_networks=("127.77.0.0/16",), connect_timeout=2, read_timeout=2, total_timeout=4)
+        only_the_fake_web = FetchSettings(
+            allowed_networks=("127.77.0.0/16",), connect_timeout=2, read_timeout=2, total_timeout=4
+        )
         try:
             (result,) = _fetch_all([start], only_the_fake_web)
             assert result.status == "blocked_address"
@@ -183,7 +185,18 @@ def test_numeric_host_forms_that_are_not_canonical_ip_literals_are_refused_witho
         listener.close()
 
 
-@pytest.mark.parametrize("host", ["images.example.com", "bücher.de", "xn--bcher-kva.de", "cdn_1.example.net",
-                                  "localhost", "example.com.", "8.8.8.8", "[2606:4700:4700::1111]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "images.example.com",
+        "bücher.de",
+        "xn--bcher-kva.de",
+        "cdn_1.example.net",
+        "localhost",
+        "example.com.",
+        "8.8.8.8",
+        "[2606:4700:4700::1111]",
+    ],
+)
 def test_dns_names_and_canonical_ip_literals_pass_the_literal_check(host):
     AddressPolicy().check_literal_host(host)

@@ -38,8 +38,10 @@ def crawls(tmp_path_factory):
     root = tmp_path_factory.mktemp("commoncrawl")
     generate_crawl(str(root), crawl=OLD, wat_files=3, pages_per_file=6, seed=1)
     generate_crawl(str(root), crawl=NEW, wat_files=2, pages_per_file=6, seed=2)
-    listing = [{"id": i, "name": i, "cdx-api": f"https://index.commoncrawl.org/{i}-index"}
-               for i in (NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01")]
+    listing = [
+        {"id": i, "name": i, "cdx-api": f"https://index.commoncrawl.org/{i}-index"}
+        for i in (NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01")
+    ]
     (root / "collinfo.json").write_text(json.dumps(listing))
     (root / "broken.json").write_text('{"id": "CC-MAIN-2024-10"')
     return root
@@ -76,12 +78,15 @@ def test_the_crawl_list_is_read_from_a_url_or_a_local_file(crawls, crawl_list_se
     assert read_crawl_list(f"file://{crawls / 'collinfo.json'}") == expected
 
 
-@pytest.mark.parametrize("where, says", [
-    ("{server}/missing.json", "answered HTTP 404"),
-    ("{server}/broken.json", "is not a JSON list"),
-    ("http://127.0.0.1:{port}/collinfo.json", "is unreachable"),
-    ("{folder}/nowhere.json", "is unreachable"),
-])
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("{server}/missing.json", "answered HTTP 404"),
+        ("{server}/broken.json", "is not a JSON list"),
+        ("http://127.0.0.1:{port}/collinfo.json", "is unreachable"),
+        ("{folder}/nowhere.json", "is unreachable"),
+    ],
+)
 def test_an_unusable_crawl_list_is_one_line_saying_why(crawls, crawl_list_server, where, says):
     location = where.format(server=crawl_list_server, port=_unused_port(), folder=crawls)
     with pytest.raises(CrawlListError, match=says) as caught:
@@ -118,8 +123,9 @@ def _discovery_resources(crawls, crawl_list, data_root, **discovery):
 
 def test_discovery_adds_the_newest_crawls_segments_in_batches_with_a_cursor(crawls, crawl_list_server, data_root):
     instance = dg.DagsterInstance.ephemeral()
-    resources = _discovery_resources(crawls, f"{crawl_list_server}/collinfo.json", data_root,
-                                     newest=2, files_per_segment=1, segments_per_tick=2)
+    resources = _discovery_resources(
+        crawls, f"{crawl_list_server}/collinfo.json", data_root, newest=2, files_per_segment=1, segments_per_tick=2
+    )
     added_per_tick, cursor = [], None
     for _ in range(4):
         before = set(instance.get_dynamic_partitions(segments.name))
@@ -180,16 +186,21 @@ def registered(crawls, data_root):
 
 def _schedule_tick(instance, **flow):
     # As a context manager, so the instance the context opens is closed with it.
-    with dg.build_schedule_context(instance=instance, resources={"segment_flow": SegmentFlow(**flow)},
-                                   repository_def=defs.get_repository_def()) as context:
+    with dg.build_schedule_context(
+        instance=instance, resources={"segment_flow": SegmentFlow(**flow)}, repository_def=defs.get_repository_def()
+    ) as context:
         return segment_schedule.evaluate_tick(context)
 
 
 def _queue_run(instance, key, asset="candidates"):
     """A run of ``asset`` for ``key`` that is created and not finished: what a launch leaves behind."""
     job = defs.get_implicit_global_asset_job_def()
-    return instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}), tags={"dagster/partition": key},
-                                       status=dg.DagsterRunStatus.STARTING)
+    return instance.create_run_for_job(
+        job,
+        asset_selection=frozenset({dg.AssetKey(asset)}),
+        tags={"dagster/partition": key},
+        status=dg.DagsterRunStatus.STARTING,
+    )
 
 
 def test_the_schedule_requests_the_next_segments_newest_crawl_first(registered):
@@ -210,8 +221,12 @@ def test_the_schedule_never_lets_more_than_the_cap_in_flight(registered):
 
 
 def test_the_schedule_skips_done_and_failed_segments(registered, crawls, data_root, local_compute):
-    resources = {**defs.resources, "compute": local_compute, "common_crawl": CommonCrawl(base_url=str(crawls)),
-                 "storage": StorageResource(root=data_root.url)}
+    resources = {
+        **defs.resources,
+        "compute": local_compute,
+        "common_crawl": CommonCrawl(base_url=str(crawls)),
+        "storage": StorageResource(root=data_root.url),
+    }
     assert dg.materialize([candidates], partition_key=f"{NEW}_00000", instance=registered, resources=resources).success
     registered.report_run_failed(_queue_run(registered, f"{NEW}_00001"))  # failed after its retries
     data = _schedule_tick(registered, segments_per_tick=5, max_in_flight=10)
@@ -222,12 +237,15 @@ def test_the_schedule_skips_done_and_failed_segments(registered, crawls, data_ro
 
 
 def test_a_capped_condition_requests_a_few_per_tick_and_never_exceeds_the_in_flight_cap(registered):
-    capped = CappedCondition(dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress(), per_tick=2, in_flight=3)
+    capped = CappedCondition(
+        dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress(), per_tick=2, in_flight=3
+    )
     asset = candidates.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=capped))
     requested, cursor = [], None
     for _ in range(3):
-        result = dg.evaluate_automation_conditions(defs=dg.Definitions(assets=[asset], resources=defs.resources),
-                                                   instance=registered, cursor=cursor)
+        result = dg.evaluate_automation_conditions(
+            defs=dg.Definitions(assets=[asset], resources=defs.resources), instance=registered, cursor=cursor
+        )
         cursor = result.cursor
         keys = sorted(result.get_requested_partitions(candidates.key))
         requested.append(keys)
@@ -247,23 +265,45 @@ def seven_segments(tmp_path, data_root):
 
 
 def _requested_checks(result, asset: str) -> dict[str, int]:
-    return {r.key.name: r.true_subset.size for r in result.results if isinstance(r.key, dg.AssetCheckKey) and r.key.asset_key == dg.AssetKey(asset)}
+    return {
+        r.key.name: r.true_subset.size
+        for r in result.results
+        if isinstance(r.key, dg.AssetCheckKey) and r.key.asset_key == dg.AssetKey(asset)
+    }
 
 
-def test_reactivated_automation_follows_good_segments_a_few_per_tick_and_holds_back_a_bad_one(seven_segments, data_root, local_compute):
+def test_reactivated_automation_follows_good_segments_a_few_per_tick_and_holds_back_a_bad_one(
+    seven_segments, data_root, local_compute
+):
     instance, crawl, keys = seven_segments
-    resources = {**defs.resources, "compute": local_compute, "common_crawl": CommonCrawl(base_url=crawl.root),
-                 "storage": StorageResource(root=data_root.url)}
-    cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # the sensor's last tick before its pause
+    resources = {
+        **defs.resources,
+        "compute": local_compute,
+        "common_crawl": CommonCrawl(base_url=crawl.root),
+        "storage": StorageResource(root=data_root.url),
+    }
+    cursor = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance
+    ).cursor  # the sensor's last tick before its pause
     # While automation is paused, a backfill makes every segment's candidates; one of them turns out bad.
-    assert dg.materialize([candidates, candidates_checks], instance=instance, resources=resources,
-                          tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}).success
+    assert dg.materialize(
+        [candidates, candidates_checks],
+        instance=instance,
+        resources=resources,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    ).success
     bad = keys[2]
     table_path = output_paths(data_root, bad)[0]
     table = data_root.read_parquet(table_path)
     data_root.write_parquet(table_path, table.append_column("extra", table.column("uid")))
-    rechecked = dg.materialize([candidates, candidates_checks], instance=instance, resources=resources, tags={"dagster/partition": bad},
-                               selection=dg.AssetSelection.checks_for_assets(candidates), raise_on_error=False)
+    rechecked = dg.materialize(
+        [candidates, candidates_checks],
+        instance=instance,
+        resources=resources,
+        tags={"dagster/partition": bad},
+        selection=dg.AssetSelection.checks_for_assets(candidates),
+        raise_on_error=False,
+    )
     assert not rechecked.success
 
     requested = []
@@ -290,7 +330,12 @@ def _stage(name: str) -> dg.AssetsDefinition:
 
 def test_network_stages_retry_more_than_the_gpu_stage_with_backoff_and_jitter():
     policies = {name: _stage(name).op.retry_policy for name in STAGES}
-    assert policies["image_shards"].max_retries >= policies["candidates"].max_retries > policies["clip_pairs"].max_retries >= 1
+    assert (
+        policies["image_shards"].max_retries
+        >= policies["candidates"].max_retries
+        > policies["clip_pairs"].max_retries
+        >= 1
+    )
     for name in ("candidates", "image_shards"):
         assert (policies[name].backoff, policies[name].jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
 
@@ -306,7 +351,10 @@ def test_later_stages_follow_upstream_and_the_automation_sensor_can_evaluate_the
     for name in ("image_shards", "clip_pairs"):
         assert _stage(name).automation_conditions_by_key[dg.AssetKey(name)] is FOLLOWS_UPSTREAM
     sensor = defs.resolve_sensor_def("segment_flow_sensor")
-    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) >= {dg.AssetKey("image_shards"), dg.AssetKey("clip_pairs")}
+    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) >= {
+        dg.AssetKey("image_shards"),
+        dg.AssetKey("clip_pairs"),
+    }
     assert _stage("candidates").automation_conditions_by_key.get(candidates.key) is None  # the schedule feeds it
 
 
@@ -320,24 +368,42 @@ def web():
 
 
 def test_a_segment_flows_through_all_three_stages_without_a_person(web, tmp_path, data_root, local_compute):
-    crawl = generate_crawl(str(tmp_path / "crawl"), crawl="CC-MAIN-2024-38", wat_files=1, pages_per_file=10, seed=4,
-                           image_base=web.origins[:2], page_base=web.origins[2:])
+    crawl = generate_crawl(
+        str(tmp_path / "crawl"),
+        crawl="CC-MAIN-2024-38",
+        wat_files=1,
+        pages_per_file=10,
+        seed=4,
+        image_base=web.origins[:2],
+        page_base=web.origins[2:],
+    )
     (key,) = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, 1).keys()
     resources = {
         **defs.resources,
         "compute": local_compute,
         "common_crawl": CommonCrawl(base_url=crawl.root),
         "storage": StorageResource(root=data_root.url),
-        "image_downloader": ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10,
-                                            total_timeout=30, shard_size=20, image_size=64),
+        "image_downloader": ImageDownloader(
+            allowed_networks=["127.0.0.0/8"],
+            connect_timeout=10,
+            read_timeout=10,
+            total_timeout=30,
+            shard_size=20,
+            image_size=64,
+        ),
         "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
     }
     everything = [candidates, image_shards, clip_pairs, candidates_checks, image_shards_checks, clip_pairs_checks]
 
     def launch(stages: list[str]) -> list[str]:
         """What the daemon does with a request: one run of the segment's requested stages and their checks."""
-        result = dg.materialize(everything, instance=instance, resources=resources, partition_key=key,
-                                selection=dg.AssetSelection.assets(*stages))
+        result = dg.materialize(
+            everything,
+            instance=instance,
+            resources=resources,
+            partition_key=key,
+            selection=dg.AssetSelection.assets(*stages),
+        )
         assert result.success
         return [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
 

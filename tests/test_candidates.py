@@ -149,8 +149,9 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
     registration = register_crawl(CommonCrawl(base_url=sample_crawl.root).source(), data_root, sample_crawl.crawl, 2)
     instance.add_dynamic_partitions(segments.name, registration.keys())
     key = registration.keys()[0]
-    result = dg.materialize([candidates], partition_key=key, instance=instance,
-                            resources=_resources(sample_crawl, data_root, local_compute))
+    result = dg.materialize(
+        [candidates], partition_key=key, instance=instance, resources=_resources(sample_crawl, data_root, local_compute)
+    )
     assert result.success
     table_path, stats_path = output_paths(data_root, key)
     table = data_root.read_parquet(table_path)
@@ -167,14 +168,17 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
     assert metadata["links_seen"].value == truth["links_seen"]
     assert metadata["candidates"].value == len(expected)
     assert sum(metadata[f"candidates_{c}"].value for c in ("en", "multi", "nolang")) == len(expected)
-    assert metadata["malformed_records"].value == sum(v for k, v in truth.items() if k.startswith(("malformed", "corrupt")))
+    assert metadata["malformed_records"].value == sum(
+        v for k, v in truth.items() if k.startswith(("malformed", "corrupt"))
+    )
     stats = data_root.read_json(stats_path)
     cross_file = sum(len(sample_crawl.candidates[rel]) for rel in registration.files_of(key)) - len(expected)
     assert stats["drop_duplicate"] == truth["drop_duplicate"] + cross_file
     assert stats["drop_svg"] == truth["drop_svg"] and stats["drop_data_url"] == truth["drop_data_url"]
     first_bytes = table.to_pylist()
-    again = dg.materialize([candidates], partition_key=key, instance=instance,
-                           resources=_resources(sample_crawl, data_root, local_compute))
+    again = dg.materialize(
+        [candidates], partition_key=key, instance=instance, resources=_resources(sample_crawl, data_root, local_compute)
+    )
     assert again.success
     assert data_root.read_parquet(table_path).to_pylist() == first_bytes
 
@@ -182,11 +186,20 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
 def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
     from cah_resources.samples.sample_crawl import generate_crawl, parse_image_name
 
-    crawl = generate_crawl(str(tmp_path), wat_files=1, seed=3, mismatch_rate=0.3, missing_rate=0.1,
-                           image_base=["http://127.0.0.2:8000"], page_base=["http://127.0.0.3:8000"])
+    crawl = generate_crawl(
+        str(tmp_path),
+        wat_files=1,
+        seed=3,
+        mismatch_rate=0.3,
+        missing_rate=0.1,
+        image_base=["http://127.0.0.2:8000"],
+        page_base=["http://127.0.0.3:8000"],
+    )
     rel = crawl.wat_paths[0]
     counts = Counter()
-    table = label_pairs(extract_pairs(os.path.join(crawl.root, rel), CandidateFilters(), counts), rel, LanguageDetector())
+    table = label_pairs(
+        extract_pairs(os.path.join(crawl.root, rel), CandidateFilters(), counts), rel, LanguageDetector()
+    )
     truth = crawl.candidates[rel]
     assert _rows(table) == _truth(truth)
     assert all(r.url.startswith(("http://127.0.0.2:8000/", "http://127.0.0.3:8000/")) for r in truth)
@@ -209,7 +222,8 @@ def test_a_pair_claimed_by_an_earlier_segment_is_dropped_as_a_global_duplicate(t
     resources = _resources(crawl, root, local_compute)
     first, second = registration.keys()
     shared = {(r.url, r.text) for r in crawl.candidates[crawl.wat_paths[0]]} & {
-        (r.url, r.text) for r in crawl.candidates[crawl.wat_paths[1]]}
+        (r.url, r.text) for r in crawl.candidates[crawl.wat_paths[1]]
+    }
     assert shared, "the generator repeats links across files"
     for key in (first, second, first):  # the rerun of the first keeps its claims
         assert dg.materialize([candidates], partition_key=key, instance=instance, resources=resources).success

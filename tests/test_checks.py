@@ -34,7 +34,6 @@ from cah_resources.storage import DataRoot
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory, sample_crawl):
     """Two real candidates segments made in one run (with their checks) on a persistent instance."""
@@ -52,7 +51,9 @@ def materialized(tmp_path_factory, sample_crawl):
     }
     keys = registration.keys()
     result = dg.materialize(
-        [candidates, candidates_checks], instance=instance, resources=resources,
+        [candidates, candidates_checks],
+        instance=instance,
+        resources=resources,
         tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
     )
     assert result.success
@@ -75,7 +76,9 @@ def _verdicts_failed(verdicts) -> set[str]:
 def test_a_multi_segment_run_records_a_passing_verdict_per_check_and_segment(materialized):
     instance, _, keys, _ = materialized
     for name in ("schema", "unique_uids", "valid_categories", "drops_add_up"):
-        history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey("candidates"), name), limit=10)
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("candidates"), name), limit=10
+        )
         assert sorted(record.partition for record in history) == keys
         assert all(record.status.value == "SUCCEEDED" for record in history)
         evaluation = history[0].event.dagster_event.event_specific_data
@@ -106,7 +109,9 @@ def test_a_missing_or_mistyped_column_fails_the_schema_check(materialized):
     dropped = _damaged(materialized, "drop", lambda t, s: (t.drop_columns(["page_url"]), s))
     assert _verdicts_failed(dropped) == {"schema"}
     assert "missing ['page_url']" in dropped["schema"].description
-    mistyped = _damaged(materialized, "type", lambda t, s: (t.set_column(6, "language_prob", pc.cast(t.column(6), pa.float64())), s))
+    mistyped = _damaged(
+        materialized, "type", lambda t, s: (t.set_column(6, "language_prob", pc.cast(t.column(6), pa.float64())), s)
+    )
     assert _verdicts_failed(mistyped) == {"schema"}
     assert "language_prob: double (want float)" in mistyped["schema"].description
 
@@ -177,8 +182,12 @@ def test_a_failed_blocking_check_fails_its_run_and_is_recorded_for_that_segment_
     root.write_parquet(table_path, pa.concat_tables([table, table.slice(0, 1)]))
     try:
         result = dg.materialize(
-            [candidates, candidates_checks], instance=instance, resources=resources, raise_on_error=False,
-            selection=dg.AssetSelection.checks_for_assets(candidates), tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
+            [candidates, candidates_checks],
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            selection=dg.AssetSelection.checks_for_assets(candidates),
+            tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
         )
     finally:
         root.write_bytes(table_path, saved)
@@ -201,8 +210,17 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"
 def _outcome(ok: bool) -> dict:
     if not ok:
         return {"status": "http_404", "http_status": 404, "error_message": "not found"}
-    return {"status": "ok", "http_status": 200, "error_message": None, "bytes": len(JPEG), "sha256": "ab" * 32,
-            "width": 8, "height": 8, "original_width": 16, "original_height": 16}
+    return {
+        "status": "ok",
+        "http_status": 200,
+        "error_message": None,
+        "bytes": len(JPEG),
+        "sha256": "ab" * 32,
+        "width": 8,
+        "height": 8,
+        "original_width": 16,
+        "original_height": 16,
+    }
 
 
 def _write_image_shards(root: DataRoot, segment: str, shard_size: int) -> pa.Table:
@@ -282,7 +300,9 @@ def _rewrite_tar(root: DataRoot, path: str, keep) -> None:
 def test_a_missing_or_stray_tar_member_fails_the_tar_check(shards):
     root, key, folder = shards
     _rewrite_tar(root, f"{folder}/00000.tar", lambda name: [] if name.endswith("00001.jpg") else [name])
-    _rewrite_tar(root, f"{folder}/00001.tar", lambda name: [name, "0000100001.jpg"] if name == "0000100000.txt" else [name])  # row 51 failed: no image
+    _rewrite_tar(
+        root, f"{folder}/00001.tar", lambda name: [name, "0000100001.jpg"] if name == "0000100000.txt" else [name]
+    )  # row 51 failed: no image
     verdicts = check_image_shards(root, key)
     assert _verdicts_failed(verdicts) == {"tar_members_match_ok_rows"}
     meta = verdicts["tar_members_match_ok_rows"].metadata
@@ -323,7 +343,16 @@ def _write_clip_pairs(root: DataRoot, segment: str, similarity=lambda i: 0.2 + (
         extra = {
             "similarity": pa.array(sims, pa.float32()),
             "threshold": pa.array(thresholds, pa.float32()),
-            "kept": pa.array([s >= t for s, t in zip(pa.array(sims, pa.float32()).to_pylist(), pa.array(thresholds, pa.float32()).to_pylist())]),
+            "kept": pa.array(
+                [
+                    s >= t
+                    for s, t in zip(
+                        pa.array(sims, pa.float32()).to_pylist(),
+                        pa.array(thresholds, pa.float32()).to_pylist(),
+                        strict=False,
+                    )
+                ]
+            ),
             "clip_model": pa.array(["tiny"] * table.num_rows),
             "nsfw": pa.array(["UNLIKELY"] * table.num_rows),
             "nsfw_score": pa.array([0.01] * table.num_rows, pa.float32()),
@@ -340,7 +369,11 @@ def test_scored_shards_in_the_contract_layout_pass(shards):
     _write_clip_pairs(root, key)
     verdicts = check_clip_pairs(root, key)
     assert _verdicts_failed(verdicts) == set(), {k: v.description for k, v in verdicts.items()}
-    assert 0 < verdicts["kept_rows_pass_threshold"].metadata["kept"] < verdicts["kept_rows_pass_threshold"].metadata["scored"]
+    assert (
+        0
+        < verdicts["kept_rows_pass_threshold"].metadata["kept"]
+        < verdicts["kept_rows_pass_threshold"].metadata["scored"]
+    )
 
 
 def test_a_kept_pair_below_its_threshold_fails(shards):
@@ -380,16 +413,29 @@ def web():
 
 @pytest.fixture
 def two_segments_on_the_local_web(web, tmp_path, data_root, local_compute):
-    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=10, seed=5, missing_rate=0.2,
-                           image_base=web.origins[:2], page_base=web.origins[2:])
+    crawl = generate_crawl(
+        str(tmp_path / "crawl"),
+        wat_files=2,
+        pages_per_file=10,
+        seed=5,
+        missing_rate=0.2,
+        image_base=web.origins[:2],
+        page_base=web.origins[2:],
+    )
     registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, 1)
     resources = {
         **defs.resources,
         "compute": local_compute,
         "common_crawl": CommonCrawl(base_url=crawl.root),
         "storage": StorageResource(root=data_root.url),
-        "image_downloader": ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10,
-                                            total_timeout=30, shard_size=15, image_size=64),
+        "image_downloader": ImageDownloader(
+            allowed_networks=["127.0.0.0/8"],
+            connect_timeout=10,
+            read_timeout=10,
+            total_timeout=30,
+            shard_size=15,
+            image_size=64,
+        ),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(segments.name, registration.keys())
@@ -397,24 +443,43 @@ def two_segments_on_the_local_web(web, tmp_path, data_root, local_compute):
 
 
 def _stage_steps(result) -> dict[str, str]:
-    return {e.step_key: e.event_type_value for e in result.all_events if e.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")}
+    return {
+        e.step_key: e.event_type_value
+        for e in result.all_events
+        if e.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")
+    }
 
 
-def test_real_image_shards_pass_their_checks_and_a_bad_candidates_segment_blocks_its_download(two_segments_on_the_local_web, data_root):
+def test_real_image_shards_pass_their_checks_and_a_bad_candidates_segment_blocks_its_download(
+    two_segments_on_the_local_web, data_root
+):
     instance, resources, (good, bad) = two_segments_on_the_local_web
     stages = [candidates, candidates_checks, image_shards, image_shards_checks]
     result = dg.materialize(stages, instance=instance, resources=resources, partition_key=good)
-    assert _stage_steps(result) == {"candidates": "STEP_SUCCESS", "candidates_checks": "STEP_SUCCESS",
-                                    "image_shards": "STEP_SUCCESS", "image_shards_checks": "STEP_SUCCESS"}
+    assert _stage_steps(result) == {
+        "candidates": "STEP_SUCCESS",
+        "candidates_checks": "STEP_SUCCESS",
+        "image_shards": "STEP_SUCCESS",
+        "image_shards_checks": "STEP_SUCCESS",
+    }
     verdicts = check_image_shards(data_root, good)
-    assert verdicts["rows_match_candidates"].metadata["shards"] >= 2 and verdicts["tar_members_match_ok_rows"].metadata["members"] > 0
+    assert (
+        verdicts["rows_match_candidates"].metadata["shards"] >= 2
+        and verdicts["tar_members_match_ok_rows"].metadata["members"] > 0
+    )
 
     assert dg.materialize([candidates], instance=instance, resources=resources, partition_key=bad).success
     table_path = output_paths(data_root, bad)[0]
     table = data_root.read_parquet(table_path)
     data_root.write_parquet(table_path, pa.concat_tables([table, table.slice(0, 1)]))
-    blocked = dg.materialize(stages, instance=instance, resources=resources, partition_key=bad, raise_on_error=False,
-                             selection=dg.AssetSelection.checks_for_assets(candidates) | dg.AssetSelection.assets(image_shards))
+    blocked = dg.materialize(
+        stages,
+        instance=instance,
+        resources=resources,
+        partition_key=bad,
+        raise_on_error=False,
+        selection=dg.AssetSelection.checks_for_assets(candidates) | dg.AssetSelection.assets(image_shards),
+    )
     assert _stage_steps(blocked) == {"candidates_checks": "STEP_FAILURE"}  # image_shards never started
     status = instance.get_status_by_partition(image_shards.key, [good, bad], segments)
     assert status == {good: dg.AssetPartitionStatus.MATERIALIZED, bad: dg.AssetPartitionStatus.FAILED}
@@ -424,11 +489,17 @@ def test_real_image_shards_pass_their_checks_and_a_bad_candidates_segment_blocks
 def test_a_segment_through_all_three_stages_passes_every_check(two_segments_on_the_local_web, data_root):
     instance, resources, (good, _) = two_segments_on_the_local_web
     stages = [candidates, candidates_checks, image_shards, image_shards_checks, clip_pairs, clip_pairs_checks]
-    result = dg.materialize(stages, instance=instance, partition_key=good,
-                            resources={**resources, "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1)})
+    result = dg.materialize(
+        stages,
+        instance=instance,
+        partition_key=good,
+        resources={**resources, "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1)},
+    )
     assert result.success
     evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert len(evaluations) == len(CANDIDATES_CHECKS) + len(IMAGE_SHARDS_CHECKS) + len(CLIP_PAIRS_CHECKS)
-    assert all(e.passed and e.partition == good for e in evaluations), [(e.check_name, e.description) for e in evaluations if not e.passed]
+    assert all(e.passed and e.partition == good for e in evaluations), [
+        (e.check_name, e.description) for e in evaluations if not e.passed
+    ]
     kept = check_clip_pairs(data_root, good)["kept_rows_pass_threshold"].metadata
     assert kept["scored"] > 0 and kept["kept"] > 0  # the tiny CLIP knows the sample crawl's shapes

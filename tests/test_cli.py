@@ -59,6 +59,7 @@ def test_an_unknown_crawl_is_one_line_listing_the_crawls_the_source_has(capsys, 
 
 def test_an_unreachable_source_is_retried_visibly_then_one_line(capsys, instance_home, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "REGISTER_BACKOFF_S", 0.01)
+
     # A listening socket that answers every request by closing the connection: unreachable as a crawl source.
     class Hangup(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -107,7 +108,14 @@ def test_loading_the_code_location_shows_no_beta_or_preview_warning():
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
-    done = subprocess.run([sys.executable, "-W", "default", "-c", "import cah_assets.definitions"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "import cah_assets.definitions"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "BetaWarning" not in done.stderr and "PreviewWarning" not in done.stderr, done.stderr

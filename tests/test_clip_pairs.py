@@ -23,8 +23,24 @@ from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00007"
 STAGE2_COLUMNS = [
-    "uid", "url", "text", "page_url", "category", "language", "language_prob", "wat_file", "key", "status",
-    "http_status", "error_message", "bytes", "sha256", "width", "height", "original_width", "original_height",
+    "uid",
+    "url",
+    "text",
+    "page_url",
+    "category",
+    "language",
+    "language_prob",
+    "wat_file",
+    "key",
+    "status",
+    "http_status",
+    "error_message",
+    "bytes",
+    "sha256",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
 ]
 CLIP_COLUMNS = ["similarity", "threshold", "kept", "clip_model", "nsfw", "nsfw_score", "watermark_score"]
 
@@ -72,7 +88,7 @@ def test_every_ok_row_is_scored_with_similarity_threshold_kept_and_unknown_tags_
     assert all(r["threshold"] == pytest.approx(0.28 if r["category"] in ("en", "nolang") else 0.26) for r in rows)
     # The tiny model is a local checkpoint that never learnt the tag prompts: its tags are unknown, not NSFW.
     assert all(r["nsfw"] is None and r["nsfw_score"] is None and r["watermark_score"] is None for r in rows)
-    agreement = np.mean([r["kept"] == m for r, m in zip(rows, matching)])
+    agreement = np.mean([r["kept"] == m for r, m in zip(rows, matching, strict=False)])
     assert agreement >= 0.9
     assert summary["pairs"] == 40 and sum(summary["kept"].values()) == sum(r["kept"] for r in rows)
     assert summary["device"] == "cpu" and summary["precision"] == "fp32"
@@ -121,7 +137,10 @@ def test_an_ok_row_without_an_image_in_the_tar_is_recorded_as_missing(root):
     write_image_shard(root, SEGMENT, 0, samples)
     tar_path = root.path("image_shards", SEGMENT, "00000.tar")
     kept_members = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(root.read_bytes(tar_path))) as source, tarfile.open(fileobj=kept_members, mode="w") as out:
+    with (
+        tarfile.open(fileobj=io.BytesIO(root.read_bytes(tar_path))) as source,
+        tarfile.open(fileobj=kept_members, mode="w") as out,
+    ):
         for member in source.getmembers():
             if not member.name.startswith("0000000002."):
                 out.addfile(member, source.extractfile(member))

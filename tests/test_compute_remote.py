@@ -32,17 +32,23 @@ def tls(tmp_path_factory):
 def cluster(tls, tmp_path_factory):
     """A TLS scheduler with two worker processes: `cah worker` (CPU) and one advertising GPU=1."""
     logs = tmp_path_factory.mktemp("logs")
-    with scheduler(tls, logs) as address, \
-            cah_worker(address, "cpu-box", tls, logs), \
-            dask_worker(address, "gpu-box", tls, logs, "--resources", "GPU=1"):
+    with (
+        scheduler(tls, logs) as address,
+        cah_worker(address, "cpu-box", tls, logs),
+        dask_worker(address, "gpu-box", tls, logs, "--resources", "GPU=1"),
+    ):
         wait_for_worker_names(address, tls, {"cpu-box", "gpu-box"})
         yield address
 
 
 def remote(address: str, tls, **overrides) -> ComputeResource:
     return ComputeResource(
-        mode="remote", scheduler_address=address, tls_ca_file=str(tls / "ca.pem"),
-        tls_cert_file=str(tls / "client.pem"), tls_key_file=str(tls / "client-key.pem"), connect_timeout_s=10,
+        mode="remote",
+        scheduler_address=address,
+        tls_ca_file=str(tls / "ca.pem"),
+        tls_cert_file=str(tls / "client.pem"),
+        tls_key_file=str(tls / "client-key.pem"),
+        connect_timeout_s=10,
         **overrides,
     )
 

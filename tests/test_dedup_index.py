@@ -141,8 +141,8 @@ def test_segments_racing_for_the_same_pairs_each_pair_has_exactly_one_owner(make
         # fork: the children start in milliseconds with the index module already imported.
         pool = ProcessPoolExecutor(len(segments), mp_context=multiprocessing.get_context("fork"))
     with pool:
-        results = list(pool.map(index.claim, *zip(*claims)))
-    owned = dict(zip(segments, results))
+        results = list(pool.map(index.claim, *zip(*claims, strict=False)))
+    owned = dict(zip(segments, results, strict=False))
 
     for segment in segments:
         assert set(own[segment]) <= owned[segment]
@@ -150,7 +150,7 @@ def test_segments_racing_for_the_same_pairs_each_pair_has_exactly_one_owner(make
     assert sum(len(won) for won in won_shared) == len(shared)
     assert set().union(*won_shared) == set(shared)
     owners = index.owners(shared)
-    for segment, won in zip(segments, won_shared):
+    for segment, won in zip(segments, won_shared, strict=False):
         assert {u for u, owner in owners.items() if owner == segment} == won
     # The losers' retries agree with the race's outcome.
     for segment, pairs in claims:
@@ -230,7 +230,7 @@ def test_the_first_openers_of_a_new_sqlite_index_wait_for_each_other(tmp_path):
         url = f"sqlite:///{tmp_path}/index-{round_}.sqlite"
         start, errors = threading.Barrier(6), []
 
-        def claim(i: int) -> None:
+        def claim(i: int, start=start, url=url, errors=errors) -> None:
             start.wait()
             try:
                 DedupIndex(url).claim(f"CC-MAIN-2024-10_{i:05d}", uids(str(i), 3))

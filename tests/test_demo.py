@@ -151,8 +151,11 @@ def test_the_instances_resources_rerun_a_stage_after_the_demo_with_its_web_serve
     assert read_deployment(home) == demo.deployment and demo.deployment.name == "demo"
     key = demo.segment_keys[0]
     before = demo.instance.get_latest_materialization_event(dg.AssetKey("image_shards")) or None
-    images = {e.asset_materialization.partition: e.asset_materialization.metadata["images"].value
-              for e in [before] if e is not None}
+    images = {
+        e.asset_materialization.partition: e.asset_materialization.metadata["images"].value
+        for e in [before]
+        if e is not None
+    }
     demo.root.remove(demo.root.path("image_shards", key))  # every shard downloaded again, from the served web
     with serve_demo(read_deployment(home)):
         code = cli.main(["materialize", key, "--stage", "image_shards"])

@@ -41,7 +41,8 @@ def postgres_database():
     finally:
         with admin.cursor() as cursor:
             cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
             )
             cursor.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
@@ -49,8 +50,13 @@ def postgres_database():
 
 @pytest.mark.postgres
 def test_deploy_instance_keeps_runs_and_events_in_postgres(postgres_database, tmp_path, monkeypatch):
-    for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": postgres_database,
-                       "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": ""}.items():
+    for key, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_DB": postgres_database,
+        "DAGSTER_PG_USERNAME": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+    }.items():
         monkeypatch.setenv(key, value)
     shutil.copy(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
 
@@ -69,11 +75,11 @@ def test_deploy_instance_keeps_runs_and_events_in_postgres(postgres_database, tm
 
 
 def exec_start(unit: Path) -> list[str]:
-    line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
     return shlex.split(line.removeprefix("ExecStart="))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def help_text(program: str, subcommand: str) -> str:
     """``program [subcommand] --help``: the options the installed program really has."""
     with_subcommand = program in ("cah", "dask", "dagster-daemon")
@@ -90,7 +96,9 @@ def test_service_files_use_only_options_their_programs_know(unit):
     assert argv[0].startswith("/opt/cah/venv/bin/")
     known = help_text(Path(argv[0]).name, argv[1])
     for option in (a for a in argv if a.startswith("--")):
-        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", known), f"{unit}: {option} is not an option of {argv[:2]}"
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", known), (
+            f"{unit}: {option} is not an option of {argv[:2]}"
+        )
 
 
 def test_the_scheduler_service_requires_tls():

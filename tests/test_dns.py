@@ -26,8 +26,16 @@ def web(shared_web):
 
 
 def settings_for(web, **overrides):
-    values = dict(allowed_networks=("127.0.0.0/8",), nameservers=(web.nameserver,), connect_timeout=2,
-                  read_timeout=2, total_timeout=4, retries=2, retry_backoff=0.05, dns_timeout=1.0)
+    values = dict(
+        allowed_networks=("127.0.0.0/8",),
+        nameservers=(web.nameserver,),
+        connect_timeout=2,
+        read_timeout=2,
+        total_timeout=4,
+        retries=2,
+        retry_backoff=0.05,
+        dns_timeout=1.0,
+    )
     return FetchSettings(**{**values, **overrides})
 
 
@@ -58,8 +66,9 @@ def test_a_url_on_a_hostname_is_fetched_through_the_named_nameserver(web):
     assert sum(web.dns.queries.values()) >= 1
 
 
-@pytest.mark.parametrize("mode, reason", [("nxdomain", "NXDOMAIN"), ("servfail", "SERVFAIL"),
-                                          ("noanswer", "no address records")])
+@pytest.mark.parametrize(
+    "mode, reason", [("nxdomain", "NXDOMAIN"), ("servfail", "SERVFAIL"), ("noanswer", "no address records")]
+)
 def test_a_name_that_does_not_resolve_is_dns_error_with_one_line_and_no_retry(web, mode, reason):
     url = f"http://{web.dns.failing_name(mode)}:{web.hosts[0].rsplit(':', 1)[1]}/jpeg/0.jpg"
     (result,), _, totals = fetch_all([url], settings_for(web, retries=2))
@@ -179,8 +188,9 @@ def test_a_flood_of_hostnames_behind_slow_dns_keeps_finishing_at_the_lookup_rate
     limit, latency, count = 10, 0.1, 500
     web.dns.latency = (latency, latency)
     urls = [web.url("jpeg", n) for n in range(count)]
-    results, finished, totals = fetch_all(urls, settings_for(web, dns_concurrency=limit, connect_timeout=1,
-                                                             read_timeout=1, total_timeout=1, retries=0))
+    results, finished, totals = fetch_all(
+        urls, settings_for(web, dns_concurrency=limit, connect_timeout=1, read_timeout=1, total_timeout=1, retries=0)
+    )
     assert [r.status for r in results] == ["fetched"] * count
     assert totals["dns_lookups"] == count
     finished.sort()

@@ -14,8 +14,9 @@ from cah_resources.image_shards.downloader import (
 )
 from cah_resources.samples.local_web import OVERSIZED_BYTES, LocalImageWeb
 
-FAST = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4,
-            retries=1, retry_backoff=0.05)
+FAST = dict(
+    allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4, retries=1, retry_backoff=0.05
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,9 @@ def test_a_body_over_the_cap_is_not_read_to_the_end(web):
 
 
 def test_a_redirect_chain_is_followed_and_a_long_one_is_cut(web):
-    good, long = fetch_all([web.url("redirect_chain", 0), web.url("redirect_too_many", 0)],
-                           FetchSettings(**{**FAST, "max_redirects": 4}))
+    good, long = fetch_all(
+        [web.url("redirect_chain", 0), web.url("redirect_too_many", 0)], FetchSettings(**{**FAST, "max_redirects": 4})
+    )
     assert good.status == "fetched" and good.body == web.body("redirect_chain", 0)
     assert good.final_url.endswith("/redirect_chain/0/0")
     assert long.status == "too_many_redirects"
@@ -119,8 +121,10 @@ def test_hung_and_stalled_servers_time_out(web):
 
 
 def test_unusable_urls_are_invalid_url_not_crashes(web):
-    results = fetch_all(["ftp://example.com/a.jpg", "http:///nohost.jpg", "not a url at all", "http://[::1/x.jpg"],
-                        FetchSettings(**FAST))
+    results = fetch_all(
+        ["ftp://example.com/a.jpg", "http:///nohost.jpg", "not a url at all", "http://[::1/x.jpg"],
+        FetchSettings(**FAST),
+    )
     assert [r.status for r in results] == ["invalid_url"] * 4
 
 

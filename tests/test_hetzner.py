@@ -42,8 +42,16 @@ def api():
 
 def settings(api: FakeHetznerCloud, tls, **overrides) -> FleetSettings:
     values = dict(
-        name="cah", server_type="cx22", location="fsn1", endpoint=api.endpoint, scheduler_address=SCHEDULER,
-        tls_dir=str(tls), package=PACKAGE, action_poll_s=0.01, join_timeout_s=0, join_poll_s=0.2,
+        name="cah",
+        server_type="cx22",
+        location="fsn1",
+        endpoint=api.endpoint,
+        scheduler_address=SCHEDULER,
+        tls_dir=str(tls),
+        package=PACKAGE,
+        action_poll_s=0.01,
+        join_timeout_s=0,
+        join_poll_s=0.2,
         rate_limit_backoff_s=0.01,
     )
     values.update(overrides)
@@ -269,7 +277,19 @@ def test_cli_up_status_down_print_no_token(api, tls, monkeypatch, capsys):
     project = api.add_project(TOKEN_A, server_limit=1)
     monkeypatch.setenv("HCLOUD_TOKENS", TOKEN_A)
     common = ["--endpoint", api.endpoint]
-    up = ["up", "2", "--type", "cx22", "--scheduler", SCHEDULER, "--tls-dir", str(tls), "--package", PACKAGE, "--no-wait"]
+    up = [
+        "up",
+        "2",
+        "--type",
+        "cx22",
+        "--scheduler",
+        SCHEDULER,
+        "--tls-dir",
+        str(tls),
+        "--package",
+        PACKAGE,
+        "--no-wait",
+    ]
 
     assert fleet_main(up + common) == 1  # the quota stopped it at 1 of 2
     assert fleet_main(["status"] + common) == 0
@@ -286,7 +306,9 @@ def test_cli_up_status_down_print_no_token(api, tls, monkeypatch, capsys):
 def test_the_dagster_resource_reads_tokens_from_the_environment(api, tls, monkeypatch):
     project = api.add_project(TOKEN_A)
     monkeypatch.setenv("HCLOUD_TOKENS", TOKEN_A)
-    resource = HetznerFleet(server_type="cx22", endpoint=api.endpoint, scheduler_address=SCHEDULER, tls_dir=str(tls), package=PACKAGE)
+    resource = HetznerFleet(
+        server_type="cx22", endpoint=api.endpoint, scheduler_address=SCHEDULER, tls_dir=str(tls), package=PACKAGE
+    )
 
     resource.fleet().up(1, wait=False)
 

@@ -1,4 +1,4 @@
-"""The user-data fleet servers boot with: valid cloud-config that joins over TLS and carries no secret but the worker's."""
+"""The user-data fleet servers boot with: valid cloud-config joining over TLS, no secret but the worker's."""
 
 from __future__ import annotations
 
@@ -17,16 +17,23 @@ def tls(tmp_path_factory):
 
 
 def test_user_data_starts_a_worker_joined_over_tls_with_only_worker_credentials(tls):
-    text = render_cloud_init("tls://198.51.100.7:8786", fleet="crawl", package=PACKAGE, tls_dir=str(tls),
-                             extra_packages=("s3fs>=2024.6",))
+    text = render_cloud_init(
+        "tls://198.51.100.7:8786", fleet="crawl", package=PACKAGE, tls_dir=str(tls), extra_packages=("s3fs>=2024.6",)
+    )
 
     config = yaml.safe_load(text)
     files = {f["path"]: f for f in config["write_files"]}
-    assert sorted(files) == ["/etc/cah/tls/ca.pem", "/etc/cah/tls/worker-key.pem", "/etc/cah/tls/worker.pem",
-                             "/etc/systemd/system/cah-worker.service"]
+    assert sorted(files) == [
+        "/etc/cah/tls/ca.pem",
+        "/etc/cah/tls/worker-key.pem",
+        "/etc/cah/tls/worker.pem",
+        "/etc/systemd/system/cah-worker.service",
+    ]
     service = files["/etc/systemd/system/cah-worker.service"]["content"]
-    assert ("ExecStart=/opt/cah/venv/bin/cah worker --scheduler tls://198.51.100.7:8786 --name %H --nthreads 1 "
-            "--tls-ca-file /etc/cah/tls/ca.pem --tls-cert /etc/cah/tls/worker.pem --tls-key /etc/cah/tls/worker-key.pem") in service
+    assert (
+        "ExecStart=/opt/cah/venv/bin/cah worker --scheduler tls://198.51.100.7:8786 --name %H --nthreads 1 "
+        "--tls-ca-file /etc/cah/tls/ca.pem --tls-cert /etc/cah/tls/worker.pem --tls-key /etc/cah/tls/worker-key.pem"
+    ) in service
     assert config["runcmd"][2] == ["/opt/cah/venv/bin/pip", "install", "--quiet", PACKAGE, "s3fs>=2024.6"]
     assert ["systemctl", "enable", "--now", "cah-worker.service"] in config["runcmd"]
     assert (tls / "ca-key.pem").read_text().strip() not in text
@@ -54,5 +61,7 @@ def test_a_package_that_would_break_the_yaml_is_refused(tls):
 
 
 def test_missing_certificates_are_named_in_one_line(tmp_path):
-    with pytest.raises(UserDataError, match=r"ca\.pem is missing; make the cluster's certificates with deploy/make_tls.sh"):
+    with pytest.raises(
+        UserDataError, match=r"ca\.pem is missing; make the cluster's certificates with deploy/make_tls.sh"
+    ):
         render_cloud_init("tls://198.51.100.7:8786", fleet="crawl", package=PACKAGE, tls_dir=str(tmp_path))

@@ -92,10 +92,49 @@ def test_links_come_out_the_same_with_and_without_the_fast_url_path(monkeypatch,
     # Links built from the pieces that make URL resolution subtle, checked as the stage checks
     # them, then again by the Python code with its string-slicing path switched off, so that
     # urllib resolves all.
-    pieces = ["http://", "https://", "HTTP://", "//", "/", "./", "../", "a", "B", "?", "#", ";", ":", "@", "%20",
-              "[", "]", ".", "..", " ", "\t", "x.jpg", "Y.GIF", "host.COM", "80", "?q=1", "#f", "é", "\u00a0"]
-    bases = [PAGE, "http://Site.org", "https://h.io/a/b/", "https://h.io/a/./b", "ftp://x/y", "https://h.io?x",
-             "https://H.io:8080/x/", "https://h.io/a//b/c", "http://h.io/#frag", "https://h.io/a/b?q#f"]
+    pieces = [
+        "http://",
+        "https://",
+        "HTTP://",
+        "//",
+        "/",
+        "./",
+        "../",
+        "a",
+        "B",
+        "?",
+        "#",
+        ";",
+        ":",
+        "@",
+        "%20",
+        "[",
+        "]",
+        ".",
+        "..",
+        " ",
+        "\t",
+        "x.jpg",
+        "Y.GIF",
+        "host.COM",
+        "80",
+        "?q=1",
+        "#f",
+        "é",
+        "\u00a0",
+    ]
+    bases = [
+        PAGE,
+        "http://Site.org",
+        "https://h.io/a/b/",
+        "https://h.io/a/./b",
+        "ftp://x/y",
+        "https://h.io?x",
+        "https://H.io:8080/x/",
+        "https://h.io/a//b/c",
+        "http://h.io/#frag",
+        "https://h.io/a/b?q#f",
+    ]
     rng = random.Random(7)
     cases = [("".join(rng.choice(pieces) for _ in range(rng.randint(1, 7))), rng.choice(bases)) for _ in range(20_000)]
     fast = [links.check_image_link(src, ALT, base, RULES) for src, base in cases]
@@ -108,6 +147,13 @@ def test_links_come_out_the_same_with_and_without_the_fast_url_path(monkeypatch,
 
 
 def test_an_alt_is_used_as_it_is_only_when_it_is_already_normalized(links):
-    for alt in ["a red bicycle", "a  red bicycle", " a red bicycle", "a red bicycle ", "a red\u3000bicycle", "a red\u2028bicycle"]:
+    for alt in [
+        "a red bicycle",
+        "a  red bicycle",
+        " a red bicycle",
+        "a red bicycle ",
+        "a red\u3000bicycle",
+        "a red\u2028bicycle",
+    ]:
         _, text, _ = links.check_image_link("a.jpg", alt, PAGE, RULES)
         assert text == " ".join(alt.split())

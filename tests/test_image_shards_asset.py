@@ -14,9 +14,18 @@ from cah_resources.image_shards.stage import read_segment_markers, segment_folde
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl
 
-# Generous timeouts: nothing in a generated crawl hangs, and a busy test machine must not turn slow answers into failures.
-DOWNLOADER = ImageDownloader(allowed_networks=["127.0.0.0/8"], connect_timeout=10, read_timeout=10, total_timeout=30,
-                             retries=1, retry_backoff=0.05, shard_size=40, image_size=64)
+# Generous timeouts: nothing in a generated crawl hangs, and a busy test machine must not turn slow answers
+# into failures.
+DOWNLOADER = ImageDownloader(
+    allowed_networks=["127.0.0.0/8"],
+    connect_timeout=10,
+    read_timeout=10,
+    total_timeout=30,
+    retries=1,
+    retry_backoff=0.05,
+    shard_size=40,
+    image_size=64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +37,18 @@ def web():
 @pytest.fixture
 def crawl_on_local_web(web, tmp_path, data_root):
     """A generated crawl whose image links point at the local web (some at images it does not have)."""
-    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=12, seed=5, missing_rate=0.2,
-                           image_base=web.origins[:3], page_base=web.origins[3:])
-    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2)
+    crawl = generate_crawl(
+        str(tmp_path / "crawl"),
+        wat_files=2,
+        pages_per_file=12,
+        seed=5,
+        missing_rate=0.2,
+        image_base=web.origins[:3],
+        page_base=web.origins[3:],
+    )
+    registration = register_crawl(
+        CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2
+    )
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, registration.keys())
     return crawl, registration, instance
@@ -50,14 +68,25 @@ def resources(crawl, data_root, compute):
 
 def shard_rows(root, key):
     folder = segment_folder(root, key)
-    return [r for n in root.listdir(folder) if n.endswith(".parquet") for r in root.read_parquet(f"{folder}/{n}").to_pylist()]
+    return [
+        r
+        for n in root.listdir(folder)
+        if n.endswith(".parquet")
+        for r in root.read_parquet(f"{folder}/{n}").to_pylist()
+    ]
 
 
-def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(crawl_on_local_web, data_root, local_compute):
+def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(
+    crawl_on_local_web, data_root, local_compute
+):
     crawl, registration, instance = crawl_on_local_web
     key = registration.keys()[0]
-    result = dg.materialize([candidates, image_shards], partition_key=key, instance=instance,
-                            resources=resources(crawl, data_root, local_compute))
+    result = dg.materialize(
+        [candidates, image_shards],
+        partition_key=key,
+        instance=instance,
+        resources=resources(crawl, data_root, local_compute),
+    )
     assert result.success
     expected = {(r.url, r.text): r.image_exists for r in crawl.expected_segment(registration.files_of(key))}
     rows = shard_rows(data_root, key)
@@ -77,7 +106,9 @@ def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(cr
     assert statuses == {"ok": ok, "http_404": len(expected) - ok}
     assert metadata["images_per_s"].value > 0 and metadata["mb_per_s"].value > 0
     assert metadata["bytes_written"].value > 0
-    assert any((r.data["status"], r.data["width"], r.data["height"]) == ("ok", 64, 64) for r in metadata["sample"].records)
+    assert any(
+        (r.data["status"], r.data["width"], r.data["height"]) == ("ok", 64, 64) for r in metadata["sample"].records
+    )
 
 
 def test_a_rerun_reuses_every_finished_shard(crawl_on_local_web, data_root, local_compute, web):
@@ -99,11 +130,13 @@ def test_a_rerun_reuses_every_finished_shard(crawl_on_local_web, data_root, loca
 def test_shards_run_in_dask_worker_processes(crawl_on_local_web, data_root, local_compute):
     crawl, registration, instance = crawl_on_local_web
     key = registration.keys()[0]
-    assert dg.materialize([candidates], partition_key=key, instance=instance,
-                          resources=resources(crawl, data_root, local_compute)).success
+    assert dg.materialize(
+        [candidates], partition_key=key, instance=instance, resources=resources(crawl, data_root, local_compute)
+    ).success
     processes = ComputeResource(n_workers=2, processes=True, local_gpus=0)
-    result = dg.materialize([image_shards], partition_key=key, instance=instance,
-                            resources=resources(crawl, data_root, processes))
+    result = dg.materialize(
+        [image_shards], partition_key=key, instance=instance, resources=resources(crawl, data_root, processes)
+    )
     assert result.success
     rows = shard_rows(data_root, key)
     assert rows and {r["status"] for r in rows} == {"ok", "http_404"}
@@ -112,8 +145,13 @@ def test_shards_run_in_dask_worker_processes(crawl_on_local_web, data_root, loca
 
 
 def test_the_resource_hands_its_settings_to_the_shard_tasks():
-    settings = ImageDownloader(allowed_networks=["10.1.0.0/16"], max_redirects=2, resize_mode="keep_ratio",
-                               allowed_formats=["jpeg"], shard_size=7).settings()
+    settings = ImageDownloader(
+        allowed_networks=["10.1.0.0/16"],
+        max_redirects=2,
+        resize_mode="keep_ratio",
+        allowed_formats=["jpeg"],
+        shard_size=7,
+    ).settings()
     assert settings.fetch.allowed_networks == ("10.1.0.0/16",) and settings.fetch.max_redirects == 2
     assert settings.resize.resize_mode == "keep_ratio" and settings.resize.allowed_formats == ("JPEG",)
     assert settings.shard_size == 7
@@ -122,9 +160,18 @@ def test_the_resource_hands_its_settings_to_the_shard_tasks():
 
 
 def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp_path, data_root, local_compute):
-    crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=8, seed=6, missing_rate=0.2,
-                           image_base=web.origins[:3], page_base=web.origins[3:])
-    registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=1)
+    crawl = generate_crawl(
+        str(tmp_path / "crawl"),
+        wat_files=2,
+        pages_per_file=8,
+        seed=6,
+        missing_rate=0.2,
+        image_base=web.origins[:3],
+        page_base=web.origins[3:],
+    )
+    registration = register_crawl(
+        CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=1
+    )
     instance = dg.DagsterInstance.ephemeral()
     keys = registration.keys()
     instance.add_dynamic_partitions(segments.name, keys)
@@ -136,10 +183,16 @@ def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp
     assert result.success
     # A pair found in both segments belongs to whichever claimed it first (global dedup), so each
     # segment is checked against the candidates it was given, not against its files alone.
-    exists = {(r.url, r.text): r.image_exists for r in crawl.expected_segment([f for key in keys for f in registration.files_of(key)])}
+    exists = {
+        (r.url, r.text): r.image_exists
+        for r in crawl.expected_segment([f for key in keys for f in registration.files_of(key)])
+    }
     given = {key: data_root.read_parquet(output_paths(data_root, key)[0]).to_pylist() for key in keys}
-    observed = {e.partition: e.asset_observation_data.asset_observation.metadata
-                for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION}
+    observed = {
+        e.partition: e.asset_observation_data.asset_observation.metadata
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    }
     assert sorted(observed) == keys
     for key in keys:
         assert observed[key]["candidates"].value == len(given[key]) > 0
@@ -154,15 +207,25 @@ def test_a_segment_on_named_hosts_reports_its_dns_lookups_and_failures(tmp_path,
     with LocalImageWeb(n_hosts=3, hostnames=True) as named_web:
         port = named_web.hosts[0].rsplit(":", 1)[1]
         gone = f"http://{named_web.dns.failing_name('nxdomain', 'img')}:{port}"
-        crawl = generate_crawl(str(tmp_path / "crawl"), wat_files=2, pages_per_file=12, seed=5, missing_rate=0.2,
-                               image_base=[*named_web.named_origins[:2], gone], page_base=named_web.named_origins[2:])
-        registration = register_crawl(CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl,
-                                      files_per_segment=2)
+        crawl = generate_crawl(
+            str(tmp_path / "crawl"),
+            wat_files=2,
+            pages_per_file=12,
+            seed=5,
+            missing_rate=0.2,
+            image_base=[*named_web.named_origins[:2], gone],
+            page_base=named_web.named_origins[2:],
+        )
+        registration = register_crawl(
+            CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2
+        )
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(segments.name, registration.keys())
         key = registration.keys()[0]
-        run = {**resources(crawl, data_root, local_compute),
-               "image_downloader": DOWNLOADER.model_copy(update={"nameservers": [named_web.nameserver]})}
+        run = {
+            **resources(crawl, data_root, local_compute),
+            "image_downloader": DOWNLOADER.model_copy(update={"nameservers": [named_web.nameserver]}),
+        }
         result = dg.materialize([candidates, image_shards], partition_key=key, instance=instance, resources=run)
     assert result.success
     rows = shard_rows(data_root, key)

@@ -59,7 +59,9 @@ def test_a_gpu_step_waits_until_the_gpu_pool_has_a_free_slot(tmp_path):
     held = storage.claim_concurrency_slot(GPU_POOL, "another-run", "clip_pairs")
     assert held.slot_status.value == "CLAIMED"
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=dg.materialize([step_in_the_gpu_pool], instance=instance)))
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=dg.materialize([step_in_the_gpu_pool], instance=instance))
+    )
     thread.start()
     time.sleep(5)
     assert thread.is_alive(), "the step ran although the gpu pool had no free slot"
@@ -97,7 +99,13 @@ def pg_database():
 @pytest.fixture
 def pg_home(tmp_path, pg_database, monkeypatch):
     """$DAGSTER_HOME with the production instance config, its credentials from the environment."""
-    for key, value in {"HOST": PG["host"], "PORT": str(PG["port"]), "DB": pg_database, "USERNAME": PG["user"], "PASSWORD": ""}.items():
+    for key, value in {
+        "HOST": PG["host"],
+        "PORT": str(PG["port"]),
+        "DB": pg_database,
+        "USERNAME": PG["user"],
+        "PASSWORD": "",
+    }.items():
         monkeypatch.setenv(f"DAGSTER_PG_{key}", value)
     return _home_with(tmp_path, "deploy/dagster.yaml")
 
@@ -111,12 +119,19 @@ def candidates_job() -> dg.JobDefinition:
         "storage": StorageResource(root=os.environ["CAH_DATA_ROOT"]),
     }
     job = dg.define_asset_job("candidates_job", selection=dg.AssetSelection.assets(candidates), partitions_def=segments)
-    return dg.Definitions(assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources).resolve_job_def("candidates_job")
+    return dg.Definitions(
+        assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources
+    ).resolve_job_def("candidates_job")
 
 
 def _run_segment(instance, key: str, retries: bool = True) -> dg.DagsterRun:
-    result = dg.execute_job(dg.reconstructable(candidates_job), instance, tags={"dagster/partition": key},
-                            run_config=IN_PROCESS if retries else NOT_RETRIED, raise_on_error=False)
+    result = dg.execute_job(
+        dg.reconstructable(candidates_job),
+        instance,
+        tags={"dagster/partition": key},
+        run_config=IN_PROCESS if retries else NOT_RETRIED,
+        raise_on_error=False,
+    )
     return result.dagster_run
 
 
@@ -126,8 +141,9 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
     shutil.copytree(sample_crawl.root, source)
     monkeypatch.setenv("CAH_CRAWL_SOURCE", source)
     monkeypatch.setenv("CAH_DATA_ROOT", data_root)
-    registration = register_crawl(CommonCrawl(base_url=source).source(), StorageResource(root=data_root).data_root(),
-                                  sample_crawl.crawl, 1)
+    registration = register_crawl(
+        CommonCrawl(base_url=source).source(), StorageResource(root=data_root).data_root(), sample_crawl.crawl, 1
+    )
     ok_key, failed_key, untouched_key = registration.keys()
     # Used as a context manager, the instance is also the one Dagster loads definitions against.
     with dg.DagsterInstance.from_config(pg_home) as instance:
@@ -141,9 +157,17 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
         assert (done.status, failed.status) == (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 
         def state(inst: dg.DagsterInstance) -> dict:
-            materializations = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=candidates.key), limit=10).records
-            check = inst.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10)
-            failure = next(e for e in inst.all_logs(failed.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE")
+            materializations = inst.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=candidates.key), limit=10
+            ).records
+            check = inst.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10
+            )
+            failure = next(
+                e
+                for e in inst.all_logs(failed.run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+            )
             error = failure.dagster_event.step_failure_data.error
             while error.cause:  # the root cause, under Dagster's retry and Dask's wrapping
                 error = error.cause
@@ -151,21 +175,33 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
                 "runs": sorted((r.run_id, r.status.value) for r in inst.get_runs()),
                 "partitions": inst.get_dynamic_partitions(segments.name),
                 "status": inst.get_status_by_partition(candidates.key, registration.keys(), segments),
-                "materialized": [(m.partition_key, m.run_id, m.asset_materialization.metadata["candidates"].value) for m in materializations],
+                "materialized": [
+                    (m.partition_key, m.run_id, m.asset_materialization.metadata["candidates"].value)
+                    for m in materializations
+                ],
                 "checks": [(c.partition, c.status.value, c.run_id) for c in check],
                 "failure": error.message.splitlines()[0],
                 "events": [e.dagster_event.event_type.name for e in inst.all_logs(done.run_id) if e.dagster_event],
             }
 
         before = state(instance)
-    assert before["status"] == {ok_key: dg.AssetPartitionStatus.MATERIALIZED, failed_key: dg.AssetPartitionStatus.FAILED,
-                                untouched_key: None}
+    assert before["status"] == {
+        ok_key: dg.AssetPartitionStatus.MATERIALIZED,
+        failed_key: dg.AssetPartitionStatus.FAILED,
+        untouched_key: None,
+    }
     assert [(key, run) for key, run, _ in before["materialized"]] == [(ok_key, done.run_id)]
     assert before["materialized"][0][2] == len(sample_crawl.expected_segment(registration.files_of(ok_key)))
     # The failed run planned the checks of its segment and never ran them: its asset step failed first.
     assert sorted(before["checks"]) == [(ok_key, "SUCCEEDED", done.run_id), (failed_key, "PLANNED", failed.run_id)]
     assert "is not in" in before["failure"] and registration.files_of(failed_key)[0] in before["failure"]
-    assert {"ASSET_MATERIALIZATION_PLANNED", "STEP_START", "ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION", "RUN_SUCCESS"} <= set(before["events"])
+    assert {
+        "ASSET_MATERIALIZATION_PLANNED",
+        "STEP_START",
+        "ASSET_MATERIALIZATION",
+        "ASSET_CHECK_EVALUATION",
+        "RUN_SUCCESS",
+    } <= set(before["events"])
 
     with dg.DagsterInstance.from_config(pg_home) as restarted:  # a new process would see the same
         assert state(restarted) == before

@@ -32,8 +32,13 @@ LANDSCAPE = encode(photo_like(400, 300, seed=1, grain=12), quality=92)
 
 @pytest.mark.parametrize(
     "mode,size",
-    [("no", (400, 300)), ("border", (256, 256)), ("keep_ratio", (341, 256)),
-     ("keep_ratio_largest", (256, 192)), ("center_crop", (256, 256))],
+    [
+        ("no", (400, 300)),
+        ("border", (256, 256)),
+        ("keep_ratio", (341, 256)),
+        ("keep_ratio_largest", (256, 192)),
+        ("center_crop", (256, 256)),
+    ],
 )
 def test_each_resize_mode_gives_img2datasets_geometry(mode, size):
     out = process_image(LANDSCAPE, ResizeSettings(resize_mode=mode, image_size=256))
@@ -69,7 +74,11 @@ def test_large_jpegs_decoded_at_reduced_scale_still_get_the_exact_target_size():
 def test_exif_orientation_is_applied_and_reported_in_the_original_size():
     img = Image.new("RGB", (400, 300), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 200, 300))  # left half red, right half blue
-    noisy = Image.fromarray(np.clip(np.asarray(img, np.int16) + np.random.default_rng(0).normal(0, 8, (300, 400, 3)), 0, 255).astype(np.uint8))
+    noisy = Image.fromarray(
+        np.clip(np.asarray(img, np.int16) + np.random.default_rng(0).normal(0, 8, (300, 400, 3)), 0, 255).astype(
+            np.uint8
+        )
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
     out = process_image(encode(noisy, exif=exif), ResizeSettings(resize_mode="keep_ratio", image_size=150))
@@ -91,7 +100,7 @@ def test_transparency_is_flattened_onto_white(mode):
     pixels = np.asarray(decode(out.jpeg), dtype=np.int32)
     transparent = round(pixels.shape[1] * 0.9 * 100 / 300) if mode != "center_crop" else 20
     assert pixels[:, :transparent].min() > 240
-    assert pixels[:, -pixels.shape[1] // 3:].std() > 5
+    assert pixels[:, -pixels.shape[1] // 3 :].std() > 5
 
 
 def test_palette_and_sixteen_bit_images_become_rgb():
@@ -130,8 +139,18 @@ def test_sha256_is_of_the_downloaded_bytes():
         (LANDSCAPE, ResizeSettings(min_side=301), "image_too_small"),
         (LANDSCAPE, ResizeSettings(max_pixels=400 * 300 - 1), "too_many_pixels"),
     ],
-    ids=["tiny", "html", "gif", "bmp", "jpeg_not_allowed", "truncated", "garbage_after_header", "banner",
-         "min_side", "max_pixels"],
+    ids=[
+        "tiny",
+        "html",
+        "gif",
+        "bmp",
+        "jpeg_not_allowed",
+        "truncated",
+        "garbage_after_header",
+        "banner",
+        "min_side",
+        "max_pixels",
+    ],
 )
 def test_unusable_bodies_get_their_reason(body, settings, status):
     out = process_image(body, settings)

@@ -30,8 +30,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PART = 5 * 2**20  # S3's smallest multipart part: a write past it starts a multipart upload
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(
-    fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4,
-                        retries=1, retry_backoff=0.05, max_body_bytes=2_000_000, max_redirects=5),
+    fetch=FetchSettings(
+        allowed_networks=("127.0.0.0/8",),
+        connect_timeout=2,
+        read_timeout=1,
+        total_timeout=4,
+        retries=1,
+        retry_backoff=0.05,
+        max_body_bytes=2_000_000,
+        max_redirects=5,
+    ),
     resize=ResizeSettings(resize_mode="center_crop", image_size=64),
     shard_size=20,
 )
@@ -54,7 +62,11 @@ def visible(root: DataRoot, path: str) -> dict:
     """What a reader of the store sees of ``path``: listing, existence and HEAD."""
     fs = root.fs
     bucket, key, _ = fs.split_path(path)
-    listed = [p for p in fs.ls(path.rsplit("/", 1)[0], detail=False, refresh=True)] if fs.exists(path.rsplit("/", 1)[0]) else []
+    listed = (
+        [p for p in fs.ls(path.rsplit("/", 1)[0], detail=False, refresh=True)]
+        if fs.exists(path.rsplit("/", 1)[0])
+        else []
+    )
     try:
         head = fs.call_s3("head_object", Bucket=bucket, Key=key)
     except FileNotFoundError:
@@ -105,8 +117,9 @@ KILLED_WRITER = textwrap.dedent(
 def test_a_writer_killed_mid_multipart_upload_publishes_nothing(s3_root, s3_peer):
     path = s3_root.path("image_shards", "x", "00001.tar")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")])}
-    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, s3_root.url, s3_peer, path],
-                               stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, s3_root.url, s3_peer, path], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert process.stdout.readline().strip() == "parts uploaded"
         assert uploads_in_progress(s3_root) == [path.split("/", 3)[3]]  # mid-upload, as we wanted
@@ -123,8 +136,18 @@ def write_candidates(root: DataRoot, urls) -> list[dict]:
     rows = []
     for i, u in enumerate(urls):
         text = f"picture {i} of a {u.kind}"
-        rows.append({"uid": pair_uid(u.url, text), "url": u.url, "text": text, "page_url": f"http://pages.example/{i}.html",
-                     "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "crawl-data/x/0.warc.wat.gz"})
+        rows.append(
+            {
+                "uid": pair_uid(u.url, text),
+                "url": u.url,
+                "text": text,
+                "page_url": f"http://pages.example/{i}.html",
+                "category": "en",
+                "language": "en",
+                "language_prob": 0.9,
+                "wat_file": "crawl-data/x/0.warc.wat.gz",
+            }
+        )
     rows.sort(key=lambda r: r["uid"])
     root.write_parquet(output_paths(root, SEGMENT)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
     return rows
@@ -152,9 +175,21 @@ def test_a_shard_run_killed_midway_resumes_keeping_finished_shards_byte_and_etag
     folder = segment_folder(root, SEGMENT)
     with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:
         rows = write_candidates(root, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
-        env = {**os.environ, "PYTHONPATH": REPO, "AWS_ENDPOINT_URL_S3": s3_peer, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
-        args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), str(SETTINGS.shard_size)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "AWS_ENDPOINT_URL_S3": s3_peer,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": REGION,
+        }
+        args = [
+            root.url,
+            SEGMENT,
+            repr(asdict(SETTINGS.fetch)),
+            repr(asdict(SETTINGS.resize)),
+            str(SETTINGS.shard_size),
+        ]
         process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *args], cwd=REPO, env=env)
         try:
             deadline = time.monotonic() + 120
@@ -170,8 +205,11 @@ def test_a_shard_run_killed_midway_resumes_keeping_finished_shards_byte_and_etag
         names = root.listdir(folder)
         done_before = sorted(n for n in names if n.endswith(".done"))
         assert 0 < len(done_before) < 4, "the kill should leave unfinished shards behind"
-        finished = {n: (root.fs.info(f"{folder}/{n}")["ETag"], root.read_bytes(f"{folder}/{n}"))
-                    for n in names if f"{n[:5]}.done" in done_before}
+        finished = {
+            n: (root.fs.info(f"{folder}/{n}")["ETag"], root.read_bytes(f"{folder}/{n}"))
+            for n in names
+            if f"{n[:5]}.done" in done_before
+        }
 
         markers = [download_shard(unit, SETTINGS) for unit in plan_shards(root, SEGMENT, SETTINGS.shard_size)]
 
@@ -184,11 +222,16 @@ def test_a_shard_run_killed_midway_resumes_keeping_finished_shards_byte_and_etag
 
 def test_the_storage_resource_hands_its_s3_fields_to_the_data_root_without_showing_the_secret(s3_peer):
     secret = "planted-secret-Zq8vX2"
-    resource = StorageResource(root="s3://bucket/cah", endpoint_url=s3_peer, access_key_id=ACCESS_KEY,
-                               secret_access_key=secret, region=REGION)
+    resource = StorageResource(
+        root="s3://bucket/cah", endpoint_url=s3_peer, access_key_id=ACCESS_KEY, secret_access_key=secret, region=REGION
+    )
     root = resource.data_root()
-    assert root.storage_options == {"endpoint_url": s3_peer, "key": ACCESS_KEY, "secret": secret,
-                                    "client_kwargs": {"region_name": REGION}}
+    assert root.storage_options == {
+        "endpoint_url": s3_peer,
+        "key": ACCESS_KEY,
+        "secret": secret,
+        "client_kwargs": {"region_name": REGION},
+    }
     assert secret not in repr(root) and secret not in str(root)
 
 
@@ -245,32 +288,56 @@ def pipeline_on_s3(s3_peer, tmp_path_factory):
     s3fs.S3FileSystem._open = recording_open
     try:
         with LocalImageWeb(n_hosts=6, seed=3) as web:
-            crawl = generate_crawl(str(work / "crawl"), wat_files=1, pages_per_file=24, seed=3, mismatch_rate=0.3,
-                                   missing_rate=0.1, image_base=web.origins[:4], page_base=web.origins[4:])
+            crawl = generate_crawl(
+                str(work / "crawl"),
+                wat_files=1,
+                pages_per_file=24,
+                seed=3,
+                mismatch_rate=0.3,
+                missing_rate=0.1,
+                image_base=web.origins[:4],
+                page_base=web.origins[4:],
+            )
             resources = {
                 **deployment_resources(Deployment("demo", crawl_source=crawl.root, data_root=str(work / "unused"))),
-                "storage": StorageResource(root=bucket_root.url, endpoint_url=s3_peer, access_key_id=ACCESS_KEY,
-                                           secret_access_key=dg.EnvVar("CAH_TEST_PLANTED_SECRET"), region=REGION),
+                "storage": StorageResource(
+                    root=bucket_root.url,
+                    endpoint_url=s3_peer,
+                    access_key_id=ACCESS_KEY,
+                    secret_access_key=dg.EnvVar("CAH_TEST_PLANTED_SECRET"),
+                    region=REGION,
+                ),
                 "compute": ComputeResource(n_workers=2, processes=True),
                 "dedup_index": DedupIndexResource(url=f"sqlite:///{work}/dedup.sqlite"),
             }
             (work / "home").mkdir()
             instance = dg.DagsterInstance.local_temp(str(work / "home"))
-            registration, _ = register_and_add(instance, resources["common_crawl"], resources["storage"], crawl.crawl,
-                                               files_per_segment=1)
+            registration, _ = register_and_add(
+                instance, resources["common_crawl"], resources["storage"], crawl.crawl, files_per_segment=1
+            )
             key = registration.keys()[0]
             stages = [defs.get_assets_def(name) for name in STAGES]
             checks = [candidates_checks, image_shards_checks, clip_pairs_checks]
             stage_run = dg.materialize([*stages, *checks], partition_key=key, instance=instance, resources=resources)
-            dataset_run = dg.materialize([defs.get_assets_def(name) for name in DATASET], instance=instance,
-                                         resources=resources, selection=list(DATASET))
+            dataset_run = dg.materialize(
+                [defs.get_assets_def(name) for name in DATASET],
+                instance=instance,
+                resources=resources,
+                selection=list(DATASET),
+            )
             root = resources["storage"].data_root()
     finally:
         s3fs.S3FileSystem._open = original_open
         logging.getLogger().removeHandler(handler)
         os.environ.pop("CAH_TEST_PLANTED_SECRET", None)
-    yield {"root": root, "key": key, "runs": [stage_run, dataset_run], "opened": opened, "logs": records,
-           "instance": instance}
+    yield {
+        "root": root,
+        "key": key,
+        "runs": [stage_run, dataset_run],
+        "opened": opened,
+        "logs": records,
+        "instance": instance,
+    }
     instance.dispose()
 
 

@@ -33,8 +33,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(REPO, "test-artifacts", "ui")
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 NOT_RETRIED = {"execution": {"config": {"in_process": {"retries": {"disabled": {}}}}}}
 SERVER_START_S = 150
@@ -70,7 +76,9 @@ def ui_candidates_job() -> dg.JobDefinition:
         "storage": StorageResource(root=os.environ["CAH_DATA_ROOT"]),
     }
     job = dg.define_asset_job("candidates_job", selection=dg.AssetSelection.assets(candidates), partitions_def=segments)
-    return dg.Definitions(assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources).resolve_job_def("candidates_job")
+    return dg.Definitions(
+        assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources
+    ).resolve_job_def("candidates_job")
 
 
 def _free_port() -> int:
@@ -80,8 +88,11 @@ def _free_port() -> int:
 
 
 def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         body = json.loads(response.read())
     assert "errors" not in body, body["errors"]
@@ -104,8 +115,14 @@ def browser():
 
 def _start(command: list[str], env: dict, log_path: str) -> tuple[subprocess.Popen, object]:
     log = open(log_path, "wb")
-    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), command[0]), *command[1:]], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), command[0]), *command[1:]],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return process, log
 
 
@@ -125,11 +142,16 @@ def _wait_until_loaded(url: str, process: subprocess.Popen, log_name: str) -> No
         if process.poll() is not None:
             pytest.fail(f"dagster-webserver exited with {process.returncode}; see {log_name}")
         try:
-            data = _graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                                 "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+            data = _graphql(
+                url,
+                "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                "locationOrLoadError { __typename ... on PythonError { message } } } } } }",
+            )
             entries = data["workspaceOrError"]["locationEntries"]
             if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                errors = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
+                errors = [
+                    e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"
+                ]
                 assert not errors, errors
                 return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -175,23 +197,41 @@ def ui(tmp_path_factory, sample_crawl):
     saved = {k: os.environ.get(k) for k in ("CAH_TEST_MIRROR", "CAH_DATA_ROOT")}
     processes, mirror_server, runs = [], None, {}
     try:
-        processes.append(_start(["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w", workspace], env,
-                                str(home / "webserver.log")))
+        processes.append(
+            _start(
+                ["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w", workspace],
+                env,
+                str(home / "webserver.log"),
+            )
+        )
         processes.append(_start(["dagster-daemon", "run", "-w", workspace], env, str(home / "daemon.log")))
-        mirror_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(FlakyCrawlMirror, directory=str(mirror)))
+        mirror_server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(FlakyCrawlMirror, directory=str(mirror))
+        )
         threading.Thread(target=mirror_server.serve_forever, daemon=True).start()
-        os.environ.update(CAH_TEST_MIRROR=f"http://127.0.0.1:{mirror_server.server_address[1]}", CAH_DATA_ROOT=str(data_root))
+        os.environ.update(
+            CAH_TEST_MIRROR=f"http://127.0.0.1:{mirror_server.server_address[1]}", CAH_DATA_ROOT=str(data_root)
+        )
         with dg.DagsterInstance.from_config(str(home)) as instance:
             job = dg.reconstructable(ui_candidates_job)
             for key, config in ((ok_key, IN_PROCESS), (retried_key, IN_PROCESS), (failed_key, NOT_RETRIED)):
-                result = dg.execute_job(job, instance, run_config=config, tags={"dagster/partition": key}, raise_on_error=False)
+                result = dg.execute_job(
+                    job, instance, run_config=config, tags={"dagster/partition": key}, raise_on_error=False
+                )
                 runs[key] = result.dagster_run
         assert [runs[k].status.value for k in (ok_key, retried_key, failed_key)] == ["SUCCESS", "SUCCESS", "FAILURE"]
         webserver, webserver_log = processes[0]
         _wait_until_loaded(url, webserver, webserver_log.name)
         _graphql(url, "mutation { setNuxSeen }")  # no "join the community" dialog over the pages under test
-        yield {"url": url, "home": str(home), "runs": runs, "ok": ok_key, "retried": retried_key, "failed": failed_key,
-               "big": big_keys}
+        yield {
+            "url": url,
+            "home": str(home),
+            "runs": runs,
+            "ok": ok_key,
+            "retried": retried_key,
+            "failed": failed_key,
+            "big": big_keys,
+        }
     finally:
         if mirror_server is not None:
             mirror_server.shutdown()
@@ -230,7 +270,11 @@ def test_the_asset_graph_shows_the_three_stages_and_their_lineage(page, webserve
 
     nodes = _graphql(webserver, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")["assetNodes"]
     upstream = {n["assetKey"]["path"][-1]: [d["path"][-1] for d in n["dependencyKeys"]] for n in nodes}
-    assert (upstream["candidates"], upstream["image_shards"], upstream["clip_pairs"]) == ([], ["candidates"], ["image_shards"])
+    assert (upstream["candidates"], upstream["image_shards"], upstream["clip_pairs"]) == (
+        [],
+        ["candidates"],
+        ["image_shards"],
+    )
 
     page.goto(f"{webserver}/locations/__repository__@cah/asset-groups/pipeline")
     for stage in STAGES:
@@ -274,9 +318,18 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
     from playwright.sync_api import expect
 
     keys = ui["big"]
-    data = _graphql(webserver, """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    data = _graphql(
+        webserver,
+        """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
         __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-        {"params": {"assetSelection": [{"path": ["candidates"]}], "partitionNames": keys, "title": "cah UI test backfill"}})
+        {
+            "params": {
+                "assetSelection": [{"path": ["candidates"]}],
+                "partitionNames": keys,
+                "title": "cah UI test backfill",
+            }
+        },
+    )
     launched = data["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["backfillId"]
@@ -293,7 +346,10 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
             time.sleep(2)
             runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
             run_ids = [r.run_id for r in runs]
-            ranges = sorted((r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end")) for r in runs)
+            ranges = sorted(
+                (r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"))
+                for r in runs
+            )
     assert ranges == [(keys[0], keys[SEGMENTS_PER_RUN - 1]), (keys[SEGMENTS_PER_RUN], keys[-1])]
     page.goto(f"{webserver}/runs/b/{backfill_id}?tab=runs")
     for run_id in run_ids:
@@ -320,8 +376,19 @@ def demo_ui(tmp_path_factory):
     env["DAGSTER_HOME"] = home
     url = f"http://127.0.0.1:{_free_port()}"
     with serve_demo(outcome.deployment):
-        process, log = _start(["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w",
-                               os.path.join(REPO, "workspace.yaml")], env, os.path.join(home, "webserver.log"))
+        process, log = _start(
+            [
+                "dagster-webserver",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                url.rsplit(":", 1)[1],
+                "-w",
+                os.path.join(REPO, "workspace.yaml"),
+            ],
+            env,
+            os.path.join(home, "webserver.log"),
+        )
         try:
             _wait_until_loaded(url, process, log.name)
             _graphql(url, "mutation { setNuxSeen }")
@@ -343,8 +410,12 @@ def demo_page(browser, demo_ui):
 
 
 def test_the_demo_instance_loads_the_demos_resources_and_names_its_jobs(demo_ui):
-    data = _graphql(demo_ui["url"], """{ repositoriesOrError { ... on RepositoryConnection { nodes {
-        jobs { name } allTopLevelResourceDetails { name configFields { name } configuredValues { key value } } } } } }""")
+    data = _graphql(
+        demo_ui["url"],
+        """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        jobs { name }
+        allTopLevelResourceDetails { name configFields { name } configuredValues { key value } } } } } }""",
+    )
     (repository,) = data["repositoriesOrError"]["nodes"]
     jobs = {job["name"] for job in repository["jobs"]}
     assert {"candidates_job", "image_shards_job", "clip_pairs_job", "pipeline", "dataset"} <= jobs

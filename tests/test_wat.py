@@ -35,15 +35,18 @@ def test_records_that_cannot_hold_links_are_read_but_not_parsed(tmp_path):
 
 
 def _member(body: bytes, target: str = "https://example.org/") -> bytes:
-    head = f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {target}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: {target}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return gzip.compress(head.encode() + body + b"\r\n\r\n")
 
 
 def _page(url: str) -> bytes:
+    links = '[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]'
     return (
-        '{"Envelope":{"WARC-Header-Metadata":{"WARC-Target-URI":"%s"},"Payload-Metadata":'
-        '{"HTTP-Response-Metadata":{"HTML-Metadata":{"Head":{},"Links":[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]}}}}}'
-        % url
+        f'{{"Envelope":{{"WARC-Header-Metadata":{{"WARC-Target-URI":"{url}"}},"Payload-Metadata":'
+        f'{{"HTTP-Response-Metadata":{{"HTML-Metadata":{{"Head":{{}},"Links":{links}}}}}}}}}}}'
     ).encode()
 
 
@@ -87,9 +90,13 @@ def test_invalid_json_non_utf8_and_missing_fields_are_counted_by_kind(tmp_path):
 def test_links_whose_fields_are_not_text_read_as_they_did(tmp_path):
     # Such a record does not fit the typed structs and is read by the generic path: a link whose
     # url is not text is a malformed link, an alt that is not text reaches the checks (no_alt).
-    links = ('[{"path":"IMG@/src","url":"a.jpg","alt":42},{"path":"IMG@/src","url":7,"alt":"a red car"},'
-             '{"path":5,"url":"b.jpg"},{"path":"IMG@/src","url":"c.jpg","alt":"a blue car"}]')
-    body = _page("https://example.org/odd").replace(b'[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]', links.encode())
+    links = (
+        '[{"path":"IMG@/src","url":"a.jpg","alt":42},{"path":"IMG@/src","url":7,"alt":"a red car"},'
+        '{"path":5,"url":"b.jpg"},{"path":"IMG@/src","url":"c.jpg","alt":"a blue car"}]'
+    )
+    body = _page("https://example.org/odd").replace(
+        b'[{"path":"IMG@/src","url":"a.jpg","alt":"a red car"}]', links.encode()
+    )
     path = tmp_path / "odd.wat.gz"
     path.write_bytes(_member(body) + _member(_page("https://example.org/plain")))
     counts = Counter()
@@ -159,7 +166,8 @@ def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_pat
         handle.write(deflate.compress(b"\r\n\r\n") + deflate.flush())
         handle.write(_member(_page("https://example.org/after")))
     probe = (
-        "import json, resource, sys; from collections import Counter; from cah_resources.candidates.wat import iter_pages\n"
+        "import json, resource, sys; from collections import Counter\n"
+        "from cah_resources.candidates.wat import iter_pages\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "counts = Counter()\n"
         "urls = [p.url for p in iter_pages(sys.argv[1], counts, max_record_bytes=int(sys.argv[2]))]\n"

@@ -34,33 +34,53 @@ from cah_resources.storage import DataRoot
 def clip_pairs(
     context: dg.AssetExecutionContext, compute: ComputeResource, storage: StorageResource, clip_scorer: ClipScorer
 ) -> dg.MaterializeResult:
-    """Image–caption pairs scored with CLIP: cosine similarity, kept by LAION-5B's thresholds, NSFW and watermark tags."""
+    """Image–caption pairs scored with CLIP: cosine similarity, kept by LAION-5B's thresholds, NSFW/watermark tags."""
     root, keys, settings = storage.data_root(), context.partition_keys, clip_scorer.settings()
     with permanent_errors():  # image shards not materialized: fail now, retrying cannot make them
         units = [unit for key in keys for unit in pending_units(root, key)]
     # GPU workers when the cluster has them; CPU workers otherwise (compute.allow_cpu_fallback).
     resources = compute.gpu_resources()
-    context.log.info(f"{len(keys)} segment(s): {len(units)} image shards to score on {'GPU' if resources else 'CPU'} workers")
+    context.log.info(
+        f"{len(keys)} segment(s): {len(units)} image shards to score on {'GPU' if resources else 'CPU'} workers"
+    )
 
     def progress(result, done, total):
         s = result.value
-        context.log.info(f"shard {done}/{total} {s['segment']}/{s['shard']:05d}: {s['pairs']} pairs, kept {s['kept']} ({s['images_per_s']} images/s)")
+        context.log.info(
+            f"shard {done}/{total} {s['segment']}/{s['shard']:05d}: {s['pairs']} pairs, "
+            f"kept {s['kept']} ({s['images_per_s']} images/s)"
+        )
 
     started = time.perf_counter()
-    ran = [r.value for r in compute.run_units(score_image_shard, units, on_result=progress, resources=resources, settings=settings)]
+    ran = [
+        r.value
+        for r in compute.run_units(score_image_shard, units, on_result=progress, resources=resources, settings=settings)
+    ]
     seconds = time.perf_counter() - started
     scored_now = sum(sum(s["scored"].values()) for s in ran)
     per_key = {key: describe(root, key) for key in keys}
     for key in keys if len(keys) > 1 else []:
         context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=per_key[key]))
     totals = summarize([s for key in keys for s in shard_summaries(root, key)])
-    return dg.MaterializeResult(metadata={
-        **(per_key[keys[0]] if len(keys) == 1 else {"segments": len(keys), "pairs_scored": totals["scored_total"], "pairs_kept": totals["kept_total"]}),
-        "images_per_s": rate(scored_now, seconds),
-        "shards_scored_now": len(ran),
-        "seconds": round(seconds, 2),
-        "models": rows_table(({"category": c, "model": settings.models[c].label, "threshold": settings.thresholds[c]} for c in CATEGORIES), ["category", "model", "threshold"]),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **(
+                per_key[keys[0]]
+                if len(keys) == 1
+                else {"segments": len(keys), "pairs_scored": totals["scored_total"], "pairs_kept": totals["kept_total"]}
+            ),
+            "images_per_s": rate(scored_now, seconds),
+            "shards_scored_now": len(ran),
+            "seconds": round(seconds, 2),
+            "models": rows_table(
+                (
+                    {"category": c, "model": settings.models[c].label, "threshold": settings.thresholds[c]}
+                    for c in CATEGORIES
+                ),
+                ["category", "model", "threshold"],
+            ),
+        }
+    )
 
 
 def describe(root: DataRoot, key: str) -> dict:
@@ -73,11 +93,15 @@ def describe(root: DataRoot, key: str) -> dict:
         "pairs_kept": totals["kept_total"],
         "kept_rate": totals["kept_rate"],
         "not_scored": counts_table(totals["not_scored"], "clip_status"),
-        "similarity_histogram": rows_table(histogram_rows(totals["histogram"]), ["similarity", "pairs", "bar"], limit=100),
+        "similarity_histogram": rows_table(
+            histogram_rows(totals["histogram"]), ["similarity", "pairs", "bar"], limit=100
+        ),
         "shard_images_per_s": totals["shard_images_per_s"] or 0.0,
         "device": totals["device"],
         "precision": totals["precision"],
         "shards": totals["shards"],
         "path": dg.MetadataValue.path(redact_url(stage_folder(root, CLIP_PAIRS, key))),
-        "sample_kept": rows_table(read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]),
+        "sample_kept": rows_table(
+            read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]
+        ),
     }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from typing import ContextManager, Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -149,7 +151,7 @@ def _next_record(path: str, offset: int, marker: bytes) -> int | None:
             found = window.find(marker)
             if found >= 0:
                 return position - len(carry) + found
-            carry = window[-(len(marker) - 1):]
+            carry = window[-(len(marker) - 1) :]
             position += len(chunk)
     return None
 
@@ -206,7 +208,11 @@ def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
         return None
     head, links = html.get("Head"), html.get("Links")
     base = head.get("Base") if isinstance(head, dict) else None
-    found = [link for link in links if type(link) is dict and link.get("path") == IMAGE_LINK_PATH] if isinstance(links, list) else []
+    found = (
+        [link for link in links if type(link) is dict and link.get("path") == IMAGE_LINK_PATH]
+        if isinstance(links, list)
+        else []
+    )
     return _page(page_url, base, [(link.get("url"), link.get("alt")) for link in found], counts)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,9 +194,7 @@ class LoadedClip:
 
     def embed_in_halves(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``embed`` that halves the batch on device out-of-memory instead of failing."""
-        parts = map_halving_on_oom(
-            lambda lo, hi: self.embed(pixels[lo:hi], tokens[lo:hi]), len(pixels), self
-        )
+        parts = map_halving_on_oom(lambda lo, hi: self.embed(pixels[lo:hi], tokens[lo:hi]), len(pixels), self)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.inference_mode()
@@ -292,9 +291,7 @@ def _softmax_over_prompts(image_emb: torch.Tensor, prompts: torch.Tensor) -> tor
     return (TAG_LOGIT_SCALE * image_emb @ prompts.T).softmax(dim=-1)
 
 
-def nsfw_tags(
-    image_emb: torch.Tensor, safe_emb: torch.Tensor, nsfw_emb: torch.Tensor
-) -> tuple[list[str], np.ndarray]:
+def nsfw_tags(image_emb: torch.Tensor, safe_emb: torch.Tensor, nsfw_emb: torch.Tensor) -> tuple[list[str], np.ndarray]:
     """LAION's zero-shot NSFW tag per image and the probability mass on the NSFW prompts."""
     probs = _softmax_over_prompts(image_emb, torch.cat([safe_emb, nsfw_emb]))
     n_safe = len(safe_emb)
@@ -331,14 +328,18 @@ def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
         tokenizer = open_clip.get_tokenizer(spec.model)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load CLIP model {spec.label} ({spec.pretrained or 'no weights'}): {first_line}") from error
+        raise ValueError(
+            f"cannot load CLIP model {spec.label} ({spec.pretrained or 'no weights'}): {first_line}"
+        ) from error
     model.eval()
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     input_dtype = open_clip.get_input_dtype(precision) or torch.float32
 
     @torch.inference_mode()
     def prompts(texts: Sequence[str]) -> torch.Tensor:
-        return F.normalize(encode_text(model, trim_padding(tokenizer(list(texts)), padding_id(tokenizer)).to(device)).float(), dim=-1)
+        return F.normalize(
+            encode_text(model, trim_padding(tokenizer(list(texts)), padding_id(tokenizer)).to(device)).float(), dim=-1
+        )
 
     log.info("loaded CLIP %s on %s (%s)", spec.label, device, precision)
     return LoadedClip(

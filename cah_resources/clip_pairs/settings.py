@@ -12,6 +12,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # (nvJPEG on CUDA), 'auto' torch on CUDA and PIL elsewhere.
 DECODERS = ("auto", "pil", "torch")
 
+
 @dataclass(frozen=True)
 class ClipModelSpec:
     """Which open_clip model scores a category: a name plus pretrained tag, or a local checkpoint."""

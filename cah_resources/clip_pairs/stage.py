@@ -26,9 +26,10 @@ import tarfile
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,9 +88,7 @@ def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
     """The segment's finished image shards that have no clip_pairs marker yet."""
     scored = set(_finished(root, CLIP_PAIRS, segment))
     return [
-        ClipPairsUnit(root, segment, shard)
-        for shard in _finished(root, IMAGE_SHARDS, segment)
-        if shard not in scored
+        ClipPairsUnit(root, segment, shard) for shard in _finished(root, IMAGE_SHARDS, segment) if shard not in scored
     ]
 
 
@@ -189,7 +188,7 @@ class _ShardScorer:
             prepared.rows = list(batch.rows)
         else:
             tensors = []
-            for row, data in zip(batch.rows, batch.images):
+            for row, data in zip(batch.rows, batch.images, strict=False):
                 try:
                     tensors.append(loaded.preprocess_jpeg(data))
                     prepared.rows.append(row)
@@ -215,7 +214,7 @@ class _ShardScorer:
                 rows = prepared.rows
             except Exception:  # noqa: BLE001 - find the bad images one at a time below
                 decoded, rows = [], []
-                for row, data in zip(prepared.rows, prepared.encoded):
+                for row, data in zip(prepared.rows, prepared.encoded, strict=False):
                     try:
                         decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=loaded.device))
                         rows.append(row)
@@ -243,7 +242,7 @@ class _ShardScorer:
         labels, nsfw_score, watermark_score = loaded.tags(image_emb)
         self.nsfw_score[rows] = nsfw_score
         self.watermark_score[rows] = watermark_score
-        for row, label in zip(prepared.rows, labels):
+        for row, label in zip(prepared.rows, labels, strict=False):
             self.nsfw[row], self.status[row], self.error[row] = label, "scored", None
         if self.settings.write_embeddings:
             if prepared.spec not in self.embeddings:
@@ -271,9 +270,7 @@ class _ShardScorer:
 
 
 def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:
-    thresholds = np.array(
-        [settings.thresholds.get(c, np.nan) for c in scorer.categories], dtype=np.float32
-    )
+    thresholds = np.array([settings.thresholds.get(c, np.nan) for c in scorer.categories], dtype=np.float32)
     scored = np.array([s == "scored" for s in scorer.status], dtype=bool)
     kept = scored & (np.nan_to_num(scorer.similarity, nan=-2.0) >= np.nan_to_num(thresholds, nan=2.0))
     columns = {
@@ -286,7 +283,9 @@ def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettin
         "nsfw": pa.array(scorer.nsfw, pa.string()),
         # NaN: scored by a model without tags (ClipModelSpec.tags_known): unknown, so null like unscored rows
         "nsfw_score": pa.array(scorer.nsfw_score, pa.float32(), mask=~scored | np.isnan(scorer.nsfw_score)),
-        "watermark_score": pa.array(scorer.watermark_score, pa.float32(), mask=~scored | np.isnan(scorer.watermark_score)),
+        "watermark_score": pa.array(
+            scorer.watermark_score, pa.float32(), mask=~scored | np.isnan(scorer.watermark_score)
+        ),
         "clip_status": pa.array(scorer.status, pa.string()),
         "clip_error": pa.array(scorer.error, pa.string()),
     }
@@ -350,7 +349,9 @@ def _worker_name() -> str | None:
         return None
 
 
-def _summary(unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, seconds: float, scorer: _ShardScorer | None) -> dict[str, Any]:
+def _summary(
+    unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, seconds: float, scorer: _ShardScorer | None
+) -> dict[str, Any]:
     status = table.column("clip_status").to_pylist()
     categories = table.column("category").to_pylist()
     kept = table.column("kept").to_pylist()
@@ -365,8 +366,14 @@ def _summary(unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, se
         "segment": unit.segment,
         "shard": unit.shard,
         "pairs": table.num_rows,
-        "scored": {c: sum(1 for s, k in zip(status, categories) if s == "scored" and k == c) for c in sorted(set(categories))},
-        "kept": {c: sum(1 for k, cat in zip(kept, categories) if k and cat == c) for c in sorted(set(categories))},
+        "scored": {
+            c: sum(1 for s, k in zip(status, categories, strict=False) if s == "scored" and k == c)
+            for c in sorted(set(categories))
+        },
+        "kept": {
+            c: sum(1 for k, cat in zip(kept, categories, strict=False) if k and cat == c)
+            for c in sorted(set(categories))
+        },
         "not_scored": {s: status.count(s) for s in CLIP_STATUSES[1:] if status.count(s)},
         "histogram": similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
         "seconds": round(seconds, 3),
@@ -427,7 +434,7 @@ def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             for key, count in summary.get(name, {}).items():
                 target[key] = target.get(key, 0) + count
         if len(summary.get("histogram", ())) == len(histogram):  # markers of older builds binned otherwise
-            histogram = [a + b for a, b in zip(histogram, summary["histogram"])]
+            histogram = [a + b for a, b in zip(histogram, summary["histogram"], strict=False)]
         seconds += summary.get("seconds") or 0.0
     total_scored, total_kept = sum(scored.values()), sum(kept.values())
     devices = sorted({s["device"] for s in summaries if s.get("device")})
@@ -467,7 +474,10 @@ def histogram_rows(histogram: list[int], max_rows: int = 40) -> list[dict[str, o
     counts = [sum(histogram[a:b]) for a, b in groups]
     peak = max(counts)
     return [
-        {"similarity": f"[{SIMILARITY_EDGES[a]:.2f}, {SIMILARITY_EDGES[b]:.2f})", "pairs": count,
-         "bar": "█" * round(20 * count / peak)}
-        for (a, b), count in zip(groups, counts)
+        {
+            "similarity": f"[{SIMILARITY_EDGES[a]:.2f}, {SIMILARITY_EDGES[b]:.2f})",
+            "pairs": count,
+            "bar": "█" * round(20 * count / peak),
+        }
+        for (a, b), count in zip(groups, counts, strict=False)
     ]

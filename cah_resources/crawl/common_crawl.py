@@ -6,9 +6,9 @@ import asyncio
 import gzip
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import aiohttp
 
@@ -48,7 +48,7 @@ class CrawlSource:
         return self.base.startswith(("http://", "https://"))
 
     def _local_path(self, rel_path: str) -> str:
-        root = self.base[len("file://"):] if self.base.startswith("file://") else self.base
+        root = self.base[len("file://") :] if self.base.startswith("file://") else self.base
         return os.path.join(root, rel_path)
 
     def wat_paths(self, crawl: str) -> list[str]:

@@ -66,7 +66,7 @@ class CrawlRegistration:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "CrawlRegistration":
+    def from_json(cls, doc: dict) -> CrawlRegistration:
         return cls(doc["crawl"], int(doc["files_per_segment"]), tuple(doc["wat_paths"]))
 
 

@@ -2,8 +2,8 @@
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -75,7 +75,11 @@ def _schema_verdict(schema: pa.Schema) -> Verdict:
     missing = [n for n in expected if n not in found]
     extra = [n for n in found if n not in expected]
     mistyped = [f"{n}: {found[n]} (want {t})" for n, t in expected.items() if n in found and found[n] != t]
-    problems = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "", f"mistyped {mistyped}" if mistyped else ""]
+    problems = [
+        f"missing {missing}" if missing else "",
+        f"unexpected {extra}" if extra else "",
+        f"mistyped {mistyped}" if mistyped else "",
+    ]
     problems = [p for p in problems if p]
     if problems:
         return Verdict(False, "schema differs from the contract: " + "; ".join(problems), {"columns": list(found)})
@@ -92,8 +96,14 @@ def _uid_format_verdict(table: pa.Table, schema_verdict: Verdict) -> Verdict:
     count = pc.sum(bad).as_py() or 0
     if count:
         shown = uids.filter(bad).slice(0, SHOWN).to_pylist()
-        return Verdict(False, f"{count} uids are not 32 lowercase hex chars (e.g. {shown[0]!r})", {"bad_uids": count, "examples": shown})
-    return Verdict(True, f"columns and types as in the contract; {table.num_rows} well-formed uids", {"rows": table.num_rows})
+        return Verdict(
+            False,
+            f"{count} uids are not 32 lowercase hex chars (e.g. {shown[0]!r})",
+            {"bad_uids": count, "examples": shown},
+        )
+    return Verdict(
+        True, f"columns and types as in the contract; {table.num_rows} well-formed uids", {"rows": table.num_rows}
+    )
 
 
 def _unique_sorted_verdict(table: pa.Table) -> Verdict:
@@ -132,9 +142,13 @@ def _categories_verdict(table: pa.Table) -> Verdict:
     per_category = {str(k): v for k, v in Counter(category.to_pylist()).items()}
     bad = {k: v for k, v in counts.items() if v}
     if bad:
-        examples = sorted(set(category.filter(unknown).slice(0, SHOWN).to_pylist())) if counts["unknown_category"] else []
+        examples = (
+            sorted(set(category.filter(unknown).slice(0, SHOWN).to_pylist())) if counts["unknown_category"] else []
+        )
         suffix = f" (unknown: {examples})" if examples else ""
-        return Verdict(False, "invalid rows: " + ", ".join(f"{v} {k}" for k, v in bad.items()) + suffix, {**counts, **per_category})
+        return Verdict(
+            False, "invalid rows: " + ", ".join(f"{v} {k}" for k, v in bad.items()) + suffix, {**counts, **per_category}
+        )
     return Verdict(True, ", ".join(f"{per_category.get(c, 0)} {c}" for c in CATEGORIES), {**counts, **per_category})
 
 
@@ -149,7 +163,9 @@ def _drops_verdict(table: pa.Table, stats: dict | None, stats_path: str) -> Verd
         problems.append(f"stats say {stats.get('candidates')} candidates, the parquet has {rows} rows")
     for category in CATEGORIES:
         if stats.get(f"candidates_{category}") != actual.get(category, 0):
-            problems.append(f"stats say {stats.get(f'candidates_{category}')} {category}, the rows {actual.get(category, 0)}")
+            problems.append(
+                f"stats say {stats.get(f'candidates_{category}')} {category}, the rows {actual.get(category, 0)}"
+            )
     if "links_seen" not in stats:
         problems.append("stats lack links_seen")
     elif stats["links_seen"] != rows + sum(drops.values()):
@@ -163,14 +179,18 @@ def _drops_verdict(table: pa.Table, stats: dict | None, stats_path: str) -> Verd
 # --- image_shards --------------------------------------------------------------------------------
 
 IMAGE_SHARDS_CHECKS = {
-    "rows_match_candidates": "Every shard is finished, and its parquet rows are the candidates' rows in order, keyed by shard and row.",
+    "rows_match_candidates": (
+        "Every shard is finished, and its parquet rows are the candidates' rows in order, keyed by shard and row."
+    ),
     "tar_members_match_ok_rows": "Each tar holds key.jpg, key.txt and key.json for exactly the parquet's ok rows.",
-    "stats_agree": "Each NNNNN_stats.json and .done marker agrees with its parquet: count, successes, failures, statuses.",
+    "stats_agree": (
+        "Each NNNNN_stats.json and .done marker agrees with its parquet: count, successes, failures, statuses."
+    ),
 }
 
 
 def run_here(fn: Callable, units: list, **kwargs) -> list:
-    """Runs ``fn(unit, **kwargs)`` for each unit in this process; the Dagster checks pass the compute engine's instead."""
+    """Runs ``fn(unit, **kwargs)`` for each unit in this process; Dagster's checks pass the compute engine's instead."""
     return [fn(unit, **kwargs) for unit in units]
 
 
@@ -222,7 +242,7 @@ def _rows_verdict(expected_uids: list[str], shards: list[int], done: set[int], t
     if len(uids) != len(expected_uids):
         problems.append(f"{len(uids)} shard rows for {len(expected_uids)} candidates")
     elif uids != expected_uids:
-        first = next(i for i, (a, b) in enumerate(zip(uids, expected_uids)) if a != b)
+        first = next(i for i, (a, b) in enumerate(zip(uids, expected_uids, strict=False)) if a != b)
         problems.append(f"shard rows differ from the candidates from row {first} on")
     meta = {"candidates": len(expected_uids), "shard_rows": len(uids), "shards": len(shards), "finished": len(done)}
     if problems:
@@ -235,7 +255,7 @@ def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: 
     examples: list[str] = []
     shards = sorted(tables)
     listings = run(read_tar_names, [shard_paths(folder, shard)["tar"] for shard in shards], root=root)
-    for shard, (names, error) in zip(shards, listings):
+    for shard, (names, error) in zip(shards, listings, strict=False):
         table = tables[shard]
         ok_keys = table.filter(pc.equal(table.column("status"), "ok")).column("key").to_pylist()
         expected = {key + suffix for key in ok_keys for suffix in TAR_SUFFIXES}
@@ -248,11 +268,26 @@ def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: 
         missing += len(expected - found)
         extra += len(found - expected)
         examples.extend(sorted(expected - found)[:SHOWN] + sorted(found - expected)[:SHOWN])
-    meta = {"members": members, "missing": missing, "unexpected": extra, "duplicated": duplicated, "unreadable": len(unreadable)}
+    meta = {
+        "members": members,
+        "missing": missing,
+        "unexpected": extra,
+        "duplicated": duplicated,
+        "unreadable": len(unreadable),
+    }
     if missing or extra or duplicated or unreadable:
-        parts = [f"{missing} missing", f"{extra} unexpected", f"{duplicated} duplicated", f"{len(unreadable)} unreadable tars"]
+        parts = [
+            f"{missing} missing",
+            f"{extra} unexpected",
+            f"{duplicated} duplicated",
+            f"{len(unreadable)} unreadable tars",
+        ]
         detail = unreadable[0] if unreadable else ", ".join(examples[:SHOWN])
-        return Verdict(False, "tar members differ from the ok rows: " + ", ".join(parts) + f" ({detail})", {**meta, "examples": examples[:SHOWN]})
+        return Verdict(
+            False,
+            "tar members differ from the ok rows: " + ", ".join(parts) + f" ({detail})",
+            {**meta, "examples": examples[:SHOWN]},
+        )
     return Verdict(True, f"{members} members = 3 per ok row", meta)
 
 
@@ -270,10 +305,14 @@ def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> 
             stats = root.read_json(path)
             wrong = [k for k, v in want.items() if stats.get(k) != v]
             if wrong:
-                problems.append(f"{shard:05d}{suffix}: {', '.join(f'{k}={stats.get(k)} (rows say {want[k]})' for k in wrong)}")
+                problems.append(
+                    f"{shard:05d}{suffix}: {', '.join(f'{k}={stats.get(k)} (rows say {want[k]})' for k in wrong)}"
+                )
     meta = {"shards": len(tables), "disagreements": len(problems)}
     if problems:
-        return Verdict(False, f"{len(problems)} disagreements; first: {problems[0]}", {**meta, "examples": problems[:SHOWN]})
+        return Verdict(
+            False, f"{len(problems)} disagreements; first: {problems[0]}", {**meta, "examples": problems[:SHOWN]}
+        )
     return Verdict(True, f"stats and markers of {len(tables)} shards agree with their parquet", meta)
 
 
@@ -281,7 +320,9 @@ def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> 
 
 CLIP_PAIRS_CHECKS = {
     "kept_rows_pass_threshold": "Every kept pair has a similarity at or above its category's threshold.",
-    "scored_rows_match_ok_rows": "Each finished image shard has a finished clip_pairs shard scoring exactly its ok rows.",
+    "scored_rows_match_ok_rows": (
+        "Each finished image shard has a finished clip_pairs shard scoring exactly its ok rows."
+    ),
 }
 
 
@@ -302,7 +343,10 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
         below += pc.sum(pc.and_(is_kept, pc.invert(passes))).as_py() or 0
     for shard in sorted(image_done):
         ok_keys = sorted(
-            r["key"] for r in root.read_parquet(shard_paths(image_folder, shard)["parquet"], columns=["key", "status"]).to_pylist()
+            r["key"]
+            for r in root.read_parquet(
+                shard_paths(image_folder, shard)["parquet"], columns=["key", "status"]
+            ).to_pylist()
             if r["status"] == "ok"
         )
         path = shard_paths(clip_folder, shard)["parquet"]
@@ -311,19 +355,27 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
             continue
         keys = sorted(root.read_parquet(path, columns=["key"]).column("key").to_pylist())
         if keys != ok_keys:
-            problems.append(f"shard {shard:05d}: {len(keys)} scored rows for {len(ok_keys)} ok rows"
-                            + ("" if len(keys) != len(ok_keys) else " (different keys)"))
+            problems.append(
+                f"shard {shard:05d}: {len(keys)} scored rows for {len(ok_keys)} ok rows"
+                + ("" if len(keys) != len(ok_keys) else " (different keys)")
+            )
     stray = sorted(set(clip_shards) - image_done)
     if stray:
         problems.append(f"{len(stray)} clip_pairs shards without a finished image shard (first {stray[0]:05d})")
     threshold_meta = {"scored": scored, "kept": kept, "kept_below_threshold": below}
     threshold = (
         Verdict(False, f"{below} of {kept} kept pairs are below their threshold", threshold_meta)
-        if below else Verdict(True, f"{kept} of {scored} pairs kept, all at or above their threshold", threshold_meta)
+        if below
+        else Verdict(True, f"{kept} of {scored} pairs kept, all at or above their threshold", threshold_meta)
     )
     match_meta = {"image_shards": len(image_done), "clip_shards": len(clip_done), "problems": len(problems)}
     match = (
-        Verdict(False, f"{len(problems)} shards disagree; first: {problems[0]}", {**match_meta, "examples": problems[:SHOWN]})
-        if problems else Verdict(True, f"{scored} scored rows = the ok rows of {len(image_done)} shards", match_meta)
+        Verdict(
+            False,
+            f"{len(problems)} shards disagree; first: {problems[0]}",
+            {**match_meta, "examples": problems[:SHOWN]},
+        )
+        if problems
+        else Verdict(True, f"{scored} scored rows = the ok rows of {len(image_done)} shards", match_meta)
     )
     return {"kept_rows_pass_threshold": threshold, "scored_rows_match_ok_rows": match}

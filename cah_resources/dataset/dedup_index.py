@@ -7,9 +7,10 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
@@ -44,8 +45,7 @@ def _sqlite_path(url: str) -> str:
     path = url[len("sqlite:///") :]
     if not path or path == ":memory:":
         raise DedupIndexError(
-            f"dedup index URL {url!r} names no file; "
-            "use sqlite:///relative/path or sqlite:////absolute/path"
+            f"dedup index URL {url!r} names no file; use sqlite:///relative/path or sqlite:////absolute/path"
         )
     return path
 
@@ -56,8 +56,7 @@ def _dialect_of(url: str) -> str:
     if url.startswith(_POSTGRES_SCHEMES):
         return "postgres"
     raise DedupIndexError(
-        f"dedup index URL {redact_url(url)!r} must start with sqlite:/// or postgresql:// "
-        "(or postgresql+psycopg2://)"
+        f"dedup index URL {redact_url(url)!r} must start with sqlite:/// or postgresql:// (or postgresql+psycopg2://)"
     )
 
 
@@ -70,12 +69,15 @@ def _engine(url: str) -> sa.Engine:
         # AUTOCOMMIT leaves transactions to us: BEGIN IMMEDIATE takes the write lock before a
         # writer reads, so two writers cannot both read and then fail to upgrade.
         return sa.create_engine(
-            f"sqlite:///{path}", poolclass=NullPool, isolation_level="AUTOCOMMIT",
+            f"sqlite:///{path}",
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
             connect_args={"timeout": _SQLITE_LOCK_WAIT_S},
         )
     rest = url.split("://", 1)[1]
     return sa.create_engine(
-        f"postgresql+psycopg2://{rest}", poolclass=NullPool,
+        f"postgresql+psycopg2://{rest}",
+        poolclass=NullPool,
         connect_args={"connect_timeout": 10, "application_name": "cah-dedup-index"},
     )
 
@@ -85,13 +87,15 @@ def _tables(name: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     """The index's tables (claims, segments) and the per-connection batch table, in every dialect."""
     metadata = sa.MetaData()
     segments = sa.Table(
-        f"{name}_segments", metadata,
+        f"{name}_segments",
+        metadata,
         # The segment's small integer id is stored per claim instead of its key.
         sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
         sa.Column("segment_key", sa.Text, nullable=False, unique=True),
     )
     claims = sa.Table(
-        name, metadata,
+        name,
+        metadata,
         sa.Column("uid", sa.LargeBinary, primary_key=True),
         sa.Column("segment_id", sa.Integer, nullable=False),
         # release() and per-segment counts find a segment's claims through this index.
@@ -100,7 +104,8 @@ def _tables(name: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
         sqlite_with_rowid=False,
     )
     batch = sa.Table(
-        "cah_claim_batch", sa.MetaData(),
+        "cah_claim_batch",
+        sa.MetaData(),
         sa.Column("uid", sa.LargeBinary, nullable=False),
         sa.Column("pos", sa.Integer, nullable=False),
         prefixes=["TEMPORARY"],
@@ -110,9 +115,7 @@ def _tables(name: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
 
 def _uid_bytes(uid: str) -> bytes:
     if not isinstance(uid, str) or not _UID.match(uid):
-        raise ValueError(
-            f"uid {uid!r} is not 32 lowercase hex characters (blake2b-128 of url + NUL + text)"
-        )
+        raise ValueError(f"uid {uid!r} is not 32 lowercase hex characters (blake2b-128 of url + NUL + text)")
     return bytes.fromhex(uid)
 
 
@@ -137,9 +140,7 @@ class DedupIndex:
     def __post_init__(self) -> None:
         _dialect_of(self.url)
         if not _IDENTIFIER.match(self.table):
-            raise DedupIndexError(
-                f"dedup index table name {self.table!r} must be letters, digits and _ (max 41)"
-            )
+            raise DedupIndexError(f"dedup index table name {self.table!r} must be letters, digits and _ (max 41)")
         if self.batch_size < 1:
             raise DedupIndexError(f"dedup index batch_size must be >= 1, not {self.batch_size}")
 
@@ -169,9 +170,7 @@ class DedupIndex:
         with self._session() as session:
             segment_id = session.segment_id(segment_key)
             for batch in _batches(encoded, self.batch_size):
-                rows = session.in_write_transaction(
-                    lambda batch=batch: session.claim_batch(segment_id, batch)
-                )
+                rows = session.in_write_transaction(lambda batch=batch: session.claim_batch(segment_id, batch))
                 owned.update(uid.hex() for uid in rows)
         return owned
 
@@ -256,10 +255,10 @@ class _Session(ABC):
     def load_batch(self, batch: Sequence[bytes]) -> None:
         """Fill the temporary batch table with ``batch`` (uid, position) rows."""
 
-    def probe_by_primary_key(self) -> None:
+    def probe_by_primary_key(self) -> None:  # noqa: B027 - a hook only Postgres fills in
         """Steer the planner to primary-key probes for the batch joins (a no-op in SQLite)."""
 
-    def end_read(self) -> None:
+    def end_read(self) -> None:  # noqa: B027 - a hook only Postgres fills in
         """Finish a statement run outside a transaction (Postgres opens one implicitly)."""
 
     def close(self) -> None:
@@ -276,8 +275,7 @@ class _Session(ABC):
 
         def lookup() -> int:
             self.execute(
-                f"INSERT INTO {self.segments.name} (segment_key) VALUES (:key) "
-                "ON CONFLICT (segment_key) DO NOTHING",
+                f"INSERT INTO {self.segments.name} (segment_key) VALUES (:key) ON CONFLICT (segment_key) DO NOTHING",
                 key=segment_key,
             )
             row = self.execute(

@@ -36,7 +36,9 @@ def worker_tls_files(tls_dir: str) -> list[TlsFile]:
     for name, mode in WORKER_TLS_FILES:
         local = os.path.join(tls_dir, name)
         if not os.path.isfile(local):
-            raise UserDataError(f"{local} is missing; make the cluster's certificates with deploy/make_tls.sh {tls_dir}")
+            raise UserDataError(
+                f"{local} is missing; make the cluster's certificates with deploy/make_tls.sh {tls_dir}"
+            )
         with open(local, encoding="ascii") as handle:
             content = handle.read().strip()
         if "PRIVATE KEY" in content and name != "worker-key.pem":

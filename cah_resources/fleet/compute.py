@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
 from distributed.comm.core import CommClosedError
@@ -37,9 +38,7 @@ class UnitResult:
     value: Any
 
 
-def cluster_security(
-    ca: str = "", cert: str = "", key: str = "", *, role: str = "client"
-) -> Security:
+def cluster_security(ca: str = "", cert: str = "", key: str = "", *, role: str = "client") -> Security:
     """TLS settings for one member of the cluster (``client``, ``worker`` or ``scheduler``).
 
     Empty arguments fall back to ``CAH_TLS_*`` in the environment, then to Dask's own
@@ -177,7 +176,8 @@ class DaskCompute:
         elif mode == "remote":
             if not address:
                 raise ClusterUnavailable(
-                    f"compute mode is 'remote' but no scheduler address is set (compute.scheduler_address or ${ADDRESS_ENV})"
+                    f"compute mode is 'remote' but no scheduler address is set "
+                    f"(compute.scheduler_address or ${ADDRESS_ENV})"
                 )
             with connect_client(address, self.security(), self.connect_timeout_s) as client:
                 yield client
@@ -247,9 +247,7 @@ class DaskCompute:
             if on_progress is not None:
                 client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_progress(event[1]))
             resources = self._placeable(client, resources)
-            futures = client.map(
-                fn, units, pure=False, retries=self.task_retries, resources=resources, **kwargs
-            )
+            futures = client.map(fn, units, pure=False, retries=self.task_retries, resources=resources, **kwargs)
             position = {future.key: i for i, future in enumerate(futures)}
             results: list[UnitResult | None] = [None] * len(units)
             for done, (future, value) in enumerate(as_completed(futures, with_results=True), 1):

@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security
 
@@ -54,9 +55,7 @@ class GpuDevice:
 
 
 def _may_have_nvidia_gpu() -> bool:
-    return bool(
-        shutil.which("nvidia-smi") or os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
-    )
+    return bool(shutil.which("nvidia-smi") or os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg"))
 
 
 def count_visible_cuda_devices() -> int:
@@ -73,9 +72,7 @@ def probe_cuda_devices(timeout_s: float = 120.0) -> list[GpuDevice]:
     if not _may_have_nvidia_gpu():
         raise GpuUnfit("no NVIDIA GPU here (no nvidia-smi, no /dev/nvidiactl): install the driver or run without --gpu")
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s
-        )
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise GpuUnfit(f"probing CUDA took over {timeout_s:.0f}s; is the GPU driver healthy (nvidia-smi)?") from None
     lines = done.stdout.strip().splitlines()
@@ -98,8 +95,7 @@ def fit_devices(
             fit.append(d)
         else:
             refused.append(
-                f"GPU {d.index} ({d.name}) has {d.free_bytes / GIB:.1f} GiB free, "
-                f"needs {min_free_bytes / GIB:.1f} GiB"
+                f"GPU {d.index} ({d.name}) has {d.free_bytes / GIB:.1f} GiB free, needs {min_free_bytes / GIB:.1f} GiB"
             )
     return fit, refused
 
@@ -121,7 +117,9 @@ def _split_memory(memory_limit: str, workers: int) -> int | None:
     return parse_memory_limit(memory_limit, 1, max(1, workers), logger=log)
 
 
-def gpu_worker_options(devices: list[GpuDevice], name: str, memory_limit: str = "auto", workers: int = 0) -> list[dict[str, Any]]:
+def gpu_worker_options(
+    devices: list[GpuDevice], name: str, memory_limit: str = "auto", workers: int = 0
+) -> list[dict[str, Any]]:
     """Nanny options for one worker per device: pinned to it, one thread, advertising GPU=1."""
     limit = _split_memory(memory_limit, workers or len(devices))
     return [
@@ -136,7 +134,9 @@ def gpu_worker_options(devices: list[GpuDevice], name: str, memory_limit: str = 
     ]
 
 
-def cpu_worker_options(n_workers: int, nthreads: int, name: str, memory_limit: str = "auto", workers: int = 0) -> list[dict[str, Any]]:
+def cpu_worker_options(
+    n_workers: int, nthreads: int, name: str, memory_limit: str = "auto", workers: int = 0
+) -> list[dict[str, Any]]:
     """Nanny options for CPU runners: no GPU resource and no device, so GPU work never lands here."""
     limit = _split_memory(memory_limit, workers or n_workers)
     return [
@@ -184,11 +184,15 @@ async def serve_workers(scheduler: str, options: list[dict[str, Any]], security:
 def configure_worker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", required=True, help="scheduler address, e.g. tls://203.0.113.7:8786")
     parser.add_argument("--gpu", action="store_true", help="serve GPU work: one worker per CUDA device with GPU=1")
-    parser.add_argument("--nworkers", type=int, default=0, help="CPU worker processes (default: one per core; with --gpu: none)")
+    parser.add_argument(
+        "--nworkers", type=int, default=0, help="CPU worker processes (default: one per core; with --gpu: none)"
+    )
     parser.add_argument("--nthreads", type=int, default=1, help="threads per CPU worker")
     parser.add_argument("--name", default=socket.gethostname(), help="worker name prefix (default: hostname)")
     parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 8GB (default: RAM / workers)")
-    parser.add_argument("--min-free-gb", type=float, default=MIN_FREE_GPU_BYTES / GIB, help="free GPU memory a device needs")
+    parser.add_argument(
+        "--min-free-gb", type=float, default=MIN_FREE_GPU_BYTES / GIB, help="free GPU memory a device needs"
+    )
     parser.add_argument("--tls-ca-file", default="", help="the cluster CA certificate (or $CAH_TLS_CA_FILE)")
     parser.add_argument("--tls-cert", default="", help="this worker's certificate (or $CAH_TLS_CERT_FILE)")
     parser.add_argument("--tls-key", default="", help="this worker's key (or $CAH_TLS_KEY_FILE)")
@@ -214,8 +218,10 @@ def worker_command(args: argparse.Namespace) -> int:
             total = len(fit) + args.nworkers
             options = gpu_worker_options(fit, args.name, args.memory_limit, total)
             options += cpu_worker_options(args.nworkers, args.nthreads, args.name, args.memory_limit, total)
-            print(f"cah worker: GPU executor with {', '.join(f'{d.name} (GPU {d.index})' for d in fit)}"
-                  f"{f' and {args.nworkers} CPU worker(s)' if args.nworkers else ''}")
+            print(
+                f"cah worker: GPU executor with {', '.join(f'{d.name} (GPU {d.index})' for d in fit)}"
+                f"{f' and {args.nworkers} CPU worker(s)' if args.nworkers else ''}"
+            )
         else:
             n = args.nworkers or max(1, (os.cpu_count() or 1) // args.nthreads)
             options = cpu_worker_options(n, args.nthreads, args.name, args.memory_limit)

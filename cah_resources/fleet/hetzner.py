@@ -7,8 +7,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import requests
 from hcloud import APIException, Client
@@ -54,7 +54,7 @@ class Project:
 
 
 def load_projects(environ: dict[str, str] | None = None) -> list[Project]:
-    """Projects from ``HCLOUD_TOKENS`` (comma- or space-separated, each ``TOKEN`` or ``TOKEN:MAX``), else ``HCLOUD_TOKEN``."""
+    """Projects from ``HCLOUD_TOKENS`` (comma/space-separated ``TOKEN`` or ``TOKEN:MAX``), else ``HCLOUD_TOKEN``."""
     environ = os.environ if environ is None else environ
     raw = environ.get(TOKENS_ENV) or environ.get(TOKEN_ENV) or ""
     projects = []
@@ -68,7 +68,10 @@ def load_projects(environ: dict[str, str] | None = None) -> list[Project]:
             )
         projects.append(Project(number, token, int(cap) if cap else None))
     if not projects:
-        raise FleetError(f"no Hetzner API token: set {TOKENS_ENV} (several projects, comma-separated, filled in order) or {TOKEN_ENV}")
+        raise FleetError(
+            f"no Hetzner API token: set {TOKENS_ENV} (several projects, comma-separated, filled in order) "
+            f"or {TOKEN_ENV}"
+        )
     return projects
 
 
@@ -207,29 +210,43 @@ class Fleet:
         found = []
         for project in self.projects:
             try:
-                listed = self._call(f"listing {project}", self.client(project).servers.get_all, label_selector=self.settings.selector)
+                listed = self._call(
+                    f"listing {project}", self.client(project).servers.get_all, label_selector=self.settings.selector
+                )
             except APIException as exc:
                 if exc.code in ("unauthorized", "forbidden", 401, 403):
-                    raise FleetError(f"{project}: the API refused its token ({exc.message}); check entry {project.number} of {TOKENS_ENV}") from None
+                    raise FleetError(
+                        f"{project}: the API refused its token ({exc.message}); "
+                        f"check entry {project.number} of {TOKENS_ENV}"
+                    ) from None
                 raise
             for s in listed:
                 if not self.settings.owns(s.labels):
                     continue
                 ipv4 = s.public_net.ipv4.ip if s.public_net and s.public_net.ipv4 else ""
                 price = server_price(s.server_type, s.location.name) if s.server_type and s.location else None
-                found.append(FleetServer(project.number, s.id, s.name, s.status, s.server_type.name, s.location.name, ipv4, price or 0.0))
+                found.append(
+                    FleetServer(
+                        project.number, s.id, s.name, s.status, s.server_type.name, s.location.name, ipv4, price or 0.0
+                    )
+                )
         return sorted(found, key=lambda s: s.name)
 
     def price_per_server(self) -> float:
         """Hourly gross price of one new server, from the API's server types."""
         project = self.projects[0]
-        stype = self._call("reading server types", self.client(project).server_types.get_by_name, self.settings.server_type)
+        stype = self._call(
+            "reading server types", self.client(project).server_types.get_by_name, self.settings.server_type
+        )
         if stype is None:
             raise FleetError(f"server type {self.settings.server_type!r} does not exist; see `hcloud server-type list`")
         price = server_price(stype, self.settings.location)
         if price is None:
             offered = ", ".join(p["location"] for p in stype.prices or []) or "nowhere"
-            raise FleetError(f"server type {self.settings.server_type} is not sold in {self.settings.location} (offered in {offered})")
+            raise FleetError(
+                f"server type {self.settings.server_type} is not sold in {self.settings.location} "
+                f"(offered in {offered})"
+            )
         return price
 
     def check_budget(self, existing: list[FleetServer], new: int, price: float) -> float:
@@ -237,7 +254,9 @@ class Fleet:
         s = self.settings
         total = len(existing) + new
         if total > s.max_servers:
-            raise BudgetExceeded(f"refusing to run {total} servers: max_servers is {s.max_servers} (raise it if you mean it)")
+            raise BudgetExceeded(
+                f"refusing to run {total} servers: max_servers is {s.max_servers} (raise it if you mean it)"
+            )
         cost = sum(e.price_per_hour for e in existing) + new * price
         if cost > s.max_price_per_hour + 1e-9:
             raise BudgetExceeded(
@@ -253,7 +272,11 @@ class Fleet:
             raise FleetError("no scheduler address: the servers' workers must know where to join (tls://HOST:8786)")
         try:
             return render_cloud_init(
-                s.scheduler_address, fleet=s.name, package=s.package, tls_dir=s.tls_dir, nthreads=s.nthreads,
+                s.scheduler_address,
+                fleet=s.name,
+                package=s.package,
+                tls_dir=s.tls_dir,
+                nthreads=s.nthreads,
                 extra_packages=s.extra_packages,
             )
         except UserDataError as exc:
@@ -286,7 +309,9 @@ class Fleet:
         report.price_per_hour = sum(x.price_per_hour for x in report.servers)
         unaccounted = {x.name for x in report.servers} - set(report.existing) - set(report.created)
         for name in sorted(unaccounted):
-            report.problems.append(f"{name} carries the fleet's labels but was not made by this run; counted in the fleet")
+            report.problems.append(
+                f"{name} carries the fleet's labels but was not made by this run; counted in the fleet"
+            )
         if len(report.servers) < count:
             report.problems.append(f"only {len(report.servers)} of {count} servers exist; see the problems above")
         if wait and report.servers:
@@ -327,7 +352,10 @@ class Fleet:
                             missing -= 1
                         continue
                     if exc.code == "resource_limit_exceeded":
-                        report.problems.append(f"{project}: quota reached after {per_project[project.number]} server(s) ({exc.message}); moving on")
+                        report.problems.append(
+                            f"{project}: quota reached after {per_project[project.number]} server(s) "
+                            f"({exc.message}); moving on"
+                        )
                     else:
                         report.problems.append(f"{project}: creating {name} failed: {_api_error(exc)}")
                     self.progress(report.problems[-1])
@@ -341,7 +369,9 @@ class Fleet:
                 report.created.append(name)
                 per_project[project.number] += 1
                 missing -= 1
-                self.progress(f"created {name} in {project} ({len(report.existing) + len(report.created)}/{report.requested})")
+                self.progress(
+                    f"created {name} in {project} ({len(report.existing) + len(report.created)}/{report.requested})"
+                )
             if missing == 0:
                 break
         for project, server, action in pending:
@@ -362,7 +392,9 @@ class Fleet:
             try:
                 self._call(f"deleting {server.name}", self.client(project).servers.delete, server).wait_until_finished()
             except (APIException, ActionFailedException, ActionTimeoutException) as exc:
-                report.problems.append(f"{project}: could not delete half-made {server.name} ({exc}); run `cah fleet down`")
+                report.problems.append(
+                    f"{project}: could not delete half-made {server.name} ({exc}); run `cah fleet down`"
+                )
         except ActionTimeoutException:
             report.problems.append(f"{project}: {server.name} is still being created; it carries the fleet's labels")
 
@@ -371,14 +403,18 @@ class Fleet:
         tls = self.settings.tls_dir
         if not tls:
             return cluster_security()
-        return cluster_security(os.path.join(tls, "ca.pem"), os.path.join(tls, "client.pem"), os.path.join(tls, "client-key.pem"))
+        return cluster_security(
+            os.path.join(tls, "ca.pem"), os.path.join(tls, "client.pem"), os.path.join(tls, "client-key.pem")
+        )
 
     def wait_for_workers(self, names: list[str], timeout_s: float | None = None) -> tuple[list[str], list[str]]:
         """Which servers' workers joined the scheduler before the timeout (a worker is named after its server)."""
         timeout_s = self.settings.join_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         try:
-            client = connect_client(self.settings.scheduler_address, self._client_security(), min(30.0, max(timeout_s, 10.0)))
+            client = connect_client(
+                self.settings.scheduler_address, self._client_security(), min(30.0, max(timeout_s, 10.0))
+            )
         except ClusterUnavailable as exc:
             self.progress(f"cannot check which workers joined: {exc}")
             return [], sorted(names)
@@ -436,9 +472,13 @@ class Fleet:
 DEFAULTS = FleetSettings()  # every default of the fleet, written once: the resource and the CLI take them from here
 # Environment variables a deployment sets for the fleet; the CLI's defaults and HetznerFleet.from_env read them.
 FLEET_ENV = {
-    "name": "CAH_FLEET", "scheduler_address": "CAH_SCHEDULER_ADDRESS", "tls_dir": "CAH_TLS_DIR",
-    "package": "CAH_FLEET_PACKAGE", "max_servers": "CAH_FLEET_MAX_SERVERS",
-    "max_price_per_hour": "CAH_FLEET_MAX_EUR_PER_HOUR", "endpoint": "HCLOUD_ENDPOINT",
+    "name": "CAH_FLEET",
+    "scheduler_address": "CAH_SCHEDULER_ADDRESS",
+    "tls_dir": "CAH_TLS_DIR",
+    "package": "CAH_FLEET_PACKAGE",
+    "max_servers": "CAH_FLEET_MAX_SERVERS",
+    "max_price_per_hour": "CAH_FLEET_MAX_EUR_PER_HOUR",
+    "endpoint": "HCLOUD_ENDPOINT",
 }
 
 
@@ -468,11 +508,19 @@ def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.Argument
     up.add_argument("--location", default=DEFAULTS.location)
     up.add_argument("--type", dest="server_type", default=DEFAULTS.server_type, help="Hetzner server type")
     up.add_argument("--image", default=DEFAULTS.image)
-    up.add_argument("--ssh-key", dest="ssh_keys", action="append", default=[], help="SSH key name in the project (repeatable)")
+    up.add_argument(
+        "--ssh-key", dest="ssh_keys", action="append", default=[], help="SSH key name in the project (repeatable)"
+    )
     up.add_argument("--scheduler", default=env("scheduler_address"), help="address workers join, tls://HOST:8786")
     up.add_argument("--tls-dir", default=env("tls_dir"), help="folder made by deploy/make_tls.sh")
     up.add_argument("--package", default=env("package"), help="pip requirement that installs this project")
-    up.add_argument("--pip", dest="extra_packages", action="append", default=[], help="extra pip requirement, e.g. s3fs (repeatable)")
+    up.add_argument(
+        "--pip",
+        dest="extra_packages",
+        action="append",
+        default=[],
+        help="extra pip requirement, e.g. s3fs (repeatable)",
+    )
     up.add_argument("--nthreads", type=int, default=DEFAULTS.nthreads, help="threads per worker process")
     up.add_argument("--max-servers", type=int, default=env("max_servers"))
     up.add_argument("--max-price-per-hour", type=float, default=env("max_price_per_hour"), help="EUR incl. VAT")
@@ -502,7 +550,10 @@ def _settings_from_args(args: argparse.Namespace) -> FleetSettings:
 
 def _print_servers(servers: list[FleetServer]) -> None:
     for x in servers:
-        print(f"  {x.name:<16} project {x.project}  {x.status:<12} {x.server_type:<8} {x.location:<5} {x.ipv4:<15} €{x.price_per_hour:.4f}/h")
+        print(
+            f"  {x.name:<16} project {x.project}  {x.status:<12} {x.server_type:<8} {x.location:<5} {x.ipv4:<15} "
+            f"€{x.price_per_hour:.4f}/h"
+        )
 
 
 def fleet_command(args: argparse.Namespace) -> int:
@@ -517,7 +568,10 @@ def fleet_command(args: argparse.Namespace) -> int:
                 print(f"cah fleet: problem: {problem}", file=sys.stderr)
             if report.not_joined:
                 print(f"cah fleet: not joined yet: {', '.join(report.not_joined)}", file=sys.stderr)
-            say(f"{len(report.servers)}/{args.count} servers, {len(report.joined)} joined, €{report.price_per_hour:.4f}/h")
+            say(
+                f"{len(report.servers)}/{args.count} servers, {len(report.joined)} joined, "
+                f"€{report.price_per_hour:.4f}/h"
+            )
             return 0 if report.complete or (args.no_wait and len(report.servers) >= args.count) else 1
         if args.fleet_command == "down":
             report = fleet.down(keep=args.keep)
@@ -539,7 +593,10 @@ def fleet_command(args: argparse.Namespace) -> int:
         print(f"cah fleet: Hetzner API error: {_api_error(exc)}", file=sys.stderr)
         return 2
     except requests.RequestException as exc:
-        print(f"cah fleet: Hetzner API unreachable ({type(exc).__name__}); check the network or HCLOUD_ENDPOINT", file=sys.stderr)
+        print(
+            f"cah fleet: Hetzner API unreachable ({type(exc).__name__}); check the network or HCLOUD_ENDPOINT",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -1,4 +1,4 @@
-"""Progress inside a long work unit (a 10,000-URL shard): throttled lines from a Dask worker to the run waiting on it."""
+"""Progress inside a long work unit (a 10,000-URL shard): throttled lines from a Dask worker to the waiting run."""
 
 from __future__ import annotations
 
@@ -27,8 +27,14 @@ class UnitProgress:
     The unit's end is not published: the run's gather loop reports each finished unit already.
     """
 
-    def __init__(self, label: str, total: int, unit: str = "images", publish: Callable[[str], None] = publish_to_client,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str = "images",
+        publish: Callable[[str], None] = publish_to_client,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label, self.total, self.unit, self.publish, self.clock = label, total, unit, publish, clock
         self.done = self.ok = 0
         self.started = self.last = clock()
@@ -49,5 +55,7 @@ class UnitProgress:
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         eta = (self.total - self.done) * elapsed / self.done
-        return (f"{self.label}: {self.done:,}/{self.total:,} ({self.done / self.total:.0%}), {self.ok:,} {self.unit}, "
-                f"{self.ok / elapsed:,.1f} {self.unit}/s, ETA {eta:,.0f} s")
+        return (
+            f"{self.label}: {self.done:,}/{self.total:,} ({self.done / self.total:.0%}), {self.ok:,} {self.unit}, "
+            f"{self.ok / elapsed:,.1f} {self.unit}/s, ETA {eta:,.0f} s"
+        )

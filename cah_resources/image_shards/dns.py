@@ -126,8 +126,9 @@ class CachingResolver(AbstractResolver):
         # splitting the time into tries fails every lookup slower than one share. The downloader
         # retries a timed-out lookup once instead.
         # A burst of answers to hundreds of lookups must queue, not be dropped (a lost answer costs a timeout).
-        self._resolver = aiodns.DNSResolver(nameservers=servers or None, timeout=timeout, tries=1,
-                                            socket_receive_buffer_size=SOCKET_BUFFER_BYTES)
+        self._resolver = aiodns.DNSResolver(
+            nameservers=servers or None, timeout=timeout, tries=1, socket_receive_buffer_size=SOCKET_BUFFER_BYTES
+        )
         self.timeout = timeout
         self.min_ttl, self.max_ttl = min_ttl, max_ttl
         self.negative_ttl = min(max(negative_ttl, min_ttl), max_ttl)
@@ -186,8 +187,9 @@ class CachingResolver(AbstractResolver):
                 self.stats.seconds += time.monotonic() - started
         answers = [(node.addr[0].decode(), node.family) for node in result.nodes]
         if not answers:
-            return self._remember(key, DnsLookupError(host, "dns_error", _ARES_ERRORS[ares.ARES_ENODATA][1]),
-                                  self.negative_ttl)
+            return self._remember(
+                key, DnsLookupError(host, "dns_error", _ARES_ERRORS[ares.ARES_ENODATA][1]), self.negative_ttl
+            )
         ttl = min((node.ttl for node in result.nodes), default=0)
         return self._remember(key, answers, min(max(ttl, self.min_ttl), self.max_ttl))
 

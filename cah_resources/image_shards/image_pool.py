@@ -109,9 +109,12 @@ class ImageWorkers:
                 else:
                     context = multiprocessing.get_context("spawn")
                     self._queue = context.SimpleQueue()
-                    self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
-                                                     initializer=_start_image_worker,
-                                                     initargs=(os.getpid(), self._queue))
+                    self._pool = ProcessPoolExecutor(
+                        self.processes,
+                        mp_context=context,
+                        initializer=_start_image_worker,
+                        initargs=(os.getpid(), self._queue),
+                    )
             return self._pool
 
     def _retire(self, broken: Executor) -> bool:

@@ -152,11 +152,14 @@ class ShardWriter:
             record[field] = outcome.get(field) if ok or field not in IMAGE_FACTS else None
         self._records[row] = record
         if ok:
-            self._sample(record["key"], {
-                "jpg": jpeg,
-                "txt": (record.get("text") or "").encode("utf-8"),
-                "json": msgspec.json.encode(record, order="sorted"),
-            })
+            self._sample(
+                record["key"],
+                {
+                    "jpg": jpeg,
+                    "txt": (record.get("text") or "").encode("utf-8"),
+                    "json": msgspec.json.encode(record, order="sorted"),
+                },
+            )
 
     def close(self, **extra: Any) -> dict[str, Any]:
         """Publish tar, parquet, stats and marker (in that order); returns the marker's content.

@@ -13,8 +13,8 @@ import argparse
 import asyncio
 import hashlib
 import ipaddress
-import socket
 import json
+import socket
 import struct
 import sys
 import threading
@@ -287,8 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--addresses", required=True, help="comma-separated: the i-th answers *.h<i>.web.test")
     parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     parser.add_argument("--ttl", type=int, default=300)
-    parser.add_argument("--listen", action="append", default=[], metavar="IP:PORT",
-                        help="another address to answer on, e.g. 127.0.0.53:53 for programs reading /etc/resolv.conf")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="IP:PORT",
+        help="another address to answer on, e.g. 127.0.0.53:53 for programs reading /etc/resolv.conf",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     listen = tuple((a, int(p)) for a, p in (entry.rsplit(":", 1) for entry in args.listen))

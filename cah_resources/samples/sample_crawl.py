@@ -14,7 +14,7 @@ import random
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 COLORS = {
     "en": ["red", "green", "blue", "yellow", "purple", "orange"],
@@ -39,7 +39,17 @@ TEMPLATES = {
 }
 LANGUAGES = tuple(TEMPLATES)
 # Kinds of image link and what the candidates stage must make of each: a candidate, or a drop reason.
-GOOD_KINDS = ("absolute", "relative", "root_relative", "protocol_relative", "upper_scheme", "fragment", "huge_alt", "messy_alt", "camera_name")
+GOOD_KINDS = (
+    "absolute",
+    "relative",
+    "root_relative",
+    "protocol_relative",
+    "upper_scheme",
+    "fragment",
+    "huge_alt",
+    "messy_alt",
+    "camera_name",
+)
 DROP_KINDS = {
     "data_url": "data_url",
     "javascript": "javascript_url",
@@ -112,26 +122,50 @@ class _WatWriter:
         headers = {"WARC-Type": warc_type}
         if target:
             headers["WARC-Target-URI"] = target
-        headers.update({"WARC-Date": self.date.strftime("%Y-%m-%dT%H:%M:%SZ"), "WARC-Record-ID": self._id(),
-                        "Content-Type": content_type})
+        headers.update(
+            {
+                "WARC-Date": self.date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "WARC-Record-ID": self._id(),
+                "Content-Type": content_type,
+            }
+        )
         self.members.append(gzip.compress(_warc_record(headers, body), compresslevel=6, mtime=0))
 
     def metadata_json(self, page_url: str, kind: str, html: dict | None = None) -> bytes:
-        header = {"WARC-Type": kind, "WARC-Target-URI": page_url, "WARC-Date": self.date.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "WARC-Record-ID": self._id(), "Content-Type": f"application/http; msgtype={kind}"}
+        header = {
+            "WARC-Type": kind,
+            "WARC-Target-URI": page_url,
+            "WARC-Date": self.date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "WARC-Record-ID": self._id(),
+            "Content-Type": f"application/http; msgtype={kind}",
+        }
         payload: dict = {"Actual-Content-Type": f"application/http; msgtype={kind}"}
         if kind == "request":
-            payload["HTTP-Request-Metadata"] = {"Request-Message": {"Method": "GET", "Path": "/", "Version": "HTTP/1.1"},
-                                                "Headers": {"User-Agent": "CCBot/2.0 (https://commoncrawl.org/faq/)"}}
+            payload["HTTP-Request-Metadata"] = {
+                "Request-Message": {"Method": "GET", "Path": "/", "Version": "HTTP/1.1"},
+                "Headers": {"User-Agent": "CCBot/2.0 (https://commoncrawl.org/faq/)"},
+            }
         else:
-            response = {"Response-Message": {"Version": "HTTP/1.1", "Status": "200", "Reason": "OK"},
-                        "Headers": {"Content-Type": "text/html; charset=UTF-8"}}
+            response = {
+                "Response-Message": {"Version": "HTTP/1.1", "Status": "200", "Reason": "OK"},
+                "Headers": {"Content-Type": "text/html; charset=UTF-8"},
+            }
             if html is not None:
                 response["HTML-Metadata"] = html
             payload["HTTP-Response-Metadata"] = response
-        doc = {"Container": {"Filename": "CC-MAIN-sample.warc.gz", "Compressed": True, "Offset": str(self.rng.randrange(10**8))},
-               "Envelope": {"Format": "WARC", "WARC-Header-Length": "500", "WARC-Header-Metadata": header,
-                            "Payload-Metadata": payload}}
+        doc = {
+            "Container": {
+                "Filename": "CC-MAIN-sample.warc.gz",
+                "Compressed": True,
+                "Offset": str(self.rng.randrange(10**8)),
+            },
+            "Envelope": {
+                "Format": "WARC",
+                "WARC-Header-Length": "500",
+                "WARC-Header-Metadata": header,
+                "Payload-Metadata": payload,
+            },
+        }
         return json.dumps(doc, ensure_ascii=False).encode()
 
 
@@ -188,8 +222,9 @@ def _image_link(rng, kind, page, ids, image_base, mismatch_rate=0.0, missing_rat
         link["alt"] = f"  {text.replace(' ', chr(10) + ' ', 2)}\t "
     elif kind == "camera_name":
         link["url"] = expected_url
-        text = link["alt"] = rng.choice([f"IMG_{rng.randint(20100101, 20241231)}_{rng.randint(1000, 9999)}",
-                                         f"DSC{rng.randrange(100000):05d}.JPG"])
+        text = link["alt"] = rng.choice(
+            [f"IMG_{rng.randint(20100101, 20241231)}_{rng.randint(1000, 9999)}", f"DSC{rng.randrange(100000):05d}.JPG"]
+        )
         language = None
     elif kind == "data_url":
         link["url"] = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -239,7 +274,7 @@ def generate_crawl(
     rng = random.Random(seed)
     image_base = image_base or [f"https://img{i}.example.com" for i in range(5)]
     ids = iter(range(10**9))
-    date = datetime(2024, 5, 18, tzinfo=timezone.utc)
+    date = datetime(2024, 5, 18, tzinfo=UTC)
     sample = SampleCrawl(root, crawl, [])
     earlier_links: list[tuple[dict, tuple[str, str], tuple]] = []
     kinds = list(GOOD_KINDS) * 3 + list(DROP_KINDS) + [REPEAT_KIND] * 2
@@ -259,8 +294,11 @@ def generate_crawl(
             origin = page_base[site % len(page_base)] if page_base else f"{scheme}://www.site{site}.example.org"
             page_url = f"{origin}/section{p % 7}/page{f}-{p}.html"
             base = None
-            page = {"scheme": origin.split("://")[0], "resolve_dir": page_url.rsplit("/", 1)[0] + "/",
-                    "resolve_origin": origin}
+            page = {
+                "scheme": origin.split("://")[0],
+                "resolve_dir": page_url.rsplit("/", 1)[0] + "/",
+                "resolve_origin": origin,
+            }
             if rng.random() < 0.2:
                 static = page_base[(site + 1) % len(page_base)] if page_base else f"https://static{site}.example.com"
                 base = f"{static}/assets/"
@@ -321,8 +359,11 @@ def generate_crawl(
                 language, color, shape, matches, exists = lang
                 category = "nolang" if language is None else ("en" if language == "en" else "multi")
                 exists = exists and pair[0].startswith(servable) if servable else exists
-                truth.append(ExpectedCandidate(pair[0], pair[1], page_url, category, language or "", rel,
-                                               color, shape, matches, exists))
+                truth.append(
+                    ExpectedCandidate(
+                        pair[0], pair[1], page_url, category, language or "", rel, color, shape, matches, exists
+                    )
+                )
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:

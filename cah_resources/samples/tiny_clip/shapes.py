@@ -186,13 +186,24 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
                 except Exception:  # noqa: BLE001 - corrupt test images have no size
                     width = height = None
             row = {
-                "uid": uid, "url": url, "text": sample.text, "page_url": f"http://127.0.0.1/{segment}/page{i}",
-                "category": sample.category, "language": sample.language, "language_prob": 0.99,
-                "wat_file": f"{segment}.wat.gz", "key": key, "status": sample.status,
-                "http_status": 200 if ok else 404, "error_message": None if ok else "HTTP 404",
+                "uid": uid,
+                "url": url,
+                "text": sample.text,
+                "page_url": f"http://127.0.0.1/{segment}/page{i}",
+                "category": sample.category,
+                "language": sample.language,
+                "language_prob": 0.99,
+                "wat_file": f"{segment}.wat.gz",
+                "key": key,
+                "status": sample.status,
+                "http_status": 200 if ok else 404,
+                "error_message": None if ok else "HTTP 404",
                 "bytes": len(sample.image) if ok and sample.image else None,
                 "sha256": hashlib.sha256(sample.image).hexdigest() if ok and sample.image else None,
-                "width": width, "height": height, "original_width": width, "original_height": height,
+                "width": width,
+                "height": height,
+                "original_width": width,
+                "original_height": height,
             }
             rows.append(row)
             if ok and sample.image is not None:

@@ -63,7 +63,9 @@ def _caption_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.view(len(ALL_SHAPES), len(texts[0]), -1), torch.tensor(weights[0])
 
 
-def _loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor, text_labels: torch.Tensor) -> torch.Tensor:
+def _loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor, text_labels: torch.Tensor
+) -> torch.Tensor:
     cosine = image_emb @ text_emb.T
     same = labels[:, None] == text_labels[None, :]
     target = same.float() / same.sum(1, keepdim=True)
