@@ -80,8 +80,7 @@ def start_cluster(tls: Path | None, work: Path, workers: int) -> tuple[str, list
     procs = [_start(sched, work / f"scheduler-{port}.log")]
     time.sleep(3)
     argv = ["--scheduler", address, "--name", f"bench{port}", *worker]
-    code = f"import sys; from cah_resources.fleet.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
-    procs.append(_start([sys.executable, "-c", code], work / f"worker-{port}.log"))
+    procs.append(_start([sys.executable, "-m", "cah_assets.cli", "worker", *argv], work / f"worker-{port}.log"))
     return address, procs
 
 

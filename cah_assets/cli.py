@@ -8,6 +8,8 @@ import time
 import click
 
 from cah_resources.contract import STAGES
+from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
+from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
 
 REGISTER_ATTEMPTS = 3  # a crawl source that stays unreachable this many times is reported, not waited on
 REGISTER_TIMEOUT_S = 30.0
@@ -284,25 +286,162 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
         raise UserError(f"{len(failed)} segment(s) failed: {', '.join(failed)}; their logs are in the UI (`cah dev`)")
 
 
-_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+def _fleet_options(command):
+    """The options every `cah fleet` subcommand takes: which fleet, and (hidden, for tests) which API."""
+    command = click.option(
+        "--endpoint", default=FLEET_DEFAULTS.endpoint, envvar=FLEET_ENV["endpoint"], hidden=True, help="Hetzner API."
+    )(command)
+    return click.option(
+        "--name",
+        default=FLEET_DEFAULTS.name,
+        envvar=FLEET_ENV["name"],
+        show_default=True,
+        show_envvar=True,
+        help="Fleet name: label and server-name prefix.",
+    )(command)
 
 
-@cah.command(context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def fleet(argv: tuple[str, ...]) -> None:
-    """Hetzner CPU runners: up N | down | status (`cah fleet --help` for options)."""
-    from cah_resources.fleet.hetzner import fleet_main
+def _scheduler_options(scheduler_help: str):
+    """--scheduler and --tls-dir: where the fleet's workers join, and the certificates to ask the scheduler with."""
 
-    sys.exit(fleet_main(list(argv)))
+    def add(command):
+        command = click.option(
+            "--tls-dir",
+            default=FLEET_DEFAULTS.tls_dir,
+            envvar=FLEET_ENV["tls_dir"],
+            show_envvar=True,
+            help="Folder made by deploy/make_tls.sh.",
+        )(command)
+        return click.option(
+            "--scheduler",
+            "scheduler_address",
+            default=FLEET_DEFAULTS.scheduler_address,
+            envvar=FLEET_ENV["scheduler_address"],
+            show_envvar=True,
+            help=scheduler_help,
+        )(command)
+
+    return add
 
 
-@cah.command(context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-def worker(argv: tuple[str, ...]) -> None:
-    """Join a Dask cluster as CPU runners or, with --gpu, a GPU executor (`cah worker --help` for options)."""
-    from cah_resources.fleet.gpu_worker import worker_main
+@cah.group()
+def fleet() -> None:
+    """Hetzner CPU runners: up N | down | status (tokens from $HCLOUD_TOKENS, else $HCLOUD_TOKEN)."""
 
-    sys.exit(worker_main(list(argv)))
+
+@fleet.command("up")
+@click.argument("count", type=int)
+@_fleet_options
+@click.option("--location", default=FLEET_DEFAULTS.location, show_default=True, help="Hetzner location.")
+@click.option(
+    "--type", "server_type", default=FLEET_DEFAULTS.server_type, show_default=True, help="Hetzner server type."
+)
+@click.option("--image", default=FLEET_DEFAULTS.image, show_default=True, help="Image the servers boot.")
+@click.option("--ssh-key", "ssh_keys", multiple=True, help="SSH key name in the project (repeatable).")
+@_scheduler_options("Address the workers join, tls://HOST:8786.")
+@click.option(
+    "--package",
+    default=FLEET_DEFAULTS.package,
+    envvar=FLEET_ENV["package"],
+    show_envvar=True,
+    help="Pip requirement that installs this project on the servers.",
+)
+@click.option("--pip", "extra_packages", multiple=True, help="Extra pip requirement, e.g. s3fs (repeatable).")
+@click.option(
+    "--nthreads", default=FLEET_DEFAULTS.nthreads, show_default=True, type=int, help="Threads per worker process."
+)
+@click.option(
+    "--max-servers",
+    default=FLEET_DEFAULTS.max_servers,
+    envvar=FLEET_ENV["max_servers"],
+    type=int,
+    show_default=True,
+    show_envvar=True,
+    help="Refuse to run more servers than this.",
+)
+@click.option(
+    "--max-price-per-hour",
+    default=FLEET_DEFAULTS.max_price_per_hour,
+    envvar=FLEET_ENV["max_price_per_hour"],
+    type=float,
+    show_default=True,
+    show_envvar=True,
+    help="Refuse to cost more per hour than this, in EUR incl. VAT.",
+)
+@click.option(
+    "--join-timeout",
+    "join_timeout_s",
+    default=FLEET_DEFAULTS.join_timeout_s,
+    type=float,
+    show_default=True,
+    help="Seconds to wait for the workers to join.",
+)
+@click.option("--no-wait", is_flag=True, help="Do not wait for the workers to join.")
+def fleet_up_command(count: int, no_wait: bool, **settings) -> None:
+    """Grow the fleet to COUNT servers and wait for their workers.
+
+    Exits 1 when fewer servers exist or joined than asked, 2 when refused (budget, quota, settings).
+    """
+    from cah_resources.fleet.hetzner import fleet_up
+
+    sys.exit(fleet_up(count, wait=not no_wait, **settings))
+
+
+@fleet.command("down")
+@_fleet_options
+@click.option("--keep", default=0, show_default=True, type=int, help="Keep this many servers (the oldest names).")
+def fleet_down_command(keep: int, **settings) -> None:
+    """Delete the fleet's servers (only those with its labels)."""
+    from cah_resources.fleet.hetzner import fleet_down
+
+    sys.exit(fleet_down(keep, **settings))
+
+
+@fleet.command("status")
+@_fleet_options
+@_scheduler_options("Also show which servers' workers joined this scheduler.")
+def fleet_status_command(**settings) -> None:
+    """List the fleet's servers and their price per hour."""
+    from cah_resources.fleet.hetzner import fleet_status
+
+    sys.exit(fleet_status(**settings))
+
+
+@cah.command()
+@click.option("--scheduler", required=True, help="Scheduler address, e.g. tls://203.0.113.7:8786.")
+@click.option("--gpu", is_flag=True, help="Serve GPU work: one worker per CUDA device with GPU=1.")
+@click.option(
+    "--nworkers",
+    default=WORKER_DEFAULTS.nworkers,
+    type=int,
+    help="CPU worker processes [default: one per core; with --gpu: none].",
+)
+@click.option(
+    "--nthreads", default=WORKER_DEFAULTS.nthreads, show_default=True, type=int, help="Threads per CPU worker."
+)
+@click.option("--name", default=WORKER_DEFAULTS.name, help="Worker name prefix [default: hostname].")
+@click.option(
+    "--memory-limit",
+    default=WORKER_DEFAULTS.memory_limit,
+    help="Per worker, e.g. 8GB [default: the machine's RAM shared by its workers].",
+)
+@click.option(
+    "--min-free-gb",
+    default=WORKER_DEFAULTS.min_free_gb,
+    show_default=True,
+    type=float,
+    help="Free GPU memory a device needs.",
+)
+@click.option(
+    "--tls-ca-file", default=WORKER_DEFAULTS.tls_ca_file, help="The cluster CA certificate (or $CAH_TLS_CA_FILE)."
+)
+@click.option("--tls-cert", default=WORKER_DEFAULTS.tls_cert, help="This worker's certificate (or $CAH_TLS_CERT_FILE).")
+@click.option("--tls-key", default=WORKER_DEFAULTS.tls_key, help="This worker's key (or $CAH_TLS_KEY_FILE).")
+def worker(**settings) -> None:
+    """Join a Dask cluster as CPU runners or, with --gpu, a GPU executor."""
+    from cah_resources.fleet.gpu_worker import run_worker
+
+    sys.exit(run_worker(WorkerSettings(**settings)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,8 +110,7 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
             "--tls-key",
             str(tls / "worker-key.pem"),
         ]
-    code = f"import sys; from cah_resources.fleet.gpu_worker import worker_main; sys.exit(worker_main({argv!r}))"
-    proc = _start([sys.executable, "-c", code], logs / f"worker-{name}.log")
+    proc = _start([sys.executable, "-m", "cah_assets.cli", "worker", *argv], logs / f"worker-{name}.log")
     try:
         yield proc
     finally:

@@ -14,6 +14,7 @@ import pytest
 from distributed import get_worker
 from distributed.system import MEMORY_LIMIT
 
+from cah_assets.cli import main as cah_main
 from cah_assets.resources import ComputeResource
 from cah_resources.fleet.compute import ClusterUnavailable, worker_resources
 from cah_resources.fleet.gpu_worker import (
@@ -24,7 +25,6 @@ from cah_resources.fleet.gpu_worker import (
     gpu_worker_options,
     physical_device_id,
     warm_model,
-    worker_main,
 )
 
 
@@ -135,7 +135,7 @@ def test_cah_worker_gpu_without_cuda_exits_with_one_line(capsys):
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("this machine has an NVIDIA driver")
 
-    assert worker_main(["--scheduler", "tcp://127.0.0.1:9", "--gpu"]) == 2
+    assert cah_main(["worker", "--scheduler", "tcp://127.0.0.1:9", "--gpu"]) == 2
 
     err = capsys.readouterr().err.strip()
     assert err.startswith("cah worker: no NVIDIA GPU here") and "\n" not in err

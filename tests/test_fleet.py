@@ -109,14 +109,14 @@ def test_the_fleet_sensor_is_in_the_definitions_and_off_by_default():
 
 
 def test_the_resource_and_the_cli_take_their_defaults_from_fleet_settings(monkeypatch):
-    import argparse
-
-    from cah_resources.fleet.hetzner import FLEET_ENV, FleetSettings, _settings_from_args, configure_fleet_parser
+    from cah_assets.cli import fleet_up_command
+    from cah_resources.fleet.hetzner import FLEET_ENV, FleetSettings
 
     for variable in FLEET_ENV.values():
         monkeypatch.delenv(variable, raising=False)
     assert HetznerFleet().settings() == FleetSettings()
-    args = configure_fleet_parser(argparse.ArgumentParser()).parse_args(["up", "1"])
-    assert _settings_from_args(args) == FleetSettings()
+    options = fleet_up_command.make_context("up", ["1"]).params
+    assert FleetSettings(**{k: v for k, v in options.items() if k not in ("count", "no_wait")}) == FleetSettings()
     monkeypatch.setenv("CAH_FLEET_MAX_SERVERS", "3")
     assert HetznerFleet.from_env().max_servers == 3
+    assert fleet_up_command.make_context("up", ["1"]).params["max_servers"] == 3

@@ -9,6 +9,7 @@ import yaml
 from dask_peers import cah_worker, make_tls, scheduler, wait_for_worker_names
 from fake_hcloud import FakeHetznerCloud
 
+from cah_assets.cli import main as cah_main
 from cah_assets.resources import HetznerFleet
 from cah_resources.fleet.hetzner import (
     LABEL_FLEET,
@@ -18,7 +19,6 @@ from cah_resources.fleet.hetzner import (
     Fleet,
     FleetError,
     FleetSettings,
-    fleet_main,
     load_projects,
     servers_for_backlog,
 )
@@ -249,7 +249,7 @@ def test_tokens_separated_by_a_colon_are_never_echoed(api, tls, monkeypatch, cap
     )
     with pytest.raises(FleetError, match="entry 1 of HCLOUD_TOKENS") as error:
         resource.fleet()
-    assert fleet_main(["status", "--endpoint", api.endpoint]) == 2
+    assert cah_main(["fleet", "status", "--endpoint", api.endpoint]) == 2
     out = capsys.readouterr()
     assert "separate tokens with commas" in out.err
     for token in (TOKEN_A, TOKEN_B):
@@ -278,6 +278,7 @@ def test_cli_up_status_down_print_no_token(api, tls, monkeypatch, capsys):
     monkeypatch.setenv("HCLOUD_TOKENS", TOKEN_A)
     common = ["--endpoint", api.endpoint]
     up = [
+        "fleet",
         "up",
         "2",
         "--type",
@@ -291,10 +292,10 @@ def test_cli_up_status_down_print_no_token(api, tls, monkeypatch, capsys):
         "--no-wait",
     ]
 
-    assert fleet_main(up + common) == 1  # the quota stopped it at 1 of 2
-    assert fleet_main(["status"] + common) == 0
-    assert fleet_main(["up", "50", *up[2:]] + common) == 2  # over max_servers: refused
-    assert fleet_main(["down"] + common) == 0
+    assert cah_main(up + common) == 1  # the quota stopped it at 1 of 2
+    assert cah_main(["fleet", "status"] + common) == 0
+    assert cah_main(["fleet", "up", "50", *up[3:]] + common) == 2  # over max_servers: refused
+    assert cah_main(["fleet", "down"] + common) == 0
 
     out = capsys.readouterr()
     assert "quota reached" in out.err and "refusing to run 50 servers" in out.err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -18,12 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security
+from cah_resources.fleet.settings import GIB, MIN_FREE_GPU_BYTES, WorkerSettings
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
-# The seed refused GPUs with less free memory than this: two CLIP models and a batch fit in it.
-MIN_FREE_GPU_BYTES = 4 * GIB
 
 # Runs in a short-lived child so that the CUDA contexts it makes (hundreds of MB per device)
 # are released before the workers start.
@@ -181,59 +178,38 @@ async def serve_workers(scheduler: str, options: list[dict[str, Any]], security:
     await asyncio.gather(*(n.close(timeout=10) for n in nannies), return_exceptions=True)
 
 
-def configure_worker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--scheduler", required=True, help="scheduler address, e.g. tls://203.0.113.7:8786")
-    parser.add_argument("--gpu", action="store_true", help="serve GPU work: one worker per CUDA device with GPU=1")
-    parser.add_argument(
-        "--nworkers", type=int, default=0, help="CPU worker processes (default: one per core; with --gpu: none)"
-    )
-    parser.add_argument("--nthreads", type=int, default=1, help="threads per CPU worker")
-    parser.add_argument("--name", default=socket.gethostname(), help="worker name prefix (default: hostname)")
-    parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 8GB (default: RAM / workers)")
-    parser.add_argument(
-        "--min-free-gb", type=float, default=MIN_FREE_GPU_BYTES / GIB, help="free GPU memory a device needs"
-    )
-    parser.add_argument("--tls-ca-file", default="", help="the cluster CA certificate (or $CAH_TLS_CA_FILE)")
-    parser.add_argument("--tls-cert", default="", help="this worker's certificate (or $CAH_TLS_CERT_FILE)")
-    parser.add_argument("--tls-key", default="", help="this worker's key (or $CAH_TLS_KEY_FILE)")
-    return parser
-
-
-def worker_command(args: argparse.Namespace) -> int:
+def run_worker(settings: WorkerSettings) -> int:
     """``cah worker``: turn this machine into CPU runners or a GPU executor of a remote cluster."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    s = settings
+    name = s.name or socket.gethostname()
     try:
-        security = cluster_security(args.tls_ca_file, args.tls_cert, args.tls_key, role="worker")
-        if args.scheduler.startswith("tls://") and not security.require_encryption:
+        security = cluster_security(s.tls_ca_file, s.tls_cert, s.tls_key, role="worker")
+        if s.scheduler.startswith("tls://") and not security.require_encryption:
             raise ClusterUnavailable(
-                f"{args.scheduler} needs TLS: pass --tls-ca-file, --tls-cert and --tls-key (see deploy/make_tls.sh)"
+                f"{s.scheduler} needs TLS: pass --tls-ca-file, --tls-cert and --tls-key (see deploy/make_tls.sh)"
             )
-        if args.gpu:
-            fit, refused = fit_devices(probe_cuda_devices(), int(args.min_free_gb * GIB))
+        if s.gpu:
+            fit, refused = fit_devices(probe_cuda_devices(), int(s.min_free_gb * GIB))
             for reason in refused:
                 print(f"cah worker: skipping {reason}", file=sys.stderr)
             if not fit:
                 raise GpuUnfit("no GPU with enough free memory: " + "; ".join(refused or ["no device"]))
             # --nworkers beside --gpu puts the machine's spare cores to work on CPU stages too.
-            total = len(fit) + args.nworkers
-            options = gpu_worker_options(fit, args.name, args.memory_limit, total)
-            options += cpu_worker_options(args.nworkers, args.nthreads, args.name, args.memory_limit, total)
+            total = len(fit) + s.nworkers
+            options = gpu_worker_options(fit, name, s.memory_limit, total)
+            options += cpu_worker_options(s.nworkers, s.nthreads, name, s.memory_limit, total)
             print(
                 f"cah worker: GPU executor with {', '.join(f'{d.name} (GPU {d.index})' for d in fit)}"
-                f"{f' and {args.nworkers} CPU worker(s)' if args.nworkers else ''}"
+                f"{f' and {s.nworkers} CPU worker(s)' if s.nworkers else ''}"
             )
         else:
-            n = args.nworkers or max(1, (os.cpu_count() or 1) // args.nthreads)
-            options = cpu_worker_options(n, args.nthreads, args.name, args.memory_limit)
-            print(f"cah worker: {n} CPU worker(s) x {args.nthreads} thread(s)")
+            n = s.nworkers or max(1, (os.cpu_count() or 1) // s.nthreads)
+            options = cpu_worker_options(n, s.nthreads, name, s.memory_limit)
+            print(f"cah worker: {n} CPU worker(s) x {s.nthreads} thread(s)")
     except (GpuUnfit, ClusterUnavailable) as exc:
         print(f"cah worker: {exc}", file=sys.stderr)
         return 2
-    print(f"cah worker: joining {args.scheduler} as {', '.join(o['name'] for o in options)}", flush=True)
-    asyncio.run(serve_workers(args.scheduler, options, security))
+    print(f"cah worker: joining {s.scheduler} as {', '.join(o['name'] for o in options)}", flush=True)
+    asyncio.run(serve_workers(s.scheduler, options, security))
     return 0
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    parser = configure_worker_parser(argparse.ArgumentParser(prog="cah worker"))
-    return worker_command(parser.parse_args(argv))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 from hcloud import APIException, Client
@@ -22,19 +21,18 @@ from cah_resources import retries as retry_policies
 from cah_resources.fleet.cloud_init import UserDataError, render_cloud_init
 from cah_resources.fleet.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
 
-HETZNER_API = "https://api.hetzner.cloud/v1"
+# The settings live in a light module so `cah` builds its options without importing hcloud; the names stay here too.
+from cah_resources.fleet.settings import DEFAULTS as DEFAULTS
+from cah_resources.fleet.settings import FLEET_ENV as FLEET_ENV
+from cah_resources.fleet.settings import LABEL_FLEET as LABEL_FLEET
+from cah_resources.fleet.settings import LABEL_MANAGED as LABEL_MANAGED
+from cah_resources.fleet.settings import LABEL_ROLE as LABEL_ROLE
+from cah_resources.fleet.settings import FleetError, FleetSettings
+from cah_resources.fleet.settings import _env_default as _env_default
+
 TOKENS_ENV = "HCLOUD_TOKENS"
 TOKEN_ENV = "HCLOUD_TOKEN"
-LABEL_MANAGED, MANAGED_BY = "managed-by", "cah"
-LABEL_FLEET, LABEL_ROLE = "cah-fleet", "cah-role"
-CPU_RUNNER = "cpu-runner"
-FLEET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-
 Progress = Callable[[str], None]
-
-
-class FleetError(RuntimeError):
-    """A fleet operation cannot go on; the message says why and what to do, in one line."""
 
 
 class BudgetExceeded(FleetError):
@@ -73,47 +71,6 @@ def load_projects(environ: dict[str, str] | None = None) -> list[Project]:
             f"or {TOKEN_ENV}"
         )
     return projects
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """What the fleet is made of and the limits it keeps; plain data, safe to log."""
-
-    name: str = "cah"
-    role: str = CPU_RUNNER
-    server_type: str = "cpx31"
-    location: str = "fsn1"
-    image: str = "ubuntu-24.04"
-    ssh_keys: tuple[str, ...] = ()
-    max_servers: int = 10
-    max_price_per_hour: float = 2.0  # EUR, VAT included, as the API's gross prices
-    scheduler_address: str = ""
-    tls_dir: str = ""
-    package: str = ""
-    extra_packages: tuple[str, ...] = ()  # e.g. s3fs for an s3:// data root
-    nthreads: int = 1
-    join_timeout_s: float = 900.0
-    join_poll_s: float = 10.0
-    endpoint: str = HETZNER_API
-    action_poll_s: float = 1.0
-    rate_limit_retries: int = 4
-    rate_limit_backoff_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not FLEET_NAME.match(self.name):
-            raise FleetError(f"fleet name {self.name!r} must be lowercase letters, digits and '-' (a hostname part)")
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {LABEL_MANAGED: MANAGED_BY, LABEL_FLEET: self.name, LABEL_ROLE: self.role}
-
-    @property
-    def selector(self) -> str:
-        return f"{LABEL_MANAGED}={MANAGED_BY},{LABEL_FLEET}={self.name}"
-
-    def owns(self, labels: dict[str, str] | None) -> bool:
-        labels = labels or {}
-        return labels.get(LABEL_MANAGED) == MANAGED_BY and labels.get(LABEL_FLEET) == self.name
 
 
 @dataclass(frozen=True)
@@ -469,26 +426,6 @@ class Fleet:
         return self.down(keep=count)
 
 
-DEFAULTS = FleetSettings()  # every default of the fleet, written once: the resource and the CLI take them from here
-# Environment variables a deployment sets for the fleet; the CLI's defaults and HetznerFleet.from_env read them.
-FLEET_ENV = {
-    "name": "CAH_FLEET",
-    "scheduler_address": "CAH_SCHEDULER_ADDRESS",
-    "tls_dir": "CAH_TLS_DIR",
-    "package": "CAH_FLEET_PACKAGE",
-    "max_servers": "CAH_FLEET_MAX_SERVERS",
-    "max_price_per_hour": "CAH_FLEET_MAX_EUR_PER_HOUR",
-    "endpoint": "HCLOUD_ENDPOINT",
-}
-
-
-def _env_default(field_name: str, environ: dict[str, str] | None = None):
-    """The field's default, or the deployment's value from its environment variable (typed as the default)."""
-    default = getattr(DEFAULTS, field_name)
-    raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
-    return default if raw is None else type(default)(raw)
-
-
 def servers_for_backlog(pending_units: int, units_per_server: int, max_servers: int) -> int:
     """How many runners a backlog deserves: enough to clear it, none when idle, never over the cap."""
     if pending_units <= 0:
@@ -496,58 +433,7 @@ def servers_for_backlog(pending_units: int, units_per_server: int, max_servers: 
     return min(max_servers, -(-pending_units // max(1, units_per_server)))
 
 
-# --- `cah fleet up | down | status` ---------------------------------------------------------------
-def configure_fleet_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    env = _env_default
-    sub = parser.add_subparsers(dest="fleet_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default=env("name"), help="fleet name: label and server-name prefix")
-    common.add_argument("--endpoint", default=env("endpoint"), help=argparse.SUPPRESS)
-    up = sub.add_parser("up", parents=[common], help="grow the fleet to N servers and wait for their workers")
-    up.add_argument("count", type=int)
-    up.add_argument("--location", default=DEFAULTS.location)
-    up.add_argument("--type", dest="server_type", default=DEFAULTS.server_type, help="Hetzner server type")
-    up.add_argument("--image", default=DEFAULTS.image)
-    up.add_argument(
-        "--ssh-key", dest="ssh_keys", action="append", default=[], help="SSH key name in the project (repeatable)"
-    )
-    up.add_argument("--scheduler", default=env("scheduler_address"), help="address workers join, tls://HOST:8786")
-    up.add_argument("--tls-dir", default=env("tls_dir"), help="folder made by deploy/make_tls.sh")
-    up.add_argument("--package", default=env("package"), help="pip requirement that installs this project")
-    up.add_argument(
-        "--pip",
-        dest="extra_packages",
-        action="append",
-        default=[],
-        help="extra pip requirement, e.g. s3fs (repeatable)",
-    )
-    up.add_argument("--nthreads", type=int, default=DEFAULTS.nthreads, help="threads per worker process")
-    up.add_argument("--max-servers", type=int, default=env("max_servers"))
-    up.add_argument("--max-price-per-hour", type=float, default=env("max_price_per_hour"), help="EUR incl. VAT")
-    up.add_argument(
-        "--join-timeout", type=float, default=DEFAULTS.join_timeout_s, help="seconds to wait for workers to join"
-    )
-    up.add_argument("--no-wait", action="store_true", help="do not wait for the workers to join")
-    down = sub.add_parser("down", parents=[common], help="delete the fleet's servers (only those with its labels)")
-    down.add_argument("--keep", type=int, default=0, help="keep this many (the oldest names)")
-    status = sub.add_parser("status", parents=[common], help="list the fleet's servers and their price per hour")
-    status.add_argument("--scheduler", default=env("scheduler_address"), help="also show which joined")
-    status.add_argument("--tls-dir", default=env("tls_dir"))
-    return parser
-
-
-def _settings_from_args(args: argparse.Namespace) -> FleetSettings:
-    fields = {k: v for k, v in vars(args).items() if k in FleetSettings.__dataclass_fields__}
-    for name in ("ssh_keys", "extra_packages"):
-        if name in fields:
-            fields[name] = tuple(fields[name])
-    if hasattr(args, "scheduler"):
-        fields["scheduler_address"] = args.scheduler
-    if hasattr(args, "join_timeout"):
-        fields["join_timeout_s"] = args.join_timeout
-    return FleetSettings(**fields)
-
-
+# --- `cah fleet up | down | status` (the options are click's, in cah_assets/cli.py) ------------------
 def _print_servers(servers: list[FleetServer]) -> None:
     for x in servers:
         print(
@@ -556,50 +442,66 @@ def _print_servers(servers: list[FleetServer]) -> None:
         )
 
 
-def fleet_command(args: argparse.Namespace) -> int:
-    """Run one ``cah fleet`` subcommand; every failure is one line on stderr and a non-zero exit."""
-    say = lambda line: print(f"cah fleet: {line}", flush=True)  # noqa: E731
+def _say(line: str) -> None:
+    print(f"cah fleet: {line}", flush=True)
+
+
+def _complain(line: str) -> None:
+    print(f"cah fleet: {line}", file=sys.stderr)
+
+
+def _run_on_fleet(settings: dict[str, Any], action: Callable[[Fleet], int]) -> int:
+    """``action`` on the fleet made of ``settings`` (FleetSettings fields); every failure is one line and exit 2."""
     try:
-        fleet = Fleet(_settings_from_args(args), load_projects(), progress=say)
-        if args.fleet_command == "up":
-            report = fleet.up(args.count, wait=not args.no_wait)
-            _print_servers(report.servers)
-            for problem in report.problems:
-                print(f"cah fleet: problem: {problem}", file=sys.stderr)
-            if report.not_joined:
-                print(f"cah fleet: not joined yet: {', '.join(report.not_joined)}", file=sys.stderr)
-            say(
-                f"{len(report.servers)}/{args.count} servers, {len(report.joined)} joined, "
-                f"€{report.price_per_hour:.4f}/h"
-            )
-            return 0 if report.complete or (args.no_wait and len(report.servers) >= args.count) else 1
-        if args.fleet_command == "down":
-            report = fleet.down(keep=args.keep)
-            for problem in report.problems:
-                print(f"cah fleet: problem: {problem}", file=sys.stderr)
-            say(f"deleted {len(report.deleted)} server(s), kept {len(report.kept)}")
-            return 1 if report.problems else 0
+        return action(Fleet(FleetSettings(**settings), load_projects(), progress=_say))
+    except FleetError as exc:
+        _complain(str(exc))
+    except APIException as exc:
+        _complain(f"Hetzner API error: {_api_error(exc)}")
+    except requests.RequestException as exc:
+        _complain(f"Hetzner API unreachable ({type(exc).__name__}); check the network or HCLOUD_ENDPOINT")
+    return 2
+
+
+def fleet_up(count: int, *, wait: bool = True, **settings: Any) -> int:
+    """``cah fleet up N``: 0 once N servers exist (and, with ``wait``, joined), 1 when fewer, 2 when refused."""
+
+    def up(fleet: Fleet) -> int:
+        report = fleet.up(count, wait=wait)
+        _print_servers(report.servers)
+        for problem in report.problems:
+            _complain(f"problem: {problem}")
+        if report.not_joined:
+            _complain(f"not joined yet: {', '.join(report.not_joined)}")
+        _say(f"{len(report.servers)}/{count} servers, {len(report.joined)} joined, €{report.price_per_hour:.4f}/h")
+        return 0 if report.complete or (not wait and len(report.servers) >= count) else 1
+
+    return _run_on_fleet(settings, up)
+
+
+def fleet_down(keep: int, **settings: Any) -> int:
+    """``cah fleet down``: delete the fleet's servers but the ``keep`` oldest; 1 when a deletion had a problem."""
+
+    def down(fleet: Fleet) -> int:
+        report = fleet.down(keep=keep)
+        for problem in report.problems:
+            _complain(f"problem: {problem}")
+        _say(f"deleted {len(report.deleted)} server(s), kept {len(report.kept)}")
+        return 1 if report.problems else 0
+
+    return _run_on_fleet(settings, down)
+
+
+def fleet_status(**settings: Any) -> int:
+    """``cah fleet status``: the fleet's servers, their price, and (given a scheduler address) which joined."""
+
+    def status(fleet: Fleet) -> int:
         servers = fleet.servers()
         _print_servers(servers)
-        say(f"{len(servers)} server(s), €{sum(x.price_per_hour for x in servers):.4f}/h")
-        if args.scheduler and servers:
+        _say(f"{len(servers)} server(s), €{sum(x.price_per_hour for x in servers):.4f}/h")
+        if fleet.settings.scheduler_address and servers:
             joined, missing = fleet.wait_for_workers([x.name for x in servers], timeout_s=0)
-            say(f"{len(joined)} joined; not joined: {', '.join(missing) or 'none'}")
+            _say(f"{len(joined)} joined; not joined: {', '.join(missing) or 'none'}")
         return 0
-    except FleetError as exc:
-        print(f"cah fleet: {exc}", file=sys.stderr)
-        return 2
-    except APIException as exc:
-        print(f"cah fleet: Hetzner API error: {_api_error(exc)}", file=sys.stderr)
-        return 2
-    except requests.RequestException as exc:
-        print(
-            f"cah fleet: Hetzner API unreachable ({type(exc).__name__}); check the network or HCLOUD_ENDPOINT",
-            file=sys.stderr,
-        )
-        return 2
 
-
-def fleet_main(argv: list[str] | None = None) -> int:
-    parser = configure_fleet_parser(argparse.ArgumentParser(prog="cah fleet"))
-    return fleet_command(parser.parse_args(argv))
+    return _run_on_fleet(settings, status)

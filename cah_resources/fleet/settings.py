@@ -1,0 +1,103 @@
+"""The settings of `cah fleet` and `cah worker`: every default written once, light enough for the CLI to import."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+HETZNER_API = "https://api.hetzner.cloud/v1"
+
+LABEL_MANAGED, MANAGED_BY = "managed-by", "cah"
+LABEL_FLEET, LABEL_ROLE = "cah-fleet", "cah-role"
+CPU_RUNNER = "cpu-runner"
+FLEET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class FleetError(RuntimeError):
+    """A fleet operation cannot go on; the message says why and what to do, in one line."""
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """What the fleet is made of and the limits it keeps; plain data, safe to log."""
+
+    name: str = "cah"
+    role: str = CPU_RUNNER
+    server_type: str = "cpx31"
+    location: str = "fsn1"
+    image: str = "ubuntu-24.04"
+    ssh_keys: tuple[str, ...] = ()
+    max_servers: int = 10
+    max_price_per_hour: float = 2.0  # EUR, VAT included, as the API's gross prices
+    scheduler_address: str = ""
+    tls_dir: str = ""
+    package: str = ""
+    extra_packages: tuple[str, ...] = ()  # e.g. s3fs for an s3:// data root
+    nthreads: int = 1
+    join_timeout_s: float = 900.0
+    join_poll_s: float = 10.0
+    endpoint: str = HETZNER_API
+    action_poll_s: float = 1.0
+    rate_limit_retries: int = 4
+    rate_limit_backoff_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not FLEET_NAME.match(self.name):
+            raise FleetError(f"fleet name {self.name!r} must be lowercase letters, digits and '-' (a hostname part)")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL_MANAGED: MANAGED_BY, LABEL_FLEET: self.name, LABEL_ROLE: self.role}
+
+    @property
+    def selector(self) -> str:
+        return f"{LABEL_MANAGED}={MANAGED_BY},{LABEL_FLEET}={self.name}"
+
+    def owns(self, labels: dict[str, str] | None) -> bool:
+        labels = labels or {}
+        return labels.get(LABEL_MANAGED) == MANAGED_BY and labels.get(LABEL_FLEET) == self.name
+
+
+DEFAULTS = FleetSettings()  # every default of the fleet, written once: the resource and the CLI take them from here
+# Environment variables a deployment sets for the fleet; the CLI's options and HetznerFleet.from_env read them.
+FLEET_ENV = {
+    "name": "CAH_FLEET",
+    "scheduler_address": "CAH_SCHEDULER_ADDRESS",
+    "tls_dir": "CAH_TLS_DIR",
+    "package": "CAH_FLEET_PACKAGE",
+    "max_servers": "CAH_FLEET_MAX_SERVERS",
+    "max_price_per_hour": "CAH_FLEET_MAX_EUR_PER_HOUR",
+    "endpoint": "HCLOUD_ENDPOINT",
+}
+
+
+def _env_default(field_name: str, environ: dict[str, str] | None = None):
+    """The field's default, or the deployment's value from its environment variable (typed as the default)."""
+    default = getattr(DEFAULTS, field_name)
+    raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
+    return default if raw is None else type(default)(raw)
+
+
+GIB = 1024**3
+# The seed refused GPUs with less free memory than this: two CLIP models and a batch fit in it.
+MIN_FREE_GPU_BYTES = 4 * GIB
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What `cah worker` starts and where it joins; every default of the command, written once."""
+
+    scheduler: str = ""
+    gpu: bool = False
+    nworkers: int = 0  # CPU worker processes: 0 is one per core, or none beside --gpu
+    nthreads: int = 1
+    name: str = ""  # worker name prefix; empty is this machine's hostname
+    memory_limit: str = "auto"
+    min_free_gb: float = MIN_FREE_GPU_BYTES / GIB
+    tls_ca_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+WORKER_DEFAULTS = WorkerSettings()
