@@ -75,6 +75,8 @@ def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
         "malformed_records": sum(damage.values()),
         "damage": counts_table(damage, "kind"),
         "alt_truncated": stats.get("alt_truncated", 0),
+        # The hash lists this run honoured, so a release can name them.
+        "blocklists": rows_table(stats.get("blocklists", []), ["kind", "source", "entries", "sha256"]),
         "language_calls": stats.get("language_calls", 0),
         "wat_files": stats["wat_files"],
         "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),

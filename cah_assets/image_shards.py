@@ -21,6 +21,7 @@ from cah_resources.image_shards import (
     segment_folder,
     summarize_markers,
 )
+from cah_resources.opt_outs import OPT_OUT_STATUSES
 from cah_resources.redaction import redact_url
 from cah_resources.resizer import ResizeSettings
 from cah_resources.resources import StorageResource
@@ -44,6 +45,15 @@ class ImageDownloader(dg.ConfigurableResource):
     user_agent_token: str = "cah"
     honour_robots_noai: bool = True
     disallowed_robots_directives: list[str] = ["noai", "noimageai"]
+    # Opt-outs of image hosts, each fetched once per host per shard task: robots.txt (RFC 9309, judged
+    # for user_agent_token, then *) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json).
+    honour_robots_txt: bool = FetchSettings.honour_robots_txt
+    honour_tdmrep: bool = FetchSettings.honour_tdmrep
+    robots_max_bytes: int = FetchSettings.robots_max_bytes
+    robots_unreachable_seconds: float = FetchSettings.robots_unreachable_seconds
+    # Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): listed bytes
+    # become 'blocklisted_image' and are never written.
+    blocked_image_lists: list[str] = []
     # Private/loopback networks the downloader may reach anyway (tests, an intranet mirror).
     allowed_networks: list[str] = []
     block_private_addresses: bool = True
@@ -141,6 +151,12 @@ def describe(root: DataRoot, key: str) -> dict:
         "dns_failures": counts_table(totals["dns_failures"], "status"),
         "dns_seconds": totals["dns_seconds"],
         "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / max(totals["dns_lookups"], 1), 1),
+        # What a release built from these shards may say it honoured.
+        "opt_out_signals": ", ".join(totals["opt_out_signals"]) or "none",
+        "opted_out": counts_table({s: n for s, n in totals["status_counts"].items() if s in OPT_OUT_STATUSES},
+                                  "status"),
+        "robots_txt_requests": totals["robots_txt_requests"],
+        "blocklists": rows_table(totals["blocklists"], ["kind", "source", "entries", "sha256"]),
         "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
         "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

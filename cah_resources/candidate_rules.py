@@ -16,6 +16,9 @@ class CandidateRules(dg.ConfigurableResource):
     max_domain_length: int = 60
     # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
     max_record_bytes: int = MAX_RECORD_BYTES
+    # URL hash lists to honour (SHA-256 or MD5 hex, one per line; paths or fsspec URLs): listed
+    # URLs are dropped as blocklisted_url and never downloaded.
+    blocked_url_lists: list[str] = []
 
     def filters(self) -> CandidateFilters:
         return CandidateFilters(
@@ -24,4 +27,5 @@ class CandidateRules(dg.ConfigurableResource):
             self.long_alt,
             tuple(e.lower() for e in self.drop_extensions),
             self.max_domain_length,
+            tuple(self.blocked_url_lists),
         )

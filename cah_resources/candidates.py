@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cah_resources.blocklists import blocklist
 from cah_resources.common_crawl import CrawlSource
 from cah_resources.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.language import LanguageDetector
@@ -62,7 +63,13 @@ def extract_pairs(
     counts["links_seen"] += links
     counts["alt_truncated"] += truncated
     drops = Counter(dropped)
-    drops["duplicate"] += kept - len(pairs)
+    blocked = blocklist(filters.blocked_url_lists)
+    if len(blocked):  # per distinct pair, after the cheap filters: each URL is hashed once
+        listed = [pair for pair in pairs if blocked.lists_url(pair[0])]
+        for pair in listed:
+            del pairs[pair]
+        drops["blocklisted_url"] += len(listed)
+    drops["duplicate"] += kept - len(pairs) - drops["blocklisted_url"]
     counts.update({f"drop_{reason}": n for reason, n in drops.items() if n})
     return pairs
 
@@ -132,6 +139,7 @@ def extract_wat_file(unit: WatFileUnit) -> dict:
     table = label_pairs(pairs, unit.wat_path, detector)
     counts["language_calls"] = detector.calls - calls_before
     stats = dict(counts)
+    stats["blocklists"] = [{"kind": "url", **source} for source in blocklist(unit.filters.blocked_url_lists).sources]
     stats["wat_file"] = unit.wat_path
     stats["candidates"] = table.num_rows
     stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -202,5 +210,6 @@ def summarize_parts(part_stats: list[dict]) -> dict:
                 total[key] += value
     result = dict(total)
     result["wat_files"] = len(part_stats)
+    result["blocklists"] = next((s["blocklists"] for s in part_stats if s.get("blocklists")), [])
     result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     return result

@@ -1,4 +1,4 @@
-"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, robots and the address guard."""
+"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, opt-outs and the address guard."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from cah_resources.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
-from cah_resources.body_reader import REQUEST_OPTIONS, read_body
+from cah_resources.body_reader import REQUEST_OPTIONS, body_budget, read_body
 from cah_resources.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
+from cah_resources.opt_outs import SITE_FILE_MAX_BYTES, OptOuts, tdm_header_reserved
 
 DEFAULT_USER_AGENT = (
     "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
@@ -42,6 +43,13 @@ class FetchSettings:
     user_agent_token: str = "cah"
     honour_robots_noai: bool = True
     disallowed_robots_directives: tuple[str, ...] = ("noai", "noimageai")
+    # robots.txt (RFC 9309) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json) of every
+    # image host, fetched once per host per task; an unreachable robots.txt (5xx, 429, no answer)
+    # disallows its host for robots_unreachable_seconds, then it is asked again.
+    honour_robots_txt: bool = True
+    honour_tdmrep: bool = True
+    robots_max_bytes: int = SITE_FILE_MAX_BYTES
+    robots_unreachable_seconds: float = 600.0
     allowed_networks: tuple[str, ...] = ()
     block_private_addresses: bool = True
     verify_tls: bool = True
@@ -228,16 +236,55 @@ class Downloader:
             trust_env=False,
         )
         self._slots = _Slots(s.concurrency, s.per_host_connections)
+        self.opt_outs = None
+        if s.honour_robots_txt or s.honour_tdmrep:
+            # Site files on a pool of their own: an image waiting for its host's robots.txt may hold
+            # a connection slot, and the robots.txt must not wait for that slot.
+            self._site_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=2, use_dns_cache=False,
+                                               resolver=self._resolver, ssl=None if s.verify_tls else False),
+                timeout=self._session.timeout, headers=self._session.headers,
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+            self.opt_outs = OptOuts(self.fetch_site_file, s.user_agent_token, s.honour_robots_txt, s.honour_tdmrep,
+                                    s.robots_unreachable_seconds)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.opt_outs is not None:
+            await self._site_session.close()
+            self.opt_outs = None
 
     def dns_totals(self) -> dict[str, object]:
         """What this downloader's lookups cost so far (see DnsStats)."""
         return self.dns.stats.as_totals()
+
+    def opt_out_totals(self) -> dict[str, object]:
+        """Site files requested so far (robots.txt, tdmrep.json) and the opt-out signals honoured."""
+        s = self.settings
+        honoured = [name for name, on in (("robots_noai", s.honour_robots_noai), ("robots_txt", s.honour_robots_txt),
+                                          ("tdmrep", s.honour_tdmrep)) if on]
+        return {"opt_out_signals": honoured, **(self.opt_outs.totals() if self.opt_outs is not None else {})}
+
+    async def fetch_site_file(self, url: str) -> tuple[str, int | None, bytes | None]:
+        """One attempt at a host's own file (robots.txt, tdmrep.json): (status, HTTP status, first bytes).
+
+        Redirects are followed and the address guard applies as for images; the body is cut at
+        ``robots_max_bytes``. Not retried: a host is asked once per task.
+        """
+        pin_answer(None)  # this task's own lookups, not the image's that started it
+        body_budget.set(None)  # nor its memory claim
+        s = self.settings
+        try:
+            parsed = URL(url)
+            await self._lookup(parsed.raw_host, parsed.port or 0)
+            async with asyncio.timeout(s.total_timeout) as deadline:
+                result = await self._follow_redirects(url, deadline, site_file=True)
+        except Exception as exc:
+            result = classify_exception(exc, url)
+        return result.status, result.http_status, result.body
 
     async def fetch(self, url: str) -> Fetched:
         """Download one URL's body, retrying transient failures; never raises.
@@ -254,7 +301,7 @@ class Downloader:
             host = parsed.host or ""
         except (ValueError, TypeError):
             parsed, host = None, ""
-        dns_timeouts = 0
+        dns_timeouts, judged = 0, False
         for attempt in range(s.retries + 1):
             pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
@@ -263,6 +310,11 @@ class Downloader:
             except Exception as exc:
                 result = classify_exception(exc, url)
             else:
+                if not judged and self.opt_outs is not None:
+                    judged = True
+                    refusal = await self.opt_outs.refusal(url)  # before any slot: it may wait for robots.txt
+                    if refusal is not None:
+                        return Fetched(refusal.status, error_message=refusal.message, final_url=url)
                 result = await self._attempt(url, host)
             if result.status == "dns_timeout":
                 dns_timeouts += 1
@@ -310,9 +362,11 @@ class Downloader:
                 deadline.reschedule(loop.time() + left)
         pin_answer(host, port, answers)
 
-    async def _follow_redirects(self, url: str, deadline: asyncio.Timeout | None = None) -> Fetched:
+    async def _follow_redirects(self, url: str, deadline: asyncio.Timeout | None = None,
+                                site_file: bool = False) -> Fetched:
         s = self.settings
         assert self._session is not None, "use Downloader inside 'async with'"
+        session = self._site_session if site_file else self._session
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
@@ -321,9 +375,13 @@ class Downloader:
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
+            if visited and not site_file and self.opt_outs is not None:
+                refusal = await self._hop_refusal(str(current), deadline)  # the target host's rules too
+                if refusal is not None:
+                    return refusal
             await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
             visited.add(str(current))
-            async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
+            async with session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:
@@ -340,12 +398,32 @@ class Downloader:
                         return Fetched("redirect_loop", http_status=response.status,
                                        error_message=f"redirects back to {str(current)[:200]}", final_url=str(current))
                     continue
-                return await self._read(response, str(current))
+                return await self._read(response, str(current), site_file)
         return Fetched("too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current))
 
-    async def _read(self, response: aiohttp.ClientResponse, url: str) -> Fetched:
+    async def _hop_refusal(self, url: str, deadline: asyncio.Timeout | None) -> Fetched | None:
+        """The opt-out refusal of a redirect's target; the request's deadline stands still meanwhile."""
+        loop = asyncio.get_running_loop()
+        left = deadline.when() - loop.time() if deadline is not None else None
+        if deadline is not None:
+            deadline.reschedule(None)
+        try:
+            refusal = await self.opt_outs.refusal(url)
+        finally:
+            if deadline is not None:
+                deadline.reschedule(loop.time() + left)
+        if refusal is None:
+            return None
+        return Fetched(refusal.status, error_message=refusal.message, final_url=url)
+
+    async def _read(self, response: aiohttp.ClientResponse, url: str, site_file: bool = False) -> Fetched:
         s = self.settings
         code = response.status
+        if site_file:
+            if not 200 <= code < 300:
+                return Fetched(f"http_{code}", http_status=code, final_url=url)
+            body = await read_body(response, s.robots_max_bytes, head_only=True)
+            return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)
         if code == 429 or code >= 500:
             wait = parse_retry_after(response.headers.get("Retry-After"))
             too_long = wait is not None and wait > s.max_retry_after
@@ -362,5 +440,10 @@ class Downloader:
                                       s.disallowed_robots_directives)
             if refusal is not None:
                 return Fetched("robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url)
+        if s.honour_tdmrep and tdm_header_reserved(response.headers.getall("tdm-reservation", [])):
+            # The body is never read, so its bytes are never held, let alone written.
+            policy = response.headers.get("tdm-policy")
+            message = "tdm-reservation: 1" + (f", tdm-policy: {policy}" if policy else "")
+            return Fetched("tdm_reserved", http_status=code, error_message=message[:300], final_url=url)
         body = await read_body(response, s.max_body_bytes)
         return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)

@@ -22,6 +22,9 @@ class CandidateFilters:
     long_alt: str = "truncate"
     drop_extensions: tuple[str, ...] = (".svg", ".gif")
     max_domain_length: int = 60
+    # URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec
+    # URLs, as Re-LAION publishes them): a listed URL is dropped as blocklisted_url.
+    blocked_url_lists: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.long_alt not in ("truncate", "drop"):

@@ -30,6 +30,7 @@ import numpy as np
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from cah_resources.opt_outs import ROBOTS_PATH, TDMREP_PATH
 from cah_resources.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
@@ -82,6 +83,23 @@ WEB_MIX = {
     "robots_noimageai": 2,
 }
 
+# Opt-in hosts of their own, each answering /robots.txt and /.well-known/tdmrep.json in one of the
+# forms the web uses (the other hosts 404 both: allow everything). Paths under a profile host are
+# /<any folders>/<kind>/<n>.<ext>: the folders are what the rules match, the kind what is served.
+ROBOTS_FOR_EVERY_BOT = (
+    "# a comment, then groups\nUser-agent: otherbot\nDisallow: /\n\n"
+    "User-agent: *\nDisallow: /private/\nAllow: /private/open/\nDisallow: /*.png$\nDisallow: /*?session=\n"
+)
+ROBOTS_GROUP_FOR_US = "User-agent: *\nDisallow: /\n\nUser-agent: CAH\nDisallow: /nocah/\n"
+TDM_HEADER_FOLDER = "/header/"  # on the tdmrep profile host: images answered with tdm-reservation: 1
+MOVED_ROBOTS_PATH = "/moved/robots.txt"  # on every host: the target of the robots_redirect profile
+HUGE_ROBOTS_PADDING = 700 * 1024  # past RFC 9309's 500 KiB: rules after it are not read
+SITE_PROFILES = ("robots_rules", "robots_group_for_us", "robots_5xx", "robots_huge", "robots_redirect", "tdmrep")
+TDMREP_RULES = [
+    {"location": "/reserved/open/*", "tdm-reservation": 0},
+    {"location": "/reserved/*", "tdm-reservation": 1, "tdm-policy": "https://example.org/tdm-policy.json"},
+    {"location": "/*.webp$", "tdm-reservation": 1},
+]
 METADATA_SERVICE = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 OVERSIZED_BYTES = 25_000_000
 CHAIN_HOPS = 3
@@ -198,6 +216,7 @@ class LocalImageWeb:
         hostnames: bool = False,
         dns_latency: tuple[float, float] = (0.0, 0.0),
         dns_listen: tuple[tuple[str, int], ...] = (),
+        site_profiles: tuple[str, ...] = (),
     ) -> None:
         if not 1 <= n_hosts <= 250 * 250 - 1:
             raise ValueError(f"n_hosts must be within 1..62499, not {n_hosts}")
@@ -211,6 +230,12 @@ class LocalImageWeb:
         if len(self.ports) != n_hosts:
             raise ValueError(f"{len(self.ports)} ports for {n_hosts} hosts")
         self.hosts: list[str] = []
+        unknown = set(site_profiles) - set(SITE_PROFILES)
+        if unknown:
+            raise ValueError(f"unknown site profiles {sorted(unknown)}; choose from {', '.join(SITE_PROFILES)}")
+        self.site_profiles = tuple(site_profiles)
+        self.profile_hosts: dict[str, str] = {}  # profile -> address:port of its own host
+        self.site_file_requests: Counter[str] = Counter()  # "Host header + path" of robots.txt / tdmrep.json
         self.requests: Counter[str] = Counter()  # per path
         self.user_agents: Counter[str] = Counter()
         self.request_times: defaultdict[str, list[float]] = defaultdict(list)  # monotonic, per path
@@ -237,6 +262,7 @@ class LocalImageWeb:
     def reset_counters(self) -> None:
         """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
         self.requests.clear()
+        self.site_file_requests.clear()
         self.user_agents.clear()
         self.request_times.clear()
         self.streamed_bytes.clear()
@@ -355,6 +381,10 @@ class LocalImageWeb:
         suffix = {"png": "png", "png_alpha": "png", "webp": "webp", "gif": "gif", "html": "html", "bomb": "png"}.get(kind, "jpg")
         return f"http://{host}/{kind}/{n}.{suffix}"
 
+    def site_url(self, profile: str, path: str) -> str:
+        """A URL on the host of a site profile, e.g. ``site_url("robots_rules", "/private/jpeg/3.jpg")``."""
+        return f"http://{self.profile_hosts[profile]}{path}"
+
     def urls(self, kinds: dict[str, int] | None = None) -> list[LocalUrl]:
         """``{kind: count}`` URLs (default: one of every kind), each with its expected status."""
         kinds = kinds if kinds is not None else {k: 1 for k in EXPECTED_STATUS}
@@ -413,7 +443,13 @@ class LocalImageWeb:
         delay = self._delay(path)
         if delay:
             await asyncio.sleep(delay)
+        if path in (ROBOTS_PATH, TDMREP_PATH, MOVED_ROBOTS_PATH):
+            self.site_file_requests[f"{request.host}{path}"] += 1
+            return self._site_file(request, path)
         parts = path.strip("/").split("/")
+        if parts[0] not in EXPECTED_STATUS and self._site(request) in self.profile_hosts.values():
+            # Folders before the kind are for the site's rules to match (profile hosts only).
+            parts = parts[next((i for i, p in enumerate(parts) if p in EXPECTED_STATUS), 0):]
         kind = parts[0]
         if kind == "redirect_to":
             # A redirect anywhere, for tests of what the client does with the target.
@@ -482,7 +518,31 @@ class LocalImageWeb:
             headers["X-Robots-Tag"] = "noimageai, nofollow"
         elif kind == "robots_other_bot":
             headers["X-Robots-Tag"] = "otherbot: noai, noimageai"
+        if path.startswith(TDM_HEADER_FOLDER) and self._site(request) == self.profile_hosts.get("tdmrep"):
+            headers.update({"tdm-reservation": "1", "tdm-policy": "https://example.org/tdm-policy.json"})
         return web.Response(body=body, headers=headers)
+
+    def _site_file(self, request: web.Request, path: str) -> web.Response:
+        """robots.txt and tdmrep.json as the host's profile has them; a 404 on hosts without one."""
+        if path == MOVED_ROBOTS_PATH:
+            return web.Response(text="User-agent: *\nDisallow: /\n")
+        profile = next((p for p, site in self.profile_hosts.items() if site == self._site(request)), None)
+        if path == TDMREP_PATH:
+            if profile != "tdmrep":
+                raise web.HTTPNotFound()
+            return web.json_response(TDMREP_RULES)
+        if profile == "robots_rules":
+            return web.Response(text=ROBOTS_FOR_EVERY_BOT)
+        if profile == "robots_group_for_us":
+            return web.Response(text=ROBOTS_GROUP_FOR_US)
+        if profile == "robots_5xx":
+            return web.Response(status=503, text="overloaded")
+        if profile == "robots_huge":
+            padding = "# padding to push the next rule past 500 KiB\n" * (HUGE_ROBOTS_PADDING // 45)
+            return web.Response(text=f"User-agent: *\nDisallow: /early/\n{padding}Disallow: /late/\n")
+        if profile == "robots_redirect":
+            raise web.HTTPMovedPermanently(f"http://{self.hosts[0]}{MOVED_ROBOTS_PATH}")  # another host
+        raise web.HTTPNotFound()
 
     @staticmethod
     async def _sample_crawl_image(name: str) -> web.Response:
@@ -531,6 +591,11 @@ class LocalImageWeb:
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             self.hosts.append(f"{address}:{port}")
+        for j, profile in enumerate(self.site_profiles):
+            address = _host_address(self.address_prefix, self.n_hosts + j)
+            site = web.TCPSite(self._runner, address, 0, backlog=1024)
+            await site.start()
+            self.profile_hosts[profile] = f"{address}:{site._server.sockets[0].getsockname()[1]}"
         # A host address with nothing listening: connections to it are refused.
         self._dead_host = f"{self.address_prefix}.249.250:{self.hosts[0].rsplit(':', 1)[1]}"
         self._dns_addresses = [h.rsplit(":", 1)[0] for h in (*self.hosts, self._dead_host)]
@@ -576,6 +641,7 @@ class LocalImageWeb:
         self._thread = None
         self._loop = None
         self.hosts = []
+        self.profile_hosts = {}
 
     def __enter__(self) -> LocalImageWeb:
         return self.start()

@@ -12,8 +12,9 @@ from hostile_peers import RawServer, read_request, response_head
 from cah_resources.body_reader import ENCODINGS
 from cah_resources.downloader import Downloader, FetchSettings
 
+# These peers serve bodies, not sites: no robots.txt or tdmrep.json to ask them for.
 LOOPBACK = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=2, total_timeout=20,
-                retries=1, retry_backoff=0.05)
+                retries=1, retry_backoff=0.05, honour_robots_txt=False, honour_tdmrep=False)
 INFLATED = 300_000_000  # what each bomb inflates to; the cap below is 1 MB
 
 

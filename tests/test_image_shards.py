@@ -425,7 +425,8 @@ RSS_CHILD = textwrap.dedent("""
     from cah_resources.downloader import FetchSettings
     settings = ShardSettings(
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), concurrency=64, per_host_connections=64,
-                            connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000),
+                            connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000,
+                            honour_robots_txt=False, honour_tdmrep=False),  # this peer serves bodies only
         image_backlog_bytes=int(sys.argv[2]), shard_size=1000)
     (unit,) = plan_shards(DataRoot(sys.argv[1]), "CC-MAIN-TEST_00000", settings.shard_size)
     with open("/proc/self/clear_refs", "w") as reset:
