@@ -1,4 +1,4 @@
-"""The dataset report: funnel, similarity, status, domains, throughput as PNGs and tables."""
+"""The dataset report: funnel, similarity, status, opt-outs, domains, throughput as PNGs and tables."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cah_resources.opt_outs import OPT_OUT_STATUSES
 from cah_resources.storage import DataRoot
 
 CATEGORIES = ("en", "multi", "nolang")
@@ -59,6 +60,7 @@ class DatasetFacts:
         default_factory=lambda: {"attempted": Counter(), "downloaded": Counter(), "kept": Counter()}
     )
     throughput: dict[str, StageThroughput] = field(default_factory=dict)
+    opt_out_hosts: Counter = field(default_factory=Counter)  # host -> URLs its owner's signals kept out
     missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STAGES})
 
 
@@ -130,6 +132,8 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
         domains = url_domains(table.column("url"))
         facts.domains["attempted"].update(_counts(domains))
         facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
+        opted_out = pc.is_in(table.column("status"), value_set=pa.array(OPT_OUT_STATUSES)).combine_chunks()
+        facts.opt_out_hosts.update(_counts(domains.filter(opted_out)))
         stats_path = root.path("image_shards", segment, f"{name}_stats.json")
         stats = root.read_json(stats_path) if root.exists(stats_path) else {}
         stage.items += table.num_rows
@@ -250,6 +254,24 @@ def candidate_drops_table(facts: DatasetFacts) -> Table:
     return Table(("candidates drop reason", "links"), rows)
 
 
+def opt_out_counts(facts: DatasetFacts) -> Counter:
+    """URLs left out per opt-out signal: the download statuses and the candidates' blocklisted_url drops."""
+    counts = Counter({s: facts.statuses[s] for s in OPT_OUT_STATUSES if facts.statuses[s]})
+    counts["blocklisted_url"] += facts.candidate_drops.get("drop_blocklisted_url", 0)
+    return +counts
+
+
+def opt_outs_table(facts: DatasetFacts, n: int = 10) -> Table:
+    """Counts per signal, then the hosts that opted out the most URLs."""
+    counts = opt_out_counts(facts)
+    rows = [("signal", signal, count) for signal, count in sorted(counts.items(), key=lambda sc: (-sc[1], sc[0]))]
+    hosts = sorted(((h, c) for h, c in facts.opt_out_hosts.items() if h != "null"), key=lambda hc: (-hc[1], hc[0]))[:n]
+    rows += [("host", host, count) for host, count in hosts]
+    note = ("robots_unreachable: robots.txt answered 5xx/429, which RFC 9309 treats as a complete disallow; "
+            "blocklisted_url rows are candidates' drops, never downloaded.")
+    return Table(("kind", "signal or host", "URLs"), rows, note)
+
+
 def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, int]]:
     """(domain, attempted, downloaded, kept) of the ``n`` domains with the most kept pairs,
     then the most attempts."""
@@ -351,6 +373,15 @@ def status_figure(facts: DatasetFacts) -> Figure:
     return figure
 
 
+def opt_outs_figure(facts: DatasetFacts) -> Figure:
+    counts = opt_out_counts(facts).most_common()[::-1]
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(counts), 1))
+    axes.barh([s for s, _ in counts], [c for _, c in counts], color="#C44E52")
+    axes.set_xlabel("URLs")
+    axes.set_title(f"Opted out and blocked: {sum(c for _, c in counts):,} URLs left out")
+    return figure
+
+
 def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
     rows = top_domains(facts, n)[::-1]
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
@@ -398,6 +429,10 @@ def status_plot(facts: DatasetFacts) -> bytes:
     return _png(status_figure(facts))
 
 
+def opt_outs_plot(facts: DatasetFacts) -> bytes:
+    return _png(opt_outs_figure(facts))
+
+
 def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
     return _png(top_domains_figure(facts, n))
 
@@ -439,6 +474,7 @@ def build_report(
         "funnel": funnel_plot(facts),
         "similarity": similarity_plot(facts),
         "download_status": status_plot(facts),
+        "opted_out_and_blocked": opt_outs_plot(facts),
         "top_domains": top_domains_plot(facts, top_n_domains),
         "throughput": throughput_plot(facts),
     }
@@ -446,6 +482,7 @@ def build_report(
         "funnel": funnel_table(facts),
         "download_status": status_table(facts),
         "candidate_drops": candidate_drops_table(facts),
+        "opted_out_and_blocked": opt_outs_table(facts),
         "top_domains": top_domains_table(facts, top_n_domains),
         "throughput": throughput_table(facts),
     }
@@ -455,7 +492,8 @@ def build_report(
         root.write_bytes(path, png)
         report.paths[name] = path
     sections = [f"# Dataset report: {len(facts.segments)} segments"]
-    for name in ("funnel", "similarity", "download_status", "candidate_drops", "top_domains", "throughput"):
+    for name in ("funnel", "similarity", "download_status", "candidate_drops", "opted_out_and_blocked",
+                 "top_domains", "throughput"):
         sections.append(f"## {name.replace('_', ' ')}")
         if name in plots:
             sections.append(f"![{name}]({name}.png)")
