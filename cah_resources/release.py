@@ -86,6 +86,9 @@ class ReleaseSummary:
     pairs_scored: int = 0  # clip_pairs rows read, kept or not
     missing_segments: list[str] = field(default_factory=list)  # no finished clip_pairs shard
     unfinished_shards: list[str] = field(default_factory=list)  # parquet without .done marker
+    # What a publisher may state: the opt-out signals every image shard honoured and the hash lists
+    # (kind, source, entries, sha256) candidates and image_shards applied.
+    honoured: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -187,6 +190,7 @@ def build_release(
     """
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, not {rows_per_file}")
+    segment_keys = list(segment_keys)
     shards, missing, unfinished = finished_clip_pairs_shards(root, segment_keys)
     build = _build_id(shards, rows_per_file)
     summary = ReleaseSummary(build=build, missing_segments=missing, unfinished_shards=unfinished)
@@ -211,11 +215,27 @@ def build_release(
         summary.rows += chunk.num_rows
     for name, counter in counters.items():
         setattr(summary, name, dict(sorted(counter.items())))
+    summary.honoured = honoured_opt_outs_of(root, segment_keys)
     root.write_json(f"{out_dir}/{MANIFEST}", summary.to_json())
     for entry in root.listdir(out_dir):
         if entry not in (build, MANIFEST) and not entry.startswith(f"{MANIFEST}.tmp"):
             root.remove(f"{out_dir}/{entry}")
     return summary
+
+
+def honoured_opt_outs_of(root: DataRoot, segment_keys: Iterable[str]) -> dict:
+    """The opt-out signals all finished image shards of the segments honoured, and every blocklist applied."""
+    from cah_resources.image_shards import honoured_opt_outs, read_segment_markers  # the downloader's imports
+
+    keys = list(segment_keys)
+    markers = [m for key in keys if root.exists(root.path("image_shards", key)) for m in read_segment_markers(root, key)]
+    honoured = honoured_opt_outs(markers)
+    lists = {(b["kind"], b["source"], b["sha256"]): b for b in honoured["blocklists"]}
+    for key in keys:
+        stats_path = root.path("candidates", key, "stats.json")
+        for listed in root.read_json(stats_path).get("blocklists", []) if root.exists(stats_path) else []:
+            lists.setdefault((listed["kind"], listed["source"], listed["sha256"]), listed)
+    return {**honoured, "blocklists": [lists[k] for k in sorted(lists)]}
 
 
 def read_release(root: DataRoot, out_dir: str) -> pa.Table:

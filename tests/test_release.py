@@ -193,3 +193,23 @@ def test_merging_again_removes_embeddings_of_shards_no_longer_finished(root):
     out = root.path("release", "CC-X", "embeddings")
     assert merge_embeddings(root, [ClipPairsShard("CC-X_00000", "00000", "", b"")], out) == {}
     assert not root.exists(stale)
+
+
+def test_the_manifest_names_the_signals_every_shard_honoured_and_each_list_once(root):
+    url_list = {"kind": "url", "source": "s3://lists/urls.sha256", "entries": 12, "sha256": "ab" * 32}
+    image_list = {"kind": "image", "source": "/lists/images.md5", "entries": 3, "sha256": "cd" * 32}
+    for n, segment in enumerate(("CC-X_00000", "CC-X_00001")):
+        write_segment(root, segment, segment_pairs(segment), shard_size=4)
+        stats_path = root.path("candidates", segment, "stats.json")
+        root.write_json(stats_path, {**root.read_json(stats_path), "blocklists": [url_list]})
+        folder = root.path("image_shards", segment)
+        for i, name in enumerate(sorted(n for n in root.listdir(folder) if n.endswith(".done"))):
+            # The very last shard ran with the TDMRep check off: the release cannot claim it.
+            signals = ["robots_noai", "robots_txt"] + ([] if (n, i) == (1, 1) else ["tdmrep"])
+            root.write_json(f"{folder}/{name}", {**root.read_json(f"{folder}/{name}"), "opt_out_signals": signals,
+                                                 "blocklists": [image_list]})
+    out = release_dir(root, "CC-X")
+    build_release(root, ["CC-X_00000", "CC-X_00001"], out)
+    manifest = root.read_json(f"{out}/release.json")
+    assert manifest["honoured"] == {"opt_out_signals": ["robots_noai", "robots_txt"],
+                                    "blocklists": [image_list, url_list]}
