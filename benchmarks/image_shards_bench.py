@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
+    sudo .venv/bin/python benchmarks/image_shards_bench.py --opt-outs --urls 3000  # robots.txt/TDMRep on vs off
 
 A fake web (cah_resources.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -41,6 +42,12 @@ the peak RSS of the process tree (summed, so shared pages count more than once: 
 --s3: image_shards alone, its data root on a local folder and on an S3 peer (moto's server on
 loopback, started here, reached through s3fs with the standard AWS variables), interleaved round by
 round: the object store's rate as a fraction of the local folder's (target >= 0.9).
+
+--opt-outs: image_shards alone with every opt-out check on (robots.txt and tdmrep.json fetched per
+host, X-Robots-Tag and tdm-reservation headers) and off, interleaved round by round, on the hostnames
+regime by default (a hostname per URL: a robots.txt per URL, where the checks cost the most); the
+fake web counts the robots.txt and tdmrep.json requests it serves (targets: on / off >= 0.85, at
+most one of each per host and shard task).
 """
 
 from __future__ import annotations
@@ -114,6 +121,12 @@ class FakeWeb:
         self.dns.stdin.flush()
         return json.loads(self.dns.stdout.readline())["dns_queries"]
 
+    def site_files(self) -> dict:
+        """robots.txt and tdmrep.json requests the web served since the last call, and the most per host."""
+        self.process.stdin.write("site_files\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
     def close(self) -> None:
         for process in (self.process, self.dns):
             if process is not None:
@@ -157,7 +170,8 @@ CEILING = textwrap.dedent(
 
 IMAGE_SHARDS = textwrap.dedent(
     """
-    import json, math, sys
+    import json, math, os, sys
+    from collections import Counter
     import dask
     import pyarrow as pa
     from cah_resources.candidates import SCHEMA, output_paths, pair_uid
@@ -170,6 +184,7 @@ IMAGE_SHARDS = textwrap.dedent(
     urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]
     concurrency, per_host, timeout, retries, size, workers = (int(a) for a in sys.argv[4:10])
     nameservers = tuple(sys.argv[10:])
+    checks = os.environ.get("BENCH_OPT_OUTS", "1") == "1"  # robots.txt, TDMRep, X-Robots-Tag: all on or all off
     rows = sorted(({"uid": pair_uid(u, f"caption {i}"), "url": u, "text": f"caption {i}", "page_url": "http://pages/",
                     "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench"}
                    for i, u in enumerate(urls)), key=lambda r: r["uid"])
@@ -177,7 +192,8 @@ IMAGE_SHARDS = textwrap.dedent(
     settings = ShardSettings(
         fetch=FetchSettings(concurrency=concurrency, per_host_connections=per_host, connect_timeout=timeout,
                             read_timeout=timeout, total_timeout=timeout, retries=retries,
-                            allowed_networks=("127.0.0.0/8",), nameservers=nameservers),
+                            allowed_networks=("127.0.0.0/8",), nameservers=nameservers, honour_robots_txt=checks,
+                            honour_tdmrep=checks, honour_robots_noai=checks),
         resize=ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10),
         shard_size=math.ceil(len(urls) / workers),
     )
@@ -191,7 +207,9 @@ IMAGE_SHARDS = textwrap.dedent(
                       "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
                       "image_workers": markers[0]["image_workers"], "dns_lookups": sum(m["dns_lookups"] for m in markers),
                       "dns_seconds": sum(m["dns_seconds"] for m in markers),
-                      "dns_timeouts": sum(m["dns_failures"].get("dns_timeout", 0) for m in markers)}))
+                      "dns_timeouts": sum(m["dns_failures"].get("dns_timeout", 0) for m in markers),
+                      "robots_txt_requests": sum(m.get("robots_txt_requests", 0) for m in markers),
+                      "statuses": dict(sum((Counter(m["status_counts"]) for m in markers), Counter()))}))
     """
 )
 
@@ -298,8 +316,9 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
                    str(TIMEOUT_S), *nameservers]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
-    elif name in ("image_shards", "image_shards_s3"):
+    elif name in ("image_shards", "image_shards_s3", OPT_OUTS_OFF):
         data_root = str(work / "data")
+        env["BENCH_OPT_OUTS"] = "0" if name == OPT_OUTS_OFF else "1"
         if name == "image_shards_s3":
             data_root, s3_env = s3_data_root(work.name)
             env.update(s3_env)
@@ -318,6 +337,8 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
         _, peak, cpu = run_measured(under_local_resolver(command, work) if nameservers else command, env)
         result = img2dataset_result(out_dir)
     seconds = result["end"] - result["start"]
+    if web is not None:
+        result["site_files"] = web.site_files()
     if nameservers:
         result["dns_queries_per_url"] = (web.dns_queries() - queries_before) / len(urls)
     return {**result, "seconds": seconds, "images_per_s": result["ok"] / seconds,
@@ -341,6 +362,7 @@ REGIMES = {
 }
 # The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
 LITERAL = "image_shards_ip"
+OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off, the reference
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
@@ -441,6 +463,41 @@ def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
           f"S3 peer {best['image_shards_s3']['images_per_s']:.1f} images/s: S3 / local = {ratio:.2f} (target >= 0.9)")
 
 
+def compare_opt_outs(regime: str, args: argparse.Namespace) -> None:
+    """image_shards with every opt-out check on (robots.txt and tdmrep.json per host) and off, interleaved."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    named = regime == "hostnames"
+    print(f"\n== {regime}: {REGIMES[regime]}; opt-out checks on and off", flush=True)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime != "web-sized", hostnames=named)
+    best: dict[str, dict] = {}
+    try:
+        urls = [url for url, _, _ in web.urls]
+        origins = len({url.split("/")[2] for url in urls})
+        with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+            for round_ in range(args.rounds):
+                for name in ("image_shards", OPT_OUTS_OFF):
+                    result = measure(name, urls, Path(tmp) / f"{name}-{round_}", web=web)
+                    asked = result["site_files"]
+                    print(f"  round {round_ + 1} {name:24s} {result['images_per_s']:7.1f} images/s "
+                          f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s); "
+                          f"server saw {asked['robots_txt']} robots.txt, {asked['tdmrep_json']} tdmrep.json requests "
+                          f"for {asked['hosts']} hosts ({origins} in the URLs), at most "
+                          f"{asked['most_per_host_and_file']} per host and file",
+                          flush=True)
+                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
+                        best[name] = result
+    finally:
+        web.close()
+    on, off = best["image_shards"], best[OPT_OUTS_OFF]
+    changed = {s: (on["statuses"].get(s, 0), off["statuses"].get(s, 0)) for s in {*on["statuses"], *off["statuses"]}
+               if on["statuses"].get(s, 0) != off["statuses"].get(s, 0)}
+    print(f"  statuses that differ (on, off): {dict(sorted(changed.items()))}")
+    print(f"\n{regime}: checks on {on['images_per_s']:.1f} images/s, off {off['images_per_s']:.1f} images/s: "
+          f"on / off = {on['images_per_s'] / off['images_per_s']:.2f} (target >= 0.85); "
+          f"robots.txt or tdmrep.json per host at most {on['site_files']['most_per_host_and_file']} "
+          f"with {CORES} shard tasks (target <= 1 per task)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=12_000)
@@ -453,7 +510,13 @@ def main() -> None:
                         help="which regimes run: one, both image sizes on IP literals, or all three (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="image_shards only: data root on an S3 peer vs a local folder")
+    parser.add_argument("--opt-outs", action="store_true",
+                        help="image_shards only: every opt-out check on vs off (default regime: hostnames)")
     args = parser.parse_args()
+    if args.opt_outs:
+        for regime in ["hostnames"] if args.images == "all" else [args.images]:
+            compare_opt_outs(regime, args)
+        return
     if args.s3:
         for regime in list(REGIMES) if args.images == "both" else [args.images]:
             compare_s3_with_local(regime, args)

@@ -221,9 +221,11 @@ class Downloader:
         self.dns = CachingResolver(s.nameservers, s.dns_concurrency, s.dns_timeout, s.dns_min_ttl, s.dns_max_ttl,
                                    s.dns_negative_ttl)
         self._resolver = GuardedResolver(self.policy, self.dns)
+        checks = s.honour_robots_txt or s.honour_tdmrep
         connector = aiohttp.TCPConnector(
-            limit=s.concurrency,
-            limit_per_host=s.per_host_connections,
+            # Images and site files have their own limits (below); the connector's hold both.
+            limit=s.concurrency * (2 if checks else 1),
+            limit_per_host=s.per_host_connections + (1 if checks else 0),
             use_dns_cache=False,  # CachingResolver caches, with TTLs and negative answers
             resolver=self._resolver,
             ssl=None if s.verify_tls else False,
@@ -237,14 +239,11 @@ class Downloader:
         )
         self._slots = _Slots(s.concurrency, s.per_host_connections)
         self.opt_outs = None
-        if s.honour_robots_txt or s.honour_tdmrep:
-            # Site files on a pool of their own: an image waiting for its host's robots.txt may hold
-            # a connection slot, and the robots.txt must not wait for that slot.
-            self._site_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=2, use_dns_cache=False,
-                                               resolver=self._resolver, ssl=None if s.verify_tls else False),
-                timeout=self._session.timeout, headers=self._session.headers,
-                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        if checks:
+            # Site files share the images' connections (the image then reuses its host's robots.txt
+            # connection) but not their slots: a redirect waiting for its target's rules holds an
+            # image slot, and the site files must not wait for it.
+            self._site_slots = asyncio.Semaphore(s.concurrency)
             self.opt_outs = OptOuts(self.fetch_site_file, s.user_agent_token, s.honour_robots_txt, s.honour_tdmrep,
                                     s.robots_unreachable_seconds)
         return self
@@ -253,9 +252,7 @@ class Downloader:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.opt_outs is not None:
-            await self._site_session.close()
-            self.opt_outs = None
+        self.opt_outs = None
 
     def dns_totals(self) -> dict[str, object]:
         """What this downloader's lookups cost so far (see DnsStats)."""
@@ -268,7 +265,7 @@ class Downloader:
                                           ("tdmrep", s.honour_tdmrep)) if on]
         return {"opt_out_signals": honoured, **(self.opt_outs.totals() if self.opt_outs is not None else {})}
 
-    async def fetch_site_file(self, url: str) -> tuple[str, int | None, bytes | None]:
+    async def fetch_site_file(self, url: URL) -> tuple[str, int | None, bytes | None]:
         """One attempt at a host's own file (robots.txt, tdmrep.json): (status, HTTP status, first bytes).
 
         Redirects are followed and the address guard applies as for images; the body is cut at
@@ -278,12 +275,11 @@ class Downloader:
         body_budget.set(None)  # nor its memory claim
         s = self.settings
         try:
-            parsed = URL(url)
-            await self._lookup(parsed.raw_host, parsed.port or 0)
-            async with asyncio.timeout(s.total_timeout) as deadline:
+            await self._lookup(url.raw_host, url.port or 0)
+            async with self._site_slots, asyncio.timeout(s.total_timeout) as deadline:  # timers start with the request
                 result = await self._follow_redirects(url, deadline, site_file=True)
         except Exception as exc:
-            result = classify_exception(exc, url)
+            result = classify_exception(exc, str(url))
         return result.status, result.http_status, result.body
 
     async def fetch(self, url: str) -> Fetched:
@@ -312,7 +308,7 @@ class Downloader:
             else:
                 if not judged and self.opt_outs is not None:
                     judged = True
-                    refusal = await self.opt_outs.refusal(url)  # before any slot: it may wait for robots.txt
+                    refusal = await self.opt_outs.refusal(parsed)  # before any slot: it may wait for robots.txt
                     if refusal is not None:
                         return Fetched(refusal.status, error_message=refusal.message, final_url=url)
                 result = await self._attempt(url, host)
@@ -366,7 +362,6 @@ class Downloader:
                                 site_file: bool = False) -> Fetched:
         s = self.settings
         assert self._session is not None, "use Downloader inside 'async with'"
-        session = self._site_session if site_file else self._session
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
@@ -376,12 +371,12 @@ class Downloader:
             if current.scheme not in ("http", "https") or not current.host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
             if visited and not site_file and self.opt_outs is not None:
-                refusal = await self._hop_refusal(str(current), deadline)  # the target host's rules too
+                refusal = await self._hop_refusal(current, deadline)  # the target host's rules too
                 if refusal is not None:
                     return refusal
             await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
             visited.add(str(current))
-            async with session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
+            async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:
@@ -401,7 +396,7 @@ class Downloader:
                 return await self._read(response, str(current), site_file)
         return Fetched("too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current))
 
-    async def _hop_refusal(self, url: str, deadline: asyncio.Timeout | None) -> Fetched | None:
+    async def _hop_refusal(self, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
         """The opt-out refusal of a redirect's target; the request's deadline stands still meanwhile."""
         loop = asyncio.get_running_loop()
         left = deadline.when() - loop.time() if deadline is not None else None
@@ -414,16 +409,15 @@ class Downloader:
                 deadline.reschedule(loop.time() + left)
         if refusal is None:
             return None
-        return Fetched(refusal.status, error_message=refusal.message, final_url=url)
+        return Fetched(refusal.status, error_message=refusal.message, final_url=str(url))
 
     async def _read(self, response: aiohttp.ClientResponse, url: str, site_file: bool = False) -> Fetched:
         s = self.settings
         code = response.status
-        if site_file:
-            if not 200 <= code < 300:
-                return Fetched(f"http_{code}", http_status=code, final_url=url)
+        if site_file:  # read whatever the answer (capped): a connection read to its end is reused
             body = await read_body(response, s.robots_max_bytes, head_only=True)
-            return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)
+            status = body.status if 200 <= code < 300 else f"http_{code}"
+            return Fetched(status, body=body.data, http_status=code, error_message=body.message, final_url=url)
         if code == 429 or code >= 500:
             wait = parse_retry_after(response.headers.get("Retry-After"))
             too_long = wait is not None and wait > s.max_retry_after

@@ -651,7 +651,8 @@ class LocalImageWeb:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the fake web until stdin closes; print one JSON line of URLs first.
+    """Serve the fake web until stdin closes; print one JSON line of URLs first. A ``site_files`` line
+    on stdin is answered with a JSON line counting robots.txt and tdmrep.json requests since the last.
 
     With ``--hostnames`` a second line gives the same URLs with IP-literal hosts (``literal_urls``),
     the ``addresses`` a DNS server must give ``*.h<i>.web.test`` (``python -m
@@ -677,7 +678,16 @@ def main(argv: list[str] | None = None) -> None:
             literal = [fake_web.literal_url(u.url) for u in urls]
             print(json.dumps({"literal_urls": literal, "addresses": fake_web.dns.addresses,
                               "nameserver": fake_web.nameserver}), flush=True)
-        sys.stdin.read()
+        for line in sys.stdin:  # "site_files": robots.txt / tdmrep.json requests since the last ask
+            if line.strip() == "site_files":
+                asked = Counter(fake_web.site_file_requests)
+                fake_web.site_file_requests.clear()
+                print(json.dumps({
+                    "robots_txt": sum(n for key, n in asked.items() if key.endswith(ROBOTS_PATH)),
+                    "tdmrep_json": sum(n for key, n in asked.items() if key.endswith(TDMREP_PATH)),
+                    "most_per_host_and_file": max(asked.values(), default=0),
+                    "hosts": len({key.split("/", 1)[0] for key in asked}),
+                }), flush=True)
 
 
 if __name__ == "__main__":
