@@ -81,8 +81,8 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
         nsfw += [{"crawl": crawl, "nsfw": tag, "pairs": count} for tag, count in summary.by_nsfw.items()]
     return dg.MaterializeResult(metadata={
         "pairs": sum(c["pairs"] for c in crawls),
-        "crawls": rows_table(crawls, ["crawl", "pairs", "shards", "segments_pending", "opt_outs_honoured", "blocklists"],
-                             limit=len(crawls)),
+        "crawls": rows_table(crawls, ["crawl", "pairs", "shards", "segments_pending", "opt_outs_honoured",
+                                      "blocklists"], limit=len(crawls)),
         "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
         "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
         "path": dg.MetadataValue.path(redact_url(root.path("release"))),

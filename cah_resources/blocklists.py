@@ -1,4 +1,4 @@
-"""Hash blocklists (Re-LAION style): lists of URL or image-content hashes, loaded once per task and named in metadata."""
+"""Hash blocklists (Re-LAION style): URL or image-content hash lists, loaded once per task, named in metadata."""
 
 from __future__ import annotations
 

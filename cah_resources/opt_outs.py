@@ -67,7 +67,7 @@ def path_pattern(location: str) -> re.Pattern:
 
 
 def parse_tdmrep(text: str) -> list[TdmRule]:
-    """The rules of a tdmrep.json (an array of {location, tdm-reservation, tdm-policy}); malformed entries are skipped."""
+    """The rules of a tdmrep.json (an array of {location, tdm-reservation, tdm-policy}); malformed entries skipped."""
     try:
         entries = json.loads(text)
     except ValueError:

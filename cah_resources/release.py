@@ -228,7 +228,8 @@ def honoured_opt_outs_of(root: DataRoot, segment_keys: Iterable[str]) -> dict:
     from cah_resources.image_shards import honoured_opt_outs, read_segment_markers  # the downloader's imports
 
     keys = list(segment_keys)
-    markers = [m for key in keys if root.exists(root.path("image_shards", key)) for m in read_segment_markers(root, key)]
+    started = [key for key in keys if root.exists(root.path("image_shards", key))]
+    markers = [marker for key in started for marker in read_segment_markers(root, key)]
     honoured = honoured_opt_outs(markers)
     lists = {(b["kind"], b["source"], b["sha256"]): b for b in honoured["blocklists"]}
     for key in keys:
