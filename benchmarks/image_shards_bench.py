@@ -1,10 +1,11 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py                          # 12000 URLs, all three regimes, best of 2 rounds (~30 min)
+    .venv/bin/python benchmarks/image_shards_bench.py        # 12000 URLs, all three regimes, best of 2 rounds (~30 min)
     .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
+    sudo .venv/bin/python benchmarks/image_shards_bench.py --opt-outs --urls 3000  # robots.txt/TDMRep on vs off
 
 A fake web (cah_resources.samples.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -21,8 +22,8 @@ image_shards and the ceiling through c-ares pointed at its port, img2dataset thr
 has no resolver setting), so the server also answers on 127.0.0.53:53 and img2dataset runs in
 `unshare -m` with a resolv.conf naming it bind-mounted over /etc/resolv.conf (root only). The
 regime also runs image_shards on the same list with IP-literal hosts, the reference its DNS
-cost is measured against, and counts the DNS queries each contender sent. Every contender gets the whole machine (same CPU
-budget) and the same timeout, retries, image size and resize mode:
+cost is measured against, and counts the DNS queries each contender sent. Every contender gets
+the whole machine (same CPU budget) and the same timeout, retries, image size and resize mode:
 
 - ceiling: aiohttp with the downloader's concurrency and per-host limit times the number of shard
   tasks (one per core), bodies read and dropped; no checks, no decoding, no writing: what the
@@ -41,6 +42,12 @@ the peak RSS of the process tree (summed, so shared pages count more than once: 
 --s3: image_shards alone, its data root on a local folder and on an S3 peer (moto's server on
 loopback, started here, reached through s3fs with the standard AWS variables), interleaved round by
 round: the object store's rate as a fraction of the local folder's (target >= 0.9).
+
+--opt-outs: image_shards alone with every opt-out check on (robots.txt and tdmrep.json fetched per
+host, X-Robots-Tag and tdm-reservation headers) and off, interleaved round by round, on the hostnames
+regime by default (a hostname per URL: a robots.txt per URL, where the checks cost the most); the
+fake web counts the robots.txt and tdmrep.json requests it serves (targets: on / off >= 0.85, at
+most one of each per host and shard task).
 """
 
 from __future__ import annotations
@@ -79,10 +86,23 @@ SYSTEM_RESOLVER = ("127.0.0.53", 53)  # where glibc (img2dataset) is sent, throu
 
 
 class FakeWeb:
-    def __init__(self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool,
-                 hostnames: bool = False) -> None:
-        command = [sys.executable, "-m", "cah_resources.samples.local_web", "--hosts", str(hosts), "--count", str(count),
-                   "--latency", str(latency[0]), str(latency[1]), "--seed", str(seed)]
+    def __init__(
+        self, count: int, hosts: int, latency: tuple[float, float], seed: int, small: bool, hostnames: bool = False
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "cah_resources.samples.local_web",
+            "--hosts",
+            str(hosts),
+            "--count",
+            str(count),
+            "--latency",
+            str(latency[0]),
+            str(latency[1]),
+            "--seed",
+            str(seed),
+        ]
         command += [] if small else ["--web-sized"]
         command += ["--hostnames"] if hostnames else []
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -96,13 +116,27 @@ class FakeWeb:
             self.literal_urls = named["literal_urls"]
             # The DNS server in a process of its own, as a real resolver is: not behind the web's GIL.
             self.dns = subprocess.Popen(
-                [sys.executable, "-m", "cah_resources.samples.local_dns", "--addresses", ",".join(named["addresses"]),
-                 "--latency", *map(str, DNS_LATENCY), "--listen", "{}:{}".format(*SYSTEM_RESOLVER)],
-                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "cah_resources.samples.local_dns",
+                    "--addresses",
+                    ",".join(named["addresses"]),
+                    "--latency",
+                    *map(str, DNS_LATENCY),
+                    "--listen",
+                    "{}:{}".format(*SYSTEM_RESOLVER),
+                ],
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             line = self.dns.stdout.readline()
             if not line:
-                raise SystemExit(f"the DNS server did not start (it also listens on {SYSTEM_RESOLVER[0]}:53: "
-                                 "run as root)")
+                raise SystemExit(
+                    f"the DNS server did not start (it also listens on {SYSTEM_RESOLVER[0]}:53: run as root)"
+                )
             self.nameserver = json.loads(line)["nameserver"]
 
     def dns_queries(self) -> int:
@@ -112,6 +146,12 @@ class FakeWeb:
         self.dns.stdin.write("dns\n")
         self.dns.stdin.flush()
         return json.loads(self.dns.stdout.readline())["dns_queries"]
+
+    def site_files(self) -> dict:
+        """robots.txt and tdmrep.json requests the web served since the last call, and the most per host."""
+        self.process.stdin.write("site_files\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
 
     def close(self) -> None:
         for process in (self.process, self.dns):
@@ -135,7 +175,9 @@ CEILING = textwrap.dedent(
 
     async def main():
         resolver = aiohttp.AsyncResolver(nameservers=nameservers) if nameservers else None
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300, resolver=resolver)
+        connector = aiohttp.TCPConnector(
+            limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300, resolver=resolver
+        )
         slots = asyncio.Semaphore(concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
             async def one(url):
@@ -156,7 +198,8 @@ CEILING = textwrap.dedent(
 
 IMAGE_SHARDS = textwrap.dedent(
     """
-    import json, math, sys
+    import json, math, os, sys
+    from collections import Counter
     import dask
     import pyarrow as pa
     from cah_resources.candidates.stage import output_paths, pair_uid
@@ -170,6 +213,7 @@ IMAGE_SHARDS = textwrap.dedent(
     urls, root, segment = json.load(open(sys.argv[1])), DataRoot(sys.argv[2]), sys.argv[3]
     concurrency, per_host, timeout, retries, size, workers = (int(a) for a in sys.argv[4:10])
     nameservers = tuple(sys.argv[10:])
+    checks = os.environ.get("BENCH_OPT_OUTS", "1") == "1"  # robots.txt, TDMRep, X-Robots-Tag: all on or all off
     rows = sorted(({"uid": pair_uid(u, f"caption {i}"), "url": u, "text": f"caption {i}", "page_url": "http://pages/",
                     "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench"}
                    for i, u in enumerate(urls)), key=lambda r: r["uid"])
@@ -177,7 +221,8 @@ IMAGE_SHARDS = textwrap.dedent(
     settings = ShardSettings(
         fetch=FetchSettings(concurrency=concurrency, per_host_connections=per_host, connect_timeout=timeout,
                             read_timeout=timeout, total_timeout=timeout, retries=retries,
-                            allowed_networks=("127.0.0.0/8",), nameservers=nameservers),
+                            allowed_networks=("127.0.0.0/8",), nameservers=nameservers, honour_robots_txt=checks,
+                            honour_tdmrep=checks, honour_robots_noai=checks),
         resize=ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10),
         shard_size=math.ceil(len(urls) / workers),
     )
@@ -189,9 +234,12 @@ IMAGE_SHARDS = textwrap.dedent(
         markers = [r.value for r in compute.run_units(download_shard, units, settings=settings)]
     print(json.dumps({"ok": sum(m["successes"] for m in markers), "count": sum(m["count"] for m in markers),
                       "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
-                      "image_workers": markers[0]["image_workers"], "dns_lookups": sum(m["dns_lookups"] for m in markers),
+                      "image_workers": markers[0]["image_workers"],
+                       "dns_lookups": sum(m["dns_lookups"] for m in markers),
                       "dns_seconds": sum(m["dns_seconds"] for m in markers),
-                      "dns_timeouts": sum(m["dns_failures"].get("dns_timeout", 0) for m in markers)}))
+                      "dns_timeouts": sum(m["dns_failures"].get("dns_timeout", 0) for m in markers),
+                      "robots_txt_requests": sum(m.get("robots_txt_requests", 0) for m in markers),
+                      "statuses": dict(sum((Counter(m["status_counts"]) for m in markers), Counter()))}))
     """
 )
 
@@ -202,8 +250,14 @@ def ensure_img2dataset() -> Path:
     if not cli.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         print(f"installing {IMG2DATASET} into {IMG2DATASET_VENV} ...", flush=True)
-        subprocess.run(["uv", "venv", "-q", "-p", f"{sys.version_info.major}.{sys.version_info.minor}", str(IMG2DATASET_VENV)], check=True)
-        subprocess.run(["uv", "pip", "install", "-q", "--python", str(IMG2DATASET_VENV / "bin" / "python"), IMG2DATASET], check=True)
+        subprocess.run(
+            ["uv", "venv", "-q", "-p", f"{sys.version_info.major}.{sys.version_info.minor}", str(IMG2DATASET_VENV)],
+            check=True,
+        )
+        subprocess.run(
+            ["uv", "pip", "install", "-q", "--python", str(IMG2DATASET_VENV / "bin" / "python"), IMG2DATASET],
+            check=True,
+        )
     return cli
 
 
@@ -214,8 +268,9 @@ def under_local_resolver(command: list[str], work: Path) -> list[str]:
     program at a local server without touching the machine's own resolver.
     """
     if os.geteuid() != 0 or not shutil.which("unshare"):
-        raise SystemExit("the hostnames regime runs img2dataset under `unshare -m` with its own resolv.conf: "
-                         "run as root")
+        raise SystemExit(
+            "the hostnames regime runs img2dataset under `unshare -m` with its own resolv.conf: run as root"
+        )
     resolv = work / "resolv.conf"
     resolv.write_text(f"nameserver {SYSTEM_RESOLVER[0]}\noptions timeout:5 attempts:2\n")
     script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
@@ -224,12 +279,39 @@ def under_local_resolver(command: list[str], work: Path) -> list[str]:
 
 def img2dataset_command(url_file: Path, out: Path, threads: int, count: int) -> list[str]:
     return [
-        str(ensure_img2dataset()), "--url_list", str(url_file), "--input_format", "parquet", "--url_col", "url",
-        "--caption_col", "text", "--output_format", "webdataset", "--output_folder", str(out),
-        "--processes_count", str(CORES), "--thread_count", str(threads), "--image_size", str(IMAGE_SIZE),
-        "--resize_mode", "border", "--timeout", str(TIMEOUT_S), "--retries", str(RETRIES),
-        "--number_sample_per_shard", str(-(-count // CORES)), "--max_aspect_ratio", "10",
-        "--enable_wandb", "False", "--distributor", "multiprocessing",
+        str(ensure_img2dataset()),
+        "--url_list",
+        str(url_file),
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "text",
+        "--output_format",
+        "webdataset",
+        "--output_folder",
+        str(out),
+        "--processes_count",
+        str(CORES),
+        "--thread_count",
+        str(threads),
+        "--image_size",
+        str(IMAGE_SIZE),
+        "--resize_mode",
+        "border",
+        "--timeout",
+        str(TIMEOUT_S),
+        "--retries",
+        str(RETRIES),
+        "--number_sample_per_shard",
+        str(-(-count // CORES)),
+        "--max_aspect_ratio",
+        "10",
+        "--enable_wandb",
+        "False",
+        "--distributor",
+        "multiprocessing",
     ]
 
 
@@ -237,8 +319,12 @@ def img2dataset_result(out: Path) -> dict:
     stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
     if not stats:
         raise RuntimeError(f"img2dataset wrote no stats under {out}")
-    return {"ok": sum(s["successes"] for s in stats), "count": sum(s["count"] for s in stats),
-            "start": min(s["start_time"] for s in stats), "end": max(s["end_time"] for s in stats)}
+    return {
+        "ok": sum(s["successes"] for s in stats),
+        "count": sum(s["count"] for s in stats),
+        "start": min(s["start_time"] for s in stats),
+        "end": max(s["end_time"] for s in stats),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,17 +380,39 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
     if name == "ceiling":
         # image_shards runs CORES shard tasks of CONCURRENCY requests each: the ceiling gets the same totals.
-        command = [sys.executable, "-c", CEILING, str(url_file), str(CONCURRENCY * CORES), str(PER_HOST * CORES),
-                   str(TIMEOUT_S), *nameservers]
+        command = [
+            sys.executable,
+            "-c",
+            CEILING,
+            str(url_file),
+            str(CONCURRENCY * CORES),
+            str(PER_HOST * CORES),
+            str(TIMEOUT_S),
+            *nameservers,
+        ]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
-    elif name in ("image_shards", "image_shards_s3"):
+    elif name in ("image_shards", "image_shards_s3", OPT_OUTS_OFF):
         data_root = str(work / "data")
+        env["BENCH_OPT_OUTS"] = "0" if name == OPT_OUTS_OFF else "1"
         if name == "image_shards_s3":
             data_root, s3_env = s3_data_root(work.name)
             env.update(s3_env)
-        command = [sys.executable, "-c", IMAGE_SHARDS, str(url_file), data_root, SEGMENT, str(CONCURRENCY),
-                   str(PER_HOST), str(TIMEOUT_S), str(RETRIES), str(IMAGE_SIZE), str(CORES), *nameservers]
+        command = [
+            sys.executable,
+            "-c",
+            IMAGE_SHARDS,
+            str(url_file),
+            data_root,
+            SEGMENT,
+            str(CONCURRENCY),
+            str(PER_HOST),
+            str(TIMEOUT_S),
+            str(RETRIES),
+            str(IMAGE_SIZE),
+            str(CORES),
+            *nameservers,
+        ]
         out, peak, cpu = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
     else:
@@ -318,10 +426,19 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
         _, peak, cpu = run_measured(under_local_resolver(command, work) if nameservers else command, env)
         result = img2dataset_result(out_dir)
     seconds = result["end"] - result["start"]
+    if web is not None:
+        result["site_files"] = web.site_files()
     if nameservers:
         result["dns_queries_per_url"] = (web.dns_queries() - queries_before) / len(urls)
-    return {**result, "seconds": seconds, "images_per_s": result["ok"] / seconds,
-            "urls_per_s": result["count"] / seconds, "peak_rss": peak, "cpu_s": cpu, "images_per_cpu_s": result["ok"] / cpu}
+    return {
+        **result,
+        "seconds": seconds,
+        "images_per_s": result["ok"] / seconds,
+        "urls_per_s": result["count"] / seconds,
+        "peak_rss": peak,
+        "cpu_s": cpu,
+        "images_per_cpu_s": result["ok"] / cpu,
+    }
 
 
 def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int]) -> int:
@@ -336,11 +453,14 @@ def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int])
 REGIMES = {
     "web-sized": "photos from 320x240 to 2048x1536 (~200 KB): decoding them is most of the CPU",
     "thumbnails": "96-200 px (~10 KB): the network and the downloader's own work dominate",
-    "hostnames": (f"thumbnails, every URL on a hostname of its own behind a DNS server answering each lookup "
-                  f"after {DNS_LATENCY[0] * 1000:.0f}-{DNS_LATENCY[1] * 1000:.0f} ms"),
+    "hostnames": (
+        f"thumbnails, every URL on a hostname of its own behind a DNS server answering each lookup "
+        f"after {DNS_LATENCY[0] * 1000:.0f}-{DNS_LATENCY[1] * 1000:.0f} ms"
+    ),
 }
 # The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
 LITERAL = "image_shards_ip"
+OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off, the reference
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
@@ -364,10 +484,12 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
                     dns = ""
                     if "dns_queries_per_url" in result:
                         dns = f", {result['dns_queries_per_url']:.2f} DNS queries/URL"
-                    print(f"  round {round_ + 1} {name:15s} {result['images_per_s']:7.1f} images/s "
-                          f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
-                          f"peak {result['peak_rss'] / 2**20:.0f} MiB{dns})",
-                          flush=True)
+                    print(
+                        f"  round {round_ + 1} {name:15s} {result['images_per_s']:7.1f} images/s "
+                        f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
+                        f"peak {result['peak_rss'] / 2**20:.0f} MiB{dns})",
+                        flush=True,
+                    )
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = {**result, "threads": threads}
     finally:
@@ -377,25 +499,34 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
 
 def report(regime: str, best: dict[str, dict]) -> None:
     threads = best["img2dataset"]["threads"]
-    labels = {"ceiling": "ceiling (aiohttp fetch only)", "image_shards": "image_shards (this repo)",
-              "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)",
-              LITERAL: "image_shards, same URLs on IP literals"}
+    labels = {
+        "ceiling": "ceiling (aiohttp fetch only)",
+        "image_shards": "image_shards (this repo)",
+        "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)",
+        LITERAL: "image_shards, same URLs on IP literals",
+    }
     print(f"\n{regime}:")
     for name in [n for n in labels if n in best]:
         r = best[name]
         dns = f"  {r['dns_queries_per_url']:.2f} DNS queries/URL" if "dns_queries_per_url" in r else ""
-        print(f"  {labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
-              f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB{dns}")
+        print(
+            f"  {labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['urls_per_s']:7.1f} URLs/s  "
+            f"{r['images_per_cpu_s']:6.1f} images/CPU-s  peak RSS {r['peak_rss'] / 2**20:5.0f} MiB{dns}"
+        )
     if LITERAL in best:
         r = best["image_shards"]
-        print(f"  image_shards' own lookups   = {r['dns_lookups'] / r['count']:.2f} per URL, "
-              f"{1000 * r['dns_seconds'] / max(r['dns_lookups'], 1):.0f} ms each, {r['dns_timeouts']} timed out")
+        print(
+            f"  image_shards' own lookups   = {r['dns_lookups'] / r['count']:.2f} per URL, "
+            f"{1000 * r['dns_seconds'] / max(r['dns_lookups'], 1):.0f} ms each, {r['dns_timeouts']} timed out"
+        )
         ratio = r["images_per_s"] / best[LITERAL]["images_per_s"]
         print(f"  image_shards / IP literals  = {ratio:.2f}    (target >= 0.9)")
     ours = best["image_shards"]["images_per_s"]
     per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
-    print(f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "
-          f"per CPU second {per_cpu:.2f}x")
+    print(
+        f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "
+        f"per CPU second {per_cpu:.2f}x"
+    )
     print(f"  image_shards / ceiling     = {ours / best['ceiling']['images_per_s']:.2f}    (target >= 0.8)")
     print(f"  image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
 
@@ -409,8 +540,12 @@ def s3_data_root(name: str) -> tuple[str, dict[str, str]]:
     from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root
 
     root = new_bucket_root(S3_PEER["endpoint"], prefix=name)
-    return root.url, {"AWS_ENDPOINT_URL_S3": S3_PEER["endpoint"], "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                      "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
+    return root.url, {
+        "AWS_ENDPOINT_URL_S3": S3_PEER["endpoint"],
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": REGION,
+    }
 
 
 def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
@@ -429,16 +564,64 @@ def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
             for round_ in range(args.rounds):
                 for name in ("image_shards", "image_shards_s3"):
                     result = measure(name, urls, Path(tmp) / f"{name.replace('_', '-')}-{round_}")
-                    print(f"  round {round_ + 1} {name:16s} {result['images_per_s']:7.1f} images/s "
-                          f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
-                          f"peak {result['peak_rss'] / 2**20:.0f} MiB)", flush=True)
+                    print(
+                        f"  round {round_ + 1} {name:16s} {result['images_per_s']:7.1f} images/s "
+                        f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, {result['cpu_s']:.0f} CPU s, "
+                        f"peak {result['peak_rss'] / 2**20:.0f} MiB)",
+                        flush=True,
+                    )
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = result
     finally:
         web.close()
     ratio = best["image_shards_s3"]["images_per_s"] / best["image_shards"]["images_per_s"]
-    print(f"\n{regime}: local folder {best['image_shards']['images_per_s']:.1f} images/s, "
-          f"S3 peer {best['image_shards_s3']['images_per_s']:.1f} images/s: S3 / local = {ratio:.2f} (target >= 0.9)")
+    print(
+        f"\n{regime}: local folder {best['image_shards']['images_per_s']:.1f} images/s, "
+        f"S3 peer {best['image_shards_s3']['images_per_s']:.1f} images/s: S3 / local = {ratio:.2f} (target >= 0.9)"
+    )
+
+
+def compare_opt_outs(regime: str, args: argparse.Namespace) -> None:
+    """image_shards with every opt-out check on (robots.txt and tdmrep.json per host) and off, interleaved."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    named = regime == "hostnames"
+    print(f"\n== {regime}: {REGIMES[regime]}; opt-out checks on and off", flush=True)
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, small=regime != "web-sized", hostnames=named)
+    best: dict[str, dict] = {}
+    try:
+        urls = [url for url, _, _ in web.urls]
+        origins = len({url.split("/")[2] for url in urls})
+        with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+            for round_ in range(args.rounds):
+                for name in ("image_shards", OPT_OUTS_OFF):
+                    result = measure(name, urls, Path(tmp) / f"{name}-{round_}", web=web)
+                    asked = result["site_files"]
+                    print(
+                        f"  round {round_ + 1} {name:24s} {result['images_per_s']:7.1f} images/s "
+                        f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, "
+                        f"{result['cpu_s']:.0f} CPU s); "
+                        f"server saw {asked['robots_txt']} robots.txt, {asked['tdmrep_json']} tdmrep.json requests "
+                        f"for {asked['hosts']} hosts ({origins} in the URLs), at most "
+                        f"{asked['most_per_host_and_file']} per host and file",
+                        flush=True,
+                    )
+                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
+                        best[name] = result
+    finally:
+        web.close()
+    on, off = best["image_shards"], best[OPT_OUTS_OFF]
+    changed = {
+        s: (on["statuses"].get(s, 0), off["statuses"].get(s, 0))
+        for s in {*on["statuses"], *off["statuses"]}
+        if on["statuses"].get(s, 0) != off["statuses"].get(s, 0)
+    }
+    print(f"  statuses that differ (on, off): {dict(sorted(changed.items()))}")
+    print(
+        f"\n{regime}: checks on {on['images_per_s']:.1f} images/s, off {off['images_per_s']:.1f} images/s: "
+        f"on / off = {on['images_per_s'] / off['images_per_s']:.2f} (target >= 0.85); "
+        f"robots.txt or tdmrep.json per host at most {on['site_files']['most_per_host_and_file']} "
+        f"with {CORES} shard tasks (target <= 1 per task)"
+    )
 
 
 def main() -> None:
@@ -447,13 +630,33 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=64)
     parser.add_argument("--latency", type=float, nargs=2, default=(0.02, 0.3), metavar=("MIN", "MAX"))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, nargs="*", default=[16, 32, 64, 128],
-                        help="img2dataset thread counts to sweep (per process); one value skips the sweep")
-    parser.add_argument("--images", choices=[*REGIMES, "both", "all"], default="all",
-                        help="which regimes run: one, both image sizes on IP literals, or all three (default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="*",
+        default=[16, 32, 64, 128],
+        help="img2dataset thread counts to sweep (per process); one value skips the sweep",
+    )
+    parser.add_argument(
+        "--images",
+        choices=[*REGIMES, "both", "all"],
+        default="all",
+        help="which regimes run: one, both image sizes on IP literals, or all three (default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--s3", action="store_true", help="image_shards only: data root on an S3 peer vs a local folder")
+    parser.add_argument(
+        "--s3", action="store_true", help="image_shards only: data root on an S3 peer vs a local folder"
+    )
+    parser.add_argument(
+        "--opt-outs",
+        action="store_true",
+        help="image_shards only: every opt-out check on vs off (default regime: hostnames)",
+    )
     args = parser.parse_args()
+    if args.opt_outs:
+        for regime in ["hostnames"] if args.images == "all" else [args.images]:
+            compare_opt_outs(regime, args)
+        return
     if args.s3:
         for regime in list(REGIMES) if args.images == "both" else [args.images]:
             compare_s3_with_local(regime, args)
@@ -461,8 +664,11 @@ def main() -> None:
 
     ensure_img2dataset()
     regimes = {"all": list(REGIMES), "both": ["web-sized", "thumbnails"]}.get(args.images, [args.images])
-    print(f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs with "
-          f"its fault mix; {CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border", flush=True)
+    print(
+        f"fake web: {args.hosts} hosts, latency {args.latency[0]:g}-{args.latency[1]:g} s, {args.urls} URLs with "
+        f"its fault mix; {CORES} cores; timeout {TIMEOUT_S} s, {RETRIES} retries, {IMAGE_SIZE} px border",
+        flush=True,
+    )
     results = {regime: run_regime(regime, args) for regime in regimes}
     for regime, best in results.items():
         report(regime, best)

@@ -49,22 +49,45 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
         # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
         merged = merge_embeddings(root, finished_clip_pairs_shards(root, keys)[0], embeddings_dir(root, crawl))
         embedded += sum(merged.values())
-        context.log.info(f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
-                         f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet")
-        crawls.append({"crawl": crawl, "pairs": summary.rows, "shards": summary.shards,
-                       "segments_pending": len(summary.missing_segments)})
-        categories += [{"crawl": crawl, "category": category, "pairs": count,
-                        "share": round(count / summary.rows, 4) if summary.rows else 0.0}
-                       for category, count in summary.by_category.items()]
+        context.log.info(
+            f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
+            f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet"
+        )
+        crawls.append(
+            {
+                "crawl": crawl,
+                "pairs": summary.rows,
+                "shards": summary.shards,
+                "segments_pending": len(summary.missing_segments),
+                # What a publisher may state (release.json names each list with its hash).
+                "opt_outs_honoured": ", ".join(summary.honoured["opt_out_signals"]) or "none",
+                "blocklists": len(summary.honoured["blocklists"]),
+            }
+        )
+        categories += [
+            {
+                "crawl": crawl,
+                "category": category,
+                "pairs": count,
+                "share": round(count / summary.rows, 4) if summary.rows else 0.0,
+            }
+            for category, count in summary.by_category.items()
+        ]
         nsfw += [{"crawl": crawl, "nsfw": tag, "pairs": count} for tag, count in summary.by_nsfw.items()]
-    return dg.MaterializeResult(metadata={
-        "pairs": sum(c["pairs"] for c in crawls),
-        "crawls": rows_table(crawls, ["crawl", "pairs", "shards", "segments_pending"], limit=len(crawls)),
-        "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
-        "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
-        "path": dg.MetadataValue.path(redact_url(root.path("release"))),
-        "embedding_shards": embedded,
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "pairs": sum(c["pairs"] for c in crawls),
+            "crawls": rows_table(
+                crawls,
+                ["crawl", "pairs", "shards", "segments_pending", "opt_outs_honoured", "blocklists"],
+                limit=len(crawls),
+            ),
+            "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
+            "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
+            "path": dg.MetadataValue.path(redact_url(root.path("release"))),
+            "embedding_shards": embedded,
+        }
+    )
 
 
 def stage_run_seconds(instance: dg.DagsterInstance, stage: str, keys: list[str]) -> float | None:

@@ -77,8 +77,10 @@ class StorageResource(dg.ConfigurableResource):
         options = json.loads(self.storage_options_json)
         if self.root.startswith(S3_PREFIXES):
             # Outside a run (CLI, registration) EnvVar fields are not resolved yet: read them here.
-            values = [v.get_value("") if isinstance(v, dg.EnvVar) else v
-                      for v in (self.endpoint_url, self.access_key_id, self.secret_access_key, self.region)]
+            values = [
+                v.get_value("") if isinstance(v, dg.EnvVar) else v
+                for v in (self.endpoint_url, self.access_key_id, self.secret_access_key, self.region)
+            ]
             options.update(s3_storage_options(*values))
         return DataRoot(self.root, options)
 
@@ -126,6 +128,9 @@ class CandidateRules(dg.ConfigurableResource):
     max_domain_length: int = default(CandidateFilters, "max_domain_length")
     # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
     max_record_bytes: int = MAX_RECORD_BYTES
+    # URL hash lists to honour (SHA-256 or MD5 hex, one per line; paths or fsspec URLs): listed
+    # URLs are dropped as blocklisted_url and never downloaded.
+    blocked_url_lists: list[str] = default(CandidateFilters, "blocked_url_lists")
 
     def filters(self) -> CandidateFilters:
         return CandidateFilters(
@@ -134,6 +139,7 @@ class CandidateRules(dg.ConfigurableResource):
             self.long_alt,
             tuple(e.lower() for e in self.drop_extensions),
             self.max_domain_length,
+            tuple(self.blocked_url_lists),
         )
 
 
@@ -154,6 +160,15 @@ class ImageDownloader(dg.ConfigurableResource):
     user_agent_token: str = default(FetchSettings, "user_agent_token")
     honour_robots_noai: bool = default(FetchSettings, "honour_robots_noai")
     disallowed_robots_directives: list[str] = default(FetchSettings, "disallowed_robots_directives")
+    # Opt-outs of image hosts, each fetched once per host per shard task: robots.txt (RFC 9309, judged
+    # for user_agent_token, then *) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json).
+    honour_robots_txt: bool = default(FetchSettings, "honour_robots_txt")
+    honour_tdmrep: bool = default(FetchSettings, "honour_tdmrep")
+    robots_max_bytes: int = default(FetchSettings, "robots_max_bytes")
+    robots_unreachable_seconds: float = default(FetchSettings, "robots_unreachable_seconds")
+    # Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): listed bytes
+    # become 'blocklisted_image' and are never written.
+    blocked_image_lists: list[str] = default(ShardSettings, "blocked_image_lists")
     # Private/loopback networks the downloader may reach anyway (tests, an intranet mirror).
     allowed_networks: list[str] = default(FetchSettings, "allowed_networks")
     block_private_addresses: bool = default(FetchSettings, "block_private_addresses")
@@ -228,7 +243,7 @@ class ClipScorer(dg.ConfigurableResource):
         )
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "ClipScorer":
+    def tiny(cls, **overrides: Any) -> ClipScorer:
         """The tiny CLIP shipped with cah for every category: offline demo and tests."""
         from cah_resources.samples.tiny_clip import (
             TINY_CLIP_CHECKPOINT,
@@ -346,7 +361,7 @@ class ReportLinks(dg.ConfigurableResource):
         """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
         prefix = root.path()
         if self.files_url and path.startswith(prefix):
-            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix):]})"
+            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix) :]})"
             if len(linked) < INLINE_MARKDOWN_CHARS:
                 return linked
         return png_markdown(png, name)

@@ -12,8 +12,17 @@ from hostile_peers import RawServer, read_request, response_head
 from cah_resources.image_shards.body_reader import ENCODINGS
 from cah_resources.image_shards.downloader import Downloader, FetchSettings
 
-LOOPBACK = dict(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=2, total_timeout=20,
-                retries=1, retry_backoff=0.05)
+# These peers serve bodies, not sites: no robots.txt or tdmrep.json to ask them for.
+LOOPBACK = dict(
+    allowed_networks=("127.0.0.0/8",),
+    connect_timeout=2,
+    read_timeout=2,
+    total_timeout=20,
+    retries=1,
+    retry_backoff=0.05,
+    honour_robots_txt=False,
+    honour_tdmrep=False,
+)
 INFLATED = 300_000_000  # what each bomb inflates to; the cap below is 1 MB
 
 
@@ -76,26 +85,37 @@ def test_a_compression_bomb_is_too_large_after_little_memory(bombs, coding):
 def test_compressed_bodies_are_decoded_and_only_decodable_encodings_are_asked_for():
     image = bytes(range(256)) * 4_000
     half = len(image) // 2
-    bodies = {"gzip": ("gzip", zlib.compress(image, wbits=16 + zlib.MAX_WBITS)),
-              "gzip_members": ("gzip", b"".join(zlib.compress(part, wbits=16 + zlib.MAX_WBITS)
-                                                for part in (image[:half], image[half:]))),
-              "deflate": ("deflate", zlib.compress(image)),
-              "raw_deflate": ("deflate", zlib.compress(image, wbits=-zlib.MAX_WBITS)),
-              "br": ("br", brotli.compress(image)),
-              "plain": ("identity", image)}
+    bodies = {
+        "gzip": ("gzip", zlib.compress(image, wbits=16 + zlib.MAX_WBITS)),
+        "gzip_members": (
+            "gzip",
+            b"".join(zlib.compress(part, wbits=16 + zlib.MAX_WBITS) for part in (image[:half], image[half:])),
+        ),
+        "deflate": ("deflate", zlib.compress(image)),
+        "raw_deflate": ("deflate", zlib.compress(image, wbits=-zlib.MAX_WBITS)),
+        "br": ("br", brotli.compress(image)),
+        "plain": ("identity", image),
+    }
     seen: list[bytes] = []
     with serve_encoded(bodies, seen) as server:
         results = fetch_all([server.url(f"/{name}") for name in bodies], FetchSettings(**LOOPBACK))
     assert [r.status for r in results] == ["fetched"] * len(bodies)
     assert all(r.body == image for r in results)
-    asked = {line.split(b":", 1)[1].strip() for head in seen for line in head.split(b"\r\n")
-             if line.lower().startswith(b"accept-encoding:")}
+    asked = {
+        line.split(b":", 1)[1].strip()
+        for head in seen
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"accept-encoding:")
+    }
     assert asked == {", ".join(ENCODINGS).encode()} and ENCODINGS == ("gzip", "deflate", "br")
 
 
 def test_an_unknown_or_stacked_content_encoding_gets_its_own_status():
-    bodies = {"zstd": ("zstd", b"\x28\xb5\x2f\xfd" + b"\0" * 20_000), "stacked": ("gzip, br", b"\0" * 20_000),
-              "corrupt": ("gzip", b"\x1f\x8b\x08\x00" + b"\xff" * 20_000)}
+    bodies = {
+        "zstd": ("zstd", b"\x28\xb5\x2f\xfd" + b"\0" * 20_000),
+        "stacked": ("gzip, br", b"\0" * 20_000),
+        "corrupt": ("gzip", b"\x1f\x8b\x08\x00" + b"\xff" * 20_000),
+    }
     with serve_encoded(bodies) as server:
         results = fetch_all([server.url(f"/{name}") for name in bodies], FetchSettings(**LOOPBACK))
     assert [r.status for r in results] == ["unsupported_encoding", "unsupported_encoding", "bad_encoding"]

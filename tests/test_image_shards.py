@@ -46,8 +46,16 @@ from tests.hostile_images import (
 
 SEGMENT = "CC-MAIN-TEST_00000"
 SETTINGS = ShardSettings(
-    fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), connect_timeout=2, read_timeout=1, total_timeout=4,
-                        retries=1, retry_backoff=0.05, max_body_bytes=2_000_000, max_redirects=5),
+    fetch=FetchSettings(
+        allowed_networks=("127.0.0.0/8",),
+        connect_timeout=2,
+        read_timeout=1,
+        total_timeout=4,
+        retries=1,
+        retry_backoff=0.05,
+        max_body_bytes=2_000_000,
+        max_redirects=5,
+    ),
     resize=ResizeSettings(resize_mode="center_crop", image_size=64),
     shard_size=20,
 )
@@ -59,8 +67,18 @@ def write_candidates(root: DataRoot, segment: str, urls) -> list[dict]:
     rows = []
     for i, u in enumerate(urls):
         text = f"Bild {i} — grüne Wiese ☀ {u.kind}"
-        rows.append({"uid": pair_uid(u.url, text), "url": u.url, "text": text, "page_url": f"http://pages.example/{i}.html",
-                     "category": "multi", "language": "de", "language_prob": 0.93, "wat_file": "crawl-data/x/0.warc.wat.gz"})
+        rows.append(
+            {
+                "uid": pair_uid(u.url, text),
+                "url": u.url,
+                "text": text,
+                "page_url": f"http://pages.example/{i}.html",
+                "category": "multi",
+                "language": "de",
+                "language_prob": 0.93,
+                "wat_file": "crawl-data/x/0.warc.wat.gz",
+            }
+        )
     rows.sort(key=lambda r: r["uid"])
     root.write_parquet(output_paths(root, segment)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
     return rows
@@ -98,7 +116,11 @@ def all_rows(root: DataRoot, segment: str) -> list[dict]:
 def test_every_row_gets_the_status_its_url_must_have(downloaded):
     root, rows, _, _, expected = downloaded
     out = all_rows(root, SEGMENT)
-    wrong = [(r["url"], r["status"], expected[r["url"]], r["error_message"]) for r in out if r["status"] != expected[r["url"]]]
+    wrong = [
+        (r["url"], r["status"], expected[r["url"]], r["error_message"])
+        for r in out
+        if r["status"] != expected[r["url"]]
+    ]
     assert wrong == []
     assert len(out) == len(rows) == 2 * len(EXPECTED_STATUS)
 
@@ -114,8 +136,18 @@ def test_rows_keep_candidate_order_and_get_stable_keys(downloaded):
 def test_parquet_has_the_candidate_fields_and_image_facts_only_for_ok_rows(downloaded):
     root, rows, _, _, _ = downloaded
     table = root.read_parquet(f"{segment_folder(root, SEGMENT)}/00000.parquet")
-    assert table.schema.names == SCHEMA.names + ["key", "status", "http_status", "error_message", "bytes", "sha256",
-                                                 "width", "height", "original_width", "original_height"]
+    assert table.schema.names == SCHEMA.names + [
+        "key",
+        "status",
+        "http_status",
+        "error_message",
+        "bytes",
+        "sha256",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+    ]
     facts = ["bytes", "sha256", "width", "height", "original_width", "original_height"]
     for row in all_rows(root, SEGMENT):
         if row["status"] == "ok":
@@ -131,7 +163,7 @@ def test_parquet_has_the_candidate_fields_and_image_facts_only_for_ok_rows(downl
 def test_stats_and_markers_count_every_status(downloaded):
     root, _, units, markers, _ = downloaded
     folder = segment_folder(root, SEGMENT)
-    for unit, marker in zip(units, markers):
+    for unit, marker in zip(units, markers, strict=False):
         statuses = [r["status"] for r in root.read_parquet(f"{folder}/{unit.shard:05d}.parquet").to_pylist()]
         stats = root.read_json(f"{folder}/{unit.shard:05d}_stats.json")
         assert stats["count"] == len(statuses) == unit.stop - unit.start
@@ -162,7 +194,9 @@ def test_shards_read_back_with_plain_tarfile(downloaded):
     root, _, units, _, _ = downloaded
     folder = segment_folder(root, SEGMENT)
     for unit in units:
-        ok_keys = [r["key"] for r in root.read_parquet(f"{folder}/{unit.shard:05d}.parquet").to_pylist() if r["status"] == "ok"]
+        ok_keys = [
+            r["key"] for r in root.read_parquet(f"{folder}/{unit.shard:05d}.parquet").to_pylist() if r["status"] == "ok"
+        ]
         with tarfile.open(f"{folder}/{unit.shard:05d}.tar") as tar:
             names = tar.getnames()
         assert sorted(names) == sorted(f"{k}.{ext}" for k in ok_keys for ext in ("jpg", "txt", "json"))
@@ -172,7 +206,11 @@ def test_shards_read_back_with_plain_tarfile(downloaded):
 
 
 def test_tar_members_are_byte_for_byte_what_tarfile_writes(tmp_path):
-    members = [("0000000000.jpg", bytes(range(256)) * 5), ("0000000000.txt", "grün ☀".encode()), ("0000000000.json", b"{}")]
+    members = [
+        ("0000000000.jpg", bytes(range(256)) * 5),
+        ("0000000000.txt", "grün ☀".encode()),
+        ("0000000000.json", b"{}"),
+    ]
     reference = tmp_path / "reference.tar"
     with tarfile.open(reference, "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in members:
@@ -253,7 +291,13 @@ def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
         rows = write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
         folder = segment_folder(root, SEGMENT)
         env = {**os.environ, "PYTHONPATH": REPO}
-        args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), str(SETTINGS.shard_size)]
+        args = [
+            root.url,
+            SEGMENT,
+            repr(asdict(SETTINGS.fetch)),
+            repr(asdict(SETTINGS.resize)),
+            str(SETTINGS.shard_size),
+        ]
         process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *args], cwd=REPO, env=env)
         try:
             deadline = time.monotonic() + 120
@@ -296,15 +340,19 @@ HEAVY = ("dagster", "aiohttp", "pyarrow", "torch", "distributed")
 def test_image_worker_processes_load_pillow_and_nothing_heavier():
     with ImageWorkers(SETTINGS.image_processes) as workers:
         pool = workers.executor
-        assert pool.submit(process_image, b"not an image at all" * 400, SETTINGS.resize).result().status == "not_an_image"
+        assert (
+            pool.submit(process_image, b"not an image at all" * 400, SETTINGS.resize).result().status == "not_an_image"
+        )
         modules = f"sorted({{m.split('.')[0] for m in __import__('sys').modules}} & {set(HEAVY)!r})"
         loaded = pool.submit(eval, modules).result()
     assert loaded == []
 
 
 def test_stage_worker_modules_import_without_dagster():
-    code = ("import sys, cah_resources.candidates.stage, cah_resources.image_shards.stage, cah_resources.clip_pairs.stage; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
+    code = (
+        "import sys, cah_resources.candidates.stage, cah_resources.image_shards.stage, cah_resources.clip_pairs.stage; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -386,8 +434,11 @@ def test_changed_candidates_redo_their_shard_and_unchanged_ones_are_kept_byte_fo
     folder = segment_folder(root, SEGMENT)
     first = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if n.startswith("00000")}
     # The second shard's 20 rows become other candidates that still sort after the first shard's.
-    others = [row for row in write_candidates(root, "CC-MAIN-OTHER_00000", web.urls({"webp": 100}))
-              if row["uid"] > rows[19]["uid"]][:20]
+    others = [
+        row
+        for row in write_candidates(root, "CC-MAIN-OTHER_00000", web.urls({"webp": 100}))
+        if row["uid"] > rows[19]["uid"]
+    ][:20]
     new_rows = rows[:20] + others
     root.write_parquet(output_paths(root, SEGMENT)[0], pa.Table.from_pylist(new_rows, schema=SCHEMA))
 
@@ -408,8 +459,15 @@ def test_an_image_full_of_bogus_exif_tags_prints_no_warnings_and_is_counted(web,
         stats = f"{segment_folder(root, SEGMENT)}/00000_stats.json"
         args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), "20", stats]
         env = {**os.environ, "PYTHONPATH": REPO}
-        done = subprocess.run([sys.executable, "-c", KILLABLE_RUN + SUM_WARNINGS, *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", KILLABLE_RUN + SUM_WARNINGS, *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.splitlines() == []  # the run's and its image worker's, which writes to the same stderr
     assert int(done.stdout.split()[-1]) > 5000
@@ -426,7 +484,8 @@ RSS_CHILD = textwrap.dedent("""
     from cah_resources.image_shards.downloader import FetchSettings
     settings = ShardSettings(
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), concurrency=64, per_host_connections=64,
-                            connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000),
+                            connect_timeout=5, read_timeout=20, total_timeout=120, max_body_bytes=20_000_000,
+                            honour_robots_txt=False, honour_tdmrep=False),  # this peer serves bodies only
         image_backlog_bytes=int(sys.argv[2]), shard_size=1000)
     (unit,) = plan_shards(DataRoot(sys.argv[1]), "CC-MAIN-TEST_00000", settings.shard_size)
     with open("/proc/self/clear_refs", "w") as reset:
@@ -457,8 +516,14 @@ def test_bodies_still_downloading_count_against_the_backlog(tmp_path):
         root = DataRoot(str(tmp_path / "data"))
         urls = [LocalUrl(server.url(f"/{n}.jpg"), "big", "not_an_image") for n in range(40)]
         write_candidates(root, SEGMENT, urls)
-        done = subprocess.run([sys.executable, "-c", RSS_CHILD, root.url, str(backlog)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", RSS_CHILD, root.url, str(backlog)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["statuses"] == {"not_an_image": 40}

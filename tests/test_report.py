@@ -17,6 +17,7 @@ from cah_resources.dataset.report import (
     build_report,
     collect_facts,
     funnel_table,
+    opt_outs_table,
     png_markdown,
     top_domains,
     url_domains,
@@ -43,8 +44,13 @@ def root(tmp_path) -> DataRoot:
     root = DataRoot(str(tmp_path / "data"))
     for i, segment in enumerate(SEGMENTS):
         write_segment(
-            root, segment, segment_pairs(segment), shard_size=3, metadata_records=100 + i,
-            drops={"drop_svg": 5, "drop_short_text": 7}, stage_seconds=2.0,
+            root,
+            segment,
+            segment_pairs(segment),
+            shard_size=3,
+            metadata_records=100 + i,
+            drops={"drop_svg": 5, "drop_short_text": 7},
+            stage_seconds=2.0,
         )
     return root
 
@@ -118,7 +124,14 @@ def test_segments_without_outputs_are_named_and_unfinished_shards_not_counted(ro
 def test_build_report_writes_real_pngs_and_a_markdown_report_that_links_them(root, tmp_path):
     out = root.path("report", "CC-X")
     report = build_report(root, SEGMENTS, out)
-    assert set(report.plots) == {"funnel", "similarity", "download_status", "top_domains", "throughput"}
+    assert set(report.plots) == {
+        "funnel",
+        "similarity",
+        "download_status",
+        "opted_out_and_blocked",
+        "top_domains",
+        "throughput",
+    }
     for name, png in report.plots.items():
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.width > 200 and image.height > 100
@@ -158,7 +171,7 @@ def test_plots_reach_dagster_metadata_as_inline_markdown_images_and_tables_as_ta
     assert base64.b64decode(encoded) == report.plots["funnel"]
     table = event.asset_materialization.metadata["funnel_table"]
     assert [c.type for c in table.schema.columns][:5] == ["string", "int", "int", "int", "int"]
-    assert table.records[-1].data == dict(zip(funnel.columns, ("all", 14, 14, 8, 6, "57.1%", "75.0%")))
+    assert table.records[-1].data == dict(zip(funnel.columns, ("all", 14, 14, 8, 6, "57.1%", "75.0%"), strict=False))
 
 
 def _boxes_overlap(a, b) -> bool:
@@ -220,5 +233,34 @@ def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_
     assert "n/a" not in built.tables["throughput"]
     text = links.plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel")
     assert text == "![funnel](http://127.0.0.1:8123/report/CC-X/funnel.png)" and len(text) < INLINE_MARKDOWN_CHARS
-    assert ReportLinks().plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel").startswith(
-        "![funnel](data:image/png;base64,")
+    assert (
+        ReportLinks()
+        .plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel")
+        .startswith("![funnel](data:image/png;base64,")
+    )
+
+
+def test_the_opted_out_table_counts_each_signal_and_names_the_hosts_that_opted_out(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    pairs = [
+        Pair("http://art.test/1.jpg", "a painting", status="robots_disallowed"),
+        Pair("http://art.test/2.jpg", "a drawing", status="tdm_reserved"),
+        Pair("http://ART.test:81/3.jpg", "a sketch", status="robots_disallowed"),
+        Pair("http://news.test/4.jpg", "a photo", status="robots_noai"),
+        Pair("http://news.test/5.jpg", "a chart", status="blocklisted_image"),
+        Pair("http://fine.test/6.jpg", "a tree", similarity=0.3),
+        Pair("http://gone.test/7.jpg", "a road", status="http_404"),
+    ]
+    write_segment(root, SEGMENTS[0], pairs, shard_size=4, drops={"drop_blocklisted_url": 3, "drop_svg": 1})
+    table = opt_outs_table(collect_facts(root, SEGMENTS[:1]))
+    assert table.rows == [
+        ("signal", "blocklisted_url", 3),
+        ("signal", "robots_disallowed", 2),
+        ("signal", "blocklisted_image", 1),
+        ("signal", "robots_noai", 1),
+        ("signal", "tdm_reserved", 1),
+        ("host", "art.test", 3),
+        ("host", "news.test", 2),
+    ]
+    markdown = root.read_bytes(build_report(root, SEGMENTS[:1], root.path("report", "CC-X")).paths["report"]).decode()
+    assert "## opted out and blocked" in markdown and "| host | art.test | 3 |" in markdown

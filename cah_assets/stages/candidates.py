@@ -21,7 +21,9 @@ from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 
-@segment_asset(partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY)
+@segment_asset(
+    partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY
+)
 def candidates(
     context: dg.AssetExecutionContext,
     compute: ComputeResource,
@@ -43,23 +45,33 @@ def candidates(
 
     def progress(result, done, total):
         s = result.value
-        context.log.info(f"WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates")
+        context.log.info(
+            f"WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates"
+        )
 
     parts = compute.run_units(extract_wat_file, units, on_result=progress)
     claim = dedup_index.index(root).claim  # pairs an earlier segment owns are dropped as duplicate_global
-    merges = [SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key), claim) for key in keys]
+    merges = [
+        SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key), claim) for key in keys
+    ]
     stats = {r.unit.segment: r.value for r in compute.run_units(merge_unit, merges)}
     seconds = time.perf_counter() - started
     for key in keys if len(keys) > 1 else []:
-        context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=describe(root, key, stats[key], seconds)))
+        context.log_event(
+            dg.AssetObservation(context.asset_key, partition=key, metadata=describe(root, key, stats[key], seconds))
+        )
     if len(keys) == 1:
         return dg.MaterializeResult(metadata=describe(root, keys[0], stats[keys[0]], seconds))
-    return dg.MaterializeResult(metadata={
-        "segments": len(keys),
-        "candidates": sum(s["candidates"] for s in stats.values()),
-        "per_segment": rows_table(({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100),
-        "seconds": round(seconds, 2),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "segments": len(keys),
+            "candidates": sum(s["candidates"] for s in stats.values()),
+            "per_segment": rows_table(
+                ({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100
+            ),
+            "seconds": round(seconds, 2),
+        }
+    )
 
 
 def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
@@ -78,6 +90,8 @@ def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
         "malformed_records": sum(damage.values()),
         "damage": counts_table(damage, "kind"),
         "alt_truncated": stats.get("alt_truncated", 0),
+        # The hash lists this run honoured, so a release can name them.
+        "blocklists": rows_table(stats.get("blocklists", []), ["kind", "source", "entries", "sha256"]),
         "language_calls": stats.get("language_calls", 0),
         "wat_files": stats["wat_files"],
         "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),

@@ -10,6 +10,7 @@ from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
 from cah_assets.resources import ComputeResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
+from cah_resources.image_shards.opt_outs import OPT_OUT_STATUSES
 from cah_resources.image_shards.stage import (
     download_shard,
     plan_shards,
@@ -42,17 +43,27 @@ def image_shards(
     with permanent_errors():  # candidates not materialized: fail now, retrying cannot make them
         units = [unit for key in keys for unit in plan_shards(root, key, settings.shard_size)]
     todo = [unit for unit in units if read_marker(unit) is None]
-    context.log.info(f"{len(keys)} segment(s): {len(units)} shards, {len(units) - len(todo)} already done, {len(todo)} to the compute engine")
+    context.log.info(
+        f"{len(keys)} segment(s): {len(units)} shards, {len(units) - len(todo)} already done, "
+        f"{len(todo)} to the compute engine"
+    )
 
     def progress(result, done, total):
         m = result.value
-        context.log.info(f"shard {done}/{total} {m['segment']}/{m['shard']:05d}: {m['successes']}/{m['count']} ok in {m['duration']:.1f} s")
+        context.log.info(
+            f"shard {done}/{total} {m['segment']}/{m['shard']:05d}: "
+            f"{m['successes']}/{m['count']} ok in {m['duration']:.1f} s"
+        )
 
     started = time.perf_counter()
     # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
     with dask.config.set({"distributed.worker.daemon": False}):
-        ran = [r.value for r in compute.run_units(download_shard, todo, on_result=progress, on_progress=context.log.info,
-                                                  settings=settings)]
+        ran = [
+            r.value
+            for r in compute.run_units(
+                download_shard, todo, on_result=progress, on_progress=context.log.info, settings=settings
+            )
+        ]
     seconds = time.perf_counter() - started
     speed = {
         "images_per_s": rate(sum(m["successes"] for m in ran), seconds),
@@ -66,7 +77,9 @@ def image_shards(
     if len(keys) == 1:
         return dg.MaterializeResult(metadata={**describe(root, keys[0]), **speed})
     totals = summarize_markers([m for key in keys for m in read_segment_markers(root, key)])
-    return dg.MaterializeResult(metadata={"segments": len(keys), "candidates": totals["count"], "images": totals["successes"], **speed})
+    return dg.MaterializeResult(
+        metadata={"segments": len(keys), "candidates": totals["count"], "images": totals["successes"], **speed}
+    )
 
 
 def describe(root: DataRoot, key: str) -> dict:
@@ -85,6 +98,13 @@ def describe(root: DataRoot, key: str) -> dict:
         "dns_failures": counts_table(totals["dns_failures"], "status"),
         "dns_seconds": totals["dns_seconds"],
         "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / max(totals["dns_lookups"], 1), 1),
+        # What a release built from these shards may say it honoured.
+        "opt_out_signals": ", ".join(totals["opt_out_signals"]) or "none",
+        "opted_out": counts_table(
+            {s: n for s, n in totals["status_counts"].items() if s in OPT_OUT_STATUSES}, "status"
+        ),
+        "robots_txt_requests": totals["robots_txt_requests"],
+        "blocklists": rows_table(totals["blocklists"], ["kind", "source", "entries", "sha256"]),
         "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
         "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 HTTP_SCHEMES = ("http", "https")
@@ -22,6 +23,9 @@ class CandidateFilters:
     long_alt: str = "truncate"
     drop_extensions: tuple[str, ...] = (".svg", ".gif")
     max_domain_length: int = 60
+    # URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec
+    # URLs, as Re-LAION publishes them): a listed URL is dropped as blocklisted_url.
+    blocked_url_lists: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.long_alt not in ("truncate", "drop"):
@@ -259,7 +263,7 @@ def _split_plain(scheme: str, url: str, start) -> tuple[str, str, str] | None:
     lower = host.lower()
     if fragment < 0 and lower == host and not rest.endswith("?"):
         return url, host, path
-    query = rest[query_at + 1:] if query_at >= 0 else ""
+    query = rest[query_at + 1 :] if query_at >= 0 else ""
     return (f"{scheme}://{lower}{path}?{query}" if query else f"{scheme}://{lower}{path}"), lower, path
 
 
@@ -267,4 +271,3 @@ def _path_and_query(tail: str) -> tuple[str, str]:
     """Path and ``?query`` (empty when the query is) of what follows the host; no fragment."""
     path, _, query = tail.partition("#")[0].partition("?")
     return path, "?" + query if query else ""
-

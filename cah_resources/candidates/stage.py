@@ -6,12 +6,13 @@ import hashlib
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cah_resources.blocklists import blocklist
 from cah_resources.candidates.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.candidates.language import LanguageDetector
 from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
@@ -55,14 +56,18 @@ def extract_pairs(
     counts["links_seen"] += links
     counts["alt_truncated"] += truncated
     drops = Counter(dropped)
-    drops["duplicate"] += kept - len(pairs)
+    blocked = blocklist(filters.blocked_url_lists)
+    if len(blocked):  # per distinct pair, after the cheap filters: each URL is hashed once
+        listed = [pair for pair in pairs if blocked.lists_url(pair[0])]
+        for pair in listed:
+            del pairs[pair]
+        drops["blocklisted_url"] += len(listed)
+    drops["duplicate"] += kept - len(pairs) - drops["blocklisted_url"]
     counts.update({f"drop_{reason}": n for reason, n in drops.items() if n})
     return pairs
 
 
-def label_pairs(
-    pairs: dict[tuple[str, str], str], wat_file: str, detector: LanguageDetector
-) -> pa.Table:
+def label_pairs(pairs: dict[tuple[str, str], str], wat_file: str, detector: LanguageDetector) -> pa.Table:
     """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
     languages = {}
     columns: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
@@ -125,6 +130,7 @@ def extract_wat_file(unit: WatFileUnit) -> dict:
     table = label_pairs(pairs, unit.wat_path, detector)
     counts["language_calls"] = detector.calls - calls_before
     stats = dict(counts)
+    stats["blocklists"] = [{"kind": "url", **source} for source in blocklist(unit.filters.blocked_url_lists).sources]
     stats["wat_file"] = unit.wat_path
     stats["candidates"] = table.num_rows
     stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -154,9 +160,7 @@ def merge_unit(unit: SegmentMergeUnit) -> dict:
     return merge_segment(unit.segment, unit.root, unit.part_stats, unit.claim)
 
 
-def merge_segment(
-    segment: str, root: DataRoot, part_stats: Iterable[dict], claim: ClaimFn | None = None
-) -> dict:
+def merge_segment(segment: str, root: DataRoot, part_stats: Iterable[dict], claim: ClaimFn | None = None) -> dict:
     """Join a segment's parts in WAT order: drop pairs seen in an earlier file (and, with ``claim``,
     pairs another segment owns), sort by uid, write the segment's parquet and stats atomically."""
     part_stats = list(part_stats)
@@ -195,5 +199,6 @@ def summarize_parts(part_stats: list[dict]) -> dict:
                 total[key] += value
     result = dict(total)
     result["wat_files"] = len(part_stats)
+    result["blocklists"] = next((s["blocklists"] for s in part_stats if s.get("blocklists")), [])
     result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     return result

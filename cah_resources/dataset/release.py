@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,6 +85,9 @@ class ReleaseSummary:
     pairs_scored: int = 0  # clip_pairs rows read, kept or not
     missing_segments: list[str] = field(default_factory=list)  # no finished clip_pairs shard
     unfinished_shards: list[str] = field(default_factory=list)  # parquet without .done marker
+    # What a publisher may state: the opt-out signals every image shard honoured and the hash lists
+    # (kind, source, entries, sha256) candidates and image_shards applied.
+    honoured: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -129,8 +132,7 @@ def release_rows(table: pa.Table, segment: str, source: str = "") -> pa.Table:
     absent = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if absent:
         raise ValueError(
-            f"clip_pairs table {source or segment} lacks columns {absent}; "
-            f"rematerialize clip_pairs for {segment}"
+            f"clip_pairs table {source or segment} lacks columns {absent}; rematerialize clip_pairs for {segment}"
         )
     kept = table.filter(pc.fill_null(table.column("kept"), False))
     columns = []
@@ -184,6 +186,7 @@ def build_release(
     """
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, not {rows_per_file}")
+    segment_keys = list(segment_keys)
     shards, missing, unfinished = finished_clip_pairs_shards(root, segment_keys)
     build = _build_id(shards, rows_per_file)
     summary = ReleaseSummary(build=build, missing_segments=missing, unfinished_shards=unfinished)
@@ -208,11 +211,28 @@ def build_release(
         summary.rows += chunk.num_rows
     for name, counter in counters.items():
         setattr(summary, name, dict(sorted(counter.items())))
+    summary.honoured = honoured_opt_outs_of(root, segment_keys)
     root.write_json(f"{out_dir}/{MANIFEST}", summary.to_json())
     for entry in root.listdir(out_dir):
         if entry not in (build, MANIFEST) and not entry.startswith(f"{MANIFEST}.tmp"):
             root.remove(f"{out_dir}/{entry}")
     return summary
+
+
+def honoured_opt_outs_of(root: DataRoot, segment_keys: Iterable[str]) -> dict:
+    """The opt-out signals all finished image shards of the segments honoured, and every blocklist applied."""
+    from cah_resources.image_shards.stage import honoured_opt_outs, read_segment_markers  # the downloader's imports
+
+    keys = list(segment_keys)
+    started = [key for key in keys if root.exists(root.path("image_shards", key))]
+    markers = [marker for key in started for marker in read_segment_markers(root, key)]
+    honoured = honoured_opt_outs(markers)
+    lists = {(b["kind"], b["source"], b["sha256"]): b for b in honoured["blocklists"]}
+    for key in keys:
+        stats_path = root.path("candidates", key, "stats.json")
+        for listed in root.read_json(stats_path).get("blocklists", []) if root.exists(stats_path) else []:
+            lists.setdefault((listed["kind"], listed["source"], listed["sha256"]), listed)
+    return {**honoured, "blocklists": [lists[k] for k in sorted(lists)]}
 
 
 def read_release(root: DataRoot, out_dir: str) -> pa.Table:
@@ -254,7 +274,7 @@ def merge_embeddings(root: DataRoot, shards: Iterable[ClipPairsShard], out_dir: 
             sources = [f"{segment_dir}/{folder}/{kind}/{kind}_{shard.name}{ext}" for kind, ext in EMBEDDING_KINDS]
             if not all(root.exists(path) for path in sources):
                 continue  # scored without write_embeddings, or by another model
-            for (kind, ext), source in zip(EMBEDDING_KINDS, sources):
+            for (kind, ext), source in zip(EMBEDDING_KINDS, sources, strict=False):
                 target = f"{out_dir}/{folder}/{kind}/{kind}_{shard.segment}-{shard.name}{ext}"
                 wanted.add(target)
                 root.write_bytes(target, root.read_bytes(source))

@@ -1,12 +1,13 @@
-"""The dataset report: funnel, similarity, status, domains, throughput as PNGs and tables."""
+"""The dataset report: funnel, similarity, status, opt-outs, domains, throughput as PNGs and tables."""
 
 from __future__ import annotations
 
 import base64
 import io
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,7 @@ from cah_resources.contract import (
     similarity_histogram,
     stage_folder,
 )
+from cah_resources.image_shards.opt_outs import OPT_OUT_STATUSES
 from cah_resources.storage import DataRoot
 
 FUNNEL_STEPS = ("candidates", "attempted", "downloaded", "scored", "kept")
@@ -69,6 +71,7 @@ class DatasetFacts:
         default_factory=lambda: {"attempted": Counter(), "downloaded": Counter(), "kept": Counter()}
     )
     throughput: dict[str, StageThroughput] = field(default_factory=dict)
+    opt_out_hosts: Counter = field(default_factory=Counter)  # host -> URLs its owner's signals kept out
     missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STAGES})
 
 
@@ -132,6 +135,8 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
         domains = url_domains(table.column("url"))
         facts.domains["attempted"].update(_counts(domains))
         facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
+        opted_out = pc.is_in(table.column("status"), value_set=pa.array(OPT_OUT_STATUSES)).combine_chunks()
+        facts.opt_out_hosts.update(_counts(domains.filter(opted_out)))
         stats = root.read_json(paths["stats"]) if root.exists(paths["stats"]) else {}
         stage.items += table.num_rows
         stage.task_seconds += float(stats.get("download_seconds") or stats.get("duration") or 0.0)
@@ -209,7 +214,8 @@ def table_markdown(table: Table) -> str:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     numeric = [
-        bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows) for i in range(len(table.columns))
+        bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows)
+        for i in range(len(table.columns))
     ]
     lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
     lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in table.rows]
@@ -231,8 +237,17 @@ def funnel_table(facts: DatasetFacts) -> Table:
     totals = {s: sum(facts.funnel[s].values()) for s in FUNNEL_STEPS}
     rows = []
     for name, counts in [(c, {s: facts.funnel[s][c] for s in FUNNEL_STEPS}) for c in categories] + [("all", totals)]:
-        rows.append((name, counts["candidates"], counts["attempted"], counts["downloaded"], counts["kept"],
-                     _ratio(counts["downloaded"], counts["attempted"]), _ratio(counts["kept"], counts["downloaded"])))
+        rows.append(
+            (
+                name,
+                counts["candidates"],
+                counts["attempted"],
+                counts["downloaded"],
+                counts["kept"],
+                _ratio(counts["downloaded"], counts["attempted"]),
+                _ratio(counts["kept"], counts["downloaded"]),
+            )
+        )
     note = (
         f"{facts.records:,} WAT records in {len(facts.segments)} segments gave "
         f"{totals['candidates']:,} candidates and {totals['kept']:,} kept pairs "
@@ -253,6 +268,26 @@ def candidate_drops_table(facts: DatasetFacts) -> Table:
     return Table(("candidates drop reason", "links"), rows)
 
 
+def opt_out_counts(facts: DatasetFacts) -> Counter:
+    """URLs left out per opt-out signal: the download statuses and the candidates' blocklisted_url drops."""
+    counts = Counter({s: facts.statuses[s] for s in OPT_OUT_STATUSES if facts.statuses[s]})
+    counts["blocklisted_url"] += facts.candidate_drops.get("drop_blocklisted_url", 0)
+    return +counts
+
+
+def opt_outs_table(facts: DatasetFacts, n: int = 10) -> Table:
+    """Counts per signal, then the hosts that opted out the most URLs."""
+    counts = opt_out_counts(facts)
+    rows = [("signal", signal, count) for signal, count in sorted(counts.items(), key=lambda sc: (-sc[1], sc[0]))]
+    hosts = sorted(((h, c) for h, c in facts.opt_out_hosts.items() if h != "null"), key=lambda hc: (-hc[1], hc[0]))[:n]
+    rows += [("host", host, count) for host, count in hosts]
+    note = (
+        "robots_unreachable: robots.txt answered 5xx/429, which RFC 9309 treats as a complete disallow; "
+        "blocklisted_url rows are candidates' drops, never downloaded."
+    )
+    return Table(("kind", "signal or host", "URLs"), rows, note)
+
+
 def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, int]]:
     """(domain, attempted, downloaded, kept) of the ``n`` domains with the most kept pairs,
     then the most attempts."""
@@ -260,9 +295,7 @@ def top_domains(facts: DatasetFacts, n: int = 20) -> list[tuple[str, int, int, i
     names = set(domains["attempted"]) | set(domains["kept"])
     names.discard("null")
     ranked = sorted(names, key=lambda d: (-domains["kept"][d], -domains["attempted"][d], d))
-    return [
-        (d, domains["attempted"][d], domains["downloaded"][d], domains["kept"][d]) for d in ranked[:n]
-    ]
+    return [(d, domains["attempted"][d], domains["downloaded"][d], domains["kept"][d]) for d in ranked[:n]]
 
 
 def top_domains_table(facts: DatasetFacts, n: int = 20) -> Table:
@@ -354,6 +387,15 @@ def status_figure(facts: DatasetFacts) -> Figure:
     return figure
 
 
+def opt_outs_figure(facts: DatasetFacts) -> Figure:
+    counts = opt_out_counts(facts).most_common()[::-1]
+    figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(counts), 1))
+    axes.barh([s for s, _ in counts], [c for _, c in counts], color="#C44E52")
+    axes.set_xlabel("URLs")
+    axes.set_title(f"Opted out and blocked: {sum(c for _, c in counts):,} URLs left out")
+    return figure
+
+
 def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
     rows = top_domains(facts, n)[::-1]
     figure, axes = _figure(7.0, 0.6 + 0.3 * max(len(rows), 1))
@@ -376,11 +418,17 @@ def throughput_figure(facts: DatasetFacts) -> Figure:
         axes = figure.add_subplot(1, len(stages), i + 1)
         t = facts.throughput.get(stage) or StageThroughput(stage, "items")
         rates = [t.per_task_second, t.per_wall_second]
-        bars = axes.bar(["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates],
-                        color=["#4C72B0", "#DD8452"])
-        for bar, value in zip(bars, rates):
-            axes.annotate(_rate(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=8)
+        bars = axes.bar(
+            ["per task\nsecond", "per run\nsecond"], [r or 0.0 for r in rates], color=["#4C72B0", "#DD8452"]
+        )
+        for bar, value in zip(bars, rates, strict=False):
+            axes.annotate(
+                _rate(value),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         axes.set_ylabel(f"{t.unit} / s")
         axes.set_title(stage)
         axes.margins(y=0.15)
@@ -399,6 +447,10 @@ def similarity_plot(facts: DatasetFacts) -> bytes:
 
 def status_plot(facts: DatasetFacts) -> bytes:
     return _png(status_figure(facts))
+
+
+def opt_outs_plot(facts: DatasetFacts) -> bytes:
+    return _png(opt_outs_figure(facts))
 
 
 def top_domains_plot(facts: DatasetFacts, n: int = 20) -> bytes:
@@ -442,6 +494,7 @@ def build_report(
         "funnel": funnel_plot(facts),
         "similarity": similarity_plot(facts),
         "download_status": status_plot(facts),
+        "opted_out_and_blocked": opt_outs_plot(facts),
         "top_domains": top_domains_plot(facts, top_n_domains),
         "throughput": throughput_plot(facts),
     }
@@ -449,6 +502,7 @@ def build_report(
         "funnel": funnel_table(facts),
         "download_status": status_table(facts),
         "candidate_drops": candidate_drops_table(facts),
+        "opted_out_and_blocked": opt_outs_table(facts),
         "top_domains": top_domains_table(facts, top_n_domains),
         "throughput": throughput_table(facts),
     }
@@ -458,7 +512,15 @@ def build_report(
         root.write_bytes(path, png)
         report.paths[name] = path
     sections = [f"# Dataset report: {len(facts.segments)} segments"]
-    for name in ("funnel", "similarity", "download_status", "candidate_drops", "top_domains", "throughput"):
+    for name in (
+        "funnel",
+        "similarity",
+        "download_status",
+        "candidate_drops",
+        "opted_out_and_blocked",
+        "top_domains",
+        "throughput",
+    ):
         sections.append(f"## {name.replace('_', ' ')}")
         if name in plots:
             sections.append(f"![{name}]({name}.png)")

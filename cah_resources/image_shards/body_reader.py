@@ -110,9 +110,10 @@ def _decoder(content_encoding: str) -> _Zlib | _Brotli | _Identity | None:
     return None  # unknown, or stacked ("gzip, br"): nothing we asked for
 
 
-async def read_body(response: aiohttp.ClientResponse, max_bytes: int) -> Body:
+async def read_body(response: aiohttp.ClientResponse, max_bytes: int, head_only: bool = False) -> Body:
     """The decoded body of ``response``, or why not: 'too_large' once more than ``max_bytes`` are
     decoded (or declared), 'unsupported_encoding', 'bad_encoding'. Network errors propagate.
+    ``head_only`` keeps the first ``max_bytes`` of a longer body instead (a robots.txt is parsed that far).
 
     Every decoded byte is counted against ``max_bytes`` and against the task's body budget before
     it is kept, so memory holds at most the cap plus one decode step per body.
@@ -122,7 +123,7 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int) -> Body:
     if decoder is None:
         return Body("unsupported_encoding", message=f"Content-Encoding {encoding[:100]!r} was not asked for")
     declared = response.content_length
-    if declared is not None and declared > max_bytes:
+    if declared is not None and declared > max_bytes and not head_only:
         return Body("too_large", message=f"Content-Length {declared} is over the {max_bytes} byte limit")
     budget = body_budget.get()
     if budget is not None and declared is not None and isinstance(decoder, _Identity):
@@ -134,6 +135,9 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int) -> Body:
                 size += len(piece)
                 if size > max_bytes:
                     response.close()  # the rest is never read: the connection cannot be reused
+                    if head_only:
+                        chunks.append(piece[: len(piece) - (size - max_bytes)])
+                        return Body("fetched", b"".join(chunks))
                     return Body("too_large", message=f"body passed the {max_bytes} byte limit")
                 if budget is not None:
                     await budget.reserve(size)

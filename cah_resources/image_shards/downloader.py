@@ -1,4 +1,4 @@
-"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, robots and the address guard."""
+"""Fetching image URLs with aiohttp: DNS, limits, timeouts, redirects, retries, opt-outs and the address guard."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from cah_resources.image_shards.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
-from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, read_body
+from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, body_budget, read_body
 from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
+from cah_resources.image_shards.opt_outs import SITE_FILE_MAX_BYTES, OptOuts, tdm_header_reserved
 
-DEFAULT_USER_AGENT = (
-    "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
-)
+DEFAULT_USER_AGENT = "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ACCEPT = "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5"
 
@@ -42,6 +41,13 @@ class FetchSettings:
     user_agent_token: str = "cah"
     honour_robots_noai: bool = True
     disallowed_robots_directives: tuple[str, ...] = ("noai", "noimageai")
+    # robots.txt (RFC 9309) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json) of every
+    # image host, fetched once per host per task; an unreachable robots.txt (5xx, 429, no answer)
+    # disallows its host for robots_unreachable_seconds, then it is asked again.
+    honour_robots_txt: bool = True
+    honour_tdmrep: bool = True
+    robots_max_bytes: int = SITE_FILE_MAX_BYTES
+    robots_unreachable_seconds: float = 600.0
     allowed_networks: tuple[str, ...] = ()
     block_private_addresses: bool = True
     verify_tls: bool = True
@@ -62,8 +68,9 @@ class FetchSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
         if not 0 <= self.dns_min_ttl <= self.dns_max_ttl:
-            raise ValueError(f"dns_min_ttl..dns_max_ttl must be a range of seconds, "
-                             f"not {self.dns_min_ttl}..{self.dns_max_ttl}")
+            raise ValueError(
+                f"dns_min_ttl..dns_max_ttl must be a range of seconds, not {self.dns_min_ttl}..{self.dns_max_ttl}"
+            )
         for server in self.nameservers:
             parse_nameserver(server)
 
@@ -135,8 +142,12 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
     unresolved = next((e for e in chain if isinstance(e, DnsLookupError)), None)
     if unresolved is not None:
         # A timeout may pass on a second try (fetch allows one); NXDOMAIN, SERVFAIL and the like are answers.
-        return Fetched(unresolved.status, error_message=str(unresolved), final_url=url,
-                       transient=unresolved.status == "dns_timeout")
+        return Fetched(
+            unresolved.status,
+            error_message=str(unresolved),
+            final_url=url,
+            transient=unresolved.status == "dns_timeout",
+        )
     if isinstance(exc, TimeoutError):
         return Fetched("timeout", error_message=_one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, UnicodeError)):
@@ -210,12 +221,15 @@ class Downloader:
 
     async def __aenter__(self) -> Downloader:
         s = self.settings
-        self.dns = CachingResolver(s.nameservers, s.dns_concurrency, s.dns_timeout, s.dns_min_ttl, s.dns_max_ttl,
-                                   s.dns_negative_ttl)
+        self.dns = CachingResolver(
+            s.nameservers, s.dns_concurrency, s.dns_timeout, s.dns_min_ttl, s.dns_max_ttl, s.dns_negative_ttl
+        )
         self._resolver = GuardedResolver(self.policy, self.dns)
+        checks = s.honour_robots_txt or s.honour_tdmrep
         connector = aiohttp.TCPConnector(
-            limit=s.concurrency,
-            limit_per_host=s.per_host_connections,
+            # Images and site files have their own limits (below); the connector's hold both.
+            limit=s.concurrency * (2 if checks else 1),
+            limit_per_host=s.per_host_connections + (1 if checks else 0),
             use_dns_cache=False,  # CachingResolver caches, with TTLs and negative answers
             resolver=self._resolver,
             ssl=None if s.verify_tls else False,
@@ -228,16 +242,61 @@ class Downloader:
             trust_env=False,
         )
         self._slots = _Slots(s.concurrency, s.per_host_connections)
+        self.opt_outs = None
+        if checks:
+            # Site files share the images' connections (the image then reuses its host's robots.txt
+            # connection) but not their slots: a redirect waiting for its target's rules holds an
+            # image slot, and the site files must not wait for it.
+            self._site_slots = asyncio.Semaphore(s.concurrency)
+            self.opt_outs = OptOuts(
+                self.fetch_site_file,
+                s.user_agent_token,
+                s.honour_robots_txt,
+                s.honour_tdmrep,
+                s.robots_unreachable_seconds,
+            )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self.opt_outs = None
 
     def dns_totals(self) -> dict[str, object]:
         """What this downloader's lookups cost so far (see DnsStats)."""
         return self.dns.stats.as_totals()
+
+    def opt_out_totals(self) -> dict[str, object]:
+        """Site files requested so far (robots.txt, tdmrep.json) and the opt-out signals honoured."""
+        s = self.settings
+        honoured = [
+            name
+            for name, on in (
+                ("robots_noai", s.honour_robots_noai),
+                ("robots_txt", s.honour_robots_txt),
+                ("tdmrep", s.honour_tdmrep),
+            )
+            if on
+        ]
+        return {"opt_out_signals": honoured, **(self.opt_outs.totals() if self.opt_outs is not None else {})}
+
+    async def fetch_site_file(self, url: URL) -> tuple[str, int | None, bytes | None]:
+        """One attempt at a host's own file (robots.txt, tdmrep.json): (status, HTTP status, first bytes).
+
+        Redirects are followed and the address guard applies as for images; the body is cut at
+        ``robots_max_bytes``. Not retried: a host is asked once per task.
+        """
+        pin_answer(None)  # this task's own lookups, not the image's that started it
+        body_budget.set(None)  # nor its memory claim
+        s = self.settings
+        try:
+            await self._lookup(url.raw_host, url.port or 0)
+            async with self._site_slots, asyncio.timeout(s.total_timeout) as deadline:  # timers start with the request
+                result = await self._follow_redirects(url, deadline, site_file=True)
+        except Exception as exc:
+            result = classify_exception(exc, str(url))
+        return result.status, result.http_status, result.body
 
     async def fetch(self, url: str) -> Fetched:
         """Download one URL's body, retrying transient failures; never raises.
@@ -254,7 +313,7 @@ class Downloader:
             host = parsed.host or ""
         except (ValueError, TypeError):
             parsed, host = None, ""
-        dns_timeouts = 0
+        dns_timeouts, judged = 0, False
         for attempt in range(s.retries + 1):
             pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
@@ -263,6 +322,11 @@ class Downloader:
             except Exception as exc:
                 result = classify_exception(exc, url)
             else:
+                if not judged and self.opt_outs is not None:
+                    judged = True
+                    refusal = await self.opt_outs.refusal(parsed)  # before any slot: it may wait for robots.txt
+                    if refusal is not None:
+                        return Fetched(refusal.status, error_message=refusal.message, final_url=url)
                 result = await self._attempt(url, host)
             if result.status == "dns_timeout":
                 dns_timeouts += 1
@@ -310,7 +374,9 @@ class Downloader:
                 deadline.reschedule(loop.time() + left)
         pin_answer(host, port, answers)
 
-    async def _follow_redirects(self, url: str, deadline: asyncio.Timeout | None = None) -> Fetched:
+    async def _follow_redirects(
+        self, url: str, deadline: asyncio.Timeout | None = None, site_file: bool = False
+    ) -> Fetched:
         s = self.settings
         assert self._session is not None, "use Downloader inside 'async with'"
         try:
@@ -321,6 +387,10 @@ class Downloader:
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
+            if visited and not site_file and self.opt_outs is not None:
+                refusal = await self._hop_refusal(current, deadline)  # the target host's rules too
+                if refusal is not None:
+                    return refusal
             await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
             visited.add(str(current))
             async with self._session.get(current, allow_redirects=False, **REQUEST_OPTIONS) as response:
@@ -328,39 +398,88 @@ class Downloader:
                     location = response.headers.get("Location")
                     if not location:
                         return Fetched(
-                            f"http_{response.status}", http_status=response.status,
-                            error_message="redirect without a Location header", final_url=str(current),
+                            f"http_{response.status}",
+                            http_status=response.status,
+                            error_message="redirect without a Location header",
+                            final_url=str(current),
                         )
                     try:
                         current = current.join(URL(location))
                     except (ValueError, TypeError) as exc:
-                        return Fetched("invalid_url", http_status=response.status, final_url=str(current),
-                                       error_message=f"redirect to an unusable Location: {_one_line(exc)}")
+                        return Fetched(
+                            "invalid_url",
+                            http_status=response.status,
+                            final_url=str(current),
+                            error_message=f"redirect to an unusable Location: {_one_line(exc)}",
+                        )
                     if str(current) in visited:
-                        return Fetched("redirect_loop", http_status=response.status,
-                                       error_message=f"redirects back to {str(current)[:200]}", final_url=str(current))
+                        return Fetched(
+                            "redirect_loop",
+                            http_status=response.status,
+                            error_message=f"redirects back to {str(current)[:200]}",
+                            final_url=str(current),
+                        )
                     continue
-                return await self._read(response, str(current))
-        return Fetched("too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current))
+                return await self._read(response, str(current), site_file)
+        return Fetched(
+            "too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current)
+        )
 
-    async def _read(self, response: aiohttp.ClientResponse, url: str) -> Fetched:
+    async def _hop_refusal(self, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
+        """The opt-out refusal of a redirect's target; the request's deadline stands still meanwhile."""
+        loop = asyncio.get_running_loop()
+        left = deadline.when() - loop.time() if deadline is not None else None
+        if deadline is not None:
+            deadline.reschedule(None)
+        try:
+            refusal = await self.opt_outs.refusal(url)
+        finally:
+            if deadline is not None:
+                deadline.reschedule(loop.time() + left)
+        if refusal is None:
+            return None
+        return Fetched(refusal.status, error_message=refusal.message, final_url=str(url))
+
+    async def _read(self, response: aiohttp.ClientResponse, url: str, site_file: bool = False) -> Fetched:
         s = self.settings
         code = response.status
+        if site_file:  # read whatever the answer (capped): a connection read to its end is reused
+            body = await read_body(response, s.robots_max_bytes, head_only=True)
+            status = body.status if 200 <= code < 300 else f"http_{code}"
+            return Fetched(status, body=body.data, http_status=code, error_message=body.message, final_url=url)
         if code == 429 or code >= 500:
             wait = parse_retry_after(response.headers.get("Retry-After"))
             too_long = wait is not None and wait > s.max_retry_after
             message = f"HTTP {code} {response.reason or ''}".strip()
             if too_long:
                 message += f"; Retry-After {wait:g} s is over the {s.max_retry_after:g} s limit"
-            return Fetched(f"http_{code}", http_status=code, error_message=message, final_url=url,
-                           transient=not too_long, retry_after=wait)
+            return Fetched(
+                f"http_{code}",
+                http_status=code,
+                error_message=message,
+                final_url=url,
+                transient=not too_long,
+                retry_after=wait,
+            )
         if not 200 <= code < 300:
-            return Fetched(f"http_{code}", http_status=code, error_message=f"HTTP {code} {response.reason or ''}".strip(),
-                           final_url=url)
+            return Fetched(
+                f"http_{code}",
+                http_status=code,
+                error_message=f"HTTP {code} {response.reason or ''}".strip(),
+                final_url=url,
+            )
         if s.honour_robots_noai:
-            refusal = robots_disallow(response.headers.getall("X-Robots-Tag", []), s.user_agent_token,
-                                      s.disallowed_robots_directives)
+            refusal = robots_disallow(
+                response.headers.getall("X-Robots-Tag", []), s.user_agent_token, s.disallowed_robots_directives
+            )
             if refusal is not None:
-                return Fetched("robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url)
+                return Fetched(
+                    "robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url
+                )
+        if s.honour_tdmrep and tdm_header_reserved(response.headers.getall("tdm-reservation", [])):
+            # The body is never read, so its bytes are never held, let alone written.
+            policy = response.headers.get("tdm-policy")
+            message = "tdm-reservation: 1" + (f", tdm-policy: {policy}" if policy else "")
+            return Fetched("tdm_reserved", http_status=code, error_message=message[:300], final_url=url)
         body = await read_body(response, s.max_body_bytes)
         return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)

@@ -6,12 +6,13 @@ import asyncio
 import math
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cah_resources.blocklists import blocklist
 from cah_resources.contract import IMAGE_SHARDS, candidates_path, finished_shards, shard_paths, stage_folder
 from cah_resources.fleet.unit_progress import UnitProgress
 from cah_resources.image_shards.body_reader import body_budget
@@ -41,6 +42,9 @@ class ShardSettings:
     # download starts. The network runs ahead of the image work by this much, so slow hosts are
     # waited on while images are processed, and memory stays bounded.
     image_backlog_bytes: int = 128_000_000
+    # Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): a downloaded
+    # body whose hash is listed becomes 'blocklisted_image' and is never written.
+    blocked_image_lists: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
@@ -56,8 +60,11 @@ class ShardSettings:
             chosen = {f.name: values[f.name] for f in fields(kind) if f.name in values}
             return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
 
-        return cls(fetch=FetchSettings(**pick(FetchSettings)), resize=ResizeSettings(**pick(ResizeSettings)),
-                   **{k: v for k, v in pick(cls).items() if k not in ("fetch", "resize")})
+        return cls(
+            fetch=FetchSettings(**pick(FetchSettings)),
+            resize=ResizeSettings(**pick(ResizeSettings)),
+            **{k: v for k, v in pick(cls).items() if k not in ("fetch", "resize")},
+        )
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,8 @@ async def _download_rows(
 ) -> dict:
     totals = {"bytes_fetched": 0, "image_warnings": 0}
     backlog = BodyBacklog(settings.image_backlog_bytes)
+    blocked = blocklist(settings.blocked_image_lists)
+    totals["blocklists"] = [{"kind": "image", **source} for source in blocked.sources]
     async with Downloader(settings.fetch) as downloader:
 
         async def one(index: int, row: dict, claim: BodyClaim) -> None:
@@ -289,6 +298,13 @@ async def _download_rows(
                     fetched = await downloader.fetch(row["url"])
                 finally:
                     body_budget.reset(reading_into)
+                if fetched.body is not None and len(blocked) and blocked.lists(fetched.body):
+                    fetched = replace(
+                        fetched,
+                        status="blocklisted_image",
+                        body=None,
+                        error_message="the image's hash is on a blocklist",
+                    )
                 if fetched.body is not None:
                     totals["bytes_fetched"] += len(fetched.body)
                     claim.body_arrived(len(fetched.body))
@@ -301,6 +317,7 @@ async def _download_rows(
         started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
         await asyncio.gather(*started)
         totals.update(downloader.dns_totals())  # lookups, failures and time in them: a slow resolver shows
+        totals.update(downloader.opt_out_totals())  # signals honoured, robots.txt / tdmrep.json requests
     return totals
 
 
@@ -336,8 +353,15 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
             progress = UnitProgress(f"shard {unit.segment}/{unit.shard:05d}", len(rows))  # lines in the run's log
             totals = runner.run(_download_rows(rows, settings, writer, workers, progress))
         seconds = time.perf_counter() - started
-        marker = writer.close(start=unit.start, stop=unit.stop, segment=unit.segment, download_seconds=seconds,
-                              image_workers=workers.kind, rows_digest=rows_digest(r["uid"] for r in rows), **totals)
+        marker = writer.close(
+            start=unit.start,
+            stop=unit.stop,
+            segment=unit.segment,
+            download_seconds=seconds,
+            image_workers=workers.kind,
+            rows_digest=rows_digest(r["uid"] for r in rows),
+            **totals,
+        )
     return {**marker, "skipped": False}
 
 
@@ -366,6 +390,20 @@ def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "dns_cache_hits": sum(m.get("dns_cache_hits", 0) for m in markers),
         "dns_failures": dict(dns_failures),
         "dns_seconds": round(sum(m.get("dns_seconds", 0.0) for m in markers), 3),
+        **honoured_opt_outs(markers),
+        "robots_txt_requests": sum(m.get("robots_txt_requests", 0) for m in markers),
+        "tdmrep_requests": sum(m.get("tdmrep_requests", 0) for m in markers),
+    }
+
+
+def honoured_opt_outs(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The opt-out signals every one of ``markers``' shards honoured (a shard that did not honour one
+    means the release cannot claim it), and every blocklist any of them applied, each named once."""
+    signals = [set(m.get("opt_out_signals", [])) for m in markers]
+    lists = {(b["kind"], b["source"], b["sha256"]): b for m in markers for b in m.get("blocklists", [])}
+    return {
+        "opt_out_signals": sorted(set.intersection(*signals)) if signals else [],
+        "blocklists": [lists[key] for key in sorted(lists)],
     }
 
 

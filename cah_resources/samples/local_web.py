@@ -3,9 +3,10 @@
 Each URL it hands out comes with the status the image_shards downloader must record for it, so
 tests can check every row, and the benchmark and the offline demo get a realistic web without
 the internet. With ``hostnames=True`` every URL gets a hostname of its own, answered by a local
-DNS server (cah_resources.samples.local_dns) that the downloader must be pointed at (``web.nameserver``).
-Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs with its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects`` between
-3 and 11 and ``max_body_bytes`` under 25 MB (``LocalImageWeb.assumed_fetch_limits``).
+DNS server (cah_resources.samples.local_dns) that the downloader must be pointed at
+(``web.nameserver``). Expected statuses assume the downloader allows 127.0.0.0/8 and otherwise runs
+with its default checks, at least one retry, ``max_retry_after`` under an hour, ``max_redirects``
+between 3 and 11 and ``max_body_bytes`` under 25 MB (``LocalImageWeb.assumed_fetch_limits``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from cah_resources.image_shards.opt_outs import ROBOTS_PATH, TDMREP_PATH
 from cah_resources.samples.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
@@ -72,15 +74,58 @@ EXPECTED_STATUS = {
 # A web-like mix for benchmarks and demos: mostly good images, the usual share of dead links,
 # a few of everything else. Weights are relative.
 WEB_MIX = {
-    "jpeg": 560, "png": 60, "png_alpha": 20, "webp": 60, "jpeg_exif_rotated": 10, "jpeg_mislabelled": 10,
-    "redirect_chain": 30, "flaky_500": 5, "rate_limited_once": 3, "reset_once": 3, "robots_other_bot": 2,
-    "not_found": 90, "server_error": 10, "rate_limited_forever": 2, "reset": 3, "dead_host": 10,
-    "hang": 2, "stall_body": 2, "truncated_transfer": 3, "truncated_image": 5, "corrupt_jpeg": 5,
-    "html": 30, "gif": 20, "tiny": 30, "banner": 10, "bomb": 1, "redirect_loop": 2, "redirect_too_many": 2,
-    "redirect_to_metadata": 1, "oversized_declared": 1, "oversized_chunked": 1, "robots_noai": 3,
+    "jpeg": 560,
+    "png": 60,
+    "png_alpha": 20,
+    "webp": 60,
+    "jpeg_exif_rotated": 10,
+    "jpeg_mislabelled": 10,
+    "redirect_chain": 30,
+    "flaky_500": 5,
+    "rate_limited_once": 3,
+    "reset_once": 3,
+    "robots_other_bot": 2,
+    "not_found": 90,
+    "server_error": 10,
+    "rate_limited_forever": 2,
+    "reset": 3,
+    "dead_host": 10,
+    "hang": 2,
+    "stall_body": 2,
+    "truncated_transfer": 3,
+    "truncated_image": 5,
+    "corrupt_jpeg": 5,
+    "html": 30,
+    "gif": 20,
+    "tiny": 30,
+    "banner": 10,
+    "bomb": 1,
+    "redirect_loop": 2,
+    "redirect_too_many": 2,
+    "redirect_to_metadata": 1,
+    "oversized_declared": 1,
+    "oversized_chunked": 1,
+    "robots_noai": 3,
     "robots_noimageai": 2,
 }
 
+# Opt-in hosts of their own, each answering /robots.txt and /.well-known/tdmrep.json in one of the
+# forms the web uses (the other hosts 404 both: allow everything). Paths under a profile host are
+# /<any folders>/<kind>/<n>.<ext>: the folders are what the rules match, the kind what is served.
+ROBOTS_FOR_EVERY_BOT = (
+    "# a comment, then groups\nUser-agent: otherbot\nDisallow: /\n\n"
+    "User-agent: *\nDisallow: /private/\nAllow: /private/open/\nDisallow: /*.png$\nDisallow: /*?session=\n"
+)
+ROBOTS_GROUP_FOR_US = "User-agent: *\nDisallow: /\n\nUser-agent: CAH\nDisallow: /nocah/\n"
+TDM_HEADER_FOLDER = "/header/"  # on the tdmrep profile host: images answered with tdm-reservation: 1
+MOVED_ROBOTS_PATH = "/moved/robots.txt"  # on every host: the target of the robots_redirect profile
+HUGE_ROBOTS_PADDING = 700 * 1024  # past RFC 9309's 500 KiB: rules after it are not read
+SITE_PROFILES = ("robots_rules", "robots_group_for_us", "robots_5xx", "robots_huge", "robots_redirect", "tdmrep")
+TDMREP_RULES = [
+    {"location": "/reserved/open/*", "tdm-reservation": 0},
+    {"location": "/reserved/*", "tdm-reservation": 1, "tdm-policy": "https://example.org/tdm-policy.json"},
+    {"location": "/*.webp$", "tdm-reservation": 1},
+]
 METADATA_SERVICE = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 OVERSIZED_BYTES = 25_000_000
 CHAIN_HOPS = 3
@@ -133,7 +178,13 @@ def decompression_bomb_png(side: int = 10_000) -> bytes:
     # Padding text keeps it above the downloader's minimum size, so the pixel guard is what trips.
     padding = b"Comment\x00" + b"decompression bomb " * 400
     rows = zlib.compress(b"\x00" * (side + 1) * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", padding) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tEXt", padding)
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 SHAPE_COLORS = [(220, 30, 30), (30, 160, 60), (40, 70, 210), (240, 205, 30), (130, 50, 170), (245, 140, 20)]
@@ -197,6 +248,7 @@ class LocalImageWeb:
         hostnames: bool = False,
         dns_latency: tuple[float, float] = (0.0, 0.0),
         dns_listen: tuple[tuple[str, int], ...] = (),
+        site_profiles: tuple[str, ...] = (),
     ) -> None:
         if not 1 <= n_hosts <= 250 * 250 - 1:
             raise ValueError(f"n_hosts must be within 1..62499, not {n_hosts}")
@@ -210,6 +262,12 @@ class LocalImageWeb:
         if len(self.ports) != n_hosts:
             raise ValueError(f"{len(self.ports)} ports for {n_hosts} hosts")
         self.hosts: list[str] = []
+        unknown = set(site_profiles) - set(SITE_PROFILES)
+        if unknown:
+            raise ValueError(f"unknown site profiles {sorted(unknown)}; choose from {', '.join(SITE_PROFILES)}")
+        self.site_profiles = tuple(site_profiles)
+        self.profile_hosts: dict[str, str] = {}  # profile -> address:port of its own host
+        self.site_file_requests: Counter[str] = Counter()  # "Host header + path" of robots.txt / tdmrep.json
         self.requests: Counter[str] = Counter()  # per path
         self.user_agents: Counter[str] = Counter()
         self.request_times: defaultdict[str, list[float]] = defaultdict(list)  # monotonic, per path
@@ -236,6 +294,7 @@ class LocalImageWeb:
     def reset_counters(self) -> None:
         """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
         self.requests.clear()
+        self.site_file_requests.clear()
         self.user_agents.clear()
         self.request_times.clear()
         self.streamed_bytes.clear()
@@ -270,8 +329,17 @@ class LocalImageWeb:
         if kind in ("png", "png_alpha", "gif") and max(photo.size) > MAX_LOSSLESS_SIDE:
             photo = photo.reduce(-(-max(photo.size) // MAX_LOSSLESS_SIDE))
         width, height = photo.size
-        if kind in ("jpeg", "jpeg_mislabelled", "robots_noai", "robots_noimageai", "robots_other_bot",
-                    "flaky_500", "rate_limited_once", "reset_once", "redirect_chain"):
+        if kind in (
+            "jpeg",
+            "jpeg_mislabelled",
+            "robots_noai",
+            "robots_noimageai",
+            "robots_other_bot",
+            "flaky_500",
+            "rate_limited_once",
+            "reset_once",
+            "redirect_chain",
+        ):
             return _encode(photo, "JPEG", quality=90)
         if kind == "png":
             return _encode(photo, "PNG")
@@ -304,7 +372,8 @@ class LocalImageWeb:
             return decompression_bomb_png()
         if kind == "html":
             rows = "".join(f"<li><a href='/p/{i}'>item {i}</a> lorem ipsum dolor sit amet</li>" for i in range(120))
-            return f"<!doctype html><html><head><title>not an image</title></head><body><ul>{rows}</ul></body></html>".encode()
+            page = f"<!doctype html><html><head><title>not an image</title></head><body><ul>{rows}</ul></body></html>"
+            return page.encode()
         raise KeyError(f"no body for kind {kind!r}")
 
     # ---- URLs ----------------------------------------------------------------------------
@@ -351,8 +420,14 @@ class LocalImageWeb:
         host = self.hosts[n % len(self.hosts)]
         if self.dns is not None:
             host = self._named(kind, n, host)
-        suffix = {"png": "png", "png_alpha": "png", "webp": "webp", "gif": "gif", "html": "html", "bomb": "png"}.get(kind, "jpg")
+        suffix = {"png": "png", "png_alpha": "png", "webp": "webp", "gif": "gif", "html": "html", "bomb": "png"}.get(
+            kind, "jpg"
+        )
         return f"http://{host}/{kind}/{n}.{suffix}"
+
+    def site_url(self, profile: str, path: str) -> str:
+        """A URL on the host of a site profile, e.g. ``site_url("robots_rules", "/private/jpeg/3.jpg")``."""
+        return f"http://{self.profile_hosts[profile]}{path}"
 
     def urls(self, kinds: dict[str, int] | None = None) -> list[LocalUrl]:
         """``{kind: count}`` URLs (default: one of every kind), each with its expected status."""
@@ -412,7 +487,13 @@ class LocalImageWeb:
         delay = self._delay(path)
         if delay:
             await asyncio.sleep(delay)
+        if path in (ROBOTS_PATH, TDMREP_PATH, MOVED_ROBOTS_PATH):
+            self.site_file_requests[f"{request.host}{path}"] += 1
+            return self._site_file(request, path)
         parts = path.strip("/").split("/")
+        if parts[0] not in EXPECTED_STATUS and self._site(request) in self.profile_hosts.values():
+            # Folders before the kind are for the site's rules to match (profile hosts only).
+            parts = parts[next((i for i, p in enumerate(parts) if p in EXPECTED_STATUS), 0) :]
         kind = parts[0]
         if kind == "redirect_to":
             # A redirect anywhere, for tests of what the client does with the target.
@@ -422,7 +503,7 @@ class LocalImageWeb:
         try:
             n = int(parts[1].split(".")[0])
         except (IndexError, ValueError):
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound() from None
         site = self._site(request)
         host_index = self.hosts.index(site) if site in self.hosts else 0
         next_host = self.hosts[(host_index + 1) % len(self.hosts)]
@@ -473,15 +554,48 @@ class LocalImageWeb:
             return self._reset(request)
 
         body = self.body(kind, n)
-        headers = {"Content-Type": {"png": "image/png", "png_alpha": "image/png", "webp": "image/webp", "gif": "image/gif",
-                                    "html": "text/html", "bomb": "image/png", "jpeg_mislabelled": "text/html"}.get(kind, "image/jpeg")}
+        headers = {
+            "Content-Type": {
+                "png": "image/png",
+                "png_alpha": "image/png",
+                "webp": "image/webp",
+                "gif": "image/gif",
+                "html": "text/html",
+                "bomb": "image/png",
+                "jpeg_mislabelled": "text/html",
+            }.get(kind, "image/jpeg")
+        }
         if kind == "robots_noai":
             headers["X-Robots-Tag"] = "noai"
         elif kind == "robots_noimageai":
             headers["X-Robots-Tag"] = "noimageai, nofollow"
         elif kind == "robots_other_bot":
             headers["X-Robots-Tag"] = "otherbot: noai, noimageai"
+        if path.startswith(TDM_HEADER_FOLDER) and self._site(request) == self.profile_hosts.get("tdmrep"):
+            headers.update({"tdm-reservation": "1", "tdm-policy": "https://example.org/tdm-policy.json"})
         return web.Response(body=body, headers=headers)
+
+    def _site_file(self, request: web.Request, path: str) -> web.Response:
+        """robots.txt and tdmrep.json as the host's profile has them; a 404 on hosts without one."""
+        if path == MOVED_ROBOTS_PATH:
+            return web.Response(text="User-agent: *\nDisallow: /\n")
+        profile = next((p for p, site in self.profile_hosts.items() if site == self._site(request)), None)
+        if path == TDMREP_PATH:
+            if profile != "tdmrep":
+                raise web.HTTPNotFound()
+            return web.json_response(TDMREP_RULES)
+        if profile == "robots_rules":
+            return web.Response(text=ROBOTS_FOR_EVERY_BOT)
+        if profile == "robots_group_for_us":
+            return web.Response(text=ROBOTS_GROUP_FOR_US)
+        if profile == "robots_5xx":
+            return web.Response(status=503, text="overloaded")
+        if profile == "robots_huge":
+            padding = "# padding to push the next rule past 500 KiB\n" * (HUGE_ROBOTS_PADDING // 45)
+            return web.Response(text=f"User-agent: *\nDisallow: /early/\n{padding}Disallow: /late/\n")
+        if profile == "robots_redirect":
+            raise web.HTTPMovedPermanently(f"http://{self.hosts[0]}{MOVED_ROBOTS_PATH}")  # another host
+        raise web.HTTPNotFound()
 
     @staticmethod
     async def _sample_crawl_image(name: str) -> web.Response:
@@ -530,6 +644,11 @@ class LocalImageWeb:
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             self.hosts.append(f"{address}:{port}")
+        for j, profile in enumerate(self.site_profiles):
+            address = _host_address(self.address_prefix, self.n_hosts + j)
+            site = web.TCPSite(self._runner, address, 0, backlog=1024)
+            await site.start()
+            self.profile_hosts[profile] = f"{address}:{site._server.sockets[0].getsockname()[1]}"
         # A host address with nothing listening: connections to it are refused.
         self._dead_host = f"{self.address_prefix}.249.250:{self.hosts[0].rsplit(':', 1)[1]}"
         self._dns_addresses = [h.rsplit(":", 1)[0] for h in (*self.hosts, self._dead_host)]
@@ -539,9 +658,19 @@ class LocalImageWeb:
         if self._thread is not None:
             return self
         for kind in EXPECTED_STATUS:
-            if kind not in ("dead_host", "hang", "not_found", "server_error", "rate_limited_forever", "reset",
-                            "redirect_loop", "redirect_too_many", "redirect_to_metadata", "oversized_declared",
-                            "oversized_chunked"):
+            if kind not in (
+                "dead_host",
+                "hang",
+                "not_found",
+                "server_error",
+                "rate_limited_forever",
+                "reset",
+                "redirect_loop",
+                "redirect_too_many",
+                "redirect_to_metadata",
+                "oversized_declared",
+                "oversized_chunked",
+            ):
                 for variant in range(VARIANTS):
                     self.body(kind, variant)
         ready = threading.Event()
@@ -575,6 +704,7 @@ class LocalImageWeb:
         self._thread = None
         self._loop = None
         self.hosts = []
+        self.profile_hosts = {}
 
     def __enter__(self) -> LocalImageWeb:
         return self.start()
@@ -584,7 +714,8 @@ class LocalImageWeb:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the fake web until stdin closes; print one JSON line of URLs first.
+    """Serve the fake web until stdin closes; print one JSON line of URLs first. A ``site_files`` line
+    on stdin is answered with a JSON line counting robots.txt and tdmrep.json requests since the last.
 
     With ``--hostnames`` a second line gives the same URLs with IP-literal hosts (``literal_urls``),
     the ``addresses`` a DNS server must give ``*.h<i>.web.test`` (``python -m
@@ -598,9 +729,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1000, help="number of URLs from the web-like mix")
     parser.add_argument("--web-sized", action="store_true", help="serve 500-1200 px images instead of small ones")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hostnames", action="store_true",
-                        help="every URL on a hostname of its own, served by a local DNS server (its ip:port is "
-                             "printed on a second line)")
+    parser.add_argument(
+        "--hostnames",
+        action="store_true",
+        help="every URL on a hostname of its own, served by a local DNS server (its ip:port is "
+        "printed on a second line)",
+    )
     args = parser.parse_args(argv)
     sizes = WEB_IMAGE_SIZES if args.web_sized else SMALL_IMAGE_SIZES
     with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames) as fake_web:
@@ -608,9 +742,27 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
         if args.hostnames:
             literal = [fake_web.literal_url(u.url) for u in urls]
-            print(json.dumps({"literal_urls": literal, "addresses": fake_web.dns.addresses,
-                              "nameserver": fake_web.nameserver}), flush=True)
-        sys.stdin.read()
+            print(
+                json.dumps(
+                    {"literal_urls": literal, "addresses": fake_web.dns.addresses, "nameserver": fake_web.nameserver}
+                ),
+                flush=True,
+            )
+        for line in sys.stdin:  # "site_files": robots.txt / tdmrep.json requests since the last ask
+            if line.strip() == "site_files":
+                asked = Counter(fake_web.site_file_requests)
+                fake_web.site_file_requests.clear()
+                print(
+                    json.dumps(
+                        {
+                            "robots_txt": sum(n for key, n in asked.items() if key.endswith(ROBOTS_PATH)),
+                            "tdmrep_json": sum(n for key, n in asked.items() if key.endswith(TDMREP_PATH)),
+                            "most_per_host_and_file": max(asked.values(), default=0),
+                            "hosts": len({key.split("/", 1)[0] for key in asked}),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

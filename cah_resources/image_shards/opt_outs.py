@@ -1,0 +1,190 @@
+"""robots.txt and TDMRep of image hosts, judged once per host per task (RFC 9309, W3C TDMRep)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from protego import Protego
+from yarl import URL
+
+ROBOTS_PATH = "/robots.txt"
+TDMREP_PATH = "/.well-known/tdmrep.json"
+# RFC 9309 2.5: a crawler must parse at least the first 500 KiB; Google stops there too.
+SITE_FILE_MAX_BYTES = 500 * 1024
+# Every status that means "the owner (or a list) said no": the report's "opted out and blocked" rows.
+OPT_OUT_STATUSES = (
+    "robots_noai",  # X-Robots-Tag noai / noimageai on the image response
+    "robots_disallowed",  # robots.txt disallows the image's path for our token (or *)
+    "robots_unreachable",  # robots.txt answered 5xx or 429: RFC 9309 disallows the whole host meanwhile
+    "tdm_reserved",  # TDMRep: tdm-reservation: 1 on the image response, or tdmrep.json for its path
+    "blocklisted_url",  # a candidates drop reason: the URL's hash is on a blocklist
+    "blocklisted_image",  # the downloaded bytes' hash is on a blocklist
+)
+# robots.txt fetch outcomes where no request reached a server that answered: the host cannot be
+# reached, so RFC 9309's "unreachable" (disallow) applies, and the image keeps that network status.
+NETWORK_FAILURES = frozenset(
+    {"timeout", "connection_error", "tls_error", "truncated", "bad_response", "error", "dns_timeout"}
+)
+# Every other outcome leaves robots.txt "unavailable" (RFC 9309 2.3.1.3: crawl freely): a 4xx, more
+# than max_redirects redirects, a redirect to a refused address, a name that does not exist (the
+# image then fails on its own with that status).
+
+
+@dataclass(frozen=True)
+class TdmRule:
+    """One entry of a tdmrep.json: paths matching ``location`` are reserved (or not), under ``policy``."""
+
+    location: str
+    pattern: re.Pattern
+    reserved: bool
+    policy: str | None = None
+
+
+@dataclass
+class HostRules:
+    """What one origin (scheme, host, port) says about crawling and mining it."""
+
+    robots: Protego | None = None  # None: robots.txt unavailable, everything allowed
+    unreachable: tuple[str, str] | None = None  # (status, why) while robots.txt cannot be had
+    tdm: list[TdmRule] = field(default_factory=list)
+    expires: float = float("inf")
+
+
+def path_pattern(location: str) -> re.Pattern:
+    """A robots.txt-style path pattern as a regex: ``*`` any characters, a final ``$`` the end, else a prefix."""
+    location = location.strip()
+    if "://" in location:
+        location = URL(location).raw_path_qs
+    anchored = location.endswith("$")
+    body = location[:-1] if anchored else location
+    regex = ".*".join(re.escape(part) for part in body.split("*"))
+    return re.compile(regex + ("$" if anchored else ""))
+
+
+def parse_tdmrep(text: str) -> list[TdmRule]:
+    """The rules of a tdmrep.json (an array of {location, tdm-reservation, tdm-policy}); malformed entries skipped."""
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        return []
+    rules = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("location"), str):
+            continue
+        reserved = str(entry.get("tdm-reservation", 0)).strip() == "1"
+        policy = entry.get("tdm-policy") if isinstance(entry.get("tdm-policy"), str) else None
+        rules.append(TdmRule(entry["location"], path_pattern(entry["location"]), reserved, policy))
+    return rules
+
+
+def tdm_header_reserved(values: list[str]) -> bool:
+    """True when a response's ``tdm-reservation`` header reserves text and data mining rights."""
+    return any(value.strip() == "1" for value in values)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a URL is not requested: a row status and its one-line message."""
+
+    status: str
+    message: str
+
+
+SiteFetch = Callable[[URL], Awaitable[tuple[str, int | None, bytes | None]]]
+
+
+class OptOuts:
+    """The opt-out rules of every origin a shard task meets: robots.txt and tdmrep.json fetched once
+    per origin (concurrent URLs of one origin share the fetch) and kept for the task; a robots.txt
+    that was unreachable is asked again after ``unreachable_seconds`` (RFC 9309's bounded disallow).
+
+    ``fetch`` gets a URL and returns (status, http status, body): the downloader's guarded, capped
+    fetch of a site file.
+    """
+
+    def __init__(
+        self, fetch: SiteFetch, token: str, robots: bool = True, tdmrep: bool = True, unreachable_seconds: float = 600.0
+    ) -> None:
+        self._fetch = fetch
+        self.token, self.robots, self.tdmrep = token, robots, tdmrep
+        self.unreachable_seconds = unreachable_seconds
+        self._rules: dict[str, HostRules] = {}
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self.requests: Counter[str] = Counter()  # robots_txt / tdmrep_json requests sent
+
+    def totals(self) -> dict[str, int]:
+        """Flat facts for a shard's stats and marker."""
+        return {
+            "robots_txt_requests": self.requests["robots_txt"],
+            "tdmrep_requests": self.requests["tdmrep_json"],
+            "opt_out_origins": len(self._rules),
+        }
+
+    async def refusal(self, url: str | URL) -> Refusal | None:
+        """Why ``url`` must not be requested, or None; URLs that do not parse are left to the fetch to report."""
+        try:
+            parsed = url if isinstance(url, URL) else URL(url)
+        except (ValueError, TypeError):
+            return None
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            return None
+        site = parsed.origin()
+        origin = str(site)
+        rules = self._rules.get(origin)
+        if rules is None or rules.expires <= time.monotonic():
+            task = self._in_flight.get(origin)
+            if task is None:
+                task = self._in_flight[origin] = asyncio.create_task(self._load(origin, site))
+                task.add_done_callback(lambda _t, origin=origin: self._in_flight.pop(origin, None))
+            rules = await asyncio.shield(task)  # one URL giving up does not cancel the fetch others await
+        return self._judge(rules, parsed, origin)
+
+    def _judge(self, rules: HostRules, url: URL, origin: str) -> Refusal | None:
+        if rules.unreachable is not None:
+            status, why = rules.unreachable
+            return Refusal(status, f"{origin}{ROBOTS_PATH} unreachable ({why}): RFC 9309 disallows the host"[:300])
+        if rules.robots is not None and not rules.robots.can_fetch(str(url), self.token):
+            return Refusal(
+                "robots_disallowed", f"{origin}{ROBOTS_PATH} disallows {url.raw_path_qs} for {self.token!r}"[:300]
+            )
+        path = url.raw_path_qs
+        for rule in rules.tdm:
+            if rule.pattern.match(path):
+                if rule.reserved:
+                    policy = f", policy {rule.policy}" if rule.policy else ""
+                    return Refusal("tdm_reserved", f"{origin}{TDMREP_PATH} reserves {rule.location}{policy}"[:300])
+                break  # the first matching entry decides
+        return None
+
+    async def _load(self, origin: str, site: URL) -> HostRules:
+        # One after the other: tdmrep.json, then the image, reuse robots.txt's connection (one
+        # connection per host instead of three costs more CPU than the round trip it saves).
+        robots_answer = await self._site_file(site.with_path(ROBOTS_PATH), "robots_txt") if self.robots else None
+        tdm_answer = None
+        if self.tdmrep and not (robots_answer is not None and robots_answer[0] in NETWORK_FAILURES):
+            tdm_answer = await self._site_file(site.with_path(TDMREP_PATH), "tdmrep_json")
+        rules = HostRules()
+        if robots_answer is not None:
+            status, code, body = robots_answer
+            if status == "fetched" and code is not None and 200 <= code < 300:
+                rules.robots = Protego.parse(body.decode("utf-8", errors="replace"))
+            elif status in NETWORK_FAILURES or (code is not None and (code == 429 or code >= 500)):
+                rules.unreachable = ("robots_unreachable" if code else status, f"HTTP {code}" if code else status)
+                rules.expires = time.monotonic() + self.unreachable_seconds
+            # else 4xx, or a redirect or address problem: unavailable, everything allowed
+        if tdm_answer is not None:
+            status, code, body = tdm_answer
+            if status == "fetched" and code is not None and 200 <= code < 300:
+                rules.tdm = parse_tdmrep(body.decode("utf-8", errors="replace"))
+        self._rules[origin] = rules
+        return rules
+
+    async def _site_file(self, url: URL, kind: str) -> tuple[str, int | None, bytes | None]:
+        self.requests[kind] += 1
+        return await self._fetch(url)
