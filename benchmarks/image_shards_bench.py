@@ -394,7 +394,7 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
         result = json.loads(out.strip().splitlines()[-1])
     elif name in ("image_shards", "image_shards_s3", OPT_OUTS_OFF):
         data_root = str(work / "data")
-        env["BENCH_OPT_OUTS"] = "0" if name == OPT_OUTS_OFF else "1"
+        env["BENCH_OPT_OUTS"] = "0" if name == OPT_OUTS_OFF or not OPT_OUT_CHECKS["on"] else "1"
         if name == "image_shards_s3":
             data_root, s3_env = s3_data_root(work.name)
             env.update(s3_env)
@@ -460,7 +460,10 @@ REGIMES = {
 }
 # The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
 LITERAL = "image_shards_ip"
-OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off, the reference
+OPT_OUTS_OFF = "image_shards_no_opt_outs"
+# --no-opt-outs: every image_shards contender without robots.txt/TDMRep/X-Robots-Tag, e.g. to measure
+# what DNS alone costs (img2dataset honours none of them by default either).
+OPT_OUT_CHECKS = {"on": True}  # --opt-outs: every opt-out check off, the reference
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
@@ -652,7 +655,13 @@ def main() -> None:
         action="store_true",
         help="image_shards only: every opt-out check on vs off (default regime: hostnames)",
     )
+    parser.add_argument(
+        "--no-opt-outs",
+        action="store_true",
+        help="every image_shards contender with the opt-out checks off (what DNS alone costs, like img2dataset)",
+    )
     args = parser.parse_args()
+    OPT_OUT_CHECKS["on"] = not args.no_opt_outs
     if args.opt_outs:
         for regime in ["hostnames"] if args.images == "all" else [args.images]:
             compare_opt_outs(regime, args)
