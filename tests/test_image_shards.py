@@ -22,12 +22,12 @@ import pytest
 import webdataset as wds
 from hostile_peers import RawServer, read_request, response_head
 from PIL import Image
+from shard_inputs import SEGMENT, SETTINGS, write_candidates
 
-from cah_resources.candidates.stage import output_paths, pair_uid
+from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
-from cah_resources.image_shards.downloader import FetchSettings
 from cah_resources.image_shards.image_pool import ImageWorkers
-from cah_resources.image_shards.resizer import ResizeSettings, process_image
+from cah_resources.image_shards.resizer import process_image
 from cah_resources.image_shards.shard_writer import ustar_member
 from cah_resources.image_shards.stage import (
     BodyBacklog,
@@ -44,44 +44,7 @@ from tests.hostile_images import (
     progressive_jpeg_with_repeated_scans,
 )
 
-SEGMENT = "CC-MAIN-TEST_00000"
-SETTINGS = ShardSettings(
-    fetch=FetchSettings(
-        allowed_networks=("127.0.0.0/8",),
-        connect_timeout=2,
-        read_timeout=1,
-        total_timeout=4,
-        retries=1,
-        retry_backoff=0.05,
-        max_body_bytes=2_000_000,
-        max_redirects=5,
-    ),
-    resize=ResizeSettings(resize_mode="center_crop", image_size=64),
-    shard_size=20,
-)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_candidates(root: DataRoot, segment: str, urls) -> list[dict]:
-    """A candidates parquet as stage 1 writes it (sorted by uid); returns its rows in order."""
-    rows = []
-    for i, u in enumerate(urls):
-        text = f"Bild {i} — grüne Wiese ☀ {u.kind}"
-        rows.append(
-            {
-                "uid": pair_uid(u.url, text),
-                "url": u.url,
-                "text": text,
-                "page_url": f"http://pages.example/{i}.html",
-                "category": "multi",
-                "language": "de",
-                "language_prob": 0.93,
-                "wat_file": "crawl-data/x/0.warc.wat.gz",
-            }
-        )
-    rows.sort(key=lambda r: r["uid"])
-    root.write_parquet(output_paths(root, segment)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
-    return rows
 
 
 def shard_files(root: DataRoot, segment: str) -> dict[str, bytes]:

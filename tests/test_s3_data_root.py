@@ -8,17 +8,12 @@ import textwrap
 import time
 from dataclasses import asdict
 
-import pyarrow as pa
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
+from shard_inputs import SEGMENT, SETTINGS, write_candidates
 
 from cah_assets.resources import StorageResource
-from cah_resources.candidates.stage import output_paths, pair_uid
-from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
-from cah_resources.image_shards.downloader import FetchSettings
-from cah_resources.image_shards.resizer import ResizeSettings
 from cah_resources.image_shards.stage import (
-    ShardSettings,
     download_shard,
     plan_shards,
     segment_folder,
@@ -28,21 +23,6 @@ from cah_resources.storage import DataRoot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PART = 5 * 2**20  # S3's smallest multipart part: a write past it starts a multipart upload
-SEGMENT = "CC-MAIN-TEST_00000"
-SETTINGS = ShardSettings(
-    fetch=FetchSettings(
-        allowed_networks=("127.0.0.0/8",),
-        connect_timeout=2,
-        read_timeout=1,
-        total_timeout=4,
-        retries=1,
-        retry_backoff=0.05,
-        max_body_bytes=2_000_000,
-        max_redirects=5,
-    ),
-    resize=ResizeSettings(resize_mode="center_crop", image_size=64),
-    shard_size=20,
-)
 
 
 @pytest.fixture(scope="session")
@@ -132,27 +112,6 @@ def test_a_writer_killed_mid_multipart_upload_publishes_nothing(s3_root, s3_peer
     assert visible(s3_root, path) == {"listed": [], "exists": False, "head": None}
 
 
-def write_candidates(root: DataRoot, urls) -> list[dict]:
-    rows = []
-    for i, u in enumerate(urls):
-        text = f"picture {i} of a {u.kind}"
-        rows.append(
-            {
-                "uid": pair_uid(u.url, text),
-                "url": u.url,
-                "text": text,
-                "page_url": f"http://pages.example/{i}.html",
-                "category": "en",
-                "language": "en",
-                "language_prob": 0.9,
-                "wat_file": "crawl-data/x/0.warc.wat.gz",
-            }
-        )
-    rows.sort(key=lambda r: r["uid"])
-    root.write_parquet(output_paths(root, SEGMENT)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
-    return rows
-
-
 KILLABLE_RUN = textwrap.dedent(
     """
     import sys
@@ -174,7 +133,7 @@ def test_a_shard_run_killed_midway_resumes_keeping_finished_shards_byte_and_etag
     root = s3_root
     folder = segment_folder(root, SEGMENT)
     with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:
-        rows = write_candidates(root, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
+        rows = write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
         env = {
             **os.environ,
             "PYTHONPATH": REPO,
