@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
+
+from cah_resources.samples.loop_thread import LoopThread
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -31,8 +32,7 @@ class RawServer:
         self.handler = handler
         self.connections = 0
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._loop_thread: LoopThread | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -44,9 +44,8 @@ class RawServer:
             writer.close()
 
     def __enter__(self) -> RawServer:
-        self._thread.start()
-        started = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop)
-        self._server = started.result(10)
+        self._loop_thread = LoopThread("hostile-peer")
+        self._server = self._loop_thread.run(asyncio.start_server(self._serve, "127.0.0.1", 0), timeout=10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -60,7 +59,5 @@ class RawServer:
                 if task is not asyncio.current_task():
                     task.cancel()
 
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._loop_thread.run(stop(), timeout=10)
+        self._loop_thread.close()

@@ -17,10 +17,11 @@ import json
 import socket
 import struct
 import sys
-import threading
 from collections import Counter
 
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
+
+from cah_resources.samples.loop_thread import LoopThread
 
 ZONE = "web.test"
 # mode -> what the server does for a name under <mode>.web.test
@@ -64,8 +65,7 @@ class LocalDns:
         self.peak_pending = 0  # most queries waiting for their answer at once
         self._pending = 0
         self._dropped: set[tuple[str, int]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread: LoopThread | None = None
         self._closers: list = []
 
     @property
@@ -241,34 +241,21 @@ class LocalDns:
 
     def start(self) -> LocalDns:
         """Start serving on a background thread; returns once every address listens."""
-        if self._thread is not None:
+        if self._loop_thread is not None:
             return self
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.call_soon(ready.set)
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="local-dns", daemon=True)
-        self._thread.start()
-        ready.wait()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
+        self._loop_thread = LoopThread("local-dns")
+        self._loop_thread.run(self._serve())
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread; safe to call twice."""
-        if self._thread is None or self._loop is None:
+        if self._loop_thread is None:
             return
         for close in self._closers:
-            self._loop.call_soon_threadsafe(close)
+            self._loop_thread.call(close)
         self._closers = []
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
-        self._thread = None
-        self._loop = None
+        self._loop_thread.close()
+        self._loop_thread = None
 
     def __enter__(self) -> LocalDns:
         return self.start()

@@ -21,7 +21,6 @@ import math
 import random
 import struct
 import sys
-import threading
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -32,6 +31,7 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 
 from cah_resources.image_shards.opt_outs import ROBOTS_PATH, TDMREP_PATH
+from cah_resources.samples.loop_thread import LoopThread
 from cah_resources.samples.sample_crawl import SHAPES, parse_image_name
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
@@ -279,8 +279,7 @@ class LocalImageWeb:
         self._attempts: Counter[str] = Counter()
         self._bodies: dict[tuple[str, int], bytes] = {}
         self._photos: dict[int, Image.Image] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._dead_host = ""
         self._dns_addresses: list[str] = []
@@ -655,7 +654,7 @@ class LocalImageWeb:
 
     def start(self) -> LocalImageWeb:
         """Start serving on a background thread; returns once every host listens."""
-        if self._thread is not None:
+        if self._loop_thread is not None:
             return self
         for kind in EXPECTED_STATUS:
             if kind not in (
@@ -673,18 +672,8 @@ class LocalImageWeb:
             ):
                 for variant in range(VARIANTS):
                     self.body(kind, variant)
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.call_soon(ready.set)
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="local-image-web", daemon=True)
-        self._thread.start()
-        ready.wait()
-        asyncio.run_coroutine_threadsafe(self._start_sites(), self._loop).result(timeout=30)
+        self._loop_thread = LoopThread("local-image-web")
+        self._loop_thread.run(self._start_sites())
         if self.dns is not None:
             self.dns.addresses = list(self._dns_addresses)
             self.dns.start()
@@ -692,17 +681,14 @@ class LocalImageWeb:
 
     def stop(self) -> None:
         """Stop serving and join the thread; safe to call twice."""
-        if self._thread is None or self._loop is None:
+        if self._loop_thread is None:
             return
         if self.dns is not None:
             self.dns.stop()
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
-        self._thread = None
-        self._loop = None
+            self._loop_thread.run(self._runner.cleanup())
+        self._loop_thread.close()
+        self._loop_thread = None
         self.hosts = []
         self.profile_hosts = {}
 
