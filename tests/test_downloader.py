@@ -1,6 +1,7 @@
 """The aiohttp fetcher against the local image web: concurrency, per-host limits, retries, caps, robots."""
 
 import asyncio
+from collections import Counter
 
 import pytest
 from yarl import URL
@@ -41,8 +42,11 @@ def fetch_all(urls, settings):
 
 def test_hundreds_of_requests_are_in_flight_at_once(web):
     urls = [web.url("jpeg", n) for n in range(400)]
-    results = fetch_all(urls, FetchSettings(concurrency=300, per_host_connections=100, **FAST))
-    assert all(r.status == "fetched" for r in results)
+    # Generous timeouts: the point is concurrency, and the web answering 300 requests at once runs
+    # in this process's other thread, so on a busy 2-core CI machine a 1 s read timeout can expire.
+    roomy = {**FAST, "read_timeout": 20, "total_timeout": 60}
+    results = fetch_all(urls, FetchSettings(concurrency=300, per_host_connections=100, **roomy))
+    assert Counter(r.status for r in results) == {"fetched": len(urls)}
     assert web.peak_in_flight >= 150
 
 
