@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 import dagster as dg
 
-# The one private Dagster import: a check that covers several segments in one step must yield
-# dg.AssetCheckEvaluation per segment, and Dagster has no public way to build the pointer to the
-# materialization each verdict read (dg.AssetCheckResult builds it only for a one-partition step).
-# Without it a verdict is matched to its materialization by timestamps only.
+# The one private Dagster import, kept on purpose (Dagster 1.13): a segment's verdict counts in the
+# UI's per-segment check status, and for all_deps_blocking_checks_passed() downstream, only when it
+# carries the storage id of the materialization it read; without it Dagster shows the verdict as
+# stale and the next stage never starts. A multi-segment step must yield dg.AssetCheckEvaluation per
+# segment, and only this private type builds that pointer (dg.AssetCheckResult has no partition
+# argument and fills it in for a one-partition step only).
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
@@ -29,10 +31,13 @@ from cah_resources.dataset.checks import (
 )
 
 
-def _target(
+def materialization_checked(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, segment: str
 ) -> AssetCheckEvaluationTargetMaterializationData | None:
-    # A partition's check counts only against the materialization it looked at; a newer one makes it stale.
+    """The segment's latest materialization, as the pointer its check verdict must carry (None: never made).
+
+    A verdict counts only for the materialization it points at; a newer materialization makes it stale.
+    """
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[segment]), limit=1
     ).records
@@ -85,7 +90,7 @@ def segment_checks(
         failed: Counter = Counter()
         for segment in context.partition_keys:
             verdicts = verdicts_of(root, segment, **extra)
-            target = _target(context.instance, asset_key, segment)
+            target = materialization_checked(context.instance, asset_key, segment)
             for spec in specs:
                 verdict = verdicts[spec.name]
                 failed[spec.name] += not verdict.passed

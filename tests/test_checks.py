@@ -85,6 +85,21 @@ def test_a_multi_segment_run_records_a_passing_verdict_per_check_and_segment(mat
         assert evaluation.target_materialization_data is not None  # the verdict is tied to the materialization it read
 
 
+def test_the_verdicts_of_a_multi_segment_run_let_the_next_stage_start_on_every_segment(materialized):
+    # Dagster's own condition reads the per-segment check status: a verdict that does not point at the
+    # segment's latest materialization counts as stale there, and the next stage would never start.
+    instance, _, keys, resources = materialized
+    gate = dg.AutomationCondition.all_deps_blocking_checks_passed()
+    gated = image_shards.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=gate))
+    definitions = dg.Definitions(
+        assets=[candidates, gated],
+        asset_checks=[candidates_checks],
+        resources=resources,
+    )
+    result = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
+    assert sorted(result.get_requested_partitions(image_shards.key)) == keys
+
+
 def test_real_candidates_pass_every_check(materialized):
     _, root, keys, _ = materialized
     for key in keys:
