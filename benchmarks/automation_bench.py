@@ -21,9 +21,14 @@ import time
 import warnings
 
 import dagster as dg
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
-from cah_assets.checks import CANDIDATES_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
+from cah_assets.checks import (
+    CANDIDATES_CHECKS,
+    candidates_checks,
+    clip_pairs_checks,
+    image_shards_checks,
+    materialization_checked,
+)
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM
@@ -50,12 +55,7 @@ def variant(condition: dg.AutomationCondition) -> dg.Definitions:
 def report_upstream(instance: dg.DagsterInstance, keys: list[str]) -> None:
     for key in keys:
         instance.report_runless_asset_event(dg.AssetMaterialization("candidates", partition=key))
-        record = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("candidates"), asset_partitions=[key]), limit=1
-        ).records[0]
-        target = AssetCheckEvaluationTargetMaterializationData(
-            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
-        )
+        target = materialization_checked(instance, dg.AssetKey("candidates"), key)
         for name in CANDIDATES_CHECKS:
             instance.report_runless_asset_event(
                 dg.AssetCheckEvaluation(
