@@ -22,6 +22,10 @@ CATEGORIES = ("en", "multi", "nolang")
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means
 SHARD_DIGITS = 5  # NNNNN: shard numbers, and the shard half of a sample key
+# A shard's images downloaded (rows with status "ok"), under img2dataset's stats.json name: the key in
+# NNNNN_stats.json and the .done marker, and the same key in Dagster metadata and `cah`'s summary line,
+# so a figure seen in the UI is found on disk under the same name (and sits beside success_rate).
+SUCCESSES = "successes"
 
 CANDIDATES_SCHEMA = pa.schema(
     [

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from cah_assets.demo import run_pipeline
-from cah_resources.contract import STAGES
+from cah_resources.contract import STAGES, SUCCESSES
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import read_release, release_dir
 
@@ -152,7 +152,7 @@ def test_the_instances_resources_rerun_a_stage_after_the_demo_with_its_web_serve
     key = demo.segment_keys[0]
     before = demo.instance.get_latest_materialization_event(dg.AssetKey("image_shards")) or None
     images = {
-        e.asset_materialization.partition: e.asset_materialization.metadata["images"].value
+        e.asset_materialization.partition: e.asset_materialization.metadata[SUCCESSES].value
         for e in [before]
         if e is not None
     }
@@ -166,6 +166,6 @@ def test_the_instances_resources_rerun_a_stage_after_the_demo_with_its_web_serve
     runs = demo.instance.get_runs(limit=1)
     assert runs[0].job_name == "image_shards_job" and runs[0].tags["dagster/partition"] == key
     after = demo.instance.get_latest_materialization_event(dg.AssetKey("image_shards")).asset_materialization
-    assert after.partition == key and after.metadata["images"].value > 0
+    assert after.partition == key and after.metadata[SUCCESSES].value > 0
     if key in images:
-        assert after.metadata["images"].value == images[key]
+        assert after.metadata[SUCCESSES].value == images[key]

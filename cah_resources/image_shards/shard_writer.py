@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from cah_resources.contract import DOWNLOAD_FIELDS, MARKER, shard_name, shard_paths, shard_row_schema
+from cah_resources.contract import DOWNLOAD_FIELDS, MARKER, SUCCESSES, shard_name, shard_paths, shard_row_schema
 from cah_resources.storage import DataRoot
 
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
@@ -178,7 +178,7 @@ class ShardWriter:
         stats = {
             "shard": self.shard,
             "count": self.rows,
-            "successes": counts.get("ok", 0),
+            SUCCESSES: counts.get("ok", 0),
             "failed": self.rows - counts.get("ok", 0),
             "status_counts": dict(sorted(counts.items())),
             "bytes_ok_images": sum(r["bytes"] or 0 for r in ok_records),
