@@ -310,7 +310,9 @@ class Downloader:
         s = self.settings
         try:
             parsed = URL(url)
-            host = parsed.host or ""
+            # raw_host: the ASCII (IDNA) name aiohttp dials. ``.host`` decodes it back to Unicode with
+            # the pure-Python idna package, ~0.1 ms per new name: a third of a URL's CPU on the real web.
+            host = parsed.raw_host or ""
         except (ValueError, TypeError):
             parsed, host = None, ""
         dns_timeouts, judged = 0, False
@@ -385,7 +387,7 @@ class Downloader:
             return Fetched("invalid_url", error_message=_one_line(exc), final_url=url)
         visited: set[str] = set()
         for _hop in range(s.max_redirects + 1):
-            if current.scheme not in ("http", "https") or not current.host:
+            if current.scheme not in ("http", "https") or not current.raw_host:
                 return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
             if visited and not site_file and self.opt_outs is not None:
                 refusal = await self._hop_refusal(current, deadline)  # the target host's rules too
