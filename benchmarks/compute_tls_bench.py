@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
 from cah_assets.resources import ComputeResource  # noqa: E402
+from cah_resources.samples.cluster_peers import tls_flags  # noqa: E402
 
 
 def echo(unit: str) -> int:
@@ -58,24 +59,8 @@ def start_cluster(tls: Path | None, work: Path, workers: int) -> tuple[str, list
     sched = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = ["--nworkers", str(workers)]
     if tls:
-        sched += [
-            "--protocol",
-            "tls",
-            "--tls-ca-file",
-            str(tls / "ca.pem"),
-            "--tls-cert",
-            str(tls / "scheduler.pem"),
-            "--tls-key",
-            str(tls / "scheduler-key.pem"),
-        ]
-        worker += [
-            "--tls-ca-file",
-            str(tls / "ca.pem"),
-            "--tls-cert",
-            str(tls / "worker.pem"),
-            "--tls-key",
-            str(tls / "worker-key.pem"),
-        ]
+        sched += ["--protocol", "tls", *tls_flags(tls, "scheduler")]
+        worker += tls_flags(tls, "worker")
     address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
     procs = [_start(sched, work / f"scheduler-{port}.log")]
     time.sleep(3)

@@ -15,6 +15,7 @@ from pathlib import Path
 from distributed import Client
 
 from cah_resources.fleet.compute import cluster_security
+from cah_resources.samples.cluster_peers import tls_flags
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,16 +80,7 @@ def scheduler(tls: Path | None, logs: Path) -> Iterator[str]:
     port = free_port()
     args = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     if tls is not None:
-        args += [
-            "--protocol",
-            "tls",
-            "--tls-ca-file",
-            str(tls / "ca.pem"),
-            "--tls-cert",
-            str(tls / "scheduler.pem"),
-            "--tls-key",
-            str(tls / "scheduler-key.pem"),
-        ]
+        args += ["--protocol", "tls", *tls_flags(tls, "scheduler")]
     proc = _start(args, logs / f"scheduler-{port}.log")
     try:
         _wait_for_port(port, proc)
@@ -102,14 +94,7 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
     """A `cah worker` process (the command fleet servers run), CPU mode, one worker process."""
     argv = ["--scheduler", address, "--name", name, "--nworkers", "1", *extra]
     if tls is not None:
-        argv += [
-            "--tls-ca-file",
-            str(tls / "ca.pem"),
-            "--tls-cert",
-            str(tls / "worker.pem"),
-            "--tls-key",
-            str(tls / "worker-key.pem"),
-        ]
+        argv += tls_flags(tls, "worker")
     proc = _start([sys.executable, "-m", "cah_assets.cli", "worker", *argv], logs / f"worker-{name}.log")
     try:
         yield proc
@@ -122,14 +107,7 @@ def dask_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: s
     """A plain `dask worker` process (with its nanny), e.g. advertising ``--resources GPU=1``."""
     args = [str(BIN / "dask"), "worker", address, "--name", name, "--nthreads", "1", "--no-dashboard", *extra]
     if tls is not None:
-        args += [
-            "--tls-ca-file",
-            str(tls / "ca.pem"),
-            "--tls-cert",
-            str(tls / "worker.pem"),
-            "--tls-key",
-            str(tls / "worker-key.pem"),
-        ]
+        args += tls_flags(tls, "worker")
     proc = _start(args, logs / f"worker-{name}.log")
     try:
         yield proc

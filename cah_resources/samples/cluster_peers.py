@@ -134,6 +134,18 @@ def make_tls(out: Path, key_bits: int = 2048) -> Path:
     return out
 
 
+def tls_flags(tls: Path, role: str) -> list[str]:
+    """The `dask` / `cah worker` flags for mutual TLS with ``role``'s certificate (deploy/make_tls.sh's names)."""
+    return [
+        "--tls-ca-file",
+        str(tls / "ca.pem"),
+        "--tls-cert",
+        str(tls / f"{role}.pem"),
+        "--tls-key",
+        str(tls / f"{role}-key.pem"),
+    ]
+
+
 @contextmanager
 def tls_scheduler(tls: Path, log: Path) -> Iterator[str]:
     """`dask scheduler` with mutual TLS on loopback, as deploy/systemd/dask-scheduler.service runs it.
@@ -149,12 +161,7 @@ def tls_scheduler(tls: Path, log: Path) -> Iterator[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--tls-ca-file",
-        str(tls / "ca.pem"),
-        "--tls-cert",
-        str(tls / "scheduler.pem"),
-        "--tls-key",
-        str(tls / "scheduler-key.pem"),
+        *tls_flags(tls, "scheduler"),
         "--no-dashboard",
     ]
     with open(log, "ab") as handle:
@@ -206,12 +213,7 @@ def worker_machine(address: str, name: str, folder: Path, tls: Path, nworkers: i
         "1",
         "--nworkers",
         str(nworkers),
-        "--tls-ca-file",
-        str(certs / "ca.pem"),
-        "--tls-cert",
-        str(certs / "worker.pem"),
-        "--tls-key",
-        str(certs / "worker-key.pem"),
+        *tls_flags(certs, "worker"),
     ]
     env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
