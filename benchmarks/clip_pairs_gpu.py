@@ -309,7 +309,7 @@ def labelled(owner: Any, method: str, label: str, clock: dict[str, list[float]])
 
 PROFILE_LABELS = (
     (LoadedClip, "preprocess_jpeg", "cah.decode_cpu"),
-    (clip_pairs._ShardScorer, "_decode_encoded", "cah.decode_gpu"),
+    (clip_pairs._ShardScorer, "decode_on_device_stream", "cah.decode_gpu"),
     (LoadedClip, "tokenize", "cah.tokenize"),
     (LoadedClip, "embed", "cah.model"),
 )

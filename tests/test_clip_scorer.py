@@ -115,6 +115,24 @@ def test_a_single_row_that_runs_out_of_memory_is_raised():
         map_halving_on_oom(run, 4)
 
 
+def test_a_row_that_alone_runs_out_of_memory_goes_to_alone_and_does_not_shrink_later_batches(tiny):
+    def run(lo, hi):
+        if lo <= 2 < hi:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return list(range(lo, hi))
+
+    tiny.max_batch = None
+    try:
+        parts = map_halving_on_oom(run, 8, tiny, alone=lambda row, error: ("alone", row, type(error).__name__))
+        remembered = tiny.max_batch
+    finally:
+        tiny.max_batch = None
+
+    assert ("alone", 2, "OutOfMemoryError") in parts
+    assert sorted(i for part in parts if part[0] != "alone" for i in part) == [0, 1, 3, 4, 5, 6, 7]
+    assert remembered == 2  # the size that fitted, not the single row that did not
+
+
 def test_errors_other_than_out_of_memory_are_not_retried():
     calls = []
 

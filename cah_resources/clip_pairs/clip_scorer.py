@@ -114,6 +114,8 @@ class LoadedClip:
     # Largest batch that has fit on the device; lowered when a batch runs out of memory so that
     # the rest of the shard does not hit the same wall again.
     max_batch: int | None = None
+    # The same for decoding and resizing a batch on the device, which need memory of their own.
+    max_decode_batch: int | None = None
 
     @property
     def image_size(self) -> int:
@@ -262,28 +264,48 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def map_halving_on_oom(run: Callable[[int, int], Any], n: int, loaded: LoadedClip | None = None) -> list[Any]:
+def map_halving_on_oom(
+    run: Callable[[int, int], Any],
+    n: int,
+    loaded: LoadedClip | None = None,
+    *,
+    limit: str = "max_batch",
+    alone: Callable[[int, BaseException], Any] | None = None,
+) -> list[Any]:
     """``run(lo, hi)`` over ``[0, n)`` in the largest slices that fit, halving on out-of-memory.
 
-    The size that worked is remembered on ``loaded`` so later batches start there. A single row
-    that still runs out of memory is a real failure and is raised.
+    A size that fitted after halving is remembered on ``loaded`` (attribute ``limit``) so that later
+    batches start there. A single row that still runs out of memory is a real failure: its result is
+    ``alone(row, error)`` when given, else the error is raised. It is that row's failure, not the
+    batch size's, so the size it leaves behind is not remembered.
     """
-    step = min(n, loaded.max_batch) if loaded is not None and loaded.max_batch else n
+    remembered = getattr(loaded, limit) if loaded is not None else None
+    step = min(n, remembered) if remembered else n
+    fitted = 0
     results, lo = [], 0
     while lo < n:
         hi = min(n, lo + step)
         try:
             results.append(run(lo, hi))
-            lo = hi
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not is_out_of_memory(error) or hi - lo == 1:
+            if not is_out_of_memory(error):
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            step = max(1, (hi - lo) // 2)
-            if loaded is not None:
-                loaded.max_batch = step
-            log.warning("CLIP batch of %d ran out of memory; retrying in batches of %d", hi - lo, step)
+            if hi - lo > 1:
+                step = max(1, (hi - lo) // 2)
+                log.warning("CLIP batch of %d ran out of memory; retrying in batches of %d", hi - lo, step)
+                continue
+            if alone is None:
+                raise
+            log.warning("CLIP row %d alone ran out of memory: %s", lo, " ".join(str(error).split())[:200])
+            results.append(alone(lo, error))
+            step = max(1, fitted)
+        else:
+            fitted = max(fitted, hi - lo)
+            if loaded is not None and hi - lo == step and step < n and step < (getattr(loaded, limit) or n):
+                setattr(loaded, limit, step)
+        lo = hi
     return results
 
 
