@@ -185,6 +185,22 @@ def test_device_preprocessing_matches_pil_preprocessing(tiny):
     assert (on_device - with_pil).abs().mean() < 0.05
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_device_preprocessing_of_mixed_sizes_keeps_the_order_and_equals_one_image_at_a_time(tiny):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    sizes = [97, 64, 97, 40, 64, 97, 128]
+    jpegs = [sample_pairs(1, seed=i, size=size)[0][-1] for i, size in enumerate(sizes)]
+    images = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB) for j in jpegs]
+
+    together = tiny.preprocess_on_device(images)
+    alone = torch.cat([tiny.preprocess_on_device([image]) for image in images])
+
+    assert together.shape == (len(sizes), 3, tiny.image_size, tiny.image_size)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(together[0], together[2])  # different pictures stay apart
+
+
 def test_preprocessing_in_two_halves_equals_open_clips_own_transform(tiny):
     from PIL import Image
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Callable, Sequence
@@ -67,6 +68,8 @@ CLEAN_PROMPTS = (
     "an image without any text",
     "a picture",
 )
+# Pixels per chunk of a same-size group resized at once on the device (384 MB as float32).
+_RESIZE_CHUNK_PIXELS = 2**25
 # OpenAI CLIP's trained logit scale, which LAION's zero-shot tags used as a fixed softmax scale.
 TAG_LOGIT_SCALE = 100.0
 
@@ -157,28 +160,48 @@ class LoadedClip:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """A uint8 batch (B, 3, H, W) to the model's normalised float input, on its device."""
-        mean = torch.tensor(self.preprocess_cfg["mean"], device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess_cfg["std"], device=self.device).view(1, 3, 1, 1)
-        x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
-        return x.sub_(mean).div_(std)
+        mean, std = self._mean_std
+        return pixels.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
 
     def preprocess_on_device(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Decoded uint8 CHW images (on the model's device) to the model's input batch there."""
+        """Decoded uint8 CHW images (on the model's device) to the model's normalised input batch there.
+
+        open_clip's resize (short side, bicubic, antialiased) and centre crop, run once per group of
+        same-size images rather than per image: a shard from image_shards holds one size only, and
+        the float conversion, clamp and normalisation run once on the whole batch.
+        """
         size = self.image_size
-        mean = torch.tensor(self.preprocess_cfg["mean"], device=self.device).view(3, 1, 1)
-        std = torch.tensor(self.preprocess_cfg["std"], device=self.device).view(3, 1, 1)
-        out = torch.empty((len(images), 3, size, size), device=self.device, dtype=torch.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
-            height, width = image.shape[-2:]
+            groups.setdefault((int(image.shape[-2]), int(image.shape[-1])), []).append(i)
+        out = torch.empty((len(images), 3, size, size), device=self.device, dtype=torch.float32)
+        for (height, width), members in groups.items():
             scale = size / min(height, width)
             new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-            resized = F.interpolate(
-                image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
-            )[0]
             top, left = (new_h - size) // 2, (new_w - size) // 2
-            crop = resized[:, top : top + size, left : left + size].clamp_(0, 255)
-            out[i] = (crop / 255.0 - mean) / std
-        return out
+            # A float copy of big pictures is large: bounded chunks keep a batch's peak memory flat.
+            step = max(1, _RESIZE_CHUNK_PIXELS // (height * width))
+            for lo in range(0, len(members), step):
+                chunk = members[lo : lo + step]
+                stacked = torch.stack([images[i] for i in chunk]).float()
+                if (new_h, new_w) != (height, width):
+                    stacked = F.interpolate(
+                        stacked, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+                    )
+                crop = stacked[:, :, top : top + size, left : left + size]
+                if len(chunk) == len(images):
+                    out.copy_(crop)
+                else:
+                    out.index_copy_(0, torch.tensor(chunk, device=self.device), crop)
+        mean, std = self._mean_std
+        return out.clamp_(0, 255).sub_(mean).div_(std)
+
+    @functools.cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's mean and std on its device, scaled to 0..255 pixels."""
+        mean = torch.tensor(self.preprocess_cfg["mean"], device=self.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.preprocess_cfg["std"], device=self.device).view(1, 3, 1, 1) * 255.0
+        return mean, std
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
