@@ -6,7 +6,7 @@
 #   benchmarks/clip_pairs_gpu.sh --dry-run --device cpu  here: every part on a tiny input, no wheels, measures nothing
 #
 # Logs and JSON go to $OUT (the device's return folder; benchmarks/.work/clip_pairs_gpu/out when unset),
-# at most 8 files: clip_pairs_gpu.{log,json}, profile_*.txt (2), worker.log, nvidia-smi.txt, wheels.log.
+# at most 8 files: clip_pairs_gpu.{log,json}, profile_*.txt (3), worker.log, nvidia-smi.txt, wheels.log.
 # Other arguments go to the Python driver (--images, --budget-s, ...: see its --help).
 set -uo pipefail
 cd "$(dirname "$0")/.."

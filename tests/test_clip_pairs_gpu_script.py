@@ -18,12 +18,11 @@ SCRIPT = REPO / "benchmarks" / "clip_pairs_gpu.sh"
 LIMIT_S = 900
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def _dry_run(tmp_path_factory: pytest.TempPathFactory, *options: str) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("clip_pairs_gpu") / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CLIP_PAIRS_GPU_TIMEOUT_S": str(LIMIT_S - 30)}
     done = subprocess.run(
-        ["bash", str(SCRIPT), "--dry-run", "--device", "cpu"],
+        ["bash", str(SCRIPT), "--dry-run", "--device", "cpu", *options],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -33,6 +32,11 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "clip_pairs_gpu.json").read_text()), done.stdout
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    return _dry_run(tmp_path_factory)
 
 
 @pytest.mark.timeout(LIMIT_S + 60)
@@ -63,6 +67,10 @@ def test_dry_run_scores_every_row_in_every_end_to_end_run(dry_run: tuple[dict, s
     assert {run["mode"] for run in e2e["runs"]} == {"torch_decode_on_cpu", "cpu_decode"}
     assert all(run["rows"] == run["scored"] == images for run in e2e["runs"])
     assert all(run["ratio_to_model_only"] > 0 for run in e2e["runs"])
+    stored = e2e["stored"]["runs"]
+    assert {run["mode"] for run in stored} == {"torch_decode_on_cpu_256px", "cpu_decode_256px"}
+    assert all(run["rows"] == run["scored"] == report["inputs_256px"]["images"] == images for run in stored)
+    assert report["inputs_256px"]["mean_megapixels"] == round(256 * 256 / 1e6, 3)
     forced = report["parts"]["memory"]["forced"]["runs"]
     assert [run["decode"] for run in forced] == ["torch", "pil"]
     assert all(run["every_row_scored"] for run in forced)
@@ -84,3 +92,14 @@ def test_dry_run_writes_a_profile_per_decode_path(dry_run: tuple[dict, str]) -> 
         assert profile["cah.model"]["calls"] >= 1, name
         assert profile["cah.tokenize"]["calls"] >= 1, name
     assert profiles["cpu_decode"]["cah.decode_cpu"]["calls"] == dry_run[0]["args"]["shard_size"]
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_parts_runs_only_the_parts_asked_for_with_the_model_timed_for_the_ratio(tmp_path_factory):
+    report, stdout = _dry_run(tmp_path_factory, "--parts", "end_to_end", "memory")
+
+    assert report["parts_done"] == ["end_to_end", "memory"]
+    assert "worker" not in report["parts"] and "cah worker" not in stdout
+    assert report["parts"]["model_only"]["status"].startswith("reduced")
+    assert [row["batch"] for row in report["parts"]["model_only"]["rows"]] == report["args"]["e2e_batches"]
+    assert all(run["ratio_to_model_only"] > 0 for run in report["parts"]["end_to_end"]["runs"])

@@ -115,6 +115,24 @@ def test_a_single_row_that_runs_out_of_memory_is_raised():
         map_halving_on_oom(run, 4)
 
 
+def test_a_row_that_alone_runs_out_of_memory_goes_to_alone_and_does_not_shrink_later_batches(tiny):
+    def run(lo, hi):
+        if lo <= 2 < hi:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return list(range(lo, hi))
+
+    tiny.max_batch = None
+    try:
+        parts = map_halving_on_oom(run, 8, tiny, alone=lambda row, error: ("alone", row, type(error).__name__))
+        remembered = tiny.max_batch
+    finally:
+        tiny.max_batch = None
+
+    assert ("alone", 2, "OutOfMemoryError") in parts
+    assert sorted(i for part in parts if part[0] != "alone" for i in part) == [0, 1, 3, 4, 5, 6, 7]
+    assert remembered == 2  # the size that fitted, not the single row that did not
+
+
 def test_errors_other_than_out_of_memory_are_not_retried():
     calls = []
 
@@ -165,6 +183,22 @@ def test_device_preprocessing_matches_pil_preprocessing(tiny):
     assert on_device.shape == with_pil.shape
     # Different JPEG decoders and resamplers: close, not bit-equal.
     assert (on_device - with_pil).abs().mean() < 0.05
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_device_preprocessing_of_mixed_sizes_keeps_the_order_and_equals_one_image_at_a_time(tiny):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    sizes = [97, 64, 97, 40, 64, 97, 128]
+    jpegs = [sample_pairs(1, seed=i, size=size)[0][-1] for i, size in enumerate(sizes)]
+    images = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB) for j in jpegs]
+
+    together = tiny.preprocess_on_device(images)
+    alone = torch.cat([tiny.preprocess_on_device([image]) for image in images])
+
+    assert together.shape == (len(sizes), 3, tiny.image_size, tiny.image_size)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(together[0], together[2])  # different pictures stay apart
 
 
 def test_preprocessing_in_two_halves_equals_open_clips_own_transform(tiny):

@@ -1,13 +1,17 @@
 """The clip_pairs stage: one image shard in, every ok pair scored by CLIP out (parquet, kept view, embeddings).
 
 Reader → worker → writer, like img2dataset: the shard's tar is streamed into per-model batches,
-a thread pool decodes and tokenizes the next batches while the model embeds the current one, and
-the results are written atomically, the ``NNNNN.done`` marker last.
+a thread pool decodes (image by image with PIL, or a batch at a time on the model's device in a
+stream of its own) and tokenizes the next batches while the model embeds the current one, and
+the results are written atomically, the ``NNNNN.done`` marker last. Out-of-memory on the device,
+in decoding, resizing or the model, halves the batch; only an image that alone does not fit is
+recorded as such.
 
 Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows.
 A pair that could not be scored stays in the file with ``clip_status`` saying why
-(``image_unreadable``: the JPEG does not decode; ``image_missing``: the tar has no image for the
-key; ``unknown_category``: no model is configured for its category), ``clip_error`` the detail,
+(``image_unreadable``: the JPEG does not decode; ``image_too_large``: the image alone does not fit
+in the device's memory; ``image_missing``: the tar has no image for the key; ``unknown_category``:
+no model is configured for its category), ``clip_error`` the detail,
 null similarity and tags, and ``kept`` false. Scored pairs have ``clip_status == 'scored'``.
 
 Beside it: ``kept/NNNNN.parquet``, the kept rows only (the release view), and with
@@ -19,15 +23,18 @@ index holds one embedding space.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
 import tarfile
+import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
+from cah_resources.clip_pairs.clip_scorer import LoadedClip, is_out_of_memory, load_clip, map_halving_on_oom
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.contract import (
     CATEGORIES,
@@ -53,7 +60,7 @@ from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
 
-CLIP_STATUSES = ("scored", "image_unreadable", "image_missing", "unknown_category")
+CLIP_STATUSES = ("scored", "image_unreadable", "image_too_large", "image_missing", "unknown_category")
 _ERROR_CHARS = 200
 
 
@@ -105,13 +112,27 @@ class _Batch:
 
 
 @dataclass
-class _Prepared:
-    spec: ClipModelSpec
-    rows: list[int]
-    tokens: torch.Tensor
-    pixels: torch.Tensor | None = None
-    encoded: list[torch.Tensor] | None = None
-    errors: dict[int, str] = field(default_factory=dict)
+class _Decoded:
+    """A batch's pixels: the positions (in the batch) that decoded, their pixels in parts, and why others did not."""
+
+    positions: list[int] = field(default_factory=list)
+    parts: list[torch.Tensor] = field(default_factory=list)
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (clip_status, detail)
+
+
+@dataclass
+class _Pending:
+    """One batch in the decode pool: its tokens, and one decode per image (PIL) or one for the batch (device)."""
+
+    batch: _Batch
+    tokens: Future[torch.Tensor]
+    images: list[Future[torch.Tensor]] = field(default_factory=list)
+    on_device: Future[_Decoded] | None = None
+
+    def done(self) -> bool:
+        return (
+            self.tokens.done() and all(f.done() for f in self.images) and (not self.on_device or self.on_device.done())
+        )
 
 
 def _one_line(error: BaseException) -> str:
@@ -179,94 +200,187 @@ class _ShardScorer:
                 yield pending.pop(spec)
         yield from pending.values()
 
-    def prepare(self, batch: _Batch) -> _Prepared:
-        """Decode and tokenize one batch (runs on a pool thread)."""
+    def submit(self, pool: ThreadPoolExecutor, batch: _Batch) -> _Pending:
+        """Queue a batch's tokenization and decoding on the pool: PIL image by image, so every thread works."""
         loaded = self.models[batch.spec]
-        prepared = _Prepared(batch.spec, [], tokens=torch.empty(0))
+        tokens = pool.submit(loaded.tokenize, [self.texts[row] for row in batch.rows])
         if self.decode_on_device(loaded):
-            prepared.encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in batch.images]
-            prepared.rows = list(batch.rows)
-        else:
-            tensors = []
-            for row, data in zip(batch.rows, batch.images, strict=False):
-                try:
-                    tensors.append(loaded.preprocess_jpeg(data))
-                    prepared.rows.append(row)
-                except Exception as error:  # noqa: BLE001 - any undecodable image is recorded, not fatal
-                    prepared.errors[row] = _one_line(error)
-            prepared.pixels = torch.stack(tensors) if tensors else None
-        prepared.tokens = loaded.tokenize([self.texts[row] for row in prepared.rows])
-        return prepared
+            return _Pending(batch, tokens, on_device=pool.submit(self.decode_on_device_stream, loaded, batch.images))
+        return _Pending(batch, tokens, images=[pool.submit(loaded.preprocess_jpeg, data) for data in batch.images])
 
-    def _decode_encoded(self, loaded: LoadedClip, prepared: _Prepared) -> None:
-        """torchvision decode of the batch on the model's device (nvJPEG on CUDA) and resize there.
+    def decode_on_device_stream(self, loaded: LoadedClip, images: list[bytes]) -> _Decoded:
+        """torchvision decode of a batch on the model's device (nvJPEG on CUDA) and resize there (a pool thread).
 
-        A batch with a bad image is decoded again image by image to find it.
+        On CUDA it runs in this thread's own stream, so that it overlaps the model on the scoring thread.
         """
-        with warnings.catch_warnings():
-            # torchvision 0.29 marks its codecs deprecated in favour of TorchCodec; they still
-            # are the batched nvJPEG decoder this needs.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
+        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images]
 
-            try:
-                decoded = decode_jpeg(prepared.encoded, mode=ImageReadMode.RGB, device=loaded.device)
-                rows = prepared.rows
-            except Exception:  # noqa: BLE001 - find the bad images one at a time below
-                decoded, rows = [], []
-                for row, data in zip(prepared.rows, prepared.encoded, strict=False):
-                    try:
-                        decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=loaded.device))
-                        rows.append(row)
-                    except Exception as error:  # noqa: BLE001
-                        prepared.errors[row] = _one_line(error)
-                keep = [prepared.rows.index(r) for r in rows]
-                prepared.tokens = prepared.tokens[keep]
-        prepared.rows = rows
-        prepared.pixels = loaded.preprocess_on_device(decoded) if decoded else None
+        def alone(position: int, error: BaseException) -> _Decoded:
+            return _Decoded(errors={position: ("image_too_large", _one_line(error))})
 
-    def score(self, prepared: _Prepared) -> None:
-        """Embed one prepared batch and record its similarities and tags (runs on this thread)."""
-        loaded = self.models[prepared.spec]
-        for row, message in prepared.errors.items():
-            self.status[row], self.error[row] = "image_unreadable", message
-        if prepared.encoded is not None:
-            self._decode_encoded(loaded, prepared)
-            for row, message in prepared.errors.items():
-                self.status[row], self.error[row] = "image_unreadable", message
-        if prepared.pixels is None or not prepared.rows:
+        with _own_stream(loaded.device):
+            slices = map_halving_on_oom(
+                lambda lo, hi: _decode_slice(loaded, encoded, lo, hi),
+                len(encoded),
+                loaded,
+                limit="max_decode_batch",
+                alone=alone,
+            )
+        decoded = _Decoded()
+        for part in slices:
+            decoded.positions += part.positions
+            decoded.parts += part.parts
+            decoded.errors.update(part.errors)
+        return decoded
+
+    def collect(
+        self, pending: _Pending
+    ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, dict[int, tuple[str, str]]]:
+        """A finished batch's rows that decoded, their pixels (in parts), their tokens, and the others' errors."""
+        batch = pending.batch
+        if pending.on_device is not None:
+            decoded = pending.on_device.result()
+            if decoded.parts and decoded.parts[0].is_cuda:
+                # Made in the pool thread's stream; used and freed in this one.
+                for part in decoded.parts:
+                    part.record_stream(torch.cuda.current_stream())
+        else:
+            decoded = _Decoded()
+            tensors = []
+            for position, future in enumerate(pending.images):
+                error = future.exception()
+                if error is None:
+                    decoded.positions.append(position)
+                    tensors.append(future.result())
+                else:  # any undecodable image is recorded, not fatal
+                    decoded.errors[position] = ("image_unreadable", _one_line(error))
+            decoded.parts = [torch.stack(tensors)] if tensors else []
+        tokens = pending.tokens.result()
+        if len(decoded.positions) < len(batch.rows):
+            tokens = tokens[decoded.positions]
+        errors = {batch.rows[position]: reason for position, reason in decoded.errors.items()}
+        return [batch.rows[p] for p in decoded.positions], decoded.parts, tokens, errors
+
+    def score(self, pending: _Pending) -> None:
+        """Embed one decoded batch and record its similarities and tags (runs on this thread)."""
+        spec = pending.batch.spec
+        loaded = self.models[spec]
+        rows, parts, tokens, errors = self.collect(pending)
+        for row, (status, message) in errors.items():
+            self.status[row], self.error[row] = status, message
+        if not rows:
             return
-        image_emb, text_emb = loaded.embed_in_halves(prepared.pixels, prepared.tokens)
-        rows = np.asarray(prepared.rows)
-        self.similarity[rows] = (image_emb * text_emb).sum(dim=-1).cpu().numpy()
+
+        def embed(lo: int, hi: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+            return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi), tokens[lo:hi]))
+
+        def alone(position: int, error: BaseException) -> None:
+            self.status[rows[position]], self.error[rows[position]] = "image_too_large", _one_line(error)
+
+        done = [part for part in map_halving_on_oom(embed, len(rows), loaded, alone=alone) if part is not None]
+        if not done:
+            return
+        scored = np.asarray([rows[i] for lo, hi, *_ in done for i in range(lo, hi)])
+        image_emb = torch.cat([part[2] for part in done])
+        text_emb = torch.cat([part[3] for part in done])
+        self.similarity[scored] = (image_emb * text_emb).sum(dim=-1).cpu().numpy()
         labels, nsfw_score, watermark_score = loaded.tags(image_emb)
-        self.nsfw_score[rows] = nsfw_score
-        self.watermark_score[rows] = watermark_score
-        for row, label in zip(prepared.rows, labels, strict=False):
+        self.nsfw_score[scored] = nsfw_score
+        self.watermark_score[scored] = watermark_score
+        for row, label in zip(scored.tolist(), labels, strict=False):
             self.nsfw[row], self.status[row], self.error[row] = label, "scored", None
         if self.settings.write_embeddings:
-            if prepared.spec not in self.embeddings:
-                dim = image_emb.shape[1]
-                self.embeddings[prepared.spec] = (
-                    np.zeros((self.n, dim), np.float16),
+            if spec not in self.embeddings:
+                self.embeddings[spec] = (
+                    np.zeros((self.n, image_emb.shape[1]), np.float16),
                     np.zeros((self.n, text_emb.shape[1]), np.float16),
                 )
-            images, texts = self.embeddings[prepared.spec]
-            images[rows] = image_emb.half().cpu().numpy()
-            texts[rows] = text_emb.half().cpu().numpy()
+            images, texts = self.embeddings[spec]
+            images[scored] = image_emb.half().cpu().numpy()
+            texts[scored] = text_emb.half().cpu().numpy()
 
     def run(self, images: Iterator[tuple[int, bytes]]) -> None:
         settings = self.settings
-        in_flight: deque[Future[_Prepared]] = deque()
-        limit = settings.decode_workers + settings.prefetch_batches
+        in_flight: deque[_Pending] = deque()
+        # Batches queued ahead of the one being scored: enough images to keep every decode thread busy.
+        limit = settings.prefetch_batches + -(-settings.decode_workers // settings.batch_size)
         with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clip-decode") as pool:
-            for batch in self.batches(images):
-                in_flight.append(pool.submit(self.prepare, batch))
-                # Score whatever is ready; block only when the prefetch window is full.
-                while in_flight and (len(in_flight) > limit or in_flight[0].done()):
-                    self.score(in_flight.popleft().result())
-            while in_flight:
-                self.score(in_flight.popleft().result())
+            try:
+                for batch in self.batches(images):
+                    in_flight.append(self.submit(pool, batch))
+                    # Score whatever is ready; block only when the prefetch window is full.
+                    while in_flight and (len(in_flight) > limit or in_flight[0].done()):
+                        self.score(in_flight.popleft())
+                while in_flight:
+                    self.score(in_flight.popleft())
+            finally:
+                for pending in in_flight:  # a failed shard: do not decode what nobody will score
+                    for future in (pending.tokens, *pending.images, pending.on_device):
+                        if future is not None:
+                            future.cancel()
+
+
+_STREAMS = threading.local()
+
+
+@contextmanager
+def _own_stream(device: str) -> Iterator[None]:
+    """On CUDA: run the block in this thread's own stream and wait for it at the end; elsewhere nothing."""
+    if device != "cuda":
+        yield
+        return
+    stream = getattr(_STREAMS, "stream", None)
+    if stream is None:
+        stream = _STREAMS.stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
+
+
+@functools.cache
+def _quiet_torchvision_codecs() -> None:
+    # torchvision 0.29 marks its codecs deprecated in favour of TorchCodec; they still are the batched
+    # nvJPEG decoder this needs. A filter, not catch_warnings: that one is not safe across threads.
+    warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
+
+
+def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: int) -> _Decoded:
+    """Decode ``encoded[lo:hi]`` on the model's device and resize it there; a batch with a bad image is
+    decoded again image by image to find it. Out-of-memory is raised for the caller to halve."""
+    import torchvision.io as tvio
+
+    _quiet_torchvision_codecs()
+    mode = tvio.ImageReadMode.RGB
+    decoded = _Decoded()
+    try:
+        images = tvio.decode_jpeg(encoded[lo:hi], mode=mode, device=loaded.device)
+        decoded.positions = list(range(lo, hi))
+    except Exception as error:  # noqa: BLE001 - find the bad images one at a time below
+        if is_out_of_memory(error):
+            raise
+        images = []
+        for position in range(lo, hi):
+            try:
+                images += tvio.decode_jpeg([encoded[position]], mode=mode, device=loaded.device)
+                decoded.positions.append(position)
+            except Exception as one:  # noqa: BLE001
+                if is_out_of_memory(one):
+                    raise
+                decoded.errors[position] = ("image_unreadable", _one_line(one))
+    if images:
+        decoded.parts = [loaded.preprocess_on_device(images).to(loaded.input_dtype)]
+    return decoded
+
+
+def _rows_of(parts: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo:hi`` of the batch the parts make up, one after the other (a view when in one part)."""
+    pieces, start = [], 0
+    for part in parts:
+        end = start + len(part)
+        if end > lo and start < hi:
+            pieces.append(part[max(lo, start) - start : min(hi, end) - start])
+        start = end
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:

@@ -1,0 +1,119 @@
+"""clip_pairs under a device memory cap: out-of-memory anywhere in a batch's device work halves it, nothing is lost.
+
+The cap is torch's own: the torch and torchvision calls that allocate a batch's tensors (JPEG decode,
+``empty``, ``stack``, ``interpolate``, ``linear``) raise the real ``torch.OutOfMemoryError`` when their
+result is larger than the cap, as the CUDA allocator does under ``set_per_process_memory_fraction``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io
+
+from cah_assets.resources import ClipScorer
+from cah_resources.clip_pairs.clip_scorer import load_clip
+from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
+from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
+from cah_resources.storage import DataRoot
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+SEGMENT = "CC-MAIN-2024-10_00009"
+TINY_IMAGE_BYTES = 3 * 64 * 64 * 4  # one float32 input of the tiny model (64 pixels)
+CAP_BYTES = TINY_IMAGE_BYTES * 5 // 2  # two and a half images: a batch of 12 cannot fit, one image can
+
+
+def _nbytes(result: Any) -> int:
+    tensors = result if isinstance(result, (list, tuple)) else [result]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _capped(call: Callable[..., Any], cap: int, seen: list[int]) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def allocate(*args: Any, **kwargs: Any) -> Any:
+        result = call(*args, **kwargs)
+        size = _nbytes(result)
+        if size > cap:
+            seen.append(size)
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {size} bytes (test cap {cap})")
+        return result
+
+    return allocate
+
+
+@pytest.fixture()
+def memory_cap(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[int]]:
+    """Call it to cap every batch allocation at ``CAP_BYTES`` from then on; it returns the sizes refused."""
+    refused: list[int] = []
+    # The batch sizes that fitted are remembered per loaded model and process: start and end without any.
+    loaded = load_clip(ClipScorer.tiny().settings().models["en"], "cpu", "fp32")
+    loaded.max_batch = loaded.max_decode_batch = None
+    monkeypatch.setattr(loaded, "max_batch", None)
+    monkeypatch.setattr(loaded, "max_decode_batch", None)
+
+    def cap() -> list[int]:
+        for owner, name in (
+            (torchvision.io, "decode_jpeg"),
+            (torch, "empty"),
+            (torch, "stack"),
+            (torch.nn.functional, "interpolate"),
+            (torch.nn.functional, "linear"),
+        ):
+            monkeypatch.setattr(owner, name, _capped(getattr(owner, name), CAP_BYTES, refused))
+        return refused
+
+    return cap
+
+
+def _shard(root: DataRoot, sizes: list[int]) -> ClipPairsUnit:
+    samples = []
+    for i, size in enumerate(sizes):
+        (_, caption, _, jpeg) = sample_pairs(1, seed=100 + i, size=size)[0]
+        samples.append(ShardSample(caption, jpeg, "en", "en"))
+    write_image_shard(root, SEGMENT, 0, samples)
+    return ClipPairsUnit(root, SEGMENT, 0)
+
+
+def _scored(unit: ClipPairsUnit, decode: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    unit.root.remove(unit.root.path("clip_pairs"))
+    summary = score_image_shard(unit, ClipScorer.tiny(batch_size=12, decode_workers=2, decode=decode).settings())
+    return summary, unit.root.read_parquet(unit.output(f"{unit.name}.parquet")).to_pylist()
+
+
+def test_out_of_memory_in_device_decode_and_resize_halves_the_batch_and_every_row_is_scored_as_uncapped(
+    tmp_path, memory_cap, caplog
+):
+    # decode='pil' decodes on the host: here host and device are one CPU, so the cap would refuse
+    # host allocations that no device cap could; its halving (in the model) is covered in test_clip_scorer.
+    decode = "torch"
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 12)
+    _, uncapped = _scored(unit, decode)
+    refused = memory_cap()
+
+    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs.clip_scorer"):
+        summary, rows = _scored(unit, decode)
+
+    assert refused, "the cap never refused an allocation: the test would measure nothing"
+    assert any("ran out of memory" in record.getMessage() for record in caplog.records)
+    assert summary["not_scored"] == {}
+    assert [r["clip_status"] for r in rows] == ["scored"] * 12
+    np.testing.assert_allclose([r["similarity"] for r in rows], [r["similarity"] for r in uncapped], atol=1e-4)
+
+
+def test_only_an_image_that_alone_does_not_fit_is_recorded_and_the_rest_of_its_batch_is_scored(tmp_path, memory_cap):
+    # 224 pixels decode to 150 KB, more than the cap by themselves; the 64-pixel ones fit.
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 5 + [224] + [64] * 6)
+    memory_cap()
+
+    summary, rows = _scored(unit, "torch")
+
+    assert rows[5]["clip_status"] == "image_too_large"
+    assert "OutOfMemoryError" in rows[5]["clip_error"] and rows[5]["similarity"] is None
+    assert [r["clip_status"] for i, r in enumerate(rows) if i != 5] == ["scored"] * 11
+    assert summary["not_scored"] == {"image_too_large": 1}
