@@ -294,6 +294,7 @@ def score_all(units: list[ClipPairsUnit], settings: ScoringSettings, oom: OomCou
             key: sum(s.get("device_memory", {}).get(key, 0) for s in summaries)
             for key in ("oom_halvings", "oom_alone", "decoded_on_cpu")
         },
+        "prepared_on_device_peak": max(s.get("device_memory", {}).get("prepared_on_device_peak", 0) for s in summaries),
         "oom_messages": oom.messages[heard:][:5],
     }
     if device == "cuda":

@@ -178,3 +178,14 @@ def test_a_shard_with_many_out_of_memory_events_logs_a_few_of_them_and_one_summa
     assert len(logged) == OOM_WARNINGS_PER_SHARD + 1
     assert "12 of them decoded on the CPU" in logged[-1]
     assert summary["device_memory"]["oom_halvings"] + summary["device_memory"]["oom_alone"] > len(logged)
+
+
+@pytest.mark.parametrize("prefetch_batches", [0, 2])
+def test_at_most_prefetch_batches_plus_one_decoded_batches_wait_on_the_device(tmp_path, prefetch_batches):
+    # Eight decode threads and batches of two: the host side may queue five batches ahead.
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 24)
+
+    summary, rows = _scored(unit, "torch", batch_size=2, decode_workers=8, prefetch_batches=prefetch_batches)
+
+    assert [r["clip_status"] for r in rows] == ["scored"] * 24
+    assert 1 <= summary["device_memory"]["prepared_on_device_peak"] <= prefetch_batches + 1

@@ -5,8 +5,9 @@ a thread pool decodes (image by image with PIL, or a batch at a time on the mode
 stream of its own) and tokenizes the next batches while the model embeds the current one, and
 the results are written atomically, the ``NNNNN.done`` marker last. Out-of-memory on the device,
 in decoding, resizing or the model, halves the batch; an image whose decode alone does not fit on
-the device is decoded on the CPU instead. The marker's ``device_memory`` counts what out-of-memory
-cost; the log shows the first few events and one line per shard.
+the device is decoded on the CPU instead. At most ``prefetch_batches + 1`` decoded batches wait on
+the device at once. The marker's ``device_memory`` counts what out-of-memory cost; the log shows
+the first few events and one line per shard.
 
 Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows.
 A pair that could not be scored stays in the file with ``clip_status`` saying why
@@ -131,16 +132,22 @@ class _Decoded:
 
 @dataclass
 class _Pending:
-    """One batch in the decode pool: its tokens, and one decode per image (PIL) or one for the batch (device)."""
+    """One batch in the decode pool: its tokens, and one decode per image (PIL) or one for the batch (device).
+
+    A device decode (``device``) starts later than the tokens, when the device has room for its result.
+    """
 
     batch: _Batch
     tokens: Future[torch.Tensor]
     images: list[Future[torch.Tensor]] = field(default_factory=list)
+    device: bool = False
     on_device: Future[_Decoded] | None = None
 
     def done(self) -> bool:
         return (
-            self.tokens.done() and all(f.done() for f in self.images) and (not self.on_device or self.on_device.done())
+            self.tokens.done()
+            and all(f.done() for f in self.images)
+            and (not self.device or (self.on_device is not None and self.on_device.done()))
         )
 
 
@@ -187,6 +194,8 @@ class _ShardScorer:
         self.embeddings: dict[ClipModelSpec, tuple[np.ndarray, np.ndarray]] = {}
         self.models: dict[ClipModelSpec, LoadedClip] = {}
         self.oom = OomTally()
+        # Batches decoded (or being decoded) on the device and not yet scored: now and at most.
+        self.on_device_held = self.on_device_peak = 0
         for row, category in enumerate(self.categories):
             if category not in settings.models:
                 self.status[row] = "unknown_category"
@@ -216,12 +225,31 @@ class _ShardScorer:
         yield from pending.values()
 
     def submit(self, pool: ThreadPoolExecutor, batch: _Batch) -> _Pending:
-        """Queue a batch's tokenization and decoding on the pool: PIL image by image, so every thread works."""
+        """Queue a batch's tokenization and decoding on the pool: PIL image by image, so every thread works.
+
+        A decode on the device is only marked here: ``start_device_decodes`` starts it when there is room.
+        """
         loaded = self.models[batch.spec]
         tokens = pool.submit(loaded.tokenize, [self.texts[row] for row in batch.rows])
         if self.decode_on_device(loaded):
-            return _Pending(batch, tokens, on_device=pool.submit(self.decode_on_device_stream, loaded, batch.images))
+            return _Pending(batch, tokens, device=True)
         return _Pending(batch, tokens, images=[pool.submit(loaded.preprocess_jpeg, data) for data in batch.images])
+
+    def start_device_decodes(self, pool: ThreadPoolExecutor, in_flight: deque[_Pending]) -> None:
+        """Start the device decodes of the oldest batches, while fewer than ``prefetch_batches + 1`` are held.
+
+        Decoded pixels wait on the device until scored: the batch being scored plus the prefetched ones
+        keep the model fed; more only take memory the model and the next decodes need.
+        """
+        room = self.settings.prefetch_batches + 1
+        for pending in in_flight:
+            if self.on_device_held >= room:
+                return
+            if pending.device and pending.on_device is None:
+                loaded = self.models[pending.batch.spec]
+                pending.on_device = pool.submit(self.decode_on_device_stream, loaded, pending.batch.images)
+                self.on_device_held += 1
+                self.on_device_peak = max(self.on_device_peak, self.on_device_held)
 
     def decode_on_device_stream(self, loaded: LoadedClip, images: list[bytes]) -> _Decoded:
         """torchvision decode of a batch on the model's device (nvJPEG on CUDA) and resize there (a pool thread).
@@ -285,6 +313,13 @@ class _ShardScorer:
 
     def score(self, pending: _Pending) -> None:
         """Embed one decoded batch and record its similarities and tags (runs on this thread)."""
+        try:
+            self._score(pending)
+        finally:
+            if pending.on_device is not None:
+                self.on_device_held -= 1
+
+    def _score(self, pending: _Pending) -> None:
         spec = pending.batch.spec
         loaded = self.models[spec]
         rows, parts, tokens, errors = self.collect(pending)
@@ -334,11 +369,14 @@ class _ShardScorer:
             try:
                 for batch in self.batches(images):
                     in_flight.append(self.submit(pool, batch))
+                    self.start_device_decodes(pool, in_flight)
                     # Score whatever is ready; block only when the prefetch window is full.
                     while in_flight and (len(in_flight) > limit or in_flight[0].done()):
                         self.score(in_flight.popleft())
+                        self.start_device_decodes(pool, in_flight)
                 while in_flight:
                     self.score(in_flight.popleft())
+                    self.start_device_decodes(pool, in_flight)
             finally:
                 for pending in in_flight:  # a failed shard: do not decode what nobody will score
                     for future in (pending.tokens, *pending.images, pending.on_device):
@@ -526,8 +564,12 @@ def _summary(
         "worker": _worker_name(),
         "models": {c: settings.models[c].label for c in CATEGORIES},
         "thresholds": dict(settings.thresholds),
-        # What device out-of-memory cost: halvings, single rows, of those the images decoded on the CPU instead.
-        "device_memory": (scorer.oom if scorer is not None else OomTally()).counts(),
+        # What device out-of-memory cost: halvings, single rows, of those the images decoded on the CPU
+        # instead; and the most decoded batches held on the device at once.
+        "device_memory": {
+            **(scorer.oom if scorer is not None else OomTally()).counts(),
+            "prepared_on_device_peak": scorer.on_device_peak if scorer is not None else 0,
+        },
     }
 
 
