@@ -15,7 +15,8 @@ run cut short still returns what it did) and ``<out>/profile_*.txt``.
    pictures as image_shards stores them (256x256 JPEGs, ``ResizeSettings`` defaults), which is what
    clip_pairs reads in production;
 3. peak GPU memory, whether OOM-halving fired, and one run forced into it with an oversized batch
-   under a memory cap: does every row still come out scored;
+   under a memory cap: does every row still come out scored, and how many images were decoded on
+   the CPU because the device could not decode them alone;
 4. ``cah worker --gpu`` joining a scheduler started here and scoring one shard.
 
 ``--parts`` picks some of them (the inputs are always made; end_to_end alone times the model at
@@ -250,7 +251,7 @@ def model_only(args: argparse.Namespace, specs: list[ClipModelSpec], texts: list
 
 
 class OomCounter(logging.Handler):
-    """Counts the stage's 'ran out of memory; retrying in batches of N' warnings."""
+    """Keeps the stage's 'ran out of memory' warnings (the first few of each shard; the counts are in its summary)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -289,7 +290,11 @@ def score_all(units: list[ClipPairsUnit], settings: ScoringSettings, oom: OomCou
         },
         "seconds": round(seconds, 3),
         "images_per_s": round(scored / seconds, 1),
-        "oom_halvings": len(oom.messages) - heard,
+        **{
+            key: sum(s.get("device_memory", {}).get(key, 0) for s in summaries)
+            for key in ("oom_halvings", "oom_alone", "decoded_on_cpu")
+        },
+        "prepared_on_device_peak": max(s.get("device_memory", {}).get("prepared_on_device_peak", 0) for s in summaries),
         "oom_messages": oom.messages[heard:][:5],
     }
     if device == "cuda":
@@ -579,8 +584,9 @@ def forced_oom(
         run["max_decode_batch_after"] = loaded.max_decode_batch
         result["runs"].append({"capped": True, **run})
         say(
-            f"forced OOM decode={decode}: halvings {run.get('oom_halvings')}, every row scored "
-            f"{run.get('every_row_scored')}, not scored {run.get('not_scored', run.get('failed'))}"
+            f"forced OOM decode={decode}: halvings {run.get('oom_halvings')}, decoded on the CPU after device "
+            f"OOM {run.get('decoded_on_cpu')}, every row scored {run.get('every_row_scored')}, "
+            f"not scored {run.get('not_scored', run.get('failed'))}"
         )
     loaded.max_batch = loaded.max_decode_batch = None
     return {"status": "done", **result}
@@ -839,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_gpu_allocated_bytes": max((r["peak_gpu_allocated_bytes"] for r in peaks), default=None),
             "peak_gpu_reserved_bytes": max((r["peak_gpu_reserved_bytes"] for r in peaks), default=None),
             "oom_halving_fired_in_normal_runs": any(r["oom_halvings"] for r in e2e.get("runs", [])),
+            "decoded_on_cpu_in_normal_runs": sum(r["decoded_on_cpu"] for r in e2e.get("runs", [])),
         }
         if args.device != "cuda":
             memory["peak"] = skip("peak GPU memory")

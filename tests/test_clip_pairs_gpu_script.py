@@ -74,6 +74,8 @@ def test_dry_run_scores_every_row_in_every_end_to_end_run(dry_run: tuple[dict, s
     forced = report["parts"]["memory"]["forced"]["runs"]
     assert [run["decode"] for run in forced] == ["torch", "pil"]
     assert all(run["every_row_scored"] for run in forced)
+    assert all(run["decoded_on_cpu"] == 0 and run["oom_halvings"] == 0 for run in forced)  # uncapped on the CPU
+    assert report["parts"]["memory"]["decoded_on_cpu_in_normal_runs"] == 0
 
 
 @pytest.mark.timeout(LIMIT_S + 60)

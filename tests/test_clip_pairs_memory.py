@@ -1,4 +1,5 @@
-"""clip_pairs under a device memory cap: out-of-memory anywhere in a batch's device work halves it, nothing is lost.
+"""clip_pairs under a device memory cap: out-of-memory in a batch's device work halves it, an image the device
+cannot decode alone is decoded on the CPU, nothing is lost, and the log says so in a few lines.
 
 The cap is torch's own: the torch and torchvision calls that allocate a batch's tensors (JPEG decode,
 ``empty``, ``stack``, ``interpolate``, ``linear``) raise the real ``torch.OutOfMemoryError`` when their
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io
+from PIL import Image
 
 from cah_assets.resources import ClipScorer
-from cah_resources.clip_pairs.clip_scorer import load_clip
+from cah_resources.clip_pairs.clip_scorer import OOM_WARNINGS_PER_SHARD, load_clip
 from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
 from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
@@ -56,6 +58,7 @@ def memory_cap(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[int]]:
     loaded.max_batch = loaded.max_decode_batch = None
     monkeypatch.setattr(loaded, "max_batch", None)
     monkeypatch.setattr(loaded, "max_decode_batch", None)
+    monkeypatch.setattr(loaded, "fit_streaks", {})
 
     def cap() -> list[int]:
         for owner, name in (
@@ -80,10 +83,15 @@ def _shard(root: DataRoot, sizes: list[int]) -> ClipPairsUnit:
     return ClipPairsUnit(root, SEGMENT, 0)
 
 
-def _scored(unit: ClipPairsUnit, decode: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _scored(unit: ClipPairsUnit, decode: str, **settings: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     unit.root.remove(unit.root.path("clip_pairs"))
-    summary = score_image_shard(unit, ClipScorer.tiny(batch_size=12, decode_workers=2, decode=decode).settings())
+    scorer = ClipScorer.tiny(**{"batch_size": 12, "decode_workers": 2, "decode": decode, **settings})
+    summary = score_image_shard(unit, scorer.settings())
     return summary, unit.root.read_parquet(unit.output(f"{unit.name}.parquet")).to_pylist()
+
+
+def _similarities(rows: list[dict[str, Any]]) -> list[float]:
+    return [r["similarity"] for r in rows]
 
 
 def test_out_of_memory_in_device_decode_and_resize_halves_the_batch_and_every_row_is_scored_as_uncapped(
@@ -103,17 +111,81 @@ def test_out_of_memory_in_device_decode_and_resize_halves_the_batch_and_every_ro
     assert any("ran out of memory" in record.getMessage() for record in caplog.records)
     assert summary["not_scored"] == {}
     assert [r["clip_status"] for r in rows] == ["scored"] * 12
-    np.testing.assert_allclose([r["similarity"] for r in rows], [r["similarity"] for r in uncapped], atol=1e-4)
+    np.testing.assert_allclose(_similarities(rows), _similarities(uncapped), atol=1e-4)
 
 
-def test_only_an_image_that_alone_does_not_fit_is_recorded_and_the_rest_of_its_batch_is_scored(tmp_path, memory_cap):
+def test_an_image_that_alone_does_not_fit_the_device_decode_is_decoded_on_the_cpu_and_scored(tmp_path, memory_cap):
     # 224 pixels decode to 150 KB, more than the cap by themselves; the 64-pixel ones fit.
     unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 5 + [224] + [64] * 6)
+    _, on_the_cpu = _scored(unit, "pil")
     memory_cap()
 
     summary, rows = _scored(unit, "torch")
 
+    assert [r["clip_status"] for r in rows] == ["scored"] * 12
+    assert summary["device_memory"]["decoded_on_cpu"] == 1
+    np.testing.assert_allclose(rows[5]["similarity"], on_the_cpu[5]["similarity"], atol=1e-4)
+
+
+def test_when_no_image_alone_fits_the_device_decode_every_row_is_decoded_on_the_cpu_and_scored(tmp_path, memory_cap):
+    unit = _shard(DataRoot(str(tmp_path / "data")), [224] * 12)
+    _, on_the_cpu = _scored(unit, "pil")
+    refused = memory_cap()
+
+    summary, rows = _scored(unit, "torch")
+
+    assert refused.count(3 * 224 * 224) >= 12, "every image alone should have been refused on the device"
+    assert summary["not_scored"] == {}
+    assert [r["clip_status"] for r in rows] == ["scored"] * 12
+    assert summary["device_memory"]["decoded_on_cpu"] == 12
+    np.testing.assert_allclose(_similarities(rows), _similarities(on_the_cpu), atol=1e-4)
+
+
+def test_an_image_neither_the_device_nor_the_cpu_can_hold_is_recorded_as_too_large(tmp_path, memory_cap, monkeypatch):
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 5 + [224] + [64] * 6)
+    memory_cap()
+    # PIL's own limit on pixels per image stands in for the host's memory: 224 x 224 is over it, 64 x 64 not.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 224 * 224 // 4)
+
+    summary, rows = _scored(unit, "torch")
+
     assert rows[5]["clip_status"] == "image_too_large"
-    assert "OutOfMemoryError" in rows[5]["clip_error"] and rows[5]["similarity"] is None
+    assert "DecompressionBombError" in rows[5]["clip_error"] and rows[5]["similarity"] is None
     assert [r["clip_status"] for i, r in enumerate(rows) if i != 5] == ["scored"] * 11
     assert summary["not_scored"] == {"image_too_large": 1}
+
+
+def test_a_huge_picture_does_not_leave_the_rest_of_the_shard_decoding_one_image_at_a_time(tmp_path, memory_cap):
+    # Under the cap two 64-pixel images fit a decode and resize; bisecting to the 224-pixel one fits 1.
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 5 + [224] + [64] * 26)
+    memory_cap()
+
+    summary, rows = _scored(unit, "torch", batch_size=16, prefetch_batches=0)  # one batch decoding at a time
+
+    assert load_clip(ClipScorer.tiny().settings().models["en"], "cpu", "fp32").max_decode_batch == 2
+    assert [r["clip_status"] for r in rows] == ["scored"] * 32
+    assert summary["device_memory"]["oom_alone"] == 1
+
+
+def test_a_shard_with_many_out_of_memory_events_logs_a_few_of_them_and_one_summary_line(tmp_path, memory_cap, caplog):
+    unit = _shard(DataRoot(str(tmp_path / "data")), [224] * 12)
+    memory_cap()
+
+    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs"):
+        summary, _ = _scored(unit, "torch")
+
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("cah_resources.clip_pairs")]
+    assert len(logged) == OOM_WARNINGS_PER_SHARD + 1
+    assert "12 of them decoded on the CPU" in logged[-1]
+    assert summary["device_memory"]["oom_halvings"] + summary["device_memory"]["oom_alone"] > len(logged)
+
+
+@pytest.mark.parametrize("prefetch_batches", [0, 2])
+def test_at_most_prefetch_batches_plus_one_decoded_batches_wait_on_the_device(tmp_path, prefetch_batches):
+    # Eight decode threads and batches of two: the host side may queue five batches ahead.
+    unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 24)
+
+    summary, rows = _scored(unit, "torch", batch_size=2, decode_workers=8, prefetch_batches=prefetch_batches)
+
+    assert [r["clip_status"] for r in rows] == ["scored"] * 24
+    assert 1 <= summary["device_memory"]["prepared_on_device_peak"] <= prefetch_batches + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 
 import numpy as np
@@ -12,6 +13,9 @@ import torch.nn.functional as F
 
 from cah_assets.resources import ClipScorer
 from cah_resources.clip_pairs.clip_scorer import (
+    GROW_AFTER_FITS,
+    OOM_WARNINGS_PER_SHARD,
+    OomTally,
     encode_text,
     load_clip,
     map_halving_on_oom,
@@ -131,6 +135,61 @@ def test_a_row_that_alone_runs_out_of_memory_goes_to_alone_and_does_not_shrink_l
     assert ("alone", 2, "OutOfMemoryError") in parts
     assert sorted(i for part in parts if part[0] != "alone" for i in part) == [0, 1, 3, 4, 5, 6, 7]
     assert remembered == 2  # the size that fitted, not the single row that did not
+
+
+def test_the_halvings_toward_a_row_that_alone_runs_out_of_memory_are_not_remembered(tiny):
+    # Slices over 16 rows do not fit; row 37 does not fit in any slice. Bisecting to it fits 4 and
+    # then 1 row on the way: sizes that say nothing about the batch size.
+    def run(lo, hi):
+        if hi - lo > 16 or lo <= 37 < hi:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return list(range(lo, hi))
+
+    tiny.max_batch = None
+    try:
+        parts = map_halving_on_oom(run, 64, tiny, alone=lambda row, error: ("alone", row))
+        remembered = tiny.max_batch
+    finally:
+        tiny.max_batch = None
+
+    assert ("alone", 37) in parts
+    assert remembered == 16
+
+
+def test_a_remembered_batch_size_grows_again_once_slices_in_a_row_fit_at_it(tiny):
+    calls = []
+
+    def run(lo, hi):
+        calls.append(hi - lo)
+        return list(range(lo, hi))
+
+    tiny.max_batch, tiny.fit_streaks = 1, {}  # as left by a moment when the device was full
+    try:
+        parts = map_halving_on_oom(run, 256, tiny)
+        remembered = tiny.max_batch
+    finally:
+        tiny.max_batch, tiny.fit_streaks = None, {}
+
+    assert [i for part in parts for i in part] == list(range(256))
+    assert calls[:GROW_AFTER_FITS] == [1] * GROW_AFTER_FITS
+    assert max(calls) > 8 and len(calls) < 100
+    assert remembered == max(calls)
+
+
+def test_out_of_memory_events_are_counted_and_only_the_first_few_logged(caplog):
+    tally = OomTally()
+
+    def run(lo, hi):
+        if hi - lo > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return lo
+
+    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs.clip_scorer"):
+        for _ in range(10):
+            map_halving_on_oom(run, 64, tally=tally)
+
+    assert tally.halvings >= 10 * 6  # 64 rows down to 1, then each try to grow again
+    assert len(caplog.records) == OOM_WARNINGS_PER_SHARD
 
 
 def test_errors_other_than_out_of_memory_are_not_retried():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,12 @@ CLEAN_PROMPTS = (
 # on the CPU about a core's cache (1 MB), where a bigger batched pass ran 1.4-3.5x slower per image.
 _RESIZE_CHUNK_PIXELS = 2**25
 _RESIZE_CHUNK_PIXELS_CPU = 2**18
+# Out-of-memory warnings one shard logs before it only counts them: a capped H200 run logged 8,897
+# halvings of one shard, a line each, which buries everything else in a worker's log.
+OOM_WARNINGS_PER_SHARD = 3
+# Slices in a row that fit at a remembered size before it is doubled: memory freed since (a huge
+# picture gone, another batch scored) is used again, at the cost of one failed try when it was not.
+GROW_AFTER_FITS = 16
 # OpenAI CLIP's trained logit scale, which LAION's zero-shot tags used as a fixed softmax scale.
 TAG_LOGIT_SCALE = 100.0
 
@@ -121,6 +128,8 @@ class LoadedClip:
     max_batch: int | None = None
     # The same for decoding and resizing a batch on the device, which need memory of their own.
     max_decode_batch: int | None = None
+    # Per limit above: slices in a row that fitted at it (see GROW_AFTER_FITS).
+    fit_streaks: dict[str, int] = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
@@ -160,10 +169,11 @@ class LoadedClip:
             image = step(image)
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch (B, 3, H, W) to the model's normalised float input, on its device."""
+    def normalize(self, pixels: torch.Tensor, device: str | None = None) -> torch.Tensor:
+        """A uint8 batch (B, 3, H, W) to the model's normalised float input, on its device or ``device``."""
+        device = device or self.device
         mean, std = self._mean_std
-        return pixels.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
+        return pixels.to(device, non_blocking=True).float().sub_(mean.to(device)).div_(std.to(device))
 
     def preprocess_on_device(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decoded uint8 CHW images (on the model's device) to the model's normalised input batch there.
@@ -290,6 +300,30 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+class OomTally:
+    """One shard's out-of-memory events, counted across threads; only the first few are logged."""
+
+    def __init__(self, logged: int = OOM_WARNINGS_PER_SHARD) -> None:
+        self.halvings = 0  # a slice that did not fit, halved
+        self.alone = 0  # a single row that did not fit
+        self.decoded_on_cpu = 0  # of those, images decoded on the CPU instead of the device
+        self.logged = 0
+        self._quota = logged
+        self._lock = threading.Lock()
+
+    def count(self, event: str, message: str = "", *args: Any) -> None:
+        """Add one ``event`` (an attribute above); log ``message``, if any, while the shard's quota lasts."""
+        with self._lock:
+            setattr(self, event, getattr(self, event) + 1)
+            loud = bool(message) and self.logged < self._quota
+            self.logged += loud
+        if loud:
+            log.warning(message, *args)
+
+    def counts(self) -> dict[str, int]:
+        return {"oom_halvings": self.halvings, "oom_alone": self.alone, "decoded_on_cpu": self.decoded_on_cpu}
+
+
 def map_halving_on_oom(
     run: Callable[[int, int], Any],
     n: int,
@@ -297,17 +331,28 @@ def map_halving_on_oom(
     *,
     limit: str = "max_batch",
     alone: Callable[[int, BaseException], Any] | None = None,
+    tally: OomTally | None = None,
 ) -> list[Any]:
     """``run(lo, hi)`` over ``[0, n)`` in the largest slices that fit, halving on out-of-memory.
 
     A size that fitted after halving is remembered on ``loaded`` (attribute ``limit``) so that later
-    batches start there. A single row that still runs out of memory is a real failure: its result is
-    ``alone(row, error)`` when given, else the error is raised. It is that row's failure, not the
-    batch size's, so the size it leaves behind is not remembered.
+    batches start there, and doubled after ``GROW_AFTER_FITS`` slices in a row fit at it. A single row
+    that still runs out of memory is a real failure: its result is ``alone(row, error)`` when given,
+    else the error is raised. It is that row's failure, not the batch size's: the halvings that led to
+    it are undone, back to the largest size that fitted. Each event goes to ``tally`` when given
+    (counted, the first few logged), else to the log.
     """
+
+    def note(event: str, message: str, *args: Any) -> None:
+        if tally is not None:
+            tally.count(event, message, *args)
+        else:
+            log.warning(message, *args)
+
     remembered = getattr(loaded, limit) if loaded is not None else None
-    step = min(n, remembered) if remembered else n
-    fitted = 0
+    step = first_step = min(n, remembered) if remembered else n
+    streaks = loaded.fit_streaks if loaded is not None else {}
+    fitted, alone_before = 0, False
     results, lo = [], 0
     while lo < n:
         hi = min(n, lo + step)
@@ -316,21 +361,36 @@ def map_halving_on_oom(
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
             if not is_out_of_memory(error):
                 raise
+            streaks[limit] = 0
+            # Blocks cached for another stream are no use to this one: give them back before retrying.
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if hi - lo > 1:
                 step = max(1, (hi - lo) // 2)
-                log.warning("CLIP batch of %d ran out of memory; retrying in batches of %d", hi - lo, step)
+                note("halvings", "CLIP batch of %d ran out of memory; retrying in batches of %d", hi - lo, step)
                 continue
             if alone is None:
                 raise
-            log.warning("CLIP row %d alone ran out of memory: %s", lo, " ".join(str(error).split())[:200])
+            note("alone", "CLIP row %d alone ran out of memory: %s", lo, " ".join(str(error).split())[:200])
             results.append(alone(lo, error))
-            step = max(1, fitted)
+            # Go on at the largest size that fitted (or the first one, when none has yet), unless the row
+            # before failed alone too: then the device is full and one at a time is what is left.
+            step = 1 if alone_before else fitted or first_step
+            if not alone_before and loaded is not None and fitted and (getattr(loaded, limit) or n) < fitted:
+                setattr(loaded, limit, fitted)
+            alone_before = True
         else:
-            fitted = max(fitted, hi - lo)
-            if loaded is not None and hi - lo == step and step < n and step < (getattr(loaded, limit) or n):
-                setattr(loaded, limit, step)
+            fitted, alone_before = max(fitted, hi - lo), False
+            if hi - lo == step and step < n:
+                current = getattr(loaded, limit) if loaded is not None else None
+                streaks[limit] = streaks.get(limit, 0) + 1
+                if streaks[limit] >= GROW_AFTER_FITS:
+                    step, streaks[limit] = step * 2, 0
+                    current = None if current is None else max(current, step)
+                elif current is None or step < current:
+                    current = step
+                if loaded is not None:
+                    setattr(loaded, limit, current)
         lo = hi
     return results
 

@@ -4,15 +4,18 @@ Reader → worker → writer, like img2dataset: the shard's tar is streamed into
 a thread pool decodes (image by image with PIL, or a batch at a time on the model's device in a
 stream of its own) and tokenizes the next batches while the model embeds the current one, and
 the results are written atomically, the ``NNNNN.done`` marker last. Out-of-memory on the device,
-in decoding, resizing or the model, halves the batch; only an image that alone does not fit is
-recorded as such.
+in decoding, resizing or the model, halves the batch; an image whose decode alone does not fit on
+the device is decoded on the CPU instead. At most ``prefetch_batches + 1`` decoded batches wait on
+the device at once. The marker's ``device_memory`` counts what out-of-memory cost; the log shows
+the first few events and one line per shard.
 
 Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows.
 A pair that could not be scored stays in the file with ``clip_status`` saying why
 (``image_unreadable``: the JPEG does not decode; ``image_too_large``: the image alone does not fit
-in the device's memory; ``image_missing``: the tar has no image for the key; ``unknown_category``:
-no model is configured for its category), ``clip_error`` the detail,
-null similarity and tags, and ``kept`` false. Scored pairs have ``clip_status == 'scored'``.
+in the device's memory for the model, or in the CPU's to decode; ``image_missing``: the tar has
+no image for the key; ``unknown_category``: no model is configured for its category),
+``clip_error`` the detail, null similarity and tags, and ``kept`` false. Scored pairs have
+``clip_status == 'scored'``.
 
 Beside it: ``kept/NNNNN.parquet``, the kept rows only (the release view), and with
 ``write_embeddings`` clip-retrieval's layout, ``embeddings/{img_emb,text_emb,metadata}/``
@@ -42,8 +45,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from PIL import Image
 
-from cah_resources.clip_pairs.clip_scorer import LoadedClip, is_out_of_memory, load_clip, map_halving_on_oom
+from cah_resources.clip_pairs.clip_scorer import (
+    LoadedClip,
+    OomTally,
+    is_out_of_memory,
+    load_clip,
+    map_halving_on_oom,
+)
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.contract import (
     CATEGORIES,
@@ -122,17 +132,28 @@ class _Decoded:
 
 @dataclass
 class _Pending:
-    """One batch in the decode pool: its tokens, and one decode per image (PIL) or one for the batch (device)."""
+    """One batch in the decode pool: its tokens, and one decode per image (PIL) or one for the batch (device).
+
+    A device decode (``device``) starts later than the tokens, when the device has room for its result.
+    """
 
     batch: _Batch
     tokens: Future[torch.Tensor]
     images: list[Future[torch.Tensor]] = field(default_factory=list)
+    device: bool = False
     on_device: Future[_Decoded] | None = None
 
     def done(self) -> bool:
         return (
-            self.tokens.done() and all(f.done() for f in self.images) and (not self.on_device or self.on_device.done())
+            self.tokens.done()
+            and all(f.done() for f in self.images)
+            and (not self.device or (self.on_device is not None and self.on_device.done()))
         )
+
+
+def _cpu_decode_status(error: BaseException) -> str:
+    """Why the CPU could not decode an image: too large for its memory (or PIL's bomb limit), or unreadable."""
+    return "image_too_large" if isinstance(error, (MemoryError, Image.DecompressionBombError)) else "image_unreadable"
 
 
 def _one_line(error: BaseException) -> str:
@@ -172,6 +193,9 @@ class _ShardScorer:
         self.error: list[str | None] = ["the shard's tar has no image for this key"] * self.n
         self.embeddings: dict[ClipModelSpec, tuple[np.ndarray, np.ndarray]] = {}
         self.models: dict[ClipModelSpec, LoadedClip] = {}
+        self.oom = OomTally()
+        # Batches decoded (or being decoded) on the device and not yet scored: now and at most.
+        self.on_device_held = self.on_device_peak = 0
         for row, category in enumerate(self.categories):
             if category not in settings.models:
                 self.status[row] = "unknown_category"
@@ -201,22 +225,39 @@ class _ShardScorer:
         yield from pending.values()
 
     def submit(self, pool: ThreadPoolExecutor, batch: _Batch) -> _Pending:
-        """Queue a batch's tokenization and decoding on the pool: PIL image by image, so every thread works."""
+        """Queue a batch's tokenization and decoding on the pool: PIL image by image, so every thread works.
+
+        A decode on the device is only marked here: ``start_device_decodes`` starts it when there is room.
+        """
         loaded = self.models[batch.spec]
         tokens = pool.submit(loaded.tokenize, [self.texts[row] for row in batch.rows])
         if self.decode_on_device(loaded):
-            return _Pending(batch, tokens, on_device=pool.submit(self.decode_on_device_stream, loaded, batch.images))
+            return _Pending(batch, tokens, device=True)
         return _Pending(batch, tokens, images=[pool.submit(loaded.preprocess_jpeg, data) for data in batch.images])
+
+    def start_device_decodes(self, pool: ThreadPoolExecutor, in_flight: deque[_Pending]) -> None:
+        """Start the device decodes of the oldest batches, while fewer than ``prefetch_batches + 1`` are held.
+
+        Decoded pixels wait on the device until scored: the batch being scored plus the prefetched ones
+        keep the model fed; more only take memory the model and the next decodes need.
+        """
+        room = self.settings.prefetch_batches + 1
+        for pending in in_flight:
+            if self.on_device_held >= room:
+                return
+            if pending.device and pending.on_device is None:
+                loaded = self.models[pending.batch.spec]
+                pending.on_device = pool.submit(self.decode_on_device_stream, loaded, pending.batch.images)
+                self.on_device_held += 1
+                self.on_device_peak = max(self.on_device_peak, self.on_device_held)
 
     def decode_on_device_stream(self, loaded: LoadedClip, images: list[bytes]) -> _Decoded:
         """torchvision decode of a batch on the model's device (nvJPEG on CUDA) and resize there (a pool thread).
 
         On CUDA it runs in this thread's own stream, so that it overlaps the model on the scoring thread.
+        An image that alone runs out of device memory is decoded on the CPU instead.
         """
         encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images]
-
-        def alone(position: int, error: BaseException) -> _Decoded:
-            return _Decoded(errors={position: ("image_too_large", _one_line(error))})
 
         with _own_stream(loaded.device):
             slices = map_halving_on_oom(
@@ -224,7 +265,8 @@ class _ShardScorer:
                 len(encoded),
                 loaded,
                 limit="max_decode_batch",
-                alone=alone,
+                alone=lambda position, _: self.decode_on_cpu(loaded, images[position], position),
+                tally=self.oom,
             )
         decoded = _Decoded()
         for part in slices:
@@ -233,6 +275,15 @@ class _ShardScorer:
             decoded.errors.update(part.errors)
         return decoded
 
+    def decode_on_cpu(self, loaded: LoadedClip, data: bytes, position: int) -> _Decoded:
+        """One image the device could not decode alone: PIL here, normalised on the host, scored with its batch."""
+        try:
+            pixels = loaded.preprocess_jpeg(data)
+        except Exception as error:  # noqa: BLE001 - any undecodable image is recorded, not fatal
+            return _Decoded(errors={position: (_cpu_decode_status(error), _one_line(error))})
+        self.oom.count("decoded_on_cpu")
+        return _Decoded(positions=[position], parts=[loaded.normalize(pixels[None], "cpu").to(loaded.input_dtype)])
+
     def collect(
         self, pending: _Pending
     ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, dict[int, tuple[str, str]]]:
@@ -240,9 +291,8 @@ class _ShardScorer:
         batch = pending.batch
         if pending.on_device is not None:
             decoded = pending.on_device.result()
-            if decoded.parts and decoded.parts[0].is_cuda:
-                # Made in the pool thread's stream; used and freed in this one.
-                for part in decoded.parts:
+            for part in decoded.parts:
+                if part.is_cuda:  # made in the pool thread's stream; used and freed in this one
                     part.record_stream(torch.cuda.current_stream())
         else:
             decoded = _Decoded()
@@ -253,7 +303,7 @@ class _ShardScorer:
                     decoded.positions.append(position)
                     tensors.append(future.result())
                 else:  # any undecodable image is recorded, not fatal
-                    decoded.errors[position] = ("image_unreadable", _one_line(error))
+                    decoded.errors[position] = (_cpu_decode_status(error), _one_line(error))
             decoded.parts = [torch.stack(tensors)] if tensors else []
         tokens = pending.tokens.result()
         if len(decoded.positions) < len(batch.rows):
@@ -263,6 +313,13 @@ class _ShardScorer:
 
     def score(self, pending: _Pending) -> None:
         """Embed one decoded batch and record its similarities and tags (runs on this thread)."""
+        try:
+            self._score(pending)
+        finally:
+            if pending.on_device is not None:
+                self.on_device_held -= 1
+
+    def _score(self, pending: _Pending) -> None:
         spec = pending.batch.spec
         loaded = self.models[spec]
         rows, parts, tokens, errors = self.collect(pending)
@@ -272,12 +329,16 @@ class _ShardScorer:
             return
 
         def embed(lo: int, hi: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-            return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi), tokens[lo:hi]))
+            return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi, loaded.device), tokens[lo:hi]))
 
         def alone(position: int, error: BaseException) -> None:
             self.status[rows[position]], self.error[rows[position]] = "image_too_large", _one_line(error)
 
-        done = [part for part in map_halving_on_oom(embed, len(rows), loaded, alone=alone) if part is not None]
+        done = [
+            part
+            for part in map_halving_on_oom(embed, len(rows), loaded, alone=alone, tally=self.oom)
+            if part is not None
+        ]
         if not done:
             return
         scored = np.asarray([rows[i] for lo, hi, *_ in done for i in range(lo, hi)])
@@ -308,11 +369,14 @@ class _ShardScorer:
             try:
                 for batch in self.batches(images):
                     in_flight.append(self.submit(pool, batch))
+                    self.start_device_decodes(pool, in_flight)
                     # Score whatever is ready; block only when the prefetch window is full.
                     while in_flight and (len(in_flight) > limit or in_flight[0].done()):
                         self.score(in_flight.popleft())
+                        self.start_device_decodes(pool, in_flight)
                 while in_flight:
                     self.score(in_flight.popleft())
+                    self.start_device_decodes(pool, in_flight)
             finally:
                 for pending in in_flight:  # a failed shard: do not decode what nobody will score
                     for future in (pending.tokens, *pending.images, pending.on_device):
@@ -372,15 +436,18 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
     return decoded
 
 
-def _rows_of(parts: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
-    """Rows ``lo:hi`` of the batch the parts make up, one after the other (a view when in one part)."""
+def _rows_of(parts: list[torch.Tensor], lo: int, hi: int, device: str) -> torch.Tensor:
+    """Rows ``lo:hi`` of the batch the parts make up, one after the other (a view when in one part).
+
+    Parts decoded on the CPU after device out-of-memory join the others on ``device``.
+    """
     pieces, start = [], 0
     for part in parts:
         end = start + len(part)
         if end > lo and start < hi:
             pieces.append(part[max(lo, start) - start : min(hi, end) - start])
         start = end
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return pieces[0] if len(pieces) == 1 else torch.cat([piece.to(device) for piece in pieces])
 
 
 def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:
@@ -497,6 +564,12 @@ def _summary(
         "worker": _worker_name(),
         "models": {c: settings.models[c].label for c in CATEGORIES},
         "thresholds": dict(settings.thresholds),
+        # What device out-of-memory cost: halvings, single rows, of those the images decoded on the CPU
+        # instead; and the most decoded batches held on the device at once.
+        "device_memory": {
+            **(scorer.oom if scorer is not None else OomTally()).counts(),
+            "prepared_on_device_peak": scorer.on_device_peak if scorer is not None else 0,
+        },
     }
 
 
@@ -532,6 +605,18 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
         _write_embeddings(unit, table, scorer, settings)
     summary = _summary(unit, table, settings, time.perf_counter() - started, scorer)
     root.write_json(unit.marker, summary)
+    if scorer is not None and (scorer.oom.halvings or scorer.oom.alone):
+        oom = scorer.oom
+        log.warning(
+            "clip_pairs %s/%s: device out of memory: %d batch halvings, %d images alone, %d of them decoded on "
+            "the CPU (%d of these events logged above)",
+            unit.segment,
+            unit.name,
+            oom.halvings,
+            oom.alone,
+            oom.decoded_on_cpu,
+            oom.logged,
+        )
     log.info("clip_pairs %s/%s: %d pairs, %s kept", unit.segment, unit.name, table.num_rows, summary["kept"])
     return summary
 
