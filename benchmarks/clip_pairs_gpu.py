@@ -658,13 +658,13 @@ def worker_part(
                 rows=summary["pairs"],
                 scored=scored,
                 every_row_scored=scored == summary["pairs"] > 0,
-                images_per_s=summary["images_per_s"],
+                images_per_s=summary["pairs_per_s"],
                 seconds_to_result=round(time.perf_counter() - started, 1),
             )
             say(
                 f"worker: {result['command']} joined in {result['joined_s']}s; {summary['worker']} scored "
                 f"{scored}/{summary['pairs']} rows on {summary['device']} "
-                f"({summary['images_per_s']} images/s in the shard)"
+                f"({summary['pairs_per_s']} images/s in the shard)"
             )
         finally:
             # The worker's nannies stop on SIGTERM (serve_workers); its session group is ours alone.

@@ -24,7 +24,7 @@ def quiet_console() -> None:
 SUMMARY = {
     "candidates": ((("records_read", "records"), ("candidates", "candidates")), "records_per_s", "records/s"),
     "image_shards": ((("candidates", "URLs"), (SUCCESSES, SUCCESSES)), "images_per_s", "images/s"),
-    "clip_pairs": ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "images_per_s", "pairs/s"),
+    "clip_pairs": ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "pairs_per_s", "pairs/s"),
     "release": ((("pairs", "pairs"),), "", ""),
 }
 

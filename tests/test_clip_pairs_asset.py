@@ -59,7 +59,7 @@ def test_a_segment_materializes_with_the_numbers_a_person_asks_for(data):
     assert [c.name for c in histogram.schema.columns] == ["similarity", "pairs", "bar"]
     assert sum(r.data["pairs"] for r in histogram.records) == 30
     assert (metadata["device"].value, metadata["precision"].value) == ("cpu", "fp32")
-    assert metadata["images_per_s"].value > 0 and metadata["shards_scored_now"].value == 2
+    assert metadata["pairs_per_s"].value > 0 and metadata["shards_scored_now"].value == 2
     assert all("cah-tiny-clip" in r.data["model"] for r in metadata["models"].records)
 
 

@@ -48,7 +48,7 @@ def clip_pairs(
         s = result.value
         context.log.info(
             f"shard {done}/{total} {s['segment']}/{s['shard']:05d}: {s['pairs']} pairs, "
-            f"kept {s['kept']} ({s['images_per_s']} images/s)"
+            f"kept {s['kept']} ({s['pairs_per_s']} pairs/s)"
         )
 
     started = time.perf_counter()
@@ -69,7 +69,7 @@ def clip_pairs(
                 if len(keys) == 1
                 else {"segments": len(keys), "pairs_scored": totals["scored_total"], "pairs_kept": totals["kept_total"]}
             ),
-            "images_per_s": rate(scored_now, seconds),
+            "pairs_per_s": rate(scored_now, seconds),
             "shards_scored_now": len(ran),
             "seconds": round(seconds, 2),
             "models": rows_table(
@@ -96,7 +96,7 @@ def describe(root: DataRoot, key: str) -> dict:
         "similarity_histogram": rows_table(
             histogram_rows(totals["histogram"]), ["similarity", "pairs", "bar"], limit=100
         ),
-        "shard_images_per_s": totals["shard_images_per_s"] or 0.0,
+        "shard_pairs_per_s": totals["shard_pairs_per_s"] or 0.0,
         "device": totals["device"],
         "precision": totals["precision"],
         "shards": totals["shards"],

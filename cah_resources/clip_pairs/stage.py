@@ -558,7 +558,7 @@ def _summary(
         "not_scored": {s: status.count(s) for s in CLIP_STATUSES[1:] if status.count(s)},
         "histogram": similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
         "seconds": round(seconds, 3),
-        "images_per_s": round(scored_count / seconds, 2) if seconds > 0 else None,
+        "pairs_per_s": round(scored_count / seconds, 2) if seconds > 0 else None,
         "device": device,
         "precision": precision,
         "worker": _worker_name(),
@@ -648,7 +648,7 @@ def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "kept_total": total_kept,
         "kept_rate": round(total_kept / total_scored, 4) if total_scored else 0.0,
         "histogram": histogram,
-        "shard_images_per_s": round(total_scored / seconds, 2) if seconds else None,
+        "shard_pairs_per_s": round(total_scored / seconds, 2) if seconds else None,
         "device": ",".join(devices) or "none",
         "precision": ",".join(precisions) or "none",
     }
