@@ -237,3 +237,23 @@ def test_a_lost_query_is_sent_again_long_before_the_lookup_times_out(web):
     # Without the second query this would wait out the 30 s timeout and end as dns_timeout.
     assert result.status == "fetched"
     assert totals["dns_hedged"] == 1 and totals["dns_lookups"] == 1 and not totals["dns_failures"]
+
+
+def test_a_slow_answer_after_fast_ones_is_waited_for_up_to_dns_timeout(web):
+    """c-ares times a try out at 5x the server's average latency (250 ms at least), whatever timeout
+    it was given; a recursive resolver answers cached names in a millisecond and recurses for far
+    longer. A slow answer within ``dns_timeout`` must still be taken, not become ``dns_timeout``."""
+    settings = settings_for(web, dns_timeout=5.0, retries=0)
+
+    async def run():
+        async with Downloader(settings) as downloader:
+            web.dns.latency = (0.005, 0.005)
+            fast = [await downloader.fetch(web.url("jpeg", n)) for n in range(12)]  # c-ares learns ~5 ms
+            web.dns.latency = (1.5, 1.5)  # well past 5 x 5 ms and past 1 s (the downloader's resend), within 5 s
+            slow = await downloader.fetch(web.url("png", 99))
+            return fast, slow, downloader.dns_totals()
+
+    fast, slow, totals = asyncio.run(run())
+    assert [r.status for r in fast] == ["fetched"] * 12
+    assert slow.status == "fetched", slow.error_message
+    assert totals["dns_failures"].get("dns_timeout", 0) == 0

@@ -26,6 +26,9 @@ _ARES_ERRORS = {
     ares.ARES_ECONNREFUSED: ("dns_error", "no nameserver could be reached", False),
 }
 SOCKET_BUFFER_BYTES = 4 * 2**20
+# Tries c-ares may spend inside one lookup's deadline: from its 250 ms floor, doubling to its 5 s
+# cap, 8 tries last ~24 s, past any sensible dns_timeout (the deadline stops them first).
+ARES_TRIES = 8
 # Seconds without an answer before a lookup's query is sent again (Chrome's resolver waits about as
 # long): far above an uncached recursive lookup (30-300 ms), far below a whole timeout.
 HEDGE_AFTER_S = 1.0
@@ -122,12 +125,17 @@ class CachingResolver(AbstractResolver):
         negative_ttl: float = 300.0,
     ) -> None:
         servers = [parse_nameserver(n) for n in nameservers]
-        # One try of ``timeout`` seconds: c-ares drops a late answer to a try it has given up on, so
-        # splitting the time into tries fails every lookup slower than one share. The downloader
-        # retries a timed-out lookup once instead.
+        # c-ares (>= 1.22) does not give a try ``timeout``: once it has seen a few answers it times a
+        # try out at 5x the server's average latency, 250 ms at least and 5 s at most. A resolver that
+        # answers cached names in a millisecond would then fail every recursion past 250 ms with one
+        # try. So c-ares retries (each try waiting about twice the last) until ARES_TRIES are spent,
+        # and the lookup's own deadline (``timeout``, in _lookup) is what bounds it.
         # A burst of answers to hundreds of lookups must queue, not be dropped (a lost answer costs a timeout).
         self._resolver = aiodns.DNSResolver(
-            nameservers=servers or None, timeout=timeout, tries=1, socket_receive_buffer_size=SOCKET_BUFFER_BYTES
+            nameservers=servers or None,
+            timeout=timeout,
+            tries=ARES_TRIES,
+            socket_receive_buffer_size=SOCKET_BUFFER_BYTES,
         )
         self.timeout = timeout
         self.min_ttl, self.max_ttl = min_ttl, max_ttl
