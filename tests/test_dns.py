@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, parse_nameserver
+from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, ares_tries, parse_nameserver
 from cah_resources.image_shards.downloader import Downloader, FetchSettings
 from cah_resources.samples.local_dns import LocalDns
 from cah_resources.samples.local_web import LocalImageWeb
@@ -257,3 +257,11 @@ def test_a_slow_answer_after_fast_ones_is_waited_for_up_to_dns_timeout(web):
     assert [r.status for r in fast] == ["fetched"] * 12
     assert slow.status == "fetched", slow.error_message
     assert totals["dns_failures"].get("dns_timeout", 0) == 0
+
+
+@pytest.mark.parametrize("timeout", [0.5, 1.0, 5.0, 10.0, 30.0])
+def test_c_ares_gets_tries_enough_for_the_deadline_at_its_shortest_waits_and_no_more(timeout):
+    tries = ares_tries(timeout)
+    waits = [min(0.25 * 2**n, 5.0) for n in range(tries)]
+    assert sum(waits) >= timeout  # c-ares does not give up before the lookup's own deadline
+    assert tries == 2 or sum(waits[:-1]) < timeout  # nor keeps tries that only run after it

@@ -26,9 +26,21 @@ _ARES_ERRORS = {
     ares.ARES_ECONNREFUSED: ("dns_error", "no nameserver could be reached", False),
 }
 SOCKET_BUFFER_BYTES = 4 * 2**20
-# Tries c-ares may spend inside one lookup's deadline: from its 250 ms floor, doubling to its 5 s
-# cap, 8 tries last ~24 s, past any sensible dns_timeout (the deadline stops them first).
-ARES_TRIES = 8
+# c-ares's bounds on one try's timeout (c-ares >= 1.22, docs/features.md): see CachingResolver.
+ARES_TRY_FLOOR_S, ARES_TRY_CAP_S = 0.25, 5.0
+
+
+def ares_tries(timeout: float) -> int:
+    """Tries that cover ``timeout`` even when c-ares gives each its shortest wait (250 ms, doubling).
+
+    No more: c-ares cannot cancel one query, so tries left when the lookup gives up are still sent.
+    """
+    tries, waited, wait = 0, 0.0, ARES_TRY_FLOOR_S
+    while waited < timeout:
+        tries, waited, wait = tries + 1, waited + wait, min(wait * 2, ARES_TRY_CAP_S)
+    return max(tries, 2)
+
+
 # Seconds without an answer before a lookup's query is sent again (Chrome's resolver waits about as
 # long): far above an uncached recursive lookup (30-300 ms), far below a whole timeout.
 HEDGE_AFTER_S = 1.0
@@ -128,13 +140,13 @@ class CachingResolver(AbstractResolver):
         # c-ares (>= 1.22) does not give a try ``timeout``: once it has seen a few answers it times a
         # try out at 5x the server's average latency, 250 ms at least and 5 s at most. A resolver that
         # answers cached names in a millisecond would then fail every recursion past 250 ms with one
-        # try. So c-ares retries (each try waiting about twice the last) until ARES_TRIES are spent,
+        # try. So c-ares retries (each try waiting about twice the last) until its tries are spent,
         # and the lookup's own deadline (``timeout``, in _lookup) is what bounds it.
         # A burst of answers to hundreds of lookups must queue, not be dropped (a lost answer costs a timeout).
         self._resolver = aiodns.DNSResolver(
             nameservers=servers or None,
             timeout=timeout,
-            tries=ARES_TRIES,
+            tries=ares_tries(timeout),
             socket_receive_buffer_size=SOCKET_BUFFER_BYTES,
         )
         self.timeout = timeout
