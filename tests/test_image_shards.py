@@ -6,7 +6,6 @@ import io
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -14,7 +13,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import psutil
 import pyarrow as pa
@@ -22,7 +21,7 @@ import pytest
 import webdataset as wds
 from hostile_peers import RawServer, read_request, response_head
 from PIL import Image
-from shard_inputs import SEGMENT, SETTINGS, write_candidates
+from shard_inputs import KILLABLE_RUN, SEGMENT, SETTINGS, kill_after_first_shard, killable_run_args, write_candidates
 
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
@@ -231,49 +230,12 @@ def test_missing_candidates_are_a_one_line_error(tmp_path):
         plan_shards(DataRoot(str(tmp_path)), "CC-MAIN-NONE_00000", 10)
 
 
-KILLABLE_RUN = textwrap.dedent(
-    """
-    import sys
-    from cah_resources.image_shards.downloader import FetchSettings
-    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
-    from cah_resources.image_shards.resizer import ResizeSettings
-    from cah_resources.storage import DataRoot
-
-    root, segment = DataRoot(sys.argv[1]), sys.argv[2]
-    settings = ShardSettings(fetch=FetchSettings(**eval(sys.argv[3])), resize=ResizeSettings(**eval(sys.argv[4])),
-                             shard_size=int(sys.argv[5]))
-    for unit in plan_shards(root, segment, settings.shard_size):
-        download_shard(unit, settings)
-    """
-)  # run with -c: image worker processes then start without re-running a __main__ file
-
-
 def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
     root = DataRoot(str(tmp_path / "data"))
     with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:
         rows = write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
         folder = segment_folder(root, SEGMENT)
-        env = {**os.environ, "PYTHONPATH": REPO}
-        args = [
-            root.url,
-            SEGMENT,
-            repr(asdict(SETTINGS.fetch)),
-            repr(asdict(SETTINGS.resize)),
-            str(SETTINGS.shard_size),
-        ]
-        process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *args], cwd=REPO, env=env)
-        try:
-            deadline = time.monotonic() + 120
-            while not root.exists(f"{folder}/00000.done"):
-                assert process.poll() is None, "the run ended before finishing its first shard"
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            image_workers = psutil.Process(process.pid).children(recursive=True)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        image_workers = kill_after_first_shard(root, folder)
         # The killed run's image worker processes leave with it rather than lingering as orphans.
         gone, alive = psutil.wait_procs(image_workers, timeout=20)
         assert image_workers and alive == []
@@ -420,7 +382,7 @@ def test_an_image_full_of_bogus_exif_tags_prints_no_warnings_and_is_counted(web,
     with BodiesWeb({"/exif.jpg": jpeg_with_bogus_exif_tags(5400)}) as hostile:
         write_candidates(root, SEGMENT, [*web.urls({"jpeg": 2}), LocalUrl(hostile.url("/exif.jpg"), "exif", "ok")])
         stats = f"{segment_folder(root, SEGMENT)}/00000_stats.json"
-        args = [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), "20", stats]
+        args = [*killable_run_args(root, shard_size=20), stats]
         env = {**os.environ, "PYTHONPATH": REPO}
         done = subprocess.run(
             [sys.executable, "-c", KILLABLE_RUN + SUM_WARNINGS, *args],

@@ -5,12 +5,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from dataclasses import asdict
 
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
-from shard_inputs import SEGMENT, SETTINGS, write_candidates
+from shard_inputs import SEGMENT, SETTINGS, kill_after_first_shard, write_candidates
 
 from cah_assets.resources import StorageResource
 from cah_resources.image_shards.stage import (
@@ -112,55 +110,18 @@ def test_a_writer_killed_mid_multipart_upload_publishes_nothing(s3_root, s3_peer
     assert visible(s3_root, path) == {"listed": [], "exists": False, "head": None}
 
 
-KILLABLE_RUN = textwrap.dedent(
-    """
-    import sys
-    from cah_resources.image_shards.downloader import FetchSettings
-    from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
-    from cah_resources.image_shards.resizer import ResizeSettings
-    from cah_resources.storage import DataRoot
-
-    root, segment = DataRoot(sys.argv[1]), sys.argv[2]  # endpoint and keys from the AWS variables
-    settings = ShardSettings(fetch=FetchSettings(**eval(sys.argv[3])), resize=ResizeSettings(**eval(sys.argv[4])),
-                             shard_size=int(sys.argv[5]))
-    for unit in plan_shards(root, segment, settings.shard_size):
-        download_shard(unit, settings)
-    """
-)
-
-
 def test_a_shard_run_killed_midway_resumes_keeping_finished_shards_byte_and_etag_identical(s3_root, s3_peer):
     root = s3_root
     folder = segment_folder(root, SEGMENT)
     with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:
         rows = write_candidates(root, SEGMENT, slow_web.urls({"jpeg": 50, "not_found": 10, "png": 20}))
-        env = {
-            **os.environ,
-            "PYTHONPATH": REPO,
+        aws = {
             "AWS_ENDPOINT_URL_S3": s3_peer,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_REGION": REGION,
         }
-        args = [
-            root.url,
-            SEGMENT,
-            repr(asdict(SETTINGS.fetch)),
-            repr(asdict(SETTINGS.resize)),
-            str(SETTINGS.shard_size),
-        ]
-        process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *args], cwd=REPO, env=env)
-        try:
-            deadline = time.monotonic() + 120
-            while not root.exists(f"{folder}/00000.done"):
-                assert process.poll() is None, "the run ended before finishing its first shard"
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        kill_after_first_shard(root, folder, aws)
         names = root.listdir(folder)
         done_before = sorted(n for n in names if n.endswith(".done"))
         assert 0 < len(done_before) < 4, "the kill should leave unfinished shards behind"
