@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -84,21 +86,28 @@ def killable_run_args(root: DataRoot, shard_size: int = SETTINGS.shard_size) -> 
     return [root.url, SEGMENT, repr(asdict(SETTINGS.fetch)), repr(asdict(SETTINGS.resize)), str(shard_size)]
 
 
-def kill_after_first_shard(root: DataRoot, folder: str, env: dict[str, str] | None = None) -> list[psutil.Process]:
-    """Run KILLABLE_RUN and SIGKILL it once its first shard is finished; returns its child processes then."""
-    env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *killable_run_args(root)], cwd=REPO, env=env)
+@contextmanager
+def killed_at_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """SIGKILL ``process`` (a run to be cut short, as a crash or an OOM kill would) when the block ends."""
     try:
-        deadline = time.monotonic() + 120
-        while not root.exists(f"{folder}/00000.done"):
-            assert process.poll() is None, "the run ended before finishing its first shard"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        children = psutil.Process(process.pid).children(recursive=True)
+        yield process
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def kill_after_first_shard(root: DataRoot, folder: str, env: dict[str, str] | None = None) -> list[psutil.Process]:
+    """Run KILLABLE_RUN and SIGKILL it once its first shard is finished; returns its child processes then."""
+    env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *killable_run_args(root)], cwd=REPO, env=env)
+    with killed_at_exit(process):
+        deadline = time.monotonic() + 120
+        while not root.exists(f"{folder}/00000.done"):
+            assert process.poll() is None, "the run ended before finishing its first shard"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        children = psutil.Process(process.pid).children(recursive=True)
     return children

@@ -1,14 +1,13 @@
 """The data root on an S3 peer (moto's server through s3fs): atomic writes, crashes, resuming, secrets."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
-from shard_inputs import SEGMENT, SETTINGS, kill_after_first_shard, write_candidates
+from shard_inputs import SEGMENT, SETTINGS, kill_after_first_shard, killed_at_exit, write_candidates
 
 from cah_assets.resources import StorageResource
 from cah_resources.image_shards.stage import (
@@ -98,15 +97,9 @@ def test_a_writer_killed_mid_multipart_upload_publishes_nothing(s3_root, s3_peer
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_WRITER, s3_root.url, s3_peer, path], stdout=subprocess.PIPE, text=True, env=env
     )
-    try:
+    with killed_at_exit(process):
         assert process.stdout.readline().strip() == "parts uploaded"
         assert uploads_in_progress(s3_root) == [path.split("/", 3)[3]]  # mid-upload, as we wanted
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert visible(s3_root, path) == {"listed": [], "exists": False, "head": None}
 
 
