@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -181,11 +182,33 @@ def test_a_shard_with_many_out_of_memory_events_logs_a_few_of_them_and_one_summa
 
 
 @pytest.mark.parametrize("prefetch_batches", [0, 2])
-def test_at_most_prefetch_batches_plus_one_decoded_batches_wait_on_the_device(tmp_path, prefetch_batches):
+def test_at_most_prefetch_batches_plus_one_decoded_batches_wait_on_the_device(tmp_path, monkeypatch, prefetch_batches):
     # Eight decode threads and batches of two: the host side may queue five batches ahead.
     unit = _shard(DataRoot(str(tmp_path / "data")), [64] * 24)
+    # Watched from outside the stage: each batch is one torchvision decode and one open_clip image
+    # encode. When a decode starts, the batches decoded and not yet encoded are at most those held.
+    model = load_clip(ClipScorer.tiny().settings().models["en"], "cpu", "fp32").model
+    decode_jpeg, encode_image = torchvision.io.decode_jpeg, model.encode_image
+    lock, decoded, encoded, waiting = threading.Lock(), [0], [0], []
+
+    def counted_decode(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            decoded[0] += 1
+            waiting.append(decoded[0] - encoded[0])
+        return decode_jpeg(*args, **kwargs)
+
+    def counted_encode(*args: Any, **kwargs: Any) -> Any:
+        result = encode_image(*args, **kwargs)
+        with lock:
+            encoded[0] += 1
+        return result
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", counted_decode)
+    monkeypatch.setattr(model, "encode_image", counted_encode)
 
     summary, rows = _scored(unit, "torch", batch_size=2, decode_workers=8, prefetch_batches=prefetch_batches)
 
     assert [r["clip_status"] for r in rows] == ["scored"] * 24
-    assert 1 <= summary["device_memory"]["prepared_on_device_peak"] <= prefetch_batches + 1
+    assert decoded[0] == encoded[0] == 12
+    assert max(waiting) <= prefetch_batches + 1
+    assert summary["device_memory"]["prepared_on_device_peak"] >= max(waiting)
