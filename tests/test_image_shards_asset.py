@@ -35,24 +35,29 @@ def web():
         yield fake_web
 
 
-@pytest.fixture
-def crawl_on_local_web(web, tmp_path, data_root):
-    """A generated crawl whose image links point at the local web (some at images it does not have)."""
+def registered_crawl(folder, data_root, image_base, page_base, pages_per_file=12, seed=5, files_per_segment=2):
+    """A generated crawl linking images on ``image_base`` (some missing there), registered in an ephemeral instance."""
     crawl = generate_crawl(
-        str(tmp_path / "crawl"),
+        str(folder),
         wat_files=2,
-        pages_per_file=12,
-        seed=5,
+        pages_per_file=pages_per_file,
+        seed=seed,
         missing_rate=0.2,
-        image_base=web.origins[:3],
-        page_base=web.origins[3:],
+        image_base=image_base,
+        page_base=page_base,
     )
     registration = register_crawl(
-        CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2
+        CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=files_per_segment
     )
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, registration.keys())
     return crawl, registration, instance
+
+
+@pytest.fixture
+def crawl_on_local_web(web, tmp_path, data_root):
+    """A generated crawl whose image links point at the local web (some at images it does not have)."""
+    return registered_crawl(tmp_path / "crawl", data_root, web.origins[:3], web.origins[3:])
 
 
 def resources(crawl, data_root, compute):
@@ -164,21 +169,10 @@ def test_the_resource_hands_its_settings_to_the_shard_tasks():
 
 
 def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp_path, data_root, local_compute):
-    crawl = generate_crawl(
-        str(tmp_path / "crawl"),
-        wat_files=2,
-        pages_per_file=8,
-        seed=6,
-        missing_rate=0.2,
-        image_base=web.origins[:3],
-        page_base=web.origins[3:],
+    crawl, registration, instance = registered_crawl(
+        tmp_path / "crawl", data_root, web.origins[:3], web.origins[3:], pages_per_file=8, seed=6, files_per_segment=1
     )
-    registration = register_crawl(
-        CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=1
-    )
-    instance = dg.DagsterInstance.ephemeral()
     keys = registration.keys()
-    instance.add_dynamic_partitions(segments.name, keys)
     run = resources(crawl, data_root, local_compute)
     key_range = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
     assert dg.materialize([candidates], instance=instance, resources=run, tags=key_range).success
@@ -211,20 +205,9 @@ def test_a_segment_on_named_hosts_reports_its_dns_lookups_and_failures(tmp_path,
     with LocalImageWeb(n_hosts=3, hostnames=True) as named_web:
         port = named_web.hosts[0].rsplit(":", 1)[1]
         gone = f"http://{named_web.dns.failing_name('nxdomain', 'img')}:{port}"
-        crawl = generate_crawl(
-            str(tmp_path / "crawl"),
-            wat_files=2,
-            pages_per_file=12,
-            seed=5,
-            missing_rate=0.2,
-            image_base=[*named_web.named_origins[:2], gone],
-            page_base=named_web.named_origins[2:],
+        crawl, registration, instance = registered_crawl(
+            tmp_path / "crawl", data_root, [*named_web.named_origins[:2], gone], named_web.named_origins[2:]
         )
-        registration = register_crawl(
-            CommonCrawl(base_url=crawl.root).source(), data_root, crawl.crawl, files_per_segment=2
-        )
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(segments.name, registration.keys())
         key = registration.keys()[0]
         run = {
             **resources(crawl, data_root, local_compute),
