@@ -45,9 +45,10 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
     root = storage.data_root()
     crawls, categories, nsfw, embedded = [], [], [], 0
     for crawl, keys in crawls_to_roll_up(root, config).items():
-        summary = build_release(root, keys, release_dir(root, crawl))
+        finished = finished_clip_pairs_shards(root, keys)
+        summary = build_release(root, keys, release_dir(root, crawl), finished=finished)
         # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
-        merged = merge_embeddings(root, finished_clip_pairs_shards(root, keys)[0], embeddings_dir(root, crawl))
+        merged = merge_embeddings(root, finished[0], embeddings_dir(root, crawl))
         embedded += sum(merged.values())
         context.log.info(
             f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "

@@ -176,18 +176,21 @@ def build_release(
     segment_keys: Iterable[str],
     out_dir: str,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+    finished: tuple[list[ClipPairsShard], list[str], list[str]] | None = None,
 ) -> ReleaseSummary:
     """Merge the kept pairs of ``segment_keys`` into ``out_dir/<build>/part-NNNNN.parquet``.
 
     Rows go in segment, shard and row order, at most ``rows_per_file`` per file, so the same
     inputs always give the same files. ``out_dir/release.json`` (the manifest: files and
     counts) is written last and names the build; older builds are removed after it, so a
-    reader following the manifest never sees half a release.
+    reader following the manifest never sees half a release. ``finished`` is
+    ``finished_clip_pairs_shards(root, segment_keys)`` when the caller has it already (a listing of
+    every segment's folder and a read of every marker).
     """
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, not {rows_per_file}")
     segment_keys = list(segment_keys)
-    shards, missing, unfinished = finished_clip_pairs_shards(root, segment_keys)
+    shards, missing, unfinished = finished or finished_clip_pairs_shards(root, segment_keys)
     build = _build_id(shards, rows_per_file)
     summary = ReleaseSummary(build=build, missing_segments=missing, unfinished_shards=unfinished)
     counters = {name: Counter() for name in ("by_category", "by_nsfw", "by_language", "by_segment")}
