@@ -271,9 +271,12 @@ def merge_embeddings(root: DataRoot, shards: Iterable[ClipPairsShard], out_dir: 
     """
     merged: Counter = Counter()
     wanted: set[str] = set()
+    model_folders: dict[str, list[str]] = {}  # per segment, listed once for all its shards
     for shard in shards:
         segment_dir = root.path(CLIP_PAIRS, shard.segment)
-        for folder in (n for n in root.listdir(segment_dir) if n.startswith("embeddings")):
+        if shard.segment not in model_folders:
+            model_folders[shard.segment] = [n for n in root.listdir(segment_dir) if n.startswith("embeddings")]
+        for folder in model_folders[shard.segment]:
             sources = [f"{segment_dir}/{folder}/{kind}/{kind}_{shard.name}{ext}" for kind, ext in EMBEDDING_KINDS]
             if not all(root.exists(path) for path in sources):
                 continue  # scored without write_embeddings, or by another model
