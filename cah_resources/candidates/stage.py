@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cah_resources.blocklists import blocklist
+from cah_resources.blocklists import Blocklist, blocklist
 from cah_resources.candidates.image_links import CandidateFilters, base_url_of, check_image_links
 from cah_resources.candidates.language import LanguageDetector
 from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
@@ -35,10 +35,15 @@ def pair_uid(url: str, text: str) -> str:
 
 
 def extract_pairs(
-    path: str, filters: CandidateFilters, counts: Counter, max_record_bytes: int = MAX_RECORD_BYTES
+    path: str,
+    filters: CandidateFilters,
+    counts: Counter,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    blocked: Blocklist | None = None,
 ) -> dict[tuple[str, str], str]:
     """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``,
-    damage as ``malformed_*`` / ``corrupt_*`` (a record over ``max_record_bytes`` is damage)."""
+    damage as ``malformed_*`` / ``corrupt_*`` (a record over ``max_record_bytes`` is damage).
+    ``blocked`` is ``filters``' URL blocklist when the caller has loaded it already."""
     pairs: dict[tuple[str, str], str] = {}
     keep_first = pairs.setdefault
     dropped: list[str] = []
@@ -56,7 +61,8 @@ def extract_pairs(
     counts["links_seen"] += links
     counts["alt_truncated"] += truncated
     drops = Counter(dropped)
-    blocked = blocklist(filters.blocked_url_lists)
+    if blocked is None:
+        blocked = blocklist(filters.blocked_url_lists)
     if len(blocked):  # per distinct pair, after the cheap filters: each URL is hashed once
         listed = [pair for pair in pairs if blocked.lists_url(pair[0])]
         for pair in listed:
@@ -124,13 +130,15 @@ def extract_wat_file(unit: WatFileUnit) -> dict:
     counts: Counter = Counter()
     with unit.source.local_copy(unit.wat_path) as local:
         counts["bytes"] = os.path.getsize(local)
-        pairs = extract_pairs(local, unit.filters, counts, unit.max_record_bytes)
+        # Loaded once: the lists applied are the ones the stats name (each load checks their versions).
+        blocked = blocklist(unit.filters.blocked_url_lists)
+        pairs = extract_pairs(local, unit.filters, counts, unit.max_record_bytes, blocked)
     detector = _detector()
     calls_before = detector.calls
     table = label_pairs(pairs, unit.wat_path, detector)
     counts["language_calls"] = detector.calls - calls_before
     stats = dict(counts)
-    stats["blocklists"] = [{"kind": "url", **source} for source in blocklist(unit.filters.blocked_url_lists).sources]
+    stats["blocklists"] = [{"kind": "url", **source} for source in blocked.sources]
     stats["wat_file"] = unit.wat_path
     stats["candidates"] = table.num_rows
     stats["seconds"] = round(time.perf_counter() - started, 3)
