@@ -230,11 +230,6 @@ class LoadedClip:
         text = encode_text(self.model, tokens)
         return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
 
-    def embed_in_halves(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``embed`` that halves the batch on device out-of-memory instead of failing."""
-        parts = map_halving_on_oom(lambda lo, hi: self.embed(pixels[lo:hi], tokens[lo:hi]), len(pixels), self)
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
     @torch.inference_mode()
     def tags(self, image_emb: torch.Tensor) -> tuple[list[str | None], np.ndarray, np.ndarray]:
         """NSFW label and score and watermark score of each image; None and NaN where the model has no tags."""

@@ -14,7 +14,6 @@ import aiodns
 from aiodns import error as ares
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-DNS_STATUSES = ("dns_timeout", "dns_error")
 # c-ares error -> (status, what it means in one line, cached as a negative answer)
 _ARES_ERRORS = {
     ares.ARES_ETIMEOUT: ("dns_timeout", "no answer from the nameservers in time", False),

@@ -172,7 +172,7 @@ class OptOuts:
         rules = HostRules()
         if robots_answer is not None:
             status, code, body = robots_answer
-            if status == "fetched" and code is not None and 200 <= code < 300:
+            if status == "fetched":  # site files: fetched only on 2xx (Downloader._read)
                 rules.robots = Protego.parse(body.decode("utf-8", errors="replace"))
             elif status in NETWORK_FAILURES or (code is not None and (code == 429 or code >= 500)):
                 rules.unreachable = ("robots_unreachable" if code else status, f"HTTP {code}" if code else status)
@@ -180,7 +180,7 @@ class OptOuts:
             # else 4xx, or a redirect or address problem: unavailable, everything allowed
         if tdm_answer is not None:
             status, code, body = tdm_answer
-            if status == "fetched" and code is not None and 200 <= code < 300:
+            if status == "fetched":  # site files: fetched only on 2xx (Downloader._read)
                 rules.tdm = parse_tdmrep(body.decode("utf-8", errors="replace"))
         self._rules[origin] = rules
         return rules
