@@ -7,6 +7,8 @@ import email.utils
 import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -211,6 +213,21 @@ class _Slots:
             del self._hosts[host]
 
 
+@contextmanager
+def _paused(deadline: asyncio.Timeout | None) -> Iterator[None]:
+    """Stop a request's deadline for the block (a lookup, a wait for a host's rules), then give back what was left."""
+    if deadline is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    left = deadline.when() - loop.time()
+    deadline.reschedule(None)
+    try:
+        yield
+    finally:
+        deadline.reschedule(loop.time() + left)
+
+
 class Downloader:
     """One aiohttp session shared by every URL of a shard: ``async with Downloader(s) as d``."""
 
@@ -364,16 +381,8 @@ class Downloader:
         self.policy.check_literal_host(host)
         if is_ip_address(host.strip("[]")) or pinned_answer(host, port) is not None:
             return  # a literal, or the name this attempt has just looked up
-        if deadline is None:
+        with _paused(deadline):
             answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-        else:
-            loop = asyncio.get_running_loop()
-            left = deadline.when() - loop.time()
-            deadline.reschedule(None)
-            try:
-                answers = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-            finally:
-                deadline.reschedule(loop.time() + left)
         pin_answer(host, port, answers)
 
     async def _follow_redirects(
@@ -429,15 +438,8 @@ class Downloader:
 
     async def _hop_refusal(self, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
         """The opt-out refusal of a redirect's target; the request's deadline stands still meanwhile."""
-        loop = asyncio.get_running_loop()
-        left = deadline.when() - loop.time() if deadline is not None else None
-        if deadline is not None:
-            deadline.reschedule(None)
-        try:
+        with _paused(deadline):
             refusal = await self.opt_outs.refusal(url)
-        finally:
-            if deadline is not None:
-                deadline.reschedule(loop.time() + left)
         if refusal is None:
             return None
         return Fetched(refusal.status, error_message=refusal.message, final_url=str(url))
