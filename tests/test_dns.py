@@ -131,7 +131,9 @@ def test_a_repeated_host_costs_one_lookup(web):
     one_lookup = web.dns.queries[name]
     assert totals["dns_lookups"] == 1
     assert totals["dns_cache_hits"] + totals["dns_coalesced"] >= len(urls)
-    assert one_lookup <= 2  # A and AAAA of one getaddrinfo
+    # A and AAAA of one getaddrinfo, each resent by c-ares at most once if the in-thread server stalls;
+    # twenty uncached lookups would be forty.
+    assert one_lookup <= 4
 
 
 def test_concurrent_lookups_of_one_name_share_one_query(web):
