@@ -212,7 +212,7 @@ IMAGE_SHARDS = textwrap.dedent(
     import dask
     import pyarrow as pa
     from cah_resources.candidates.stage import output_paths, pair_uid
-    from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA, SUCCESSES
+    from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA, COUNT, SUCCESSES
     from cah_assets.resources import ComputeResource
     from cah_resources.image_shards.downloader import FetchSettings
     from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
@@ -241,7 +241,7 @@ IMAGE_SHARDS = textwrap.dedent(
     preload = ["s3fs"] if root.url.startswith("s3://") else []
     with dask.config.set({"distributed.worker.daemon": False, "distributed.worker.preload": preload}):
         markers = [r.value for r in compute.run_units(download_shard, units, settings=settings)]
-    print(json.dumps({"ok": sum(m[SUCCESSES] for m in markers), "count": sum(m["count"] for m in markers),
+    print(json.dumps({"ok": sum(m[SUCCESSES] for m in markers), "count": sum(m[COUNT] for m in markers),
                       "start": min(m["start_time"] for m in markers), "end": max(m["end_time"] for m in markers),
                       "image_workers": markers[0]["image_workers"],
                        "dns_lookups": sum(m["dns_lookups"] for m in markers),

@@ -22,9 +22,10 @@ CATEGORIES = ("en", "multi", "nolang")
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means
 SHARD_DIGITS = 5  # NNNNN: shard numbers, and the shard half of a sample key
-# A shard's images downloaded (rows with status "ok"), under img2dataset's stats.json name: the key in
-# NNNNN_stats.json and the .done marker, and the same key in Dagster metadata and `cah`'s summary line,
-# so a figure seen in the UI is found on disk under the same name (and sits beside success_rate).
+# A shard's rows (URLs attempted) and its images downloaded (rows with status "ok"), under img2dataset's
+# stats.json names: the keys in NNNNN_stats.json and the .done marker, and the same keys in Dagster
+# metadata and `cah`'s summary line, so a figure seen in the UI is found on disk under the same name.
+COUNT = "count"
 SUCCESSES = "successes"
 
 CANDIDATES_SCHEMA = pa.schema(

@@ -9,7 +9,7 @@ from cah_assets.resources import CommonCrawl, ComputeResource, DedupIndexResourc
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
-from cah_resources.contract import SUCCESSES
+from cah_resources.contract import COUNT, SUCCESSES
 from cah_resources.crawl.segments import register_crawl
 from cah_resources.image_shards.stage import read_segment_markers, segment_folder
 from cah_resources.samples.local_web import LocalImageWeb
@@ -104,11 +104,13 @@ def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(
     assert 0 < ok < len(expected)
 
     metadata = result.asset_materializations_for_node("image_shards")[0].metadata
-    assert metadata["candidates"].value == len(expected)
+    assert metadata[COUNT].value == len(expected)
     assert metadata[SUCCESSES].value == ok
-    # One name end to end: the UI's figure is on disk under img2dataset's stats.json name, the same key.
-    assert SUCCESSES == "successes"
-    assert sum(marker["successes"] for marker in read_segment_markers(data_root, key)) == ok
+    # One name end to end: the UI's figures are on disk under img2dataset's stats.json names, the same keys.
+    assert (COUNT, SUCCESSES) == ("count", "successes")
+    markers = read_segment_markers(data_root, key)
+    assert sum(m["count"] for m in markers) == len(expected)
+    assert sum(m["successes"] for m in markers) == ok
     assert metadata["success_rate"].value == round(ok / len(expected), 4)
     assert metadata["shards"].value == metadata["shards_run_now"].value == -(-len(expected) // 40)
     statuses = {r.data["status"]: r.data["count"] for r in metadata["statuses"].records}
@@ -193,11 +195,11 @@ def test_a_run_of_several_segments_reports_each_segment_and_their_total(web, tmp
     }
     assert sorted(observed) == keys
     for key in keys:
-        assert observed[key]["candidates"].value == len(given[key]) > 0
+        assert observed[key][COUNT].value == len(given[key]) > 0
         assert observed[key][SUCCESSES].value == sum(exists[r["url"], r["text"]] for r in given[key])
     metadata = result.asset_materializations_for_node("image_shards")[0].metadata
     assert metadata["segments"].value == 2
-    assert metadata["candidates"].value == sum(len(rows) for rows in given.values())
+    assert metadata[COUNT].value == sum(len(rows) for rows in given.values())
     assert metadata[SUCCESSES].value == sum(observed[key][SUCCESSES].value for key in keys)
 
 

@@ -10,7 +10,7 @@ from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
 from cah_assets.resources import ComputeResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
-from cah_resources.contract import SUCCESSES
+from cah_resources.contract import COUNT, SUCCESSES
 from cah_resources.image_shards.opt_outs import OPT_OUT_STATUSES
 from cah_resources.image_shards.stage import (
     download_shard,
@@ -53,7 +53,7 @@ def image_shards(
         m = result.value
         context.log.info(
             f"shard {done}/{total} {m['segment']}/{m['shard']:05d}: "
-            f"{m[SUCCESSES]}/{m['count']} ok in {m['duration']:.1f} s"
+            f"{m[SUCCESSES]}/{m[COUNT]} ok in {m['duration']:.1f} s"
         )
 
     started = time.perf_counter()
@@ -68,7 +68,7 @@ def image_shards(
     seconds = time.perf_counter() - started
     speed = {
         "images_per_s": rate(sum(m[SUCCESSES] for m in ran), seconds),
-        "urls_per_s": rate(sum(m["count"] for m in ran), seconds),
+        "urls_per_s": rate(sum(m[COUNT] for m in ran), seconds),
         "mb_per_s": rate(sum(m["bytes_fetched"] for m in ran) / 1e6, seconds),
         "shards_run_now": len(ran),
         "seconds": round(seconds, 2),
@@ -79,7 +79,7 @@ def image_shards(
         return dg.MaterializeResult(metadata={**describe(root, keys[0]), **speed})
     totals = summarize_markers([m for key in keys for m in read_segment_markers(root, key)])
     return dg.MaterializeResult(
-        metadata={"segments": len(keys), "candidates": totals["count"], SUCCESSES: totals[SUCCESSES], **speed}
+        metadata={"segments": len(keys), COUNT: totals[COUNT], SUCCESSES: totals[SUCCESSES], **speed}
     )
 
 
@@ -87,7 +87,7 @@ def describe(root: DataRoot, key: str) -> dict:
     """What a person asks of a segment's shards: how many images came, why the others did not, a sample."""
     totals = summarize_markers(read_segment_markers(root, key))
     return {
-        "candidates": totals["count"],
+        COUNT: totals[COUNT],
         SUCCESSES: totals[SUCCESSES],
         "success_rate": totals["success_rate"],
         "statuses": counts_table(totals["status_counts"], "status"),

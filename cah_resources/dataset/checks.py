@@ -14,6 +14,7 @@ from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CATEGORIES,
     CLIP_PAIRS,
+    COUNT,
     IMAGE_SHARDS,
     MARKER,
     SUCCESSES,
@@ -297,7 +298,7 @@ def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> 
     for shard, table in sorted(tables.items()):
         statuses = dict(Counter(table.column("status").to_pylist()))
         ok = statuses.get("ok", 0)
-        want = {"count": table.num_rows, SUCCESSES: ok, "failed": table.num_rows - ok, "status_counts": statuses}
+        want = {COUNT: table.num_rows, SUCCESSES: ok, "failed": table.num_rows - ok, "status_counts": statuses}
         for suffix in ("_stats.json", MARKER):
             path = f"{folder}/{shard:05d}{suffix}"
             if not root.exists(path):

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from cah_resources.contract import DOWNLOAD_FIELDS, MARKER, SUCCESSES, shard_name, shard_paths, shard_row_schema
+from cah_resources.contract import COUNT, DOWNLOAD_FIELDS, MARKER, SUCCESSES, shard_name, shard_paths, shard_row_schema
 from cah_resources.storage import DataRoot
 
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
@@ -177,7 +177,7 @@ class ShardWriter:
         finished = time.time()
         stats = {
             "shard": self.shard,
-            "count": self.rows,
+            COUNT: self.rows,
             SUCCESSES: counts.get("ok", 0),
             "failed": self.rows - counts.get("ok", 0),
             "status_counts": dict(sorted(counts.items())),

@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cah_resources.blocklists import blocklist
-from cah_resources.contract import IMAGE_SHARDS, SUCCESSES, candidates_path, finished_shards, shard_paths, stage_folder
+from cah_resources.contract import (
+    COUNT,
+    IMAGE_SHARDS,
+    SUCCESSES,
+    candidates_path,
+    finished_shards,
+    shard_paths,
+    stage_folder,
+)
 from cah_resources.fleet.unit_progress import UnitProgress
 from cah_resources.image_shards.body_reader import body_budget
 from cah_resources.image_shards.downloader import Downloader, Fetched, FetchSettings
@@ -378,10 +386,10 @@ def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
     for marker in markers:
         statuses.update(marker["status_counts"])
         dns_failures.update(marker.get("dns_failures", {}))  # markers written before DNS stats have none
-    count, ok = sum(m["count"] for m in markers), sum(m[SUCCESSES] for m in markers)
+    count, ok = sum(m[COUNT] for m in markers), sum(m[SUCCESSES] for m in markers)
     return {
         "shards": len(markers),
-        "count": count,
+        COUNT: count,
         SUCCESSES: ok,
         "success_rate": round(ok / count, 4) if count else 0.0,
         "status_counts": dict(statuses),

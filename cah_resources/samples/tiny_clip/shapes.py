@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cah_resources.contract import SUCCESSES
+from cah_resources.contract import COUNT, SUCCESSES
 from cah_resources.samples import sample_crawl
 
 # The sample crawl's six colours and four shapes, so the offline demo's pictures and captions are
@@ -220,6 +220,6 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
     root.write_bytes(paths["tar"], tar_bytes.getvalue())
     root.write_parquet(paths["parquet"], pa.Table.from_pylist(rows, schema=shard_row_schema()))
     ok_count = sum(r["status"] == "ok" for r in rows)
-    root.write_json(paths["stats"], {"count": len(rows), SUCCESSES: ok_count})
-    root.write_json(paths["done"], {"count": len(rows), SUCCESSES: ok_count})
+    root.write_json(paths["stats"], {COUNT: len(rows), SUCCESSES: ok_count})
+    root.write_json(paths["done"], {COUNT: len(rows), SUCCESSES: ok_count})
     return [r["key"] for r in rows]
