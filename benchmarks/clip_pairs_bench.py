@@ -73,8 +73,8 @@ def model_only(settings: ScoringSettings, units: list[ClipPairsUnit], plain: boo
     loaded = load_clip(settings.models["en"], settings.device, settings.precision)
     batches = []
     for unit in units:
-        table = unit.root.read_parquet(unit.source(".parquet"))
-        with unit.root.fs.open(unit.source(".tar"), "rb") as handle, tarfile.open(fileobj=handle) as tar:
+        table = unit.root.read_parquet(unit.inputs["parquet"])
+        with unit.root.fs.open(unit.inputs["tar"], "rb") as handle, tarfile.open(fileobj=handle) as tar:
             jpegs = {m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")}
         keys, texts = table.column("key").to_pylist(), table.column("text").to_pylist()
         for lo in range(0, len(keys), settings.batch_size):

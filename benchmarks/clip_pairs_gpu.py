@@ -183,11 +183,11 @@ def units_of(work: Path) -> list[ClipPairsUnit]:
 
 def sample_inputs(unit: ClipPairsUnit, limit: int) -> tuple[list[bytes], list[str]]:
     """The first ``limit`` JPEGs of a shard and their captions, read with the stage's tar reader."""
-    table = unit.root.read_parquet(unit.source(".parquet"))
+    table = unit.root.read_parquet(unit.inputs["parquet"])
     keys, texts = table.column("key").to_pylist()[:limit], table.column("text").to_pylist()[:limit]
     wanted = {key: row for row, key in enumerate(keys)}
     jpegs: dict[int, bytes] = {}
-    with unit.root.fs.open(unit.source(".tar"), "rb") as handle:
+    with unit.root.fs.open(unit.inputs["tar"], "rb") as handle:
         jpegs.update(iter_tar_images(handle, wanted))
     return [jpegs[r] for r in range(len(keys))], texts
 
@@ -554,7 +554,7 @@ def forced_oom(
 ) -> dict[str, Any]:
     """One shard as one oversized batch under a memory cap, per decode path: halving fires, every row scored?"""
     unit = units[:1]
-    rows = unit[0].root.read_parquet(unit[0].source(".parquet")).num_rows
+    rows = unit[0].root.read_parquet(unit[0].inputs["parquet"]).num_rows
     result: dict[str, Any] = {"batch": rows, "runs": []}
     if args.device != "cuda":
         result["cap"] = skip("forced OOM (a memory cap needs the CUDA allocator; ran the oversized batch uncapped)")

@@ -5,11 +5,10 @@ from pydantic import Field
 
 from cah_assets.metadata import rows_table
 from cah_assets.resources import ReportLinks, StorageResource
-from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, report_folder
+from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, release_embeddings_folder, report_folder
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import (
     build_release,
-    embeddings_dir,
     finished_clip_pairs_shards,
     merge_embeddings,
     release_dir,
@@ -48,7 +47,7 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
         finished = finished_clip_pairs_shards(root, keys)
         summary = build_release(root, keys, release_dir(root, crawl), finished=finished)
         # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
-        merged = merge_embeddings(root, finished[0], embeddings_dir(root, crawl))
+        merged = merge_embeddings(root, finished[0], release_embeddings_folder(root, crawl))
         embedded += sum(merged.values())
         context.log.info(
             f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "

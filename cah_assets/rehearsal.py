@@ -31,7 +31,7 @@ from cah_assets.deployment import Deployment
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
 from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
 from cah_resources.candidates.stage import output_paths
-from cah_resources.contract import STAGES
+from cah_resources.contract import IMAGE_SHARDS, STAGES, kept_folder, stage_folder
 from cah_resources.dataset.release import read_release, release_dir
 from cah_resources.fleet.compute import cluster_security, connect_client
 from cah_resources.samples.cluster_peers import (
@@ -77,7 +77,7 @@ class SegmentOutputs:
 
 def segment_outputs(root: DataRoot, segment: str) -> SegmentOutputs:
     candidates = root.read_parquet(output_paths(root, segment)[0], columns=["uid"]).column("uid").to_pylist()
-    shards, kept = root.path("image_shards", segment), root.path("clip_pairs", segment, "kept")
+    shards, kept = stage_folder(root, IMAGE_SHARDS, segment), kept_folder(root, segment)
     rows, members = [], []
     for name in root.listdir(shards):
         if name.endswith(".parquet"):

@@ -122,13 +122,34 @@ def shard_paths(folder: str, shard: int) -> dict[str, str]:
     }
 
 
+def kept_folder(root: DataRoot, segment: str) -> str:
+    """clip_pairs' kept rows of a segment, one parquet per shard: the release's view."""
+    return root.path(CLIP_PAIRS, segment, "kept")
+
+
 def kept_path(root: DataRoot, segment: str, shard: int) -> str:
-    """clip_pairs' kept rows of one shard: the release's view."""
-    return root.path(CLIP_PAIRS, segment, "kept", f"{shard_name(shard)}.parquet")
+    return f"{kept_folder(root, segment)}/{shard_name(shard)}.parquet"
+
+
+# A clip_pairs shard's embeddings, in clip-retrieval's layout: one folder per model under the segment's
+# folder (EMBEDDINGS for the en model, EMBEDDINGS_<category> for another), in it one folder per kind, and
+# files <kind>_<part><ext> with the same part across kinds (NNNNN per segment, <segment>-NNNNN in a release).
+EMBEDDINGS = "embeddings"
+EMBEDDING_KINDS = (("img_emb", ".npy"), ("text_emb", ".npy"), ("metadata", ".parquet"))
+
+
+def embedding_path(model_folder: str, kind: str, part: str) -> str:
+    """``<model_folder>/<kind>/<kind>_<part><ext>``: one file of clip-retrieval's layout."""
+    return f"{model_folder}/{kind}/{kind}_{part}{dict(EMBEDDING_KINDS)[kind]}"
 
 
 def release_folder(root: DataRoot, crawl: str) -> str:
     return root.path(RELEASE, crawl)
+
+
+def release_embeddings_folder(root: DataRoot, crawl: str) -> str:
+    """A crawl's merged embeddings: ``release/<CRAWL>/embeddings/``, one folder per model in it."""
+    return f"{release_folder(root, crawl)}/{EMBEDDINGS}"
 
 
 def report_folder(root: DataRoot, crawl: str) -> str:

@@ -88,7 +88,7 @@ def _scored(unit: ClipPairsUnit, decode: str, **settings: Any) -> tuple[dict[str
     unit.root.remove(unit.root.path("clip_pairs"))
     scorer = ClipScorer.tiny(**{"batch_size": 12, "decode_workers": 2, "decode": decode, **settings})
     summary = score_image_shard(unit, scorer.settings())
-    return summary, unit.root.read_parquet(unit.output(f"{unit.name}.parquet")).to_pylist()
+    return summary, unit.root.read_parquet(unit.table).to_pylist()
 
 
 def _similarities(rows: list[dict[str, Any]]) -> list[float]:

@@ -149,7 +149,8 @@ def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
 
     from cah_assets.resources import ClipScorer
     from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
-    from cah_resources.dataset.release import embeddings_dir, finished_clip_pairs_shards, merge_embeddings
+    from cah_resources.contract import release_embeddings_folder
+    from cah_resources.dataset.release import finished_clip_pairs_shards, merge_embeddings
     from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 
     settings = ClipScorer.tiny(batch_size=8, decode_workers=1, write_embeddings=True).settings()
@@ -158,7 +159,7 @@ def test_merged_embeddings_of_a_crawl_read_as_one_clip_retrieval_folder(root):
         samples = [ShardSample(caption, jpeg, "en", "en") for _, _, caption, jpeg in sample_pairs(6, seed)]
         write_image_shard(root, segment, 0, samples)
         score_image_shard(ClipPairsUnit(root, segment, 0), settings)
-    out = embeddings_dir(root, "CC-X")
+    out = release_embeddings_folder(root, "CC-X")
     assert merge_embeddings(root, finished_clip_pairs_shards(root, segments)[0], out) == {"embeddings": 2}
 
     # What autofaiss / clip-retrieval do: every .npy of img_emb/ in name order, metadata/ in the same order.

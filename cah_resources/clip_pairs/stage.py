@@ -58,11 +58,14 @@ from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.contract import (
     CATEGORIES,
     CLIP_PAIRS,
+    EMBEDDINGS,
     IMAGE_SHARDS,
-    MARKER,
     SIMILARITY_EDGES,
+    embedding_path,
     finished_shards,
     kept_path,
+    shard_name,
+    shard_paths,
     similarity_histogram,
     stage_folder,
 )
@@ -84,17 +87,26 @@ class ClipPairsUnit:
 
     @property
     def name(self) -> str:
-        return f"{self.shard:05d}"
+        return shard_name(self.shard)
 
-    def source(self, suffix: str) -> str:
-        return f"{stage_folder(self.root, IMAGE_SHARDS, self.segment)}/{self.name}{suffix}"
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The image shard it scores: ``shard_paths`` of its image_shards folder (tar, parquet, ...)."""
+        return shard_paths(stage_folder(self.root, IMAGE_SHARDS, self.segment), self.shard)
 
-    def output(self, *parts: str) -> str:
-        return self.root.path(CLIP_PAIRS, self.segment, *parts)
+    @property
+    def folder(self) -> str:
+        """The segment's clip_pairs folder: the shard's parquet, kept rows and marker, the embeddings."""
+        return stage_folder(self.root, CLIP_PAIRS, self.segment)
+
+    @property
+    def table(self) -> str:
+        """Every row of the image shard, with its scores."""
+        return shard_paths(self.folder, self.shard)["parquet"]
 
     @property
     def marker(self) -> str:
-        return self.output(f"{self.name}{MARKER}")
+        return shard_paths(self.folder, self.shard)["done"]
 
 
 def _finished(root: DataRoot, stage: str, segment: str) -> list[int]:
@@ -484,7 +496,7 @@ def _embedding_folders(settings: ScoringSettings) -> dict[ClipModelSpec, str]:
     folders: dict[ClipModelSpec, str] = {}
     for category in CATEGORIES:
         spec = settings.models[category]
-        folders.setdefault(spec, "embeddings" if not folders else f"embeddings_{category}")
+        folders.setdefault(spec, EMBEDDINGS if not folders else f"{EMBEDDINGS}_{category}")
     return folders
 
 
@@ -500,7 +512,7 @@ def _write_embeddings(unit: ClipPairsUnit, table: pa.Table, scorer: _ShardScorer
         for kind, matrix in (("img_emb", images), ("text_emb", texts)):
             buffer = io.BytesIO()
             np.save(buffer, matrix[rows])
-            root.write_bytes(unit.output(folder, kind, f"{kind}_{name}.npy"), buffer.getvalue())
+            root.write_bytes(embedding_path(f"{unit.folder}/{folder}", kind, name), buffer.getvalue())
         picked = table.take(pa.array(rows))
         metadata = pa.table(
             {
@@ -517,7 +529,7 @@ def _write_embeddings(unit: ClipPairsUnit, table: pa.Table, scorer: _ShardScorer
                 "nsfw": picked["nsfw"],
             }
         )
-        root.write_parquet(unit.output(folder, "metadata", f"metadata_{name}.parquet"), metadata)
+        root.write_parquet(embedding_path(f"{unit.folder}/{folder}", "metadata", name), metadata)
 
 
 def _worker_name() -> str | None:
@@ -583,12 +595,12 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
     if root.exists(unit.marker):
         return root.read_json(unit.marker)
     started = time.perf_counter()
-    source = root.read_parquet(unit.source(".parquet"))
+    source = root.read_parquet(unit.inputs["parquet"])
     table = source.filter(pc.equal(source.column("status"), "ok"))
     scorer = _ShardScorer(table, settings) if table.num_rows else None
     if scorer is not None:
         wanted = {key: row for row, key in enumerate(scorer.keys)}
-        tar_path = unit.source(".tar")
+        tar_path = unit.inputs["tar"]
         try:
             with root.fs.open(tar_path, "rb") as handle:
                 scorer.run(iter_tar_images(handle, wanted))
@@ -599,8 +611,8 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
         table = _scored_table(table, scorer, settings)
     else:
         table = _scored_table(table, _ShardScorer(table, settings), settings)
-    root.write_parquet(unit.output(f"{unit.name}.parquet"), table)
-    root.write_parquet(unit.output("kept", f"{unit.name}.parquet"), table.filter(table.column("kept")))
+    root.write_parquet(unit.table, table)
+    root.write_parquet(kept_path(root, unit.segment, unit.shard), table.filter(table.column("kept")))
     if settings.write_embeddings and scorer is not None:
         _write_embeddings(unit, table, scorer, settings)
     summary = _summary(unit, table, settings, time.perf_counter() - started, scorer)

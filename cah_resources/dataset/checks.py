@@ -16,7 +16,6 @@ from cah_resources.contract import (
     CLIP_PAIRS,
     COUNT,
     IMAGE_SHARDS,
-    MARKER,
     SUCCESSES,
     finished_shards,
     shard_paths,
@@ -299,17 +298,15 @@ def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> 
         statuses = dict(Counter(table.column("status").to_pylist()))
         ok = statuses.get("ok", 0)
         want = {COUNT: table.num_rows, SUCCESSES: ok, "failed": table.num_rows - ok, "status_counts": statuses}
-        for suffix in ("_stats.json", MARKER):
-            path = f"{folder}/{shard:05d}{suffix}"
+        for path in (shard_paths(folder, shard)[kind] for kind in ("stats", "done")):
+            name = path.rsplit("/", 1)[-1]
             if not root.exists(path):
-                problems.append(f"{shard:05d}{suffix} missing")
+                problems.append(f"{name} missing")
                 continue
             stats = root.read_json(path)
             wrong = [k for k, v in want.items() if stats.get(k) != v]
             if wrong:
-                problems.append(
-                    f"{shard:05d}{suffix}: {', '.join(f'{k}={stats.get(k)} (rows say {want[k]})' for k in wrong)}"
-                )
+                problems.append(f"{name}: {', '.join(f'{k}={stats.get(k)} (rows say {want[k]})' for k in wrong)}")
     meta = {"shards": len(tables), "disagreements": len(problems)}
     if problems:
         return Verdict(

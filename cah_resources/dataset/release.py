@@ -10,7 +10,18 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cah_resources.contract import CLIP_PAIRS, finished_shards, release_folder, shard_paths, stage_folder
+from cah_resources.contract import (
+    CLIP_PAIRS,
+    EMBEDDING_KINDS,
+    EMBEDDINGS,
+    IMAGE_SHARDS,
+    candidates_stats_path,
+    embedding_path,
+    finished_shards,
+    release_folder,
+    shard_paths,
+    stage_folder,
+)
 from cah_resources.storage import DataRoot
 
 MANIFEST = "release.json"
@@ -227,12 +238,12 @@ def honoured_opt_outs_of(root: DataRoot, segment_keys: Iterable[str]) -> dict:
     from cah_resources.image_shards.stage import honoured_opt_outs, read_segment_markers  # the downloader's imports
 
     keys = list(segment_keys)
-    started = [key for key in keys if root.exists(root.path("image_shards", key))]
+    started = [key for key in keys if root.exists(stage_folder(root, IMAGE_SHARDS, key))]
     markers = [marker for key in started for marker in read_segment_markers(root, key)]
     honoured = honoured_opt_outs(markers)
     lists = {(b["kind"], b["source"], b["sha256"]): b for b in honoured["blocklists"]}
     for key in keys:
-        stats_path = root.path("candidates", key, "stats.json")
+        stats_path = candidates_stats_path(root, key)
         for listed in root.read_json(stats_path).get("blocklists", []) if root.exists(stats_path) else []:
             lists.setdefault((listed["kind"], listed["source"], listed["sha256"]), listed)
     return {**honoured, "blocklists": [lists[k] for k in sorted(lists)]}
@@ -252,15 +263,6 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
     return {item["values"]: item["counts"] for item in counts}
 
 
-# clip-retrieval's layout: one folder per kind, files named <kind>_<part> with the same <part> across kinds.
-EMBEDDING_KINDS = (("img_emb", ".npy"), ("text_emb", ".npy"), ("metadata", ".parquet"))
-
-
-def embeddings_dir(root: DataRoot, crawl: str) -> str:
-    """Where a crawl's merged embeddings live: ``release/<CRAWL>/embeddings/`` (one folder per model)."""
-    return f"{release_dir(root, crawl)}/embeddings"
-
-
 def merge_embeddings(root: DataRoot, shards: Iterable[ClipPairsShard], out_dir: str) -> dict[str, int]:
     """The segments' clip-retrieval files in one folder per model, renamed ``<kind>_<segment>-<NNNNN>``.
 
@@ -273,15 +275,15 @@ def merge_embeddings(root: DataRoot, shards: Iterable[ClipPairsShard], out_dir: 
     wanted: set[str] = set()
     model_folders: dict[str, list[str]] = {}  # per segment, listed once for all its shards
     for shard in shards:
-        segment_dir = root.path(CLIP_PAIRS, shard.segment)
+        segment_dir = stage_folder(root, CLIP_PAIRS, shard.segment)
         if shard.segment not in model_folders:
-            model_folders[shard.segment] = [n for n in root.listdir(segment_dir) if n.startswith("embeddings")]
+            model_folders[shard.segment] = [n for n in root.listdir(segment_dir) if n.startswith(EMBEDDINGS)]
         for folder in model_folders[shard.segment]:
-            sources = [f"{segment_dir}/{folder}/{kind}/{kind}_{shard.name}{ext}" for kind, ext in EMBEDDING_KINDS]
+            sources = [embedding_path(f"{segment_dir}/{folder}", kind, shard.name) for kind, _ in EMBEDDING_KINDS]
             if not all(root.exists(path) for path in sources):
                 continue  # scored without write_embeddings, or by another model
-            for (kind, ext), source in zip(EMBEDDING_KINDS, sources, strict=False):
-                target = f"{out_dir}/{folder}/{kind}/{kind}_{shard.segment}-{shard.name}{ext}"
+            for (kind, _), source in zip(EMBEDDING_KINDS, sources, strict=True):
+                target = embedding_path(f"{out_dir}/{folder}", kind, f"{shard.segment}-{shard.name}")
                 wanted.add(target)
                 root.write_bytes(target, root.read_bytes(source))
             merged[folder] += 1

@@ -421,5 +421,5 @@ def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str,
     finished = finished_shards(root, folder)
     if not finished:
         return []
-    rows = root.read_parquet(f"{folder}/{finished[0]}.parquet").slice(0, 10 * limit).to_pylist()
+    rows = root.read_parquet(shard_paths(folder, int(finished[0]))["parquet"]).slice(0, 10 * limit).to_pylist()
     return sorted(rows, key=lambda r: r["status"] != "ok")[:limit]
