@@ -35,8 +35,9 @@ from cah_assets.policies import FOLLOWS_UPSTREAM
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
+from cah_resources.contract import STAGES
 
-LATER = ("image_shards", "clip_pairs")
+LATER = STAGES[1:]  # the stages that follow their upstream
 
 
 def variant(condition: dg.AutomationCondition) -> dg.Definitions:

@@ -5,7 +5,7 @@ from pydantic import Field
 
 from cah_assets.metadata import rows_table
 from cah_assets.resources import ReportLinks, StorageResource
-from cah_resources.contract import CLIP_PAIRS, CRAWLS, STAGES, release_embeddings_folder, report_folder
+from cah_resources.contract import CLIP_PAIRS, CRAWLS, RELEASE, STAGES, release_embeddings_folder, report_folder
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import (
     build_release,
@@ -84,7 +84,7 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
             ),
             "by_category": rows_table(categories, ["crawl", "category", "pairs", "share"], limit=len(categories)),
             "by_nsfw": rows_table(nsfw, ["crawl", "nsfw", "pairs"], limit=len(nsfw)),
-            "path": dg.MetadataValue.path(redact_url(root.path("release"))),
+            "path": dg.MetadataValue.path(redact_url(root.path(RELEASE))),
             "embedding_shards": embedded,
         }
     )

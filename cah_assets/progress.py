@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-from cah_resources.contract import COUNT, SUCCESSES
+from cah_resources.contract import CANDIDATES, CLIP_PAIRS, COUNT, IMAGE_SHARDS, RELEASE, SUCCESSES
 
 # Runs started by `cah` log to the instance (the UI's run view) at full detail; the terminal shows only
 # errors from Dagster, and `cah`'s own lines.
@@ -22,10 +22,10 @@ def quiet_console() -> None:
 
 # What a stage's line shows: (metadata key, label) counts, then the rate key and its unit.
 SUMMARY = {
-    "candidates": ((("records_read", "records"), ("candidates", "candidates")), "records_per_s", "records/s"),
-    "image_shards": (((COUNT, "URLs"), (SUCCESSES, SUCCESSES)), "images_per_s", "images/s"),
-    "clip_pairs": ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "pairs_per_s", "pairs/s"),
-    "release": ((("pairs", "pairs"),), "", ""),
+    CANDIDATES: ((("records_read", "records"), ("candidates", "candidates")), "records_per_s", "records/s"),
+    IMAGE_SHARDS: (((COUNT, "URLs"), (SUCCESSES, SUCCESSES)), "images_per_s", "images/s"),
+    CLIP_PAIRS: ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "pairs_per_s", "pairs/s"),
+    RELEASE: ((("pairs", "pairs"),), "", ""),
 }
 
 

@@ -31,7 +31,7 @@ from cah_assets.deployment import Deployment
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
 from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
 from cah_resources.candidates.stage import output_paths
-from cah_resources.contract import IMAGE_SHARDS, STAGES, kept_folder, stage_folder
+from cah_resources.contract import IMAGE_SHARDS, STAGES, kept_folder, report_folder, stage_folder
 from cah_resources.dataset.release import read_release, release_dir
 from cah_resources.fleet.compute import cluster_security, connect_client
 from cah_resources.samples.cluster_peers import (
@@ -373,7 +373,7 @@ def run_rehearsal(
         root = storage.data_root()
         cluster = {key: segment_outputs(root, key) for key in keys}
         release_rows = read_release(root, release_dir(root, crawl)).num_rows if result.success else 0
-        report_files = root.listdir(root.path("report", crawl))
+        report_files = root.listdir(report_folder(root, crawl))
         runs = sorted((r.job_name, r.tags.get("dagster/partition", ""), r.status.value) for r in instance.get_runs())
         storage_kind = type(instance.run_storage).__name__
         worker_pids = sorted({pid for machine in machines for pid in machine.pids()})
