@@ -53,6 +53,9 @@ from cah_resources.storage import DataRoot, s3_storage_options
 WORKERS = 2
 # Small shards, so that each segment has several and both workers take some.
 SHARD_SIZE = 25
+# Seconds the web takes to answer an image request, as a real one does: a shard task lasts long enough
+# to be caught mid-way (with an instant web a 25-URL shard ran in about 0.3 s, and the kill could miss).
+WEB_LATENCY_S = (0.1, 0.4)
 # moto takes any keys; these only have to look like keys (deploy/cah.env sets the real ones).
 S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "cah-rehearsal-access-key",
@@ -240,7 +243,7 @@ def _killer(address: str, tls: Path, box: dict) -> Callable[[], Callable[[], Non
 
         def kill() -> None:
             try:
-                box["killed"] = kill_worker_mid_task(client, KILLED_TASK, stop=stop)
+                box["killed"] = kill_worker_mid_task(client, KILLED_TASK, after_s=0.1, stop=stop)
             except TimeoutError as error:
                 box["error"] = str(error)
 
@@ -290,7 +293,7 @@ def run_rehearsal(
         database = stack.enter_context(postgres_database())
         endpoint = s3_endpoint or stack.enter_context(moto_server())
         bucket = stack.enter_context(s3_bucket(endpoint))
-        web = stack.enter_context(LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed))
+        web = stack.enter_context(LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed, latency=WEB_LATENCY_S))
         generate_crawl(
             str(mirror),
             crawl=crawl,

@@ -319,7 +319,8 @@ def kill_worker_mid_task(
                 os.kill(pid, signal.SIGKILL)
                 return Killed(address, pid, task)
         time.sleep(0.1)
-    raise TimeoutError(f"no worker ran a {key_prefix} task for {after_s} s within {timeout_s:.0f} s")
+    within = "before the tasks were done" if stop is not None and stop.is_set() else f"within {timeout_s:.0f} s"
+    raise TimeoutError(f"no worker ran a {key_prefix} task for {after_s} s {within}")
 
 
 def unauthenticated_refusals(address: str, tls: Path, stranger: Path, timeout_s: float = 10.0) -> dict[str, str]:
