@@ -18,31 +18,13 @@ from cah_resources.clip_pairs.stage import (
     shard_summaries,
     summarize,
 )
+from cah_resources.contract import CLIP_FIELDS, shard_row_schema
 from cah_resources.samples.tiny_clip.shapes import ALL_SHAPES, ShardSample, captions, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00007"
-STAGE2_COLUMNS = [
-    "uid",
-    "url",
-    "text",
-    "page_url",
-    "category",
-    "language",
-    "language_prob",
-    "wat_file",
-    "key",
-    "status",
-    "http_status",
-    "error_message",
-    "bytes",
-    "sha256",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-]
-CLIP_COLUMNS = ["similarity", "threshold", "kept", "clip_model", "nsfw", "nsfw_score", "watermark_score"]
+STAGE2_COLUMNS = shard_row_schema().names
+CLIP_COLUMNS = CLIP_FIELDS.names
 
 
 def shape_samples(n: int, seed: int) -> tuple[list[ShardSample], list[bool]]:

@@ -25,6 +25,7 @@ from shard_inputs import KILLABLE_RUN, SEGMENT, SETTINGS, kill_after_first_shard
 
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
+from cah_resources.contract import shard_row_schema
 from cah_resources.image_shards.image_pool import ImageWorkers
 from cah_resources.image_shards.resizer import process_image
 from cah_resources.image_shards.shard_writer import ustar_member
@@ -98,18 +99,8 @@ def test_rows_keep_candidate_order_and_get_stable_keys(downloaded):
 def test_parquet_has_the_candidate_fields_and_image_facts_only_for_ok_rows(downloaded):
     root, rows, _, _, _ = downloaded
     table = root.read_parquet(f"{segment_folder(root, SEGMENT)}/00000.parquet")
-    assert table.schema.names == SCHEMA.names + [
-        "key",
-        "status",
-        "http_status",
-        "error_message",
-        "bytes",
-        "sha256",
-        "width",
-        "height",
-        "original_width",
-        "original_height",
-    ]
+    # The contract's columns and types: the candidate's, then the download's.
+    assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in shard_row_schema()]
     facts = ["bytes", "sha256", "width", "height", "original_width", "original_height"]
     for row in all_rows(root, SEGMENT):
         if row["status"] == "ok":
