@@ -42,6 +42,24 @@ class DemoResult:
     deployment: Deployment
 
 
+def generate_demo_crawl(
+    folder: str, web: LocalImageWeb, crawl: str, wat_files: int, pages_per_file: int, seed: int
+) -> SampleCrawl:
+    """The demo's crawl: image links on ``web``'s first four hosts, pages on the rest; 30% of the alt
+    texts describe another picture and 10% of the images are missing, so thresholds and 404s show."""
+    return generate_crawl(
+        folder,
+        crawl=crawl,
+        wat_files=wat_files,
+        pages_per_file=pages_per_file,
+        seed=seed,
+        mismatch_rate=0.3,
+        missing_rate=0.1,
+        image_base=web.origins[:4],
+        page_base=web.origins[4:],
+    )
+
+
 def prepare_dagster_home(path: str) -> dg.DagsterInstance:
     """A persistent instance at ``path`` (SQLite) configured by the project's dagster.yaml."""
     os.makedirs(path, exist_ok=True)
@@ -123,17 +141,7 @@ def run_pipeline(
             f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
             f"{WEB_HOSTS - 1} more hosts"
         )
-        sample = generate_crawl(
-            crawl_dir,
-            crawl=crawl,
-            wat_files=wat_files,
-            pages_per_file=pages_per_file,
-            seed=seed,
-            mismatch_rate=0.3,
-            missing_rate=0.1,
-            image_base=web.origins[:4],
-            page_base=web.origins[4:],
-        )
+        sample = generate_demo_crawl(crawl_dir, web, crawl, wat_files, pages_per_file, seed)
         defs = build_definitions(deployment)
         registration, _ = register_and_add(
             instance, defs.resources["common_crawl"], defs.resources["storage"], crawl, files_per_segment=2

@@ -26,7 +26,7 @@ import dagster as dg
 
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, DEMO_NETWORKS, PIPELINE_JOB, build_definitions
-from cah_assets.demo import DEMO_CRAWL, WEB_HOSTS, file_server
+from cah_assets.demo import DEMO_CRAWL, WEB_HOSTS, file_server, generate_demo_crawl
 from cah_assets.deployment import Deployment
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
 from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
@@ -47,7 +47,6 @@ from cah_resources.samples.cluster_peers import (
     worker_machine,
 )
 from cah_resources.samples.local_web import LocalImageWeb
-from cah_resources.samples.sample_crawl import generate_crawl
 from cah_resources.storage import DataRoot, s3_storage_options
 
 WORKERS = 2
@@ -294,17 +293,7 @@ def run_rehearsal(
         endpoint = s3_endpoint or stack.enter_context(moto_server())
         bucket = stack.enter_context(s3_bucket(endpoint))
         web = stack.enter_context(LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed, latency=WEB_LATENCY_S))
-        generate_crawl(
-            str(mirror),
-            crawl=crawl,
-            wat_files=wat_files,
-            pages_per_file=pages_per_file,
-            seed=seed,
-            mismatch_rate=0.3,
-            missing_rate=0.1,
-            image_base=web.origins[:4],
-            page_base=web.origins[4:],
-        )
+        generate_demo_crawl(str(mirror), web, crawl, wat_files, pages_per_file, seed)
         say(f"1/5 generated {wat_files} WAT files of {crawl} in {mirror}; images on a local web of {WEB_HOSTS} hosts")
         one_machine_started = time.perf_counter()
         one_machine = run_one_machine(mirror, coordinator / "one-machine-data", web, crawl, seed, say)
