@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -160,7 +160,23 @@ def segments_manifest_path(root: DataRoot, crawl: str) -> str:
     return root.path(CRAWLS, crawl, "segments.json")
 
 
+class ShardListing(NamedTuple):
+    """A stage folder's shards (names NNNNN, in shard order) from one listing."""
+
+    finished: list[str]  # those with a .done marker: what "finished" means
+    written: list[str]  # those with a .parquet, finished or not (a shard cut short has one without marker)
+
+
+def list_shards(root: DataRoot, folder: str) -> ShardListing:
+    entries = root.listdir(folder)
+
+    def named(suffix: str) -> list[str]:
+        names = (n.removesuffix(suffix) for n in entries if n.endswith(suffix))
+        return sorted(n for n in names if len(n) == SHARD_DIGITS and n.isdigit())
+
+    return ShardListing(named(MARKER), named(".parquet"))
+
+
 def finished_shards(root: DataRoot, folder: str) -> list[str]:
     """Names (NNNNN) of the folder's finished shards, in shard order: those with a ``.done`` marker."""
-    names = (n.removesuffix(MARKER) for n in root.listdir(folder) if n.endswith(MARKER))
-    return sorted(n for n in names if len(n) == SHARD_DIGITS and n.isdigit())
+    return list_shards(root, folder).finished

@@ -17,7 +17,7 @@ from cah_resources.contract import (
     COUNT,
     IMAGE_SHARDS,
     SUCCESSES,
-    finished_shards,
+    list_shards,
     shard_paths,
     stage_folder,
 )
@@ -25,7 +25,6 @@ from cah_resources.image_shards.shard_writer import read_tar_names
 from cah_resources.storage import DataRoot
 
 UID = re.compile(r"^[0-9a-f]{32}$")
-SHARD_PARQUET = re.compile(r"^(\d{5})\.parquet$")
 TAR_SUFFIXES = (".jpg", ".txt", ".json")
 SHOWN = 5  # offending values shown in a check's metadata
 
@@ -197,9 +196,9 @@ def run_here(fn: Callable, units: list, **kwargs) -> list:
 
 def _shard_numbers(root: DataRoot, folder: str) -> tuple[list[int], set[int]]:
     """Shards that have a parquet, and shards that have a .done marker."""
-    parquets = {int(match[1]) for match in map(SHARD_PARQUET.match, root.listdir(folder)) if match}
-    done = {int(name) for name in finished_shards(root, folder)}
-    return sorted(parquets | done), done
+    listing = list_shards(root, folder)
+    done = {int(name) for name in listing.finished}
+    return sorted({int(name) for name in listing.written} | done), done
 
 
 def check_image_shards(root: DataRoot, segment: str, run: Callable = run_here) -> dict[str, Verdict]:

@@ -17,7 +17,7 @@ from cah_resources.contract import (
     IMAGE_SHARDS,
     candidates_stats_path,
     embedding_path,
-    finished_shards,
+    list_shards,
     release_folder,
     shard_paths,
     stage_folder,
@@ -127,9 +127,8 @@ def finished_clip_pairs_shards(
     unfinished: list[str] = []
     for segment in sorted(set(segment_keys)):
         folder = stage_folder(root, CLIP_PAIRS, segment)
-        finished = finished_shards(root, folder)
-        parquet = {n.removesuffix(".parquet") for n in root.listdir(folder) if n.endswith(".parquet")}
-        unfinished += [f"{segment}/{name}" for name in sorted(parquet - set(finished))]
+        finished, written = list_shards(root, folder)
+        unfinished += [f"{segment}/{name}" for name in sorted(set(written) - set(finished))]
         if not finished:
             missing.append(segment)
         for name in finished:
