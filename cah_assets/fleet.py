@@ -8,7 +8,8 @@ from cah_assets.automation import pipeline_status
 from cah_assets.partitions import segments
 from cah_assets.resources import HetznerFleet
 from cah_resources.contract import CANDIDATES, IMAGE_SHARDS
-from cah_resources.fleet.hetzner import FleetError, servers_for_backlog
+from cah_resources.fleet.hetzner import servers_for_backlog
+from cah_resources.fleet.settings import FleetError
 
 # The stages whose work runs on the CPU runners (clip_pairs runs on GPU executors, not on this fleet).
 CPU_STAGES = (CANDIDATES, IMAGE_SHARDS)

@@ -25,8 +25,9 @@ from cah_resources.crawl.common_crawl import CRAWL_LIST_URL, CrawlSource
 from cah_resources.dataset.dedup_index import DEFAULT_BATCH_SIZE, DEFAULT_TABLE, DedupIndex, default_sqlite_url
 from cah_resources.dataset.report import png_markdown
 from cah_resources.fleet.compute import DaskCompute
-from cah_resources.fleet.hetzner import DEFAULTS as FLEET_DEFAULTS
-from cah_resources.fleet.hetzner import FLEET_ENV, Fleet, FleetSettings, Progress, _env_default, load_projects
+from cah_resources.fleet.hetzner import Fleet, Progress, load_projects
+from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
+from cah_resources.fleet.settings import FLEET_ENV, FleetSettings, env_default
 from cah_resources.image_shards.downloader import FetchSettings
 from cah_resources.image_shards.resizer import ResizeSettings
 from cah_resources.image_shards.stage import ShardSettings
@@ -321,7 +322,7 @@ class HetznerFleet(dg.ConfigurableResource):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> HetznerFleet:
         """The resource as a deployment configures it through FLEET_ENV (unset variables keep the defaults)."""
-        return cls(**{name: _env_default(name, environ) for name in FLEET_ENV})
+        return cls(**{name: env_default(name, environ) for name in FLEET_ENV})
 
     def settings(self) -> FleetSettings:
         shared = [name for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields]

@@ -11,7 +11,7 @@ from cah_assets.definitions import defs
 from cah_assets.fleet import fleet_sensor
 from cah_assets.partitions import segments
 from cah_assets.resources import HetznerFleet
-from cah_resources.fleet.hetzner import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE
+from cah_resources.fleet.settings import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE
 
 TOKEN = "tokenA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
 KEYS = [f"CC-MAIN-2024-10_{i:05d}" for i in range(5)]
@@ -110,7 +110,7 @@ def test_the_fleet_sensor_is_in_the_definitions_and_off_by_default():
 
 def test_the_resource_and_the_cli_take_their_defaults_from_fleet_settings(monkeypatch):
     from cah_assets.cli import fleet_up_command
-    from cah_resources.fleet.hetzner import FLEET_ENV, FleetSettings
+    from cah_resources.fleet.settings import FLEET_ENV, FleetSettings
 
     for variable in FLEET_ENV.values():
         monkeypatch.delenv(variable, raising=False)

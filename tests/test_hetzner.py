@@ -11,17 +11,8 @@ from fake_hcloud import FakeHetznerCloud
 
 from cah_assets.cli import main as cah_main
 from cah_assets.resources import HetznerFleet
-from cah_resources.fleet.hetzner import (
-    LABEL_FLEET,
-    LABEL_MANAGED,
-    LABEL_ROLE,
-    BudgetExceeded,
-    Fleet,
-    FleetError,
-    FleetSettings,
-    load_projects,
-    servers_for_backlog,
-)
+from cah_resources.fleet.hetzner import BudgetExceeded, Fleet, load_projects, servers_for_backlog
+from cah_resources.fleet.settings import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE, FleetError, FleetSettings
 
 TOKEN_A = "tokenA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
 TOKEN_B = "tokenB0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"

@@ -20,15 +20,7 @@ from hcloud.ssh_keys import SSHKey
 from cah_resources import retries as retry_policies
 from cah_resources.fleet.cloud_init import UserDataError, render_cloud_init
 from cah_resources.fleet.compute import ClusterUnavailable, cluster_security, connect_client, worker_resources
-
-# The settings live in a light module so `cah` builds its options without importing hcloud; the names stay here too.
-from cah_resources.fleet.settings import DEFAULTS as DEFAULTS
-from cah_resources.fleet.settings import FLEET_ENV as FLEET_ENV
-from cah_resources.fleet.settings import LABEL_FLEET as LABEL_FLEET
-from cah_resources.fleet.settings import LABEL_MANAGED as LABEL_MANAGED
-from cah_resources.fleet.settings import LABEL_ROLE as LABEL_ROLE
 from cah_resources.fleet.settings import FleetError, FleetSettings
-from cah_resources.fleet.settings import _env_default as _env_default
 
 TOKENS_ENV = "HCLOUD_TOKENS"
 TOKEN_ENV = "HCLOUD_TOKEN"

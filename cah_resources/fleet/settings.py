@@ -72,7 +72,7 @@ FLEET_ENV = {
 }
 
 
-def _env_default(field_name: str, environ: dict[str, str] | None = None):
+def env_default(field_name: str, environ: dict[str, str] | None = None):
     """The field's default, or the deployment's value from its environment variable (typed as the default)."""
     default = getattr(DEFAULTS, field_name)
     raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
