@@ -1,7 +1,6 @@
 """What runs the pipeline without a person: crawl discovery, the segment schedule, and stages following upstream."""
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -141,33 +140,39 @@ def next_segments(
     return pending[:room], len(in_flight)
 
 
-SEGMENT_CRON = os.environ.get("CAH_SEGMENT_CRON", "*/10 * * * *")
+SEGMENT_CRON = "*/10 * * * *"  # the schedule's default; CAH_SEGMENT_CRON replaces it when the definitions are built
 
 
-@dg.schedule(
-    cron_schedule=SEGMENT_CRON,
-    target=dg.AssetSelection.assets(STAGES[0]),
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Requests the next pending segments of the active crawls, keeping the number in flight under a cap.",
-)
-def segment_schedule(
-    context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow
-) -> list[dg.RunRequest] | dg.SkipReason:
-    keys = context.instance.get_dynamic_partitions(segments.name)
-    chosen, in_flight = next_segments(
-        keys,
-        pipeline_status(context.instance, keys, list(STAGES)),
-        segment_flow.crawls,
-        segment_flow.segments_per_tick,
-        segment_flow.max_in_flight,
+def segment_schedule(cron: str = SEGMENT_CRON) -> dg.ScheduleDefinition:
+    """The schedule that feeds segments into the pipeline, ticking on ``cron``."""
+
+    @dg.schedule(
+        name="segment_schedule",
+        cron_schedule=cron,
+        target=dg.AssetSelection.assets(STAGES[0]),
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Requests the next pending segments of the active crawls, keeping those in flight under a cap.",
     )
-    if not chosen:
-        return dg.SkipReason(
-            f"{in_flight} segments in flight (cap {segment_flow.max_in_flight}); none pending and allowed"
+    def _segment_schedule(
+        context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        keys = context.instance.get_dynamic_partitions(segments.name)
+        chosen, in_flight = next_segments(
+            keys,
+            pipeline_status(context.instance, keys, list(STAGES)),
+            segment_flow.crawls,
+            segment_flow.segments_per_tick,
+            segment_flow.max_in_flight,
         )
-    tags = {TRIGGER_TAG: "schedule"}
-    # A run key per segment: a tick the daemon retries after a crash does not launch a segment twice.
-    return [dg.RunRequest(run_key=key, partition_key=key, tags=tags) for key in chosen]
+        if not chosen:
+            return dg.SkipReason(
+                f"{in_flight} segments in flight (cap {segment_flow.max_in_flight}); none pending and allowed"
+            )
+        tags = {TRIGGER_TAG: "schedule"}
+        # A run key per segment: a tick the daemon retries after a crash does not launch a segment twice.
+        return [dg.RunRequest(run_key=key, partition_key=key, tags=tags) for key in chosen]
+
+    return _segment_schedule
 
 
 # Evaluating in the code server is a Dagster beta; it is the only way to run a Python condition (our cap).

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from cah_assets.automation import crawl_discovery_sensor, segment_flow_sensor, segment_schedule
+from cah_assets.automation import SEGMENT_CRON, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
 from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import release, report
@@ -97,7 +97,7 @@ def build_definitions(deployment: Deployment, overrides: dict | None = None) -> 
         assets=[candidates, image_shards, clip_pairs, release, report],
         asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
         jobs=_jobs(),
-        schedules=[segment_schedule],
+        schedules=[segment_schedule(os.environ.get("CAH_SEGMENT_CRON", SEGMENT_CRON))],
         sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
         resources={**deployment_resources(deployment), **(overrides or {})},
     )

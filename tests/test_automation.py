@@ -16,7 +16,8 @@ from cah_assets.automation import (
     segment_schedule,
 )
 from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
-from cah_assets.definitions import defs
+from cah_assets.definitions import build_definitions, defs
+from cah_assets.deployment import Deployment
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
 from cah_assets.resources import ClipScorer, CommonCrawl, CrawlDiscovery, ImageDownloader, SegmentFlow, StorageResource
@@ -189,7 +190,7 @@ def _schedule_tick(instance, **flow):
     with dg.build_schedule_context(
         instance=instance, resources={"segment_flow": SegmentFlow(**flow)}, repository_def=defs.get_repository_def()
     ) as context:
-        return segment_schedule.evaluate_tick(context)
+        return segment_schedule().evaluate_tick(context)
 
 
 def _queue_run(instance, key, asset="candidates"):
@@ -209,6 +210,13 @@ def test_the_schedule_requests_the_next_segments_newest_crawl_first(registered):
     assert all(r.tags["cah/trigger"] == "schedule" for r in data.run_requests)
     only_old = _schedule_tick(registered, crawls=[OLD], segments_per_tick=2, max_in_flight=10)
     assert [r.partition_key for r in only_old.run_requests] == [f"{OLD}_00000", f"{OLD}_00001"]
+
+
+def test_the_schedule_ticks_on_cah_segment_cron_read_when_the_definitions_are_built(monkeypatch):
+    assert defs.get_schedule_def("segment_schedule").cron_schedule == "*/10 * * * *"
+    monkeypatch.setenv("CAH_SEGMENT_CRON", "5 * * * *")  # after import: only a build can see it
+    built = build_definitions(Deployment())
+    assert built.get_schedule_def("segment_schedule").cron_schedule == "5 * * * *"
 
 
 def test_the_schedule_never_lets_more_than_the_cap_in_flight(registered):
