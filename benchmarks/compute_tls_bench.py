@@ -13,9 +13,6 @@ measured in this run: 1.0 means TLS costs nothing per unit.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,34 +25,19 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
 from cah_assets.resources import ComputeResource  # noqa: E402
-from cah_resources.samples.cluster_peers import tls_flags  # noqa: E402
+from cah_resources.samples.cluster_peers import free_port, stop_process_group, tls_flags  # noqa: E402
 
 
 def echo(unit: str) -> int:
     return len(unit)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def start_cluster(tls: Path | None, work: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
-    port = _free_port()
+    port = free_port()
     sched = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = ["--nworkers", str(workers)]
     if tls:
@@ -106,7 +88,7 @@ def main() -> int:
                     best[name] = max(best[name], args.units / (time.perf_counter() - started))
         finally:
             for proc in tls_procs + tcp_procs:
-                _stop(proc)
+                stop_process_group(proc)
     for name, rate in best.items():
         print(f"{name:<16} {rate:8.1f} units/s (best of {args.repeats}, {args.units} units, {args.workers} workers)")
     print(f"tls / tcp throughput ratio: {best['tls'] / best['tcp (reference)']:.2f}")

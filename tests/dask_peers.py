@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 from distributed import Client
 
 from cah_resources.fleet.compute import cluster_security
-from cah_resources.samples.cluster_peers import tls_flags
+from cah_resources.samples.cluster_peers import free_port, stop_process_group, tls_flags
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,12 +32,6 @@ def make_tls(out: Path) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def client_security(tls: Path):
     return cluster_security(str(tls / "ca.pem"), str(tls / "client.pem"), str(tls / "client-key.pem"))
 
@@ -53,17 +46,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a process this module started, and its children (it leads its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -86,7 +68,7 @@ def scheduler(tls: Path | None, logs: Path) -> Iterator[str]:
         _wait_for_port(port, proc)
         yield f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @contextmanager
@@ -99,7 +81,7 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 @contextmanager
@@ -112,7 +94,7 @@ def dask_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: s
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def wait_for_worker_names(address: str, tls: Path | None, names: set[str], timeout: float = 90.0) -> None:

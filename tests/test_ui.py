@@ -5,7 +5,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_resources.contract import STAGES
 from cah_resources.crawl.segments import register_crawl
+from cah_resources.samples.cluster_peers import free_port
 from cah_resources.samples.sample_crawl import generate_crawl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -79,12 +79,6 @@ def ui_candidates_job() -> dg.JobDefinition:
     return dg.Definitions(
         assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources
     ).resolve_job_def("candidates_job")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -190,7 +184,7 @@ def ui(tmp_path_factory, sample_crawl):
         instance.add_dynamic_partitions(segments.name, registration.keys() + big_keys)
 
     env = {**os.environ, "DAGSTER_HOME": str(home), "CAH_DATA_ROOT": str(data_root), "CAH_CRAWL_SOURCE": str(mirror)}
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     workspace = os.path.join(REPO, "workspace.yaml")
     FlakyCrawlMirror.fail_once = {registration.files_of(retried_key)[0]}
     FlakyCrawlMirror.missing = {registration.files_of(failed_key)[0]}
@@ -374,7 +368,7 @@ def demo_ui(tmp_path_factory):
     home = outcome.instance.root_directory
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")}
     env["DAGSTER_HOME"] = home
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with serve_demo(outcome.deployment):
         process, log = _start(
             [

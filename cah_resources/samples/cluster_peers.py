@@ -43,7 +43,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process_group(process: subprocess.Popen) -> None:
     """End a process started here and its children (it leads its own process group)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -97,7 +97,7 @@ def moto_server(port: int = 0) -> Iterator[str]:
         )
         yield endpoint
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 @contextmanager
@@ -172,7 +172,7 @@ def tls_scheduler(tls: Path, log: Path) -> Iterator[str]:
         _wait_until(lambda: _listens(port), process, f"dask scheduler on port {port}")
         yield f"tls://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 @dataclass
@@ -229,7 +229,7 @@ def worker_machine(address: str, name: str, folder: Path, tls: Path, nworkers: i
     try:
         yield WorkerMachine(name, folder, process)
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 @dataclass
