@@ -471,10 +471,10 @@ REGIMES = {
 }
 # The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
 LITERAL = "image_shards_ip"
-OPT_OUTS_OFF = "image_shards_no_opt_outs"
-# --no-opt-outs: every image_shards contender without robots.txt/TDMRep/X-Robots-Tag, e.g. to measure
-# what DNS alone costs (img2dataset honours none of them by default either).
-OPT_OUT_CHECKS = {"on": True}  # --opt-outs: every opt-out check off, the reference
+OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off, the reference
+# Set off by --no-opt-outs: every image_shards contender without robots.txt/TDMRep/X-Robots-Tag, e.g. to
+# measure what DNS alone costs (img2dataset honours none of them by default either).
+OPT_OUT_CHECKS = {"on": True}
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:

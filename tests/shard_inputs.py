@@ -15,7 +15,7 @@ import psutil
 import pyarrow as pa
 
 from cah_resources.candidates.stage import output_paths, pair_uid
-from cah_resources.contract import CANDIDATES_SCHEMA
+from cah_resources.contract import CANDIDATES_SCHEMA, shard_paths
 from cah_resources.image_shards.downloader import FetchSettings
 from cah_resources.image_shards.resizer import ResizeSettings
 from cah_resources.image_shards.stage import ShardSettings
@@ -105,7 +105,7 @@ def kill_after_first_shard(root: DataRoot, folder: str, env: dict[str, str] | No
     process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, *killable_run_args(root)], cwd=REPO, env=env)
     with killed_at_exit(process):
         deadline = time.monotonic() + 120
-        while not root.exists(f"{folder}/00000.done"):
+        while not root.exists(shard_paths(folder, 0)["done"]):
             assert process.poll() is None, "the run ended before finishing its first shard"
             assert time.monotonic() < deadline
             time.sleep(0.02)
