@@ -2,17 +2,19 @@
 
 import json
 import re
-import urllib.error
-import urllib.request
 import warnings
 
+import aiohttp
 import dagster as dg
+import fsspec
 
 from cah_assets.partitions import segments
+from cah_assets.policies import MAX_IN_FLIGHT
 from cah_assets.resources import CommonCrawl, CrawlDiscovery, SegmentFlow, StorageResource
 from cah_resources.contract import STAGES
 from cah_resources.crawl.common_crawl import USER_AGENT
 from cah_resources.crawl.segments import parse_segment_key, register_crawl
+from cah_resources.errors import one_line
 
 TRIGGER_TAG = "cah/trigger"
 
@@ -23,25 +25,32 @@ class CrawlListError(ValueError):
 
 def read_crawl_list(location: str, timeout_s: float = 30.0) -> list[str]:
     """Crawl ids from a collinfo.json-style list (``[{"id": "CC-MAIN-2024-10", ...}, ...]``) at a URL or path."""
+    web = location.startswith(("http://", "https://"))
+    options = (
+        {
+            "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
+            "client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+            "block_size": 0,  # one streamed GET, no HEAD or range requests
+        }
+        if web
+        else {}
+    )
     try:
-        if location.startswith(("http://", "https://")):
-            request = urllib.request.Request(location, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                body = response.read()
-        else:
-            with open(location.removeprefix("file://"), "rb") as handle:
-                body = handle.read()
-    except urllib.error.HTTPError as error:
-        raise CrawlListError(f"crawl list {location} answered HTTP {error.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise CrawlListError(f"crawl list {location} is unreachable: {reason}") from None
+        with fsspec.open(location, "rb", **options) as handle:
+            body = handle.read()
+    except (OSError, TimeoutError, aiohttp.ClientError) as error:
+        # fsspec's HTTP file system raises FileNotFoundError for an HTTP error and an unreachable host
+        # alike; its cause tells them apart.
+        cause = error.__cause__ or error
+        if isinstance(cause, aiohttp.ClientResponseError):
+            raise CrawlListError(f"crawl list {location} answered HTTP {cause.status}") from None
+        raise CrawlListError(f"crawl list {location} is unreachable: {one_line(cause)}") from None
     try:
         entries = json.loads(body)
         ids = [entry["id"] for entry in entries]
     except (ValueError, TypeError, KeyError) as error:
         raise CrawlListError(
-            f'crawl list {location} is not a JSON list of {{"id": ...}} objects ({type(error).__name__}: {error})'
+            f'crawl list {location} is not a JSON list of {{"id": ...}} objects ({one_line(error)})'
         ) from None
     if not all(isinstance(i, str) for i in ids):
         raise CrawlListError(f"crawl list {location} has non-string ids")
@@ -143,8 +152,8 @@ def next_segments(
 SEGMENT_CRON = "*/10 * * * *"  # the schedule's default; CAH_SEGMENT_CRON replaces it when the definitions are built
 
 
-def segment_schedule(cron: str = SEGMENT_CRON) -> dg.ScheduleDefinition:
-    """The schedule that feeds segments into the pipeline, ticking on ``cron``."""
+def segment_schedule(cron: str = SEGMENT_CRON, max_in_flight: int = MAX_IN_FLIGHT) -> dg.ScheduleDefinition:
+    """The schedule that feeds segments into the pipeline, ticking on ``cron``, keeping ``max_in_flight`` at most."""
 
     @dg.schedule(
         name="segment_schedule",
@@ -162,12 +171,10 @@ def segment_schedule(cron: str = SEGMENT_CRON) -> dg.ScheduleDefinition:
             pipeline_status(context.instance, keys, list(STAGES)),
             segment_flow.crawls,
             segment_flow.segments_per_tick,
-            segment_flow.max_in_flight,
+            max_in_flight,
         )
         if not chosen:
-            return dg.SkipReason(
-                f"{in_flight} segments in flight (cap {segment_flow.max_in_flight}); none pending and allowed"
-            )
+            return dg.SkipReason(f"{in_flight} segments in flight (cap {max_in_flight}); none pending and allowed")
         tags = {TRIGGER_TAG: "schedule"}
         # A run key per segment: a tick the daemon retries after a crash does not launch a segment twice.
         return [dg.RunRequest(run_key=key, partition_key=key, tags=tags) for key in chosen]

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import click
 
@@ -155,28 +154,32 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
     from cah_assets.crawls import register_and_add
     from cah_resources.crawl.common_crawl import CrawlFileMissing, IncompleteDownload
+    from cah_resources.errors import one_line
+    from cah_resources.retries import unreachable_source
 
-    for attempt in range(1, REGISTER_ATTEMPTS + 1):
-        try:
-            return register_and_add(instance, common_crawl, storage, crawl, files_per_segment)
-        except CrawlFileMissing:
+    def unreachable(error: BaseException) -> bool:
+        return isinstance(error, (IncompleteDownload, OSError)) and not isinstance(error, CrawlFileMissing)
+
+    def reason(error: BaseException) -> str:
+        return one_line(error.__cause__ or error, 200)  # the connection's own error, not the download's wrapper
+
+    def tell(error: BaseException, attempt: int, delay: float) -> None:
+        click.echo(
+            f"{common_crawl.base_url} did not answer ({reason(error)}); attempt {attempt}/{REGISTER_ATTEMPTS} "
+            f"in {delay:.0f} s",
+            err=True,
+        )
+
+    retrying = unreachable_source(REGISTER_ATTEMPTS, REGISTER_BACKOFF_S, unreachable, tell)
+    try:
+        return retrying(register_and_add, instance, common_crawl, storage, crawl, files_per_segment)
+    except (IncompleteDownload, OSError) as error:
+        if not unreachable(error):
             raise
-        except (IncompleteDownload, OSError) as error:
-            cause = error.__cause__ or error  # the connection's own error, not the download's wrapper
-            reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
-            if attempt == REGISTER_ATTEMPTS:
-                raise UserError(
-                    f"{common_crawl.base_url} is unreachable after {attempt} attempts ({reason}); "
-                    "check the network or pass --source a mirror or folder"
-                ) from None
-            delay = REGISTER_BACKOFF_S * 2 ** (attempt - 1)
-            click.echo(
-                f"{common_crawl.base_url} did not answer ({reason}); attempt {attempt + 1}/{REGISTER_ATTEMPTS} "
-                f"in {delay:.0f} s",
-                err=True,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+        raise UserError(
+            f"{common_crawl.base_url} is unreachable after {REGISTER_ATTEMPTS} attempts ({reason(error)}); "
+            "check the network or pass --source a mirror or folder"
+        ) from None
 
 
 @cah.command()
@@ -337,7 +340,13 @@ def fleet() -> None:
     "--type", "server_type", default=FLEET_DEFAULTS.server_type, show_default=True, help="Hetzner server type."
 )
 @click.option("--image", default=FLEET_DEFAULTS.image, show_default=True, help="Image the servers boot.")
-@click.option("--ssh-key", "ssh_keys", multiple=True, help="SSH key name in the project (repeatable).")
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    default=FLEET_DEFAULTS.ssh_keys,
+    help="SSH key name in the project (repeatable).",
+)
 @_scheduler_options("Address the workers join, tls://HOST:8786.")
 @click.option(
     "--package",
@@ -346,7 +355,13 @@ def fleet() -> None:
     show_envvar=True,
     help="Pip requirement that installs this project on the servers.",
 )
-@click.option("--pip", "extra_packages", multiple=True, help="Extra pip requirement, e.g. s3fs (repeatable).")
+@click.option(
+    "--pip",
+    "extra_packages",
+    multiple=True,
+    default=FLEET_DEFAULTS.extra_packages,
+    help="Extra pip requirement, e.g. s3fs (repeatable).",
+)
 @click.option(
     "--nthreads", default=FLEET_DEFAULTS.nthreads, show_default=True, type=int, help="Threads per worker process."
 )
@@ -409,7 +424,9 @@ def fleet_status_command(**settings) -> None:
 
 @cah.command()
 @click.option("--scheduler", required=True, help="Scheduler address, e.g. tls://203.0.113.7:8786.")
-@click.option("--gpu", is_flag=True, help="Serve GPU work: one worker per CUDA device with GPU=1.")
+@click.option(
+    "--gpu", is_flag=True, default=WORKER_DEFAULTS.gpu, help="Serve GPU work: one worker per CUDA device with GPU=1."
+)
 @click.option(
     "--nworkers",
     default=WORKER_DEFAULTS.nworkers,

@@ -1,5 +1,10 @@
-"""The code location: every asset, job and resource of the pipeline, with the resource set of its deployment."""
+"""The code location: every asset, job and resource of the pipeline, with the resource set of its deployment.
 
+Importing it reads no environment variable: ``defs`` is built when first used (when Dagster loads the
+code location), from the environment and the instance's deployment as they are then.
+"""
+
+import functools
 import os
 
 import dagster as dg
@@ -103,4 +108,17 @@ def build_definitions(deployment: Deployment, overrides: dict | None = None) -> 
     )
 
 
-defs = build_definitions(read_deployment())
+@functools.cache
+def _defs() -> dg.Definitions:
+    return build_definitions(read_deployment())
+
+
+def __getattr__(name: str) -> dg.Definitions:
+    """``defs``, built on first use (PEP 562 module attribute): the code location Dagster loads."""
+    if name == "defs":
+        return _defs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "defs"])

@@ -49,6 +49,7 @@ GPU_POOL = "gpu"
 
 # Automation never requests more than this many segments of a stage in one tick, nor lets more than
 # MAX_IN_FLIGHT of them run at once: turning a paused sensor back on cannot flood the cluster.
+# MAX_IN_FLIGHT is the pipeline's one in-flight cap: the segment schedule keeps it too.
 MAX_REQUESTS_PER_TICK = 4
 MAX_IN_FLIGHT = 8
 

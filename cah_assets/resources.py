@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import MISSING
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dagster as dg
 from distributed import SpecCluster
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, create_model
 
 from cah_assets.partitions import ADD_BATCH
-from cah_assets.policies import MAX_IN_FLIGHT, MAX_REQUESTS_PER_TICK
+from cah_assets.policies import MAX_REQUESTS_PER_TICK
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.wat import MAX_RECORD_BYTES
 from cah_resources.clip_pairs.settings import LAION_MODELS, SCORING_DEFAULTS, ClipModelSpec, ScoringSettings
@@ -24,12 +24,10 @@ from cah_resources.contract import CATEGORIES
 from cah_resources.crawl.common_crawl import CRAWL_LIST_URL, CrawlSource
 from cah_resources.dataset.dedup_index import DEFAULT_BATCH_SIZE, DEFAULT_TABLE, DedupIndex, default_sqlite_url
 from cah_resources.dataset.report import png_markdown
+from cah_resources.flat_settings import Settings, flat_fields, from_flat
 from cah_resources.fleet.compute import DaskCompute
 from cah_resources.fleet.hetzner import Fleet, Progress, load_projects
-from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
-from cah_resources.fleet.settings import FLEET_ENV, FleetSettings, env_default
-from cah_resources.image_shards.downloader import FetchSettings
-from cah_resources.image_shards.resizer import ResizeSettings
+from cah_resources.fleet.settings import FLEET_ENV, ComputeSettings, FleetSettings, env_default
 from cah_resources.image_shards.stage import ShardSettings
 from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage_options
 
@@ -38,11 +36,34 @@ from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage
 INLINE_MARKDOWN_CHARS = 1000
 
 
-def default(settings: type, name: str) -> Any:
-    """A settings dataclass field's default, where it is written once; tuples come back as lists."""
-    spec = settings.__dataclass_fields__[name]
-    value = spec.default if spec.default is not MISSING else spec.default_factory()
-    return list(value) if isinstance(value, tuple) else value
+Resource = TypeVar("Resource", bound=dg.ConfigurableResource)
+# Each resource whose fields are generated from a plain settings dataclass: the dataclass, and the
+# settings whose field has another name (kept for configurations written before the dataclass).
+SETTINGS_VIEWS: dict[type, tuple[type, dict[str, str]]] = {}
+
+
+def settings_fields(kind: type, renamed: dict[str, str] | None = None) -> Callable[[type[Resource]], type[Resource]]:
+    """Give a resource one field per setting of the dataclass ``kind`` (nested groups flattened), each
+    with the dataclass's type and default: a setting is declared once, in the plain code that uses it."""
+    renamed = dict(renamed or {})
+
+    def add(resource: type[Resource]) -> type[Resource]:
+        fields: dict[str, Any] = {renamed.get(f.name, f.name): (f.type, Field(f.default)) for f in flat_fields(kind)}
+        made = create_model(
+            resource.__name__, __base__=resource, __module__=resource.__module__, __doc__=resource.__doc__, **fields
+        )
+        made.__qualname__ = resource.__qualname__
+        SETTINGS_VIEWS[made] = (kind, renamed)
+        return made
+
+    return add
+
+
+def settings_of(resource: dg.ConfigurableResource, kind: type[Settings]) -> Settings:
+    """The plain settings that ``resource``'s generated fields hold."""
+    _, renamed = SETTINGS_VIEWS[type(resource)]
+    values = resource.model_dump()
+    return from_flat(kind, {f.name: values[renamed.get(f.name, f.name)] for f in flat_fields(kind)})
 
 
 # --- where data lives and comes from -------------------------------------------------------------
@@ -86,16 +107,12 @@ class StorageResource(dg.ConfigurableResource):
         return DataRoot(self.root, options)
 
 
+@settings_fields(CrawlSource, renamed={"base": "base_url"})
 class CommonCrawl(dg.ConfigurableResource):
     """Where WAT files are read from: Common Crawl's HTTPS endpoint (default), a mirror, or a folder."""
 
-    base_url: str = default(CrawlSource, "base")
-    cache_dir: str = default(CrawlSource, "cache_dir")
-    retries: int = default(CrawlSource, "retries")
-    timeout_s: float = default(CrawlSource, "timeout_s")
-
     def source(self) -> CrawlSource:
-        return CrawlSource(self.base_url, self.cache_dir, self.retries, self.timeout_s)
+        return settings_of(self, CrawlSource)
 
 
 class CrawlDiscovery(dg.ConfigurableResource):
@@ -113,96 +130,34 @@ class SegmentFlow(dg.ConfigurableResource):
 
     crawls: list[str] = Field([], description="active crawls, in order; empty: every registered crawl, newest first")
     segments_per_tick: int = Field(MAX_REQUESTS_PER_TICK, description="segments requested per schedule tick")
-    max_in_flight: int = Field(MAX_IN_FLIGHT, description="segments with a stage queued or running, at most")
+    # The cap on segments in flight is policies.MAX_IN_FLIGHT, one for the schedule and the later stages'
+    # automation (a condition is fixed when the definitions are built, so it cannot be a run's config).
 
 
 # --- the stages -----------------------------------------------------------------------------------
 
 
+@settings_fields(CandidateFilters)
 class CandidateRules(dg.ConfigurableResource):
-    """Crawling@Home's link filters; see README "candidates" for what each drop reason means."""
+    """Crawling@Home's link filters (``CandidateFilters``); see README "candidates" for what each drop reason means."""
 
-    min_alt_length: int = default(CandidateFilters, "min_alt_length")
-    max_alt_length: int = default(CandidateFilters, "max_alt_length")
-    long_alt: str = default(CandidateFilters, "long_alt")
-    drop_extensions: list[str] = default(CandidateFilters, "drop_extensions")
-    max_domain_length: int = default(CandidateFilters, "max_domain_length")
     # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
     max_record_bytes: int = MAX_RECORD_BYTES
-    # URL hash lists to honour (SHA-256 or MD5 hex, one per line; paths or fsspec URLs): listed
-    # URLs are dropped as blocklisted_url and never downloaded.
-    blocked_url_lists: list[str] = default(CandidateFilters, "blocked_url_lists")
 
     def filters(self) -> CandidateFilters:
-        return CandidateFilters(
-            self.min_alt_length,
-            self.max_alt_length,
-            self.long_alt,
-            tuple(e.lower() for e in self.drop_extensions),
-            self.max_domain_length,
-            tuple(self.blocked_url_lists),
-        )
+        return settings_of(self, CandidateFilters)
 
 
+@settings_fields(ShardSettings)
 class ImageDownloader(dg.ConfigurableResource):
-    """How image_shards downloads: network limits, the address guard, image checks, resizing, shard size."""
+    """How image_shards downloads: network limits, the address guard, opt-outs, DNS, image checks, resizing, shards.
 
-    concurrency: int = default(FetchSettings, "concurrency")
-    per_host_connections: int = default(FetchSettings, "per_host_connections")
-    connect_timeout: float = default(FetchSettings, "connect_timeout")
-    read_timeout: float = default(FetchSettings, "read_timeout")
-    total_timeout: float = default(FetchSettings, "total_timeout")
-    max_body_bytes: int = default(FetchSettings, "max_body_bytes")
-    max_redirects: int = default(FetchSettings, "max_redirects")
-    retries: int = default(FetchSettings, "retries")
-    retry_backoff: float = default(FetchSettings, "retry_backoff")
-    max_retry_after: float = default(FetchSettings, "max_retry_after")
-    user_agent: str = default(FetchSettings, "user_agent")
-    user_agent_token: str = default(FetchSettings, "user_agent_token")
-    honour_robots_noai: bool = default(FetchSettings, "honour_robots_noai")
-    disallowed_robots_directives: list[str] = default(FetchSettings, "disallowed_robots_directives")
-    # Opt-outs of image hosts, each fetched once per host per shard task: robots.txt (RFC 9309, judged
-    # for user_agent_token, then *) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json).
-    honour_robots_txt: bool = default(FetchSettings, "honour_robots_txt")
-    honour_tdmrep: bool = default(FetchSettings, "honour_tdmrep")
-    robots_max_bytes: int = default(FetchSettings, "robots_max_bytes")
-    robots_unreachable_seconds: float = default(FetchSettings, "robots_unreachable_seconds")
-    # Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): listed bytes
-    # become 'blocklisted_image' and are never written.
-    blocked_image_lists: list[str] = default(ShardSettings, "blocked_image_lists")
-    # Private/loopback networks the downloader may reach anyway (tests, an intranet mirror).
-    allowed_networks: list[str] = default(FetchSettings, "allowed_networks")
-    block_private_addresses: bool = default(FetchSettings, "block_private_addresses")
-    verify_tls: bool = default(FetchSettings, "verify_tls")
-    # DNS: the system's nameservers unless listed here ("ip" or "ip:port"), e.g. a local caching
-    # resolver (Unbound, knot-resolver); lookups have their own limit and timeout, and answers are
-    # cached per shard task for their TTL clamped to dns_min_ttl..dns_max_ttl seconds.
-    nameservers: list[str] = default(FetchSettings, "nameservers")
-    dns_concurrency: int = default(FetchSettings, "dns_concurrency")
-    dns_timeout: float = default(FetchSettings, "dns_timeout")
-    dns_min_ttl: float = default(FetchSettings, "dns_min_ttl")
-    dns_max_ttl: float = default(FetchSettings, "dns_max_ttl")
-    dns_negative_ttl: float = default(FetchSettings, "dns_negative_ttl")
-    resize_mode: str = default(ResizeSettings, "resize_mode")
-    image_size: int = default(ResizeSettings, "image_size")
-    resize_only_if_bigger: bool = default(ResizeSettings, "resize_only_if_bigger")
-    encode_quality: int = default(ResizeSettings, "encode_quality")
-    allowed_formats: list[str] = default(ResizeSettings, "allowed_formats")
-    min_bytes: int = default(ResizeSettings, "min_bytes")
-    min_side: int = default(ResizeSettings, "min_side")
-    max_pixels: int = default(ResizeSettings, "max_pixels")
-    max_aspect_ratio: float = default(ResizeSettings, "max_aspect_ratio")
-    # Decode cost: JPEG scans x pixels refused before decoding ('too_costly'), CPU seconds per image
-    # in its worker process ('decode_timeout'); 0 = no limit.
-    max_scan_pixels: int = default(ResizeSettings, "max_scan_pixels")
-    max_decode_cpu_seconds: float = default(ResizeSettings, "max_decode_cpu_seconds")
-    shard_size: int = default(ShardSettings, "shard_size")
-    image_processes: int = default(ShardSettings, "image_processes")
-    # Downloaded bytes waiting for the image workers per shard task; past it new downloads wait.
-    image_backlog_bytes: int = default(ShardSettings, "image_backlog_bytes")
+    One field per setting of ``ShardSettings`` and its ``fetch`` and ``resize`` groups, by the same name:
+    see ``FetchSettings``, ``ResizeSettings`` and ``ShardSettings`` for what each means.
+    """
 
     def settings(self) -> ShardSettings:
-        return ShardSettings.from_flat(self.model_dump())
+        return settings_of(self, ShardSettings)
 
 
 class ClipScorer(dg.ConfigurableResource):
@@ -264,31 +219,17 @@ class ClipScorer(dg.ConfigurableResource):
 # --- the compute engine and its machines ---------------------------------------------------------
 
 
+@settings_fields(ComputeSettings)
 class ComputeResource(DaskCompute, dg.ConfigurableResource):
-    """Dask distributed cluster the assets submit their work to (a LocalCluster by default)."""
-
-    # "local" or "remote"; empty: $CAH_COMPUTE_MODE, else "local".
-    mode: str = ""
-    n_workers: int = 0
-    threads_per_worker: int = 1
-    processes: bool = True
-    memory_limit: str = "auto"
-    # empty: $CAH_SCHEDULER_ADDRESS
-    scheduler_address: str = ""
-    task_retries: int = 2
-    # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off).
-    local_gpus: int = -1
-    # When no worker advertises GPU, GPU work runs on CPU workers instead of failing the run.
-    allow_cpu_fallback: bool = True
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    connect_timeout_s: float = 30.0
+    """Dask distributed cluster the assets submit their work to (a LocalCluster by default); see ``ComputeSettings``."""
 
     # Inside a Dagster run the local cluster is started once and kept for every step and call of
     # that run process (starting one costs seconds); outside a run each client() makes its own.
     _keep_cluster: bool = PrivateAttr(default=False)
     _cluster: SpecCluster | None = PrivateAttr(default=None)
+
+    def settings(self) -> ComputeSettings:
+        return settings_of(self, ComputeSettings)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._keep_cluster = True
@@ -299,23 +240,13 @@ class ComputeResource(DaskCompute, dg.ConfigurableResource):
             self._cluster = None
 
 
+@settings_fields(FleetSettings)
 class HetznerFleet(dg.ConfigurableResource):
-    """CPU runners on Hetzner Cloud that join the Dask scheduler; tokens come from HCLOUD_TOKENS, never config."""
+    """CPU runners on Hetzner Cloud that join the Dask scheduler; tokens come from HCLOUD_TOKENS, never config.
 
-    name: str = FLEET_DEFAULTS.name
-    server_type: str = FLEET_DEFAULTS.server_type
-    location: str = FLEET_DEFAULTS.location
-    image: str = FLEET_DEFAULTS.image
-    ssh_keys: list[str] = list(FLEET_DEFAULTS.ssh_keys)
-    max_servers: int = FLEET_DEFAULTS.max_servers
-    max_price_per_hour: float = FLEET_DEFAULTS.max_price_per_hour
-    scheduler_address: str = FLEET_DEFAULTS.scheduler_address
-    tls_dir: str = FLEET_DEFAULTS.tls_dir
-    package: str = FLEET_DEFAULTS.package
-    extra_packages: list[str] = list(FLEET_DEFAULTS.extra_packages)
-    nthreads: int = FLEET_DEFAULTS.nthreads
-    join_timeout_s: float = FLEET_DEFAULTS.join_timeout_s
-    endpoint: str = FLEET_DEFAULTS.endpoint
+    One field per setting of ``FleetSettings``, by the same name, plus the fleet sensor's sizing.
+    """
+
     # Backlog sizing (fleet sensor): one runner per this many segments queued or running.
     segments_per_server: int = 4
 
@@ -325,9 +256,7 @@ class HetznerFleet(dg.ConfigurableResource):
         return cls(**{name: env_default(name, environ) for name in FLEET_ENV})
 
     def settings(self) -> FleetSettings:
-        shared = [name for name in FleetSettings.__dataclass_fields__ if name in type(self).model_fields]
-        values = {name: getattr(self, name) for name in shared}
-        return FleetSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return settings_of(self, FleetSettings)
 
     def fleet(self, progress: Progress | None = None) -> Fleet:
         return Fleet(self.settings(), load_projects(), progress=progress)

@@ -28,6 +28,47 @@ def crawl_download(retries: int, backoff_s: float, retried: tuple[type[BaseExcep
     )
 
 
+def image_fetch(retries: int, backoff_s: float) -> tenacity.AsyncRetrying:
+    """An image URL's transient outcome (a broken connection, 429, 5xx): ``retries`` more tries, after
+    its Retry-After when it sent one, else doubling with jitter. The last outcome comes back as it is:
+    fetching an image never raises."""
+    doubling = _doubling_with_jitter(backoff_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        retry_after = state.outcome.result().retry_after if state.outcome is not None else None
+        return doubling(state) if retry_after is None else retry_after
+
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=wait,
+        retry=tenacity.retry_if_result(lambda outcome: outcome.transient),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome is not None else None,
+    )
+
+
+def unreachable_source(
+    attempts: int,
+    backoff_s: float,
+    is_unreachable: Callable[[BaseException], bool],
+    on_wait: Callable[[BaseException, int, float], None],
+) -> tenacity.Retrying:
+    """A crawl source a person waits on (`cah register`): ``attempts`` tries in all, doubling from
+    ``backoff_s``; ``on_wait(error, next attempt, seconds)`` is told before each wait, so the waiting
+    is visible. The last error is raised as it is; any other error at once."""
+
+    def tell(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        on_wait(error or RuntimeError("no outcome"), state.attempt_number + 1, state.upcoming_sleep)
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, exp_base=2),
+        retry=tenacity.retry_if_exception(is_unreachable),
+        before_sleep=tell,
+        reraise=True,
+    )
+
+
 def hetzner_rate_limit(
     retries: int,
     backoff_s: float,

@@ -19,7 +19,14 @@ from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs
 from cah_assets.definitions import build_definitions, defs
 from cah_assets.deployment import Deployment
 from cah_assets.partitions import segments
-from cah_assets.policies import FOLLOWS_UPSTREAM, GPU_POOL, MAX_REQUESTS_PER_TICK, SEGMENTS_PER_RUN, CappedCondition
+from cah_assets.policies import (
+    FOLLOWS_UPSTREAM,
+    GPU_POOL,
+    MAX_IN_FLIGHT,
+    MAX_REQUESTS_PER_TICK,
+    SEGMENTS_PER_RUN,
+    CappedCondition,
+)
 from cah_assets.resources import ClipScorer, CommonCrawl, CrawlDiscovery, ImageDownloader, SegmentFlow, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
@@ -185,12 +192,12 @@ def registered(crawls, data_root):
         yield instance
 
 
-def _schedule_tick(instance, **flow):
+def _schedule_tick(instance, max_in_flight=MAX_IN_FLIGHT, **flow):
     # As a context manager, so the instance the context opens is closed with it.
     with dg.build_schedule_context(
         instance=instance, resources={"segment_flow": SegmentFlow(**flow)}, repository_def=defs.get_repository_def()
     ) as context:
-        return segment_schedule().evaluate_tick(context)
+        return segment_schedule(max_in_flight=max_in_flight).evaluate_tick(context)
 
 
 def _queue_run(instance, key, asset="candidates"):

@@ -109,7 +109,7 @@ def test_loading_the_code_location_shows_no_beta_or_preview_warning():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
     done = subprocess.run(
-        [sys.executable, "-W", "default", "-c", "import cah_assets.definitions"],
+        [sys.executable, "-W", "default", "-c", "from cah_assets.definitions import defs"],
         cwd=repo,
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ import brotli
 import pytest
 from hostile_peers import RawServer, read_request, response_head
 
-from cah_resources.image_shards.body_reader import ENCODINGS
+from cah_resources.image_shards.body_reader import ENCODINGS, MAX_GZIP_MEMBERS
 from cah_resources.image_shards.downloader import Downloader, FetchSettings
 
 # These peers serve bodies, not sites: no robots.txt or tdmrep.json to ask them for.
@@ -108,6 +108,15 @@ def test_compressed_bodies_are_decoded_and_only_decodable_encodings_are_asked_fo
         if line.lower().startswith(b"accept-encoding:")
     }
     assert asked == {", ".join(ENCODINGS).encode()} and ENCODINGS == ("gzip", "deflate", "br")
+
+
+def test_a_body_of_many_empty_gzip_members_is_bad_encoding_not_a_busy_loop():
+    empty = zlib.compress(b"", wbits=16 + zlib.MAX_WBITS)  # 20 bytes that inflate to nothing
+    bodies = {"members": ("gzip", empty * 200_000), "few": ("gzip", empty * 3 + zlib.compress(b"x" * 9_000, wbits=31))}
+    with serve_encoded(bodies) as server:
+        many, few = fetch_all([server.url("/members"), server.url("/few")], FetchSettings(**LOOPBACK))
+    assert many.status == "bad_encoding" and f"more than {MAX_GZIP_MEMBERS} gzip members" in many.error_message
+    assert few.status == "fetched" and few.body == b"x" * 9_000
 
 
 def test_an_unknown_or_stacked_content_encoding_gets_its_own_status():

@@ -30,6 +30,7 @@ class CandidateFilters:
     def __post_init__(self) -> None:
         if self.long_alt not in ("truncate", "drop"):
             raise ValueError(f"long_alt must be 'truncate' or 'drop', not {self.long_alt!r}")
+        object.__setattr__(self, "drop_extensions", tuple(e.lower() for e in self.drop_extensions))
 
 
 def normalize_alt(alt: str) -> str:

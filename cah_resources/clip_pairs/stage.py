@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import re
 import tarfile
 import threading
 import time
@@ -69,6 +68,7 @@ from cah_resources.contract import (
     similarity_histogram,
     stage_folder,
 )
+from cah_resources.errors import one_line
 from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,6 @@ class _Pending:
 def _cpu_decode_status(error: BaseException) -> str:
     """Why the CPU could not decode an image: too large for its memory (or PIL's bomb limit), or unreadable."""
     return "image_too_large" if isinstance(error, (MemoryError, Image.DecompressionBombError)) else "image_unreadable"
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    # Object addresses ("<_io.BytesIO object at 0x7f...>") would make reruns differ.
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)[:_ERROR_CHARS]
 
 
 def iter_tar_images(handle: Any, wanted: dict[str, int]) -> Iterator[tuple[int, bytes]]:
@@ -292,7 +286,7 @@ class _ShardScorer:
         try:
             pixels = loaded.preprocess_jpeg(data)
         except Exception as error:  # noqa: BLE001 - any undecodable image is recorded, not fatal
-            return _Decoded(errors={position: (_cpu_decode_status(error), _one_line(error))})
+            return _Decoded(errors={position: (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))})
         self.oom.count("decoded_on_cpu")
         return _Decoded(positions=[position], parts=[loaded.normalize(pixels[None], "cpu").to(loaded.input_dtype)])
 
@@ -315,7 +309,7 @@ class _ShardScorer:
                     decoded.positions.append(position)
                     tensors.append(future.result())
                 else:  # any undecodable image is recorded, not fatal
-                    decoded.errors[position] = (_cpu_decode_status(error), _one_line(error))
+                    decoded.errors[position] = (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))
             decoded.parts = [torch.stack(tensors)] if tensors else []
         tokens = pending.tokens.result()
         if len(decoded.positions) < len(batch.rows):
@@ -344,7 +338,7 @@ class _ShardScorer:
             return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi, loaded.device), tokens[lo:hi]))
 
         def alone(position: int, error: BaseException) -> None:
-            self.status[rows[position]], self.error[rows[position]] = "image_too_large", _one_line(error)
+            self.status[rows[position]], self.error[rows[position]] = "image_too_large", one_line(error, _ERROR_CHARS)
 
         done = [
             part
@@ -442,7 +436,7 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
             except Exception as one:  # noqa: BLE001
                 if is_out_of_memory(one):
                     raise
-                decoded.errors[position] = ("image_unreadable", _one_line(one))
+                decoded.errors[position] = ("image_unreadable", one_line(one, _ERROR_CHARS))
     if images:
         decoded.parts = [loaded.preprocess_on_device(images).to(loaded.input_dtype)]
     return decoded
@@ -606,7 +600,8 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
                 scorer.run(iter_tar_images(handle, wanted))
         except (tarfile.TarError, EOFError, FileNotFoundError) as error:
             raise RuntimeError(
-                f"{tar_path} is unreadable ({_one_line(error)}); rematerialize image_shards for {unit.segment}"
+                f"{tar_path} is unreadable ({one_line(error, _ERROR_CHARS)}); "
+                f"rematerialize image_shards for {unit.segment}"
             ) from error
         table = _scored_table(table, scorer, settings)
     else:

@@ -14,6 +14,7 @@ from distributed.comm.core import CommClosedError
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
+from cah_resources.errors import one_line
 from cah_resources.fleet.lifetime import exit_with_parent
 from cah_resources.fleet.unit_progress import PROGRESS_TOPIC
 
@@ -76,19 +77,14 @@ def connect_client(address: str, security: Security, timeout_s: float = 30.0) ->
     except CommClosedError as exc:
         reason = exc.__cause__ or exc
         raise ClusterUnavailable(
-            f"Dask scheduler at {address} refused us ({_one_line(reason)}); check that our "
+            f"Dask scheduler at {address} refused us ({one_line(reason)}); check that our "
             f"certificate is signed by the cluster's CA and the address's protocol (tls:// or tcp://)"
         ) from None
     except (OSError, TimeoutError) as exc:
         raise ClusterUnavailable(
-            f"Dask scheduler at {address} is unreachable ({_one_line(exc)}); is it running, "
+            f"Dask scheduler at {address} is unreachable ({one_line(exc)}); is it running, "
             f"and is the port open to this machine?"
         ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def worker_resources(client: Client) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""The settings of `cah fleet` and `cah worker`: every default written once, light enough for the CLI to import."""
+"""The settings of the compute engine, `cah fleet` and `cah worker`: every default written once, light to import."""
 
 from __future__ import annotations
 
@@ -77,6 +77,25 @@ def env_default(field_name: str, environ: dict[str, str] | None = None):
     default = getattr(DEFAULTS, field_name)
     raw = (os.environ if environ is None else environ).get(FLEET_ENV[field_name])
     return default if raw is None else type(default)(raw)
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Which Dask cluster the pipeline submits to, and how a local one is started; plain data, safe to log."""
+
+    mode: str = ""  # "local" or "remote"; empty: $CAH_COMPUTE_MODE, else "local"
+    n_workers: int = 0  # local workers: 0 is one per core
+    threads_per_worker: int = 1
+    processes: bool = True
+    memory_limit: str = "auto"
+    scheduler_address: str = ""  # empty: $CAH_SCHEDULER_ADDRESS
+    task_retries: int = 2
+    local_gpus: int = -1  # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off)
+    allow_cpu_fallback: bool = True  # with no GPU worker, GPU work runs on CPU workers instead of failing the run
+    tls_ca_file: str = ""  # empty: $CAH_TLS_CA_FILE
+    tls_cert_file: str = ""  # empty: $CAH_TLS_CERT_FILE
+    tls_key_file: str = ""  # empty: $CAH_TLS_KEY_FILE
+    connect_timeout_s: float = 30.0
 
 
 GIB = 1024**3

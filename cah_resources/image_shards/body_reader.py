@@ -18,6 +18,10 @@ except ImportError:  # brotli is an aiohttp speedup; without it "br" is neither 
 DECODE_ERRORS = (zlib.error, brotli.error) if brotli is not None else (zlib.error,)
 # Decoded output is produced at most this much at a time, so a bomb is stopped one step past the cap.
 DECODE_STEP = 1 << 16
+# Each gzip member starts a decompressor on a copy of the chunk's rest: a body of empty members (20
+# bytes each, inflating to nothing, so no byte cap sees them) costs CPU quadratic in the chunk size
+# (aiohttp's own decoder had the same flaw, GHSA-h4cc-hm5h-fmm9). Real bodies have one or two.
+MAX_GZIP_MEMBERS = 64
 ENCODINGS = ("gzip", "deflate", "br") if brotli is not None else ("gzip", "deflate")
 # Only what read_body decodes is asked for; aiohttp's own decoding is off (it inflated whole
 # chunks at once before 3.13.3, so a bomb's size was seen only after it sat in memory).
@@ -53,6 +57,7 @@ class _Zlib:
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzip else None
         self._head = b""
         self._ended = False
+        self._members = 1
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if self._ended:
@@ -75,6 +80,9 @@ class _Zlib:
                     # Bytes after the end that start no gzip member are ignored, and not kept.
                     self._ended = bool(data) and not (self.gzip and data == b"\x1f")
                     return
+                self._members += 1
+                if self._members > MAX_GZIP_MEMBERS:
+                    raise zlib.error(f"more than {MAX_GZIP_MEMBERS} gzip members")
                 self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
             elif not data and len(out) < DECODE_STEP:
                 return

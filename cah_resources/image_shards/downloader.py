@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import random
 import socket
 import time
 from collections.abc import Iterator
@@ -15,10 +14,12 @@ import aiohttp
 from aiohttp.helpers import is_ip_address
 from yarl import URL
 
+from cah_resources.errors import one_line
 from cah_resources.image_shards.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
 from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, body_budget, read_body
 from cah_resources.image_shards.dns import CachingResolver, DnsLookupError, parse_nameserver, pin_answer, pinned_answer
 from cah_resources.image_shards.opt_outs import SITE_FILE_MAX_BYTES, OptOuts, tdm_header_reserved
+from cah_resources.retries import image_fetch
 
 DEFAULT_USER_AGENT = "cah-image-downloader/0.1 (Crawling@Home dataset builder; honours X-Robots-Tag noai/noimageai)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -130,11 +131,6 @@ def _cause_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
-
-
 def classify_exception(exc: BaseException, url: str) -> Fetched:
     """Map a client-side exception to a status; transient ones are worth a retry."""
     chain = _cause_chain(exc)
@@ -151,25 +147,25 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
             transient=unresolved.status == "dns_timeout",
         )
     if isinstance(exc, TimeoutError):
-        return Fetched("timeout", error_message=_one_line(exc), final_url=url)
+        return Fetched("timeout", error_message=one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, UnicodeError)):
-        return Fetched("invalid_url", error_message=_one_line(exc), final_url=url)
+        return Fetched("invalid_url", error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Fetched("dns_error", error_message=_one_line(exc), final_url=url)
+        return Fetched("dns_error", error_message=one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError)):
-        return Fetched("tls_error", error_message=_one_line(exc), final_url=url)
+        return Fetched("tls_error", error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return Fetched("connection_error", error_message=_one_line(exc), final_url=url)
+        return Fetched("connection_error", error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return Fetched("truncated", error_message=_one_line(exc), final_url=url, transient=True)
+        return Fetched("truncated", error_message=one_line(exc), final_url=url, transient=True)
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
-        return Fetched("connection_error", error_message=_one_line(exc), final_url=url, transient=True)
+        return Fetched("connection_error", error_message=one_line(exc), final_url=url, transient=True)
     if isinstance(exc, aiohttp.ClientResponseError):
         # A response that does not parse; aiohttp has closed its connection. On a reused connection
         # it is often the tail of the previous response, sent past its Content-Length: a retry goes
         # out on a fresh connection and gets the URL's own answer.
-        return Fetched("bad_response", error_message=_one_line(exc), final_url=url, transient=True)
-    return Fetched("error", error_message=_one_line(exc), final_url=url)
+        return Fetched("bad_response", error_message=one_line(exc), final_url=url, transient=True)
+    return Fetched("error", error_message=one_line(exc), final_url=url)
 
 
 class _Slots:
@@ -333,7 +329,9 @@ class Downloader:
         except (ValueError, TypeError):
             parsed, host = None, ""
         dns_timeouts, judged = 0, False
-        for attempt in range(s.retries + 1):
+
+        async def attempt() -> Fetched:
+            nonlocal dns_timeouts, judged
             pin_answer(None)  # each attempt looks up afresh (from the cache while its TTL lasts)
             try:
                 if parsed is not None and parsed.scheme in ("http", "https") and parsed.raw_host:
@@ -350,13 +348,9 @@ class Downloader:
             if result.status == "dns_timeout":
                 dns_timeouts += 1
                 result = replace(result, transient=dns_timeouts < 2)
-            if not result.transient or attempt == s.retries:
-                return result
-            delay = result.retry_after
-            if delay is None:
-                delay = s.retry_backoff * 2**attempt * random.uniform(0.5, 1.5)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt always returns")
+            return result
+
+        return await image_fetch(s.retries, s.retry_backoff)(attempt)
 
     async def _attempt(self, url: str, host: str) -> Fetched:
         s = self.settings
@@ -393,7 +387,7 @@ class Downloader:
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
-            return Fetched("invalid_url", error_message=_one_line(exc), final_url=url)
+            return Fetched("invalid_url", error_message=one_line(exc), final_url=url)
         visited: set[str] = set()
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.raw_host:
@@ -421,7 +415,7 @@ class Downloader:
                             "invalid_url",
                             http_status=response.status,
                             final_url=str(current),
-                            error_message=f"redirect to an unusable Location: {_one_line(exc)}",
+                            error_message=f"redirect to an unusable Location: {one_line(exc)}",
                         )
                     if str(current) in visited:
                         return Fetched(

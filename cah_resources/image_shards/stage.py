@@ -60,20 +60,6 @@ class ShardSettings:
         if self.image_backlog_bytes < 1:
             raise ValueError(f"image_backlog_bytes must be a positive number of bytes, not {self.image_backlog_bytes}")
 
-    @classmethod
-    def from_flat(cls, values: dict[str, Any]) -> ShardSettings:
-        """Settings from one flat mapping of field names (a resource's config); lists become tuples."""
-
-        def pick(kind) -> dict[str, Any]:
-            chosen = {f.name: values[f.name] for f in fields(kind) if f.name in values}
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
-
-        return cls(
-            fetch=FetchSettings(**pick(FetchSettings)),
-            resize=ResizeSettings(**pick(ResizeSettings)),
-            **{k: v for k, v in pick(cls).items() if k not in ("fetch", "resize")},
-        )
-
 
 @dataclass(frozen=True)
 class ShardUnit:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from cah_resources.errors import one_line
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
@@ -344,7 +346,7 @@ def unauthenticated_refusals(address: str, tls: Path, stranger: Path, timeout_s:
                 "accepted" if connection.recv(1) else "closed by the scheduler"
             )
     except (ssl.SSLError, OSError) as error:
-        outcomes["TLS without a client certificate"] = _one_line(error)
+        outcomes["TLS without a client certificate"] = one_line(error)
     attempts = {
         "dask client with another CA's certificate": (
             address,
@@ -357,10 +359,5 @@ def unauthenticated_refusals(address: str, tls: Path, stranger: Path, timeout_s:
             with connect_client(target, security, timeout_s):
                 outcomes[what] = "accepted"
         except ClusterUnavailable as error:
-            outcomes[what] = _one_line(error)
+            outcomes[what] = one_line(error)
     return outcomes
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
