@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
 
+from cah_resources.contract import MetadataTable, Stats
+
 CELL_CHARS = 120  # longer text (captions, URLs) is cut in tables: a sample is for eyeballing
 
 
@@ -41,3 +43,13 @@ def counts_table(counts: Mapping[str, int], title: str = "reason") -> dg.TableMe
 
 def rate(amount: float, seconds: float) -> float:
     return round(amount / seconds, 2) if seconds > 0 else 0.0
+
+
+def stats_metadata(stats: Stats) -> dict[str, object]:
+    """``stats.metadata()`` for Dagster: every stat under its one name, its tables as Dagster tables."""
+    return {
+        name: rows_table(value.rows, value.columns, limit=max(len(value.rows), 10))
+        if isinstance(value, MetadataTable)
+        else value
+        for name, value in stats.metadata().items()
+    }

@@ -6,7 +6,16 @@ from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-from cah_resources.contract import CANDIDATES, CLIP_PAIRS, COUNT, IMAGE_SHARDS, RELEASE, SUCCESSES
+from cah_resources.contract import (
+    CANDIDATES,
+    CLIP_PAIRS,
+    IMAGE_SHARDS,
+    RELEASE,
+    SUCCESSES,
+    CandidatesStats,
+    ClipStats,
+    ShardStats,
+)
 
 # Runs started by `cah` log to the instance (the UI's run view) at full detail; the terminal shows only
 # errors from Dagster, and `cah`'s own lines.
@@ -22,9 +31,13 @@ def quiet_console() -> None:
 
 # What a stage's line shows: (metadata key, label) counts, then the rate key and its unit.
 SUMMARY = {
-    CANDIDATES: ((("records_read", "records"), ("candidates", "candidates")), "records_per_s", "records/s"),
-    IMAGE_SHARDS: (((COUNT, "URLs"), (SUCCESSES, SUCCESSES)), "images_per_s", "images/s"),
-    CLIP_PAIRS: ((("pairs_scored", "pairs scored"), ("pairs_kept", "kept")), "pairs_per_s", "pairs/s"),
+    CANDIDATES: (
+        tuple(zip(CandidatesStats.HEADLINE, ("records", "candidates"), strict=True)),
+        "records_per_s",
+        "records/s",
+    ),
+    IMAGE_SHARDS: (tuple(zip(ShardStats.HEADLINE, ("URLs", SUCCESSES), strict=True)), "images_per_s", "images/s"),
+    CLIP_PAIRS: (tuple(zip(ClipStats.HEADLINE, ("pairs scored", "kept"), strict=True)), "pairs_per_s", "pairs/s"),
     RELEASE: ((("pairs", "pairs"),), "", ""),
 }
 

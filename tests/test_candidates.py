@@ -24,7 +24,7 @@ from cah_resources.candidates.stage import (
     part_paths,
     summarize_parts,
 )
-from cah_resources.contract import CANDIDATES_SCHEMA
+from cah_resources.contract import CANDIDATES_SCHEMA, CandidatesStats, Damage, DropReason
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.segments import register_crawl
 
@@ -40,11 +40,11 @@ def _truth(rows, columns=("url", "text", "page_url", "category", "wat_file")):
 def test_each_wat_file_yields_exactly_the_generated_candidates_and_drop_counts(sample_crawl):
     detector = LanguageDetector()
     for rel in sample_crawl.wat_paths:
-        counts = Counter()
-        pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), counts)
+        stats = CandidatesStats()
+        pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), stats)
         table = label_pairs(pairs, rel, detector)
         assert _rows(table) == _truth(sample_crawl.candidates[rel])
-        assert counts == sample_crawl.counts[rel]
+        assert stats == sample_crawl.counts[rel]
 
 
 def _hostile_member(body: bytes, claimed: int) -> bytes:
@@ -62,17 +62,25 @@ def test_too_deep_and_too_large_records_cost_only_themselves_in_a_wat_file(sampl
         out.write(hostile)
         shutil.copyfileobj(wat, out)
     unit = WatFileUnit("CC-MAIN-SAMPLE_00000", 0, rel, data_root, CrawlSource(base=str(tmp_path / "crawl")))
-    stats = extract_wat_file(unit)
+    stats = CandidatesStats.from_dict(extract_wat_file(unit))
     table = data_root.read_parquet(part_paths(data_root, "CC-MAIN-SAMPLE_00000", 0)[0])
     assert sorted(_rows(table)) == sorted(_truth(sample_crawl.candidates[rel]))
-    expected = sample_crawl.counts[rel] + Counter(metadata_records=2, malformed_too_deep=1, malformed_too_large=1)
-    assert {key: stats[key] for key in expected} == dict(expected)
-    assert summarize_parts([stats])["malformed_too_large"] == 1
+    expected = sample_crawl.counts[rel] + CandidatesStats(
+        metadata_records=2, damage=Counter({Damage.TOO_DEEP: 1, Damage.TOO_LARGE: 1})
+    )
+    assert (stats.metadata_records, stats.html_pages, stats.links_seen, stats.alt_truncated) == (
+        expected.metadata_records,
+        expected.html_pages,
+        expected.links_seen,
+        expected.alt_truncated,
+    )
+    assert (stats.drops, stats.damage) == (expected.drops, expected.damage)
+    assert summarize_parts([extract_wat_file(unit)]).damage[Damage.TOO_LARGE] == 1
 
 
 def test_languages_are_labelled_with_code_and_probability(sample_crawl):
     rel = sample_crawl.wat_paths[0]
-    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), Counter())
+    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), CandidatesStats())
     table = label_pairs(pairs, rel, LanguageDetector())
     expected = {(r.url, r.text): r.language for r in sample_crawl.candidates[rel]}
     for row in table.to_pylist():
@@ -85,7 +93,7 @@ def test_languages_are_labelled_with_code_and_probability(sample_crawl):
 
 def test_gcld3_runs_once_per_distinct_text_and_never_on_dropped_links(sample_crawl):
     rel = sample_crawl.wat_paths[0]
-    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), Counter())
+    pairs = extract_pairs(os.path.join(sample_crawl.root, rel), CandidateFilters(), CandidatesStats())
     detector = LanguageDetector()
     label_pairs(pairs, rel, detector)
     distinct_texts = {text for _, text in pairs}
@@ -160,21 +168,19 @@ def test_materialized_segment_equals_the_ground_truth_and_reruns_identically(sam
     assert sorted(_rows(table)) == sorted(_truth(expected))
     assert table.column("uid").to_pylist() == sorted(pair_uid(r.url, r.text) for r in expected)
     metadata = result.asset_materializations_for_node("candidates")[0].metadata
-    truth = Counter()
-    for rel in registration.files_of(key):
-        truth.update(sample_crawl.counts[rel])
-    assert metadata["records_read"].value == truth["metadata_records"]
-    assert metadata["html_pages"].value == truth["html_pages"]
-    assert metadata["links_seen"].value == truth["links_seen"]
+    truth = CandidatesStats.total(sample_crawl.counts[rel] for rel in registration.files_of(key))
+    assert metadata["metadata_records"].value == truth.metadata_records
+    assert metadata["html_pages"].value == truth.html_pages
+    assert metadata["links_seen"].value == truth.links_seen
     assert metadata["candidates"].value == len(expected)
     assert sum(metadata[f"candidates_{c}"].value for c in ("en", "multi", "nolang")) == len(expected)
-    assert metadata["malformed_records"].value == sum(
-        v for k, v in truth.items() if k.startswith(("malformed", "corrupt"))
-    )
-    stats = data_root.read_json(stats_path)
+    assert metadata["malformed_records"].value == sum(truth.damage.values())
+    on_disk = data_root.read_json(stats_path)
+    stats = CandidatesStats.from_dict(on_disk)
     cross_file = sum(len(sample_crawl.candidates[rel]) for rel in registration.files_of(key)) - len(expected)
-    assert stats["drop_duplicate"] == truth["drop_duplicate"] + cross_file
-    assert stats["drop_svg"] == truth["drop_svg"] and stats["drop_data_url"] == truth["drop_data_url"]
+    assert stats.drops[DropReason.DUPLICATE] == truth.drops[DropReason.DUPLICATE] + cross_file
+    assert on_disk["drop_duplicate"] == stats.drops[DropReason.DUPLICATE]  # stats.json keeps its flat drop_ keys
+    assert stats.drops["svg"] == truth.drops["svg"] and stats.drops[DropReason.DATA_URL] == truth.drops["data_url"]
     first_bytes = table.to_pylist()
     again = dg.materialize(
         [candidates], partition_key=key, instance=instance, resources=_resources(sample_crawl, data_root, local_compute)
@@ -196,9 +202,8 @@ def test_generated_crawl_on_local_origins_still_matches_its_truth(tmp_path):
         page_base=["http://127.0.0.3:8000"],
     )
     rel = crawl.wat_paths[0]
-    counts = Counter()
     table = label_pairs(
-        extract_pairs(os.path.join(crawl.root, rel), CandidateFilters(), counts), rel, LanguageDetector()
+        extract_pairs(os.path.join(crawl.root, rel), CandidateFilters(), CandidatesStats()), rel, LanguageDetector()
     )
     truth = crawl.candidates[rel]
     assert _rows(table) == _truth(truth)

@@ -13,6 +13,7 @@ import pytest
 from cah_resources.blocklists import load_blocklist, parse_hash_lines
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.stage import extract_pairs
+from cah_resources.contract import CandidatesStats, DropReason
 from cah_resources.image_shards.downloader import Downloader, FetchSettings
 from cah_resources.image_shards.opt_outs import parse_tdmrep
 from cah_resources.image_shards.resizer import ResizeSettings
@@ -194,12 +195,12 @@ def test_a_blocklist_line_that_is_no_digest_is_a_one_line_error(tmp_path):
 def test_candidates_drop_a_listed_url_as_blocklisted_url(sample_crawl, tmp_path):
     rel = sample_crawl.wat_paths[0]
     path = os.path.join(sample_crawl.root, rel)
-    all_pairs = extract_pairs(path, CandidateFilters(), Counter())
+    all_pairs = extract_pairs(path, CandidateFilters(), CandidatesStats())
     listed = sorted({url for url, _ in all_pairs})[:3]
     lines = [hashlib.sha256(listed[0].encode()).hexdigest(), *(hashlib.md5(u.encode()).hexdigest() for u in listed[1:])]
     (tmp_path / "urls.txt").write_text("\n".join(lines) + "\n")
-    counts = Counter()
-    pairs = extract_pairs(path, CandidateFilters(blocked_url_lists=(str(tmp_path / "urls.txt"),)), counts)
+    stats = CandidatesStats()
+    pairs = extract_pairs(path, CandidateFilters(blocked_url_lists=(str(tmp_path / "urls.txt"),)), stats)
     assert not {url for url, _ in pairs} & set(listed)
-    assert counts["drop_blocklisted_url"] == len(all_pairs) - len(pairs) > 0
-    assert counts["drop_duplicate"] == sample_crawl.counts[rel]["drop_duplicate"]
+    assert stats.drops[DropReason.BLOCKLISTED_URL] == len(all_pairs) - len(pairs) > 0
+    assert stats.drops[DropReason.DUPLICATE] == sample_crawl.counts[rel].drops[DropReason.DUPLICATE]

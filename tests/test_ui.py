@@ -291,7 +291,7 @@ def test_a_segments_partition_status_shows_materialized_and_failed(page, webserv
     expect(page.get_by_text(ui["runs"][ui["failed"]].run_id[:8]).first).to_be_visible()
     _shot(page, "candidates_partitions_failed_selected")
     page.get_by_text(ui["ok"], exact=True).first.click()
-    expect(page.get_by_text("records_read").first).to_be_visible()  # the materialization's metadata
+    expect(page.get_by_text("metadata_records").first).to_be_visible()  # the materialization's metadata
     _shot(page, "candidates_partitions_materialized_selected")
 
 

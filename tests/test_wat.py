@@ -6,32 +6,32 @@ import os
 import subprocess
 import sys
 import zlib
-from collections import Counter
 
 from cah_resources.candidates.wat import iter_pages
+from cah_resources.contract import CandidatesStats, Damage
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "commoncrawl")
 
 
 def test_real_common_crawl_wat_parses_without_damage():
-    counts = Counter()
+    counts = CandidatesStats()
     pages = list(iter_pages(os.path.join(DATA, "whirlwind.warc.wat.gz"), counts))
-    assert counts["metadata_records"] == 1  # the warcinfo record is not a metadata record
+    assert counts.metadata_records == 1  # the warcinfo record is not a metadata record
     assert pages == []  # the one metadata record describes the request, not an HTML response
-    assert not [k for k in counts if k.startswith(("malformed", "corrupt"))]
+    assert not counts.damage
 
 
 def test_real_uncompressed_wat_parses_too():
-    counts = Counter()
+    counts = CandidatesStats()
     list(iter_pages(os.path.join(DATA, "whirlwind.warc.wat"), counts))
-    assert counts["metadata_records"] == 1 and len(counts) == 1
+    assert counts == CandidatesStats(metadata_records=1)
 
 
 def test_records_that_cannot_hold_links_are_read_but_not_parsed(tmp_path):
-    counts = Counter()
+    counts = CandidatesStats()
     # A WARC's metadata records are not JSON at all; they carry no HTML-Metadata either.
     assert list(iter_pages(os.path.join(DATA, "whirlwind.warc.gz"), counts)) == []
-    assert counts["metadata_records"] >= 1 and len(counts) == 1
+    assert counts.metadata_records >= 1 and counts == CandidatesStats(metadata_records=counts.metadata_records)
 
 
 def _member(body: bytes, target: str = "https://example.org/") -> bytes:
@@ -55,10 +55,10 @@ def test_corrupt_gzip_member_costs_only_that_record(tmp_path):
     broken = good[1][: len(good[1]) // 2] + b"\x00garbage" * 8
     path = tmp_path / "damaged.wat.gz"
     path.write_bytes(good[0] + broken + good[2] + good[3])
-    counts = Counter()
+    counts = CandidatesStats()
     urls = [p.url for p in iter_pages(str(path), counts)]
     assert urls == ["https://example.org/0", "https://example.org/2", "https://example.org/3"]
-    assert counts["corrupt_gzip"] == 1
+    assert counts.damage[Damage.CORRUPT_GZIP] == 1
 
 
 def test_truncated_last_record_is_counted_not_fatal(tmp_path):
@@ -66,10 +66,10 @@ def test_truncated_last_record_is_counted_not_fatal(tmp_path):
     cut = _member(_page("https://example.org/cut"))
     path = tmp_path / "truncated.wat.gz"
     path.write_bytes(whole + cut[: len(cut) - 30])
-    counts = Counter()
+    counts = CandidatesStats()
     urls = [p.url for p in iter_pages(str(path), counts)]
     assert urls == ["https://example.org/whole"]
-    assert counts["malformed_truncated"] + counts["corrupt_gzip"] == 1
+    assert counts.damage[Damage.TRUNCATED] + counts.damage[Damage.CORRUPT_GZIP] == 1
 
 
 def test_invalid_json_non_utf8_and_missing_fields_are_counted_by_kind(tmp_path):
@@ -80,11 +80,11 @@ def test_invalid_json_non_utf8_and_missing_fields_are_counted_by_kind(tmp_path):
         + _member(b'{"Container": {}, "HTML-Metadata": {}}')
         + _member(_page("https://example.org/ok"))
     )
-    counts = Counter()
+    counts = CandidatesStats()
     assert [p.url for p in iter_pages(str(path), counts)] == ["https://example.org/ok"]
-    assert counts["malformed_invalid_json"] == 1
-    assert counts["malformed_non_utf8"] == 1
-    assert counts["malformed_missing_fields"] == 1
+    assert counts.damage[Damage.INVALID_JSON] == 1
+    assert counts.damage[Damage.NON_UTF8] == 1
+    assert counts.damage[Damage.MISSING_FIELDS] == 1
 
 
 def test_links_whose_fields_are_not_text_read_as_they_did(tmp_path):
@@ -99,13 +99,13 @@ def test_links_whose_fields_are_not_text_read_as_they_did(tmp_path):
     )
     path = tmp_path / "odd.wat.gz"
     path.write_bytes(_member(body) + _member(_page("https://example.org/plain")))
-    counts = Counter()
+    counts = CandidatesStats()
     pages = list(iter_pages(str(path), counts))
     assert [(p.url, p.images) for p in pages] == [
         ("https://example.org/odd", [("a.jpg", 42), ("c.jpg", "a blue car")]),
         ("https://example.org/plain", [("a.jpg", "a red car")]),
     ]
-    assert counts["malformed_link"] == 1 and counts["html_pages"] == 2
+    assert counts.damage[Damage.LINK] == 1 and counts.html_pages == 2
 
 
 def _record(body: bytes, claimed: int | None = None) -> bytes:
@@ -126,20 +126,20 @@ def test_json_nested_past_the_recursion_limit_is_counted_and_the_file_goes_on(tm
     path.write_bytes(
         b"".join(_member(body) + _member(_page(f"https://example.org/{i}")) for i, body in enumerate(deep))
     )
-    counts = Counter()
+    counts = CandidatesStats()
     urls = [p.url for p in iter_pages(str(path), counts)]
     assert urls == [f"https://example.org/{i}" for i in range(len(deep))]
-    assert counts["malformed_too_deep"] == len(deep) and counts["metadata_records"] == 2 * len(deep)
+    assert counts.damage[Damage.TOO_DEEP] == len(deep) and counts.metadata_records == 2 * len(deep)
 
 
 def test_a_content_length_past_the_record_cap_costs_only_that_record(tmp_path):
     path = tmp_path / "liar.wat.gz"
     good = b"".join(gzip.compress(_record(_page(f"https://example.org/{i}"))) for i in range(1_000))
     path.write_bytes(gzip.compress(_record(_page("https://example.org/liar"), claimed=10**12)) + good)
-    counts = Counter()
+    counts = CandidatesStats()
     urls = [p.url for p in iter_pages(str(path), counts)]
     assert urls == [f"https://example.org/{i}" for i in range(1_000)]
-    assert counts["malformed_too_large"] == 1 and counts["metadata_records"] == 1_001
+    assert counts.damage[Damage.TOO_LARGE] == 1 and counts.metadata_records == 1_001
 
 
 def test_a_content_length_under_the_cap_that_runs_past_the_end_costs_only_that_record(tmp_path):
@@ -148,10 +148,10 @@ def test_a_content_length_under_the_cap_that_runs_past_the_end_costs_only_that_r
     records.insert(100, _record(_page("https://example.org/liar"), claimed=30 << 20))
     for name, data in (("liar.wat.gz", b"".join(map(gzip.compress, records))), ("liar.wat", b"".join(records))):
         (tmp_path / name).write_bytes(data)
-        counts = Counter()
+        counts = CandidatesStats()
         urls = [p.url for p in iter_pages(str(tmp_path / name), counts)]
         assert urls == [f"https://example.org/{i}" for i in range(200)], name
-        assert counts["malformed_truncated"] == 1, name
+        assert counts.damage[Damage.TRUNCATED] == 1, name
 
 
 def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_path):
@@ -166,18 +166,19 @@ def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_pat
         handle.write(deflate.compress(b"\r\n\r\n") + deflate.flush())
         handle.write(_member(_page("https://example.org/after")))
     probe = (
-        "import json, resource, sys; from collections import Counter\n"
+        "import json, resource, sys\n"
         "from cah_resources.candidates.wat import iter_pages\n"
+        "from cah_resources.contract import CandidatesStats\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "counts = Counter()\n"
+        "counts = CandidatesStats()\n"
         "urls = [p.url for p in iter_pages(sys.argv[1], counts, max_record_bytes=int(sys.argv[2]))]\n"
         "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10\n"
-        "print(json.dumps([urls, counts, grown]))\n"
+        "print(json.dumps([urls, counts.to_dict(), grown]))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-c", probe, str(path), str(1 << 20)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert done.returncode == 0, done.stderr
     urls, counts, grown_mib = json.loads(done.stdout)
-    assert urls == ["https://example.org/after"] and counts["malformed_too_large"] == 1
+    assert urls == ["https://example.org/after"] and counts[Damage.TOO_LARGE] == 1
     assert grown_mib < 32  # peak RSS growth in MiB; reading the body would add 256

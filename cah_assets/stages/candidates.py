@@ -4,18 +4,18 @@ import time
 
 import dagster as dg
 
-from cah_assets.metadata import counts_table, rate, rows_table
+from cah_assets.metadata import rate, rows_table, stats_metadata
 from cah_assets.partitions import segments
 from cah_assets.policies import CANDIDATES_RETRY, permanent_errors, segment_asset
 from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
 from cah_resources.candidates.stage import (
-    CATEGORIES,
     SegmentMergeUnit,
     WatFileUnit,
     extract_wat_file,
     merge_unit,
     output_paths,
 )
+from cah_resources.contract import CandidatesStats
 from cah_resources.crawl.segments import registration_for_key
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
@@ -44,17 +44,15 @@ def candidates(
     context.log.info(f"{len(keys)} segment(s), {len(units)} WAT files to the compute engine")
 
     def progress(result, done, total):
-        s = result.value
-        context.log.info(
-            f"WAT {done}/{total} {s['wat_file']}: {s.get('metadata_records', 0)} records, {s['candidates']} candidates"
-        )
+        s = CandidatesStats.from_dict(result.value)
+        context.log.info(f"WAT {done}/{total} {s.wat_file}: {s.metadata_records} records, {s.candidates} candidates")
 
     parts = compute.run_units(extract_wat_file, units, on_result=progress)
     claim = dedup_index.index(root).claim  # pairs an earlier segment owns are dropped as duplicate_global
     merges = [
         SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key), claim) for key in keys
     ]
-    stats = {r.unit.segment: r.value for r in compute.run_units(merge_unit, merges)}
+    stats = {r.unit.segment: CandidatesStats.from_dict(r.value) for r in compute.run_units(merge_unit, merges)}
     seconds = time.perf_counter() - started
     for key in keys if len(keys) > 1 else []:
         context.log_event(
@@ -65,37 +63,24 @@ def candidates(
     return dg.MaterializeResult(
         metadata={
             "segments": len(keys),
-            "candidates": sum(s["candidates"] for s in stats.values()),
+            **stats_metadata(CandidatesStats.total(stats.values())),
             "per_segment": rows_table(
-                ({"segment": k, **s} for k, s in stats.items()), ["segment", "metadata_records", "candidates"], 100
+                ({"segment": k, **s.metadata()} for k, s in stats.items()), ["segment", *CandidatesStats.HEADLINE], 100
             ),
             "seconds": round(seconds, 2),
         }
     )
 
 
-def describe(root: DataRoot, key: str, stats: dict, seconds: float) -> dict:
+def describe(root: DataRoot, key: str, stats: CandidatesStats, seconds: float) -> dict:
     """What a person asks of a segment's candidates: volumes, categories, drops, damage, speed, a sample."""
     table_path, _ = output_paths(root, key)
     sample = root.read_parquet(table_path).slice(0, 10).to_pylist()
-    drops = {k[5:]: v for k, v in stats.items() if k.startswith("drop_")}
-    damage = {k: v for k, v in stats.items() if k.startswith(("malformed_", "corrupt_"))}
     return {
-        "records_read": stats.get("metadata_records", 0),
-        "html_pages": stats.get("html_pages", 0),
-        "links_seen": stats.get("links_seen", 0),
-        "candidates": stats["candidates"],
-        **{f"candidates_{c}": stats[f"candidates_{c}"] for c in CATEGORIES},
-        "drops": counts_table(drops),
-        "malformed_records": sum(damage.values()),
-        "damage": counts_table(damage, "kind"),
-        "alt_truncated": stats.get("alt_truncated", 0),
-        # The hash lists this run honoured, so a release can name them.
-        "blocklists": rows_table(stats.get("blocklists", []), ["kind", "source", "entries", "sha256"]),
-        "language_calls": stats.get("language_calls", 0),
-        "wat_files": stats["wat_files"],
-        "mb_per_s": rate(stats.get("bytes", 0) / 1e6, seconds),
-        "records_per_s": rate(stats.get("metadata_records", 0), seconds),
+        **stats_metadata(stats),
+        "malformed_records": sum(stats.damage.values()),
+        "mb_per_s": rate(stats.bytes / 1e6, seconds),
+        "records_per_s": rate(stats.metadata_records, seconds),
         "seconds": round(seconds, 2),
         "path": dg.MetadataValue.path(redact_url(table_path)),
         "sample": rows_table(sample, ["category", "language", "text", "url"]),

@@ -7,14 +7,23 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
+from cah_resources.contract import DropReason
+
 HTTP_SCHEMES = ("http", "https")
 # First letters of "data:" and "javascript:" in any case: other links skip lower-casing a prefix.
 _DATA_OR_JAVASCRIPT = ("d", "D", "j", "J")
+# The reasons the per-link loop appends, bound once: module globals are its cheapest lookup.
+_NO_ALT, _ALT_TOO_SHORT, _ALT_TOO_LONG = DropReason.NO_ALT, DropReason.ALT_TOO_SHORT, DropReason.ALT_TOO_LONG
+_DATA_URL, _JAVASCRIPT_URL, _DOMAIN_TOO_LONG = (
+    DropReason.DATA_URL,
+    DropReason.JAVASCRIPT_URL,
+    DropReason.DOMAIN_TOO_LONG,
+)
 
 
 @dataclass(frozen=True)
 class CandidateFilters:
-    """Crawling@Home's filters; every drop is counted under its reason (the ``drop_*`` keys)."""
+    """Crawling@Home's filters; every drop is counted under its reason (DropReason, or the extension)."""
 
     min_alt_length: int = 5
     max_alt_length: int = 2000
@@ -24,7 +33,7 @@ class CandidateFilters:
     drop_extensions: tuple[str, ...] = (".svg", ".gif")
     max_domain_length: int = 60
     # URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec
-    # URLs, as Re-LAION publishes them): a listed URL is dropped as blocklisted_url.
+    # URLs, as Re-LAION publishes them): a listed URL is dropped as DropReason.BLOCKLISTED_URL.
     blocked_url_lists: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -98,7 +107,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
     truncated: list[tuple[str, str]] = []
     for src, found_alt in images:
         if type(found_alt) is not str:
-            dropped.append("no_alt")
+            dropped.append(_NO_ALT)
             continue
         alt = found_alt  # text from here on
         # Every whitespace character but the ASCII space is a control or separator, which
@@ -107,16 +116,16 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
         if not alt.isprintable() or "  " in alt or alt.startswith(" ") or alt.endswith(" "):
             alt = normalize_alt(alt)
         if len(alt) < min_alt:
-            dropped.append("alt_too_short")
+            dropped.append(_ALT_TOO_SHORT)
             continue
         src = src.strip()
         if src.startswith(_DATA_OR_JAVASCRIPT):
             head = src[:11].lower()
             if head.startswith("data:"):
-                dropped.append("data_url")
+                dropped.append(_DATA_URL)
                 continue
             if head.startswith("javascript:"):
-                dropped.append("javascript_url")
+                dropped.append(_JAVASCRIPT_URL)
                 continue
         if src.startswith(_ABSOLUTE):
             resolved = _split_absolute(src)
@@ -126,7 +135,7 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
             resolved = _resolve_relative(src, plain) if plain is not None else None
         if resolved is None:
             resolved = _resolve_any_url(src, base)
-            if type(resolved) is str:
+            if isinstance(resolved, str):  # a DropReason
                 dropped.append(resolved)
                 continue
         url, host, path = resolved
@@ -135,11 +144,11 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
             dropped.append(_extension_of(path, extensions))
             continue
         if len(host) > max_domain:
-            dropped.append("domain_too_long")
+            dropped.append(_DOMAIN_TOO_LONG)
             continue
         if len(alt) > max_alt:
             if filters.long_alt == "drop":
-                dropped.append("alt_too_long")
+                dropped.append(_ALT_TOO_LONG)
                 continue
             alt = alt[:max_alt].rstrip()
             truncated.append((url, alt))
@@ -159,11 +168,11 @@ def _resolve_any_url(src: str, base: str) -> tuple[str, str, str] | str:
     """``(url, host, path)`` of an http(s) image URL, through urllib; else the drop reason."""
     parts = resolve_image_url(src, base)
     if parts is None:
-        return "bad_url"
+        return DropReason.BAD_URL
     if parts.scheme not in HTTP_SCHEMES:
-        return "not_http"
+        return DropReason.NOT_HTTP
     if not parts.netloc:
-        return "bad_url"
+        return DropReason.BAD_URL
     return urlunsplit(parts), parts.hostname or "", parts.path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -19,15 +18,14 @@ from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CATEGORIES,
+    CandidatesStats,
+    DropReason,
     candidates_parts_folder,
     candidates_path,
     candidates_stats_path,
 )
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.storage import DataRoot
-
-# Keys of the per-file counters that are summed into a segment's stats.
-COUNT_KEYS = ("metadata_records", "html_pages", "links_seen", "alt_truncated", "language_calls", "bytes")
 
 
 def pair_uid(url: str, text: str) -> str:
@@ -37,19 +35,19 @@ def pair_uid(url: str, text: str) -> str:
 def extract_pairs(
     path: str,
     filters: CandidateFilters,
-    counts: Counter,
+    stats: CandidatesStats,
     max_record_bytes: int = MAX_RECORD_BYTES,
     blocked: Blocklist | None = None,
 ) -> dict[tuple[str, str], str]:
-    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted as ``drop_*``,
-    damage as ``malformed_*`` / ``corrupt_*`` (a record over ``max_record_bytes`` is damage).
+    """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted in ``stats.drops``
+    per reason, damage in ``stats.damage`` per kind (a record over ``max_record_bytes`` is damage).
     ``blocked`` is ``filters``' URL blocklist when the caller has loaded it already."""
     pairs: dict[tuple[str, str], str] = {}
     keep_first = pairs.setdefault
     dropped: list[str] = []
     links = kept = truncated = 0
     # The stage's innermost loop: per pair one dict operation, everything else counted in bulk.
-    for page in iter_pages(path, counts, max_record_bytes):
+    for page in iter_pages(path, stats, max_record_bytes):
         links += len(page.images)
         checked = check_image_links(page.images, base_url_of(page.url, page.base_href), filters)
         dropped += checked.dropped
@@ -58,18 +56,21 @@ def extract_pairs(
         kept += len(checked.kept)
         for pair in checked.kept:
             keep_first(pair, page.url)
-    counts["links_seen"] += links
-    counts["alt_truncated"] += truncated
-    drops = Counter(dropped)
+    stats.links_seen += links
+    stats.alt_truncated += truncated
+    drops = stats.drops
+    drops.update(dropped)
     if blocked is None:
         blocked = blocklist(filters.blocked_url_lists)
+    listed: list[tuple[str, str]] = []
     if len(blocked):  # per distinct pair, after the cheap filters: each URL is hashed once
         listed = [pair for pair in pairs if blocked.lists_url(pair[0])]
         for pair in listed:
             del pairs[pair]
-        drops["blocklisted_url"] += len(listed)
-    drops["duplicate"] += kept - len(pairs) - drops["blocklisted_url"]
-    counts.update({f"drop_{reason}": n for reason, n in drops.items() if n})
+        if listed:
+            drops[DropReason.BLOCKLISTED_URL] += len(listed)
+    if duplicates := kept - len(pairs) - len(listed):
+        drops[DropReason.DUPLICATE] += duplicates
     return pairs
 
 
@@ -122,29 +123,30 @@ def _detector() -> LanguageDetector:
 
 
 def extract_wat_file(unit: WatFileUnit) -> dict:
-    """Extract one WAT file into its part file; a part already written is kept (retries redo nothing)."""
+    """Extract one WAT file into its part file; a part already written is kept (retries redo nothing).
+
+    Returns the part's CandidatesStats as written (``CandidatesStats.from_dict`` reads it back)."""
     table_path, stats_path = part_paths(unit.root, unit.segment, unit.position)
     if unit.root.exists(stats_path):
         return unit.root.read_json(stats_path)
     started = time.perf_counter()
-    counts: Counter = Counter()
+    stats = CandidatesStats(wat_file=unit.wat_path, wat_files=1)
     with unit.source.local_copy(unit.wat_path) as local:
-        counts["bytes"] = os.path.getsize(local)
+        stats.bytes = os.path.getsize(local)
         # Loaded once: the lists applied are the ones the stats name (each load checks their versions).
         blocked = blocklist(unit.filters.blocked_url_lists)
-        pairs = extract_pairs(local, unit.filters, counts, unit.max_record_bytes, blocked)
+        pairs = extract_pairs(local, unit.filters, stats, unit.max_record_bytes, blocked)
     detector = _detector()
     calls_before = detector.calls
     table = label_pairs(pairs, unit.wat_path, detector)
-    counts["language_calls"] = detector.calls - calls_before
-    stats = dict(counts)
-    stats["blocklists"] = [{"kind": "url", **source} for source in blocked.sources]
-    stats["wat_file"] = unit.wat_path
-    stats["candidates"] = table.num_rows
-    stats["seconds"] = round(time.perf_counter() - started, 3)
+    stats.language_calls = detector.calls - calls_before
+    stats.blocklists = [{"kind": "url", **source} for source in blocked.sources]
+    stats.candidates = table.num_rows
+    stats.task_seconds = time.perf_counter() - started
     unit.root.write_parquet(table_path, table)
-    unit.root.write_json(stats_path, stats)
-    return stats
+    written = stats.to_dict()
+    unit.root.write_json(stats_path, written)
+    return written
 
 
 ClaimFn = Callable[[str, list[str]], set[str]]
@@ -181,32 +183,28 @@ def merge_segment(segment: str, root: DataRoot, part_stats: Iterable[dict], clai
         seen.add(uid)
     table = table.filter(pa.array(keep, pa.bool_()))
     stats = summarize_parts(part_stats)
-    stats["drop_duplicate"] = stats.get("drop_duplicate", 0) + keep.count(False)
+    stats.drops[DropReason.DUPLICATE] += keep.count(False)  # written even when 0: no duplicate is a fact
     if claim is not None:
         owned = claim(segment, table.column("uid").to_pylist())
         mask = pc.is_in(table.column("uid"), value_set=pa.array(sorted(owned), pa.string()))
-        stats["drop_duplicate_global"] = table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+        stats.drops[DropReason.DUPLICATE_GLOBAL] = table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
         table = table.filter(mask)
     table = table.sort_by("uid")
-    stats["candidates"] = table.num_rows
+    stats.candidates = table.num_rows
     for category in CATEGORIES:
-        stats[f"candidates_{category}"] = pc.sum(pc.equal(table.column("category"), category)).as_py() or 0
+        stats.categories[category] = pc.sum(pc.equal(table.column("category"), category)).as_py() or 0
     table_path, stats_path = output_paths(root, segment)
     root.write_parquet(table_path, table)
-    root.write_json(stats_path, stats)
+    written = stats.to_dict()
+    root.write_json(stats_path, written)
     root.remove(candidates_parts_folder(root, segment))
-    return stats
+    return written
 
 
-def summarize_parts(part_stats: list[dict]) -> dict:
-    """Counters of all files added up: records, pages, links, every drop and damage reason."""
-    total: Counter = Counter()
-    for stats in part_stats:
-        for key, value in stats.items():
-            if key in COUNT_KEYS or key.startswith(("drop_", "malformed_", "corrupt_")):
-                total[key] += value
-    result = dict(total)
-    result["wat_files"] = len(part_stats)
-    result["blocklists"] = next((s["blocklists"] for s in part_stats if s.get("blocklists")), [])
-    result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
-    return result
+def summarize_parts(part_stats: list[dict]) -> CandidatesStats:
+    """The parts' stats added up: records, pages, links, every drop and damage reason, task time.
+
+    A part's own facts (its file, its candidates before the segment's dedup) do not carry over."""
+    total = CandidatesStats.total(CandidatesStats.from_dict(s) for s in part_stats)
+    total.wat_files, total.wat_file, total.candidates = len(part_stats), None, 0
+    return total

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
@@ -10,6 +9,8 @@ from typing import NamedTuple
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from cah_resources.contract import CandidatesStats, Damage
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
@@ -65,7 +66,7 @@ _decode_record = msgspec.json.Decoder(_Record).decode
 _decode_any = msgspec.json.Decoder().decode
 _NOT_DECODED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 # msgspec decodes nested JSON by recursion and raises RecursionError past Python's recursion limit
-# (about 1,000 levels): a record nested that deep is damage (malformed_too_deep), like invalid JSON.
+# (about 1,000 levels): a record nested that deep is damage (Damage.TOO_DEEP), like invalid JSON.
 
 
 class Page(NamedTuple):
@@ -76,8 +77,8 @@ class Page(NamedTuple):
     images: list[tuple[str, object]]  # (src, alt as found: str, None or junk)
 
 
-def iter_pages(path: str, counts: Counter, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Page]:
-    """Yield every HTML page of a WAT file; count records and every kind of damage in ``counts``.
+def iter_pages(path: str, stats: CandidatesStats, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Page]:
+    """Yield every HTML page of a WAT file; count records, pages and every kind of damage in ``stats``.
 
     Damage does not end the file: after a corrupt gzip member, a record larger than
     ``max_record_bytes`` or one shorter than its Content-Length, reading resumes at the next gzip
@@ -98,18 +99,18 @@ def iter_pages(path: str, counts: Counter, max_record_bytes: int = MAX_RECORD_BY
                         last_good, recovering = record.stream_pos, False
                         records += 1
                         if record.content_length > max_record_bytes:
-                            counts["malformed_too_large"] += 1
+                            stats.damage[Damage.TOO_LARGE] += 1
                             break
                         body = record.reader.read()
                         if len(body) < record.content_length:
                             # A lying Content-Length reads on through the records behind it: resume.
-                            counts["malformed_truncated"] += 1
+                            stats.damage[Damage.TRUNCATED] += 1
                             break
                         # Requests, non-HTML responses and WARC metadata (most records of a real
                         # WAT) cannot hold image links: they are read but not parsed, so damage is
                         # counted on HTML records.
                         if HTML_MARKER in body:
-                            page = _page_of(body, record, counts)
+                            page = _page_of(body, record, stats)
                             if page is not None:
                                 yield page
                     else:
@@ -117,11 +118,11 @@ def iter_pages(path: str, counts: Counter, max_record_bytes: int = MAX_RECORD_BY
                         continue
             except OSError:
                 # Restarts that fail before any record are the same damaged stretch: count it once.
-                counts["corrupt_gzip"] += not recovering
+                stats.damage[Damage.CORRUPT_GZIP] += not recovering
                 recovering = True
             start = _next_record(path, last_good + 1, marker)
     finally:
-        counts["metadata_records"] += records
+        stats.metadata_records += records
 
 
 def _source(path: str, start: int) -> ContextManager:
@@ -156,7 +157,7 @@ def _next_record(path: str, offset: int, marker: bytes) -> int | None:
     return None
 
 
-def _page_of(body: bytes, record, counts: Counter) -> Page | None:
+def _page_of(body: bytes, record, stats: CandidatesStats) -> Page | None:
     """The page of one HTML record, or None with its damage counted."""
     # The structs skip the fields a page does not need without checking their bytes, so a record
     # is checked for UTF-8 first, as a whole: damage anywhere in it is damage.
@@ -164,47 +165,47 @@ def _page_of(body: bytes, record, counts: Counter) -> Page | None:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
-            counts["malformed_non_utf8"] += 1
+            stats.damage[Damage.NON_UTF8] += 1
             return None
     try:
         envelope = _decode_record(body).Envelope
         html = envelope.payload.response.html
         page_url = envelope.header.target_uri
     except RecursionError:
-        counts["malformed_too_deep"] += 1
+        stats.damage[Damage.TOO_DEEP] += 1
         return None
     except (*_NOT_DECODED, AttributeError):
-        return _page_of_any_shape(body, record, counts)
+        return _page_of_any_shape(body, record, stats)
     if html is None or page_url.__class__ is not str or not page_url:
-        return _page_of_any_shape(body, record, counts)
+        return _page_of_any_shape(body, record, stats)
     base = html.Head.Base if html.Head is not None else None
     # A comprehension, not a loop: a page carries tens of links, most of them not images.
     images = [(link.url, link.alt) for link in html.Links or () if link.path == IMAGE_LINK_PATH]
-    return _page(page_url, base, images, counts)
+    return _page(page_url, base, images, stats)
 
 
-def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
+def _page_of_any_shape(body: bytes, record, stats: CandidatesStats) -> Page | None:
     """The page of an HTML record that does not fit the structs, read as plain JSON; damage counted."""
     try:
         doc = _decode_any(body)
     except _NOT_DECODED:
-        counts["malformed_invalid_json"] += 1
+        stats.damage[Damage.INVALID_JSON] += 1
         return None
     except RecursionError:
-        counts["malformed_too_deep"] += 1
+        stats.damage[Damage.TOO_DEEP] += 1
         return None
     try:
         envelope = doc["Envelope"]
         payload = envelope["Payload-Metadata"]
     except (KeyError, TypeError):
-        counts["malformed_missing_fields"] += 1
+        stats.damage[Damage.MISSING_FIELDS] += 1
         return None
     html = _html_metadata(payload)
     if html is None:
         return None
     page_url = _target_uri(envelope, record)
     if not isinstance(page_url, str) or not page_url:
-        counts["malformed_missing_fields"] += 1
+        stats.damage[Damage.MISSING_FIELDS] += 1
         return None
     head, links = html.get("Head"), html.get("Links")
     base = head.get("Base") if isinstance(head, dict) else None
@@ -213,15 +214,15 @@ def _page_of_any_shape(body: bytes, record, counts: Counter) -> Page | None:
         if isinstance(links, list)
         else []
     )
-    return _page(page_url, base, [(link.get("url"), link.get("alt")) for link in found], counts)
+    return _page(page_url, base, [(link.get("url"), link.get("alt")) for link in found], stats)
 
 
-def _page(page_url: str, base: object, links: list[tuple[object, object]], counts: Counter) -> Page:
+def _page(page_url: str, base: object, links: list[tuple[object, object]], stats: CandidatesStats) -> Page:
     """A page from its ``IMG@/src`` (src, alt) pairs; a src that is not text is a malformed link."""
     images = [link for link in links if link[0].__class__ is str]
     if len(images) < len(links):
-        counts["malformed_link"] += len(links) - len(images)
-    counts["html_pages"] += 1
+        stats.damage[Damage.LINK] += len(links) - len(images)
+    stats.html_pages += 1
     return Page(page_url, base if base.__class__ is str and base else None, images)
 
 

@@ -12,9 +12,10 @@ import json
 import os
 import random
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from cah_resources.contract import CandidatesStats, Damage, DropReason
 
 COLORS = {
     "en": ["red", "green", "blue", "yellow", "purple", "orange"],
@@ -51,15 +52,15 @@ GOOD_KINDS = (
     "camera_name",
 )
 DROP_KINDS = {
-    "data_url": "data_url",
-    "javascript": "javascript_url",
-    "svg": "svg",
+    "data_url": DropReason.DATA_URL,
+    "javascript": DropReason.JAVASCRIPT_URL,
+    "svg": "svg",  # a dropped extension counts under its name
     "gif": "gif",
-    "short_alt": "alt_too_short",
-    "empty_alt": "alt_too_short",
-    "no_alt": "no_alt",
-    "long_domain": "domain_too_long",
-    "ftp": "not_http",
+    "short_alt": DropReason.ALT_TOO_SHORT,
+    "empty_alt": DropReason.ALT_TOO_SHORT,
+    "no_alt": DropReason.NO_ALT,
+    "long_domain": DropReason.DOMAIN_TOO_LONG,
+    "ftp": DropReason.NOT_HTTP,
 }
 # A repeat of an earlier link (same src and alt) is made by the "duplicate" kind.
 REPEAT_KIND = "duplicate"
@@ -91,7 +92,7 @@ class SampleCrawl:
     crawl: str
     wat_paths: list[str]
     candidates: dict[str, list[ExpectedCandidate]] = field(default_factory=dict)  # per WAT path
-    counts: dict[str, Counter] = field(default_factory=dict)  # per WAT path
+    counts: dict[str, CandidatesStats] = field(default_factory=dict)  # per WAT path: what extract_pairs counts
 
     def expected_segment(self, wat_paths: list[str]) -> list[ExpectedCandidate]:
         """Candidates of these files merged as the stage must: the first occurrence of a pair wins."""
@@ -284,7 +285,7 @@ def generate_crawl(
         info = b"Software-Info: cah sample_crawl\r\nformat: WARC File Format 1.0\r\n"
         writer.add("warcinfo", None, info, "application/warc-fields")
         truth: list[ExpectedCandidate] = []
-        counts: Counter = Counter()
+        counts = CandidatesStats()
         seen_in_file: set[tuple[str, str]] = set()
         damaged_pages = set(rng.sample(range(pages_per_file), 5)) if damage and pages_per_file >= 10 else set()
         damage_kinds = iter(["invalid_json", "non_utf8", "missing_fields", "corrupt_gzip", "not_html"])
@@ -328,34 +329,34 @@ def generate_crawl(
             body = writer.metadata_json(page_url, "response", html)
             if damage_kind == "invalid_json":
                 body = body[: len(body) // 2]
-                counts["malformed_invalid_json"] += 1
+                counts.damage[Damage.INVALID_JSON] += 1
             elif damage_kind == "non_utf8":
                 body = body.replace(b'"Title": "Page', b'"Title": "\xff\xfe Page')
-                counts["malformed_non_utf8"] += 1
+                counts.damage[Damage.NON_UTF8] += 1
             elif damage_kind == "missing_fields":
                 body = json.dumps({"Container": {}, "HTML-Metadata": None}).encode()
-                counts["malformed_missing_fields"] += 1
+                counts.damage[Damage.MISSING_FIELDS] += 1
             elif damage_kind == "not_html":
                 body = writer.metadata_json(page_url, "response", None)
             writer.add("metadata", page_url, body)
-            counts["metadata_records"] += 2 - (damage_kind == "corrupt_gzip")
+            counts.metadata_records += 2 - (damage_kind == "corrupt_gzip")
             if damage_kind == "corrupt_gzip":
                 member = writer.members[-1]
                 writer.members[-1] = member[: len(member) // 2] + bytes(rng.randrange(256) for _ in range(64))
-                counts["corrupt_gzip"] += 1
+                counts.damage[Damage.CORRUPT_GZIP] += 1
             if damage_kind is not None:
                 continue
-            counts["html_pages"] += 1
-            counts["links_seen"] += len(links) - 1
+            counts.html_pages += 1
+            counts.links_seen += len(links) - 1
             for pair, lang, reason, kind in expected:
                 if reason is not None:
-                    counts[f"drop_{reason}"] += 1
+                    counts.drops[reason] += 1
                     continue
                 if pair in seen_in_file:
-                    counts["drop_duplicate"] += 1
+                    counts.drops[DropReason.DUPLICATE] += 1
                     continue
                 seen_in_file.add(pair)
-                counts["alt_truncated"] += kind == "huge_alt"
+                counts.alt_truncated += kind == "huge_alt"
                 language, color, shape, matches, exists = lang
                 category = "nolang" if language is None else ("en" if language == "en" else "multi")
                 exists = exists and pair[0].startswith(servable) if servable else exists
