@@ -17,6 +17,7 @@ from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
+from cah_resources.contract import ShardStats
 from cah_resources.crawl.segments import register_crawl
 from cah_resources.dataset.checks import (
     CANDIDATES_CHECKS,
@@ -248,7 +249,7 @@ def _write_image_shards(root: DataRoot, segment: str, shard_size: int) -> pa.Tab
             for i, row in enumerate(rows):
                 ok = (start + i) % 3 != 0
                 writer.add(i, row, _outcome(ok), JPEG if ok else None)
-            writer.close(start=start, stop=start + len(rows), segment=segment)
+            writer.close(ShardStats(start=start, stop=start + len(rows), segment=segment))
     return table
 
 

@@ -265,6 +265,6 @@ def test_segment_summary_adds_up_shards_per_category(root):
 
     totals = summarize(shard_summaries(root, SEGMENT))
 
-    assert totals["scored_total"] == 20 == sum(totals["histogram"])
-    assert totals["kept"] == {c: sum(r["kept"] for r in rows if r["category"] == c) for c in totals["kept"]}
-    assert totals["kept_rate"] == round(sum(r["kept"] for r in rows) / 20, 4)
+    assert totals.pairs_scored == 20 == sum(totals.histogram)
+    assert totals.kept == {c: sum(r["kept"] for r in rows if r["category"] == c) for c in totals.kept}
+    assert totals.kept_rate == round(sum(r["kept"] for r in rows) / 20, 4)

@@ -62,7 +62,7 @@ def test_a_url_on_a_hostname_is_fetched_through_the_named_nameserver(web):
     assert ".web.test:" in url
     (result,), _, totals = fetch_all([url], settings_for(web))
     assert result.status == "fetched" and result.body == web.body("jpeg", 0)
-    assert totals["dns_lookups"] == 1
+    assert totals.dns_lookups == 1
     assert sum(web.dns.queries.values()) >= 1
 
 
@@ -74,8 +74,8 @@ def test_a_name_that_does_not_resolve_is_dns_error_with_one_line_and_no_retry(we
     (result,), _, totals = fetch_all([url], settings_for(web, retries=2))
     assert result.status == "dns_error"
     assert reason in result.error_message and "\n" not in result.error_message
-    assert totals["dns_lookups"] == 1  # an answer, not a failure to get one: never asked again
-    assert totals["dns_failures"] == {"dns_error": 1}
+    assert totals.dns_lookups == 1  # an answer, not a failure to get one: never asked again
+    assert totals.dns_failures == {"dns_error": 1}
     assert sum(web.requests.values()) == 0
 
 
@@ -84,8 +84,8 @@ def test_a_dns_timeout_is_its_own_status_and_is_retried_once(web):
     (result,), _, totals = fetch_all([url], settings_for(web, retries=3, dns_timeout=0.3))
     assert result.status == "dns_timeout"
     assert "no answer from the nameservers" in result.error_message
-    assert totals["dns_lookups"] == 2
-    assert totals["dns_failures"] == {"dns_timeout": 2}
+    assert totals.dns_lookups == 2
+    assert totals.dns_failures == {"dns_timeout": 2}
 
 
 def test_a_slow_lookup_does_not_count_against_the_request_timeouts(web):
@@ -129,8 +129,8 @@ def test_a_repeated_host_costs_one_lookup(web):
     assert all(r.status == "fetched" for r in results)
     name = host.rsplit(":", 1)[0]
     one_lookup = web.dns.queries[name]
-    assert totals["dns_lookups"] == 1
-    assert totals["dns_cache_hits"] + totals["dns_coalesced"] >= len(urls)
+    assert totals.dns_lookups == 1
+    assert totals.dns_cache_hits + totals.dns_coalesced >= len(urls)
     # A and AAAA of one getaddrinfo, each resent by c-ares at most once if the in-thread server stalls;
     # twenty uncached lookups would be forty.
     assert one_lookup <= 4
@@ -142,7 +142,7 @@ def test_concurrent_lookups_of_one_name_share_one_query(web):
     urls = [f"http://{host}/png/{n}.png" for n in range(0, 24, 4)]
     results, _, totals = fetch_all(urls, settings_for(web))
     assert all(r.status == "fetched" for r in results)
-    assert totals["dns_lookups"] == 1 and totals["dns_coalesced"] == len(urls) - 1
+    assert totals.dns_lookups == 1 and totals.dns_coalesced == len(urls) - 1
 
 
 def test_a_negative_answer_is_cached_too(web):
@@ -151,7 +151,7 @@ def test_a_negative_answer_is_cached_too(web):
     urls = [f"http://{name}:{port}/jpeg/{n}.jpg" for n in range(5)]
     results, _, totals = fetch_all(urls, settings_for(web))
     assert {r.status for r in results} == {"dns_error"}
-    assert totals["dns_lookups"] == 1
+    assert totals.dns_lookups == 1
 
 
 def test_answers_are_kept_for_their_ttl_clamped_to_the_floor_and_ceiling():
@@ -176,8 +176,8 @@ def test_lookups_in_flight_stay_within_their_own_limit(web):
     urls = [web.url("jpeg", n) for n in range(120)]  # 120 hostnames
     results, _, totals = fetch_all(urls, settings_for(web, dns_concurrency=8, concurrency=256))
     assert all(r.status == "fetched" for r in results)
-    assert totals["dns_lookups"] == 120
-    assert totals["dns_peak_in_flight"] <= 8
+    assert totals.dns_lookups == 120
+    assert totals.dns_peak_in_flight <= 8
     # A and AAAA per lookup, plus c-ares's resends of any answered later than its try timeout (250 ms
     # at least) when this process's in-thread server stalls; without the limit it would be ~240.
     assert web.dns.peak_pending <= 4 * 8
@@ -201,7 +201,7 @@ def test_a_flood_of_hostnames_behind_slow_dns_keeps_finishing_at_the_lookup_rate
         ),
     )
     assert [r.status for r in results] == ["fetched"] * count
-    assert totals["dns_lookups"] == count
+    assert totals.dns_lookups == count
     finished.sort()
     ideal = limit / latency  # URLs per second the lookups allow
     half = count // 2
@@ -240,7 +240,7 @@ def test_a_lost_query_is_sent_again_long_before_the_lookup_times_out(web):
     (result,), _, totals = fetch_all([url], settings_for(web, dns_timeout=30, retries=0, total_timeout=4))
     # Without the second query this would wait out the 30 s timeout and end as dns_timeout.
     assert result.status == "fetched"
-    assert totals["dns_hedged"] == 1 and totals["dns_lookups"] == 1 and not totals["dns_failures"]
+    assert totals.dns_hedged == 1 and totals.dns_lookups == 1 and not totals.dns_failures
 
 
 def test_a_slow_answer_after_fast_ones_is_waited_for_up_to_dns_timeout(web):
@@ -260,7 +260,7 @@ def test_a_slow_answer_after_fast_ones_is_waited_for_up_to_dns_timeout(web):
     fast, slow, totals = asyncio.run(run())
     assert [r.status for r in fast] == ["fetched"] * 12
     assert slow.status == "fetched", slow.error_message
-    assert totals["dns_failures"].get("dns_timeout", 0) == 0
+    assert totals.dns_failures.get("dns_timeout", 0) == 0
 
 
 @pytest.mark.parametrize("timeout", [0.5, 1.0, 5.0, 10.0, 30.0])

@@ -113,7 +113,7 @@ def test_a_materialized_segment_downloads_every_existing_image_and_reports_it(
     assert sum(m["successes"] for m in markers) == ok
     assert metadata["success_rate"].value == round(ok / len(expected), 4)
     assert metadata["shards"].value == metadata["shards_run_now"].value == -(-len(expected) // 40)
-    statuses = {r.data["status"]: r.data["count"] for r in metadata["statuses"].records}
+    statuses = {r.data["status"]: r.data["count"] for r in metadata["status_counts"].records}
     assert statuses == {"ok": ok, "http_404": len(expected) - ok}
     assert metadata["images_per_s"].value > 0 and metadata["mb_per_s"].value > 0
     assert metadata["bytes_written"].value > 0
@@ -224,5 +224,5 @@ def test_a_segment_on_named_hosts_reports_its_dns_lookups_and_failures(tmp_path,
     # Four names (two image hosts, the page host for relative links, the missing one): one lookup each per shard task.
     assert 4 <= metadata["dns_lookups"].value <= 4 * metadata["shards"].value < len(rows)
     assert [r.data["status"] for r in metadata["dns_failures"].value.records] == ["dns_error"]
-    assert {"status": "dns_error", "count": failed} in [r.data for r in metadata["statuses"].value.records]
+    assert {"status": "dns_error", "count": failed} in [r.data for r in metadata["status_counts"].value.records]
     assert metadata["dns_seconds"].value >= 0 and "dns_ms_per_lookup" in metadata

@@ -129,7 +129,7 @@ def test_the_marker_names_the_signals_and_lists_a_release_may_claim(downloaded):
     (listed,) = marker["blocklists"]
     assert listed["kind"] == "image" and listed["entries"] == 2 and len(listed["sha256"]) == 64
     totals = summarize_markers([marker, {**marker, "opt_out_signals": ["robots_noai"]}])
-    assert totals["opt_out_signals"] == ["robots_noai"]  # a shard that skipped a check takes it from the release
+    assert totals.opt_out_signals == ["robots_noai"]  # a shard that skipped a check takes it from the release
 
 
 def test_with_the_checks_off_no_site_file_is_asked_and_the_rules_do_not_apply(web, tmp_path):

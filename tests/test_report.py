@@ -63,7 +63,7 @@ def test_funnel_counts_each_step_per_category_over_all_segments(root):
     assert facts.funnel["downloaded"] == {"en": 6, "multi": 2}
     assert facts.funnel["scored"] == {"en": 6, "multi": 2}
     assert facts.funnel["kept"] == {"en": 4, "multi": 2}
-    assert facts.candidate_drops == {"drop_svg": 10, "drop_short_text": 14}
+    assert facts.candidate_drops == {"svg": 10, "short_text": 14}
 
 
 def test_funnel_table_shows_counts_and_rates_per_category(root):

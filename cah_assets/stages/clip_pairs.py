@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from cah_assets.metadata import counts_table, rate, rows_table
+from cah_assets.metadata import rate, rows_table, stats_metadata
 from cah_assets.partitions import segments
 from cah_assets.policies import CLIP_PAIRS_RETRY, FOLLOWS_UPSTREAM, GPU_POOL, permanent_errors, segment_asset
 from cah_assets.resources import ClipScorer, ComputeResource, StorageResource
@@ -17,7 +17,7 @@ from cah_resources.clip_pairs.stage import (
     shard_summaries,
     summarize,
 )
-from cah_resources.contract import CATEGORIES, CLIP_PAIRS, stage_folder
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, ClipStats, stage_folder
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
@@ -45,19 +45,19 @@ def clip_pairs(
     )
 
     def progress(result, done, total):
-        s = result.value
+        s = ClipStats.from_dict(result.value)
         context.log.info(
-            f"shard {done}/{total} {s['segment']}/{s['shard']:05d}: {s['pairs']} pairs, "
-            f"kept {s['kept']} ({s['pairs_per_s']} pairs/s)"
+            f"shard {done}/{total} {s.segment}/{s.shard:05d}: {s.pairs} pairs, "
+            f"kept {dict(s.kept)} ({s.shard_pairs_per_s} pairs/s)"
         )
 
     started = time.perf_counter()
     ran = [
-        r.value
+        ClipStats.from_dict(r.value)
         for r in compute.run_units(score_image_shard, units, on_result=progress, resources=resources, settings=settings)
     ]
     seconds = time.perf_counter() - started
-    scored_now = sum(sum(s["scored"].values()) for s in ran)
+    scored_now = sum(s.pairs_scored for s in ran)
     per_key = {key: describe(root, key) for key in keys}
     for key in keys if len(keys) > 1 else []:
         context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=per_key[key]))
@@ -67,7 +67,7 @@ def clip_pairs(
             **(
                 per_key[keys[0]]
                 if len(keys) == 1
-                else {"segments": len(keys), "pairs_scored": totals["scored_total"], "pairs_kept": totals["kept_total"]}
+                else {"segments": len(keys), **{name: totals.metadata()[name] for name in ClipStats.HEADLINE}}
             ),
             "pairs_per_s": rate(scored_now, seconds),
             "shards_scored_now": len(ran),
@@ -85,21 +85,12 @@ def clip_pairs(
 
 def describe(root: DataRoot, key: str) -> dict:
     """What a person asks of a segment's clip_pairs: scored and kept per category, rates, similarity, device."""
-    totals = summarize(shard_summaries(root, key))
+    summaries = shard_summaries(root, key)
+    totals = summarize(summaries)
     return {
-        **{f"pairs_scored_{c}": totals["scored"].get(c, 0) for c in CATEGORIES},
-        **{f"pairs_kept_{c}": totals["kept"].get(c, 0) for c in CATEGORIES},
-        "pairs_scored": totals["scored_total"],
-        "pairs_kept": totals["kept_total"],
-        "kept_rate": totals["kept_rate"],
-        "not_scored": counts_table(totals["not_scored"], "clip_status"),
-        "similarity_histogram": rows_table(
-            histogram_rows(totals["histogram"]), ["similarity", "pairs", "bar"], limit=100
-        ),
-        "shard_pairs_per_s": totals["shard_pairs_per_s"] or 0.0,
-        "device": totals["device"],
-        "precision": totals["precision"],
-        "shards": totals["shards"],
+        **stats_metadata(totals),
+        "shards": len(summaries),
+        "similarity_histogram": rows_table(histogram_rows(totals.histogram), ["similarity", "pairs", "bar"], limit=100),
         "path": dg.MetadataValue.path(redact_url(stage_folder(root, CLIP_PAIRS, key))),
         "sample_kept": rows_table(
             read_kept_sample(root, key), ["key", "category", "similarity", "nsfw", "text", "url"]

@@ -5,13 +5,12 @@ import time
 import dagster as dg
 import dask
 
-from cah_assets.metadata import counts_table, rate, rows_table
+from cah_assets.metadata import counts_table, rate, rows_table, stats_metadata
 from cah_assets.partitions import segments
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
 from cah_assets.resources import ComputeResource, ImageDownloader, StorageResource
 from cah_assets.stages.candidates import candidates
-from cah_resources.contract import COUNT, SUCCESSES
-from cah_resources.image_shards.opt_outs import OPT_OUT_STATUSES
+from cah_resources.contract import COUNT, OPT_OUT_STATUSES, SUCCESSES, ShardStats
 from cah_resources.image_shards.stage import (
     download_shard,
     plan_shards,
@@ -50,26 +49,25 @@ def image_shards(
     )
 
     def progress(result, done, total):
-        m = result.value
+        m = ShardStats.from_dict(result.value)
         context.log.info(
-            f"shard {done}/{total} {m['segment']}/{m['shard']:05d}: "
-            f"{m[SUCCESSES]}/{m[COUNT]} ok in {m['duration']:.1f} s"
+            f"shard {done}/{total} {m.segment}/{m.shard:05d}: {m.successes}/{m.count} ok in {m.task_seconds:.1f} s"
         )
 
     started = time.perf_counter()
     # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
     with dask.config.set({"distributed.worker.daemon": False}):
         ran = [
-            r.value
+            ShardStats.from_dict(r.value)
             for r in compute.run_units(
                 download_shard, todo, on_result=progress, on_progress=context.log.info, settings=settings
             )
         ]
     seconds = time.perf_counter() - started
     speed = {
-        "images_per_s": rate(sum(m[SUCCESSES] for m in ran), seconds),
-        "urls_per_s": rate(sum(m[COUNT] for m in ran), seconds),
-        "mb_per_s": rate(sum(m["bytes_fetched"] for m in ran) / 1e6, seconds),
+        "images_per_s": rate(sum(m.successes for m in ran), seconds),
+        "urls_per_s": rate(sum(m.count for m in ran), seconds),
+        "mb_per_s": rate(sum(m.bytes_fetched for m in ran) / 1e6, seconds),
         "shards_run_now": len(ran),
         "seconds": round(seconds, 2),
     }
@@ -79,33 +77,21 @@ def image_shards(
         return dg.MaterializeResult(metadata={**describe(root, keys[0]), **speed})
     totals = summarize_markers([m for key in keys for m in read_segment_markers(root, key)])
     return dg.MaterializeResult(
-        metadata={"segments": len(keys), COUNT: totals[COUNT], SUCCESSES: totals[SUCCESSES], **speed}
+        metadata={"segments": len(keys), COUNT: totals.count, SUCCESSES: totals.successes, **speed}
     )
 
 
 def describe(root: DataRoot, key: str) -> dict:
     """What a person asks of a segment's shards: how many images came, why the others did not, a sample."""
-    totals = summarize_markers(read_segment_markers(root, key))
+    markers = read_segment_markers(root, key)
+    totals = summarize_markers(markers)
+    opted_out = {s: n for s, n in totals.status_counts.items() if s in OPT_OUT_STATUSES}
     return {
-        COUNT: totals[COUNT],
-        SUCCESSES: totals[SUCCESSES],
-        "success_rate": totals["success_rate"],
-        "statuses": counts_table(totals["status_counts"], "status"),
-        "shards": totals["shards"],
-        "bytes_written": totals["bytes_written"],
+        **stats_metadata(totals),
+        "shards": len(markers),
         # A slow or failing resolver shows here before it shows as missing images.
-        "dns_lookups": totals["dns_lookups"],
-        "dns_cache_hits": totals["dns_cache_hits"],
-        "dns_failures": counts_table(totals["dns_failures"], "status"),
-        "dns_seconds": totals["dns_seconds"],
-        "dns_ms_per_lookup": round(1000 * totals["dns_seconds"] / max(totals["dns_lookups"], 1), 1),
-        # What a release built from these shards may say it honoured.
-        "opt_out_signals": ", ".join(totals["opt_out_signals"]) or "none",
-        "opted_out": counts_table(
-            {s: n for s, n in totals["status_counts"].items() if s in OPT_OUT_STATUSES}, "status"
-        ),
-        "robots_txt_requests": totals["robots_txt_requests"],
-        "blocklists": rows_table(totals["blocklists"], ["kind", "source", "entries", "sha256"]),
+        "dns_ms_per_lookup": round(1000 * totals.dns_seconds / max(totals.dns_lookups, 1), 1),
+        "opted_out": counts_table(opted_out, "status"),
         "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
         "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
     }

@@ -33,7 +33,7 @@ import tarfile
 import threading
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,10 +56,14 @@ from cah_resources.clip_pairs.clip_scorer import (
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.contract import (
     CATEGORIES,
+    CLIP_FIELDS,
     CLIP_PAIRS,
     EMBEDDINGS,
     IMAGE_SHARDS,
     SIMILARITY_EDGES,
+    ClipStats,
+    ClipStatus,
+    DownloadStatus,
     embedding_path,
     finished_shards,
     kept_path,
@@ -73,7 +77,6 @@ from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
 
-CLIP_STATUSES = ("scored", "image_unreadable", "image_too_large", "image_missing", "unknown_category")
 _ERROR_CHARS = 200
 
 
@@ -163,9 +166,10 @@ class _Pending:
         )
 
 
-def _cpu_decode_status(error: BaseException) -> str:
+def _cpu_decode_status(error: BaseException) -> ClipStatus:
     """Why the CPU could not decode an image: too large for its memory (or PIL's bomb limit), or unreadable."""
-    return "image_too_large" if isinstance(error, (MemoryError, Image.DecompressionBombError)) else "image_unreadable"
+    too_large = isinstance(error, (MemoryError, Image.DecompressionBombError))
+    return ClipStatus.IMAGE_TOO_LARGE if too_large else ClipStatus.IMAGE_UNREADABLE
 
 
 def iter_tar_images(handle: Any, wanted: dict[str, int]) -> Iterator[tuple[int, bytes]]:
@@ -195,7 +199,7 @@ class _ShardScorer:
         self.nsfw_score = np.full(self.n, np.nan, dtype=np.float32)
         self.watermark_score = np.full(self.n, np.nan, dtype=np.float32)
         self.nsfw: list[str | None] = [None] * self.n
-        self.status = ["image_missing"] * self.n
+        self.status = [ClipStatus.IMAGE_MISSING] * self.n
         self.error: list[str | None] = ["the shard's tar has no image for this key"] * self.n
         self.embeddings: dict[ClipModelSpec, tuple[np.ndarray, np.ndarray]] = {}
         self.models: dict[ClipModelSpec, LoadedClip] = {}
@@ -204,7 +208,7 @@ class _ShardScorer:
         self.on_device_held = self.on_device_peak = 0
         for row, category in enumerate(self.categories):
             if category not in settings.models:
-                self.status[row] = "unknown_category"
+                self.status[row] = ClipStatus.UNKNOWN_CATEGORY
                 self.error[row] = f"no CLIP model is configured for category {category!r}"
         for spec in {settings.models[c] for c in set(self.categories) if c in settings.models}:
             self.models[spec] = load_clip(spec, settings.device, settings.precision)
@@ -338,7 +342,7 @@ class _ShardScorer:
             return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi, loaded.device), tokens[lo:hi]))
 
         def alone(position: int, error: BaseException) -> None:
-            self.status[rows[position]], self.error[rows[position]] = "image_too_large", one_line(error, _ERROR_CHARS)
+            self.status[rows[position]], self.error[rows[position]] = ClipStatus.IMAGE_TOO_LARGE, one_line(error, _ERROR_CHARS)
 
         done = [
             part
@@ -355,7 +359,7 @@ class _ShardScorer:
         self.nsfw_score[scored] = nsfw_score
         self.watermark_score[scored] = watermark_score
         for row, label in zip(scored.tolist(), labels, strict=False):
-            self.nsfw[row], self.status[row], self.error[row] = label, "scored", None
+            self.nsfw[row], self.status[row], self.error[row] = label, ClipStatus.SCORED, None
         if self.settings.write_embeddings:
             if spec not in self.embeddings:
                 self.embeddings[spec] = (
@@ -436,7 +440,7 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
             except Exception as one:  # noqa: BLE001
                 if is_out_of_memory(one):
                     raise
-                decoded.errors[position] = ("image_unreadable", one_line(one, _ERROR_CHARS))
+                decoded.errors[position] = (ClipStatus.IMAGE_UNREADABLE, one_line(one, _ERROR_CHARS))
     if images:
         decoded.parts = [loaded.preprocess_on_device(images).to(loaded.input_dtype)]
     return decoded
@@ -458,24 +462,22 @@ def _rows_of(parts: list[torch.Tensor], lo: int, hi: int, device: str) -> torch.
 
 def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:
     thresholds = np.array([settings.thresholds.get(c, np.nan) for c in scorer.categories], dtype=np.float32)
-    scored = np.array([s == "scored" for s in scorer.status], dtype=bool)
+    scored = np.array([s == ClipStatus.SCORED for s in scorer.status], dtype=bool)
     kept = scored & (np.nan_to_num(scorer.similarity, nan=-2.0) >= np.nan_to_num(thresholds, nan=2.0))
-    columns = {
-        "similarity": pa.array(scorer.similarity, pa.float32(), mask=~scored),
-        "threshold": pa.array(thresholds, pa.float32(), mask=np.isnan(thresholds)),
-        "kept": pa.array(kept, pa.bool_()),
-        "clip_model": pa.array(
-            [spec.label if (spec := scorer.spec_of(r)) else None for r in range(scorer.n)], pa.string()
-        ),
-        "nsfw": pa.array(scorer.nsfw, pa.string()),
+    # Each column's values (and its nulls); names and types are contract.CLIP_FIELDS'.
+    values: dict[str, tuple[Any, np.ndarray | None]] = {
+        "similarity": (scorer.similarity, ~scored),
+        "threshold": (thresholds, np.isnan(thresholds)),
+        "kept": (kept, None),
+        "clip_model": ([spec.label if (spec := scorer.spec_of(r)) else None for r in range(scorer.n)], None),
+        "nsfw": (scorer.nsfw, None),
         # NaN: scored by a model without tags (ClipModelSpec.tags_known): unknown, so null like unscored rows
-        "nsfw_score": pa.array(scorer.nsfw_score, pa.float32(), mask=~scored | np.isnan(scorer.nsfw_score)),
-        "watermark_score": pa.array(
-            scorer.watermark_score, pa.float32(), mask=~scored | np.isnan(scorer.watermark_score)
-        ),
-        "clip_status": pa.array(scorer.status, pa.string()),
-        "clip_error": pa.array(scorer.error, pa.string()),
+        "nsfw_score": (scorer.nsfw_score, ~scored | np.isnan(scorer.nsfw_score)),
+        "watermark_score": (scorer.watermark_score, ~scored | np.isnan(scorer.watermark_score)),
+        "clip_status": (scorer.status, None),
+        "clip_error": (scorer.error, None),
     }
+    columns = {f.name: pa.array(values[f.name][0], f.type, mask=values[f.name][1]) for f in CLIP_FIELDS}
     table = table.drop_columns([name for name in columns if name in table.column_names])
     for name, values in columns.items():
         table = table.append_column(name, values)
@@ -500,7 +502,8 @@ def _write_embeddings(unit: ClipPairsUnit, table: pa.Table, scorer: _ShardScorer
         if spec not in scorer.embeddings:
             continue
         rows = np.array(
-            [i for i in range(scorer.n) if scorer.status[i] == "scored" and scorer.spec_of(i) == spec], dtype=np.int64
+            [i for i in range(scorer.n) if scorer.status[i] == ClipStatus.SCORED and scorer.spec_of(i) == spec],
+            dtype=np.int64,
         )
         images, texts = scorer.embeddings[spec]
         for kind, matrix in (("img_emb", images), ("text_emb", texts)):
@@ -538,45 +541,41 @@ def _worker_name() -> str | None:
 
 def _summary(
     unit: ClipPairsUnit, table: pa.Table, settings: ScoringSettings, seconds: float, scorer: _ShardScorer | None
-) -> dict[str, Any]:
+) -> ClipStats:
     status = table.column("clip_status").to_pylist()
     categories = table.column("category").to_pylist()
     kept = table.column("kept").to_pylist()
     similarity = table.column("similarity").to_numpy(zero_copy_only=False)
-    scored_sims = similarity[np.array([s == "scored" for s in status], dtype=bool)] if table.num_rows else similarity
+    is_scored = [s == ClipStatus.SCORED for s in status]
+    scored_sims = similarity[np.array(is_scored, dtype=bool)] if table.num_rows else similarity
     device = precision = None
     if scorer is not None and scorer.models:
         any_model = next(iter(scorer.models.values()))
         device, precision = any_model.device, any_model.precision
-    scored_count = sum(s == "scored" for s in status)
-    return {
-        "segment": unit.segment,
-        "shard": unit.shard,
-        "pairs": table.num_rows,
-        "scored": {
-            c: sum(1 for s, k in zip(status, categories, strict=False) if s == "scored" and k == c)
-            for c in sorted(set(categories))
-        },
-        "kept": {
-            c: sum(1 for k, cat in zip(kept, categories, strict=False) if k and cat == c)
-            for c in sorted(set(categories))
-        },
-        "not_scored": {s: status.count(s) for s in CLIP_STATUSES[1:] if status.count(s)},
-        "histogram": similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(scored_count / seconds, 2) if seconds > 0 else None,
-        "device": device,
-        "precision": precision,
-        "worker": _worker_name(),
-        "models": {c: settings.models[c].label for c in CATEGORIES},
-        "thresholds": dict(settings.thresholds),
+    present = sorted(set(categories))  # a category of the shard counts, even with none scored or kept
+    return ClipStats(
+        segment=unit.segment,
+        shard=unit.shard,
+        pairs=table.num_rows,
+        scored=Counter(
+            {c: sum(1 for s, k in zip(is_scored, categories, strict=True) if s and k == c) for c in present}
+        ),
+        kept=Counter({c: sum(1 for k, cat in zip(kept, categories, strict=True) if k and cat == c) for c in present}),
+        not_scored=Counter(s for s in status if s != ClipStatus.SCORED),
+        histogram=similarity_histogram(scored_sims).tolist(),  # per contract.SIMILARITY_EDGES bin
+        task_seconds=seconds,
+        device=device,
+        precision=precision,
+        worker=_worker_name(),
+        models={c: settings.models[c].label for c in CATEGORIES},
+        thresholds=dict(settings.thresholds),
         # What device out-of-memory cost: halvings, single rows, of those the images decoded on the CPU
         # instead; and the most decoded batches held on the device at once.
-        "device_memory": {
+        device_memory={
             **(scorer.oom if scorer is not None else OomTally()).counts(),
             "prepared_on_device_peak": scorer.on_device_peak if scorer is not None else 0,
         },
-    }
+    )
 
 
 def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[str, Any]:
@@ -590,7 +589,7 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
         return root.read_json(unit.marker)
     started = time.perf_counter()
     source = root.read_parquet(unit.inputs["parquet"])
-    table = source.filter(pc.equal(source.column("status"), "ok"))
+    table = source.filter(pc.equal(source.column("status"), DownloadStatus.OK.value))
     scorer = _ShardScorer(table, settings) if table.num_rows else None
     if scorer is not None:
         wanted = {key: row for row, key in enumerate(scorer.keys)}
@@ -610,7 +609,7 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
     root.write_parquet(kept_path(root, unit.segment, unit.shard), table.filter(table.column("kept")))
     if settings.write_embeddings and scorer is not None:
         _write_embeddings(unit, table, scorer, settings)
-    summary = _summary(unit, table, settings, time.perf_counter() - started, scorer)
+    summary = _summary(unit, table, settings, time.perf_counter() - started, scorer).to_dict()
     root.write_json(unit.marker, summary)
     if scorer is not None and (scorer.oom.halvings or scorer.oom.alone):
         oom = scorer.oom
@@ -628,37 +627,9 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
     return summary
 
 
-def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Segment totals from shard summaries: pairs scored and kept per category, rates, histogram."""
-    scored: dict[str, int] = {}
-    kept: dict[str, int] = {}
-    not_scored: dict[str, int] = {}
-    histogram = [0] * (len(SIMILARITY_EDGES) - 1)
-    seconds = 0.0
-    for summary in summaries:
-        for name, target in (("scored", scored), ("kept", kept), ("not_scored", not_scored)):
-            for key, count in summary.get(name, {}).items():
-                target[key] = target.get(key, 0) + count
-        if len(summary.get("histogram", ())) == len(histogram):  # markers of older builds binned otherwise
-            histogram = [a + b for a, b in zip(histogram, summary["histogram"], strict=False)]
-        seconds += summary.get("seconds") or 0.0
-    total_scored, total_kept = sum(scored.values()), sum(kept.values())
-    devices = sorted({s["device"] for s in summaries if s.get("device")})
-    precisions = sorted({s["precision"] for s in summaries if s.get("precision")})
-    return {
-        "shards": len(summaries),
-        "pairs": sum(s.get("pairs", 0) for s in summaries),
-        "scored": scored,
-        "kept": kept,
-        "not_scored": not_scored,
-        "scored_total": total_scored,
-        "kept_total": total_kept,
-        "kept_rate": round(total_kept / total_scored, 4) if total_scored else 0.0,
-        "histogram": histogram,
-        "shard_pairs_per_s": round(total_scored / seconds, 2) if seconds else None,
-        "device": ",".join(devices) or "none",
-        "precision": ",".join(precisions) or "none",
-    }
+def summarize(summaries: list[dict[str, Any]]) -> ClipStats:
+    """Segment totals from shard summaries (markers): pairs scored and kept per category, histogram, time."""
+    return ClipStats.total(ClipStats.from_dict(s) for s in summaries)
 
 
 def read_kept_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:

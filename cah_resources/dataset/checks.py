@@ -14,9 +14,10 @@ from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CATEGORIES,
     CLIP_PAIRS,
-    COUNT,
     IMAGE_SHARDS,
-    SUCCESSES,
+    CandidatesStats,
+    DownloadStatus,
+    ShardStats,
     list_shards,
     shard_paths,
     stage_folder,
@@ -152,28 +153,26 @@ def _categories_verdict(table: pa.Table) -> Verdict:
     return Verdict(True, ", ".join(f"{per_category.get(c, 0)} {c}" for c in CATEGORIES), {**counts, **per_category})
 
 
-def _drops_verdict(table: pa.Table, stats: dict | None, stats_path: str) -> Verdict:
-    if stats is None:
+def _drops_verdict(table: pa.Table, on_disk: dict | None, stats_path: str) -> Verdict:
+    if on_disk is None:
         return Verdict(False, f"{stats_path} does not exist")
-    rows = table.num_rows
-    drops = {k: v for k, v in stats.items() if k.startswith("drop_")}
+    stats = CandidatesStats.from_dict(on_disk)
+    rows, drops = table.num_rows, sum(stats.drops.values())
     actual = Counter(table.column("category").to_pylist()) if "category" in table.column_names else Counter()
     problems = []
-    if stats.get("candidates") != rows:
-        problems.append(f"stats say {stats.get('candidates')} candidates, the parquet has {rows} rows")
+    if stats.candidates != rows:
+        problems.append(f"stats say {stats.candidates} candidates, the parquet has {rows} rows")
     for category in CATEGORIES:
-        if stats.get(f"candidates_{category}") != actual.get(category, 0):
+        if stats.categories.get(category) != actual.get(category, 0):
             problems.append(
-                f"stats say {stats.get(f'candidates_{category}')} {category}, the rows {actual.get(category, 0)}"
+                f"stats say {stats.categories.get(category)} {category}, the rows {actual.get(category, 0)}"
             )
-    if "links_seen" not in stats:
-        problems.append("stats lack links_seen")
-    elif stats["links_seen"] != rows + sum(drops.values()):
-        problems.append(f"{stats['links_seen']} links seen but {rows} candidates + {sum(drops.values())} drops")
-    meta = {"links_seen": stats.get("links_seen", 0), "candidates": rows, "drops": sum(drops.values())}
+    if stats.links_seen != rows + drops:
+        problems.append(f"{stats.links_seen} links seen but {rows} candidates + {drops} drops")
+    meta = dict(links_seen=stats.links_seen, candidates=rows, drops=drops)
     if problems:
         return Verdict(False, "; ".join(problems), meta)
-    return Verdict(True, f"{meta['links_seen']} links = {rows} candidates + {meta['drops']} drops", meta)
+    return Verdict(True, f"{stats.links_seen} links = {rows} candidates + {drops} drops", meta)
 
 
 # --- image_shards --------------------------------------------------------------------------------
@@ -257,7 +256,7 @@ def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: 
     listings = run(read_tar_names, [shard_paths(folder, shard)["tar"] for shard in shards], root=root)
     for shard, (names, error) in zip(shards, listings, strict=False):
         table = tables[shard]
-        ok_keys = table.filter(pc.equal(table.column("status"), "ok")).column("key").to_pylist()
+        ok_keys = table.filter(pc.equal(table.column("status"), DownloadStatus.OK.value)).column("key").to_pylist()
         expected = {key + suffix for key in ok_keys for suffix in TAR_SUFFIXES}
         if names is None:
             unreadable.append(f"{shard:05d}: {error}")
@@ -294,18 +293,20 @@ def _tar_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table], run: 
 def _stats_verdict(root: DataRoot, folder: str, tables: dict[int, pa.Table]) -> Verdict:
     problems = []
     for shard, table in sorted(tables.items()):
-        statuses = dict(Counter(table.column("status").to_pylist()))
-        ok = statuses.get("ok", 0)
-        want = {COUNT: table.num_rows, SUCCESSES: ok, "failed": table.num_rows - ok, "status_counts": statuses}
+        statuses = Counter(table.column("status").to_pylist())
+        ok = statuses[DownloadStatus.OK]
+        want = ShardStats(count=table.num_rows, successes=ok, failed=table.num_rows - ok, status_counts=statuses)
         for path in (shard_paths(folder, shard)[kind] for kind in ("stats", "done")):
             name = path.rsplit("/", 1)[-1]
             if not root.exists(path):
                 problems.append(f"{name} missing")
                 continue
-            stats = root.read_json(path)
-            wrong = [k for k, v in want.items() if stats.get(k) != v]
+            on_disk = root.read_json(path)
+            stats = ShardStats.from_dict(on_disk)
+            wrong = [k for k in ShardStats.FROM_ROWS if k not in on_disk or getattr(stats, k) != getattr(want, k)]
             if wrong:
-                problems.append(f"{name}: {', '.join(f'{k}={stats.get(k)} (rows say {want[k]})' for k in wrong)}")
+                shown = ", ".join(f"{k}={on_disk.get(k)} (rows say {getattr(want, k)})" for k in wrong)
+                problems.append(f"{name}: {shown}")
     meta = {"shards": len(tables), "disagreements": len(problems)}
     if problems:
         return Verdict(
@@ -345,7 +346,7 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
             for r in root.read_parquet(
                 shard_paths(image_folder, shard)["parquet"], columns=["key", "status"]
             ).to_pylist()
-            if r["status"] == "ok"
+            if r["status"] == DownloadStatus.OK
         )
         path = shard_paths(clip_folder, shard)["parquet"]
         if shard not in clip_done or not root.exists(path):

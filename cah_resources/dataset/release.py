@@ -15,6 +15,8 @@ from cah_resources.contract import (
     EMBEDDING_KINDS,
     EMBEDDINGS,
     IMAGE_SHARDS,
+    CandidatesStats,
+    ShardStats,
     candidates_stats_path,
     embedding_path,
     list_shards,
@@ -234,18 +236,14 @@ def build_release(
 
 def honoured_opt_outs_of(root: DataRoot, segment_keys: Iterable[str]) -> dict:
     """The opt-out signals all finished image shards of the segments honoured, and every blocklist applied."""
-    from cah_resources.image_shards.stage import honoured_opt_outs, read_segment_markers  # the downloader's imports
+    from cah_resources.image_shards.stage import read_segment_markers, summarize_markers  # the downloader's imports
 
     keys = list(segment_keys)
     started = [key for key in keys if root.exists(stage_folder(root, IMAGE_SHARDS, key))]
-    markers = [marker for key in started for marker in read_segment_markers(root, key)]
-    honoured = honoured_opt_outs(markers)
-    lists = {(b["kind"], b["source"], b["sha256"]): b for b in honoured["blocklists"]}
-    for key in keys:
-        stats_path = candidates_stats_path(root, key)
-        for listed in root.read_json(stats_path).get("blocklists", []) if root.exists(stats_path) else []:
-            lists.setdefault((listed["kind"], listed["source"], listed["sha256"]), listed)
-    return {**honoured, "blocklists": [lists[k] for k in sorted(lists)]}
+    shards = summarize_markers([marker for key in started for marker in read_segment_markers(root, key)])
+    paths = [path for path in (candidates_stats_path(root, key) for key in keys) if root.exists(path)]
+    candidates = CandidatesStats.total(CandidatesStats.from_dict(root.read_json(path)) for path in paths)
+    return (shards + ShardStats(blocklists=candidates.blocklists)).honoured()  # the lists of both stages
 
 
 def read_release(root: DataRoot, out_dir: str) -> pa.Table:

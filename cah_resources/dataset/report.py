@@ -20,8 +20,15 @@ from cah_resources.contract import (
     CATEGORIES,
     CLIP_PAIRS,
     IMAGE_SHARDS,
+    OPT_OUT_STATUSES,
     SIMILARITY_EDGES,
     STAGES,
+    CandidatesStats,
+    ClipStats,
+    ClipStatus,
+    DownloadStatus,
+    DropReason,
+    ShardStats,
     candidates_path,
     candidates_stats_path,
     finished_shards,
@@ -29,10 +36,9 @@ from cah_resources.contract import (
     similarity_histogram,
     stage_folder,
 )
-from cah_resources.image_shards.opt_outs import OPT_OUT_STATUSES
 from cah_resources.storage import DataRoot
 
-FUNNEL_STEPS = ("candidates", "attempted", "downloaded", "scored", "kept")
+FUNNEL_STEPS = (CANDIDATES, "attempted", "downloaded", ClipStatus.SCORED, "kept")
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
 _CATEGORY_COLORS = {"en": "#4C72B0", "multi": "#DD8452", "nolang": "#55A868"}
 
@@ -63,7 +69,7 @@ class DatasetFacts:
     segments: list[str]
     records: int = 0  # WAT metadata records read
     funnel: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in FUNNEL_STEPS})
-    candidate_drops: Counter = field(default_factory=Counter)  # drop_* of the candidates stage
+    candidate_drops: Counter = field(default_factory=Counter)  # links per DropReason of the candidates stage
     statuses: Counter = field(default_factory=Counter)  # download status of every attempt
     similarity: dict[str, np.ndarray] = field(default_factory=dict)  # counts per SIMILARITY bin
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -106,16 +112,13 @@ def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
         facts.missing[CANDIDATES].append(segment)
         return
     table = root.read_parquet(path, columns=["category"])
-    facts.funnel["candidates"].update(_counts_by_category(table))
-    stats = root.read_json(stats_path) if root.exists(stats_path) else {}
-    records = int(stats.get("metadata_records", 0))
-    facts.records += records
-    facts.candidate_drops.update(
-        {k: int(v) for k, v in stats.items() if k.startswith("drop_") and isinstance(v, (int, float))}
-    )
+    facts.funnel[CANDIDATES].update(_counts_by_category(table))
+    stats = CandidatesStats.from_dict(root.read_json(stats_path) if root.exists(stats_path) else {})
+    facts.records += stats.metadata_records
+    facts.candidate_drops.update(stats.drops)
     stage = facts.throughput.setdefault(CANDIDATES, StageThroughput(CANDIDATES, "WAT records"))
-    stage.items += records
-    stage.task_seconds += float(stats.get("task_seconds") or 0.0)
+    stage.items += stats.metadata_records
+    stage.task_seconds += stats.task_seconds
 
 
 def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
@@ -128,7 +131,7 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
     for name in shards:
         paths = shard_paths(folder, int(name))
         table = root.read_parquet(paths["parquet"], columns=["url", "category", "status"])
-        ok = pc.equal(table.column("status"), "ok")
+        ok = pc.equal(table.column("status"), DownloadStatus.OK.value)
         facts.funnel["attempted"].update(_counts_by_category(table))
         facts.funnel["downloaded"].update(_counts_by_category(table.filter(ok)))
         facts.statuses.update(_counts(table.column("status")))
@@ -137,9 +140,9 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
         facts.domains["downloaded"].update(_counts(domains.filter(ok.combine_chunks())))
         opted_out = pc.is_in(table.column("status"), value_set=pa.array(OPT_OUT_STATUSES)).combine_chunks()
         facts.opt_out_hosts.update(_counts(domains.filter(opted_out)))
-        stats = root.read_json(paths["stats"]) if root.exists(paths["stats"]) else {}
+        stats = ShardStats.from_dict(root.read_json(paths["stats"]) if root.exists(paths["stats"]) else {})
         stage.items += table.num_rows
-        stage.task_seconds += float(stats.get("download_seconds") or stats.get("duration") or 0.0)
+        stage.task_seconds += stats.task_seconds
 
 
 def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
@@ -157,7 +160,7 @@ def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
         )
         scored = table.filter(pc.is_valid(table.column("similarity")))
         kept = table.filter(pc.fill_null(table.column("kept"), False))
-        facts.funnel["scored"].update(_counts_by_category(scored))
+        facts.funnel[ClipStatus.SCORED].update(_counts_by_category(scored))
         facts.funnel["kept"].update(_counts_by_category(kept))
         facts.domains["kept"].update(_counts(url_domains(kept.column("url"))))
         for category in set(scored.column("category").to_pylist()):
@@ -168,9 +171,9 @@ def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
             threshold = pc.max(rows.column("threshold")).as_py()
             if threshold is not None:
                 facts.thresholds[category] = threshold
-        marker = root.read_json(paths["done"])
+        marker = ClipStats.from_dict(root.read_json(paths["done"]))
         stage.items += scored.num_rows
-        stage.task_seconds += float(marker.get("seconds") or 0.0)
+        stage.task_seconds += marker.task_seconds
 
 
 def collect_facts(
@@ -264,14 +267,14 @@ def status_table(facts: DatasetFacts) -> Table:
 
 
 def candidate_drops_table(facts: DatasetFacts) -> Table:
-    rows = [(reason.removeprefix("drop_"), count) for reason, count in facts.candidate_drops.most_common()]
+    rows = [(str(reason), count) for reason, count in facts.candidate_drops.most_common()]
     return Table(("candidates drop reason", "links"), rows)
 
 
 def opt_out_counts(facts: DatasetFacts) -> Counter:
     """URLs left out per opt-out signal: the download statuses and the candidates' blocklisted_url drops."""
     counts = Counter({s: facts.statuses[s] for s in OPT_OUT_STATUSES if facts.statuses[s]})
-    counts["blocklisted_url"] += facts.candidate_drops.get("drop_blocklisted_url", 0)
+    counts[DropReason.BLOCKLISTED_URL] += facts.candidate_drops[DropReason.BLOCKLISTED_URL]
     return +counts
 
 

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import aiohttp
 
+from cah_resources.contract import DownloadStatus
+
 try:
     import brotli
 except ImportError:  # brotli is an aiohttp speedup; without it "br" is neither asked for nor decoded
@@ -129,10 +131,12 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int, head_only:
     encoding = response.headers.get("Content-Encoding", "")
     decoder = _decoder(encoding)
     if decoder is None:
-        return Body("unsupported_encoding", message=f"Content-Encoding {encoding[:100]!r} was not asked for")
+        return Body(
+            DownloadStatus.UNSUPPORTED_ENCODING, message=f"Content-Encoding {encoding[:100]!r} was not asked for"
+        )
     declared = response.content_length
     if declared is not None and declared > max_bytes and not head_only:
-        return Body("too_large", message=f"Content-Length {declared} is over the {max_bytes} byte limit")
+        return Body(DownloadStatus.TOO_LARGE, message=f"Content-Length {declared} is over the {max_bytes} byte limit")
     budget = body_budget.get()
     if budget is not None and declared is not None and isinstance(decoder, _Identity):
         await budget.reserve(declared)  # the whole body at once: one wait instead of one per chunk
@@ -145,12 +149,12 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int, head_only:
                     response.close()  # the rest is never read: the connection cannot be reused
                     if head_only:
                         chunks.append(piece[: len(piece) - (size - max_bytes)])
-                        return Body("fetched", b"".join(chunks))
-                    return Body("too_large", message=f"body passed the {max_bytes} byte limit")
+                        return Body(DownloadStatus.FETCHED, b"".join(chunks))
+                    return Body(DownloadStatus.TOO_LARGE, message=f"body passed the {max_bytes} byte limit")
                 if budget is not None:
                     await budget.reserve(size)
                 chunks.append(piece)
     except DECODE_ERRORS as exc:
         response.close()
-        return Body("bad_encoding", message=f"{encoding} body does not decode: {exc}"[:300])
-    return Body("fetched", b"".join(chunks))
+        return Body(DownloadStatus.BAD_ENCODING, message=f"{encoding} body does not decode: {exc}"[:300])
+    return Body(DownloadStatus.FETCHED, b"".join(chunks))

@@ -14,15 +14,17 @@ import aiodns
 from aiodns import error as ares
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from cah_resources.contract import DownloadStatus, ShardStats
+
 # c-ares error -> (status, what it means in one line, cached as a negative answer)
 _ARES_ERRORS = {
-    ares.ARES_ETIMEOUT: ("dns_timeout", "no answer from the nameservers in time", False),
-    ares.ARES_ENOTFOUND: ("dns_error", "NXDOMAIN: no such name", True),
-    ares.ARES_ENODATA: ("dns_error", "no address records for the name", True),
-    ares.ARES_ESERVFAIL: ("dns_error", "SERVFAIL: the nameserver could not answer", True),
-    ares.ARES_EREFUSED: ("dns_error", "the nameserver refused the query", True),
-    ares.ARES_EBADNAME: ("dns_error", "not a valid hostname", True),
-    ares.ARES_ECONNREFUSED: ("dns_error", "no nameserver could be reached", False),
+    ares.ARES_ETIMEOUT: (DownloadStatus.DNS_TIMEOUT, "no answer from the nameservers in time", False),
+    ares.ARES_ENOTFOUND: (DownloadStatus.DNS_ERROR, "NXDOMAIN: no such name", True),
+    ares.ARES_ENODATA: (DownloadStatus.DNS_ERROR, "no address records for the name", True),
+    ares.ARES_ESERVFAIL: (DownloadStatus.DNS_ERROR, "SERVFAIL: the nameserver could not answer", True),
+    ares.ARES_EREFUSED: (DownloadStatus.DNS_ERROR, "the nameserver refused the query", True),
+    ares.ARES_EBADNAME: (DownloadStatus.DNS_ERROR, "not a valid hostname", True),
+    ares.ARES_ECONNREFUSED: (DownloadStatus.DNS_ERROR, "no nameserver could be reached", False),
 }
 SOCKET_BUFFER_BYTES = 4 * 2**20
 # c-ares's bounds on one try's timeout (c-ares >= 1.22, docs/features.md): see CachingResolver.
@@ -106,17 +108,17 @@ class DnsStats:
     hedged: int = 0  # lookups whose query was sent again after HEDGE_AFTER_S without an answer
     failures: Counter | None = None
 
-    def as_totals(self) -> dict[str, object]:
-        """Flat facts for a shard's stats and marker."""
-        return {
-            "dns_lookups": self.lookups,
-            "dns_cache_hits": self.cache_hits,
-            "dns_coalesced": self.coalesced,
-            "dns_failures": dict(sorted((self.failures or {}).items())),
-            "dns_seconds": round(self.seconds, 3),
-            "dns_peak_in_flight": self.peak_in_flight,
-            "dns_hedged": self.hedged,
-        }
+    def as_totals(self) -> ShardStats:
+        """These lookups as a shard's stats (the dns_* stats of its NNNNN_stats.json and marker)."""
+        return ShardStats(
+            dns_lookups=self.lookups,
+            dns_cache_hits=self.cache_hits,
+            dns_coalesced=self.coalesced,
+            dns_failures=Counter(self.failures or {}),
+            dns_seconds=round(self.seconds, 3),
+            dns_peak_in_flight=self.peak_in_flight,
+            dns_hedged=self.hedged,
+        )
 
 
 class CachingResolver(AbstractResolver):
@@ -197,17 +199,23 @@ class CachingResolver(AbstractResolver):
                     result = await self._query_hedged(host, key[1])
             except ares.DNSError as exc:
                 errno = exc.args[0] if exc.args else None
-                status, reason, cached = _ARES_ERRORS.get(errno, ("dns_error", _one_line_reason(exc), False))
+                status, reason, cached = _ARES_ERRORS.get(
+                    errno, (DownloadStatus.DNS_ERROR, _one_line_reason(exc), False)
+                )
                 return self._remember(key, DnsLookupError(host, status, reason), self.negative_ttl if cached else 0)
             except TimeoutError:
-                return self._remember(key, DnsLookupError(host, "dns_timeout", _ARES_ERRORS[ares.ARES_ETIMEOUT][1]), 0)
+                return self._remember(
+                    key, DnsLookupError(host, DownloadStatus.DNS_TIMEOUT, _ARES_ERRORS[ares.ARES_ETIMEOUT][1]), 0
+                )
             finally:
                 self._running -= 1
                 self.stats.seconds += time.monotonic() - started
         answers = [(node.addr[0].decode(), node.family) for node in result.nodes]
         if not answers:
             return self._remember(
-                key, DnsLookupError(host, "dns_error", _ARES_ERRORS[ares.ARES_ENODATA][1]), self.negative_ttl
+                key,
+                DnsLookupError(host, DownloadStatus.DNS_ERROR, _ARES_ERRORS[ares.ARES_ENODATA][1]),
+                self.negative_ttl,
             )
         ttl = min((node.ttl for node in result.nodes), default=0)
         return self._remember(key, answers, min(max(ttl, self.min_ttl), self.max_ttl))

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp.helpers import is_ip_address
 from yarl import URL
 
+from cah_resources.contract import DownloadStatus, OptOutSignal, ShardStats, http_status_failure
 from cah_resources.errors import one_line
 from cah_resources.image_shards.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
 from cah_resources.image_shards.body_reader import REQUEST_OPTIONS, body_budget, read_body
@@ -136,7 +137,7 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
     chain = _cause_chain(exc)
     blocked = next((e for e in chain if isinstance(e, BlockedAddressError)), None)
     if blocked is not None:
-        return Fetched("blocked_address", error_message=str(blocked), final_url=url)
+        return Fetched(DownloadStatus.BLOCKED_ADDRESS, error_message=str(blocked), final_url=url)
     unresolved = next((e for e in chain if isinstance(e, DnsLookupError)), None)
     if unresolved is not None:
         # A timeout may pass on a second try (fetch allows one); NXDOMAIN, SERVFAIL and the like are answers.
@@ -144,28 +145,28 @@ def classify_exception(exc: BaseException, url: str) -> Fetched:
             unresolved.status,
             error_message=str(unresolved),
             final_url=url,
-            transient=unresolved.status == "dns_timeout",
+            transient=unresolved.status == DownloadStatus.DNS_TIMEOUT,
         )
     if isinstance(exc, TimeoutError):
-        return Fetched("timeout", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.TIMEOUT, error_message=one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, UnicodeError)):
-        return Fetched("invalid_url", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.INVALID_URL, error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Fetched("dns_error", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.DNS_ERROR, error_message=one_line(exc), final_url=url)
     if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError)):
-        return Fetched("tls_error", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.TLS_ERROR, error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return Fetched("connection_error", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.CONNECTION_ERROR, error_message=one_line(exc), final_url=url)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return Fetched("truncated", error_message=one_line(exc), final_url=url, transient=True)
+        return Fetched(DownloadStatus.TRUNCATED, error_message=one_line(exc), final_url=url, transient=True)
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
-        return Fetched("connection_error", error_message=one_line(exc), final_url=url, transient=True)
+        return Fetched(DownloadStatus.CONNECTION_ERROR, error_message=one_line(exc), final_url=url, transient=True)
     if isinstance(exc, aiohttp.ClientResponseError):
         # A response that does not parse; aiohttp has closed its connection. On a reused connection
         # it is often the tail of the previous response, sent past its Content-Length: a retry goes
         # out on a fresh connection and gets the URL's own answer.
-        return Fetched("bad_response", error_message=one_line(exc), final_url=url, transient=True)
-    return Fetched("error", error_message=one_line(exc), final_url=url)
+        return Fetched(DownloadStatus.BAD_RESPONSE, error_message=one_line(exc), final_url=url, transient=True)
+    return Fetched(DownloadStatus.ERROR, error_message=one_line(exc), final_url=url)
 
 
 class _Slots:
@@ -276,23 +277,25 @@ class Downloader:
             self._session = None
         self.opt_outs = None
 
-    def dns_totals(self) -> dict[str, object]:
+    def dns_totals(self) -> ShardStats:
         """What this downloader's lookups cost so far (see DnsStats)."""
         return self.dns.stats.as_totals()
 
-    def opt_out_totals(self) -> dict[str, object]:
+    def opt_out_totals(self) -> ShardStats:
         """Site files requested so far (robots.txt, tdmrep.json) and the opt-out signals honoured."""
         s = self.settings
         honoured = [
             name
             for name, on in (
-                ("robots_noai", s.honour_robots_noai),
-                ("robots_txt", s.honour_robots_txt),
-                ("tdmrep", s.honour_tdmrep),
+                (OptOutSignal.ROBOTS_NOAI, s.honour_robots_noai),
+                (OptOutSignal.ROBOTS_TXT, s.honour_robots_txt),
+                (OptOutSignal.TDMREP, s.honour_tdmrep),
             )
             if on
         ]
-        return {"opt_out_signals": honoured, **(self.opt_outs.totals() if self.opt_outs is not None else {})}
+        totals = self.opt_outs.totals() if self.opt_outs is not None else ShardStats()
+        totals.opt_out_signals = [str(name) for name in honoured]
+        return totals
 
     async def fetch_site_file(self, url: URL) -> tuple[str, int | None, bytes | None]:
         """One attempt at a host's own file (robots.txt, tdmrep.json): (status, HTTP status, first bytes).
@@ -387,11 +390,13 @@ class Downloader:
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
-            return Fetched("invalid_url", error_message=one_line(exc), final_url=url)
+            return Fetched(DownloadStatus.INVALID_URL, error_message=one_line(exc), final_url=url)
         visited: set[str] = set()
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.raw_host:
-                return Fetched("invalid_url", error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url)
+                return Fetched(
+                    DownloadStatus.INVALID_URL, error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url
+                )
             if visited and not site_file and self.opt_outs is not None:
                 refusal = await self._hop_refusal(current, deadline)  # the target host's rules too
                 if refusal is not None:
@@ -403,7 +408,7 @@ class Downloader:
                     location = response.headers.get("Location")
                     if not location:
                         return Fetched(
-                            f"http_{response.status}",
+                            http_status_failure(response.status),
                             http_status=response.status,
                             error_message="redirect without a Location header",
                             final_url=str(current),
@@ -412,14 +417,14 @@ class Downloader:
                         current = current.join(URL(location))
                     except (ValueError, TypeError) as exc:
                         return Fetched(
-                            "invalid_url",
+                            DownloadStatus.INVALID_URL,
                             http_status=response.status,
                             final_url=str(current),
                             error_message=f"redirect to an unusable Location: {one_line(exc)}",
                         )
                     if str(current) in visited:
                         return Fetched(
-                            "redirect_loop",
+                            DownloadStatus.REDIRECT_LOOP,
                             http_status=response.status,
                             error_message=f"redirects back to {str(current)[:200]}",
                             final_url=str(current),
@@ -427,7 +432,9 @@ class Downloader:
                     continue
                 return await self._read(response, str(current), site_file)
         return Fetched(
-            "too_many_redirects", error_message=f"more than {s.max_redirects} redirects", final_url=str(current)
+            DownloadStatus.TOO_MANY_REDIRECTS,
+            error_message=f"more than {s.max_redirects} redirects",
+            final_url=str(current),
         )
 
     async def _hop_refusal(self, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
@@ -443,7 +450,7 @@ class Downloader:
         code = response.status
         if site_file:  # read whatever the answer (capped): a connection read to its end is reused
             body = await read_body(response, s.robots_max_bytes, head_only=True)
-            status = body.status if 200 <= code < 300 else f"http_{code}"
+            status = body.status if 200 <= code < 300 else http_status_failure(code)
             return Fetched(status, body=body.data, http_status=code, error_message=body.message, final_url=url)
         if code == 429 or code >= 500:
             wait = parse_retry_after(response.headers.get("Retry-After"))
@@ -452,7 +459,7 @@ class Downloader:
             if too_long:
                 message += f"; Retry-After {wait:g} s is over the {s.max_retry_after:g} s limit"
             return Fetched(
-                f"http_{code}",
+                http_status_failure(code),
                 http_status=code,
                 error_message=message,
                 final_url=url,
@@ -461,7 +468,7 @@ class Downloader:
             )
         if not 200 <= code < 300:
             return Fetched(
-                f"http_{code}",
+                http_status_failure(code),
                 http_status=code,
                 error_message=f"HTTP {code} {response.reason or ''}".strip(),
                 final_url=url,
@@ -472,12 +479,15 @@ class Downloader:
             )
             if refusal is not None:
                 return Fetched(
-                    "robots_noai", http_status=code, error_message=f"X-Robots-Tag: {refusal}"[:300], final_url=url
+                    DownloadStatus.ROBOTS_NOAI,
+                    http_status=code,
+                    error_message=f"X-Robots-Tag: {refusal}"[:300],
+                    final_url=url,
                 )
         if s.honour_tdmrep and tdm_header_reserved(response.headers.getall("tdm-reservation", [])):
             # The body is never read, so its bytes are never held, let alone written.
             policy = response.headers.get("tdm-policy")
             message = "tdm-reservation: 1" + (f", tdm-policy: {policy}" if policy else "")
-            return Fetched("tdm_reserved", http_status=code, error_message=message[:300], final_url=url)
+            return Fetched(DownloadStatus.TDM_RESERVED, http_status=code, error_message=message[:300], final_url=url)
         body = await read_body(response, s.max_body_bytes)
         return Fetched(body.status, body=body.data, http_status=code, error_message=body.message, final_url=url)

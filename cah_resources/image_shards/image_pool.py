@@ -20,6 +20,7 @@ from typing import Any
 
 from cah_resources.fleet.lifetime import exit_with_parent
 from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, process_image
+from cah_resources.vocabulary import DownloadStatus
 
 # Image workers yield the CPU to the event loops that start downloads: those wait on latency,
 # the image work only on throughput, which a lower priority does not take away.
@@ -147,11 +148,14 @@ class ImageWorkers:
                 explained = self._retire(pool)
                 if token in self._timed_out:
                     return ImageOutcome(
-                        "decode_timeout", f"took more than {settings.max_decode_cpu_seconds} CPU seconds to decode"
+                        DownloadStatus.DECODE_TIMEOUT,
+                        f"took more than {settings.max_decode_cpu_seconds} CPU seconds to decode",
                     )
                 crashes += not explained
                 if crashes == 2:
-                    return ImageOutcome("decoder_crashed", "the image worker died twice while decoding this image")
+                    return ImageOutcome(
+                        DownloadStatus.DECODER_CRASHED, "the image worker died twice while decoding this image"
+                    )
 
     def shutdown(self) -> None:
         with self._lock:

@@ -13,23 +13,24 @@ from dataclasses import dataclass, field
 from protego import Protego
 from yarl import URL
 
+from cah_resources.contract import DownloadStatus, ShardStats
+
 ROBOTS_PATH = "/robots.txt"
 TDMREP_PATH = "/.well-known/tdmrep.json"
 # RFC 9309 2.5: a crawler must parse at least the first 500 KiB; Google stops there too.
 SITE_FILE_MAX_BYTES = 500 * 1024
-# Every status that means "the owner (or a list) said no": the report's "opted out and blocked" rows.
-OPT_OUT_STATUSES = (
-    "robots_noai",  # X-Robots-Tag noai / noimageai on the image response
-    "robots_disallowed",  # robots.txt disallows the image's path for our token (or *)
-    "robots_unreachable",  # robots.txt answered 5xx or 429: RFC 9309 disallows the whole host meanwhile
-    "tdm_reserved",  # TDMRep: tdm-reservation: 1 on the image response, or tdmrep.json for its path
-    "blocklisted_url",  # a candidates drop reason: the URL's hash is on a blocklist
-    "blocklisted_image",  # the downloaded bytes' hash is on a blocklist
-)
 # robots.txt fetch outcomes where no request reached a server that answered: the host cannot be
 # reached, so RFC 9309's "unreachable" (disallow) applies, and the image keeps that network status.
 NETWORK_FAILURES = frozenset(
-    {"timeout", "connection_error", "tls_error", "truncated", "bad_response", "error", "dns_timeout"}
+    {
+        DownloadStatus.TIMEOUT,
+        DownloadStatus.CONNECTION_ERROR,
+        DownloadStatus.TLS_ERROR,
+        DownloadStatus.TRUNCATED,
+        DownloadStatus.BAD_RESPONSE,
+        DownloadStatus.ERROR,
+        DownloadStatus.DNS_TIMEOUT,
+    }
 )
 # Every other outcome leaves robots.txt "unavailable" (RFC 9309 2.3.1.3: crawl freely): a 4xx, more
 # than max_redirects redirects, a redirect to a refused address, a name that does not exist (the
@@ -116,15 +117,15 @@ class OptOuts:
         self.unreachable_seconds = unreachable_seconds
         self._rules: dict[str, HostRules] = {}
         self._in_flight: dict[str, asyncio.Task] = {}
-        self.requests: Counter[str] = Counter()  # robots_txt / tdmrep_json requests sent
+        self.requests: Counter[str] = Counter()  # requests sent per site file path (robots.txt, tdmrep.json)
 
-    def totals(self) -> dict[str, int]:
-        """Flat facts for a shard's stats and marker."""
-        return {
-            "robots_txt_requests": self.requests["robots_txt"],
-            "tdmrep_requests": self.requests["tdmrep_json"],
-            "opt_out_origins": len(self._rules),
-        }
+    def totals(self) -> ShardStats:
+        """What judging hosts cost a shard: site files requested, origins judged."""
+        return ShardStats(
+            robots_txt_requests=self.requests[ROBOTS_PATH],
+            tdmrep_requests=self.requests[TDMREP_PATH],
+            opt_out_origins=len(self._rules),
+        )
 
     async def refusal(self, url: str | URL) -> Refusal | None:
         """Why ``url`` must not be requested, or None; URLs that do not parse are left to the fetch to report."""
@@ -151,36 +152,42 @@ class OptOuts:
             return Refusal(status, f"{origin}{ROBOTS_PATH} unreachable ({why}): RFC 9309 disallows the host"[:300])
         if rules.robots is not None and not rules.robots.can_fetch(str(url), self.token):
             return Refusal(
-                "robots_disallowed", f"{origin}{ROBOTS_PATH} disallows {url.raw_path_qs} for {self.token!r}"[:300]
+                DownloadStatus.ROBOTS_DISALLOWED,
+                f"{origin}{ROBOTS_PATH} disallows {url.raw_path_qs} for {self.token!r}"[:300],
             )
         path = url.raw_path_qs
         for rule in rules.tdm:
             if rule.pattern.match(path):
                 if rule.reserved:
                     policy = f", policy {rule.policy}" if rule.policy else ""
-                    return Refusal("tdm_reserved", f"{origin}{TDMREP_PATH} reserves {rule.location}{policy}"[:300])
+                    return Refusal(
+                        DownloadStatus.TDM_RESERVED, f"{origin}{TDMREP_PATH} reserves {rule.location}{policy}"[:300]
+                    )
                 break  # the first matching entry decides
         return None
 
     async def _load(self, origin: str, site: URL) -> HostRules:
         # One after the other: tdmrep.json, then the image, reuse robots.txt's connection (one
         # connection per host instead of three costs more CPU than the round trip it saves).
-        robots_answer = await self._site_file(site.with_path(ROBOTS_PATH), "robots_txt") if self.robots else None
+        robots_answer = await self._site_file(site.with_path(ROBOTS_PATH), ROBOTS_PATH) if self.robots else None
         tdm_answer = None
         if self.tdmrep and not (robots_answer is not None and robots_answer[0] in NETWORK_FAILURES):
-            tdm_answer = await self._site_file(site.with_path(TDMREP_PATH), "tdmrep_json")
+            tdm_answer = await self._site_file(site.with_path(TDMREP_PATH), TDMREP_PATH)
         rules = HostRules()
         if robots_answer is not None:
             status, code, body = robots_answer
-            if status == "fetched":  # site files: fetched only on 2xx (Downloader._read)
+            if status == DownloadStatus.FETCHED:  # site files: fetched only on 2xx (Downloader._read)
                 rules.robots = Protego.parse(body.decode("utf-8", errors="replace"))
             elif status in NETWORK_FAILURES or (code is not None and (code == 429 or code >= 500)):
-                rules.unreachable = ("robots_unreachable" if code else status, f"HTTP {code}" if code else status)
+                rules.unreachable = (
+                    DownloadStatus.ROBOTS_UNREACHABLE if code else status,
+                    f"HTTP {code}" if code else status,
+                )
                 rules.expires = time.monotonic() + self.unreachable_seconds
             # else 4xx, or a redirect or address problem: unavailable, everything allowed
         if tdm_answer is not None:
             status, code, body = tdm_answer
-            if status == "fetched":  # site files: fetched only on 2xx (Downloader._read)
+            if status == DownloadStatus.FETCHED:  # site files: fetched only on 2xx (Downloader._read)
                 rules.tdm = parse_tdmrep(body.decode("utf-8", errors="replace"))
         self._rules[origin] = rules
         return rules

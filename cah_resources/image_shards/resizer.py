@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cah_resources.vocabulary import DownloadStatus
+
 EXIF_ORIENTATION = 0x0112
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
@@ -72,7 +74,7 @@ class ImageOutcome:
 def check_body_size(body: bytes, settings: ResizeSettings) -> ImageOutcome | None:
     """The cheap check done before a body is shipped to a worker process."""
     if len(body) < settings.min_bytes:
-        return ImageOutcome("too_small", f"{len(body)} bytes, fewer than the minimum {settings.min_bytes}")
+        return ImageOutcome(DownloadStatus.TOO_SMALL, f"{len(body)} bytes, fewer than the minimum {settings.min_bytes}")
     return None
 
 
@@ -91,7 +93,7 @@ def _open(body: bytes, settings: ResizeSettings) -> Image.Image | ImageOutcome:
     try:
         return Image.open(io.BytesIO(body), formats=settings.allowed_formats)
     except Image.DecompressionBombError as exc:
-        return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
+        return ImageOutcome(DownloadStatus.TOO_MANY_PIXELS, str(exc).split(".")[0])
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         pass
     try:
@@ -100,23 +102,29 @@ def _open(body: bytes, settings: ResizeSettings) -> Image.Image | ImageOutcome:
     except Exception:
         other = "SVG" if b"<svg" in body[:4096].lower() else None
     if other is not None:
-        return ImageOutcome("format_not_allowed", f"{other} is not one of {', '.join(settings.allowed_formats)}")
+        return ImageOutcome(
+            DownloadStatus.FORMAT_NOT_ALLOWED, f"{other} is not one of {', '.join(settings.allowed_formats)}"
+        )
     claimed = sniff_format(body)
     if claimed is not None:
-        return ImageOutcome("corrupt_image", f"starts like {claimed} but its header cannot be read")
-    return ImageOutcome("not_an_image", "bytes are not a recognisable image")
+        return ImageOutcome(DownloadStatus.CORRUPT_IMAGE, f"starts like {claimed} but its header cannot be read")
+    return ImageOutcome(DownloadStatus.NOT_AN_IMAGE, "bytes are not a recognisable image")
 
 
 def _shape_refusal(width: int, height: int, settings: ResizeSettings) -> ImageOutcome | None:
     if width * height > settings.max_pixels:
         return ImageOutcome(
-            "too_many_pixels", f"{width}x{height} exceeds {settings.max_pixels} pixels (decompression bomb guard)"
+            DownloadStatus.TOO_MANY_PIXELS,
+            f"{width}x{height} exceeds {settings.max_pixels} pixels (decompression bomb guard)",
         )
     if min(width, height) < max(settings.min_side, 1):
-        return ImageOutcome("image_too_small", f"{width}x{height} has a side under {settings.min_side} pixels")
+        return ImageOutcome(
+            DownloadStatus.IMAGE_TOO_SMALL, f"{width}x{height} has a side under {settings.min_side} pixels"
+        )
     if settings.max_aspect_ratio and max(width, height) / min(width, height) > settings.max_aspect_ratio:
         return ImageOutcome(
-            "aspect_ratio_too_large", f"{width}x{height} is more elongated than {settings.max_aspect_ratio}:1"
+            DownloadStatus.ASPECT_RATIO_TOO_LARGE,
+            f"{width}x{height} is more elongated than {settings.max_aspect_ratio}:1",
         )
     return None
 
@@ -133,7 +141,8 @@ def _scan_refusal(body: bytes, img: Image.Image, settings: ResizeSettings) -> Im
     if scans * img.width * img.height <= settings.max_scan_pixels:
         return None
     return ImageOutcome(
-        "too_costly", f"{scans} scans of {img.width}x{img.height} exceed {settings.max_scan_pixels} scan-pixels"
+        DownloadStatus.TOO_COSTLY,
+        f"{scans} scans of {img.width}x{img.height} exceed {settings.max_scan_pixels} scan-pixels",
     )
 
 
@@ -238,12 +247,12 @@ def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
             buffer = io.BytesIO()
             out.save(buffer, "JPEG", quality=settings.encode_quality)
     except Image.DecompressionBombError as exc:
-        return ImageOutcome("too_many_pixels", str(exc).split(".")[0])
+        return ImageOutcome(DownloadStatus.TOO_MANY_PIXELS, str(exc).split(".")[0])
     except Exception as exc:  # any decoder failure on hostile bytes is this image's problem only
         message = " ".join(str(exc).split()) or type(exc).__name__
-        return ImageOutcome("corrupt_image", f"cannot decode: {message}"[:300])
+        return ImageOutcome(DownloadStatus.CORRUPT_IMAGE, f"cannot decode: {message}"[:300])
     return ImageOutcome(
-        "ok",
+        DownloadStatus.OK,
         jpeg=buffer.getvalue(),
         width=out.width,
         height=out.height,

@@ -8,12 +8,21 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 import pyarrow as pa
 
-from cah_resources.contract import COUNT, DOWNLOAD_FIELDS, MARKER, SUCCESSES, shard_name, shard_paths, shard_row_schema
+from cah_resources.contract import (
+    DOWNLOAD_FIELDS,
+    MARKER,
+    DownloadStatus,
+    ShardStats,
+    shard_name,
+    shard_paths,
+    shard_row_schema,
+)
 from cah_resources.storage import DataRoot
 
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
@@ -143,7 +152,7 @@ class ShardWriter:
         """Record row ``row`` (0-based within the shard); ``jpeg`` only for status 'ok'."""
         if self._records[row] is not None:
             raise ValueError(f"row {row} of shard {self.shard} was recorded twice")
-        ok = outcome.get("status") == "ok"
+        ok = outcome.get("status") == DownloadStatus.OK
         if ok and jpeg is None:
             raise ValueError(f"row {row} of shard {self.shard} is 'ok' but has no image")
         record = dict(candidate)
@@ -161,10 +170,10 @@ class ShardWriter:
                 },
             )
 
-    def close(self, **extra: Any) -> dict[str, Any]:
+    def close(self, stats: ShardStats) -> dict[str, Any]:
         """Publish tar, parquet, stats and marker (in that order); returns the marker's content.
 
-        ``extra`` facts (the rows' range, network totals) are added to the stats and the marker.
+        ``stats`` (the rows' range, network totals) gets the shard's own counts, sizes and times.
         """
         missing = [i for i, r in enumerate(self._records) if r is None]
         if missing:
@@ -173,22 +182,22 @@ class ShardWriter:
         table = pa.Table.from_pylist(self._records, schema=self.schema)
         self.root.write_parquet(self.paths["parquet"], table)
         counts = Counter(r["status"] for r in self._records)
-        ok_records = [r for r in self._records if r["status"] == "ok"]
+        ok_records = [r for r in self._records if r["status"] == DownloadStatus.OK]
         finished = time.time()
-        stats = {
-            "shard": self.shard,
-            COUNT: self.rows,
-            SUCCESSES: counts.get("ok", 0),
-            "failed": self.rows - counts.get("ok", 0),
-            "status_counts": dict(sorted(counts.items())),
-            "bytes_ok_images": sum(r["bytes"] or 0 for r in ok_records),
-            "bytes_written": self.root.fs.size(self.paths["tar"]) + self.root.fs.size(self.paths["parquet"]),
-            "image_bytes_written": self._tar_bytes,
-            "start_time": self._started,
-            "end_time": finished,
-            "duration": finished - self._started,
-            **extra,
-        }
-        self.root.write_json(self.paths["stats"], stats)
-        self.root.write_json(self.paths["done"], stats)
-        return stats
+        written = replace(
+            stats,
+            shard=self.shard,
+            count=self.rows,
+            successes=counts[DownloadStatus.OK],
+            failed=self.rows - counts[DownloadStatus.OK],
+            status_counts=counts,
+            bytes_ok_images=sum(r["bytes"] or 0 for r in ok_records),
+            bytes_written=self.root.fs.size(self.paths["tar"]) + self.root.fs.size(self.paths["parquet"]),
+            image_bytes_written=self._tar_bytes,
+            start_time=self._started,
+            end_time=finished,
+            task_seconds=finished - self._started,  # the writer lives as long as the shard's task
+        ).to_dict()
+        self.root.write_json(self.paths["stats"], written)
+        self.root.write_json(self.paths["done"], written)
+        return written

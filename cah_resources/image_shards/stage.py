@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -14,9 +13,9 @@ import pyarrow.parquet as pq
 
 from cah_resources.blocklists import blocklist
 from cah_resources.contract import (
-    COUNT,
     IMAGE_SHARDS,
-    SUCCESSES,
+    DownloadStatus,
+    ShardStats,
     candidates_path,
     finished_shards,
     shard_paths,
@@ -275,11 +274,10 @@ class BodyClaim:
 
 async def _download_rows(
     rows: list[dict], settings: ShardSettings, writer: ShardWriter, workers: ImageWorkers, progress: UnitProgress
-) -> dict:
-    totals = {"bytes_fetched": 0, "image_warnings": 0}
+) -> ShardStats:
     backlog = BodyBacklog(settings.image_backlog_bytes)
     blocked = blocklist(settings.blocked_image_lists)
-    totals["blocklists"] = [{"kind": "image", **source} for source in blocked.sources]
+    totals = ShardStats(blocklists=[{"kind": "image", **source} for source in blocked.sources])
     async with Downloader(settings.fetch) as downloader:
 
         async def one(index: int, row: dict, claim: BodyClaim) -> None:
@@ -295,23 +293,23 @@ async def _download_rows(
                 if fetched.body is not None and len(blocked) and blocked.lists(fetched.body):
                     fetched = replace(
                         fetched,
-                        status="blocklisted_image",
+                        status=DownloadStatus.BLOCKLISTED_IMAGE,
                         body=None,
                         error_message="the image's hash is on a blocklist",
                     )
                 if fetched.body is not None:
-                    totals["bytes_fetched"] += len(fetched.body)
+                    totals.bytes_fetched += len(fetched.body)
                     claim.body_arrived(len(fetched.body))
                     image = await _check_image(fetched.body, settings, workers)
-                    totals["image_warnings"] += image.warnings
+                    totals.image_warnings += image.warnings
             writer.add(index, row, _outcome_fields(fetched, image), image.jpeg if image is not None else None)
             progress.step(image is not None)
 
         # One loop admits the rows in order, so only it ever waits for room in the backlog.
         started = [asyncio.create_task(one(i, row, await backlog.claim())) for i, row in enumerate(rows)]
         await asyncio.gather(*started)
-        totals.update(downloader.dns_totals())  # lookups, failures and time in them: a slow resolver shows
-        totals.update(downloader.opt_out_totals())  # signals honoured, robots.txt / tdmrep.json requests
+        totals += downloader.dns_totals()  # lookups, failures and time in them: a slow resolver shows
+        totals += downloader.opt_out_totals()  # signals honoured, robots.txt / tdmrep.json requests
     return totals
 
 
@@ -336,7 +334,6 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
     remove_unfinished_files(unit.root, folder, unit.shard)
     table = read_rows(unit)
     rows = table.to_pylist()
-    started = time.perf_counter()
     # The image workers are this call's own: left running, they would keep a process that embeds
     # download_shard (a multiprocessing or ProcessPoolExecutor worker) from ever exiting.
     with (
@@ -346,15 +343,15 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
             progress = UnitProgress(f"shard {unit.segment}/{unit.shard:05d}", len(rows))  # lines in the run's log
             totals = runner.run(_download_rows(rows, settings, writer, workers, progress))
-        seconds = time.perf_counter() - started
         marker = writer.close(
-            start=unit.start,
-            stop=unit.stop,
-            segment=unit.segment,
-            download_seconds=seconds,
-            image_workers=workers.kind,
-            rows_digest=rows_digest(r["uid"] for r in rows),
-            **totals,
+            replace(
+                totals,
+                start=unit.start,
+                stop=unit.stop,
+                segment=unit.segment,
+                image_workers=workers.kind,
+                rows_digest=rows_digest(r["uid"] for r in rows),
+            )
         )
     return {**marker, "skipped": False}
 
@@ -365,40 +362,14 @@ def read_segment_markers(root: DataRoot, segment: str) -> list[dict[str, Any]]:
     return [root.read_json(shard_paths(folder, int(name))["done"]) for name in finished_shards(root, folder)]
 
 
-def summarize_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over shard markers: rows attempted, images kept, statuses, bytes written, DNS lookups."""
-    statuses: Counter[str] = Counter()
-    dns_failures: Counter[str] = Counter()
-    for marker in markers:
-        statuses.update(marker["status_counts"])
-        dns_failures.update(marker.get("dns_failures", {}))  # markers written before DNS stats have none
-    count, ok = sum(m[COUNT] for m in markers), sum(m[SUCCESSES] for m in markers)
-    return {
-        "shards": len(markers),
-        COUNT: count,
-        SUCCESSES: ok,
-        "success_rate": round(ok / count, 4) if count else 0.0,
-        "status_counts": dict(statuses),
-        "bytes_written": sum(m["bytes_written"] for m in markers),
-        "dns_lookups": sum(m.get("dns_lookups", 0) for m in markers),
-        "dns_cache_hits": sum(m.get("dns_cache_hits", 0) for m in markers),
-        "dns_failures": dict(dns_failures),
-        "dns_seconds": round(sum(m.get("dns_seconds", 0.0) for m in markers), 3),
-        **honoured_opt_outs(markers),
-        "robots_txt_requests": sum(m.get("robots_txt_requests", 0) for m in markers),
-        "tdmrep_requests": sum(m.get("tdmrep_requests", 0) for m in markers),
-    }
-
-
-def honoured_opt_outs(markers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The opt-out signals every one of ``markers``' shards honoured (a shard that did not honour one
-    means the release cannot claim it), and every blocklist any of them applied, each named once."""
-    signals = [set(m.get("opt_out_signals", [])) for m in markers]
-    lists = {(b["kind"], b["source"], b["sha256"]): b for m in markers for b in m.get("blocklists", [])}
-    return {
-        "opt_out_signals": sorted(set.intersection(*signals)) if signals else [],
-        "blocklists": [lists[key] for key in sorted(lists)],
-    }
+def summarize_markers(markers: list[dict[str, Any]]) -> ShardStats:
+    """Totals over shard markers: rows attempted, images kept, statuses, bytes written, DNS lookups,
+    the opt-out signals every shard honoured (one that did not means a release cannot claim it) and
+    every blocklist any shard applied. Markers of older builds lack some stats: they count as none."""
+    total = ShardStats.total(ShardStats.from_dict(m) for m in markers)
+    if total.opt_out_signals is None:
+        total.opt_out_signals = []
+    return total
 
 
 def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -408,4 +379,4 @@ def read_sample(root: DataRoot, segment: str, limit: int = 10) -> list[dict[str,
     if not finished:
         return []
     rows = root.read_parquet(shard_paths(folder, int(finished[0]))["parquet"]).slice(0, 10 * limit).to_pylist()
-    return sorted(rows, key=lambda r: r["status"] != "ok")[:limit]
+    return sorted(rows, key=lambda r: r["status"] != DownloadStatus.OK)[:limit]
