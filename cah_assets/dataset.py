@@ -5,7 +5,15 @@ from pydantic import Field
 
 from cah_assets.metadata import rows_table
 from cah_assets.resources import ReportLinks, StorageResource
-from cah_resources.contract import CLIP_PAIRS, CRAWLS, RELEASE, STAGES, release_embeddings_folder, report_folder
+from cah_resources.contract import (
+    CLIP_PAIRS,
+    CRAWLS,
+    RELEASE,
+    STAGES,
+    ShardStats,
+    release_embeddings_folder,
+    report_folder,
+)
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import (
     build_release,
@@ -53,6 +61,7 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
             f"{crawl}: {summary.rows} pairs in {len(summary.files)} files; "
             f"{len(summary.missing_segments)} of {len(keys)} segments have no clip_pairs yet"
         )
+        honoured = ShardStats.from_dict(summary.honoured)
         crawls.append(
             {
                 "crawl": crawl,
@@ -60,8 +69,8 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
                 "shards": summary.shards,
                 "segments_pending": len(summary.missing_segments),
                 # What a publisher may state (release.json names each list with its hash).
-                "opt_outs_honoured": ", ".join(summary.honoured["opt_out_signals"]) or "none",
-                "blocklists": len(summary.honoured["blocklists"]),
+                "opt_outs_honoured": ", ".join(honoured.opt_out_signals or []) or "none",
+                "blocklists": len(honoured.blocklists),
             }
         )
         categories += [

@@ -348,7 +348,7 @@ class Downloader:
                     if refusal is not None:
                         return Fetched(refusal.status, error_message=refusal.message, final_url=url)
                 result = await self._attempt(url, host)
-            if result.status == "dns_timeout":
+            if result.status == DownloadStatus.DNS_TIMEOUT:
                 dns_timeouts += 1
                 result = replace(result, transient=dns_timeouts < 2)
             return result

@@ -98,13 +98,14 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
     if not unit.root.exists(path):
         return None
     marker = unit.root.read_json(path)
-    if (marker.get("start"), marker.get("stop")) != (unit.start, unit.stop):
+    stats = ShardStats.from_dict(marker)
+    if (stats.start, stats.stop) != (unit.start, unit.stop):
         raise ValueError(
-            f"shard {unit.shard} of {unit.segment} on disk holds rows {marker.get('start')}..{marker.get('stop')}, "
+            f"shard {unit.shard} of {unit.segment} on disk holds rows {stats.start}..{stats.stop}, "
             f"not {unit.start}..{unit.stop}: it was written with another shard_size; use that one or delete "
             f"{segment_folder(unit.root, unit.segment)}"
         )
-    if marker.get("rows_digest") != rows_digest(read_rows(unit, columns=["uid"]).column("uid").to_pylist()):
+    if stats.rows_digest != rows_digest(read_rows(unit, columns=["uid"]).column("uid").to_pylist()):
         return None
     return marker
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cah_resources.contract import COUNT, SUCCESSES
+from cah_resources.contract import COUNT, SUCCESSES, DownloadStatus
 from cah_resources.samples import sample_crawl
 
 # The sample crawl's six colours and four shapes, so the offline demo's pictures and captions are
@@ -154,7 +154,7 @@ class ShardSample:
     image: bytes | None
     category: str = "en"
     language: str = "en"
-    status: str = "ok"
+    status: str = DownloadStatus.OK
 
 
 def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]) -> list[str]:
@@ -179,7 +179,7 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
             key = f"{shard:05d}{i:05d}"
             url = f"http://127.0.0.1/{segment}/{key}.jpg"
             uid = hashlib.blake2b(f"{url}\x00{sample.text}".encode(), digest_size=16).hexdigest()
-            ok = sample.status == "ok"
+            ok = sample.status == DownloadStatus.OK
             width = height = None
             if ok and sample.image is not None:
                 try:
@@ -219,7 +219,7 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
     paths = shard_paths(stage_folder(root, IMAGE_SHARDS, segment), shard)
     root.write_bytes(paths["tar"], tar_bytes.getvalue())
     root.write_parquet(paths["parquet"], pa.Table.from_pylist(rows, schema=shard_row_schema()))
-    ok_count = sum(r["status"] == "ok" for r in rows)
+    ok_count = sum(r["status"] == DownloadStatus.OK for r in rows)
     root.write_json(paths["stats"], {COUNT: len(rows), SUCCESSES: ok_count})
     root.write_json(paths["done"], {COUNT: len(rows), SUCCESSES: ok_count})
     return [r["key"] for r in rows]
