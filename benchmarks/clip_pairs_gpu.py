@@ -53,7 +53,7 @@ from cah_resources.clip_pairs.clip_scorer import (
 )
 from cah_resources.clip_pairs.settings import SCORING_DEFAULTS, ClipModelSpec, ScoringSettings
 from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, score_image_shard
-from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, finished_shards, stage_folder
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, ClipStats, finished_shards, stage_folder
 from cah_resources.image_shards.resizer import ResizeSettings, process_image
 from cah_resources.samples.local_web import WEB_IMAGE_SIZES, photo_like
 from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
@@ -649,22 +649,22 @@ def worker_part(
             future = client.submit(score_image_shard, unit, settings_for(), resources=resources, pure=False)
             summary = future.result(timeout=args.worker_timeout)
             future.release()
-            scored = sum(summary["scored"].values())
+            stats = ClipStats.from_dict(summary)
             result.update(
                 status="done",
-                scored_by=summary["worker"],
-                device=summary["device"],
-                precision=summary["precision"],
-                rows=summary["pairs"],
-                scored=scored,
-                every_row_scored=scored == summary["pairs"] > 0,
-                images_per_s=summary["pairs_per_s"],
+                scored_by=stats.worker,
+                device=stats.device,
+                precision=stats.precision,
+                rows=stats.pairs,
+                scored=stats.pairs_scored,
+                every_row_scored=stats.pairs_scored == stats.pairs > 0,
+                images_per_s=stats.shard_pairs_per_s,
                 seconds_to_result=round(time.perf_counter() - started, 1),
             )
             say(
-                f"worker: {result['command']} joined in {result['joined_s']}s; {summary['worker']} scored "
-                f"{scored}/{summary['pairs']} rows on {summary['device']} "
-                f"({summary['pairs_per_s']} images/s in the shard)"
+                f"worker: {result['command']} joined in {result['joined_s']}s; {stats.worker} scored "
+                f"{stats.pairs_scored}/{stats.pairs} rows on {stats.device} "
+                f"({stats.shard_pairs_per_s} images/s in the shard)"
             )
         finally:
             # The worker's nannies stop on SIGTERM (serve_workers); its session group is ours alone.

@@ -342,7 +342,10 @@ class _ShardScorer:
             return (lo, hi, *loaded.embed(_rows_of(parts, lo, hi, loaded.device), tokens[lo:hi]))
 
         def alone(position: int, error: BaseException) -> None:
-            self.status[rows[position]], self.error[rows[position]] = ClipStatus.IMAGE_TOO_LARGE, one_line(error, _ERROR_CHARS)
+            self.status[rows[position]], self.error[rows[position]] = (
+                ClipStatus.IMAGE_TOO_LARGE,
+                one_line(error, _ERROR_CHARS),
+            )
 
         done = [
             part
