@@ -29,7 +29,7 @@ def read_crawl_list(location: str, timeout_s: float = 30.0) -> list[str]:
     options = (
         {
             "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
-            "client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+            "client_kwargs": dict(timeout=aiohttp.ClientTimeout(total=timeout_s)),
             "block_size": 0,  # one streamed GET, no HEAD or range requests
         }
         if web
