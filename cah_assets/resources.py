@@ -179,6 +179,7 @@ class ClipScorer(dg.ConfigurableResource):
     decode_workers: int = SCORING_DEFAULTS.decode_workers
     prefetch_batches: int = SCORING_DEFAULTS.prefetch_batches
     decode: str = SCORING_DEFAULTS.decode
+    tokenizer: str = SCORING_DEFAULTS.tokenizer
     write_embeddings: bool = SCORING_DEFAULTS.write_embeddings
 
     def settings(self) -> ScoringSettings:
@@ -195,6 +196,7 @@ class ClipScorer(dg.ConfigurableResource):
             decode_workers=self.decode_workers,
             prefetch_batches=self.prefetch_batches,
             decode=self.decode,
+            tokenizer=self.tokenizer,
             write_embeddings=self.write_embeddings,
         )
 

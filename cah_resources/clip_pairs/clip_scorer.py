@@ -410,17 +410,25 @@ def watermark_scores(image_emb: torch.Tensor, watermark_emb: torch.Tensor, clean
     return probs[:, : len(watermark_emb)].sum(dim=-1).cpu().numpy().astype(np.float32)
 
 
-def load_clip(spec: ClipModelSpec, device: str = "auto", precision: str = "auto") -> LoadedClip:
-    """The model for ``spec`` on this process, loaded on first use and kept for every later batch."""
+def load_clip(
+    spec: ClipModelSpec, device: str = "auto", precision: str = "auto", tokenizer: str = "rust"
+) -> LoadedClip:
+    """The model for ``spec`` on this process, loaded on first use and kept for every later batch.
+
+    ``tokenizer`` is one of ``settings.TOKENIZERS``: 'rust' puts the Rust twin of CLIP's BPE in place of
+    open_clip's Python one where the model uses that BPE.
+    """
     from cah_resources.fleet.gpu_worker import warm_model
 
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    return warm_model(("clip", spec, device, precision), lambda: _load(spec, device, precision))
+    return warm_model(("clip", spec, device, precision, tokenizer), lambda: _load(spec, device, precision, tokenizer))
 
 
-def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
+def _load(spec: ClipModelSpec, device: str, precision: str, tokenizer_kind: str = "rust") -> LoadedClip:
     import open_clip
+
+    from cah_resources.clip_pairs.clip_tokenizer import rust_twin
 
     if spec.config:
         open_clip.add_model_config(spec.config)
@@ -429,6 +437,8 @@ def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
             spec.model, pretrained=spec.pretrained or None, device=device, precision=precision
         )
         tokenizer = open_clip.get_tokenizer(spec.model)
+        if tokenizer_kind == "rust":
+            tokenizer = rust_twin(tokenizer)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
@@ -444,7 +454,7 @@ def _load(spec: ClipModelSpec, device: str, precision: str) -> LoadedClip:
             encode_text(model, trim_padding(tokenizer(list(texts)), padding_id(tokenizer)).to(device)).float(), dim=-1
         )
 
-    log.info("loaded CLIP %s on %s (%s)", spec.label, device, precision)
+    log.info("loaded CLIP %s on %s (%s, tokenizer %s)", spec.label, device, precision, type(tokenizer).__name__)
     return LoadedClip(
         spec=spec,
         model=model,

@@ -11,6 +11,10 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # How images are decoded: 'pil' on CPU threads, 'torch' with torchvision on the model's device
 # (nvJPEG on CUDA), 'auto' torch on CUDA and PIL elsewhere.
 DECODERS = ("auto", "pil", "torch")
+# Who tokenizes captions for models with CLIP's own BPE: 'rust' the ``tokenizers`` twin (same ids as
+# open_clip's, checked on tests/data/clip_captions.json; it does not hold the interpreter lock),
+# 'open_clip' open_clip's Python one. Models with a Hugging Face tokenizer keep theirs (already Rust).
+TOKENIZERS = ("rust", "open_clip")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class ScoringSettings:
     decode_workers: int = 4
     prefetch_batches: int = 2
     decode: str = "auto"
+    tokenizer: str = "rust"
     write_embeddings: bool = False
 
     def __post_init__(self) -> None:
@@ -63,6 +68,8 @@ class ScoringSettings:
             raise ValueError(f"clip precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.decode not in DECODERS:
             raise ValueError(f"clip decode must be one of {DECODERS}, not {self.decode!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"clip tokenizer must be one of {TOKENIZERS}, not {self.tokenizer!r}")
         if self.batch_size < 1 or self.decode_workers < 1 or self.prefetch_batches < 0:
             raise ValueError("clip batch_size and decode_workers must be >= 1, prefetch_batches >= 0")
 

@@ -211,7 +211,7 @@ class _ShardScorer:
                 self.status[row] = ClipStatus.UNKNOWN_CATEGORY
                 self.error[row] = f"no CLIP model is configured for category {category!r}"
         for spec in {settings.models[c] for c in set(self.categories) if c in settings.models}:
-            self.models[spec] = load_clip(spec, settings.device, settings.precision)
+            self.models[spec] = load_clip(spec, settings.device, settings.precision, settings.tokenizer)
 
     def spec_of(self, row: int) -> ClipModelSpec | None:
         return self.settings.models.get(self.categories[row])
