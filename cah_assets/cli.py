@@ -425,7 +425,17 @@ def fleet_status_command(**settings) -> None:
 @cah.command()
 @click.option("--scheduler", required=True, help="Scheduler address, e.g. tls://203.0.113.7:8786.")
 @click.option(
-    "--gpu", is_flag=True, default=WORKER_DEFAULTS.gpu, help="Serve GPU work: one worker per CUDA device with GPU=1."
+    "--gpu",
+    is_flag=True,
+    default=WORKER_DEFAULTS.gpu,
+    help="Serve GPU work: --processes-per-gpu worker processes per CUDA device, GPU=1 each.",
+)
+@click.option(
+    "--processes-per-gpu",
+    default=WORKER_DEFAULTS.processes_per_gpu,
+    show_default=True,
+    type=int,
+    help="With --gpu: worker processes per device, each with its own models (fewer where memory is short).",
 )
 @click.option(
     "--nworkers",
@@ -447,7 +457,7 @@ def fleet_status_command(**settings) -> None:
     default=WORKER_DEFAULTS.min_free_gb,
     show_default=True,
     type=float,
-    help="Free GPU memory a device needs.",
+    help="Free GPU memory a device needs per worker process.",
 )
 @click.option(
     "--tls-ca-file", default=WORKER_DEFAULTS.tls_ca_file, help="The cluster CA certificate (or $CAH_TLS_CA_FILE)."

@@ -85,6 +85,29 @@ def cah_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: st
 
 
 @contextmanager
+def gpu_executor(address: str, name: str, logs: Path, processes_per_gpu: int, gib_free: float = 80.0):
+    """`cah worker --gpu` (``run_worker``) serving one stand-in CUDA device, for machines without one.
+
+    Everything after the CUDA probe is the command's own: per-device process counts, Nanny options,
+    the workers joining ``address``. Yields the process; its log says what it started.
+    """
+    code = (
+        "import sys\n"
+        "from cah_resources.fleet.cuda_devices import GpuDevice\n"
+        "from cah_resources.fleet.gpu_worker import run_worker\n"
+        "from cah_resources.fleet.settings import GIB, WorkerSettings\n"
+        f"settings = WorkerSettings(scheduler={address!r}, gpu=True, name={name!r}, "
+        f"processes_per_gpu={processes_per_gpu}, memory_limit='1GB')\n"
+        f"sys.exit(run_worker(settings, [GpuDevice(0, 'stand-in', int({gib_free} * GIB), int({gib_free} * GIB))]))\n"
+    )
+    proc = _start([sys.executable, "-c", code], logs / f"gpu-executor-{name}.log")
+    try:
+        yield proc
+    finally:
+        stop_process_group(proc)
+
+
+@contextmanager
 def dask_worker(address: str, name: str, tls: Path | None, logs: Path, *extra: str) -> Iterator[subprocess.Popen]:
     """A plain `dask worker` process (with its nanny), e.g. advertising ``--resources GPU=1``."""
     args = [str(BIN / "dask"), "worker", address, "--name", name, "--nthreads", "1", "--no-dashboard", *extra]

@@ -75,7 +75,7 @@ def test_a_rematerialized_segment_scores_nothing_again_and_reports_the_same_tota
 
 
 def test_shards_run_on_the_worker_advertising_a_gpu_when_there_is_one(data):
-    result = materialize(data, ComputeResource(n_workers=2, processes=False, local_gpus=1))
+    result = materialize(data, ComputeResource(n_workers=2, processes=False, local_gpus=1, processes_per_gpu=1))
 
     assert result.success
     assert {s["worker"] for s in shard_summaries(data, SEGMENT)} == {"gpu-0"}

@@ -11,21 +11,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-from distributed import get_worker
+from dask_peers import gpu_executor, scheduler, wait_for_worker_names
+from distributed import Client, get_worker
 from distributed.system import MEMORY_LIMIT
 
 from cah_assets.cli import main as cah_main
 from cah_assets.resources import ComputeResource
 from cah_resources.fleet.compute import ClusterUnavailable, worker_resources
-from cah_resources.fleet.gpu_worker import (
-    GIB,
+from cah_resources.fleet.cuda_devices import (
     GpuDevice,
     count_visible_cuda_devices,
     fit_devices,
-    gpu_worker_options,
     physical_device_id,
-    warm_model,
+    processes_per_device,
 )
+from cah_resources.fleet.gpu_worker import gpu_worker_options, warm_model
+from cah_resources.fleet.settings import GIB
 
 
 def where(unit):
@@ -33,7 +34,7 @@ def where(unit):
 
 
 def test_gpu_work_lands_only_on_the_worker_that_advertises_gpu():
-    compute = ComputeResource(n_workers=2, local_gpus=1)
+    compute = ComputeResource(n_workers=2, local_gpus=1, processes_per_gpu=1)
 
     ran = [r.value for r in compute.run_units(where, range(8), resources=compute.gpu_resources())]
 
@@ -43,11 +44,19 @@ def test_gpu_work_lands_only_on_the_worker_that_advertises_gpu():
 
 
 def test_cpu_workers_beside_a_gpu_worker_see_no_device():
-    compute = ComputeResource(n_workers=2, local_gpus=1)
+    compute = ComputeResource(n_workers=2, local_gpus=1, processes_per_gpu=1)
     with compute.client() as client:
         assert worker_resources(client) == {"gpu-0": {"GPU": 1.0}, "cpu-1": {}}
         devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
     assert sorted(devices.values()) == ["", "0"]
+
+
+def test_a_local_gpu_gets_processes_per_gpu_workers_pinned_to_it():
+    compute = ComputeResource(n_workers=3, local_gpus=1, processes_per_gpu=2)
+    with compute.client() as client:
+        assert worker_resources(client) == {"gpu-0-0": {"GPU": 1.0}, "gpu-0-1": {"GPU": 1.0}, "cpu-2": {}}
+        devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(devices.values()) == ["", "0", "0"]
 
 
 def test_without_gpu_workers_gpu_work_falls_back_to_cpu():
@@ -129,6 +138,31 @@ def test_gpu_executor_runs_one_worker_per_device_pinned_and_advertising_gpu(monk
     ]
     assert all(abs(o["memory_limit"] - MEMORY_LIMIT // 2) < GIB for o in options)  # the machine's RAM shared by two
     assert physical_device_id(1, visible="2,3") == "3"
+
+
+def test_gpu_executor_runs_processes_per_gpu_workers_on_each_device_each_advertising_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    devices = [GpuDevice(0, "A", 80 * GIB, 80 * GIB), GpuDevice(1, "B", 80 * GIB, 80 * GIB)]
+
+    options = gpu_worker_options(devices, "box", processes={0: 2, 1: 3})
+
+    assert [(o["name"], o["resources"], o["env"]["CUDA_VISIBLE_DEVICES"]) for o in options] == [
+        ("box-gpu0-0", {"GPU": 1}, "0"),
+        ("box-gpu0-1", {"GPU": 1}, "0"),
+        ("box-gpu1-0", {"GPU": 1}, "1"),
+        ("box-gpu1-1", {"GPU": 1}, "1"),
+        ("box-gpu1-2", {"GPU": 1}, "1"),
+    ]
+    assert all(abs(o["memory_limit"] - MEMORY_LIMIT // 5) < GIB for o in options)  # the RAM shared by five
+
+
+def test_a_device_short_of_memory_gets_fewer_processes_and_says_why():
+    devices = [GpuDevice(0, "H100", 78 * GIB, 80 * GIB), GpuDevice(1, "RTX 3060", 9 * GIB, 12 * GIB)]
+
+    counts, notes = processes_per_device(devices, 4, 4 * GIB)
+
+    assert counts == {0: 4, 1: 2}
+    assert notes == ["GPU 1 (RTX 3060) has 9.0 GiB free: 2 worker process(es), not 4 (4.0 GiB each)"]
 
 
 def test_cah_worker_gpu_without_cuda_exits_with_one_line(capsys):
@@ -219,3 +253,31 @@ def test_local_worker_processes_run_stage_work_without_loading_dagster():
     compute = ComputeResource(n_workers=1, processes=True, local_gpus=0)
     probe = "sorted(m for m in __import__('sys').modules if m.split('.')[0] == 'dagster')"
     assert [r.value for r in compute.run_units(eval, [probe])] == [[]]
+
+
+def wait_for_peers(unit):
+    """A GPU task that records its process and waits (bounded) until ``count`` GPU tasks run at once."""
+    folder, count, index = unit
+    Path(folder, f"{index}-{os.getpid()}").touch()
+    deadline = time.monotonic() + 60
+    while len(list(Path(folder).iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return get_worker().name, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), len(list(Path(folder).iterdir()))
+
+
+def test_cah_worker_gpu_starts_n_processes_per_device_and_dask_runs_n_gpu_tasks_on_it_at_once(tmp_path):
+    logs, met = tmp_path / "logs", tmp_path / "met"
+    logs.mkdir()
+    met.mkdir()
+    with scheduler(None, logs) as address, gpu_executor(address, "box", logs, processes_per_gpu=3):
+        names = {"box-gpu0-0", "box-gpu0-1", "box-gpu0-2"}
+        wait_for_worker_names(address, None, names)
+        with Client(address, timeout="30s") as client:
+            assert worker_resources(client) == {name: {"GPU": 1.0} for name in names}
+            futures = client.map(wait_for_peers, [(str(met), 3, i) for i in range(3)], resources={"GPU": 1})
+            ran = client.gather(futures)
+    assert {name for name, *_ in ran} == names
+    assert len({pid for _, pid, *_ in ran}) == 3
+    assert {device for *_, device, _ in ran} == {"0"}
+    assert all(seen == 3 for *_, seen in ran)  # all three were running at the same time
+    assert "stand-in (GPU 0, 3 process(es))" in (logs / "gpu-executor-box.log").read_text()

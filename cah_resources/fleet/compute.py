@@ -116,13 +116,14 @@ class DaskCompute:
     def local_gpu_count(self) -> int:
         if self.local_gpus >= 0:
             return self.local_gpus
-        from cah_resources.fleet.gpu_worker import count_visible_cuda_devices
+        from cah_resources.fleet.cuda_devices import count_visible_cuda_devices
 
         return count_visible_cuda_devices()
 
     def _local_cluster(self) -> SpecCluster:
-        """One worker per core (or ``n_workers``); the first ones each own one CUDA device."""
-        gpus = self.local_gpu_count()
+        """One worker per core (or ``n_workers``); the first ``processes_per_gpu`` per CUDA device are pinned to it."""
+        per_gpu = max(1, self.processes_per_gpu)
+        gpus = self.local_gpu_count() * per_gpu
         total = max(self.n_workers or os.cpu_count() or 1, gpus)
         memory_limit = parse_memory_limit(self.memory_limit, 1, total, logger=log)
         protocol, host = ("tcp://", "127.0.0.1") if self.processes else ("inproc://", None)
@@ -141,10 +142,11 @@ class DaskCompute:
                 options["resources"] = {GPU: 1}
                 if self.processes:
                     # Pinning by environment keeps a worker's CUDA context on its own device.
-                    options["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+                    options["env"] = {"CUDA_VISIBLE_DEVICES": str(i // per_gpu)}
             elif self.processes and gpus:
                 options["env"] = {"CUDA_VISIBLE_DEVICES": ""}
-            name = f"gpu-{i}" if i < gpus else f"cpu-{i}"
+            slot = f"gpu-{i // per_gpu}" + (f"-{i % per_gpu}" if per_gpu > 1 else "")
+            name = slot if i < gpus else f"cpu-{i}"
             workers[name] = {"cls": Nanny if self.processes else Worker, "options": options}
         scheduler = {
             "cls": Scheduler,

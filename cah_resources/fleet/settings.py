@@ -79,6 +79,12 @@ def env_default(field_name: str, environ: dict[str, str] | None = None):
     return default if raw is None else type(default)(raw)
 
 
+# Worker processes per CUDA device, each with its own models, advertising GPU=1. One process's Python
+# fed an H200 at 0.13 of the model's pace (benchmarks/README.md); 2 until benchmarks/clip_pairs_gpu.sh
+# measures 1, 2 and 4 on a device.
+PROCESSES_PER_GPU = 2
+
+
 @dataclass(frozen=True)
 class ComputeSettings:
     """Which Dask cluster the pipeline submits to, and how a local one is started; plain data, safe to log."""
@@ -91,6 +97,7 @@ class ComputeSettings:
     scheduler_address: str = ""  # empty: $CAH_SCHEDULER_ADDRESS
     task_retries: int = 2
     local_gpus: int = -1  # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off)
+    processes_per_gpu: int = PROCESSES_PER_GPU  # worker processes per local GPU, as `cah worker --gpu`
     allow_cpu_fallback: bool = True  # with no GPU worker, GPU work runs on CPU workers instead of failing the run
     tls_ca_file: str = ""  # empty: $CAH_TLS_CA_FILE
     tls_cert_file: str = ""  # empty: $CAH_TLS_CERT_FILE
@@ -113,7 +120,8 @@ class WorkerSettings:
     nthreads: int = 1
     name: str = ""  # worker name prefix; empty is this machine's hostname
     memory_limit: str = "auto"
-    min_free_gb: float = MIN_FREE_GPU_BYTES / GIB
+    min_free_gb: float = MIN_FREE_GPU_BYTES / GIB  # per worker process on a device
+    processes_per_gpu: int = PROCESSES_PER_GPU
     tls_ca_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
