@@ -441,6 +441,9 @@ def components(
         seconds = timed("cuda", lambda: host.to("cuda", non_blocking=True), 5)
         result["h2d_uint8_batch_gb_per_s"] = round(host.numel() / seconds / 1e9, 2)
         result["h2d_uint8_images_per_s"] = round(batch / seconds, 1)
+        pinned = host.pin_memory()  # what the stage's PIL path now stacks into (clip_pairs._stack_for_copy)
+        seconds = timed("cuda", lambda: pinned.to("cuda", non_blocking=True), 5)
+        result["h2d_pinned_uint8_images_per_s"] = round(batch / seconds, 1)
     else:
         result["decode_gpu"] = skip(f"{title}: GPU decode and H2D copy")
     say(f"{title}: " + ", ".join(f"{k} {v}" for k, v in result.items() if k.endswith("_per_s")))

@@ -314,7 +314,7 @@ class _ShardScorer:
                     tensors.append(future.result())
                 else:  # any undecodable image is recorded, not fatal
                     decoded.errors[position] = (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))
-            decoded.parts = [torch.stack(tensors)] if tensors else []
+            decoded.parts = [_stack_for_copy(tensors, self.models[batch.spec].device)] if tensors else []
         tokens = pending.tokens.result()
         if len(decoded.positions) < len(batch.rows):
             tokens = tokens[decoded.positions]
@@ -449,6 +449,19 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
     return decoded
 
 
+def _stack_for_copy(tensors: list[torch.Tensor], device: str) -> torch.Tensor:
+    """The images of a batch decoded on the CPU as one uint8 tensor; in pinned memory when bound for CUDA.
+
+    From pinned memory the copy to the device (``non_blocking`` in ``LoadedClip.normalize``) is queued
+    and the scoring thread goes on, instead of waiting for a staged copy out of pageable memory. torch's
+    caching host allocator reuses the pinned blocks once the copies that read them are done.
+    """
+    if device != "cuda":
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True)
+    return torch.stack(tensors, out=out)
+
+
 def _rows_of(parts: list[torch.Tensor], lo: int, hi: int, device: str) -> torch.Tensor:
     """Rows ``lo:hi`` of the batch the parts make up, one after the other (a view when in one part).
 
@@ -460,7 +473,7 @@ def _rows_of(parts: list[torch.Tensor], lo: int, hi: int, device: str) -> torch.
         if end > lo and start < hi:
             pieces.append(part[max(lo, start) - start : min(hi, end) - start])
         start = end
-    return pieces[0] if len(pieces) == 1 else torch.cat([piece.to(device) for piece in pieces])
+    return pieces[0] if len(pieces) == 1 else torch.cat([piece.to(device, non_blocking=True) for piece in pieces])
 
 
 def _scored_table(table: pa.Table, scorer: _ShardScorer, settings: ScoringSettings) -> pa.Table:
