@@ -17,7 +17,11 @@ run cut short still returns what it did) and ``<out>/profile_*.txt``.
 3. peak GPU memory, whether OOM-halving fired, and one run forced into it with an oversized batch
    under a memory cap: does every row still come out scored, and how many images were decoded on
    the CPU because the device could not decode them alone;
-4. ``cah worker --gpu`` joining a scheduler started here and scoring one shard.
+4. ``cah worker --gpu`` joining a scheduler started here and scoring one shard;
+5. (``processes``, run second) ``cah worker --gpu --processes-per-gpu N`` for N in ``--processes``
+   (1, 2, 4): the model alone in all N processes at once, then every 256-px shard end to end through
+   the scheduler with ``GPU=1`` tasks; images/s and the ratio to one process's model-only rate. A dry
+   run starts the same command's code with a stand-in device (``run_worker(..., devices=...)``).
 
 ``--parts`` picks some of them (the inputs are always made; end_to_end alone times the model at
 its own batches and precision for the ratio).
@@ -64,7 +68,7 @@ SEGMENT = "CC-MAIN-GPUBENCH_00000"
 TARGET_IMAGES_PER_S = 5000  # issue 17: twice clip-retrieval's published 2,500/s per A100
 TARGET_RATIO = 0.8
 NO_CUDA = "skipped: no CUDA"
-PARTS = ("model_only", "end_to_end", "memory", "worker")
+PARTS = ("model_only", "processes", "memory", "end_to_end", "worker")
 # Distinct pictures per web size; shards reuse them (decode cost depends on size, not on content).
 PHOTO_VARIANTS = 16
 
@@ -681,6 +685,142 @@ def worker_part(
     return result
 
 
+# ---------------------------------------------------------------------------------------------- part 5
+
+
+def _warm(spec: ClipModelSpec, device: str, precision: str) -> str:
+    """In a worker: load the model (kept by warm_model for the shards), return where it is."""
+    from cah_resources.clip_pairs.clip_scorer import load_clip as load
+
+    return load(spec, device, precision).device
+
+
+def _model_rate(spec: ClipModelSpec, device: str, precision: str, batch: int, iters: int, texts: list[str]) -> dict:
+    """In a worker: both towers on device-resident inputs, ``iters`` batches; wall-clock start and end."""
+    import time as clock
+
+    import torch as th
+
+    from cah_resources.clip_pairs.clip_scorer import load_clip as load
+    from cah_resources.clip_pairs.clip_scorer import trim_padding
+
+    loaded = load(spec, device, precision)
+    size = loaded.image_size
+    pixels = th.randn(batch, 3, size, size, device=device).to(loaded.input_dtype)
+    tokens = trim_padding(loaded.tokenize([texts[i % len(texts)] for i in range(batch)]), loaded.pad_id).to(device)
+    loaded.embed(pixels, tokens)
+    if device == "cuda":
+        th.cuda.synchronize()
+    started = clock.time()
+    for _ in range(iters):
+        loaded.embed(pixels, tokens)
+    if device == "cuda":
+        th.cuda.synchronize()
+    return {"start": started, "end": clock.time(), "pairs": batch * iters}
+
+
+def _executor_command(args: argparse.Namespace, address: str, n: int) -> list[str]:
+    """`cah worker --gpu` with N processes; on the CPU its own run_worker with a stand-in device."""
+    if args.device == "cuda":
+        return [
+            *(sys.executable, "-m", "cah_assets.cli", "worker", "--scheduler", address, "--gpu"),
+            *("--processes-per-gpu", str(n), "--name", f"p{n}", "--memory-limit", "8GB", "--min-free-gb", "2"),
+        ]
+    code = (
+        "import sys\n"
+        "from cah_resources.fleet.cuda_devices import GpuDevice\n"
+        "from cah_resources.fleet.gpu_worker import run_worker\n"
+        "from cah_resources.fleet.settings import GIB, WorkerSettings\n"
+        f"s = WorkerSettings(scheduler={address!r}, gpu=True, name='p{n}', processes_per_gpu={n}, memory_limit='2GB')\n"
+        "sys.exit(run_worker(s, [GpuDevice(0, 'stand-in for a GPU', 80 * GIB, 80 * GIB)]))\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def processes_part(
+    args: argparse.Namespace,
+    settings_for: Callable[..., ScoringSettings],
+    units: list[ClipPairsUnit],
+    texts: list[str],
+    model_rows: list[dict[str, Any]],
+    out: Path,
+) -> dict[str, Any]:
+    """N worker processes per GPU (``cah worker --gpu --processes-per-gpu N``): model-only and end to end."""
+    from distributed import Client, LocalCluster
+
+    from cah_resources.fleet.compute import GPU
+
+    settings = settings_for()
+    spec, batch = settings.models["en"], settings.batch_size
+    precision = args.e2e_precision if args.device == "cuda" else "fp32"
+    reference = next(
+        (r["both_pairs_per_s"] for r in model_rows if r["batch"] == batch and r["precision"] == precision), None
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    runs = []
+    with open(out / "worker.log", "a") as log:
+        for n in args.processes:
+            with (
+                LocalCluster(
+                    n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0", scheduler_port=0
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                command = _executor_command(args, cluster.scheduler_address, n)
+                started = time.perf_counter()
+                executor = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+                try:
+                    client.wait_for_workers(n, timeout=args.worker_timeout)
+                    workers = {w["name"]: w.get("resources", {}) for w in client.scheduler_info()["workers"].values()}
+                    client.run(_warm, spec, args.device, precision)
+                    joined = time.perf_counter() - started
+                    rates = client.run(_model_rate, spec, args.device, precision, batch, args.iters, texts[:batch])
+                    spans = list(rates.values())
+                    model_pairs_per_s = sum(r["pairs"] for r in spans) / (
+                        max(r["end"] for r in spans) - min(r["start"] for r in spans)
+                    )
+                    root = units[0].root
+                    root.remove(root.path(CLIP_PAIRS))
+                    began = time.perf_counter()
+                    futures = client.map(score_image_shard, units, settings=settings, resources={GPU: 1}, pure=False)
+                    summaries = client.gather(futures)
+                    seconds = time.perf_counter() - began
+                    client.cancel(futures)  # nothing of theirs is wanted when the executor stops
+                finally:
+                    executor.send_signal(signal.SIGTERM)
+                    try:
+                        executor.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(executor.pid, signal.SIGKILL)
+            rows = sum(s["pairs"] for s in summaries)
+            scored = sum(sum(s["scored"].values()) for s in summaries)
+            run = {
+                "processes_per_gpu": n,
+                "workers": workers,
+                "joined_and_warm_s": round(joined, 1),
+                "model_only_pairs_per_s": round(model_pairs_per_s, 1),
+                "rows": rows,
+                "scored": scored,
+                "every_row_scored": rows == scored > 0,
+                "shards_by_worker": {w: sum(s["worker"] == w for s in summaries) for w in workers},
+                "seconds": round(seconds, 3),
+                "images_per_s": round(scored / seconds, 1),
+                "ratio_to_own_model_only": round(scored / seconds / model_pairs_per_s, 3),
+                "ratio_to_one_process_model_only": round(scored / seconds / reference, 3) if reference else None,
+            }
+            runs.append(run)
+            say(
+                f"processes {n}/GPU: model-only {run['model_only_pairs_per_s']} pairs/s in all {n}; end to end "
+                f"{run['images_per_s']} images/s on {len(units)} 256-px shard(s), {scored}/{rows} scored; ratio "
+                f"{run['ratio_to_own_model_only']} of their model-only, {run['ratio_to_one_process_model_only']} "
+                f"of one process's"
+            )
+    best = max(runs, key=lambda r: r["images_per_s"])
+    return {"status": "done", "batch": batch, "precision": precision, "runs": runs, "best": best}
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -735,7 +875,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--component-images", type=int, default=2_048)
     parser.add_argument("--worker-timeout", type=float, default=180)
-    parser.add_argument("--budget-s", type=float, default=330, help="parts that would start after this are skipped")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4], help="worker processes per GPU")
+    parser.add_argument("--budget-s", type=float, default=280, help="parts that would start after this are skipped")
     parser.add_argument(
         "--parts",
         nargs="+",
@@ -747,6 +888,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.dry_run:
         args.images, args.shard_size, args.model_batches, args.e2e_batches = 12, 6, [2], [4]
         args.iters, args.rounds, args.component_images, args.cpu_workers = 1, 1, 6, 2
+        args.processes = [2]
     return args
 
 
@@ -805,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = min(16, args.cpu_workers)
     report.data["inputs"] = make_shards(work, args.images, args.shard_size, sizes, procs)
     stored_work = work.parent / f"{work.name}_256px"
-    if "end_to_end" in args.parts:
+    if "end_to_end" in args.parts or "processes" in args.parts:
         report.data["inputs_256px"] = make_shards(stored_work, args.images, args.shard_size, sizes, procs, stored=True)
     # After the shards: their worker processes are forked from a process that has not touched CUDA yet.
     report.data["environment"] = environment(args)
@@ -818,17 +960,23 @@ def main(argv: list[str] | None = None) -> int:
     if "model_only" in args.parts:
         model = model_only(args, [settings_for().models["en"]], texts)
         report.part("model_only", model)
-    elif "end_to_end" in args.parts:
+    elif "end_to_end" in args.parts or "processes" in args.parts:
         # The end-to-end ratio needs the model alone at the same batch and precision: only those.
         args.precisions, args.model_batches = [args.e2e_precision], sorted(set(args.e2e_batches))
         model = model_only(args, [settings_for().models["en"]], texts)
         report.part("model_only", {**model, "status": "reduced: the end-to-end batches and precision only"})
 
-    e2e: dict[str, Any] = {}
-    if "end_to_end" in args.parts and within_budget("end_to_end"):
-        e2e = end_to_end(args, settings_for, units, units_of(stored_work), oom, model["rows"], out)
-        report.part("end_to_end", e2e)
+    if "processes" in args.parts and within_budget("processes"):
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # the executor's --gpu check wants free memory on the device
+        try:
+            stored_units = units_of(stored_work)
+            report.part("processes", processes_part(args, settings_for, stored_units, texts, model["rows"], out))
+        except Exception as error:  # noqa: BLE001 - the other parts' figures still go out
+            report.part("processes", {"status": f"failed: {type(error).__name__}: {str(error)[:300]}"})
+            say(f"processes: failed: {type(error).__name__}: {error}")
 
+    e2e: dict[str, Any] = {}
     if "memory" in args.parts and within_budget("memory"):
         peaks = [r for r in e2e.get("runs", []) if r.get("peak_gpu_allocated_bytes")]
         # What one image of a batch adds on the GPU when decode runs on the CPU: the embed step alone.
@@ -855,6 +1003,10 @@ def main(argv: list[str] | None = None) -> int:
         memory["forced"] = forced_oom(args, settings_for, units, oom, per_image)
         report.part("memory", {"status": "done", **memory})
 
+    if "end_to_end" in args.parts and within_budget("end_to_end"):
+        e2e = end_to_end(args, settings_for, units, units_of(stored_work), oom, model["rows"], out)
+        report.part("end_to_end", e2e)
+
     if "worker" in args.parts and within_budget("worker"):
         if args.device == "cuda":
             torch.cuda.empty_cache()  # the worker's --gpu check wants free memory on the device
@@ -877,6 +1029,12 @@ def verdict(report: Report, args: argparse.Namespace) -> None:
     # Web-photo sizes beside image_shards' 256-pixel JPEGs (what clip_pairs reads in production).
     best = {**e2e.get("best", {}), **e2e.get("stored", {}).get("best", {})}
     lines = []
+    for run in parts.get("processes", {}).get("runs", []):
+        lines.append(
+            f"{run['processes_per_gpu']} process(es)/GPU, 256 px: {run['images_per_s']} images/s (target "
+            f"{TARGET_IMAGES_PER_S}), ratio {run['ratio_to_one_process_model_only']} of one process's model-only, "
+            f"{run['ratio_to_own_model_only']} of theirs (target {TARGET_RATIO})"
+        )
     for key, run in sorted(best.items()):
         lines.append(
             f"{key}: {run['images_per_s']} images/s (target {TARGET_IMAGES_PER_S}), ratio "

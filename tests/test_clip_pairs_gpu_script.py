@@ -13,8 +13,8 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "clip_pairs_gpu.sh"
-# Four Python processes import torch (driver, `cah worker` and its Dask worker, `cah worker --gpu`);
-# on two busy shared cores that alone can take minutes.
+# Seven Python processes import torch (driver, `cah worker` and its Dask worker, `cah worker --gpu`,
+# the two-process GPU executor); on two busy shared cores that alone can take minutes.
 LIMIT_S = 900
 
 
@@ -22,7 +22,7 @@ def _dry_run(tmp_path_factory: pytest.TempPathFactory, *options: str) -> tuple[d
     out = tmp_path_factory.mktemp("clip_pairs_gpu") / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CLIP_PAIRS_GPU_TIMEOUT_S": str(LIMIT_S - 30)}
     done = subprocess.run(
-        ["bash", str(SCRIPT), "--dry-run", "--device", "cpu", *options],
+        ["bash", str(SCRIPT), "--dry-run", "--device", "cpu", "--budget-s", str(LIMIT_S - 120), *options],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -44,7 +44,7 @@ def test_dry_run_is_labelled_and_completes_every_part(dry_run: tuple[dict, str])
     report, stdout = dry_run
     assert report["dry_run"] is True
     assert report["label"].startswith("DRY RUN")
-    assert report["parts_done"] == ["model_only", "end_to_end", "memory", "worker"]
+    assert report["parts_done"] == ["model_only", "processes", "memory", "end_to_end", "worker"]
     assert "verdict: dry run: no figure here is a measurement" in stdout
 
 
@@ -79,6 +79,28 @@ def test_dry_run_scores_every_row_in_every_end_to_end_run(dry_run: tuple[dict, s
 
 
 @pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_starts_n_processes_per_gpu_and_scores_every_shard_through_them(dry_run: tuple[dict, str]) -> None:
+    report, stdout = dry_run
+    (run,) = report["parts"]["processes"]["runs"]
+    assert run["processes_per_gpu"] == 2
+    assert run["workers"] == {"p2-gpu0-0": {"GPU": 1}, "p2-gpu0-1": {"GPU": 1}}
+    assert run["rows"] == run["scored"] == report["inputs_256px"]["images"] and run["every_row_scored"]
+    assert sum(run["shards_by_worker"].values()) == report["inputs_256px"]["shards"]
+    assert run["model_only_pairs_per_s"] > 0 and run["images_per_s"] > 0
+    assert "verdict: 2 process(es)/GPU, 256 px:" in stdout
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_runs_the_text_classifier_benchmark_or_says_it_is_missing(dry_run: tuple[dict, str]) -> None:
+    _, stdout = dry_run
+    bench = REPO / "benchmarks" / "page_scores_bench.py"
+    if bench.exists():
+        assert "== page_scores: benchmarks/page_scores_bench.py --dry-run --device cpu" in stdout
+    else:
+        assert "== page_scores: skipped: benchmarks/page_scores_bench.py is not in this tree yet" in stdout
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
 def test_dry_run_worker_joins_the_scheduler_and_scores_a_shard(dry_run: tuple[dict, str]) -> None:
     worker = dry_run[0]["parts"]["worker"]
     assert worker["status"] == "done"
@@ -100,7 +122,7 @@ def test_dry_run_writes_a_profile_per_decode_path(dry_run: tuple[dict, str]) -> 
 def test_parts_runs_only_the_parts_asked_for_with_the_model_timed_for_the_ratio(tmp_path_factory):
     report, stdout = _dry_run(tmp_path_factory, "--parts", "end_to_end", "memory")
 
-    assert report["parts_done"] == ["end_to_end", "memory"]
+    assert report["parts_done"] == ["memory", "end_to_end"]
     assert "worker" not in report["parts"] and "cah worker" not in stdout
     assert report["parts"]["model_only"]["status"].startswith("reduced")
     assert [row["batch"] for row in report["parts"]["model_only"]["rows"]] == report["args"]["e2e_batches"]
