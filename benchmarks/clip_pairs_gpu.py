@@ -422,6 +422,15 @@ def components(
     for lo in range(0, len(texts), batch):
         loaded.tokenize(texts[lo : lo + batch])
     result["tokenize_texts_per_s_one_thread"] = round(len(texts) / (time.perf_counter() - started), 1)
+    result["tokenizer"] = type(loaded.tokenizer).__name__
+    # open_clip's own Python tokenizer on the same captions, for reference (the stage's is the Rust twin).
+    import open_clip
+
+    reference = open_clip.get_tokenizer(loaded.spec.model)
+    started = time.perf_counter()
+    for lo in range(0, len(texts), batch):
+        reference(texts[lo : lo + batch])
+    result["tokenize_open_clip_texts_per_s_one_thread"] = round(len(texts) / (time.perf_counter() - started), 1)
 
     if args.device == "cuda":
         from torchvision.io import ImageReadMode, decode_jpeg

@@ -72,7 +72,13 @@ clip_rc=${PIPESTATUS[0]}
 # HOOK: until benchmarks/page_scores_bench.py is on main this part only says it is missing.
 PAGE_SCORES=benchmarks/page_scores_bench.py
 if [ -f "$PAGE_SCORES" ]; then
-  if [ "$DRY" = 1 ]; then page_args=(--dry-run --device cpu); else page_args=(--device cuda); fi
+  # On the device: the classifier's shape, 50,000 web-length pages (~15M tokens), 2 interleaved rounds of
+  # model-only and end to end, without the naive transformers pipeline (its figure is on the CPU).
+  if [ "$DRY" = 1 ]; then
+    page_args=(--dry-run --device cpu)
+  else
+    page_args=(--device cuda --shape base --docs "${PAGE_SCORES_DOCS:-50000}" --rounds 2 --skip-naive)
+  fi
   echo "== page_scores: $PAGE_SCORES ${page_args[*]}" | tee -a "$OUT/clip_pairs_gpu.log"
   timeout --signal=TERM "${PAGE_SCORES_TIMEOUT_S:-100}" "$PYTHON" "$PAGE_SCORES" "${page_args[@]}" 2>&1 \
     | tee -a "$OUT/clip_pairs_gpu.log"
