@@ -35,13 +35,13 @@ def permanent_errors() -> Iterator[None]:
         raise dg.Failure(str(message), allow_retries=False) from None
 
 
-def segment_asset(**kwargs) -> Callable[..., dg.AssetsDefinition]:
-    """``dg.asset`` of a stage: partitioned by segment, a range backfill split into runs of SEGMENTS_PER_RUN."""
+def segment_step(**kwargs) -> Callable[..., dg.AssetsDefinition]:
+    """``dg.multi_asset`` of a stage: partitioned by segment, a range backfill split into runs of SEGMENTS_PER_RUN."""
     with warnings.catch_warnings():
         # backfill_policy is marked beta in Dagster 1.x; it is what splits a range into runs, and the
         # warning would reach every `cah` and `dagster` user at import, with nothing for them to do.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.asset(backfill_policy=SEGMENT_BACKFILL, **kwargs)
+        return dg.multi_asset(backfill_policy=SEGMENT_BACKFILL, **kwargs)
 
 
 # Steps that need a GPU take a slot of this pool (its limit is in dagster.yaml: pools > default_limit).

@@ -1,13 +1,10 @@
-"""The `candidates` asset: a segment's WAT files → image URL + alt text pairs, language-split."""
-
-import time
+"""The `candidates` stage: a segment's WAT files → image URL + alt text pairs, language-split."""
 
 import dagster as dg
 
 from cah_assets.metadata import rate, rows_table, stats_metadata
-from cah_assets.partitions import segments
-from cah_assets.policies import CANDIDATES_RETRY, permanent_errors, segment_asset
-from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
+from cah_assets.policies import CANDIDATES_RETRY
+from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 from cah_resources.candidates.stage import (
     SegmentMergeUnit,
     WatFileUnit,
@@ -15,67 +12,35 @@ from cah_resources.candidates.stage import (
     merge_unit,
     output_paths,
 )
-from cah_resources.contract import CandidatesStats
+from cah_resources.contract import CANDIDATES, CandidatesStats
 from cah_resources.crawl.segments import registration_for_key
 from cah_resources.redaction import redact_url
-from cah_resources.storage import DataRoot
 
 
-@segment_asset(
-    partitions_def=segments, group_name="pipeline", kinds={"python", "parquet", "dask"}, retry_policy=CANDIDATES_RETRY
-)
-def candidates(
-    context: dg.AssetExecutionContext,
-    compute: ComputeResource,
-    common_crawl: CommonCrawl,
-    storage: StorageResource,
-    candidate_rules: CandidateRules,
-    dedup_index: DedupIndexResource,
-) -> dg.MaterializeResult:
-    """Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang."""
-    root, keys, started = storage.data_root(), context.partition_keys, time.perf_counter()
-    source, filters = common_crawl.source(), candidate_rules.filters()
-    with permanent_errors():  # a crawl not registered: fail now, retrying cannot register it
-        units = [
-            WatFileUnit(key, i, path, root, source, filters, candidate_rules.max_record_bytes)
-            for key in keys
-            for i, path in enumerate(registration_for_key(root, key).files_of(key))
-        ]
-    context.log.info(f"{len(keys)} segment(s), {len(units)} WAT files to the compute engine")
-
-    def progress(result, done, total):
-        s = CandidatesStats.from_dict(result.value)
-        context.log.info(f"WAT {done}/{total} {s.wat_file}: {s.metadata_records} records, {s.candidates} candidates")
-
-    parts = compute.run_units(extract_wat_file, units, on_result=progress)
-    claim = dedup_index.index(root).claim  # pairs an earlier segment owns are dropped as duplicate_global
-    merges = [
-        SegmentMergeUnit(key, root, tuple(r.value for r in parts if r.unit.segment == key), claim) for key in keys
+def wat_files(run: StageRun, key: str) -> list[WatFileUnit]:
+    source, rules = run.resources.common_crawl.source(), run.resources.candidate_rules
+    filters = rules.filters()
+    return [
+        WatFileUnit(key, i, path, run.root, source, filters, rules.max_record_bytes)
+        for i, path in enumerate(registration_for_key(run.root, key).files_of(key))
     ]
-    stats = {r.unit.segment: CandidatesStats.from_dict(r.value) for r in compute.run_units(merge_unit, merges)}
-    seconds = time.perf_counter() - started
-    for key in keys if len(keys) > 1 else []:
-        context.log_event(
-            dg.AssetObservation(context.asset_key, partition=key, metadata=describe(root, key, stats[key], seconds))
-        )
-    if len(keys) == 1:
-        return dg.MaterializeResult(metadata=describe(root, keys[0], stats[keys[0]], seconds))
-    return dg.MaterializeResult(
-        metadata={
-            "segments": len(keys),
-            **stats_metadata(CandidatesStats.total(stats.values())),
-            "per_segment": rows_table(
-                ({"segment": k, **s.metadata()} for k, s in stats.items()), ["segment", *CandidatesStats.HEADLINE], 100
-            ),
-            "seconds": round(seconds, 2),
-        }
-    )
 
 
-def describe(root: DataRoot, key: str, stats: CandidatesStats, seconds: float) -> dict:
+def segment_merges(run: StageRun) -> list[SegmentMergeUnit]:
+    claim = run.resources.dedup_index.index(run.root).claim  # pairs an earlier segment owns: duplicate_global
+    return [SegmentMergeUnit(key, run.root, tuple(run.values[key]), claim) for key in run.keys]
+
+
+def progress(value: dict, done: int, total: int) -> str:
+    s = CandidatesStats.from_dict(value)
+    return f"WAT {done}/{total} {s.wat_file}: {s.metadata_records} records, {s.candidates} candidates"
+
+
+def describe(run: StageRun, key: str) -> dict:
     """What a person asks of a segment's candidates: volumes, categories, drops, damage, speed, a sample."""
-    table_path, _ = output_paths(root, key)
-    sample = root.read_parquet(table_path).slice(0, 10).to_pylist()
+    stats, seconds = CandidatesStats.from_dict(run.merged[key]), run.seconds
+    table_path, _ = output_paths(run.root, key)
+    sample = run.root.read_parquet(table_path).slice(0, 10).to_pylist()
     return {
         **stats_metadata(stats),
         "malformed_records": sum(stats.damage.values()),
@@ -85,3 +50,37 @@ def describe(root: DataRoot, key: str, stats: CandidatesStats, seconds: float) -
         "path": dg.MetadataValue.path(redact_url(table_path)),
         "sample": rows_table(sample, ["category", "language", "text", "url"]),
     }
+
+
+def summarize(run: StageRun) -> dict:
+    stats = {key: CandidatesStats.from_dict(value) for key, value in run.merged.items()}
+    return {
+        "segments": len(run.keys),
+        **stats_metadata(CandidatesStats.total(stats.values())),
+        "per_segment": rows_table(
+            ({"segment": k, **s.metadata()} for k, s in stats.items()), ["segment", *CandidatesStats.HEADLINE], 100
+        ),
+    }
+
+
+CANDIDATES_STAGE = Stage(
+    name=CANDIDATES,
+    outputs=(
+        Output(
+            CANDIDATES,
+            "Image links with usable alt text from the segment's WAT files: filtered, deduplicated, en/multi/nolang.",
+            describe,
+            summarize,
+        ),
+    ),
+    plan=wat_files,
+    work=extract_wat_file,
+    merge=segment_merges,
+    merge_work=merge_unit,
+    progress=progress,
+    unit_noun="WAT files",
+    resources=("common_crawl", "candidate_rules", "dedup_index"),
+    run_metadata=lambda run: {"seconds": round(run.seconds, 2)},
+    retry_policy=CANDIDATES_RETRY,
+)
+candidates = stage_asset(CANDIDATES_STAGE)

@@ -1,17 +1,13 @@
-"""The `image_shards` asset: a segment's candidates → their images in webdataset shards, and its settings resource."""
-
-import time
+"""The `image_shards` stage: a segment's candidates → their images in webdataset shards."""
 
 import dagster as dg
-import dask
 
 from cah_assets.metadata import counts_table, rate, rows_table, stats_metadata
-from cah_assets.partitions import segments
-from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY, permanent_errors, segment_asset
-from cah_assets.resources import ComputeResource, ImageDownloader, StorageResource
-from cah_assets.stages.candidates import candidates
-from cah_resources.contract import COUNT, OPT_OUT_STATUSES, SUCCESSES, ShardStats
+from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY
+from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
+from cah_resources.contract import CANDIDATES, COUNT, IMAGE_SHARDS, OPT_OUT_STATUSES, SUCCESSES, ShardStats
 from cah_resources.image_shards.stage import (
+    ShardUnit,
     download_shard,
     plan_shards,
     read_marker,
@@ -21,69 +17,20 @@ from cah_resources.image_shards.stage import (
     summarize_markers,
 )
 from cah_resources.redaction import redact_url
-from cah_resources.storage import DataRoot
 
 
-@segment_asset(
-    partitions_def=segments,
-    deps=[candidates],
-    group_name="pipeline",
-    kinds={"python", "parquet", "dask"},
-    retry_policy=IMAGE_SHARDS_RETRY,
-    automation_condition=FOLLOWS_UPSTREAM,
-)
-def image_shards(
-    context: dg.AssetExecutionContext,
-    compute: ComputeResource,
-    storage: StorageResource,
-    image_downloader: ImageDownloader,
-) -> dg.MaterializeResult:
-    """The candidates' images, downloaded, checked and resized into webdataset shards (tar + parquet + stats)."""
-    root, keys, settings = storage.data_root(), context.partition_keys, image_downloader.settings()
-    with permanent_errors():  # candidates not materialized: fail now, retrying cannot make them
-        units = [unit for key in keys for unit in plan_shards(root, key, settings.shard_size)]
-    todo = [unit for unit in units if read_marker(unit) is None]
-    context.log.info(
-        f"{len(keys)} segment(s): {len(units)} shards, {len(units) - len(todo)} already done, "
-        f"{len(todo)} to the compute engine"
-    )
-
-    def progress(result, done, total):
-        m = ShardStats.from_dict(result.value)
-        context.log.info(
-            f"shard {done}/{total} {m.segment}/{m.shard:05d}: {m.successes}/{m.count} ok in {m.task_seconds:.1f} s"
-        )
-
-    started = time.perf_counter()
-    # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
-    with dask.config.set({"distributed.worker.daemon": False}):
-        ran = [
-            ShardStats.from_dict(r.value)
-            for r in compute.run_units(
-                download_shard, todo, on_result=progress, on_progress=context.log.info, settings=settings
-            )
-        ]
-    seconds = time.perf_counter() - started
-    speed = {
-        "images_per_s": rate(sum(m.successes for m in ran), seconds),
-        "urls_per_s": rate(sum(m.count for m in ran), seconds),
-        "mb_per_s": rate(sum(m.bytes_fetched for m in ran) / 1e6, seconds),
-        "shards_run_now": len(ran),
-        "seconds": round(seconds, 2),
-    }
-    for key in keys if len(keys) > 1 else []:
-        context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=describe(root, key)))
-    if len(keys) == 1:
-        return dg.MaterializeResult(metadata={**describe(root, keys[0]), **speed})
-    totals = summarize_markers([m for key in keys for m in read_segment_markers(root, key)])
-    return dg.MaterializeResult(
-        metadata={"segments": len(keys), COUNT: totals.count, SUCCESSES: totals.successes, **speed}
-    )
+def shards(run: StageRun, key: str) -> list[ShardUnit]:
+    return plan_shards(run.root, key, run.settings.shard_size)
 
 
-def describe(root: DataRoot, key: str) -> dict:
+def progress(value: dict, done: int, total: int) -> str:
+    m = ShardStats.from_dict(value)
+    return f"shard {done}/{total} {m.segment}/{m.shard:05d}: {m.successes}/{m.count} ok in {m.task_seconds:.1f} s"
+
+
+def describe(run: StageRun, key: str) -> dict:
     """What a person asks of a segment's shards: how many images came, why the others did not, a sample."""
-    markers = read_segment_markers(root, key)
+    markers = read_segment_markers(run.root, key)
     totals = summarize_markers(markers)
     opted_out = {s: n for s, n in totals.status_counts.items() if s in OPT_OUT_STATUSES}
     return {
@@ -92,6 +39,49 @@ def describe(root: DataRoot, key: str) -> dict:
         # A slow or failing resolver shows here before it shows as missing images.
         "dns_ms_per_lookup": round(1000 * totals.dns_seconds / max(totals.dns_lookups, 1), 1),
         "opted_out": counts_table(opted_out, "status"),
-        "path": dg.MetadataValue.path(redact_url(segment_folder(root, key))),
-        "sample": rows_table(read_sample(root, key), ["key", "status", "width", "height", "text", "url"]),
+        "path": dg.MetadataValue.path(redact_url(segment_folder(run.root, key))),
+        "sample": rows_table(read_sample(run.root, key), ["key", "status", "width", "height", "text", "url"]),
     }
+
+
+def summarize(run: StageRun) -> dict:
+    totals = summarize_markers([m for key in run.keys for m in read_segment_markers(run.root, key)])
+    return {"segments": len(run.keys), COUNT: totals.count, SUCCESSES: totals.successes}
+
+
+def speed(run: StageRun) -> dict:
+    ran, seconds = [ShardStats.from_dict(value) for value in run.all_values()], run.seconds
+    return {
+        "images_per_s": rate(sum(m.successes for m in ran), seconds),
+        "urls_per_s": rate(sum(m.count for m in ran), seconds),
+        "mb_per_s": rate(sum(m.bytes_fetched for m in ran) / 1e6, seconds),
+        "shards_run_now": len(ran),
+        "seconds": round(seconds, 2),
+    }
+
+
+IMAGE_SHARDS_STAGE = Stage(
+    name=IMAGE_SHARDS,
+    outputs=(
+        Output(
+            IMAGE_SHARDS,
+            "The candidates' images, downloaded, checked and resized into webdataset shards (tar + parquet + stats).",
+            describe,
+            summarize,
+            deps=(CANDIDATES,),
+            automation_condition=FOLLOWS_UPSTREAM,
+        ),
+    ),
+    plan=shards,
+    is_done=lambda unit: read_marker(unit) is not None,  # finished shards are never redone, unless asked
+    work=download_shard,
+    progress=progress,
+    unit_noun="shards",
+    resources=("image_downloader",),
+    settings=lambda resources: resources.image_downloader.settings(),
+    run_metadata=speed,
+    # Dask workers are daemonic by default, and daemonic processes cannot start the image processes.
+    dask_config={"distributed.worker.daemon": False},
+    retry_policy=IMAGE_SHARDS_RETRY,
+)
+image_shards = stage_asset(IMAGE_SHARDS_STAGE)

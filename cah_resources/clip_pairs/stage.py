@@ -116,12 +116,15 @@ def _finished(root: DataRoot, stage: str, segment: str) -> list[int]:
     return [int(name) for name in finished_shards(root, stage_folder(root, stage, segment))]
 
 
+def shard_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
+    """The segment's finished image shards, scored or not (a redo scores them all again)."""
+    return [ClipPairsUnit(root, segment, shard) for shard in _finished(root, IMAGE_SHARDS, segment)]
+
+
 def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
     """The segment's finished image shards that have no clip_pairs marker yet."""
     scored = set(_finished(root, CLIP_PAIRS, segment))
-    return [
-        ClipPairsUnit(root, segment, shard) for shard in _finished(root, IMAGE_SHARDS, segment) if shard not in scored
-    ]
+    return [unit for unit in shard_units(root, segment) if unit.shard not in scored]
 
 
 def shard_summaries(root: DataRoot, segment: str) -> list[dict[str, Any]]:

@@ -1,0 +1,159 @@
+"""The one stage runner: a stage's declaration in, a partitioned Dagster step out (units → compute → metadata)."""
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import dask
+
+from cah_assets.partitions import segments
+from cah_assets.policies import GPU_POOL, permanent_errors, segment_step
+from cah_resources.storage import DataRoot
+
+
+class StageConfig(dg.Config):
+    """What a person may set when launching a stage's run."""
+
+    # Recompute the units a finished marker would skip (a stage without markers recomputes anyway).
+    redo: bool = False
+
+
+@dataclass
+class StageRun:
+    """One run of a stage over its segments: what a declaration's functions read and what the run produced."""
+
+    root: DataRoot
+    keys: list[str]
+    resources: Any  # the run's Dagster resources by key: run.resources.compute, run.resources.storage, ...
+    settings: Any = None  # the stage's settings, read once per run
+    redo: bool = False
+    values: dict[str, list] = field(default_factory=dict)  # per segment: what each unit run now returned
+    merged: dict[str, Any] = field(default_factory=dict)  # per segment: what its merge unit returned
+    seconds: float = 0.0  # wall time of the units and merges
+
+    def all_values(self) -> list:
+        return [value for key in self.keys for value in self.values.get(key, [])]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One asset a stage's step materializes, and how a segment's result (or a run's) is described."""
+
+    name: str
+    description: str  # the one line the UI shows
+    describe: Callable[[StageRun, str], dict]  # one segment's metadata: its materialization, or an observation
+    summarize: Callable[[StageRun], dict]  # a multi-segment run's totals (each segment is observed apart)
+    kinds: frozenset[str] = frozenset({"python", "parquet", "dask"})
+    deps: tuple[str, ...] = ()
+    automation_condition: dg.AutomationCondition | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage, declared: its units, the plain function run on each, and what its outputs say.
+
+    The runner picks each segment's units (``plan``), skips those ``is_done`` says are finished
+    unless the run sets ``redo``, hands the rest to the compute engine (``work``), then, when
+    declared, one ``merge`` unit per segment; each output is described per segment and per run.
+    """
+
+    name: str  # the step's name: the asset's name when it has one output
+    outputs: tuple[Output, ...]
+    plan: Callable[[StageRun, str], Iterable[Any]]  # one segment's work units
+    work: Callable[..., Any]  # the plain function run on each unit by the compute engine
+    progress: Callable[[Any, int, int], str]  # the log line of a finished unit: (its value, done, total)
+    unit_noun: str = "units"  # what the units are, in the run's log
+    resources: tuple[str, ...] = ()  # Dagster resources read beside compute and storage
+    settings: Callable[[Any], Any] | None = None  # resources → settings, read once; work gets them as settings=
+    is_done: Callable[[Any], bool] | None = None  # a unit finished by an earlier run, skipped unless redo
+    merge: Callable[[StageRun], list] | None = None  # one unit per segment (run.keys order), after the work
+    merge_work: Callable[..., Any] | None = None  # the plain function run on each merge unit
+    run_metadata: Callable[[StageRun], dict] = lambda run: {}  # what a run adds beside its segments' (speed)
+    gpu: bool = False  # ask the cluster for a GPU per unit, and take a slot of Dagster's gpu pool
+    dask_config: Mapping[str, Any] = field(default_factory=dict)  # Dask settings while the units run
+    retry_policy: dg.RetryPolicy | None = None
+
+
+def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageRun:
+    """Run ``stage`` over ``run.keys`` on the compute engine; fills ``run.values``, ``run.merged``, ``run.seconds``."""
+    compute = run.resources.compute
+    with permanent_errors():  # a crawl not registered, an upstream stage not made: fail now, retrying cannot help
+        planned = [(key, unit) for key in run.keys for unit in stage.plan(run, key)]
+    todo = [(key, unit) for key, unit in planned if run.redo or stage.is_done is None or not stage.is_done(unit)]
+    # GPU workers when the cluster has them; CPU workers otherwise (compute.allow_cpu_fallback).
+    resources = compute.gpu_resources() if stage.gpu else None
+    skipped = "" if stage.is_done is None else f", {len(planned) - len(todo)} already done"
+    device = f" on {'GPU' if resources else 'CPU'} workers" if stage.gpu else ""
+    units = f"{len(planned)} {stage.unit_noun}{skipped}, {len(todo)} to the compute engine{device}"
+    log(f"{len(run.keys)} segment(s): {units}")
+    kwargs = {} if stage.settings is None else {"settings": run.settings}
+    started = time.perf_counter()
+    with dask.config.set(dict(stage.dask_config)):
+        results = compute.run_units(
+            stage.work,
+            [unit for _, unit in todo],
+            on_result=lambda result, done, total: log(stage.progress(result.value, done, total)),
+            on_progress=log,
+            resources=resources,
+            **kwargs,
+        )
+    run.values = {key: [] for key in run.keys}
+    for (key, _), result in zip(todo, results, strict=True):
+        run.values[key].append(result.value)
+    if stage.merge is not None:
+        merged = compute.run_units(stage.merge_work, stage.merge(run))
+        run.merged = dict(zip(run.keys, (result.value for result in merged), strict=True))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def report(context: dg.AssetExecutionContext, stage: Stage, run: StageRun) -> Iterable[dg.MaterializeResult]:
+    """Each output's metadata: one segment's own, or a run's totals with an observation per segment."""
+    extra = stage.run_metadata(run)
+    for output in stage.outputs:
+        key = dg.AssetKey(output.name)
+        if len(run.keys) == 1:
+            yield dg.MaterializeResult(asset_key=key, metadata={**output.describe(run, run.keys[0]), **extra})
+            continue
+        for segment in run.keys:
+            context.log_event(dg.AssetObservation(key, partition=segment, metadata=output.describe(run, segment)))
+        yield dg.MaterializeResult(asset_key=key, metadata={**output.summarize(run), **extra})
+
+
+def stage_asset(stage: Stage) -> dg.AssetsDefinition:
+    """The partitioned Dagster step of ``stage``: every output materialized together, from one pass."""
+    specs = [
+        dg.AssetSpec(
+            output.name,
+            description=output.description,
+            deps=output.deps,
+            kinds=set(output.kinds),
+            group_name="pipeline",
+            automation_condition=output.automation_condition,
+        )
+        for output in stage.outputs
+    ]
+
+    # can_subset stays False: one pass writes every output, so all of them are reported materialized together.
+    @segment_step(
+        specs=specs,
+        name=stage.name,
+        partitions_def=segments,
+        required_resource_keys={"compute", "storage", *stage.resources},
+        retry_policy=stage.retry_policy,
+        pool=GPU_POOL if stage.gpu else None,
+    )
+    def _step(context: dg.AssetExecutionContext, config: StageConfig):
+        resources = context.resources
+        run = StageRun(
+            root=resources.storage.data_root(),
+            keys=list(context.partition_keys),
+            resources=resources,
+            settings=None if stage.settings is None else stage.settings(resources),
+            redo=config.redo,
+        )
+        yield from report(context, stage, run_stage(stage, run, context.log.info))
+
+    return _step
