@@ -19,16 +19,11 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from cah_assets.partitions import segments
 from cah_assets.policies import WITH_ITS_ASSET
 from cah_assets.resources import ComputeResource, StorageResource
+from cah_resources.candidates.checks import CANDIDATES_CHECKS, check_candidates
+from cah_resources.clip_pairs.checks import CLIP_PAIRS_CHECKS, check_clip_pairs
 from cah_resources.contract import CANDIDATES, CLIP_PAIRS, IMAGE_SHARDS
-from cah_resources.dataset.checks import (
-    CANDIDATES_CHECKS,
-    CLIP_PAIRS_CHECKS,
-    IMAGE_SHARDS_CHECKS,
-    Verdict,
-    check_candidates,
-    check_clip_pairs,
-    check_image_shards,
-)
+from cah_resources.image_shards.checks import IMAGE_SHARDS_CHECKS, check_image_shards
+from cah_resources.verdicts import Verdict
 
 
 def materialization_checked(

@@ -16,17 +16,12 @@ from cah_assets.resources import ClipScorer, CommonCrawl, ComputeResource, Image
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
+from cah_resources.candidates.checks import CANDIDATES_CHECKS, check_candidates
 from cah_resources.candidates.stage import output_paths
+from cah_resources.clip_pairs.checks import CLIP_PAIRS_CHECKS, check_clip_pairs
 from cah_resources.contract import ShardStats
 from cah_resources.crawl.segments import register_crawl
-from cah_resources.dataset.checks import (
-    CANDIDATES_CHECKS,
-    CLIP_PAIRS_CHECKS,
-    IMAGE_SHARDS_CHECKS,
-    check_candidates,
-    check_clip_pairs,
-    check_image_shards,
-)
+from cah_resources.image_shards.checks import IMAGE_SHARDS_CHECKS, check_image_shards
 from cah_resources.image_shards.shard_writer import ShardWriter
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl

@@ -43,7 +43,8 @@ ELSEWHERE = {
     "cah_resources/image_shards/downloader.py": {"dns_timeout"},
     "cah_assets/resources.py": {"dns_timeout"},
     # a candidates check's count of rows whose category is unknown; a clip check's count of scored rows
-    "cah_resources/dataset/checks.py": {"unknown_category", "scored"},
+    "cah_resources/candidates/checks.py": {"unknown_category"},
+    "cah_resources/clip_pairs/checks.py": {"scored"},
     # keys of a worker's own report and of a thread's result box; SQLite's connect argument
     "cah_resources/fleet/gpu_worker.py": {"error"},
     "cah_assets/rehearsal.py": {"error"},
