@@ -1,66 +1,19 @@
 """What runs the pipeline without a person: crawl discovery, the segment schedule, and stages following upstream."""
 
 import json
-import re
 import warnings
 
-import aiohttp
 import dagster as dg
-import fsspec
 
 from cah_assets.partitions import segments
 from cah_assets.policies import MAX_IN_FLIGHT
 from cah_assets.resources import CommonCrawl, CrawlDiscovery, SegmentFlow, StorageResource
 from cah_resources.contract import STAGES
-from cah_resources.crawl.common_crawl import USER_AGENT
-from cah_resources.crawl.segments import parse_segment_key, register_crawl
-from cah_resources.errors import one_line
+from cah_resources.crawl.crawl_list import CrawlListError, choose_crawls, read_crawl_list
+from cah_resources.crawl.feed import next_segments
+from cah_resources.crawl.segments import register_crawl
 
 TRIGGER_TAG = "cah/trigger"
-
-
-class CrawlListError(ValueError):
-    """The crawl list could not be read or is not Common Crawl's collinfo.json format."""
-
-
-def read_crawl_list(location: str, timeout_s: float = 30.0) -> list[str]:
-    """Crawl ids from a collinfo.json-style list (``[{"id": "CC-MAIN-2024-10", ...}, ...]``) at a URL or path."""
-    web = location.startswith(("http://", "https://"))
-    options = (
-        {
-            "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
-            "client_kwargs": dict(timeout=aiohttp.ClientTimeout(total=timeout_s)),
-            "block_size": 0,  # one streamed GET, no HEAD or range requests
-        }
-        if web
-        else {}
-    )
-    try:
-        with fsspec.open(location, "rb", **options) as handle:
-            body = handle.read()
-    except (OSError, TimeoutError, aiohttp.ClientError) as error:
-        # fsspec's HTTP file system raises FileNotFoundError for an HTTP error and an unreachable host
-        # alike; its cause tells them apart.
-        cause = error.__cause__ or error
-        if isinstance(cause, aiohttp.ClientResponseError):
-            raise CrawlListError(f"crawl list {location} answered HTTP {cause.status}") from None
-        raise CrawlListError(f"crawl list {location} is unreachable: {one_line(cause)}") from None
-    try:
-        entries = json.loads(body)
-        ids = [entry["id"] for entry in entries]
-    except (ValueError, TypeError, KeyError) as error:
-        raise CrawlListError(
-            f'crawl list {location} is not a JSON list of {{"id": ...}} objects ({one_line(error)})'
-        ) from None
-    if not all(isinstance(i, str) for i in ids):
-        raise CrawlListError(f"crawl list {location} has non-string ids")
-    return ids
-
-
-def choose_crawls(ids: list[str], include: str, newest: int) -> list[str]:
-    """The ``newest`` crawls whose id matches ``include``, newest first (crawl ids sort by date)."""
-    pattern = re.compile(include)
-    return sorted({i for i in ids if pattern.search(i)}, reverse=True)[: max(newest, 0)]
 
 
 def _load_cursor(raw: str | None) -> dict[str, int]:
@@ -128,25 +81,9 @@ def pipeline_status(
     return {stage: dict(instance.get_status_by_partition(dg.AssetKey(stage), keys, segments) or {}) for stage in stages}
 
 
-def next_segments(
-    keys: list[str], status: dict[str, dict], active: list[str], count: int, max_in_flight: int
-) -> tuple[list[str], int]:
-    """Up to ``count`` never-started segments of the active crawls, leaving at most ``max_in_flight`` in flight.
-
-    Returns them and how many segments are in flight now. A segment whose first stage failed is not
-    picked again: a person retries it (its run failed after every retry).
-    """
-    in_flight = {k for by_key in status.values() for k, s in by_key.items() if s == dg.AssetPartitionStatus.IN_PROGRESS}
-    first = status[STAGES[0]]
-    by_crawl: dict[str, list[tuple[int, str]]] = {}
-    for key in keys:
-        crawl, index = parse_segment_key(key)
-        if first.get(key) is None and key not in in_flight:
-            by_crawl.setdefault(crawl, []).append((index, key))
-    order = active or sorted(by_crawl, reverse=True)
-    room = max(0, min(count, max_in_flight - len(in_flight)))
-    pending = [key for crawl in order for _, key in sorted(by_crawl.get(crawl, []))]
-    return pending[:room], len(in_flight)
+def in_flight(status: dict[str, dict[str, dg.AssetPartitionStatus | None]]) -> set[str]:
+    """Segments with any of the given stages queued or running."""
+    return {key for by_key in status.values() for key, s in by_key.items() if s == dg.AssetPartitionStatus.IN_PROGRESS}
 
 
 SEGMENT_CRON = "*/10 * * * *"  # the schedule's default; CAH_SEGMENT_CRON replaces it when the definitions are built
@@ -166,15 +103,17 @@ def segment_schedule(cron: str = SEGMENT_CRON, max_in_flight: int = MAX_IN_FLIGH
         context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow
     ) -> list[dg.RunRequest] | dg.SkipReason:
         keys = context.instance.get_dynamic_partitions(segments.name)
-        chosen, in_flight = next_segments(
+        status = pipeline_status(context.instance, keys, list(STAGES))
+        chosen, running = next_segments(
             keys,
-            pipeline_status(context.instance, keys, list(STAGES)),
-            segment_flow.crawls,
-            segment_flow.segments_per_tick,
-            max_in_flight,
+            started={key for key, s in status[STAGES[0]].items() if s is not None},
+            in_flight=in_flight(status),
+            active=segment_flow.crawls,
+            count=segment_flow.segments_per_tick,
+            max_in_flight=max_in_flight,
         )
         if not chosen:
-            return dg.SkipReason(f"{in_flight} segments in flight (cap {max_in_flight}); none pending and allowed")
+            return dg.SkipReason(f"{running} segments in flight (cap {max_in_flight}); none pending and allowed")
         tags = {TRIGGER_TAG: "schedule"}
         # A run key per segment: a tick the daemon retries after a crash does not launch a segment twice.
         return [dg.RunRequest(run_key=key, partition_key=key, tags=tags) for key in chosen]

@@ -51,7 +51,7 @@ def _known_crawls(source_base: str, crawl_list: str) -> str:
         folder = os.path.join(source_base, "crawl-data")
         ids = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         return ", ".join(ids) if ids else f"none under {folder}"
-    from cah_assets.automation import CrawlListError, read_crawl_list
+    from cah_resources.crawl.crawl_list import CrawlListError, read_crawl_list
 
     try:
         ids = read_crawl_list(crawl_list, timeout_s=REGISTER_TIMEOUT_S)

@@ -4,7 +4,7 @@ import dagster as dg
 import requests
 from hcloud import APIException
 
-from cah_assets.automation import pipeline_status
+from cah_assets.automation import in_flight, pipeline_status
 from cah_assets.partitions import segments
 from cah_assets.resources import HetznerFleet
 from cah_resources.contract import CANDIDATES, IMAGE_SHARDS
@@ -19,9 +19,7 @@ def segments_in_flight(instance: dg.DagsterInstance) -> int:
     """Segments with a CPU stage queued or running: the backlog the runners are there to clear."""
     keys = instance.get_dynamic_partitions(segments.name)
     status = pipeline_status(instance, keys, list(CPU_STAGES))
-    return len(
-        {key for by_key in status.values() for key, s in by_key.items() if s == dg.AssetPartitionStatus.IN_PROGRESS}
-    )
+    return len(in_flight(status))
 
 
 @dg.sensor(

@@ -8,13 +8,7 @@ import threading
 import dagster as dg
 import pytest
 
-from cah_assets.automation import (
-    CrawlListError,
-    choose_crawls,
-    crawl_discovery_sensor,
-    read_crawl_list,
-    segment_schedule,
-)
+from cah_assets.automation import crawl_discovery_sensor, segment_schedule
 from cah_assets.checks import IMAGE_SHARDS_CHECKS, candidates_checks, clip_pairs_checks, image_shards_checks
 from cah_assets.definitions import build_definitions, defs
 from cah_assets.deployment import Deployment
@@ -51,7 +45,6 @@ def crawls(tmp_path_factory):
         for i in (NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01")
     ]
     (root / "collinfo.json").write_text(json.dumps(listing))
-    (root / "broken.json").write_text('{"id": "CC-MAIN-2024-10"')
     return root
 
 
@@ -74,39 +67,6 @@ def _unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-# --- the crawl list -------------------------------------------------------------------------------
-
-
-def test_the_crawl_list_is_read_from_a_url_or_a_local_file(crawls, crawl_list_server):
-    expected = [NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01"]
-    assert read_crawl_list(f"{crawl_list_server}/collinfo.json") == expected
-    assert read_crawl_list(str(crawls / "collinfo.json")) == expected
-    assert read_crawl_list(f"file://{crawls / 'collinfo.json'}") == expected
-
-
-@pytest.mark.parametrize(
-    "where, says",
-    [
-        ("{server}/missing.json", "answered HTTP 404"),
-        ("{server}/broken.json", "is not a JSON list"),
-        ("http://127.0.0.1:{port}/collinfo.json", "is unreachable"),
-        ("{folder}/nowhere.json", "is unreachable"),
-    ],
-)
-def test_an_unusable_crawl_list_is_one_line_saying_why(crawls, crawl_list_server, where, says):
-    location = where.format(server=crawl_list_server, port=_unused_port(), folder=crawls)
-    with pytest.raises(CrawlListError, match=says) as caught:
-        read_crawl_list(location, timeout_s=5)
-    assert "\n" not in str(caught.value) and location in str(caught.value)
-
-
-def test_the_newest_matching_crawls_are_chosen():
-    ids = [NEW, OLD, "CC-MAIN-2023-50", "CC-MAIN-2008-2009", "CC-NEWS-2024-01"]
-    assert choose_crawls(ids, r"^CC-MAIN-\d{4}-\d{2}$", 2) == [NEW, OLD]
-    assert choose_crawls(ids, r"^CC-MAIN-2023", 5) == ["CC-MAIN-2023-50"]
-    assert choose_crawls(ids, r"^CC-MAIN-\d{4}-\d{2}$", 0) == []
 
 
 # --- the discovery sensor -------------------------------------------------------------------------
