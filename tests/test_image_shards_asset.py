@@ -138,6 +138,20 @@ def test_a_rerun_reuses_every_finished_shard(crawl_on_local_web, data_root, loca
     assert {n: data_root.read_bytes(f"{folder}/{n}") for n in data_root.listdir(folder)} == before
 
 
+def test_a_redo_run_downloads_every_finished_shard_again(crawl_on_local_web, data_root, local_compute, web):
+    crawl, registration, instance = crawl_on_local_web
+    key = registration.keys()[0]
+    run = resources(crawl, data_root, local_compute)
+    assert dg.materialize([candidates, image_shards], partition_key=key, instance=instance, resources=run).success
+    shards = len(read_segment_markers(data_root, key))
+    web.reset_counters()
+    redo = {"ops": {"image_shards": {"config": {"redo": True}}}}
+    again = dg.materialize([image_shards], partition_key=key, instance=instance, resources=run, run_config=redo)
+    assert again.success
+    assert again.asset_materializations_for_node("image_shards")[0].metadata["shards_run_now"].value == shards > 0
+    assert sum(web.requests.values()) > 0
+
+
 def test_shards_run_in_dask_worker_processes(crawl_on_local_web, data_root, local_compute):
     crawl, registration, instance = crawl_on_local_web
     key = registration.keys()[0]

@@ -55,7 +55,8 @@ class Stage:
     """A stage, declared: its units, the plain function run on each, and what its outputs say.
 
     The runner picks each segment's units (``plan``), skips those ``is_done`` says are finished
-    unless the run sets ``redo``, hands the rest to the compute engine (``work``), then, when
+    unless the run sets ``redo`` (then ``forget`` clears each unit's marker, which its work function
+    would otherwise honour), hands the rest to the compute engine (``work``), then, when
     declared, one ``merge`` unit per segment; each output is described per segment and per run.
     """
 
@@ -68,6 +69,7 @@ class Stage:
     resources: tuple[str, ...] = ()  # Dagster resources read beside compute and storage
     settings: Callable[[Any], Any] | None = None  # resources → settings, read once; work gets them as settings=
     is_done: Callable[[Any], bool] | None = None  # a unit finished by an earlier run, skipped unless redo
+    forget: Callable[[Any], None] | None = None  # makes a finished unit's work function redo it (a redo run)
     merge: Callable[[StageRun], list] | None = None  # one unit per segment (run.keys order), after the work
     merge_work: Callable[..., Any] | None = None  # the plain function run on each merge unit
     run_metadata: Callable[[StageRun], dict] = lambda run: {}  # what a run adds beside its segments' (speed)
@@ -88,6 +90,9 @@ def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageR
     device = f" on {'GPU' if resources else 'CPU'} workers" if stage.gpu else ""
     units = f"{len(planned)} {stage.unit_noun}{skipped}, {len(todo)} to the compute engine{device}"
     log(f"{len(run.keys)} segment(s): {units}")
+    if run.redo and stage.forget is not None:
+        for _, unit in todo:
+            stage.forget(unit)
     kwargs = {} if stage.settings is None else {"settings": run.settings}
     started = time.perf_counter()
     with dask.config.set(dict(stage.dask_config)):

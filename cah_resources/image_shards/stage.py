@@ -110,6 +110,11 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
     return marker
 
 
+def forget_shard(unit: ShardUnit) -> None:
+    """Remove the shard's completion marker: the next run redoes the shard whole (a redo run asks for it)."""
+    unit.root.remove(shard_paths(segment_folder(unit.root, unit.segment), unit.shard)["done"])
+
+
 def read_rows(unit: ShardUnit, columns: list[str] | None = None) -> pa.Table:
     """Rows [start, stop) of the candidates parquet, reading only the row groups that hold them."""
     path = candidates_path(unit.root, unit.segment)
