@@ -1,0 +1,84 @@
+"""The stage runner: one pass may materialize two assets; a range records each segment; finished units wait."""
+
+import dataclasses
+
+import dagster as dg
+
+from cah_assets.partitions import segments
+from cah_assets.resources import StorageResource
+from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
+
+KEYS = ["CC-MAIN-TOY_00000", "CC-MAIN-TOY_00001"]
+DONE = "words/CC-MAIN-TOY_00000-1"  # a unit an earlier run finished
+
+
+def words(run: StageRun, key: str) -> list[str]:
+    return [f"words/{key}-{i}" for i in range(3)]
+
+
+def count_letters(unit: str) -> dict:
+    return {"unit": unit, "letters": sum(c.isalpha() for c in unit)}
+
+
+def describe_units(run: StageRun, key: str) -> dict:
+    return {"units_run": len(run.values[key])}
+
+
+def describe_letters(run: StageRun, key: str) -> dict:
+    return {"letters": sum(v["letters"] for v in run.values[key])}
+
+
+TOY = Stage(
+    name="toy",
+    outputs=(
+        Output("toy_units", "Units run per segment.", describe_units, lambda run: {"segments": len(run.keys)}),
+        Output("toy_letters", "Letters per segment.", describe_letters, lambda run: {"segments": len(run.keys)}),
+    ),
+    plan=words,
+    is_done=lambda unit: unit == DONE,
+    work=count_letters,
+    progress=lambda value, done, total: f"{done}/{total} {value['unit']}",
+    run_metadata=lambda run: {"units_run_now": len(run.all_values())},
+)
+toy = stage_asset(TOY)
+
+
+def _materialize(tmp_path, local_compute, run_config=None):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(segments.name, KEYS)
+    return dg.materialize(
+        [toy],
+        instance=instance,
+        resources={"compute": local_compute, "storage": StorageResource(root=str(tmp_path / "data"))},
+        tags={"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]},
+        run_config=run_config,
+    )
+
+
+def test_one_pass_materializes_both_outputs_and_observes_each_segment_of_a_range(tmp_path, local_compute):
+    result = _materialize(tmp_path, local_compute)
+    assert result.success
+    made = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert set(made) == {"toy_units", "toy_letters"}
+    assert made["toy_units"]["segments"].value == 2 and made["toy_units"]["units_run_now"].value == 5
+    observed = {
+        (e.asset_key.to_user_string(), e.event_specific_data.asset_observation.partition): (
+            e.event_specific_data.asset_observation.metadata
+        )
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    }
+    assert observed[("toy_units", KEYS[0])]["units_run"].value == 2  # the finished unit waited
+    assert observed[("toy_units", KEYS[1])]["units_run"].value == 3
+    assert observed[("toy_letters", KEYS[1])]["letters"].value == 3 * sum(c.isalpha() for c in "words/CC-MAIN-TOY_")
+
+
+def test_a_redo_run_takes_finished_units_too(tmp_path, local_compute):
+    result = _materialize(tmp_path, local_compute, {"ops": {"toy": {"config": {"redo": True}}}})
+    metadata = result.asset_materializations_for_node("toy")[0].metadata
+    assert metadata["units_run_now"].value == 6
+
+
+def test_a_gpu_stage_takes_a_slot_of_the_gpu_pool():
+    gpu = stage_asset(dataclasses.replace(TOY, name="toy_gpu", gpu=True))
+    assert gpu.op.pool == "gpu" and toy.op.pool is None
