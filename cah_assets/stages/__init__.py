@@ -1,1 +1,1 @@
-"""The Dagster assets of the three partitioned stages."""
+"""The partitioned stages: the one stage runner, and each stage declared for it."""
