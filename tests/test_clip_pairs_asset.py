@@ -29,7 +29,7 @@ def data(tmp_path) -> DataRoot:
     return root
 
 
-def materialize(root: DataRoot, compute: ComputeResource) -> dg.ExecuteInProcessResult:
+def materialize(root: DataRoot, compute: ComputeResource, run_config=None) -> dg.ExecuteInProcessResult:
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("segments", [SEGMENT])
     return dg.materialize(
@@ -41,6 +41,7 @@ def materialize(root: DataRoot, compute: ComputeResource) -> dg.ExecuteInProcess
             "storage": StorageResource(root=root.url),
             "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
         },
+        run_config=run_config,
     )
 
 
@@ -63,7 +64,7 @@ def test_a_segment_materializes_with_the_numbers_a_person_asks_for(data):
     assert all("cah-tiny-clip" in r.data["model"] for r in metadata["models"].records)
 
 
-def test_a_rematerialized_segment_scores_nothing_again_and_reports_the_same_totals(data):
+def test_a_rematerialized_segment_scores_nothing_again_unless_the_run_says_redo(data):
     compute = ComputeResource(n_workers=1, processes=False, local_gpus=0)
     first = materialize(data, compute).asset_materializations_for_node("clip_pairs")[0].metadata
 
@@ -72,6 +73,11 @@ def test_a_rematerialized_segment_scores_nothing_again_and_reports_the_same_tota
     assert second["shards_scored_now"].value == 0
     assert second["pairs_kept"].value == first["pairs_kept"].value
     assert second["pairs_scored"].value == first["pairs_scored"].value
+
+    redo = materialize(data, compute, {"ops": {"clip_pairs": {"config": {"redo": True}}}})
+    again = redo.asset_materializations_for_node("clip_pairs")[0].metadata
+    assert again["shards_scored_now"].value == first["shards"].value > 0
+    assert again["pairs_kept"].value == first["pairs_kept"].value
 
 
 def test_shards_run_on_the_worker_advertising_a_gpu_when_there_is_one(data):
