@@ -46,7 +46,7 @@ ELSEWHERE = {
     "cah_resources/candidates/checks.py": {"unknown_category"},
     "cah_resources/clip_pairs/checks.py": {"scored"},
     # keys of a worker's own report and of a thread's result box; SQLite's connect argument
-    "cah_resources/fleet/gpu_worker.py": {"error"},
+    "cah_resources/fleet/cuda_devices.py": {"error"},
     "cah_assets/rehearsal.py": {"error"},
     "cah_resources/dataset/dedup_index.py": {"timeout"},
 }
