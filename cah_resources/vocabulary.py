@@ -56,6 +56,7 @@ class DownloadStatus(StrEnum):
     ROBOTS_NOAI = "robots_noai"  # X-Robots-Tag noai / noimageai on the image response
     ROBOTS_DISALLOWED = "robots_disallowed"  # robots.txt disallows the image's path for our token (or *)
     ROBOTS_UNREACHABLE = "robots_unreachable"  # robots.txt answered 5xx or 429: RFC 9309 disallows the host
+    ROBOTS_TOO_COMPLEX = "robots_too_complex"  # robots.txt over opt_outs.ROBOTS_MAX_RULES rules: the host refused
     TDM_RESERVED = "tdm_reserved"  # TDMRep: tdm-reservation: 1 on the response, or tdmrep.json for its path
     BLOCKLISTED_IMAGE = "blocklisted_image"  # the downloaded bytes' hash is on a blocklist
     # The image.
@@ -112,6 +113,7 @@ OPT_OUT_STATUSES: tuple[str, ...] = (
     DownloadStatus.ROBOTS_NOAI,
     DownloadStatus.ROBOTS_DISALLOWED,
     DownloadStatus.ROBOTS_UNREACHABLE,
+    DownloadStatus.ROBOTS_TOO_COMPLEX,
     DownloadStatus.TDM_RESERVED,
     DropReason.BLOCKLISTED_URL,
     DownloadStatus.BLOCKLISTED_IMAGE,

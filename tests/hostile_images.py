@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cah_resources.samples.local_web import photo_like
@@ -60,17 +61,23 @@ def jpeg_with_bogus_exif_tags(tags: int) -> bytes:
 
 
 class BodiesWeb:
-    """``with BodiesWeb({"/a.jpg": data}) as web: web.url("/a.jpg")``: a loopback server of fixed bodies."""
+    """``with BodiesWeb({"/a.jpg": data}) as web: web.url("/a.jpg")``: a loopback server of fixed bodies.
 
-    def __init__(self, bodies: dict[str, bytes]) -> None:
+    ``headers`` adds response headers per path; ``web.requests`` counts the paths asked for.
+    """
+
+    def __init__(self, bodies: dict[str, bytes], headers: dict[str, dict[str, str]] | None = None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.requests[self.path] += 1
                 body = outer.bodies.get(self.path)
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(body or b"")))
+                for name, value in outer.headers.get(self.path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body or b"")
 
@@ -78,6 +85,8 @@ class BodiesWeb:
                 pass
 
         self.bodies = bodies
+        self.headers = headers or {}
+        self.requests: Counter[str] = Counter()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="bodies-web", daemon=True)

@@ -18,8 +18,9 @@ from cah_resources.image_shards.downloader import Downloader, FetchSettings
 from cah_resources.image_shards.opt_outs import parse_tdmrep
 from cah_resources.image_shards.resizer import ResizeSettings
 from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards, summarize_markers
-from cah_resources.samples.local_web import SITE_PROFILES, LocalImageWeb, LocalUrl
+from cah_resources.samples.local_web import SITE_PROFILES, LocalImageWeb, LocalUrl, photo_like
 from cah_resources.storage import DataRoot
+from tests.hostile_images import BodiesWeb
 from tests.test_image_shards import all_rows, shard_files, write_candidates
 
 SEGMENT = "CC-MAIN-TEST_00000"
@@ -204,3 +205,84 @@ def test_candidates_drop_a_listed_url_as_blocklisted_url(sample_crawl, tmp_path)
     assert not {url for url, _ in pairs} & set(listed)
     assert stats.drops[DropReason.BLOCKLISTED_URL] == len(all_pairs) - len(pairs) > 0
     assert stats.drops[DropReason.DUPLICATE] == sample_crawl.counts[rel].drops[DropReason.DUPLICATE]
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    photo_like(200, 150, seed=seed).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+UNUSABLE_TDMREP = {
+    "bracket": '[{"location": "http://[/", "tdm-reservation": 1}]',
+    "port": '[{"location": "http://example.org:99999/x", "tdm-reservation": 1}]',
+    "nested": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("tdmrep", UNUSABLE_TDMREP.values(), ids=UNUSABLE_TDMREP.keys())
+def test_a_host_with_an_unusable_tdmrep_location_is_one_row_and_the_shard_finishes(web, tmp_path, tdmrep):
+    root = DataRoot(str(tmp_path / "data"))
+    good = [LocalUrl(web.url("jpeg", i), "jpeg", "ok") for i in range(20)]
+    with BodiesWeb({"/.well-known/tdmrep.json": tdmrep.encode(), "/a.jpg": jpeg_bytes(1)}) as hostile:
+        write_candidates(root, SEGMENT, [*good, LocalUrl(hostile.url("/a.jpg"), "jpeg", "ok")])
+        (unit,) = plan_shards(root, SEGMENT, 100)
+        marker = download_shard(unit, SETTINGS)
+        asked = hostile.requests["/.well-known/tdmrep.json"]
+    assert marker["count"] == 21 and marker["status_counts"] == {"ok": 21}
+    assert asked == 1  # its rules were kept for the task: none, as the entry is unusable
+
+
+def test_tdmrep_json_with_an_unusable_location_keeps_its_other_entries():
+    rules = parse_tdmrep(
+        '[{"location": "http://[/", "tdm-reservation": 1}, {"location": "https://h.example:99999/x"},'
+        ' {"location": "https://h.example/kept/*", "tdm-reservation": 1}]'
+    )
+    assert [(r.location, r.pattern.match("/kept/a.jpg")) for r in rules] == [("https://h.example/kept/*", True)]
+    assert parse_tdmrep("[" * 100_000) == []
+
+
+@pytest.mark.timeout(60)  # a backtracking matcher takes longer than the universe's age on this path
+def test_a_many_star_tdmrep_location_matches_a_long_path_at_once(tmp_path):
+    location = "/" + "*a" * 16 + "*b"
+    path = "/" + "a" * 200 + ".jpg"
+    with BodiesWeb(
+        {
+            "/.well-known/tdmrep.json": f'[{{"location": "{location}", "tdm-reservation": 1}}]'.encode(),
+            path: jpeg_bytes(2),
+        }
+    ) as hostile:
+
+        async def once():
+            async with Downloader(FETCH) as downloader:
+                return await downloader.fetch(hostile.url(path)), await downloader.fetch(hostile.url(path + "b"))
+
+        fetched, reserved = asyncio.run(once())
+    assert fetched.status == "fetched" and reserved.status == "tdm_reserved"
+
+
+def test_a_robots_txt_with_more_rules_than_are_evaluated_refuses_its_host_without_timeouts(tmp_path):
+    rules = "".join(f"Disallow: /*x{i}*y$\n" for i in range(24_000))
+    robots = ("User-agent: *\n" + rules)[: 500 * 1024].encode()
+    with BodiesWeb({"/robots.txt": robots, "/a.jpg": jpeg_bytes(3)}) as hostile:
+
+        async def many():
+            async with Downloader(FETCH) as downloader:
+                return await asyncio.gather(*(downloader.fetch(hostile.url(f"/a.jpg?{i}")) for i in range(200)))
+
+        results = asyncio.run(many())
+        asked = dict(hostile.requests)
+    assert Counter(r.status for r in results) == {"robots_too_complex": 200}
+    assert "over the 2000 evaluated" in results[0].error_message
+    assert asked["/robots.txt"] == 1 and not [path for path in asked if path.startswith("/a.jpg")]
+
+
+def test_a_robots_txt_within_the_rule_bound_is_evaluated(tmp_path):
+    robots = ("User-agent: *\n" + "".join(f"Disallow: /*x{i}*y$\n" for i in range(1_900)) + "Disallow: /no/\n").encode()
+    with BodiesWeb({"/robots.txt": robots, "/a.jpg": jpeg_bytes(3)}) as hostile:
+
+        async def two():
+            async with Downloader(FETCH) as downloader:
+                return [(await downloader.fetch(hostile.url(p))).status for p in ("/a.jpg", "/no/a.jpg", "/x7/zy")]
+
+        assert asyncio.run(two()) == ["fetched", "robots_disallowed", "robots_disallowed"]

@@ -322,7 +322,14 @@ class Downloader:
         connector), and only then do its timeouts start: a URL waiting in a queue never times out.
         The wait between attempts holds no slot, so a URL backing off does not keep others from
         starting. A DNS timeout is retried once at most; other DNS failures are answers, not retried.
+        Whatever a site sends (robots.txt, tdmrep.json, headers, bodies), a failure is a status.
         """
+        try:
+            return await self._fetch(url)
+        except Exception as exc:  # a bug a hostile site found: that URL's status, not the shard's end
+            return classify_exception(exc, url)
+
+    async def _fetch(self, url: str) -> Fetched:
         s = self.settings
         try:
             parsed = URL(url)
