@@ -18,6 +18,8 @@ DSN_SECRETS = {
     "postgresql://cah:pw2-S3CRET?query@127.0.0.1:1/cah?sslmode=disable": "pw2-S3CRET",
     "postgresql://cah@127.0.0.1:1/cah?sslmode=disable&password=pw4-S3CRET": "pw4-S3CRET",
     "postgresql://cah@127.0.0.1:1/cah?PASSWORD=pw5-S3CRET#x": "pw5-S3CRET#x",
+    "postgresql://cah:ab/pw8-S3CRET@127.0.0.1:1/cah": "pw8-S3CRET",  # SQLAlchemy reads "ab/pw8-S3CRET"
+    "postgresql://cah:pw9-S3CRET/x@127.0.0.1:1/cah": "pw9-S3CRET",
     "host=127.0.0.1 port=1 dbname=cah password=pw6-S3CRET": "pw6-S3CRET",
     "host=127.0.0.1 port=1 password = 'pw7 S3CRET' dbname=cah": "pw7 S3CRET",
 }
