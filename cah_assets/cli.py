@@ -7,6 +7,7 @@ import sys
 import click
 
 from cah_resources.contract import STAGES
+from cah_resources.redaction import redact_text, redact_url
 from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
 from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
 
@@ -161,11 +162,12 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
         return isinstance(error, (IncompleteDownload, OSError)) and not isinstance(error, CrawlFileMissing)
 
     def reason(error: BaseException) -> str:
-        return one_line(error.__cause__ or error, 200)  # the connection's own error, not the download's wrapper
+        # The connection's own error, not the download's wrapper; a URL in it shown without secrets.
+        return redact_text(one_line(error.__cause__ or error, 200))
 
     def tell(error: BaseException, attempt: int, delay: float) -> None:
         click.echo(
-            f"{common_crawl.base_url} did not answer ({reason(error)}); attempt {attempt}/{REGISTER_ATTEMPTS} "
+            f"{redact_url(common_crawl.base_url)} did not answer ({reason(error)}); attempt {attempt}/{REGISTER_ATTEMPTS} "
             f"in {delay:.0f} s",
             err=True,
         )
@@ -177,8 +179,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
         if not unreachable(error):
             raise
         raise UserError(
-            f"{common_crawl.base_url} is unreachable after {REGISTER_ATTEMPTS} attempts ({reason(error)}); "
-            "check the network or pass --source a mirror or folder"
+            f"{redact_url(common_crawl.base_url)} is unreachable after {REGISTER_ATTEMPTS} attempts "
+            f"({reason(error)}); check the network or pass --source a mirror or folder"
         ) from None
 
 
@@ -213,9 +215,10 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
         registration, added = _register_with_retries(instance, common_crawl, storage, crawl, files_per_segment)
     except CrawlFileMissing:
         known = _known_crawls(common_crawl.base_url, defs.resources["crawl_discovery"].crawl_list)
-        raise UserError(f"{crawl} is not a crawl of {common_crawl.base_url}; known crawls: {known}") from None
+        shown = redact_url(common_crawl.base_url)
+        raise UserError(f"{crawl} is not a crawl of {shown}; known crawls: {redact_text(known)}") from None
     except (ValueError, KeyError) as error:
-        raise UserError(str(error.args[0] if error.args else error)) from None
+        raise UserError(redact_text(str(error.args[0] if error.args else error))) from None
     click.echo(
         f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
         f"segment, {registration.segment_count} segments, {added} new partitions "

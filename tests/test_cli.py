@@ -119,3 +119,68 @@ def test_loading_the_code_location_shows_no_beta_or_preview_warning():
     )
     assert done.returncode == 0, done.stderr
     assert "BetaWarning" not in done.stderr and "PreviewWarning" not in done.stderr, done.stderr
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    """A crawl source that has no crawl: every file answers 404."""
+
+    def do_GET(self):
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def empty_source():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query", "unreachable", "environment"])
+def test_a_crawl_source_credential_is_never_printed(capsys, instance_home, tmp_path, monkeypatch, empty_source, form):
+    monkeypatch.setattr(cli, "REGISTER_BACKOFF_S", 0.01)
+    secret = "s3cretPW-9f2"
+    address = f"127.0.0.1:{_closed_port()}" if form == "unreachable" else empty_source
+    source = f"http://{empty_source}/cc?token={secret}" if form == "query" else f"http://cah:{secret}@{address}"
+    argv = ["register", "CC-MAIN-2024-10", "--data-root", str(tmp_path / "d")]
+    if form == "environment":
+        monkeypatch.setenv("CAH_CRAWL_SOURCE", source)
+    else:
+        argv += ["--source", source]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and "***" in err.splitlines()[-1]
+    assert ("unreachable after" if form == "unreachable" else "is not a crawl of") in err
+    assert secret not in out + err
+
+
+def test_a_worker_given_no_scheduler_address_says_so_in_one_line(capsys):
+    code, _, err = _run(capsys, "worker", "--scheduler", "not a url", "--nworkers", "1")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("cah worker: 'not a url' is no scheduler address like tls://")
+
+
+def test_a_worker_that_cannot_reach_its_scheduler_exits_with_one_line_and_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2"}
+    scheduler = f"tcp://127.0.0.1:{_closed_port()}"
+    argv = [sys.executable, "-m", "cah_assets.cli", "worker", "--scheduler", scheduler, "--nworkers", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"cah worker: cannot join the scheduler at {scheduler}: ")
