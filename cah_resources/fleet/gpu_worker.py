@@ -112,6 +112,16 @@ async def serve_workers(scheduler: str, options: list[dict[str, Any]], security:
     await asyncio.gather(*(n.close(timeout=10) for n in nannies), return_exceptions=True)
 
 
+def check_scheduler_address(address: str) -> None:
+    """ClusterUnavailable unless ``address`` reads as a scheduler's, ``tls://HOST:PORT`` or ``tcp://HOST:PORT``."""
+    from distributed.comm import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        raise ClusterUnavailable(f"{address!r} is no scheduler address like tls://203.0.113.7:8786 ({exc})") from None
+
+
 def run_worker(settings: WorkerSettings, devices: list[GpuDevice] | None = None) -> int:
     """``cah worker``: turn this machine into CPU runners or a GPU executor of a remote cluster.
 
@@ -121,6 +131,7 @@ def run_worker(settings: WorkerSettings, devices: list[GpuDevice] | None = None)
     s = settings
     name = s.name or socket.gethostname()
     try:
+        check_scheduler_address(s.scheduler)
         security = cluster_security(s.tls_ca_file, s.tls_cert, s.tls_key, role="worker")
         if s.scheduler.startswith("tls://") and not security.require_encryption:
             raise ClusterUnavailable(
@@ -155,5 +166,11 @@ def run_worker(settings: WorkerSettings, devices: list[GpuDevice] | None = None)
         print(f"cah worker: {exc}", file=sys.stderr)
         return 2
     print(f"cah worker: joining {s.scheduler} as {', '.join(o['name'] for o in options)}", flush=True)
-    asyncio.run(serve_workers(s.scheduler, options, security))
+    try:
+        asyncio.run(serve_workers(s.scheduler, options, security))
+    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:  # Nanny wraps the reason in "failed to start"
+        cause = exc.__cause__ or exc
+        reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+        print(f"cah worker: cannot join the scheduler at {s.scheduler}: {reason}", file=sys.stderr)
+        return 1
     return 0
