@@ -7,9 +7,9 @@ import sys
 import click
 
 from cah_resources.contract import STAGES
-from cah_resources.redaction import redact_text, redact_url
 from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
 from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
+from cah_resources.redaction import redact_text, redact_url
 
 REGISTER_ATTEMPTS = 3  # a crawl source that stays unreachable this many times is reported, not waited on
 REGISTER_TIMEOUT_S = 30.0
@@ -166,9 +166,9 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
         return redact_text(one_line(error.__cause__ or error, 200))
 
     def tell(error: BaseException, attempt: int, delay: float) -> None:
+        shown = redact_url(common_crawl.base_url)
         click.echo(
-            f"{redact_url(common_crawl.base_url)} did not answer ({reason(error)}); attempt {attempt}/{REGISTER_ATTEMPTS} "
-            f"in {delay:.0f} s",
+            f"{shown} did not answer ({reason(error)}); attempt {attempt}/{REGISTER_ATTEMPTS} in {delay:.0f} s",
             err=True,
         )
 
