@@ -26,7 +26,7 @@ from cah_resources.candidates.stage import (
 )
 from cah_resources.contract import CANDIDATES_SCHEMA, CandidatesStats, Damage, DropReason
 from cah_resources.crawl.common_crawl import CrawlSource
-from cah_resources.crawl.segments import register_crawl
+from cah_resources.crawl.segments import parse_segment_key, register_crawl
 
 
 def _rows(table, columns=("url", "text", "page_url", "category", "wat_file")):
@@ -121,9 +121,12 @@ def test_registration_fixes_the_files_of_every_segment_key(sample_crawl, data_ro
 
 def test_bad_crawl_ids_and_keys_are_refused_in_one_line(sample_crawl, data_root):
     source = CommonCrawl(base_url=sample_crawl.root).source()
-    for bad in ("CC/MAIN", "CC|1", "a,b", "x...y", "[x]"):
+    for bad in ("CC/MAIN", "CC|1", "a,b", "x...y", "[x]", f"{sample_crawl.crawl}\n"):
         with pytest.raises(ValueError, match="not a usable crawl id"):
             register_crawl(source, data_root, bad)
+    for bad_key in ("CC-MAIN-2024-10_00001\n", "CC-MAIN-2024-10_٠٠٠٠١"):
+        with pytest.raises(ValueError, match="is not a segment key"):
+            parse_segment_key(bad_key)
     with pytest.raises(FileNotFoundError, match="not in"):
         register_crawl(source, data_root, "CC-MAIN-1999-01")
 

@@ -10,8 +10,9 @@ from cah_resources.contract import segments_manifest_path
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.storage import DataRoot
 
-CRAWL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
-SEGMENT_KEY = re.compile(r"^(?P<crawl>[A-Za-z0-9][A-Za-z0-9.-]*)_(?P<index>\d{5})$")
+# Matched whole (fullmatch): "$" alone would let a trailing newline through into paths and keys.
+CRAWL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+SEGMENT_KEY = re.compile(r"(?P<crawl>[A-Za-z0-9][A-Za-z0-9.-]*)_(?P<index>[0-9]{5})")
 DEFAULT_TARGET_SEGMENTS = 2000
 MAX_SEGMENTS = 99_999
 
@@ -21,14 +22,14 @@ def segment_key(crawl: str, index: int) -> str:
 
 
 def parse_segment_key(key: str) -> tuple[str, int]:
-    match = SEGMENT_KEY.match(key)
+    match = SEGMENT_KEY.fullmatch(key)
     if match is None or "..." in key:
         raise ValueError(f"{key!r} is not a segment key like CC-MAIN-2024-10_00042")
     return match["crawl"], int(match["index"])
 
 
 def check_crawl_id(crawl: str) -> str:
-    if not CRAWL_ID.match(crawl) or "..." in crawl:
+    if not CRAWL_ID.fullmatch(crawl) or "..." in crawl:
         raise ValueError(
             f"{crawl!r} is not a usable crawl id: letters, digits, '-' and '.' only (like CC-MAIN-2024-10)"
         )
