@@ -221,6 +221,17 @@ def test_missing_candidates_are_a_one_line_error(tmp_path):
         plan_shards(DataRoot(str(tmp_path)), "CC-MAIN-NONE_00000", 10)
 
 
+def test_a_candidates_parquet_without_uid_is_a_one_line_error(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    write_candidates(root, SEGMENT, [LocalUrl(web.url("jpeg", 0), "jpeg", "ok")])
+    path = output_paths(root, SEGMENT)[0]
+    root.write_parquet(path, root.read_parquet(path).drop(["uid"]))
+    with pytest.raises(ValueError, match="has no uid column: it is not a candidates parquet") as error:
+        for unit in plan_shards(root, SEGMENT, 10):
+            download_shard(unit, SETTINGS)
+    assert "\n" not in str(error.value) and "rematerialize the candidates of" in str(error.value)
+
+
 def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
     root = DataRoot(str(tmp_path / "data"))
     with LocalImageWeb(n_hosts=3, latency=(0.15, 0.3), seed=1) as slow_web:

@@ -34,6 +34,7 @@ from cah_resources.image_shards.shard_writer import (
 )
 from cah_resources.storage import DataRoot
 
+SHARD_INPUT_COLUMNS = ("uid", "url")  # what a shard task reads of each candidate: its marker's digest, its URL
 IMAGE_OUTCOME_FIELDS = tuple(f.name for f in fields(ImageOutcome) if f.name != "jpeg")
 
 
@@ -81,7 +82,14 @@ def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit
     if not root.exists(path):
         raise FileNotFoundError(f"{path} does not exist: materialize the candidates of {segment} first")
     with root.fs.open(path, "rb") as handle:
-        rows = pq.ParquetFile(handle).metadata.num_rows
+        parquet = pq.ParquetFile(handle)
+        rows, names = parquet.metadata.num_rows, parquet.schema_arrow.names
+    missing = [name for name in SHARD_INPUT_COLUMNS if name not in names]
+    if missing:
+        raise ValueError(
+            f"{path} has no {' or '.join(missing)} column: it is not a candidates parquet "
+            f"(columns: {', '.join(names[:12])}); rematerialize the candidates of {segment}"
+        )
     return [
         ShardUnit(root, segment, i, i * shard_size, min(rows, (i + 1) * shard_size))
         for i in range(math.ceil(rows / shard_size))
