@@ -2,6 +2,8 @@
 
 import asyncio
 import gc
+import json
+import random
 import tracemalloc
 import zlib
 
@@ -10,7 +12,7 @@ import pytest
 from hostile_peers import RawServer, read_request, response_head
 
 from cah_resources.image_shards.body_reader import ENCODINGS, MAX_GZIP_MEMBERS
-from cah_resources.image_shards.downloader import Downloader, FetchSettings
+from cah_resources.image_shards.downloader import Downloader, Fetched, FetchSettings
 
 # These peers serve bodies, not sites: no robots.txt or tdmrep.json to ask them for.
 LOOPBACK = dict(
@@ -154,3 +156,115 @@ def test_a_content_length_lie_does_not_poison_the_next_response_on_that_connecti
     assert (following.status, following.body) == ("fetched", b"the body of /next")
     assert (third.status, third.body) == ("fetched", b"the body of /third")
     assert connections >= 2  # the liar's connection was dropped, not handed to /next
+
+
+def _fuzz_text(rng: random.Random, size: int) -> str:
+    alphabet = "/a*$%?#[]:@.-_é\x00\t \\\"'{}" + "\ud800"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, size)))
+
+
+def _fuzz_bytes(rng: random.Random, size: int) -> bytes:
+    return bytes(rng.randrange(256) for _ in range(rng.randint(0, size)))
+
+
+def fuzz_robots(rng: random.Random) -> bytes:
+    lines = []
+    for _ in range(rng.randint(0, 40)):
+        kind = rng.choice(["User-agent", "Disallow", "Allow", "Crawl-delay", "Sitemap", "Request-rate", None])
+        value = rng.choice(["cah", "*", "CAH", _fuzz_text(rng, 30)])
+        lines.append(f"{kind}: {value}" if kind else _fuzz_text(rng, 30))
+    text = "\n".join(lines).encode("utf-8", "surrogatepass")
+    return rng.choice([text, text.replace(b"\n", b"\r"), _fuzz_bytes(rng, 300)])
+
+
+def fuzz_tdmrep(rng: random.Random) -> bytes:
+    def value():
+        return rng.choice([1, "1", 0, None, [], {}, 1e308, -1, "x", _fuzz_text(rng, 10), "9" * 5000])
+
+    def location():
+        return rng.choice(
+            ["http://[/", "http://h.example:99999/a", "https://h.example/*a*a*a*b", "/*.jpg$", "*", "$", "", "/img"]
+            + [_fuzz_text(rng, 40), "http://" + _fuzz_text(rng, 20), 5, None, ["x"]]
+        )
+
+    entries = [
+        {"location": location(), "tdm-reservation": value(), "tdm-policy": value()} for _ in range(rng.randint(0, 8))
+    ]
+    as_json = json.dumps(entries, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+    return rng.choice(
+        [as_json, as_json, b"[" * rng.randint(1, 200_000), b'{"location": "/"}', b"null", _fuzz_bytes(rng, 200)]
+    )
+
+
+def fuzz_image_head(rng: random.Random, body: bytes) -> bytes:
+    status = rng.choice(["200 OK", "200 OK", "301 Moved", "302 Found", "307 X", "404 No", "429 Slow", "503 Busy"])
+    headers = [("Content-Length", str(len(body)))]
+    for _ in range(rng.randint(0, 6)):
+        name = rng.choice(
+            ["X-Robots-Tag", "tdm-reservation", "tdm-policy", "Location", "Retry-After", "Content-Type"]
+            + ["Content-Encoding", "Content-Length", "Transfer-Encoding", "X-" + _fuzz_text(rng, 5).strip()]
+        )
+        raw = _fuzz_bytes(rng, 120).replace(b"\r", b"").replace(b"\n", b"")
+        headers.append(
+            (
+                name,
+                rng.choice(
+                    [
+                        raw.decode("latin-1"),
+                        _fuzz_text(rng, 60).encode("utf-8", "replace").decode("latin-1"),
+                        "1",
+                        "noai",
+                        "cah: noimageai",
+                        "/img",
+                        "http://[/",
+                        "99999999999999999999",
+                    ]
+                ),
+            )
+        )
+    lines = [f"HTTP/1.1 {status}"] + [f"{n}: {v}" for n, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+@pytest.mark.timeout(300)
+def test_fetch_never_raises_whatever_robots_txt_tdmrep_json_and_headers_a_site_sends():
+    """A bounded, seeded fuzz: 60 sites, each with its own robots.txt, tdmrep.json and image headers."""
+    rng = random.Random(20261206)
+    cases = []
+    for _ in range(60):
+        body = _fuzz_bytes(rng, 2_000)
+        cases.append(
+            {"robots": fuzz_robots(rng), "tdmrep": fuzz_tdmrep(rng), "head": fuzz_image_head(rng, body), "body": body}
+        )
+    current = {}
+
+    async def site(reader, writer):
+        while (line := await read_request(reader)) is not None:
+            path = line.split(" ")[1] if line.count(" ") >= 2 else "/"
+            if path == "/robots.txt" or path == "/.well-known/tdmrep.json":
+                body = current["robots" if path == "/robots.txt" else "tdmrep"]
+                writer.write(response_head(Content_Type="text/plain", Content_Length=len(body)) + body)
+            else:
+                writer.write(current["head"] + current["body"])
+            await writer.drain()
+
+    settings = FetchSettings(
+        **{**LOOPBACK, "honour_robots_txt": True, "honour_tdmrep": True, "read_timeout": 0.5, "total_timeout": 2},
+    )
+    outcomes = []
+    with RawServer(site) as server:
+        for case in cases:
+            current.update(case)
+
+            async def run():
+                async with Downloader(settings) as downloader:
+                    paths = ("/img", "/a/b*c.png?x=1", "/" + "a" * 300 + "b")
+                    return await asyncio.gather(
+                        *(downloader.fetch(server.url(p)) for p in paths), return_exceptions=True
+                    )
+
+            outcomes += asyncio.run(run())
+    raised = [o for o in outcomes if not isinstance(o, Fetched)]
+    assert not raised and len(outcomes) == 180
+    assert all(isinstance(o.status, str) and o.status for o in outcomes)
+    assert len({o.status for o in outcomes}) >= 4  # the fuzz reached more than one way out
