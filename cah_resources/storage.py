@@ -19,6 +19,7 @@ from fsspec.spec import AbstractBufferedFile
 from cah_resources.redaction import redact_options, redact_url
 
 LOCAL_PROTOCOLS = ("file", "local")
+TEMPORARY = ".tmp-"  # between a file's name and its writer's id, while open_atomic writes it
 # Filesystems whose open(..., "wb") shows the file at once; they get a temporary name and a move.
 PUBLISH_ON_OPEN_PROTOCOLS = ("memory",)
 WRITE_BUFFER = 1 << 20
@@ -151,7 +152,7 @@ class DataRoot:
 
 @contextmanager
 def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
-    tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
+    tmp = f"{local_path}{TEMPORARY}{uuid.uuid4().hex}"  # one writer's own: two writers of a file never meet
     try:
         # A large buffer: shard tars are written a sample (tens of KB) at a time.
         with open(tmp, mode, buffering=WRITE_BUFFER) as handle:
@@ -166,7 +167,7 @@ def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
 
 @contextmanager
 def _moved_atomic(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[io.IOBase]:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = f"{path}{TEMPORARY}{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, mode) as handle:
             yield handle

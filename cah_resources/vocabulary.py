@@ -372,6 +372,7 @@ class ShardStats(Stats):
     bytes_fetched: int = _stat()  # bodies downloaded
     bytes_ok_images: int = _stat()  # of the OK rows' downloaded bodies
     bytes_written: int = _stat()  # tar + parquet
+    file_sizes: dict[str, int] | None = _stat(None, "same")  # a shard's tar and parquet: its marker vouches for them
     image_bytes_written: int = _stat()  # samples in the tar
     image_warnings: int = _stat()  # Pillow warnings while decoding
     start_time: float | None = _stat(None, "min")  # epoch seconds (img2dataset's names)

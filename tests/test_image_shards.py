@@ -25,7 +25,7 @@ from shard_inputs import KILLABLE_RUN, SEGMENT, SETTINGS, kill_after_first_shard
 
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
-from cah_resources.contract import shard_row_schema
+from cah_resources.contract import shard_paths, shard_row_schema
 from cah_resources.image_shards.image_pool import ImageWorkers
 from cah_resources.image_shards.resizer import process_image
 from cah_resources.image_shards.shard_writer import ustar_member
@@ -34,6 +34,7 @@ from cah_resources.image_shards.stage import (
     ShardSettings,
     download_shard,
     plan_shards,
+    read_marker,
     segment_folder,
 )
 from cah_resources.samples.local_web import EXPECTED_STATUS, LocalImageWeb, LocalUrl
@@ -184,6 +185,51 @@ def test_a_finished_shard_is_not_redone(downloaded, web):
     assert all(m["skipped"] for m in markers)
     assert sum(web.requests.values()) == 0
     assert shard_files(root, SEGMENT) == before
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_marker_whose_tar_was_lost_is_redone_on_the_next_run(web, tmp_path, damage):
+    root = DataRoot(str(tmp_path / "data"))
+    write_candidates(root, SEGMENT, [LocalUrl(web.url("jpeg", i), "jpeg", "ok") for i in range(4)])
+    (unit,) = plan_shards(root, SEGMENT, 10)
+    first = download_shard(unit, SETTINGS)
+    tar = shard_paths(segment_folder(root, SEGMENT), 0)["tar"]
+    if damage == "deleted":
+        root.remove(tar)
+    else:
+        root.write_bytes(tar, root.read_bytes(tar)[:1000])
+    again = download_shard(unit, SETTINGS)
+    assert not again["skipped"] and first["file_sizes"]["tar"] > 1000
+    assert root.fs.size(tar) == again["file_sizes"]["tar"] and again["status_counts"] == {"ok": 4}
+    assert download_shard(unit, SETTINGS)["skipped"]
+
+
+def test_two_runs_of_one_shard_at_once_both_finish_and_the_last_to_publish_wins(web, tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    folder = segment_folder(root, SEGMENT)
+    urls = [LocalUrl(web.url("jpeg", i), "jpeg", "ok") for i in range(4)] + [LocalUrl(web.url("hang", 0), "hang", "")]
+    write_candidates(root, SEGMENT, urls)
+    (unit,) = plan_shards(root, SEGMENT, 10)
+    outcomes = {}
+
+    def run(name):
+        try:
+            outcomes[name] = download_shard(unit, SETTINGS)
+        except Exception as error:  # what the test is about: neither run may die
+            outcomes[name] = error
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    for _ in range(200):
+        if any(".tmp-" in n for n in root.listdir(folder)):
+            break
+        time.sleep(0.05)
+    run("second")  # starts while the first writes its temporary tar
+    first.join(timeout=120)
+    assert all(isinstance(o, dict) for o in outcomes.values()), outcomes
+    marker = read_marker(unit)
+    assert marker is not None and marker["count"] == 5
+    assert not [n for n in root.listdir(folder) if ".tmp-" in n]
 
 
 def test_a_shard_written_with_another_shard_size_is_a_one_line_error(downloaded):

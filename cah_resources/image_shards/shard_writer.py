@@ -23,11 +23,14 @@ from cah_resources.contract import (
     shard_paths,
     shard_row_schema,
 )
-from cah_resources.storage import DataRoot
+from cah_resources.storage import TEMPORARY, DataRoot
 
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
 IMAGE_FACTS = ("bytes", "sha256", "width", "height", "original_width", "original_height")
 MAX_SHARD_SIZE = 100_000  # keys give the row within a shard five digits
+SHARD_DATA_FILES = ("tar", "parquet")  # the files a marker vouches for, by their sizes
+# A writer appends to its temporary tar as samples finish; one untouched this long is a dead writer's.
+STALE_TEMPORARY_SECONDS = 3600.0
 
 
 TAR_BLOCK = 512
@@ -76,15 +79,50 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
 
     A shard being redone is redone whole, so nothing of it is worth keeping. A stale .done marker
     (its candidates changed) goes first: a crash part way leaves no marker beside missing files.
+    A temporary file written to in the last STALE_TEMPORARY_SECONDS is another live writer's (two
+    runs of one shard): it is left to that writer, and the last of the two to publish wins.
     """
     name = shard_name(shard)
     removed = []
     entries = sorted(root.listdir(folder), key=lambda entry: entry != f"{name}{MARKER}")
     for entry in entries:
         if entry.startswith(f"{name}.") or entry.startswith(f"{name}_stats.json"):
-            root.remove(f"{folder}/{entry}")
+            path = f"{folder}/{entry}"
+            if TEMPORARY in entry and _seconds_since_written(root, path) < STALE_TEMPORARY_SECONDS:
+                continue
+            try:
+                root.remove(path)
+            except FileNotFoundError:  # its writer published or dropped it meanwhile
+                continue
             removed.append(entry)
     return removed
+
+
+def _seconds_since_written(root: DataRoot, path: str) -> float:
+    try:
+        modified = root.fs.modified(path)
+    except (FileNotFoundError, NotImplementedError):
+        return float("inf")
+    return time.time() - modified.timestamp()
+
+
+def file_sizes(root: DataRoot, paths: dict[str, str]) -> dict[str, int]:
+    """Sizes in bytes of a shard's data files (tar, parquet): what its marker records and is checked by."""
+    return {kind: root.fs.size(paths[kind]) for kind in SHARD_DATA_FILES}
+
+
+def files_match_marker(root: DataRoot, paths: dict[str, str], marker: ShardStats) -> bool:
+    """True when the shard's data files are there with the sizes its marker recorded (two stat calls).
+
+    A marker written before sizes were recorded is trusted as it is.
+    """
+    recorded = marker.file_sizes
+    if recorded is None:
+        return True
+    try:
+        return file_sizes(root, paths) == recorded
+    except FileNotFoundError:
+        return False
 
 
 def read_tar_names(path: str, root: DataRoot) -> tuple[list[str] | None, str | None]:
@@ -181,6 +219,7 @@ class ShardWriter:
         self._stack.close()  # finishes the tar and renames it into place
         table = pa.Table.from_pylist(self._records, schema=self.schema)
         self.root.write_parquet(self.paths["parquet"], table)
+        sizes = file_sizes(self.root, self.paths)
         counts = Counter(r["status"] for r in self._records)
         ok_records = [r for r in self._records if r["status"] == DownloadStatus.OK]
         finished = time.time()
@@ -192,7 +231,8 @@ class ShardWriter:
             failed=self.rows - counts[DownloadStatus.OK],
             status_counts=counts,
             bytes_ok_images=sum(r["bytes"] or 0 for r in ok_records),
-            bytes_written=self.root.fs.size(self.paths["tar"]) + self.root.fs.size(self.paths["parquet"]),
+            bytes_written=sum(sizes.values()),
+            file_sizes=sizes,
             image_bytes_written=self._tar_bytes,
             start_time=self._started,
             end_time=finished,

@@ -29,6 +29,7 @@ from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, che
 from cah_resources.image_shards.shard_writer import (
     MAX_SHARD_SIZE,
     ShardWriter,
+    files_match_marker,
     remove_unfinished_files,
     rows_digest,
 )
@@ -97,7 +98,8 @@ def plan_shards(root: DataRoot, segment: str, shard_size: int) -> list[ShardUnit
 
 
 def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
-    """The shard's completion marker, or None while the shard is unfinished or its candidates changed since.
+    """The shard's completion marker, or None while the shard is unfinished, its candidates changed
+    since, or its data files are not those the marker recorded.
 
     A marker holds the digest of its rows' uids: candidates rewritten with the same number of rows
     but other content make it stale, and the shard is redone.
@@ -115,6 +117,8 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
         )
     if stats.rows_digest != rows_digest(read_rows(unit, columns=["uid"]).column("uid").to_pylist()):
         return None
+    if not files_match_marker(unit.root, shard_paths(segment_folder(unit.root, unit.segment), unit.shard), stats):
+        return None  # its tar or parquet was deleted, truncated or replaced since: the shard is redone
     return marker
 
 
