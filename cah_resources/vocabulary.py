@@ -46,6 +46,7 @@ class DownloadStatus(StrEnum):
     ERROR = "error"  # an exception no other status names
     REDIRECT_LOOP = "redirect_loop"
     TOO_MANY_REDIRECTS = "too_many_redirects"
+    HOST_UNRESPONSIVE = "host_unresponsive"  # the host timed out often enough: its remaining URLs are not tried
     # (a non-2xx answer is ``http_<code>``: see http_status_failure)
     # The body.
     TOO_LARGE = "too_large"
@@ -389,6 +390,7 @@ class ShardStats(Stats):
     robots_txt_requests: int = _stat()
     tdmrep_requests: int = _stat()
     opt_out_origins: int = _stat()  # hosts whose robots.txt / tdmrep.json were judged
+    unresponsive_hosts: int = _stat()  # host:ports cut short after repeated timeouts (host_unresponsive)
     blocklists: list[dict] = _stat([], "union")  # the image lists applied
 
     HEADLINE: ClassVar[tuple[str, str]] = (COUNT, SUCCESSES)

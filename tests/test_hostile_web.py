@@ -6,6 +6,7 @@ import json
 import random
 import tracemalloc
 import zlib
+from collections import Counter
 
 import brotli
 import pytest
@@ -268,3 +269,32 @@ def test_fetch_never_raises_whatever_robots_txt_tdmrep_json_and_headers_a_site_s
     assert not raised and len(outcomes) == 180
     assert all(isinstance(o.status, str) and o.status for o in outcomes)
     assert len({o.status for o in outcomes}) >= 4  # the fuzz reached more than one way out
+
+
+def test_a_tarpit_host_fails_its_remaining_urls_fast_after_its_first_timeouts():
+    requests = []
+
+    async def tarpit(reader, writer):  # 1 byte per 0.5 s: never a read timeout, always the total one
+        while (line := await read_request(reader)) is not None:
+            requests.append(line)
+            writer.write(response_head(Content_Length=10_000))
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.5)
+
+    settings = FetchSettings(**{**LOOPBACK, "per_host_connections": 4, "total_timeout": 1.5, "retries": 0})
+
+    async def run():
+        async with Downloader(settings) as downloader:
+            results = await asyncio.gather(*(downloader.fetch(server.url(f"/{i}.jpg")) for i in range(32)))
+            return results, downloader.unresponsive_hosts
+
+    with RawServer(tarpit) as server:
+        results, unresponsive = asyncio.run(run())
+    statuses = Counter(r.status for r in results)
+    # The URLs already started when the 4th timed out (at most per_host_connections - 1) run out too.
+    assert set(statuses) == {"timeout", "host_unresponsive"} and 4 <= statuses["timeout"] <= 4 + 3
+    assert unresponsive == {f"127.0.0.1:{server.port}"} and len(requests) == statuses["timeout"]
+    cut = next(r for r in results if r.status == "host_unresponsive")
+    assert "timed out on 4 URLs" in cut.error_message

@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,6 +42,9 @@ class FetchSettings:
     retries: int = 2
     retry_backoff: float = 0.5
     max_retry_after: float = 30.0
+    # A host (name and port) whose URLs timed out this many times is a tarpit or down: its remaining
+    # URLs end at once as host_unresponsive instead of each waiting out its own timeout. 0: never.
+    unresponsive_after_timeouts: int = 4
     user_agent: str = DEFAULT_USER_AGENT
     user_agent_token: str = "cah"
     honour_robots_noai: bool = True
@@ -232,6 +236,8 @@ class Downloader:
         self.settings = settings
         self.policy = AddressPolicy.from_strings(settings.allowed_networks, settings.block_private_addresses)
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: Counter[str] = Counter()  # host:port -> URLs of it that timed out
+        self.unresponsive_hosts: set[str] = set()
 
     async def __aenter__(self) -> Downloader:
         s = self.settings
@@ -354,7 +360,10 @@ class Downloader:
                     refusal = await self.opt_outs.refusal(parsed)  # before any slot: it may wait for robots.txt
                     if refusal is not None:
                         return Fetched(refusal.status, error_message=refusal.message, final_url=url)
-                result = await self._attempt(url, host)
+                site = f"{host}:{parsed.port if parsed is not None else ''}"
+                if site in self.unresponsive_hosts:
+                    return self._unresponsive(url, site)
+                result = await self._attempt(url, host, site)
             if result.status == DownloadStatus.DNS_TIMEOUT:
                 dns_timeouts += 1
                 result = replace(result, transient=dns_timeouts < 2)
@@ -362,19 +371,29 @@ class Downloader:
 
         return await image_fetch(s.retries, s.retry_backoff)(attempt)
 
-    async def _attempt(self, url: str, host: str) -> Fetched:
+    async def _attempt(self, url: str, host: str, site: str) -> Fetched:
         s = self.settings
         await self._slots.acquire(host)
         try:
+            if site in self.unresponsive_hosts:  # found out while this URL waited for a slot
+                return self._unresponsive(url, site)
             async with asyncio.timeout(s.total_timeout) as deadline:
                 return await self._follow_redirects(url, deadline)
         except Exception as exc:
             result = classify_exception(exc, url)
             if isinstance(exc, TimeoutError) and not str(exc):
                 result = replace(result, error_message=f"no complete answer within {s.total_timeout:g} s")
+            if result.status == DownloadStatus.TIMEOUT and s.unresponsive_after_timeouts:
+                self._timeouts[site] += 1
+                if self._timeouts[site] >= s.unresponsive_after_timeouts:
+                    self.unresponsive_hosts.add(site)
             return result
         finally:
             self._slots.release(host)
+
+    def _unresponsive(self, url: str, site: str) -> Fetched:
+        message = f"{site} timed out on {self._timeouts[site]} URLs: its others are not tried"
+        return Fetched(DownloadStatus.HOST_UNRESPONSIVE, error_message=message, final_url=url)
 
     async def _lookup(self, host: str, port: int, deadline: asyncio.Timeout | None = None) -> None:
         """Resolve (and judge) a host before connecting to it; the request's deadline stands still meanwhile.

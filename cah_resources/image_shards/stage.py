@@ -328,6 +328,7 @@ async def _download_rows(
         await asyncio.gather(*started)
         totals += downloader.dns_totals()  # lookups, failures and time in them: a slow resolver shows
         totals += downloader.opt_out_totals()  # signals honoured, robots.txt / tdmrep.json requests
+        totals.unresponsive_hosts = len(downloader.unresponsive_hosts)  # tarpits cut short (host_unresponsive)
     return totals
 
 
