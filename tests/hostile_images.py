@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -102,3 +103,26 @@ class BodiesWeb:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+def sixteen_bit_png(side: int) -> bytes:
+    """A greyscale 16-bit PNG of side x side zeros: ~0.2 MB at 9400, under max_pixels, 1 GB+ to convert."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 2 * side)
+    rows = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming_a_larger_frame(width: int, height: int) -> bytes:
+    """A 640x480 photo JPEG whose frame header says width x height: libjpeg greys what is missing."""
+    buffer = io.BytesIO()
+    photo_like(640, 480, seed=9, grain=20).save(buffer, "JPEG", quality=80)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cah_resources.image_shards.resizer import ResizeSettings, process_image
+from cah_resources.image_shards.resizer import ResizeSettings, decode_bytes, process_image
 from cah_resources.samples.local_web import decompression_bomb_png, photo_like
 from tests.hostile_images import (
+    jpeg_claiming_a_larger_frame,
     jpeg_with_bogus_exif_tags,
     progressive_jpeg_with_repeated_scans,
+    sixteen_bit_png,
 )
 
 
@@ -208,3 +210,28 @@ def test_pillow_warnings_on_bogus_exif_tags_are_counted_into_the_outcome():
 def test_negative_cost_limits_are_refused(field):
     with pytest.raises(ValueError, match="0 \\(no limit\\) or positive"):
         ResizeSettings(**{field: -1})
+
+
+def test_a_16_bit_png_under_max_pixels_is_refused_by_its_decode_memory():
+    big = sixteen_bit_png(9400)
+    out = process_image(big, ResizeSettings())
+    assert len(big) < 500_000 and 9400 * 9400 < ResizeSettings().max_pixels
+    assert out.status == "too_costly" and "I;16" in out.error_message and "MiB to decode" in out.error_message
+    small = process_image(sixteen_bit_png(2000), ResizeSettings(image_size=64))
+    assert small.status == "ok" and (small.original_width, small.original_height) == (2000, 2000)
+
+
+def test_decode_memory_is_bounded_by_mode_and_bit_depth_not_only_pixels():
+    settings = ResizeSettings()
+    assert decode_bytes(9400, 9400, "I;16") > settings.max_decode_bytes >= decode_bytes(9400, 9400, "RGB")
+    # The largest image max_pixels lets through decodes within the bound in its widest 8-bit mode.
+    assert decode_bytes(9459, 9459, "RGBA") <= settings.max_decode_bytes
+
+
+def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_is_corrupt_not_grey():
+    lying = jpeg_claiming_a_larger_frame(9400, 9400)
+    out = process_image(lying, ResizeSettings(image_size=64))
+    assert out.status == "corrupt_image" and out.jpeg is None
+    assert "truncated: a 9400x9400 JPEG needs at least" in out.error_message
+    honest = process_image(jpeg_claiming_a_larger_frame(640, 480), ResizeSettings(image_size=64))
+    assert honest.status == "ok"

@@ -41,14 +41,21 @@ class ResizeSettings:
     # worker is replaced and the image gets 'decode_timeout'. Threads (a daemonic host) cannot be
     # stopped, so there only the checks before decoding apply.
     max_decode_cpu_seconds: float = 10.0  # 0 = no limit
+    # Memory one image may take while it is decoded and converted, estimated from its size after
+    # JPEG draft scaling, its mode and bit depth (decode_bytes): a 9400x9400 16-bit greyscale PNG is
+    # under max_pixels but needs ~1.2 GB (16-bit, then 32-bit twice to rescale); the largest RGB
+    # image under max_pixels needs ~0.6 GB. 0 = no limit.
+    max_decode_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         if self.image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, not {self.image_size}")
-        if self.max_scan_pixels < 0 or self.max_decode_cpu_seconds < 0:
-            raise ValueError("max_scan_pixels and max_decode_cpu_seconds must be 0 (no limit) or positive")
+        if self.max_scan_pixels < 0 or self.max_decode_cpu_seconds < 0 or self.max_decode_bytes < 0:
+            raise ValueError(
+                "max_scan_pixels, max_decode_cpu_seconds and max_decode_bytes must be 0 (no limit) or positive"
+            )
         if not 1 <= self.encode_quality <= 100:
             raise ValueError(f"encode_quality must be within 1..100, not {self.encode_quality}")
         names = tuple("JPEG" if f.upper() == "JPG" else f.upper() for f in self.allowed_formats)
@@ -146,6 +153,55 @@ def _scan_refusal(body: bytes, img: Image.Image, settings: ResizeSettings) -> Im
     )
 
 
+# Bytes per pixel of the decoded image, by mode (16- and 32-bit modes: with the two 32-bit images
+# _to_rgb_or_rgba makes to rescale them), and 4 more for the RGB or RGBA image made of it.
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def decode_bytes(width: int, height: int, mode: str) -> int:
+    """An upper estimate of the memory that decoding and converting one image of this mode takes."""
+    per_pixel = _MODE_BYTES.get(mode, 4)
+    if mode in _WIDE_MODES:
+        per_pixel = (2 if mode.startswith("I;16") else 4) + 4 + 4
+    return width * height * (per_pixel + 4)
+
+
+def _memory_refusal(img: Image.Image, settings: ResizeSettings) -> ImageOutcome | None:
+    if not settings.max_decode_bytes:
+        return None
+    need = decode_bytes(img.width, img.height, img.mode)
+    if need <= settings.max_decode_bytes:
+        return None
+    return ImageOutcome(
+        "too_costly",
+        f"{img.width}x{img.height} {img.mode} needs ~{need // 2**20} MiB to decode, "
+        f"over the {settings.max_decode_bytes // 2**20} MiB limit",
+    )
+
+
+# Huffman-coded JPEG frames (baseline, extended, progressive): every 8x8 luma block's DC costs at
+# least one bit, so a file with fewer bits than blocks cannot hold its image; libjpeg would fill
+# the rest with grey and report success. Arithmetic-coded frames (SOF9+) can go below one bit.
+_HUFFMAN_FRAMES = (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2")
+_ARITHMETIC_FRAMES = (b"\xff\xc9", b"\xff\xca", b"\xff\xcd", b"\xff\xce")
+
+
+def _missing_data_refusal(body: bytes, img: Image.Image) -> ImageOutcome | None:
+    if img.format != "JPEG" or any(marker in body for marker in _ARITHMETIC_FRAMES):
+        return None
+    if not any(marker in body for marker in _HUFFMAN_FRAMES):
+        return None
+    blocks = -(-img.width // 8) * -(-img.height // 8)
+    if len(body) * 8 >= blocks:
+        return None
+    return ImageOutcome(
+        "corrupt_image",
+        f"truncated: a {img.width}x{img.height} JPEG needs at least {blocks // 8} bytes of scan data, "
+        f"the file has {len(body)}",
+    )
+
+
 def _needs_resize(width: int, height: int, settings: ResizeSettings) -> bool:
     if settings.resize_mode == "no":
         return False
@@ -227,7 +283,11 @@ def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
     try:
         with opened as img:
             raw_w, raw_h = img.size
-            refusal = _shape_refusal(raw_w, raw_h, settings) or _scan_refusal(body, img, settings)
+            refusal = (
+                _shape_refusal(raw_w, raw_h, settings)
+                or _scan_refusal(body, img, settings)
+                or _missing_data_refusal(body, img)
+            )
             if refusal is not None:
                 return refusal
             resize = _needs_resize(raw_w, raw_h, settings)
@@ -236,6 +296,9 @@ def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
                 # enough; draft never goes below the requested size, so quality is kept.
                 target_w, target_h = _target_size(raw_w, raw_h, settings)
                 img.draft(None, (target_w, target_h))
+            refusal = _memory_refusal(img, settings)  # after draft: the size and mode that are decoded
+            if refusal is not None:
+                return refusal
             img.load()
             quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
             orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
