@@ -129,9 +129,12 @@ class Damage(StrEnum):
     NON_UTF8 = "malformed_non_utf8"
     TOO_DEEP = "malformed_too_deep"  # JSON nested past Python's recursion limit
     INVALID_JSON = "malformed_invalid_json"
+    LONE_SURROGATE = "malformed_lone_surrogate"  # a lone \ud800-style JSON escape, read as U+FFFD (the page kept)
     MISSING_FIELDS = "malformed_missing_fields"
     LINK = "malformed_link"  # an IMG@/src link whose src is not text
     CORRUPT_GZIP = "corrupt_gzip"  # a damaged stretch of gzip members, counted once
+    CORRUPT_GZIP_TRUNCATED = "corrupt_gzip_truncated"  # the file's last gzip member is cut short
+    CORRUPT_TRAILING_BYTES = "corrupt_trailing_bytes"  # bytes after the last record that hold no record
 
 
 _DAMAGE_KINDS = frozenset(Damage)

@@ -182,3 +182,37 @@ def test_a_member_inflating_past_the_record_cap_is_counted_at_low_memory(tmp_pat
     urls, counts, grown_mib = json.loads(done.stdout)
     assert urls == ["https://example.org/after"] and counts[Damage.TOO_LARGE] == 1
     assert grown_mib < 32  # peak RSS growth in MiB; reading the body would add 256
+
+
+def test_a_last_gzip_member_cut_short_is_counted_as_truncated_gzip(tmp_path):
+    whole, cut = _member(_page("https://example.org/whole")), _member(_page("https://example.org/cut"))
+    for kept in (5, 40, len(cut) // 2):
+        path = tmp_path / f"cut{kept}.wat.gz"
+        path.write_bytes(whole + cut[:kept])
+        counts = CandidatesStats()
+        assert [p.url for p in iter_pages(str(path), counts)] == ["https://example.org/whole"]
+        assert counts.damage[Damage.CORRUPT_GZIP_TRUNCATED] + counts.damage[Damage.TRUNCATED] == 1, (kept, counts)
+
+
+def test_stray_gzip_headers_do_not_lose_the_good_records_behind_them(tmp_path):
+    good = [_member(_page(f"https://example.org/{i}")) for i in range(4)]
+    for stray in (b"\x1f\x8b\x08" * 64, b"".join(b"\x1f\x8b\x08" + bytes([i, 7, 99, i, 1]) for i in range(64))):
+        path = tmp_path / "stray.wat.gz"
+        path.write_bytes(good[0] + good[1] + stray + good[2] + good[3])
+        counts = CandidatesStats()
+        urls = [p.url for p in iter_pages(str(path), counts)]
+        assert urls == [f"https://example.org/{i}" for i in range(4)]
+        assert counts.damage[Damage.CORRUPT_GZIP] == 1
+
+
+def test_a_lone_surrogate_escape_in_one_alt_keeps_the_pages_other_links(tmp_path):
+    page = _page("https://example.org/p").replace(
+        b'"alt":"a red car"', b'"alt":"bad \\ud800 x"},{"path":"IMG@/src","url":"b.jpg","alt":"a blue bike"'
+    )
+    path = tmp_path / "surrogate.wat.gz"
+    path.write_bytes(_member(page) + _member(_page("https://example.org/next")))
+    counts = CandidatesStats()
+    pages = list(iter_pages(str(path), counts))
+    assert [p.url for p in pages] == ["https://example.org/p", "https://example.org/next"]
+    assert pages[0].images == [("a.jpg", "bad \ufffd x"), ("b.jpg", "a blue bike")]
+    assert counts.damage[Damage.LONE_SURROGATE] == 1 and not counts.damage[Damage.INVALID_JSON]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
@@ -64,6 +67,11 @@ class _Record(msgspec.Struct, gc=False):
 
 _decode_record = msgspec.json.Decoder(_Record).decode
 _decode_any = msgspec.json.Decoder().decode
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or one of those not preceded by the first.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 _NOT_DECODED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 # msgspec decodes nested JSON by recursion and raises RecursionError past Python's recursion limit
 # (about 1,000 levels): a record nested that deep is damage (Damage.TOO_DEEP), like invalid JSON.
@@ -95,8 +103,10 @@ def iter_pages(path: str, stats: CandidatesStats, max_record_bytes: int = MAX_RE
             last_good = start
             try:
                 with _source(path, start) as source:
-                    for record in ArchiveIterator(source, record_types=WarcRecordType.metadata, parse_http=False):
+                    for record in ArchiveIterator(source, parse_http=False):
                         last_good, recovering = record.stream_pos, False
+                        if record.record_type != WarcRecordType.metadata:
+                            continue  # kept track of, so a record of another type is no unread stretch
                         records += 1
                         if record.content_length > max_record_bytes:
                             stats.damage[Damage.TOO_LARGE] += 1
@@ -114,7 +124,9 @@ def iter_pages(path: str, stats: CandidatesStats, max_record_bytes: int = MAX_RE
                             if page is not None:
                                 yield page
                     else:
-                        start = None
+                        # fastwarc ends quietly at a gzip member it cannot read (a cut last member,
+                        # stray gzip headers): what follows the last record read is checked here.
+                        start = _after_quiet_end(path, last_good, marker, stats)
                         continue
             except OSError:
                 # Restarts that fail before any record are the same damaged stretch: count it once.
@@ -123,6 +135,56 @@ def iter_pages(path: str, stats: CandidatesStats, max_record_bytes: int = MAX_RE
             start = _next_record(path, last_good + 1, marker)
     finally:
         stats.metadata_records += records
+
+
+def _after_quiet_end(path: str, last: int, marker: bytes, stats: CandidatesStats) -> int | None:
+    """Where to resume after fastwarc ended without an error, having read the record at ``last``.
+
+    None at the end of an intact file. A gzip member that never ends is ``corrupt_gzip_truncated``; a
+    readable record past the last one read (fastwarc stopped at damage between) is resumed at,
+    the stretch counted as ``corrupt_gzip``; a last member cut short is ``corrupt_gzip_truncated``, other
+    trailing bytes that hold no record ``corrupt_trailing_bytes``.
+    """
+    if marker != GZIP_MAGIC:
+        return None
+    end = _member_end(path, last)
+    if end is None:
+        stats.damage[Damage.CORRUPT_GZIP_TRUNCATED] += 1
+        return None
+    resume = _next_record(path, end, marker)
+    if resume is not None:
+        stats.damage[Damage.CORRUPT_GZIP] += 1
+        return resume
+    if os.path.getsize(path) > end:
+        with open(path, "rb") as handle:
+            handle.seek(end)
+            cut = handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC  # a member's start, the rest of it missing
+        stats.damage[Damage.CORRUPT_GZIP_TRUNCATED if cut else Damage.CORRUPT_TRAILING_BYTES] += 1
+    return None
+
+
+def _member_end(path: str, offset: int) -> int | None:
+    """The offset just past the gzip member at ``offset``, or None if it is cut short or does not inflate.
+
+    Inflated output is thrown away as it comes; a member inflating past MAX_RECORD_BYTES counts as cut.
+    """
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    inflated, consumed = 0, 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while not inflater.eof and (chunk := handle.read(READ_CHUNK)):
+            try:
+                inflated += len(inflater.decompress(chunk, MAX_RECORD_BYTES))
+                while inflater.unconsumed_tail and not inflater.eof and inflated <= MAX_RECORD_BYTES:
+                    inflated += len(inflater.decompress(inflater.unconsumed_tail, MAX_RECORD_BYTES))
+            except zlib.error:
+                return None
+            if inflated > MAX_RECORD_BYTES:
+                return None
+            consumed += len(chunk)
+    if not inflater.eof:
+        return None
+    return offset + consumed - len(inflater.unused_data)
 
 
 def _source(path: str, start: int) -> ContextManager:
@@ -142,7 +204,9 @@ def _record_marker(path: str) -> bytes:
 
 
 def _next_record(path: str, offset: int, marker: bytes) -> int | None:
-    """Offset of the next ``marker`` (a gzip member or record header) at or after ``offset``, or None."""
+    """Offset of the next record (a gzip member, or an uncompressed record's version line) at or
+    after ``offset``, or None. A gzip header counts only if its member inflates to a WARC record's
+    start: stray headers, and the magic bytes by chance in compressed data, are passed over."""
     with open(path, "rb") as handle:
         handle.seek(offset)
         carry = b""
@@ -150,11 +214,26 @@ def _next_record(path: str, offset: int, marker: bytes) -> int | None:
         while chunk := handle.read(READ_CHUNK):
             window = carry + chunk
             found = window.find(marker)
-            if found >= 0:
-                return position - len(carry) + found
+            while found >= 0:
+                at = position - len(carry) + found
+                if marker != GZIP_MAGIC or _starts_a_record(path, at):
+                    return at
+                found = window.find(marker, found + 1)
             carry = window[-(len(marker) - 1) :]
             position += len(chunk)
     return None
+
+
+def _starts_a_record(path: str, offset: int) -> bool:
+    """True when the gzip member at ``offset`` inflates to bytes that begin a WARC record."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        head = handle.read(64 * 1024)
+    try:
+        start = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, len(WARC_MAGIC))
+    except zlib.error:
+        return False
+    return start == WARC_MAGIC
 
 
 def _page_of(body: bytes, record, stats: CandidatesStats) -> Page | None:
@@ -185,12 +264,24 @@ def _page_of(body: bytes, record, stats: CandidatesStats) -> Page | None:
 
 
 def _page_of_any_shape(body: bytes, record, stats: CandidatesStats) -> Page | None:
-    """The page of an HTML record that does not fit the structs, read as plain JSON; damage counted."""
+    """The page of an HTML record that does not fit the structs, read as plain JSON; damage counted.
+
+    JSON that msgspec refuses only for a lone surrogate escape (``\\ud800`` with no pair: JSON
+    allows it, UTF-8 cannot hold it) is read with it as U+FFFD, counted, so one bad alt text does
+    not cost the page's other links.
+    """
     try:
         doc = _decode_any(body)
     except _NOT_DECODED:
-        stats.damage[Damage.INVALID_JSON] += 1
-        return None
+        repaired, lone = _LONE_SURROGATE.subn(rb"\\ufffd", body)
+        try:
+            doc = _decode_any(repaired) if lone else None
+        except (*_NOT_DECODED, RecursionError):
+            doc = None
+        if doc is None:
+            stats.damage[Damage.INVALID_JSON] += 1
+            return None
+        stats.damage[Damage.LONE_SURROGATE] += lone
     except RecursionError:
         stats.damage[Damage.TOO_DEEP] += 1
         return None
