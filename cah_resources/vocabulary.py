@@ -90,12 +90,14 @@ class DropReason(StrEnum):
 
     NO_ALT = "no_alt"
     ALT_TOO_SHORT = "alt_too_short"
-    ALT_TOO_LONG = "alt_too_long"  # only with long_alt="drop"; else the text is truncated
+    ALT_TOO_LONG = "alt_too_long"  # over max_raw_alt_length as found; or, with long_alt="drop", over max_alt_length
     DATA_URL = "data_url"
     JAVASCRIPT_URL = "javascript_url"
     BAD_URL = "bad_url"
     NOT_HTTP = "not_http"
     DOMAIN_TOO_LONG = "domain_too_long"
+    URL_TOO_LONG = "url_too_long"  # over CandidateFilters.max_url_length, as written or resolved
+    TOO_MANY_LINKS = "too_many_links"  # a page's image links past CandidateFilters.max_links_per_page
     BLOCKLISTED_URL = "blocklisted_url"  # the URL's hash is on a blocklist
     DUPLICATE = "duplicate"  # (url, text) seen earlier in the segment
     DUPLICATE_GLOBAL = "duplicate_global"  # (url, text) another segment owns (the dedup index)

@@ -157,3 +157,19 @@ def test_an_alt_is_used_as_it_is_only_when_it_is_already_normalized(links):
     ]:
         _, text, _ = links.check_image_link("a.jpg", alt, PAGE, RULES)
         assert text == " ".join(alt.split())
+
+
+def test_oversized_urls_and_alts_are_dropped_with_their_reason(links):
+    long_src = "https://img.site.org/" + "a" * 2100 + ".jpg"
+    assert links.check_image_link(long_src, ALT, PAGE, RULES) == "url_too_long"
+    long_base = "https://www.site.org/" + "d/" * 1020  # a short relative src that resolves past the cap
+    assert links.check_image_link("img/a.jpg", ALT, long_base, RULES) == "url_too_long"
+    assert links.check_image_link("a.jpg", "word " * 5_000, PAGE, RULES) == "alt_too_long"
+    assert links.check_image_link("https://img.site.org/" + "a" * 2000 + ".jpg", ALT, PAGE, RULES)[1] == ALT
+
+
+def test_a_pages_links_past_the_cap_are_dropped_as_too_many_links(links):
+    images = [(f"/{i}.jpg", ALT) for i in range(5_010)]
+    checked = links.check_image_links(images, PAGE, RULES)
+    assert len(checked.kept) == 5_000 and checked.dropped == ["too_many_links"] * 10
+    assert checked.kept[-1][0] == "https://www.site.org/4999.jpg"

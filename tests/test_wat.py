@@ -8,7 +8,7 @@ import sys
 import zlib
 
 from cah_resources.candidates.wat import iter_pages
-from cah_resources.contract import CandidatesStats, Damage
+from cah_resources.contract import CandidatesStats, Damage, DropReason
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "commoncrawl")
 
@@ -216,3 +216,45 @@ def test_a_lone_surrogate_escape_in_one_alt_keeps_the_pages_other_links(tmp_path
     assert [p.url for p in pages] == ["https://example.org/p", "https://example.org/next"]
     assert pages[0].images == [("a.jpg", "bad \ufffd x"), ("b.jpg", "a blue bike")]
     assert counts.damage[Damage.LONE_SURROGATE] == 1 and not counts.damage[Damage.INVALID_JSON]
+
+
+def _page_with_links(url: str, links: list[dict]) -> bytes:
+    doc = {
+        "Envelope": {
+            "WARC-Header-Metadata": {"WARC-Target-URI": url},
+            "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Head": {}, "Links": links}}},
+        }
+    }
+    return json.dumps(doc).encode()
+
+
+def test_oversized_pages_are_dropped_by_reason_within_bounded_memory(tmp_path):
+    """A page of 200k image links, one of a 10 MB alt and one of a 1 MB URL: counted drops, bounded memory."""
+    import tracemalloc
+
+    from cah_resources.candidates.image_links import CandidateFilters
+    from cah_resources.candidates.stage import extract_pairs
+
+    many = [{"path": "IMG@/src", "url": f"/{i}.jpg", "alt": "a red car"} for i in range(200_000)]
+    path = tmp_path / "oversized.wat.gz"
+    path.write_bytes(
+        _member(_page_with_links("https://example.org/many", many))
+        + _member(
+            _page_with_links("https://example.org/alt", [{"path": "IMG@/src", "url": "a.jpg", "alt": "w " * 5_000_000}])
+        )
+        + _member(
+            _page_with_links(
+                "https://example.org/url", [{"path": "IMG@/src", "url": "/" + "u" * 1_000_000, "alt": "a red car"}]
+            )
+        )
+    )
+    counts = CandidatesStats()
+    tracemalloc.start()
+    try:
+        pairs = extract_pairs(str(path), CandidateFilters(), counts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(pairs) == 5_000 and counts.drops[DropReason.TOO_MANY_LINKS] == 195_000
+    assert counts.drops[DropReason.ALT_TOO_LONG] == 1 and counts.drops[DropReason.URL_TOO_LONG] == 1
+    assert peak < 200_000_000  # the records are 10-11 MB each: decoded once, their links never all kept

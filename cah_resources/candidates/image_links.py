@@ -19,6 +19,7 @@ _DATA_URL, _JAVASCRIPT_URL, _DOMAIN_TOO_LONG = (
     DropReason.JAVASCRIPT_URL,
     DropReason.DOMAIN_TOO_LONG,
 )
+_URL_TOO_LONG = DropReason.URL_TOO_LONG
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class CandidateFilters:
     # URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec
     # URLs, as Re-LAION publishes them): a listed URL is dropped as DropReason.BLOCKLISTED_URL.
     blocked_url_lists: tuple[str, ...] = ()
+    # Content past these is no image link but an attack or junk, dropped before any work on it:
+    # an image URL (as written, and resolved) over max_url_length characters (URL_TOO_LONG), an
+    # alt over max_raw_alt_length before whitespace is normalized (ALT_TOO_LONG, whatever
+    # long_alt says), a page's image links past its first max_links_per_page (TOO_MANY_LINKS).
+    max_url_length: int = 2048
+    max_raw_alt_length: int = 20_000
+    max_links_per_page: int = 5_000
 
     def __post_init__(self) -> None:
         if self.long_alt not in ("truncate", "drop"):
@@ -105,9 +113,20 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
     kept: list[tuple[str, str]] = []
     dropped: list[str] = []
     truncated: list[tuple[str, str]] = []
+    max_url, max_raw_alt = filters.max_url_length, filters.max_raw_alt_length
+    images = images if isinstance(images, list) else list(images)
+    if len(images) > filters.max_links_per_page:
+        dropped += [DropReason.TOO_MANY_LINKS] * (len(images) - filters.max_links_per_page)
+        images = images[: filters.max_links_per_page]
     for src, found_alt in images:
         if type(found_alt) is not str:
             dropped.append(_NO_ALT)
+            continue
+        if len(found_alt) > max_raw_alt:  # before normalizing: splitting 60 MB of words costs a GB
+            dropped.append(_ALT_TOO_LONG)
+            continue
+        if len(src) > max_url:
+            dropped.append(_URL_TOO_LONG)
             continue
         alt = found_alt  # text from here on
         # Every whitespace character but the ASCII space is a control or separator, which
@@ -139,6 +158,9 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
                 dropped.append(resolved)
                 continue
         url, host, path = resolved
+        if len(url) > max_url:  # a short relative src on a long base
+            dropped.append(_URL_TOO_LONG)
+            continue
         path = path.lower()
         if path.endswith(extensions):
             dropped.append(_extension_of(path, extensions))

@@ -18,8 +18,9 @@ from cah_resources.contract import CandidatesStats, Damage
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
 # A record larger than this is damage. Common Crawl cuts every fetched page at 1 MiB, so the JSON
-# describing one is a few MiB at most; the cap only bounds what a lying Content-Length can cost.
-MAX_RECORD_BYTES = 64 << 20
+# describing one is a few MiB at most; the cap bounds what a lying Content-Length, and decoding one
+# record (600k links of a 40 MB record took +0.8 GB), can cost.
+MAX_RECORD_BYTES = 16 << 20
 IMAGE_LINK_PATH = "IMG@/src"
 HTML_MARKER = b'"HTML-Metadata"'
 READ_CHUNK = 1 << 20
