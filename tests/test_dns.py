@@ -269,3 +269,22 @@ def test_c_ares_gets_tries_enough_for_the_deadline_at_its_shortest_waits_and_no_
     waits = [min(0.25 * 2**n, 5.0) for n in range(tries)]
     assert sum(waits) >= timeout  # c-ares does not give up before the lookup's own deadline
     assert tries == 2 or sum(waits[:-1]) < timeout  # nor keeps tries that only run after it
+
+
+def test_closing_the_downloader_with_lookups_unanswered_leaves_no_callbacks_behind(web):
+    import gc
+    import sys
+
+    ignored = []
+    previous, sys.unraisablehook = sys.unraisablehook, ignored.append
+    try:
+        port = web.hosts[0].rsplit(":", 1)[1]
+        urls = [f"http://{web.dns.failing_name('silent', f'n{i}')}:{port}/jpeg/0.jpg" for i in range(20)]
+        results, _, _ = fetch_all(urls, settings_for(web, retries=0, dns_timeout=0.3))
+        gc.collect()
+        time.sleep(1.0)  # c-ares's event thread would deliver its answers to the closed loop meanwhile
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert {r.status for r in results} == {"dns_timeout"}
+    assert [str(u.exc_value) for u in ignored] == []

@@ -281,6 +281,12 @@ class Downloader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            # aiohttp closes only a resolver it made. Left open, c-ares queries still waiting on a
+            # silent nameserver answer when the channel is collected, after the loop has closed:
+            # one "Exception ignored ... Event loop is closed" traceback each. Cancelled here, their
+            # callbacks run on this loop while it still runs.
+            await self._resolver.close()
+            await asyncio.sleep(0)
         self.opt_outs = None
 
     def dns_totals(self) -> ShardStats:
