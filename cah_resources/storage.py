@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,13 @@ from cah_resources.redaction import redact_options, redact_url
 
 LOCAL_PROTOCOLS = ("file", "local")
 TEMPORARY = ".tmp-"  # between a file's name and its writer's id, while open_atomic writes it
+
+
+def writer_id() -> str:
+    """Who writes a temporary file: ``host~pid~random``, so a cleanup can tell a dead writer's file on this host."""
+    return f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex}"
+
+
 # Filesystems whose open(..., "wb") shows the file at once; they get a temporary name and a move.
 PUBLISH_ON_OPEN_PROTOCOLS = ("memory",)
 WRITE_BUFFER = 1 << 20
@@ -152,7 +160,7 @@ class DataRoot:
 
 @contextmanager
 def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
-    tmp = f"{local_path}{TEMPORARY}{uuid.uuid4().hex}"  # one writer's own: two writers of a file never meet
+    tmp = f"{local_path}{TEMPORARY}{writer_id()}"  # one writer's own: two writers of a file never meet
     try:
         # A large buffer: shard tars are written a sample (tens of KB) at a time.
         with open(tmp, mode, buffering=WRITE_BUFFER) as handle:
@@ -167,7 +175,7 @@ def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
 
 @contextmanager
 def _moved_atomic(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[io.IOBase]:
-    tmp = f"{path}{TEMPORARY}{uuid.uuid4().hex}"
+    tmp = f"{path}{TEMPORARY}{writer_id()}"
     try:
         with fs.open(tmp, mode) as handle:
             yield handle

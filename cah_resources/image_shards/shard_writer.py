@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import tarfile
 import time
 from collections import Counter
@@ -79,8 +81,8 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
 
     A shard being redone is redone whole, so nothing of it is worth keeping. A stale .done marker
     (its candidates changed) goes first: a crash part way leaves no marker beside missing files.
-    A temporary file written to in the last STALE_TEMPORARY_SECONDS is another live writer's (two
-    runs of one shard): it is left to that writer, and the last of the two to publish wins.
+    A temporary file of a writer that may still live (its process, on this host; else one that wrote
+    in the last STALE_TEMPORARY_SECONDS) is left to it (two runs of one shard): the last to publish wins.
     """
     name = shard_name(shard)
     removed = []
@@ -88,7 +90,7 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
     for entry in entries:
         if entry.startswith(f"{name}.") or entry.startswith(f"{name}_stats.json"):
             path = f"{folder}/{entry}"
-            if TEMPORARY in entry and _seconds_since_written(root, path) < STALE_TEMPORARY_SECONDS:
+            if TEMPORARY in entry and _writer_may_live(root, path, entry.split(TEMPORARY, 1)[1]):
                 continue
             try:
                 root.remove(path)
@@ -96,6 +98,22 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
                 continue
             removed.append(entry)
     return removed
+
+
+def _writer_may_live(root: DataRoot, path: str, writer: str) -> bool:
+    """Whether the writer of a temporary file may still be writing it: on this host, whether its
+    process lives; elsewhere (a shared store), whether it wrote in the last STALE_TEMPORARY_SECONDS."""
+    host, _, rest = writer.partition("~")
+    pid = rest.partition("~")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _seconds_since_written(root, path) < STALE_TEMPORARY_SECONDS
 
 
 def _seconds_since_written(root: DataRoot, path: str) -> float:
