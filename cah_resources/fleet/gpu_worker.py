@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from cah_resources.errors import one_line
 from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security
 from cah_resources.fleet.cuda_devices import (
     GpuDevice,
@@ -170,7 +171,6 @@ def run_worker(settings: WorkerSettings, devices: list[GpuDevice] | None = None)
         asyncio.run(serve_workers(s.scheduler, options, security))
     except (OSError, RuntimeError, TimeoutError, ValueError) as exc:  # Nanny wraps the reason in "failed to start"
         cause = exc.__cause__ or exc
-        reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-        print(f"cah worker: cannot join the scheduler at {s.scheduler}: {reason}", file=sys.stderr)
+        print(f"cah worker: cannot join the scheduler at {s.scheduler}: {one_line(cause)}", file=sys.stderr)
         return 1
     return 0

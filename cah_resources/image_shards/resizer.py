@@ -174,7 +174,7 @@ def _memory_refusal(img: Image.Image, settings: ResizeSettings) -> ImageOutcome 
     if need <= settings.max_decode_bytes:
         return None
     return ImageOutcome(
-        "too_costly",
+        DownloadStatus.TOO_COSTLY,
         f"{img.width}x{img.height} {img.mode} needs ~{need // 2**20} MiB to decode, "
         f"over the {settings.max_decode_bytes // 2**20} MiB limit",
     )
@@ -196,7 +196,7 @@ def _missing_data_refusal(body: bytes, img: Image.Image) -> ImageOutcome | None:
     if len(body) * 8 >= blocks:
         return None
     return ImageOutcome(
-        "corrupt_image",
+        DownloadStatus.CORRUPT_IMAGE,
         f"truncated: a {img.width}x{img.height} JPEG needs at least {blocks // 8} bytes of scan data, "
         f"the file has {len(body)}",
     )
