@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cah_resources.contract import STAGES
+from cah_resources.contract import FORMAT_WAT, FORMATS, STAGES
 from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
 from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
 from cah_resources.redaction import redact_text, redact_url
@@ -151,7 +151,7 @@ def dev(port: int) -> None:
     sys.exit(code)
 
 
-def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int):
+def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int, **dataset):
     """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
     from cah_assets.crawls import register_and_add
     from cah_resources.crawl.common_crawl import CrawlFileMissing, IncompleteDownload
@@ -174,7 +174,7 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 
     retrying = unreachable_source(REGISTER_ATTEMPTS, REGISTER_BACKOFF_S, unreachable, tell)
     try:
-        return retrying(register_and_add, instance, common_crawl, storage, crawl, files_per_segment)
+        return retrying(register_and_add, instance, common_crawl, storage, crawl, files_per_segment, **dataset)
     except (IncompleteDownload, OSError) as error:
         if not unreachable(error):
             raise
@@ -191,7 +191,7 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     default=0,
     show_default=True,
     type=click.IntRange(0),
-    help="WAT files per segment; 0 sizes the crawl to about 2000 segments.",
+    help="Files per segment; 0 sizes the crawl to about 2000 segments.",
 )
 @click.option(
     "--source",
@@ -199,8 +199,31 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz (default: the instance's, else Common Crawl).",
 )
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
-def register(crawl: str, files_per_segment: int, source: str | None, data_root: str | None) -> None:
-    """Register a crawl such as CC-MAIN-2024-10: its segments become the partitions of every stage."""
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(FORMATS),
+    default=FORMAT_WAT,
+    show_default=True,
+    help="What the crawl's files are: Common Crawl's WAT files, or an existing dataset's Parquet files.",
+)
+@click.option(
+    "--files",
+    multiple=True,
+    help="A dataset's files, read where they are: any fsspec URL, globs, brace ranges "
+    "('s3://bucket/fineweb/{000..249}.parquet'); repeatable.",
+)
+@click.option("--text-column", default="", help="A Parquet dataset's column holding the page text [default: text].")
+def register(
+    crawl: str,
+    files_per_segment: int,
+    source: str | None,
+    data_root: str | None,
+    format_: str,
+    files: tuple[str, ...],
+    text_column: str,
+) -> None:
+    """Register a crawl such as CC-MAIN-2024-10, or a dataset: its segments become the partitions of every stage."""
     from cah_assets.resources import CommonCrawl, StorageResource
     from cah_resources.crawl.common_crawl import CrawlFileMissing
 
@@ -212,16 +235,27 @@ def register(crawl: str, files_per_segment: int, source: str | None, data_root: 
     )
     storage = StorageResource(root=data_root) if data_root else defs.resources["storage"]
     try:
-        registration, added = _register_with_retries(instance, common_crawl, storage, crawl, files_per_segment)
+        registration, added = _register_with_retries(
+            instance,
+            common_crawl,
+            storage,
+            crawl,
+            files_per_segment,
+            format=format_,
+            files=files,
+            text_column=text_column,
+        )
     except CrawlFileMissing:
         known = _known_crawls(common_crawl.base_url, defs.resources["crawl_discovery"].crawl_list)
         shown = redact_url(common_crawl.base_url)
         raise UserError(f"{crawl} is not a crawl of {shown}; known crawls: {redact_text(known)}") from None
     except (ValueError, KeyError) as error:
         raise UserError(redact_text(str(error.args[0] if error.args else error))) from None
+    except FileNotFoundError as error:
+        raise UserError(redact_text(f"{crawl}: {error}")) from None
     click.echo(
-        f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per "
-        f"segment, {registration.segment_count} segments, {added} new partitions "
+        f"{registration.crawl}: {len(registration.files)} {registration.format} files, "
+        f"{registration.files_per_segment} per segment, {registration.segment_count} segments, {added} new partitions "
         f"(first {registration.keys()[0]})"
     )
 

@@ -5,12 +5,18 @@ from pydantic import Field
 
 from cah_assets.partitions import add_segments
 from cah_assets.resources import CommonCrawl, StorageResource
-from cah_resources.crawl.segments import CrawlRegistration, register_crawl
+from cah_resources.contract import FORMAT_WAT, FORMATS
+from cah_resources.crawl.segments import CrawlRegistration, register_crawl, register_dataset
 
 
 class RegisterCrawlConfig(dg.Config):
-    crawl: str = Field(description="Crawl id as Common Crawl names it, e.g. CC-MAIN-2024-10")
-    files_per_segment: int = Field(0, description="WAT files per segment; 0 sizes the crawl to about 2000 segments")
+    crawl: str = Field(description="Crawl id as Common Crawl names it (CC-MAIN-2024-10), or a dataset's name")
+    files_per_segment: int = Field(0, description="Files per segment; 0 sizes the crawl to about 2000 segments")
+    format: str = Field(FORMAT_WAT, description=f"What the files are: {', '.join(FORMATS)}")
+    files: list[str] = Field(
+        default_factory=list, description="A dataset's files: fsspec URLs, globs, brace ranges (not for wat)"
+    )
+    text_column: str = Field("", description="A Parquet dataset's text column (default text)")
 
 
 def register_and_add(
@@ -19,9 +25,19 @@ def register_and_add(
     storage: StorageResource,
     crawl: str,
     files_per_segment: int = 0,
+    format: str = FORMAT_WAT,
+    files: list[str] | tuple[str, ...] = (),
+    text_column: str = "",
 ) -> tuple[CrawlRegistration, int]:
-    """Record the crawl's segments (once, for good) and add the missing partitions in batches."""
-    registration = register_crawl(common_crawl.source(), storage.data_root(), crawl, files_per_segment or None)
+    """Record the crawl's (or dataset's) segments, once and for good, and add the missing partitions in batches."""
+    if format == FORMAT_WAT:
+        if files or text_column:
+            raise ValueError("--files and --text-column are for datasets (--format parquet); a WAT crawl lists its own")
+        registration = register_crawl(common_crawl.source(), storage.data_root(), crawl, files_per_segment or None)
+    else:
+        registration = register_dataset(
+            storage.data_root(), crawl, list(files), format, text_column or None, files_per_segment or None
+        )
     return registration, add_segments(instance, registration.keys())
 
 
@@ -31,11 +47,18 @@ def register_crawl_segments(
 ) -> None:
     """Read the crawl's WAT listing, fix its segments, and add them as partitions."""
     registration, added = register_and_add(
-        context.instance, common_crawl, storage, config.crawl, config.files_per_segment
+        context.instance,
+        common_crawl,
+        storage,
+        config.crawl,
+        config.files_per_segment,
+        config.format,
+        config.files,
+        config.text_column,
     )
     context.log.info(
-        f"{registration.crawl}: {len(registration.wat_paths)} WAT files, {registration.files_per_segment} per segment, "
-        f"{registration.segment_count} segments ({added} new partitions)"
+        f"{registration.crawl}: {len(registration.files)} {registration.format} files, "
+        f"{registration.files_per_segment} per segment, {registration.segment_count} segments ({added} new partitions)"
     )
 
 

@@ -39,6 +39,12 @@ CANDIDATES, IMAGE_SHARDS, CLIP_PAIRS = STAGES
 RELEASE, REPORT = "release", "report"
 DATASET_ASSETS = (RELEASE, REPORT)
 CRAWLS = "crawls"  # crawls/<CRAWL>/segments.json: a registered crawl's segments
+# What a registered crawl's files are, recorded in its plan: Common Crawl's WAT files, or the files of
+# an existing Parquet dataset (one row per page, its text in the plan's text column).
+FORMAT_WAT = "wat"
+FORMAT_PARQUET = "parquet"
+FORMATS = (FORMAT_WAT, FORMAT_PARQUET)
+DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means
 SHARD_DIGITS = 5  # NNNNN: shard numbers, and the shard half of a sample key

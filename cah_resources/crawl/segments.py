@@ -1,13 +1,15 @@
-"""Crawl segments: a crawl's sorted WAT list cut into fixed slices, recorded so a key always means the same files."""
+"""Crawl segments: a crawl's sorted file list (WAT, or a dataset's Parquet) cut into fixed slices, recorded for good."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cah_resources.contract import segments_manifest_path
+from cah_resources.contract import DEFAULT_TEXT_COLUMN, FORMAT_PARQUET, FORMAT_WAT, FORMATS, segments_manifest_path
 from cah_resources.crawl.common_crawl import CrawlSource
+from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_columns
 from cah_resources.storage import DataRoot
 
 # Matched whole (fullmatch): "$" alone would let a trailing newline through into paths and keys.
@@ -38,15 +40,21 @@ def check_crawl_id(crawl: str) -> str:
 
 @dataclass(frozen=True)
 class CrawlRegistration:
-    """A crawl as registered: its WAT paths (sorted) and how many make one segment, fixed for good."""
+    """A crawl as registered: its files (sorted) and how many make one segment, fixed for good.
+
+    ``files`` are WAT paths relative to the crawl source (format ``wat``), or the URLs of a Parquet
+    dataset's files (format ``parquet``, its page text in ``text_column``).
+    """
 
     crawl: str
     files_per_segment: int
-    wat_paths: tuple[str, ...]
+    files: tuple[str, ...]
+    format: str = FORMAT_WAT
+    text_column: str | None = None
 
     @property
     def segment_count(self) -> int:
-        return math.ceil(len(self.wat_paths) / self.files_per_segment)
+        return math.ceil(len(self.files) / self.files_per_segment)
 
     def keys(self) -> list[str]:
         return [segment_key(self.crawl, i) for i in range(self.segment_count)]
@@ -56,19 +64,31 @@ class CrawlRegistration:
         if crawl != self.crawl or index >= self.segment_count:
             raise KeyError(f"segment {key} is not part of {self.crawl} ({self.segment_count} segments)")
         start = index * self.files_per_segment
-        return list(self.wat_paths[start : start + self.files_per_segment])
+        return list(self.files[start : start + self.files_per_segment])
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "crawl": self.crawl,
+            "format": self.format,
             "files_per_segment": self.files_per_segment,
             "segment_count": self.segment_count,
-            "wat_paths": list(self.wat_paths),
+            "files": list(self.files),
         }
+        if self.text_column is not None:
+            doc["text_column"] = self.text_column
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> CrawlRegistration:
-        return cls(doc["crawl"], int(doc["files_per_segment"]), tuple(doc["wat_paths"]))
+        # Plans recorded before formats existed are WAT crawls listing "wat_paths".
+        files = doc["files"] if "files" in doc else doc["wat_paths"]
+        return cls(
+            doc["crawl"],
+            int(doc["files_per_segment"]),
+            tuple(files),
+            doc.get("format", FORMAT_WAT),
+            doc.get("text_column"),
+        )
 
 
 def default_files_per_segment(file_count: int, target_segments: int = DEFAULT_TARGET_SEGMENTS) -> int:
@@ -85,30 +105,84 @@ def load_registration(root: DataRoot, crawl: str) -> CrawlRegistration | None:
     return CrawlRegistration.from_json(root.read_json(path)) if root.exists(path) else None
 
 
+def _recorded(
+    root: DataRoot, crawl: str, files_per_segment: int | None, format: str, text_column: str | None
+) -> CrawlRegistration | None:
+    """The crawl's recorded plan, if any, after checking that the request does not contradict it."""
+    recorded = load_registration(root, crawl)
+    if recorded is None:
+        return None
+    if recorded.format != format:
+        raise ValueError(f"{crawl} is registered as format {recorded.format}, not {format}; a plan never changes")
+    if files_per_segment and files_per_segment != recorded.files_per_segment:
+        raise ValueError(
+            f"{crawl} is registered with {recorded.files_per_segment} files per segment; "
+            f"{files_per_segment} would change what its keys mean"
+        )
+    if text_column and text_column != recorded.text_column:
+        raise ValueError(f"{crawl} is registered with text column {recorded.text_column!r}, not {text_column!r}")
+    return recorded
+
+
+def _record(root: DataRoot, registration: CrawlRegistration) -> CrawlRegistration:
+    if registration.files_per_segment < 1:
+        raise ValueError("files_per_segment must be at least 1")
+    if registration.segment_count > MAX_SEGMENTS:
+        raise ValueError(
+            f"{registration.crawl}: {registration.segment_count} segments is too many; use more files per segment"
+        )
+    root.write_json(registration_path(root, registration.crawl), registration.to_json())
+    return registration
+
+
 def register_crawl(
     source: CrawlSource, root: DataRoot, crawl: str, files_per_segment: int | None = None
 ) -> CrawlRegistration:
     """Record the crawl's segments once; later calls return the recorded plan unchanged."""
     check_crawl_id(crawl)
-    recorded = load_registration(root, crawl)
+    recorded = _recorded(root, crawl, files_per_segment, FORMAT_WAT, None)
     if recorded is not None:
-        if files_per_segment and files_per_segment != recorded.files_per_segment:
-            raise ValueError(
-                f"{crawl} is registered with {recorded.files_per_segment} WAT files per segment; "
-                f"{files_per_segment} would change what its keys mean"
-            )
         return recorded
     paths = source.wat_paths(crawl)
     if not paths:
         raise ValueError(f"{crawl} lists no WAT files at {source.base}")
     n = files_per_segment or default_files_per_segment(len(paths))
-    if n < 1:
-        raise ValueError("files_per_segment must be at least 1")
-    registration = CrawlRegistration(crawl, n, tuple(paths))
-    if registration.segment_count > MAX_SEGMENTS:
-        raise ValueError(f"{crawl}: {registration.segment_count} segments is too many; use more files per segment")
-    root.write_json(registration_path(root, crawl), registration.to_json())
-    return registration
+    return _record(root, CrawlRegistration(crawl, n, tuple(paths)))
+
+
+def register_dataset(
+    root: DataRoot,
+    name: str,
+    patterns: Sequence[str],
+    format: str = FORMAT_PARQUET,
+    text_column: str | None = None,
+    files_per_segment: int | None = None,
+) -> CrawlRegistration:
+    """Record an existing dataset's files (brace ranges, globs, any fsspec URL) as a crawl's segments, once.
+
+    The files are read where they are and never copied. The first file's columns are checked for
+    ``text_column`` (default ``text``) so that a wrong name fails here, in one line, rather than in
+    every segment.
+    """
+    check_crawl_id(name)
+    if format not in FORMATS or format == FORMAT_WAT:
+        raise ValueError(f"format {format!r} is not a dataset format; one of {', '.join(FORMATS[1:])}")
+    recorded = _recorded(root, name, files_per_segment, format, text_column)
+    if recorded is not None:
+        return recorded
+    if not patterns:
+        raise ValueError(f"{name}: name the dataset's files (--files 's3://bucket/path/*.parquet')")
+    text_column = text_column or DEFAULT_TEXT_COLUMN
+    options = options_for(patterns[0], root.url, root.storage_options)
+    files = expand_files(patterns, options)
+    if format == FORMAT_PARQUET:
+        columns = parquet_columns(files[0], options)
+        if text_column not in columns:
+            raise ValueError(
+                f"{files[0]} has no column {text_column!r} (columns: {', '.join(columns)}); pass --text-column"
+            )
+    n = files_per_segment or default_files_per_segment(len(files))
+    return _record(root, CrawlRegistration(name, n, tuple(files), format, text_column))
 
 
 def registration_for_key(root: DataRoot, key: str) -> CrawlRegistration:
