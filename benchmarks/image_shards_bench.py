@@ -224,7 +224,8 @@ IMAGE_SHARDS = textwrap.dedent(
     nameservers = tuple(sys.argv[10:])
     checks = os.environ.get("BENCH_OPT_OUTS", "1") == "1"  # robots.txt, TDMRep, X-Robots-Tag: all on or all off
     rows = sorted(({"uid": pair_uid(u, f"caption {i}"), "url": u, "text": f"caption {i}", "page_url": "http://pages/",
-                    "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench"}
+                    "category": "en", "language": "en", "language_prob": 0.9, "wat_file": "bench",
+                    "url_attribute": "src"}
                    for i, u in enumerate(urls)), key=lambda r: r["uid"])
     root.write_parquet(output_paths(root, segment)[0], pa.Table.from_pylist(rows, schema=SCHEMA))
     settings = ShardSettings(

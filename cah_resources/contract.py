@@ -39,11 +39,14 @@ CANDIDATES, IMAGE_SHARDS, CLIP_PAIRS = STAGES
 RELEASE, REPORT = "release", "report"
 DATASET_ASSETS = (RELEASE, REPORT)
 CRAWLS = "crawls"  # crawls/<CRAWL>/segments.json: a registered crawl's segments
-# What a registered crawl's files are, recorded in its plan: Common Crawl's WAT files, or the files of
-# an existing Parquet dataset (one row per page, its text in the plan's text column).
+# What a registered crawl's files are, recorded in its plan: Common Crawl's WAT files (image links and
+# alt text, no page text), its WARC files (the HTML itself: images and page text from one parse), or the
+# files of an existing Parquet dataset (one row per page, its text in the plan's text column).
 FORMAT_WAT = "wat"
+FORMAT_WARC = "warc"
 FORMAT_PARQUET = "parquet"
-FORMATS = (FORMAT_WAT, FORMAT_PARQUET)
+FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_PARQUET)
+CRAWL_FORMATS = (FORMAT_WAT, FORMAT_WARC)  # listed by Common Crawl (<format>.paths.gz); the others are datasets
 DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means
@@ -58,9 +61,45 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("category", pa.string(), nullable=False),  # en | multi | nolang
         pa.field("language", pa.string(), nullable=False),  # gcld3 code ("und" if none)
         pa.field("language_prob", pa.float32(), nullable=False),
-        pa.field("wat_file", pa.string(), nullable=False),  # crawl-relative WAT path
+        pa.field("wat_file", pa.string(), nullable=False),  # crawl-relative WAT (or WARC) file it was read from
+        # Where in the page the URL was written: "src" (a WAT's IMG@/src, or <img src>), "srcset",
+        # a lazy-loading attribute ("data-src", "data-srcset", ...), "picture>source" or "noscript>img".
+        pa.field("url_attribute", pa.string(), nullable=False),
     ]
 )
+# url_attribute of every WAT candidate: a WAT file keeps an image's src only.
+URL_ATTRIBUTE_SRC = "src"
+# The text stage of a WARC crawl: one row per kept HTML page, its main text and where its record sits,
+# so the raw record can be fetched again (a range request for offset..offset+length of the WARC file).
+PAGES = "pages"
+PAGES_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),  # WARC-Record-ID, <urn:uuid:...>
+        pa.field("url", pa.string(), nullable=False),  # WARC-Target-URI
+        pa.field("title", pa.string(), nullable=False),  # <title>, whitespace-normalized ("" if none)
+        pa.field("text", pa.string(), nullable=False),  # main content, boilerplate removed
+        pa.field("language", pa.string(), nullable=False),  # gcld3 code of the text ("und" if none)
+        pa.field("language_prob", pa.float32(), nullable=False),
+        pa.field("chars", pa.int32(), nullable=False),  # len(text)
+        pa.field("date", pa.string(), nullable=False),  # WARC-Date as written (ISO 8601)
+        pa.field("warc_file", pa.string(), nullable=False),  # crawl-relative WARC path (or the file's URL)
+        pa.field("offset", pa.int64(), nullable=False),  # byte offset of the record (its gzip member)
+        pa.field("length", pa.int64(), nullable=False),  # bytes of the record as stored (compressed)
+    ]
+)
+# Why a WARC response record yields no page row. Those before "too_short" stop the page from being
+# parsed, so they cost its images too; "too_short" keeps its images and drops its text only.
+PAGE_DROP_REASONS = (
+    "not_http",  # a response record without an HTTP message (a DNS or whois answer)
+    "not_2xx",  # redirects, errors
+    "not_html",  # another Content-Type, or bytes that do not look like HTML
+    "too_long",  # HTML over the page cap, skipped without being read
+    "undecodable",  # the charset does not decode it, or it decodes to binary junk
+    "too_deep",  # DOM nesting past the depth cap
+    "too_slow",  # parsing and extraction past the page's time budget
+    "too_short",  # main text under the minimum length
+)
+
 # What image_shards adds to each candidate row: one row per attempted URL.
 DOWNLOAD_FIELDS = pa.schema(
     [
@@ -121,6 +160,19 @@ def candidates_path(root: DataRoot, segment: str) -> str:
 
 def candidates_stats_path(root: DataRoot, segment: str) -> str:
     return root.path(CANDIDATES, segment, "stats.json")
+
+
+def pages_path(root: DataRoot, segment: str) -> str:
+    return root.path(PAGES, segment, "pages.parquet")
+
+
+def pages_stats_path(root: DataRoot, segment: str) -> str:
+    return root.path(PAGES, segment, "stats.json")
+
+
+def pages_parts_folder(root: DataRoot, segment: str) -> str:
+    """Per-WARC-file partial pages of a segment, removed once merged."""
+    return root.path(PAGES, segment, "parts")
 
 
 def candidates_parts_folder(root: DataRoot, segment: str) -> str:

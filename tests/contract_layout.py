@@ -76,6 +76,7 @@ def write_segment(
             "language": p.language,
             "language_prob": 0.9,
             "wat_file": f"{segment}.warc.wat.gz",
+            "url_attribute": "src",
         }
         for p in pairs
     ]

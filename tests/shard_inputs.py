@@ -53,6 +53,7 @@ def write_candidates(root: DataRoot, segment: str, urls) -> list[dict]:
                 "language": "de",
                 "language_prob": 0.93,
                 "wat_file": "crawl-data/x/0.warc.wat.gz",
+                "url_attribute": "src",
             }
         )
     rows.sort(key=lambda r: r["uid"])

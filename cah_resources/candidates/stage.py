@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +19,7 @@ from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
     CATEGORIES,
+    URL_ATTRIBUTE_SRC,
     CandidatesStats,
     DropReason,
     candidates_parts_folder,
@@ -32,30 +34,56 @@ def pair_uid(url: str, text: str) -> str:
     return hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest()
 
 
+class LinkGroup(NamedTuple):
+    """Image links of one page that came from one attribute: what the filters take in one call."""
+
+    page_url: str
+    base: str  # the URL relative links resolve against (``<base href>`` or the page)
+    attribute: str  # the candidates' url_attribute
+    images: list[tuple[str, object]]  # (src, alt as found: str, None or junk)
+
+
+# Where a kept pair was first seen: (page URL, url_attribute).
+Origin = tuple[str, str]
+
+
 def extract_pairs(
     path: str,
     filters: CandidateFilters,
     stats: CandidatesStats,
     max_record_bytes: int = MAX_RECORD_BYTES,
     blocked: Blocklist | None = None,
-) -> dict[tuple[str, str], str]:
+) -> dict[tuple[str, str], Origin]:
     """Usable (url, text) pairs of one WAT file, first page seen for each; drops counted in ``stats.drops``
     per reason, damage in ``stats.damage`` per kind (a record over ``max_record_bytes`` is damage).
     ``blocked`` is ``filters``' URL blocklist when the caller has loaded it already."""
-    pairs: dict[tuple[str, str], str] = {}
+    groups = (
+        LinkGroup(page.url, base_url_of(page.url, page.base_href), URL_ATTRIBUTE_SRC, page.images)
+        for page in iter_pages(path, stats, max_record_bytes)
+    )
+    return collect_pairs(groups, filters, stats, blocked)
+
+
+def collect_pairs(
+    groups: Iterable[LinkGroup], filters: CandidateFilters, stats: CandidatesStats, blocked: Blocklist | None = None
+) -> dict[tuple[str, str], Origin]:
+    """Usable (url, text) pairs of a file's link groups, in order, the first origin of each kept; drops
+    counted in ``stats.drops``: every filter's reason, BLOCKLISTED_URL and DUPLICATE."""
+    pairs: dict[tuple[str, str], Origin] = {}
     keep_first = pairs.setdefault
     dropped: list[str] = []
     links = kept = truncated = 0
     # The stage's innermost loop: per pair one dict operation, everything else counted in bulk.
-    for page in iter_pages(path, stats, max_record_bytes):
-        links += len(page.images)
-        checked = check_image_links(page.images, base_url_of(page.url, page.base_href), filters)
+    for group in groups:
+        links += len(group.images)
+        checked = check_image_links(group.images, group.base, filters)
         dropped += checked.dropped
         if checked.truncated:  # counted once per pair, as the pair: only where it is new
             truncated += len({pair for pair in checked.truncated if pair not in pairs})
         kept += len(checked.kept)
+        origin = (group.page_url, group.attribute)
         for pair in checked.kept:
-            keep_first(pair, page.url)
+            keep_first(pair, origin)
     stats.links_seen += links
     stats.alt_truncated += truncated
     drops = stats.drops
@@ -74,11 +102,11 @@ def extract_pairs(
     return pairs
 
 
-def label_pairs(pairs: dict[tuple[str, str], str], wat_file: str, detector: LanguageDetector) -> pa.Table:
+def label_pairs(pairs: dict[tuple[str, str], Origin], source_file: str, detector: LanguageDetector) -> pa.Table:
     """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
     languages = {}
     columns: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
-    for (url, text), page_url in pairs.items():
+    for (url, text), (page_url, attribute) in pairs.items():
         language = languages.get(text)
         if language is None:
             language = languages[text] = detector.detect(text)
@@ -89,7 +117,8 @@ def label_pairs(pairs: dict[tuple[str, str], str], wat_file: str, detector: Lang
         columns["category"].append(language.category)
         columns["language"].append(language.code)
         columns["language_prob"].append(language.probability)
-        columns["wat_file"].append(wat_file)
+        columns["wat_file"].append(source_file)
+        columns["url_attribute"].append(attribute)
     return pa.Table.from_pydict(columns, schema=CANDIDATES_SCHEMA)
 
 
@@ -114,7 +143,7 @@ def part_paths(root: DataRoot, segment: str, position: int) -> tuple[str, str]:
 _DETECTOR: LanguageDetector | None = None
 
 
-def _detector() -> LanguageDetector:
+def shared_detector() -> LanguageDetector:
     # One gcld3 model per worker process, reused by every task it runs.
     global _DETECTOR
     if _DETECTOR is None:
@@ -136,7 +165,7 @@ def extract_wat_file(unit: WatFileUnit) -> dict:
         # Loaded once: the lists applied are the ones the stats name (each load checks their versions).
         blocked = blocklist(unit.filters.blocked_url_lists)
         pairs = extract_pairs(local, unit.filters, stats, unit.max_record_bytes, blocked)
-    detector = _detector()
+    detector = shared_detector()
     calls_before = detector.calls
     table = label_pairs(pairs, unit.wat_path, detector)
     stats.language_calls = detector.calls - calls_before

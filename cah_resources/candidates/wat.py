@@ -333,3 +333,7 @@ def _target_uri(envelope: dict, record) -> str | None:
     if isinstance(header, dict) and isinstance(header.get("WARC-Target-URI"), str):
         return header["WARC-Target-URI"]
     return record.headers.get("WARC-Target-URI")
+
+
+# The WARC reader (pages/warc_records.py) opens, frames and resumes files the same way.
+opened_at, record_marker, next_record_offset = _source, _record_marker, _next_record

@@ -195,6 +195,7 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
                 "language": sample.language,
                 "language_prob": 0.99,
                 "wat_file": f"{segment}.wat.gz",
+                "url_attribute": "src",
                 "key": key,
                 "status": sample.status,
                 "http_status": 200 if ok else 404,

@@ -1,0 +1,111 @@
+"""One HTML page, decoded and parsed once (resiliparse's lexbor DOM), into its title, main text and images.
+
+Every page is bounded: its bytes (the reader skips one over ``max_html_bytes``), its DOM depth (lexbor
+builds any depth, but main-text extraction grows with the square of it and overflows the C stack
+near 100k levels), its images, and its time. The time budget is checked between the steps, which
+are C calls that cannot be interrupted; the byte and depth caps are what bound each step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
+from resiliparse.parse.html import HTMLTree
+
+from cah_resources.pages.html_images import PageImages, page_images
+
+REPLACEMENT = "\ufffd"
+
+
+@dataclass(frozen=True)
+class PageRules:
+    """Bounds and pre-filters of the WARC pass; every page that fails one is counted under its reason."""
+
+    max_html_bytes: int = 4 << 20  # too_long past this (Common Crawl cuts pages at 1 MiB)
+    max_dom_depth: int = 256  # too_deep past this
+    max_images_per_page: int = 1000  # the rest of a page's <img>s are dropped as image_cap
+    page_budget_s: float = 10.0  # too_slow past this; generous, so that a busy machine drops nothing
+    min_text_chars: int = 100  # too_short under this: the page keeps its images, loses its row
+    max_bad_chars: float = 0.01  # undecodable past this share of U+FFFD and NUL in the decoded text
+
+    def __post_init__(self) -> None:
+        if self.max_dom_depth < 8 or self.max_html_bytes < 1 or self.max_images_per_page < 0:
+            raise ValueError("max_dom_depth must be at least 8, max_html_bytes and max_images_per_page positive")
+
+
+class ParsedPage(NamedTuple):
+    title: str
+    text: str  # main content, boilerplate removed
+    images: PageImages
+
+
+def decode_html(body: bytes, declared: str | None, max_bad_chars: float) -> str | None:
+    """The page as text: in its declared charset (HTTP header), else its ``<meta charset>``, else the
+    one detected; a charset that fails on the bytes gives way to the detected one. None when the
+    result is mostly replacement characters or NULs (binary, or a charset nothing reads)."""
+    first = _codec(declared) or _codec(detect_encoding(body, from_html_meta=True)) or "utf-8"
+    try:
+        text = body.decode(first)
+    except UnicodeDecodeError:
+        detected = _codec(detect_encoding(body))
+        text = None
+        if detected and detected != first:
+            try:
+                text = body.decode(detected)
+            except UnicodeDecodeError:
+                text = None
+        if text is None:
+            text = body.decode(first, errors="replace")
+    bad = text.count(REPLACEMENT) + text.count("\x00")
+    if bad and bad > max_bad_chars * len(text):
+        return None
+    return text
+
+
+def _codec(label: str | None) -> str | None:
+    """Python's codec for a charset label, by the HTML standard's mapping (latin1 → windows-1252), or None."""
+    if not label:
+        return None
+    name = map_encoding_to_html5(label.strip().strip("\"'"), fallback_utf8=False)
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name).name
+    except LookupError:  # x-user-defined, replacement: labels of the standard Python has no codec for
+        return None
+
+
+def parse_page(text: str, rules: PageRules) -> ParsedPage | str:
+    """Title, main text and images of one decoded page from one parse, or the drop reason
+    (``too_deep``, ``too_slow``)."""
+    started = time.perf_counter()
+    tree = HTMLTree.parse(text)
+    document = tree.document
+    if document is not None and document.query_selector(_depth_selector(rules.max_dom_depth)) is not None:
+        return "too_deep"
+    if time.perf_counter() - started > rules.page_budget_s:
+        return "too_slow"
+    images = page_images(tree, rules.max_images_per_page)
+    if time.perf_counter() - started > rules.page_budget_s:
+        return "too_slow"
+    main_text = extract_plain_text(tree, main_content=True, alt_texts=False, list_bullets=False)
+    if time.perf_counter() - started > rules.page_budget_s:
+        return "too_slow"
+    return ParsedPage(" ".join((tree.title or "").split()), main_text.strip(), images)
+
+
+_DEPTH_SELECTORS: dict[int, str] = {}
+
+
+def _depth_selector(depth: int) -> str:
+    """A selector matching an element nested ``depth`` levels under <html>: lexbor matches it right to
+    left, so each element costs a walk up its own ancestors, and the first match ends the search."""
+    selector = _DEPTH_SELECTORS.get(depth)
+    if selector is None:
+        selector = _DEPTH_SELECTORS[depth] = "html" + " > *" * depth
+    return selector

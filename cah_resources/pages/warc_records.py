@@ -1,0 +1,143 @@
+"""Reading WARC files: response records in, 2xx HTML documents out, pre-filter drops and damage counted."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from cah_resources.candidates.wat import MAX_RECORD_BYTES, next_record_offset, opened_at, record_marker
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+# Content types that say nothing, so the body decides (as a browser sniffs).
+UNSPECIFIC_TYPES = ("", "application/octet-stream", "text/plain", "unk", "unknown/unknown")
+HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
+SNIFF_BYTES = 1024
+PAGE_DROP = "page_drop_"  # stats keys of the pages' drop reasons: page_drop_<reason>
+
+
+class HtmlRecord(NamedTuple):
+    """One 2xx HTML response of a WARC file, undecoded, with where its record sits."""
+
+    url: str
+    record_id: str
+    date: str
+    offset: int  # byte offset of the record in the file (its gzip member's first byte)
+    body: bytes
+    charset: str | None  # declared in the HTTP Content-Type, if at all
+
+
+def iter_html_records(
+    path: str,
+    counts: Counter,
+    starts: list[int],
+    max_html_bytes: int,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+) -> Iterator[HtmlRecord]:
+    """Yield every 2xx HTML response of a WARC file; count the others under ``page_drop_<reason>``
+    and damage under ``malformed_*`` / ``corrupt_gzip``; append every record's offset to ``starts``
+    (so a record's stored length is the distance to the next one).
+
+    An HTML body over ``max_html_bytes`` is skipped unread (``too_long``). Damage does not end the
+    file, as in the WAT reader: after a corrupt gzip member, a record over ``max_record_bytes`` or a
+    body shorter than its Content-Length, reading resumes at the next gzip member (Common Crawl
+    writes one per record), so one bad record costs that record only.
+    """
+    marker = record_marker(path)
+    start: int | None = 0
+    recovering = False
+    records = 0
+    try:
+        while start is not None:
+            last_good = start
+            try:
+                with opened_at(path, start) as source:
+                    for record in ArchiveIterator(source, parse_http=False):
+                        last_good, recovering = record.stream_pos, False
+                        records += 1
+                        starts.append(record.stream_pos)
+                        if record.content_length > max_record_bytes:
+                            counts["malformed_too_large"] += 1
+                            break
+                        if record.record_type != WarcRecordType.response:
+                            continue
+                        counts["responses"] += 1
+                        found = _html_of(record, counts, max_html_bytes)
+                        if found is None:
+                            continue
+                        if found is _TRUNCATED:
+                            counts["malformed_truncated"] += 1
+                            break
+                        yield found
+                    else:
+                        start = None
+                        continue
+            except OSError:
+                counts["corrupt_gzip"] += not recovering
+                recovering = True
+            start = next_record_offset(path, last_good + 1, marker)
+            if start is not None:
+                starts.append(start)  # a damaged record ends where reading resumes
+    finally:
+        counts["warc_records"] += records
+
+
+_TRUNCATED = HtmlRecord("", "", "", -1, b"", None)
+
+
+def _html_of(record, counts: Counter, max_html_bytes: int) -> HtmlRecord | None:
+    """The record as an HtmlRecord, None with its drop reason counted, or _TRUNCATED."""
+    if not record.is_http:
+        counts[PAGE_DROP + "not_http"] += 1
+        return None
+    try:
+        record.parse_http()
+    except Exception:  # fastwarc raises its own parse errors for garbage headers: not an HTTP message
+        counts[PAGE_DROP + "not_http"] += 1
+        return None
+    status = record.http_headers.status_code
+    if status is None or not 200 <= status < 300:
+        counts[PAGE_DROP + "not_2xx"] += 1
+        return None
+    content_type = (record.http_content_type or "").strip().lower()
+    if content_type not in HTML_TYPES and content_type not in UNSPECIFIC_TYPES:
+        counts[PAGE_DROP + "not_html"] += 1
+        return None
+    if record.content_length > max_html_bytes:
+        counts[PAGE_DROP + "too_long"] += 1
+        return None
+    body = record.reader.read()
+    if len(body) < record.content_length:
+        return _TRUNCATED
+    if content_type not in HTML_TYPES and not looks_like_html(body):
+        counts[PAGE_DROP + "not_html"] += 1
+        return None
+    headers = record.headers
+    return HtmlRecord(
+        headers.get("WARC-Target-URI") or "",
+        record.record_id or "",
+        headers.get("WARC-Date") or "",
+        record.stream_pos,
+        body,
+        record.http_charset,
+    )
+
+
+def looks_like_html(body: bytes) -> bool:
+    """Whether a body of no declared type starts as HTML does (after a BOM and whitespace)."""
+    head = body[:SNIFF_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(HTML_STARTS)
+
+
+def record_lengths(offsets: list[int], starts: list[int], file_size: int) -> list[int]:
+    """Stored length of each record at ``offsets``: up to the next record start, or the end of the file."""
+    ordered = sorted(set(starts))
+    lengths = []
+    for offset in offsets:
+        i = bisect_right(ordered, offset)
+        end = ordered[i] if i < len(ordered) else file_size
+        lengths.append(end - offset)
+    return lengths
