@@ -24,6 +24,7 @@ from cah_resources.candidates.stage import (
 from cah_resources.candidates.wat import MAX_RECORD_BYTES
 from cah_resources.contract import PAGES_SCHEMA, pages_parts_folder, pages_path, pages_stats_path
 from cah_resources.crawl.common_crawl import CrawlSource
+from cah_resources.pages.html_images import NOSCRIPT_PREFIX
 from cah_resources.pages.html_page import PageRules, decode_html, parse_page
 from cah_resources.pages.warc_records import PAGE_DROP, iter_html_records, record_lengths
 from cah_resources.storage import DataRoot
@@ -91,13 +92,14 @@ def read_warc(
 
 
 def _link_groups(page_url: str, images) -> Iterator[LinkGroup]:
-    """The page's image links, one group per attribute they came from (the filters take a group at once)."""
+    """The page's image links, one group per attribute they came from (the filters take a group at
+    once); ``<noscript>`` groups last, so a URL found both outside and inside one is the outside's."""
     by_attribute: dict[str, list[tuple[str, object]]] = {}
     for link in images.links:
         by_attribute.setdefault(link.attribute, []).append((link.src, link.alt))
     base = base_url_of(page_url, images.base_href)
-    for attribute, links in by_attribute.items():
-        yield LinkGroup(page_url, base, attribute, links)
+    for attribute in sorted(by_attribute, key=lambda name: name.startswith(NOSCRIPT_PREFIX)):
+        yield LinkGroup(page_url, base, attribute, by_attribute[attribute])
 
 
 def _add_page(columns: dict[str, list], record, title: str, text: str, warc_file: str) -> None:
