@@ -42,9 +42,10 @@ def iter_html_records(
     (so a record's stored length is the distance to the next one).
 
     An HTML body over ``max_html_bytes`` is skipped unread (``too_long``). Damage does not end the
-    file, as in the WAT reader: after a corrupt gzip member, a record over ``max_record_bytes`` or a
-    body shorter than its Content-Length, reading resumes at the next gzip member (Common Crawl
-    writes one per record), so one bad record costs that record only.
+    file, as in the WAT reader: after a corrupt gzip member, a record over ``max_record_bytes``, a
+    body shorter than its Content-Length, or a record skipped unread whose Content-Length ran over
+    the records behind it to the end, reading resumes at the next gzip member (Common Crawl writes
+    one per record), so one bad record costs that record only.
     """
     marker = record_marker(path)
     start: int | None = 0
@@ -73,7 +74,12 @@ def iter_html_records(
                             break
                         yield found
                     else:
-                        start = None
+                        # The end, unless a record skipped unread claimed more bytes than it had and
+                        # swallowed the ones behind it: they still start where a record starts.
+                        start = next_record_offset(path, last_good + 1, marker)
+                        if start is not None:
+                            counts["malformed_truncated"] += 1
+                            starts.append(start)
                         continue
             except OSError:
                 counts["corrupt_gzip"] += not recovering
