@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cah_resources.contract import FORMAT_WAT, FORMATS, STAGES
+from cah_resources.contract import CRAWL_FORMATS, FORMAT_WAT, FORMATS, STAGES
 from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
 from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
 from cah_resources.redaction import redact_text, redact_url
@@ -258,6 +258,34 @@ def register(
         f"{registration.files_per_segment} per segment, {registration.segment_count} segments, {added} new partitions "
         f"(first {registration.keys()[0]})"
     )
+
+
+@cah.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--out", required=True, help="Folder (or fsspec URL) for candidates.parquet, pages.parquet, counts.json.")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(CRAWL_FORMATS),
+    default=None,
+    help="What the files are [default: wat for *.wat.gz, else warc].",
+)
+def extract(files: tuple[str, ...], out: str, format_: str | None) -> None:
+    """Run the candidates step (and for WARC files the pages step) on FILES, local or fsspec URLs, without Dagster.
+
+    This is how to check a file before registering a crawl: the rows and every drop reason are written to --out.
+    """
+    from cah_resources.extract import extract_files, summary, write_extracted
+    from cah_resources.storage import S3_PREFIXES, DataRoot, s3_options_from_environment
+
+    options = s3_options_from_environment()  # s3:// files and --out: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...
+    try:
+        extracted = extract_files(files, format=format_, storage_options=options)
+        written = write_extracted(DataRoot(out, options if out.startswith(S3_PREFIXES) else {}), extracted)
+    except (FileNotFoundError, PermissionError, ValueError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    click.echo(summary(extracted))
+    click.echo("wrote " + ", ".join(written))
 
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:

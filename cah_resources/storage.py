@@ -55,6 +55,12 @@ def s3_storage_options(endpoint_url: str = "", key: str = "", secret: str = "", 
     return options
 
 
+def s3_options_from_environment() -> dict[str, Any]:
+    """s3fs options from the standard AWS variables that are set (S3_ENV_VARS), for commands run outside Dagster."""
+    values = [next((os.environ[v] for v in variables if os.environ.get(v)), "") for variables in S3_ENV_VARS.values()]
+    return s3_storage_options(*values)
+
+
 @dataclass(frozen=True, repr=False)
 class DataRoot:
     """A folder of outputs (``./data``, ``/mnt/cah``, ``s3://bucket/cah``); picklable for workers."""

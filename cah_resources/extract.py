@@ -1,0 +1,129 @@
+"""Checking files before a crawl: candidates (and, for WARC files, pages) of local or fsspec WAT/WARC
+files, without Dagster; what `cah extract` runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cah_resources.candidates.image_links import CandidateFilters
+from cah_resources.candidates.stage import extract_pairs, label_pairs, shared_detector
+from cah_resources.contract import CANDIDATES_SCHEMA, CATEGORIES, FORMAT_WARC, FORMAT_WAT
+from cah_resources.pages.html_page import PageRules
+from cah_resources.pages.stage import read_warc
+from cah_resources.storage import S3_PREFIXES, DataRoot
+
+CANDIDATES_FILE, PAGES_FILE, COUNTS_FILE = "candidates.parquet", "pages.parquet", "counts.json"
+WAT_SUFFIXES = (".wat.gz", ".wat")
+COPY_CHUNK = 1 << 20
+
+
+def file_format(name: str) -> str:
+    """wat for ``*.wat(.gz)`` (Common Crawl's names), else warc."""
+    return FORMAT_WAT if name.lower().endswith(WAT_SUFFIXES) else FORMAT_WARC
+
+
+@contextmanager
+def local_file(url: str, storage_options: dict | None = None) -> Iterator[str]:
+    # storage_options apply to s3:// URLs (the S3 endpoint and credentials); other protocols get none.
+    """A local path holding ``url``: the path itself, or a temporary copy of an fsspec URL (s3://, https://...)."""
+    if "://" not in url or url.startswith("file://"):
+        path = url.removeprefix("file://")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
+        yield path
+        return
+    fd, path = tempfile.mkstemp(prefix="cah-extract-", suffix="-" + os.path.basename(url.rstrip("/")))
+    try:
+        options = (storage_options or {}) if url.startswith(S3_PREFIXES) else {}
+        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb", **options) as handle:
+            shutil.copyfileobj(handle, out, COPY_CHUNK)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@dataclass
+class Extracted:
+    candidates: pa.Table
+    pages: pa.Table | None  # None when no WARC file was given
+    counts: dict  # per file, and "total"
+
+
+def extract_files(
+    urls: Sequence[str],
+    filters: CandidateFilters | None = None,
+    rules: PageRules | None = None,
+    format: str | None = None,
+    storage_options: dict | None = None,
+) -> Extracted:
+    """Candidates of the files in order (a pair seen in an earlier file is a duplicate), and the pages of
+    the WARC files; every file's counters, and their total."""
+    filters, rules = filters or CandidateFilters(), rules or PageRules()
+    tables, pages, per_file = [], [], {}
+    total: Counter = Counter()
+    for url in urls:
+        counts: Counter = Counter()
+        kind = format or file_format(url)
+        with local_file(url, storage_options) as path:
+            if kind == FORMAT_WAT:
+                pairs = extract_pairs(path, filters, counts)
+            else:
+                result = read_warc(path, url, filters, rules, counts)
+                pairs = result.pairs
+                pages.append(result.pages)
+        tables.append(label_pairs(pairs, url, shared_detector()))
+        counts["candidates"] = tables[-1].num_rows
+        per_file[url] = {"format": kind, **counts}
+        total.update(counts)
+    table = pa.concat_tables(tables) if tables else CANDIDATES_SCHEMA.empty_table()
+    table, duplicates = _first_of_each_uid(table)
+    total["drop_duplicate"] += duplicates
+    total["candidates"] = table.num_rows
+    merged_pages = pa.concat_tables(pages) if pages else None
+    return Extracted(table, merged_pages, {"files": per_file, "total": dict(total)})
+
+
+def _first_of_each_uid(table: pa.Table) -> tuple[pa.Table, int]:
+    seen: set[str] = set()
+    keep = []
+    for uid in table.column("uid").to_pylist():
+        keep.append(uid not in seen)
+        seen.add(uid)
+    return table.filter(pa.array(keep, pa.bool_())), keep.count(False)
+
+
+def write_extracted(out: DataRoot, extracted: Extracted) -> list[str]:
+    """``candidates.parquet``, ``pages.parquet`` (WARC files only) and ``counts.json`` under ``out``."""
+    written = [out.path(CANDIDATES_FILE)]
+    out.write_parquet(written[0], extracted.candidates)
+    if extracted.pages is not None:
+        written.append(out.path(PAGES_FILE))
+        out.write_parquet(written[-1], extracted.pages)
+    written.append(out.path(COUNTS_FILE))
+    out.write_json(written[-1], extracted.counts)
+    return written
+
+
+def summary(extracted: Extracted) -> str:
+    """One line a person reads: files, candidates by category, pages, and what was dropped most."""
+    total = extracted.counts["total"]
+    categories = ", ".join(
+        f"{c} {pc.sum(pc.equal(extracted.candidates.column('category'), c)).as_py() or 0}" for c in CATEGORIES
+    )
+    drops = sorted(((v, k) for k, v in total.items() if k.startswith(("drop_", "page_drop_")) and v), reverse=True)
+    shown = ", ".join(f"{k} {v}" for v, k in drops[:5]) or "none"
+    pages = f", {extracted.pages.num_rows} pages" if extracted.pages is not None else ""
+    return (
+        f"{len(extracted.counts['files'])} file(s): {extracted.candidates.num_rows} candidates ({categories}){pages}; "
+        f"drops: {shown}"
+    )
