@@ -196,7 +196,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
 @click.option(
     "--source",
     default=None,
-    help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz (default: the instance's, else Common Crawl).",
+    help="Base URL or folder holding crawl-data/<CRAWL>/wat.paths.gz or warc.paths.gz "
+    "(default: the instance's, else Common Crawl).",
 )
 @click.option("--data-root", default=None, help="Where outputs go (default: the instance's, else ./data).")
 @click.option(
@@ -205,7 +206,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     type=click.Choice(FORMATS),
     default=FORMAT_WAT,
     show_default=True,
-    help="What the crawl's files are: Common Crawl's WAT files, or an existing dataset's Parquet files.",
+    help="What the crawl's files are: Common Crawl's WAT files (images), its WARC files (images and page "
+    "text from the HTML), or an existing dataset's Parquet files. A crawl keeps the format it was registered with.",
 )
 @click.option(
     "--files",

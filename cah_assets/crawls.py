@@ -5,7 +5,7 @@ from pydantic import Field
 
 from cah_assets.partitions import add_segments
 from cah_assets.resources import CommonCrawl, StorageResource
-from cah_resources.contract import FORMAT_WAT, FORMATS
+from cah_resources.contract import CRAWL_FORMATS, FORMAT_WAT, FORMATS
 from cah_resources.crawl.segments import CrawlRegistration, register_crawl, register_dataset
 
 
@@ -30,10 +30,14 @@ def register_and_add(
     text_column: str = "",
 ) -> tuple[CrawlRegistration, int]:
     """Record the crawl's (or dataset's) segments, once and for good, and add the missing partitions in batches."""
-    if format == FORMAT_WAT:
+    if format in CRAWL_FORMATS:
         if files or text_column:
-            raise ValueError("--files and --text-column are for datasets (--format parquet); a WAT crawl lists its own")
-        registration = register_crawl(common_crawl.source(), storage.data_root(), crawl, files_per_segment or None)
+            raise ValueError(
+                f"--files and --text-column are for datasets (--format parquet); a {format} crawl lists its own"
+            )
+        registration = register_crawl(
+            common_crawl.source(), storage.data_root(), crawl, files_per_segment or None, format
+        )
     else:
         registration = register_dataset(
             storage.data_root(), crawl, list(files), format, text_column or None, files_per_segment or None

@@ -80,4 +80,4 @@ def test_a_missing_file_is_not_retried(tmp_path):
 def test_wat_listing_is_read_sorted_from_a_mirror(tmp_path):
     listing = gzip.compress(b"crawl-data/X/b.wat.gz\ncrawl-data/X/a.wat.gz\n\n")
     with FlakyMirror({"crawl-data/X/wat.paths.gz": listing}, breaks=0) as url:
-        assert CrawlSource(url, str(tmp_path)).wat_paths("X") == ["crawl-data/X/a.wat.gz", "crawl-data/X/b.wat.gz"]
+        assert CrawlSource(url, str(tmp_path)).file_paths("X") == ["crawl-data/X/a.wat.gz", "crawl-data/X/b.wat.gz"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from cah_resources import retries as retry_policies
+from cah_resources.contract import FORMAT_WAT
 from cah_resources.redaction import redact_url
 
 COMMON_CRAWL_URL = "https://data.commoncrawl.org"
@@ -27,7 +28,7 @@ class CrawlFileMissing(FileNotFoundError):
 
 @dataclass(frozen=True, repr=False)
 class CrawlSource:
-    """Reads ``crawl-data/<CRAWL>/wat.paths.gz`` and WAT files from a base URL or a local folder.
+    """Reads ``crawl-data/<CRAWL>/wat.paths.gz`` (or ``warc.paths.gz``) and its files from a base URL or a folder.
 
     Remote files are streamed to a temporary file under ``cache_dir``; a download that breaks off
     or comes back shorter than its Content-Length is retried with backoff and jitter.
@@ -51,9 +52,9 @@ class CrawlSource:
         root = self.base[len("file://") :] if self.base.startswith("file://") else self.base
         return os.path.join(root, rel_path)
 
-    def wat_paths(self, crawl: str) -> list[str]:
-        """The crawl's WAT file paths (relative to the base), sorted."""
-        with self.local_copy(f"crawl-data/{crawl}/wat.paths.gz") as path:
+    def file_paths(self, crawl: str, format: str = FORMAT_WAT) -> list[str]:
+        """The crawl's WAT (or WARC) file paths (relative to the base), sorted, from its <format>.paths.gz."""
+        with self.local_copy(f"crawl-data/{crawl}/{format}.paths.gz") as path:
             with gzip.open(path, "rt", encoding="utf-8") as handle:
                 return sorted(line.strip() for line in handle if line.strip())
 

@@ -1,4 +1,4 @@
-"""Crawl segments: a crawl's sorted file list (WAT, or a dataset's Parquet) cut into fixed slices, recorded for good."""
+"""Crawl segments: a crawl's sorted file list (WAT, WARC, or a dataset's Parquet) cut into fixed slices, for good."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cah_resources.contract import DEFAULT_TEXT_COLUMN, FORMAT_PARQUET, FORMAT_WAT, FORMATS, segments_manifest_path
+from cah_resources.contract import (
+    CRAWL_FORMATS,
+    DEFAULT_TEXT_COLUMN,
+    FORMAT_PARQUET,
+    FORMAT_WAT,
+    FORMATS,
+    segments_manifest_path,
+)
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_columns
 from cah_resources.storage import DataRoot
@@ -42,8 +49,8 @@ def check_crawl_id(crawl: str) -> str:
 class CrawlRegistration:
     """A crawl as registered: its files (sorted) and how many make one segment, fixed for good.
 
-    ``files`` are WAT paths relative to the crawl source (format ``wat``), or the URLs of a Parquet
-    dataset's files (format ``parquet``, its page text in ``text_column``).
+    ``files`` are WAT or WARC paths relative to the crawl source (format ``wat``, ``warc``), or the URLs
+    of a Parquet dataset's files (format ``parquet``, its page text in ``text_column``).
     """
 
     crawl: str
@@ -136,18 +143,21 @@ def _record(root: DataRoot, registration: CrawlRegistration) -> CrawlRegistratio
 
 
 def register_crawl(
-    source: CrawlSource, root: DataRoot, crawl: str, files_per_segment: int | None = None
+    source: CrawlSource, root: DataRoot, crawl: str, files_per_segment: int | None = None, format: str = FORMAT_WAT
 ) -> CrawlRegistration:
-    """Record the crawl's segments once; later calls return the recorded plan unchanged."""
+    """Record the crawl's segments over its WAT or WARC listing once; later calls return the recorded
+    plan unchanged, and a crawl keeps the format it was registered with."""
     check_crawl_id(crawl)
-    recorded = _recorded(root, crawl, files_per_segment, FORMAT_WAT, None)
+    if format not in CRAWL_FORMATS:
+        raise ValueError(f"format {format!r} is not one of Common Crawl's listings ({', '.join(CRAWL_FORMATS)})")
+    recorded = _recorded(root, crawl, files_per_segment, format, None)
     if recorded is not None:
         return recorded
-    paths = source.wat_paths(crawl)
+    paths = source.file_paths(crawl, format)
     if not paths:
-        raise ValueError(f"{crawl} lists no WAT files at {source.base}")
+        raise ValueError(f"{crawl} lists no {format.upper()} files at {source.base}")
     n = files_per_segment or default_files_per_segment(len(paths))
-    return _record(root, CrawlRegistration(crawl, n, tuple(paths)))
+    return _record(root, CrawlRegistration(crawl, n, tuple(paths), format))
 
 
 def register_dataset(
@@ -165,8 +175,9 @@ def register_dataset(
     every segment.
     """
     check_crawl_id(name)
-    if format not in FORMATS or format == FORMAT_WAT:
-        raise ValueError(f"format {format!r} is not a dataset format; one of {', '.join(FORMATS[1:])}")
+    dataset_formats = [f for f in FORMATS if f not in CRAWL_FORMATS]
+    if format not in dataset_formats:
+        raise ValueError(f"format {format!r} is not a dataset format; one of {', '.join(dataset_formats)}")
     recorded = _recorded(root, name, files_per_segment, format, text_column)
     if recorded is not None:
         return recorded
