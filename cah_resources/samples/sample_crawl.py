@@ -119,7 +119,14 @@ class _WatWriter:
     def _id(self) -> str:
         return f"<urn:uuid:{uuid.UUID(int=self.rng.getrandbits(128))}>"
 
-    def add(self, warc_type: str, target: str | None, body: bytes, content_type: str = "application/json") -> None:
+    def add(
+        self,
+        warc_type: str,
+        target: str | None,
+        body: bytes,
+        content_type: str = "application/json",
+        extra: dict[str, str] | None = None,
+    ) -> None:
         headers = {"WARC-Type": warc_type}
         if target:
             headers["WARC-Target-URI"] = target
@@ -128,6 +135,7 @@ class _WatWriter:
                 "WARC-Date": self.date.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "WARC-Record-ID": self._id(),
                 "Content-Type": content_type,
+                **(extra or {}),
             }
         )
         self.members.append(gzip.compress(_warc_record(headers, body), compresslevel=6, mtime=0))

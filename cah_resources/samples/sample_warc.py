@@ -294,9 +294,22 @@ def _figure(markup: str, rng: random.Random, language: str) -> str:
     return f"<figure>{markup}<figcaption>{html.escape(_sentence(rng, language, 6))}</figcaption></figure>"
 
 
-def page_html(page: _Page, rng, title, language, charset, declared, base, paragraphs, kinds, earlier) -> str:
-    """The page's HTML; one without paragraphs (a gallery) has no comments either: too short for a page row."""
-    nav = "".join(f'<li><a href="/{n.lower()}/">{n}</a></li>' for n in NAV)
+def page_html(
+    page: _Page, rng, title, language, charset, declared, base, paragraphs, kinds, earlier, weight: int = 0
+) -> str:
+    """The page's HTML; one without paragraphs (a gallery) has no comments either: too short for a page row.
+    ``weight``: bytes of app state (a JSON blob of ids, as framework pages inline) and a menu to match."""
+    menu = [f'<li><a href="/{n.lower()}/">{n}</a></li>' for n in NAV]
+    menu += [
+        f'<li><a href="/topics/{rng.randrange(10**6)}/">{rng.choice(NAV)} {i}</a></li>' for i in range(weight // 400)
+    ]
+    nav = "".join(menu)
+    state = (
+        f'<script id="__APP_STATE__" type="application/json">{{"ids":"{rng.randbytes(weight * 3 // 8).hex()}"}}'
+        "</script>"
+        if weight
+        else ""
+    )
     figures = []
     for kind in kinds:
         markup = page.no_url_img() if kind == NO_URL_KIND else page.img(kind, earlier)
@@ -337,7 +350,7 @@ def page_html(page: _Page, rng, title, language, charset, declared, base, paragr
         f'<aside class="sidebar"><h3>{SIDEBAR[0]}</h3><ul>{related}</ul><p>{SIDEBAR[1]}</p>'
         f'<p><a href="/newsletter">{SIDEBAR[2]}</a></p></aside>'
         f'<footer class="footer"><p>{FOOTER[0]}</p><p>{FOOTER[1]}</p></footer>'
-        f"<script>{SCRIPT}</script></body></html>"
+        f"{state}<script>{SCRIPT}</script></body></html>"
     )
 
 
@@ -350,10 +363,12 @@ def _http_response(status: str, content_type: str, body: bytes) -> bytes:
 
 
 class _WarcWriter(_WatWriter):
-    def response(self, url: str, payload: bytes) -> None:
+    def response(self, url: str, payload: bytes, identified: str = "text/html") -> None:
         request = f"GET / HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n\r\n".encode()
         self.add("request", url, request, "application/http; msgtype=request")
-        self.add("response", url, payload, "application/http; msgtype=response")
+        # Common Crawl names the payload's type as Tika detects it; datatrove's reader trusts it.
+        extra = {"WARC-Identified-Payload-Type": identified}
+        self.add("response", url, payload, "application/http; msgtype=response", extra)
         meta = b"fetchTimeMs: 112\r\ncharset-detected: UTF-8\r\n"
         self.add("metadata", url, meta, "application/warc-fields")
 
@@ -371,10 +386,12 @@ def generate_warc_crawl(
     mismatch_rate: float = 0.0,
     missing_rate: float = 0.0,
     other_records: bool = True,
+    page_weight: int = 0,
 ) -> SampleWarcCrawl:
     """Write ``crawl-data/<crawl>/warc.paths.gz`` and its WARC files under ``root`` (and the WAT twins,
     ``wat.paths.gz``); return the truth. ``other_records``: also a redirect, a 404, an image and a short
-    page per file (each a page drop reason)."""
+    page per file (each a page drop reason). ``page_weight``: bytes of inline app state and menu per page,
+    to reach a real page's size (Common Crawl's pages weigh tens of KB, a third or more of it scripts)."""
     rng = random.Random(seed)
     image_base = image_base or [f"https://img{i}.example.com" for i in range(5)]
     servable = tuple(o + "/" for o in (image_base or []) + (page_base or [])) if page_base else ()
@@ -412,7 +429,7 @@ def generate_warc_crawl(
                     "not_found": ("404 Not Found", "text/html", b"<html><body>Not found</body></html>"),
                     "image": ("200 OK", "image/jpeg", b"\xff\xd8\xff\xe0" + rng.randbytes(64)),
                 }[special]
-                writer.response(url, _http_response(status, ctype, body))
+                writer.response(url, _http_response(status, ctype, body), ctype)
                 counts[f"page_drop_{'not_2xx' if special != 'image' else 'not_html'}"] += 1
                 continue
             charset = rng.choice(list(CHARSETS))
@@ -431,7 +448,9 @@ def generate_warc_crawl(
             title = _sentence(rng, language, 6).rstrip(".。")
             paragraphs = [] if short else [paragraph(rng, language) for _ in range(rng.randint(*paragraphs_per_page))]
             page_kinds = [rng.choice(kinds) for _ in range(images_per_page)]
-            markup = page_html(page, rng, title, language, charset, declared, base, paragraphs, page_kinds, earlier)
+            markup = page_html(
+                page, rng, title, language, charset, declared, base, paragraphs, page_kinds, earlier, page_weight
+            )
             encoded = markup.encode(charset, errors="strict")
             ctype = f"text/html; charset={charset}" if declared == "http" else "text/html"
             writer.response(url, _http_response("200 OK", ctype, encoded))
