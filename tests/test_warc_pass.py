@@ -287,3 +287,30 @@ def test_non_html_non_2xx_and_non_http_responses_are_page_drops(tmp_path):
     result, counts = _read(path)
     assert _urls(result) == ["https://example.org/sniffed"]
     assert (counts["page_drop_not_html"], counts["page_drop_not_2xx"], counts["page_drop_not_http"]) == (1, 2, 1)
+
+
+def test_one_work_function_reads_both_formats_and_every_segment_gets_pages(warc_crawl, tmp_path):
+    from cah_resources.crawl.segments import register_crawl
+    from cah_resources.pages.segment import PAGES_STATS, extract_crawl_file, file_units, merge_crawl_segment, merges
+
+    root, source = DataRoot(str(tmp_path / "data")), CrawlSource(warc_crawl.root)
+    for crawl, format_ in (("W", "warc"), ("T", "wat")):
+        # The generator lists the same pages as WARC files and as their WAT twins.
+        for name in ("warc.paths.gz", "wat.paths.gz"):
+            os.makedirs(os.path.join(warc_crawl.root, "crawl-data", crawl), exist_ok=True)
+            src = os.path.join(warc_crawl.root, "crawl-data", warc_crawl.crawl, name)
+            dst = os.path.join(warc_crawl.root, "crawl-data", crawl, name)
+            if not os.path.exists(dst):
+                os.link(src, dst)
+        registration = register_crawl(source, root, crawl, 2, format_)
+        key = registration.keys()[0]
+        units = file_units(registration, key, root, source, CandidateFilters(), PageRules())
+        values = {key: [extract_crawl_file(unit) for unit in units]}
+        [merge] = merges([key], root, values, {key: format_}, None)
+        stats = merge_crawl_segment(merge)
+        pages = root.read_parquet(pages_path(root, key))
+        assert pages.schema == PAGES_SCHEMA and stats[PAGES_STATS]["pages"] == pages.num_rows
+        if format_ == "warc":
+            assert stats["candidates"] == len(warc_crawl.expected_segment(warc_crawl.warc_paths)) and pages.num_rows
+        else:
+            assert pages.num_rows == 0 and 0 < stats["candidates"]
