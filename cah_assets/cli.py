@@ -89,6 +89,13 @@ def cah() -> None:
     type=click.IntRange(1),
     help="WAT files to generate; two make one segment (partition).",
 )
+@click.option(
+    "--warc-files",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0),
+    help="WARC files of a second crawl run beside the WAT one (images and page text from the HTML); 0: none.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated pages and images.")
 @click.option(
     "--cluster",
@@ -97,7 +104,7 @@ def cah() -> None:
     "worker` runners in folders of their own, crawl over HTTP, data root on an S3 peer (moto); "
     "compared with the one-machine run, one worker killed mid-shard.",
 )
-def demo(workdir: str | None, crawl: str, wat_files: int, seed: int, cluster: bool) -> None:
+def demo(workdir: str | None, crawl: str, wat_files: int, warc_files: int, seed: int, cluster: bool) -> None:
     """Run the whole pipeline offline on a generated crawl and a local image web (no network needed)."""
     from cah_assets.demo import run_demo
 
@@ -111,7 +118,7 @@ def demo(workdir: str | None, crawl: str, wat_files: int, seed: int, cluster: bo
         sys.exit(code)
     workdir = workdir or ".demo"
     try:
-        code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed)
+        code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed, warc_files=warc_files)
     except RuntimeError as error:  # a failed run: its logs are on the instance
         raise UserError(str(error)) from None
     sys.exit(code)

@@ -10,7 +10,7 @@ import os
 import dagster as dg
 
 from cah_assets.automation import SEGMENT_CRON, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
-from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks
+from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks, pages_checks
 from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import release, report
 from cah_assets.deployment import Deployment, read_deployment
@@ -31,7 +31,7 @@ from cah_assets.resources import (
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
-from cah_resources.contract import DATASET_ASSETS, STAGES
+from cah_resources.contract import DATASET_ASSETS, STAGE_ASSETS, STAGES
 from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CRAWL_LIST_URL
 
 PIPELINE_JOB = "pipeline"
@@ -50,14 +50,14 @@ def _jobs() -> list:
     stage_jobs = [
         dg.define_asset_job(
             stage_job_name(stage),
-            selection=dg.AssetSelection.assets(stage),
+            selection=dg.AssetSelection.assets(*STAGE_ASSETS.get(stage, (stage,))),
             description=f"The {stage} stage of the chosen segments, and its checks.",
         )
         for stage in STAGES
     ]
     pipeline = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.assets(*STAGES),
+        selection=dg.AssetSelection.assets(*(asset for stage in STAGES for asset in STAGE_ASSETS.get(stage, (stage,)))),
         description="Every stage of the chosen segments in order, each with its checks.",
     )
     dataset = dg.define_asset_job(
@@ -100,7 +100,7 @@ def build_definitions(deployment: Deployment, overrides: dict | None = None) -> 
     """Every asset, check, job and sensor with the deployment's resources, ``overrides`` replacing some by key."""
     return dg.Definitions(
         assets=[candidates, image_shards, clip_pairs, release, report],
-        asset_checks=[candidates_checks, image_shards_checks, clip_pairs_checks],
+        asset_checks=[candidates_checks, pages_checks, image_shards_checks, clip_pairs_checks],
         jobs=_jobs(),
         schedules=[segment_schedule(os.environ.get("CAH_SEGMENT_CRON", SEGMENT_CRON))],
         sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],

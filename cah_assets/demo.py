@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -21,14 +21,17 @@ from cah_assets.progress import (
     run_summary,
     stage_progress,
 )
-from cah_resources.contract import STAGES
+from cah_resources.contract import FORMAT_WARC, PAGES, STAGES
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import SampleCrawl, generate_crawl
+from cah_resources.samples.sample_warc import SampleWarcCrawl, generate_warc_crawl
 from cah_resources.storage import DataRoot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INSTANCE_YAML = os.path.join(os.path.dirname(HERE), "dagster.yaml")
 DEMO_CRAWL = "CC-MAIN-SAMPLE"
+DEMO_WARC_CRAWL = "CC-MAIN-SAMPLE-WARC"  # the WARC crawl run beside the WAT one: images and page text from HTML
+DEMO_WARC_IMAGE_IDS = 10**6  # its image names start here, so no pair of the WAT crawl repeats in it
 WEB_HOSTS = 6  # the first four serve images, the last two the pages that link them
 
 
@@ -36,10 +39,12 @@ WEB_HOSTS = 6  # the first four serve images, the last two the pages that link t
 class DemoResult:
     crawl: SampleCrawl
     root: DataRoot
-    segment_keys: list[str]
+    segment_keys: list[str]  # the WAT crawl's
     instance: dg.DagsterInstance
     seconds: float
     deployment: Deployment
+    warc_crawl: SampleWarcCrawl | None = None
+    warc_keys: list[str] = field(default_factory=list)
 
 
 def generate_demo_crawl(
@@ -57,6 +62,26 @@ def generate_demo_crawl(
         missing_rate=0.1,
         image_base=web.origins[:4],
         page_base=web.origins[4:],
+    )
+
+
+def generate_demo_warc_crawl(
+    folder: str, web: LocalImageWeb, warc_files: int, pages_per_file: int, seed: int
+) -> SampleWarcCrawl:
+    """The demo's WARC crawl: realistic pages on ``web``'s last hosts whose images (lazy, srcset, <picture>,
+    <noscript>) are on its first four, with the WAT crawl's share of wrong captions and missing images."""
+    return generate_warc_crawl(
+        folder,
+        DEMO_WARC_CRAWL,
+        warc_files=warc_files,
+        pages_per_file=pages_per_file,
+        images_per_page=6,
+        seed=seed,
+        mismatch_rate=0.3,
+        missing_rate=0.1,
+        image_base=web.origins[:4],
+        page_base=web.origins[4:],
+        first_image_id=DEMO_WARC_IMAGE_IDS,
     )
 
 
@@ -119,6 +144,7 @@ def run_pipeline(
     seed: int = 0,
     say: Callable[[str], None] = print,
     show_progress: bool = False,
+    warc_files: int = 0,
 ) -> DemoResult:
     """Generate, register and materialize every stage, its checks and the dataset assets; outputs under ``workdir``.
 
@@ -137,24 +163,35 @@ def run_pipeline(
     with LocalImageWeb(n_hosts=WEB_HOSTS, seed=seed) as web, file_server(data_dir) as files_url:
         deployment = Deployment("demo", crawl_dir, data_dir, seed, list(web.hosts), files_url)
         write_deployment(home, deployment)
+        warc = f" and {warc_files} WARC files of {DEMO_WARC_CRAWL}" if warc_files else ""
         say(
-            f"1/4 generating {wat_files} WAT files of {crawl}; images served by a local web on {web.origins[0]} and "
-            f"{WEB_HOSTS - 1} more hosts"
+            f"1/4 generating {wat_files} WAT files of {crawl}{warc}; images served by a local web on "
+            f"{web.origins[0]} and {WEB_HOSTS - 1} more hosts"
         )
         sample = generate_demo_crawl(crawl_dir, web, crawl, wat_files, pages_per_file, seed)
+        warc_sample = generate_demo_warc_crawl(crawl_dir, web, warc_files, pages_per_file, seed) if warc_files else None
         defs = build_definitions(deployment)
-        registration, _ = register_and_add(
-            instance, defs.resources["common_crawl"], defs.resources["storage"], crawl, files_per_segment=2
-        )
+        common_crawl, storage = defs.resources["common_crawl"], defs.resources["storage"]
+        registration, _ = register_and_add(instance, common_crawl, storage, crawl, files_per_segment=2)
         keys = registration.keys()
-        say(f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files")
+        registered = f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files"
+        warc_keys: list[str] = []
+        if warc_sample is not None:
+            warc_registration, _ = register_and_add(
+                instance, common_crawl, storage, DEMO_WARC_CRAWL, files_per_segment=2, format=FORMAT_WARC
+            )
+            warc_keys = warc_registration.keys()
+            registered += f"; {DEMO_WARC_CRAWL}: {len(warc_keys)} segment(s) of 2 WARC files"
+        say(registered)
         pipeline = defs.resolve_job_def(PIPELINE_JOB)
-        with stage_progress(len(keys), "3/4 segments", enabled=show_progress) as advance:
-            for key in keys:
+        with stage_progress(len(keys) + len(warc_keys), "3/4 segments", enabled=show_progress) as advance:
+            for key in keys + warc_keys:
                 result = pipeline.execute_in_process(
                     partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
                 )
-                for line in run_summary(result, STAGES):
+                # A WAT crawl's pages are empty: its line is shown for WARC segments only.
+                shown = (STAGES[0], PAGES, *STAGES[1:]) if key in warc_keys else STAGES
+                for line in run_summary(result, shown):
                     say(f"3/4 {key} {line}")
                 if not result.success:
                     raise RuntimeError(
@@ -168,11 +205,14 @@ def run_pipeline(
             raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
         say(f"4/4 {run_summary(result, ('release',))[0]}")
     root = defs.resources["storage"].data_root()
-    return DemoResult(sample, root, keys, instance, time.perf_counter() - started, deployment)
+    seconds = time.perf_counter() - started
+    return DemoResult(sample, root, keys, instance, seconds, deployment, warc_sample, warc_keys)
 
 
-def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: int = 0) -> int:
-    outcome = run_pipeline(workdir, crawl=crawl, wat_files=wat_files, seed=seed, show_progress=True)
+def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: int = 0, warc_files: int = 2) -> int:
+    outcome = run_pipeline(
+        workdir, crawl=crawl, wat_files=wat_files, seed=seed, show_progress=True, warc_files=warc_files
+    )
     print(
         f"done in {outcome.seconds:.0f}s. Release: {outcome.root.path('release', crawl)}; "
         f"report: {outcome.root.path('report', crawl, 'report.md')}"

@@ -87,6 +87,8 @@ PAGES_SCHEMA = pa.schema(
         pa.field("length", pa.int64(), nullable=False),  # bytes of the record as stored (compressed)
     ]
 )
+# The assets a stage's one step writes together: a WARC file is read once for candidates and pages.
+STAGE_ASSETS = {CANDIDATES: (CANDIDATES, PAGES)}
 # Why a WARC response record yields no page row. Those before "too_short" stop the page from being
 # parsed, so they cost its images too; "too_short" keeps its images and drops its text only.
 PAGE_DROP_REASONS = (

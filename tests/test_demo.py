@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from cah_assets.demo import run_pipeline
-from cah_resources.contract import STAGES, SUCCESSES
+from cah_resources.contract import PAGES, STAGES, SUCCESSES, pages_path
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import read_release, release_dir
 
@@ -43,7 +43,7 @@ def demo(tmp_path_factory):
     previous = os.environ.get("DAGSTER_HOME")
     try:
         with captured_terminal() as terminal:
-            outcome = run_pipeline(str(workdir), wat_files=4, pages_per_file=12, seed=2)
+            outcome = run_pipeline(str(workdir), wat_files=4, pages_per_file=12, seed=2, warc_files=2)
         outcome.terminal = terminal[0]
         yield outcome
     finally:
@@ -94,21 +94,22 @@ def test_release_has_laion_columns_and_report_has_its_pictures(demo):
 def test_every_stage_and_the_dataset_assets_are_materialized_on_the_instance(demo):
     import dagster as dg
 
-    for name in STAGES:
+    for name in (*STAGES, PAGES):
         done = demo.instance.get_materialized_partitions(dg.AssetKey(name))
-        assert done == set(demo.segment_keys)
+        assert done == set(demo.segment_keys) | set(demo.warc_keys)
     for name in ("release", "report"):
         assert demo.instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
 
 
 def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_warning(demo):
     lines = demo.terminal.strip().splitlines()
-    for key in demo.segment_keys:
-        for stage in STAGES:
+    for key in demo.segment_keys + demo.warc_keys:
+        for stage in (*STAGES, PAGES) if key in demo.warc_keys else STAGES:
             (line,) = [line for line in lines if line.startswith(f"3/4 {key} {stage} ")]
             assert "/s" in line and "passed" in line
     assert not [line for line in lines if "DEBUG" in line or "Warning" in line or "WARNING" in line]
-    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES)  # 1/4, 2/4, those, 4/4
+    # 1/4, 2/4, those, 4/4: a WARC segment has a pages line too
+    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 1)
 
 
 def test_runs_of_the_demo_have_job_names(demo):
@@ -120,12 +121,12 @@ def test_the_demo_evaluates_every_check_and_they_pass(demo):
     from cah_assets.definitions import build_definitions
 
     check_keys = build_definitions(demo.deployment).resolve_asset_graph().asset_check_keys
-    assert len(check_keys) == 9  # 4 of candidates, 3 of image_shards, 2 of clip_pairs
+    assert len(check_keys) == 11  # 4 of candidates, 2 of pages, 3 of image_shards, 2 of clip_pairs
     for key in check_keys:
         history = demo.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         evaluations = [r.event.dagster_event.event_specific_data for r in history if r.event is not None]
         evaluations = [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation)]
-        assert {e.partition for e in evaluations} == set(demo.segment_keys), key
+        assert {e.partition for e in evaluations} == set(demo.segment_keys) | set(demo.warc_keys), key
         assert all(e.passed for e in evaluations), key
 
 
@@ -169,3 +170,17 @@ def test_the_instances_resources_rerun_a_stage_after_the_demo_with_its_web_serve
     assert after.partition == key and after.metadata[SUCCESSES].value > 0
     if key in images:
         assert after.metadata[SUCCESSES].value == images[key]
+
+
+def test_the_warc_crawl_beside_gives_the_images_its_html_names_and_its_pages(demo):
+    from cah_resources.candidates.stage import output_paths
+
+    crawl = demo.warc_crawl
+    (key,) = demo.warc_keys
+    candidates = demo.root.read_parquet(output_paths(demo.root, key)[0]).to_pylist()
+    expected = {(e.url, e.text): e.url_attribute for e in crawl.expected_segment(crawl.warc_paths)}
+    assert {(r["url"], r["text"]): r["url_attribute"] for r in candidates} == expected
+    pages = demo.root.read_parquet(pages_path(demo.root, key))
+    assert pages.column("url").to_pylist() == [p.url for rel in crawl.warc_paths for p in crawl.pages[rel] if p.kept]
+    release = read_release(demo.root, release_dir(demo.root, crawl.crawl)).to_pylist()
+    assert release and {(r["URL"], r["TEXT"]) for r in release} <= set(expected)

@@ -184,12 +184,23 @@ def picture_source_of(img) -> tuple[str, str] | None:
     return None
 
 
-def page_images(tree, max_images: int) -> PageImages:
-    """Every ``<img>`` of a parsed page (resiliparse's lexbor tree) as one link by the module's rules."""
+# The tags whose presence changes the rules, found in the page's text before any selector runs: a
+# regular expression over the text costs less than a DOM query, and most pages have none of them.
+RULE_TAGS = re.compile(r"<(base|noscript|picture)\b", re.IGNORECASE)
+
+
+def rule_tags(text: str) -> frozenset[str]:
+    """Which of ``<base>``, ``<noscript>``, ``<picture>`` the page's text may hold (a superset: comments count)."""
+    return frozenset(match.group(1).lower() for match in RULE_TAGS.finditer(text))
+
+
+def page_images(tree, max_images: int, tags: frozenset[str] | None = None) -> PageImages:
+    """Every ``<img>`` of a parsed page (resiliparse's lexbor tree) as one link by the module's rules;
+    ``tags``: ``rule_tags`` of its text, when known, so that absent tags cost no DOM query."""
     document = tree.document
     if document is None:
         return PageImages(None, [], 0, 0)
-    base = document.query_selector("base[href]")
+    base = document.query_selector("base[href]") if tags is None or "base" in tags else None
     base_href = base.getattr("href") if base is not None else None
     found = document.get_elements_by_tag_name("img")
     total = len(found)
@@ -197,8 +208,8 @@ def page_images(tree, max_images: int) -> PageImages:
         return PageImages(base_href, [], 0, 0)
     # values() builds every node at once; indexing a collection walks the tree each time.
     images = found.values() if total <= max_images else found.values()[:max_images]
-    in_noscript = _images_inside(document, "noscript")
-    in_picture = _images_inside(document, "picture")
+    in_noscript = _images_inside(document, "noscript") if tags is None or "noscript" in tags else set()
+    in_picture = _images_inside(document, "picture") if tags is None or "picture" in tags else set()
     links: list[ImageLink] = []
     without_url = 0
     for img in images:

@@ -17,7 +17,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
 from resiliparse.parse.html import HTMLTree
 
-from cah_resources.pages.html_images import PageImages, page_images
+from cah_resources.pages.html_images import PageImages, page_images, rule_tags
 
 REPLACEMENT = "\ufffd"
 # resiliparse's main-content extraction, without what is not the page's own prose: image alt texts
@@ -103,7 +103,7 @@ def parse_page(text: str, rules: PageRules) -> ParsedPage | str:
         return "too_deep"
     if time.perf_counter() - started > rules.page_budget_s:
         return "too_slow"
-    images = page_images(tree, rules.max_images_per_page)
+    images = page_images(tree, rules.max_images_per_page, rule_tags(text))
     if time.perf_counter() - started > rules.page_budget_s:
         return "too_slow"
     main_text = extract_plain_text(tree, **MAIN_TEXT_OPTIONS)

@@ -58,7 +58,7 @@ def merge_crawl_segment(unit: CrawlSegmentMerge) -> dict:
     else:
         pages = write_no_pages(unit.root, unit.segment, unit.format)
     stats = merge_segment(unit.segment, unit.root, unit.part_stats, unit.claim)
-    return {**stats, PAGES_STATS: pages}
+    return {**stats, PAGES_STATS: {**pages, "format": unit.format}}
 
 
 def write_no_pages(root: DataRoot, segment: str, format: str) -> dict:

@@ -29,7 +29,7 @@ from cah_resources.pages.html_page import PageRules, decode_html, parse_page
 from cah_resources.pages.warc_records import PAGE_DROP, iter_html_records, record_lengths
 from cah_resources.storage import DataRoot
 
-LANGUAGE_SAMPLE_BYTES = 2000  # gcld3 reads this much of a page's text: enough for a reliable call
+LANGUAGE_SAMPLE_BYTES = 1000  # of a page's text gcld3 reads: a reliable call at half the cost of 2000
 # Counters of a WARC file that add up over a segment's files into its pages' stats.
 PAGE_COUNT_KEYS = ("warc_records", "responses", "html_pages", "pages", "bytes", "images_without_url")
 

@@ -387,6 +387,7 @@ def generate_warc_crawl(
     missing_rate: float = 0.0,
     other_records: bool = True,
     page_weight: int = 0,
+    first_image_id: int = 0,
 ) -> SampleWarcCrawl:
     """Write ``crawl-data/<crawl>/warc.paths.gz`` and its WARC files under ``root`` (and the WAT twins,
     ``wat.paths.gz``); return the truth. ``other_records``: also a redirect, a 404, an image and a short
@@ -395,7 +396,7 @@ def generate_warc_crawl(
     rng = random.Random(seed)
     image_base = image_base or [f"https://img{i}.example.com" for i in range(5)]
     servable = tuple(o + "/" for o in (image_base or []) + (page_base or [])) if page_base else ()
-    ids = iter(range(10**9))
+    ids = iter(range(first_image_id, first_image_id + 10**9))
     date = datetime(2024, 5, 18, tzinfo=UTC)
     sample = SampleWarcCrawl(root, crawl, [])
     earlier: list = []
