@@ -222,7 +222,7 @@ def test_a_capped_condition_requests_a_few_per_tick_and_never_exceeds_the_in_fli
             defs=dg.Definitions(assets=[asset], resources=defs.resources), instance=registered, cursor=cursor
         )
         cursor = result.cursor
-        keys = sorted(result.get_requested_partitions(candidates.key))
+        keys = sorted(result.get_requested_partitions(dg.AssetKey("candidates")))
         requested.append(keys)
         for key in keys:
             _queue_run(registered, key)  # what the daemon does with a request
@@ -330,7 +330,7 @@ def test_later_stages_follow_upstream_and_the_automation_sensor_can_evaluate_the
         dg.AssetKey("image_shards"),
         dg.AssetKey("clip_pairs"),
     }
-    assert _stage("candidates").automation_conditions_by_key.get(candidates.key) is None  # the schedule feeds it
+    assert _stage("candidates").automation_conditions_by_key.get(dg.AssetKey("candidates")) is None  # the schedule feeds it
 
 
 # --- a segment without a person -------------------------------------------------------------------

@@ -207,7 +207,7 @@ def test_a_failed_blocking_check_fails_its_run_and_is_recorded_for_that_segment_
     assert "blocking asset check" in failure.step_failure_data.error.message
     latest = {}
     for record in instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10
+        dg.AssetCheckKey(dg.AssetKey("candidates"), "unique_uids"), limit=10
     ):
         latest.setdefault(record.partition, record.status.value)
     assert latest == {keys[0]: "SUCCEEDED", keys[1]: "FAILED"}

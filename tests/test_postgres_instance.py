@@ -158,10 +158,10 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
 
         def state(inst: dg.DagsterInstance) -> dict:
             materializations = inst.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=candidates.key), limit=10
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("candidates")), limit=10
             ).records
             check = inst.event_log_storage.get_asset_check_execution_history(
-                dg.AssetCheckKey(candidates.key, "unique_uids"), limit=10
+                dg.AssetCheckKey(dg.AssetKey("candidates"), "unique_uids"), limit=10
             )
             failure = next(
                 e
@@ -174,7 +174,7 @@ def test_segments_run_on_postgres_and_survive_a_restart_of_the_instance(pg_home,
             return {
                 "runs": sorted((r.run_id, r.status.value) for r in inst.get_runs()),
                 "partitions": inst.get_dynamic_partitions(segments.name),
-                "status": inst.get_status_by_partition(candidates.key, registration.keys(), segments),
+                "status": inst.get_status_by_partition(dg.AssetKey("candidates"), registration.keys(), segments),
                 "materialized": [
                     (m.partition_key, m.run_id, m.asset_materialization.metadata["candidates"].value)
                     for m in materializations
