@@ -8,7 +8,7 @@ import dagster as dg
 from cah_assets.partitions import segments
 from cah_assets.policies import MAX_IN_FLIGHT
 from cah_assets.resources import CommonCrawl, CrawlDiscovery, SegmentFlow, StorageResource
-from cah_resources.contract import STAGES
+from cah_resources.contract import STAGES, stage_assets
 from cah_resources.crawl.crawl_list import CrawlListError, choose_crawls, read_crawl_list
 from cah_resources.crawl.feed import next_segments
 from cah_resources.crawl.segments import register_crawl
@@ -95,7 +95,7 @@ def segment_schedule(cron: str = SEGMENT_CRON, max_in_flight: int = MAX_IN_FLIGH
     @dg.schedule(
         name="segment_schedule",
         cron_schedule=cron,
-        target=dg.AssetSelection.assets(STAGES[0]),
+        target=dg.AssetSelection.assets(*stage_assets(STAGES[0])),
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Requests the next pending segments of the active crawls, keeping those in flight under a cap.",
     )

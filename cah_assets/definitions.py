@@ -31,7 +31,7 @@ from cah_assets.resources import (
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
-from cah_resources.contract import DATASET_ASSETS, STAGE_ASSETS, STAGES
+from cah_resources.contract import DATASET_ASSETS, STAGES, stage_assets
 from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CRAWL_LIST_URL
 
 PIPELINE_JOB = "pipeline"
@@ -50,14 +50,14 @@ def _jobs() -> list:
     stage_jobs = [
         dg.define_asset_job(
             stage_job_name(stage),
-            selection=dg.AssetSelection.assets(*STAGE_ASSETS.get(stage, (stage,))),
+            selection=dg.AssetSelection.assets(*stage_assets(stage)),
             description=f"The {stage} stage of the chosen segments, and its checks.",
         )
         for stage in STAGES
     ]
     pipeline = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.assets(*(asset for stage in STAGES for asset in STAGE_ASSETS.get(stage, (stage,)))),
+        selection=dg.AssetSelection.assets(*(asset for stage in STAGES for asset in stage_assets(stage))),
         description="Every stage of the chosen segments in order, each with its checks.",
     )
     dataset = dg.define_asset_job(

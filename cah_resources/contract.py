@@ -89,6 +89,13 @@ PAGES_SCHEMA = pa.schema(
 )
 # The assets a stage's one step writes together: a WARC file is read once for candidates and pages.
 STAGE_ASSETS = {CANDIDATES: (CANDIDATES, PAGES)}
+
+
+def stage_assets(stage: str) -> tuple[str, ...]:
+    """The assets the stage's step materializes together (a job or schedule selects all of them or none)."""
+    return STAGE_ASSETS.get(stage, (stage,))
+
+
 # Why a WARC response record yields no page row. Those before "too_short" stop the page from being
 # parsed, so they cost its images too; "too_short" keeps its images and drops its text only.
 PAGE_DROP_REASONS = (

@@ -26,7 +26,7 @@ from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
 from cah_resources.candidates.stage import output_paths
-from cah_resources.contract import STAGES
+from cah_resources.contract import STAGES, stage_assets
 from cah_resources.crawl.segments import load_registration, register_crawl
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import generate_crawl
@@ -165,7 +165,7 @@ def _queue_run(instance, key, asset="candidates"):
     job = defs.get_implicit_global_asset_job_def()
     return instance.create_run_for_job(
         job,
-        asset_selection=frozenset({dg.AssetKey(asset)}),
+        asset_selection=frozenset(dg.AssetKey(name) for name in stage_assets(asset)),  # its step's assets, all
         tags={"dagster/partition": key},
         status=dg.DagsterRunStatus.STARTING,
     )
@@ -330,7 +330,8 @@ def test_later_stages_follow_upstream_and_the_automation_sensor_can_evaluate_the
         dg.AssetKey("image_shards"),
         dg.AssetKey("clip_pairs"),
     }
-    assert _stage("candidates").automation_conditions_by_key.get(dg.AssetKey("candidates")) is None  # the schedule feeds it
+    # the schedule feeds it
+    assert _stage("candidates").automation_conditions_by_key.get(dg.AssetKey("candidates")) is None
 
 
 # --- a segment without a person -------------------------------------------------------------------
@@ -377,7 +378,7 @@ def test_a_segment_flows_through_all_three_stages_without_a_person(web, tmp_path
             instance=instance,
             resources=resources,
             partition_key=key,
-            selection=dg.AssetSelection.assets(*stages),
+            selection=dg.AssetSelection.assets(*stages).required_multi_asset_neighbors(),
         )
         assert result.success
         return [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
