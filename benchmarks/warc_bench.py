@@ -118,7 +118,8 @@ def run_step(folder: Path, truth: dict) -> dict:
         started = cpu_seconds()
         stats = extract_warc_file(unit)
         seconds = cpu_seconds() - started
-    return {"pages": stats["html_pages"], "seconds": seconds, "rows": stats["pages"], "candidates": stats["candidates"]}
+    pages = stats["pages"]  # the PagesStats the part carries
+    return {"pages": pages["html_pages"], "seconds": seconds, "rows": pages["pages"], "candidates": stats["candidates"]}
 
 
 def run_datatrove(folder: Path, truth: dict) -> dict:
@@ -172,15 +173,18 @@ def measure(name: str, folder: Path) -> dict:
 def images(folder: Path, truth: dict) -> dict:
     from cah_resources.candidates.image_links import CandidateFilters
     from cah_resources.candidates.stage import extract_pairs
+    from cah_resources.contract import CandidatesStats, PagesStats
     from cah_resources.pages.html_page import PageRules
     from cah_resources.pages.stage import read_warc
 
-    counts: Counter = Counter()
-    warc_pairs = read_warc(str(folder / truth["warc"]), truth["warc"], CandidateFilters(), PageRules(), counts).pairs
-    wat_pairs = extract_pairs(str(folder / truth["wat"]), CandidateFilters(), Counter())
+    pages_stats = PagesStats()
+    warc_pairs = read_warc(
+        str(folder / truth["warc"]), truth["warc"], CandidateFilters(), PageRules(), CandidatesStats(), pages_stats
+    ).pairs
+    wat_pairs = extract_pairs(str(folder / truth["wat"]), CandidateFilters(), CandidatesStats())
     expected = {tuple(pair) for pair in truth["images"]}
     found = set(warc_pairs)
-    pages = counts["html_pages"]
+    pages = pages_stats.html_pages
     return {
         "html_pages": pages,
         "warc_candidates_per_page": round(len(warc_pairs) / pages, 2),

@@ -10,10 +10,12 @@ from cah_resources.contract import (
     CANDIDATES,
     CLIP_PAIRS,
     IMAGE_SHARDS,
+    PAGES,
     RELEASE,
     SUCCESSES,
     CandidatesStats,
     ClipStats,
+    PagesStats,
     ShardStats,
 )
 
@@ -38,6 +40,7 @@ SUMMARY = {
     ),
     IMAGE_SHARDS: (tuple(zip(ShardStats.HEADLINE, ("URLs", SUCCESSES), strict=True)), "images_per_s", "images/s"),
     CLIP_PAIRS: (tuple(zip(ClipStats.HEADLINE, ("pairs scored", "kept"), strict=True)), "pairs_per_s", "pairs/s"),
+    PAGES: (tuple(zip(PagesStats.HEADLINE, ("HTML pages", "pages"), strict=True)), "pages_per_s", "pages/s"),
     RELEASE: ((("pairs", "pairs"),), "", ""),
 }
 

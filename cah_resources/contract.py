@@ -24,6 +24,8 @@ from cah_resources.vocabulary import (  # noqa: F401 (re-exported: the contract 
     DropReason,
     MetadataTable,
     OptOutSignal,
+    PageDropReason,
+    PagesStats,
     ShardStats,
     Stats,
     http_status_failure,
@@ -95,19 +97,6 @@ def stage_assets(stage: str) -> tuple[str, ...]:
     """The assets the stage's step materializes together (a job or schedule selects all of them or none)."""
     return STAGE_ASSETS.get(stage, (stage,))
 
-
-# Why a WARC response record yields no page row. Those before "too_short" stop the page from being
-# parsed, so they cost its images too; "too_short" keeps its images and drops its text only.
-PAGE_DROP_REASONS = (
-    "not_http",  # a response record without an HTTP message (a DNS or whois answer)
-    "not_2xx",  # redirects, errors
-    "not_html",  # another Content-Type, or bytes that do not look like HTML
-    "too_long",  # HTML over the page cap, skipped without being read
-    "undecodable",  # the charset does not decode it, or it decodes to binary junk
-    "too_deep",  # DOM nesting past the depth cap
-    "too_slow",  # parsing and extraction past the page's time budget
-    "too_short",  # main text under the minimum length
-)
 
 # What image_shards adds to each candidate row: one row per attempted URL.
 DOWNLOAD_FIELDS = pa.schema(

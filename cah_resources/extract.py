@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,17 @@ import pyarrow.compute as pc
 
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.stage import extract_pairs, label_pairs, shared_detector
-from cah_resources.contract import CANDIDATES_SCHEMA, CATEGORIES, FORMAT_WARC, FORMAT_WAT
+from cah_resources.contract import (
+    CANDIDATES,
+    CANDIDATES_SCHEMA,
+    CATEGORIES,
+    FORMAT_WARC,
+    FORMAT_WAT,
+    PAGES,
+    CandidatesStats,
+    DropReason,
+    PagesStats,
+)
 from cah_resources.pages.html_page import PageRules
 from cah_resources.pages.stage import read_warc
 from cah_resources.storage import S3_PREFIXES, DataRoot
@@ -56,7 +65,7 @@ def local_file(url: str, storage_options: dict | None = None) -> Iterator[str]:
 class Extracted:
     candidates: pa.Table
     pages: pa.Table | None  # None when no WARC file was given
-    counts: dict  # per file, and "total"
+    counts: dict  # "candidates" and "pages" stats in total, and "files": each file's
 
 
 def extract_files(
@@ -67,30 +76,36 @@ def extract_files(
     storage_options: dict | None = None,
 ) -> Extracted:
     """Candidates of the files in order (a pair seen in an earlier file is a duplicate), and the pages of
-    the WARC files; every file's counters, and their total."""
+    the WARC files; every file's stats, and their total."""
     filters, rules = filters or CandidateFilters(), rules or PageRules()
     tables, pages, per_file = [], [], {}
-    total: Counter = Counter()
+    candidates_total, pages_total = CandidatesStats(), PagesStats()
     for url in urls:
-        counts: Counter = Counter()
+        candidates, page_stats = CandidatesStats(wat_file=url, wat_files=1), PagesStats(warc_file=url, warc_files=1)
         kind = format or file_format(url)
         with local_file(url, storage_options) as path:
             if kind == FORMAT_WAT:
-                pairs = extract_pairs(path, filters, counts)
+                pairs = extract_pairs(path, filters, candidates)
             else:
-                result = read_warc(path, url, filters, rules, counts)
+                result = read_warc(path, url, filters, rules, candidates, page_stats)
                 pairs = result.pairs
                 pages.append(result.pages)
         tables.append(label_pairs(pairs, url, shared_detector()))
-        counts["candidates"] = tables[-1].num_rows
-        per_file[url] = {"format": kind, **counts}
-        total.update(counts)
+        candidates.candidates = tables[-1].num_rows
+        per_file[url] = {"format": kind, CANDIDATES: candidates.to_dict()}
+        if kind != FORMAT_WAT:
+            per_file[url][PAGES] = page_stats.to_dict()
+            pages_total += page_stats
+        candidates_total += candidates
     table = pa.concat_tables(tables) if tables else CANDIDATES_SCHEMA.empty_table()
     table, duplicates = _first_of_each_uid(table)
-    total["drop_duplicate"] += duplicates
-    total["candidates"] = table.num_rows
-    merged_pages = pa.concat_tables(pages) if pages else None
-    return Extracted(table, merged_pages, {"files": per_file, "total": dict(total)})
+    candidates_total.drops[DropReason.DUPLICATE] += duplicates
+    candidates_total.candidates, candidates_total.wat_file = table.num_rows, None
+    pages_total.warc_file = None
+    counts = {CANDIDATES: candidates_total.to_dict(), "files": per_file}
+    if pages:
+        counts[PAGES] = pages_total.to_dict()
+    return Extracted(table, pa.concat_tables(pages) if pages else None, counts)
 
 
 def _first_of_each_uid(table: pa.Table) -> tuple[pa.Table, int]:
@@ -116,14 +131,16 @@ def write_extracted(out: DataRoot, extracted: Extracted) -> list[str]:
 
 def summary(extracted: Extracted) -> str:
     """One line a person reads: files, candidates by category, pages, and what was dropped most."""
-    total = extracted.counts["total"]
+    candidates = CandidatesStats.from_dict(extracted.counts[CANDIDATES])
+    pages = PagesStats.from_dict(extracted.counts.get(PAGES, {}))
     categories = ", ".join(
         f"{c} {pc.sum(pc.equal(extracted.candidates.column('category'), c)).as_py() or 0}" for c in CATEGORIES
     )
-    drops = sorted(((v, k) for k, v in total.items() if k.startswith(("drop_", "page_drop_")) and v), reverse=True)
-    shown = ", ".join(f"{k} {v}" for v, k in drops[:5]) or "none"
-    pages = f", {extracted.pages.num_rows} pages" if extracted.pages is not None else ""
+    drops = [(n, f"{CandidatesStats.DROP_PREFIX}{r}") for r, n in candidates.drops.items() if n]
+    drops += [(n, f"{PagesStats.DROP_PREFIX}{r}") for r, n in pages.drops.items() if n]
+    shown = ", ".join(f"{k} {v}" for v, k in sorted(drops, reverse=True)[:5]) or "none"
+    rows = f", {extracted.pages.num_rows} pages" if extracted.pages is not None else ""
     return (
-        f"{len(extracted.counts['files'])} file(s): {extracted.candidates.num_rows} candidates ({categories}){pages}; "
+        f"{len(extracted.counts['files'])} file(s): {extracted.candidates.num_rows} candidates ({categories}){rows}; "
         f"drops: {shown}"
     )

@@ -101,6 +101,24 @@ class DropReason(StrEnum):
     BLOCKLISTED_URL = "blocklisted_url"  # the URL's hash is on a blocklist
     DUPLICATE = "duplicate"  # (url, text) seen earlier in the segment
     DUPLICATE_GLOBAL = "duplicate_global"  # (url, text) another segment owns (the dedup index)
+    IMAGE_CAP = "image_cap"  # an <img> past a WARC page's image cap, not looked at
+
+
+class PageDropReason(StrEnum):
+    """Why a WARC response record gave no page row; counted in pages' stats.json as ``page_drop_<reason>``.
+
+    Those before TOO_SHORT stop the page from being parsed, so they cost its images too; TOO_SHORT keeps
+    its images and drops its text only.
+    """
+
+    NOT_HTTP = "not_http"  # a response record without an HTTP message (a DNS or whois answer)
+    NOT_2XX = "not_2xx"  # redirects, errors
+    NOT_HTML = "not_html"  # another Content-Type, or bytes that do not look like HTML
+    TOO_LONG = "too_long"  # HTML over the page cap, skipped without being read
+    UNDECODABLE = "undecodable"  # the charset does not decode it, or it decodes to binary junk
+    TOO_DEEP = "too_deep"  # DOM nesting past the depth cap
+    TOO_SLOW = "too_slow"  # parsing and extraction past the page's time budget
+    TOO_SHORT = "too_short"  # main text under the minimum length
 
 
 class OptOutSignal(StrEnum):
@@ -355,6 +373,46 @@ class CandidatesStats(Stats):
         stats.categories.update(
             {c: data[f"{CATEGORY_KEY_PREFIX}{c}"] for c in CATEGORIES if f"{CATEGORY_KEY_PREFIX}{c}" in data}
         )
+        return stats
+
+
+@dataclass
+class PagesStats(Stats):
+    """What the WARC pass counted for pages: of one WARC file or, added up, of a segment (pages' stats.json).
+    On disk ``drops`` are flat ``page_drop_<reason>`` keys and ``damage`` flat Damage keys."""
+
+    HEADLINE: ClassVar[tuple[str, str]] = ("html_pages", "pages")
+
+    warc_records: int = _stat()
+    responses: int = _stat()
+    html_pages: int = _stat()  # 2xx HTML responses parsed
+    pages: int = _stat()  # rows kept
+    images_without_url: int = _stat()  # <img>s with no URL at all (not links)
+    bytes: int = _stat()  # of the WARC files read
+    drops: Counter[str] = _counter()  # responses without a row, per PageDropReason
+    damage: Counter[str] = _counter("kind")  # records skipped per Damage kind
+    warc_files: int = _stat()
+    warc_file: str | None = _stat(None, "same")  # a part's file
+    task_seconds: float = _stat(0.0)
+
+    DROP_PREFIX: ClassVar[str] = "page_drop_"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.pop("drops"), out.pop("damage")
+        out["task_seconds"] = round(self.task_seconds, 3)
+        out.update({f"{self.DROP_PREFIX}{reason}": n for reason, n in _plain(self.drops).items()})
+        out.update(_plain(self.damage))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        stats = super().from_dict(data)
+        for key, value in data.items():
+            if key.startswith(cls.DROP_PREFIX):
+                stats.drops[key.removeprefix(cls.DROP_PREFIX)] = value
+            elif key in _DAMAGE_KINDS:
+                stats.damage[key] = value
         return stats
 
 

@@ -32,7 +32,7 @@ def test_extract_writes_candidates_pages_and_counts_of_local_warc_files(warc_cra
     )
     kept = [p.url for rel in warc_crawl.warc_paths for p in warc_crawl.pages[rel] if p.kept]
     assert pages.column("url").to_pylist() == kept and all(pages.column("text").to_pylist())
-    assert counts["total"]["candidates"] == len(expected) and counts["total"]["pages"] == len(kept)
+    assert counts["candidates"]["candidates"] == len(expected) and counts["pages"]["pages"] == len(kept)
     assert [f["format"] for f in counts["files"].values()] == ["warc", "warc"]
     assert f"{len(expected)} candidates" in capsys.readouterr().out
 
@@ -44,7 +44,7 @@ def test_extract_reads_wat_files_too_and_writes_no_pages_for_them(warc_crawl, tm
     assert not (tmp_path / "out" / "pages.parquet").exists()
     assert [f["format"] for f in counts["files"].values()] == ["wat", "wat"]
     # The WAT twin holds every <img src>: the same pages give fewer candidates than their WARC.
-    assert 0 < counts["total"]["candidates"] < len(warc_crawl.expected_segment(warc_crawl.warc_paths))
+    assert 0 < counts["candidates"]["candidates"] < len(warc_crawl.expected_segment(warc_crawl.warc_paths))
 
 
 def test_extract_of_a_missing_file_is_one_line(tmp_path, capsys):
@@ -69,4 +69,4 @@ def test_extract_reads_and_writes_s3_urls(monkeypatch, tmp_path):
         pages = root.read_parquet(root.path("out", "pages.parquet")).to_pylist()
         assert [p["url"] for p in pages] == ["https://an.wikipedia.org/wiki/Escopete"]
         assert pages[0]["warc_file"] == source
-        assert root.read_json(root.path("out", "counts.json"))["total"]["candidates"] == 5
+        assert root.read_json(root.path("out", "counts.json"))["candidates"]["candidates"] == 5

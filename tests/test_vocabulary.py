@@ -39,6 +39,8 @@ ELSEWHERE = {
     "cah_resources/samples/local_web.py": {"redirect_loop", "robots_noai", "tdmrep", "robots_txt"},
     # the sample crawl's link and damage kinds
     "cah_resources/samples/sample_crawl.py": {"data_url", "no_alt", "duplicate", "corrupt_gzip"},
+    # the sample WARC crawl's image kinds
+    "cah_resources/samples/sample_warc.py": {"no_alt", "duplicate"},
     # FetchSettings.dns_timeout, a setting named after what it bounds
     "cah_resources/image_shards/downloader.py": {"dns_timeout"},
     "cah_assets/resources.py": {"dns_timeout"},

@@ -13,7 +13,14 @@ import pytest
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.language import LanguageDetector
 from cah_resources.candidates.stage import label_pairs, merge_segment
-from cah_resources.contract import CANDIDATES_SCHEMA, PAGES_SCHEMA, pages_path, pages_stats_path
+from cah_resources.contract import (
+    CANDIDATES_SCHEMA,
+    PAGES_SCHEMA,
+    CandidatesStats,
+    PagesStats,
+    pages_path,
+    pages_stats_path,
+)
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.pages.html_page import PageRules, decode_html
 from cah_resources.pages.stage import WarcFileUnit, extract_warc_file, merge_pages, read_warc
@@ -29,9 +36,20 @@ def warc_crawl(tmp_path_factory):
     return generate_warc_crawl(str(tmp_path_factory.mktemp("warc")), warc_files=2, pages_per_file=30, seed=3)
 
 
-def _read(path, rules=PageRules(), counts=None):
-    counts = Counter() if counts is None else counts
-    return read_warc(str(path), "test.warc.gz", CandidateFilters(), rules, counts), counts
+def _flat(*stats) -> Counter:
+    """The stats as one flat counter of their numbers, under their names on disk (page_drop_*, drop_*, damage)."""
+    flat: Counter = Counter()
+    for one in stats:
+        flat.update({k: v for k, v in one.to_dict().items() if isinstance(v, int) and k != "bytes"})
+    return flat
+
+
+def _read(path, rules=PageRules()):
+    candidates, pages = CandidatesStats(), PagesStats()
+    result = read_warc(str(path), "test.warc.gz", CandidateFilters(), rules, candidates, pages)
+    flat = _flat(candidates)
+    flat.update({k: v for k, v in _flat(pages).items() if k not in flat})  # html_pages: the same in both
+    return result, flat
 
 
 def test_every_image_the_rules_name_is_found_with_its_attribute_and_none_invented(warc_crawl):
@@ -48,8 +66,9 @@ def test_every_image_the_rules_name_is_found_with_its_attribute_and_none_invente
 def test_every_drop_and_page_drop_is_counted_as_the_truth_says(warc_crawl):
     for rel in warc_crawl.warc_paths:
         _, counts = _read(os.path.join(warc_crawl.root, rel))
-        counts.pop("bytes")
-        assert +counts == +warc_crawl.counts[rel]
+        truth = _flat(warc_crawl.counts[rel])
+        truth.update({k: v for k, v in _flat(warc_crawl.page_counts[rel]).items() if k not in truth})
+        assert +counts == +truth
 
 
 def test_page_rows_hold_the_article_not_the_boilerplate_in_every_charset(warc_crawl):
@@ -249,11 +268,12 @@ def test_a_50_mb_page_is_too_long_skipped_unread_at_low_memory(tmp_path):
         "from cah_resources.candidates.image_links import CandidateFilters\n"
         "from cah_resources.pages.html_page import PageRules\n"
         "from cah_resources.pages.stage import read_warc\n"
+        "from cah_resources.contract import CandidatesStats, PagesStats\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "counts = Counter()\n"
-        "result = read_warc(sys.argv[1], 'big', CandidateFilters(), PageRules(), counts)\n"
+        "pages = PagesStats()\n"
+        "result = read_warc(sys.argv[1], 'big', CandidateFilters(), PageRules(), CandidatesStats(), pages)\n"
         "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10\n"
-        "print(json.dumps([result.pages.column('url').to_pylist(), counts, grown]))\n"
+        "print(json.dumps([result.pages.column('url').to_pylist(), pages.to_dict(), grown]))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
@@ -262,7 +282,9 @@ def test_a_50_mb_page_is_too_long_skipped_unread_at_low_memory(tmp_path):
     assert done.returncode == 0, done.stderr
     urls, counts, grown_mib = json.loads(done.stdout)
     assert urls == ["https://example.org/0", "https://example.org/1"]
-    assert counts["page_drop_too_long"] == 1 and not [k for k in counts if k.startswith(("malformed", "corrupt"))]
+    assert counts["page_drop_too_long"] == 1 and not [
+        k for k, n in counts.items() if k.startswith(("malformed", "corrupt")) and n
+    ]
     assert grown_mib < 40  # peak RSS growth in MiB; reading the page would add 50
 
 

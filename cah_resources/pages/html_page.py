@@ -17,6 +17,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
 from resiliparse.parse.html import HTMLTree
 
+from cah_resources.contract import PageDropReason
 from cah_resources.pages.html_images import PageImages, page_images, rule_tags
 
 REPLACEMENT = "\ufffd"
@@ -93,22 +94,22 @@ def _codec(label: str | None) -> str | None:
         return None
 
 
-def parse_page(text: str, rules: PageRules) -> ParsedPage | str:
+def parse_page(text: str, rules: PageRules) -> ParsedPage | PageDropReason:
     """Title, main text and images of one decoded page from one parse, or the drop reason
     (``too_deep``, ``too_slow``)."""
     started = time.perf_counter()
     tree = HTMLTree.parse(text)
     document = tree.document
     if document is not None and document.query_selector(_depth_selector(rules.max_dom_depth)) is not None:
-        return "too_deep"
+        return PageDropReason.TOO_DEEP
     if time.perf_counter() - started > rules.page_budget_s:
-        return "too_slow"
+        return PageDropReason.TOO_SLOW
     images = page_images(tree, rules.max_images_per_page, rule_tags(text))
     if time.perf_counter() - started > rules.page_budget_s:
-        return "too_slow"
+        return PageDropReason.TOO_SLOW
     main_text = extract_plain_text(tree, **MAIN_TEXT_OPTIONS)
     if time.perf_counter() - started > rules.page_budget_s:
-        return "too_slow"
+        return PageDropReason.TOO_SLOW
     return ParsedPage(" ".join((tree.title or "").split()), main_text.strip(), images)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.stage import ClaimFn, WatFileUnit, extract_wat_file, merge_segment
 from cah_resources.candidates.wat import MAX_RECORD_BYTES
-from cah_resources.contract import FORMAT_WARC, PAGES_SCHEMA, pages_path, pages_stats_path
+from cah_resources.contract import FORMAT_WARC, PAGES_SCHEMA, PagesStats, pages_path, pages_stats_path
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.segments import CrawlRegistration
 from cah_resources.pages.html_page import PageRules
@@ -16,6 +16,7 @@ from cah_resources.pages.stage import WarcFileUnit, extract_warc_file, merge_pag
 from cah_resources.storage import DataRoot
 
 PAGES_STATS = "pages_stats"  # the key under which a merged segment's candidates stats carry its pages' stats
+FORMAT = "format"  # and, beside them, the crawl's format
 
 
 def file_units(
@@ -58,11 +59,11 @@ def merge_crawl_segment(unit: CrawlSegmentMerge) -> dict:
     else:
         pages = write_no_pages(unit.root, unit.segment, unit.format)
     stats = merge_segment(unit.segment, unit.root, unit.part_stats, unit.claim)
-    return {**stats, PAGES_STATS: {**pages, "format": unit.format}}
+    return {**stats, PAGES_STATS: {**pages, FORMAT: unit.format}}
 
 
 def write_no_pages(root: DataRoot, segment: str, format: str) -> dict:
-    stats = {"pages": 0, "format": format}
+    stats = PagesStats().to_dict()
     root.write_parquet(pages_path(root, segment), PAGES_SCHEMA.empty_table())
     root.write_json(pages_stats_path(root, segment), stats)
     return stats

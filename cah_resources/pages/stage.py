@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,16 +21,24 @@ from cah_resources.candidates.stage import (
     shared_detector,
 )
 from cah_resources.candidates.wat import MAX_RECORD_BYTES
-from cah_resources.contract import PAGES_SCHEMA, pages_parts_folder, pages_path, pages_stats_path
+from cah_resources.contract import (
+    PAGES,
+    PAGES_SCHEMA,
+    CandidatesStats,
+    DropReason,
+    PageDropReason,
+    PagesStats,
+    pages_parts_folder,
+    pages_path,
+    pages_stats_path,
+)
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.pages.html_images import NOSCRIPT_PREFIX
 from cah_resources.pages.html_page import PageRules, decode_html, parse_page
-from cah_resources.pages.warc_records import PAGE_DROP, iter_html_records, record_lengths
+from cah_resources.pages.warc_records import iter_html_records, record_lengths
 from cah_resources.storage import DataRoot
 
 LANGUAGE_SAMPLE_BYTES = 1000  # of a page's text gcld3 reads: a reliable call at half the cost of 2000
-# Counters of a WARC file that add up over a segment's files into its pages' stats.
-PAGE_COUNT_KEYS = ("warc_records", "responses", "html_pages", "pages", "bytes", "images_without_url")
 
 
 @dataclass
@@ -40,7 +47,6 @@ class WarcFileResult:
 
     pairs: dict[tuple[str, str], Origin]
     pages: pa.Table
-    counts: Counter
 
 
 def read_warc(
@@ -48,47 +54,50 @@ def read_warc(
     warc_file: str,
     filters: CandidateFilters,
     rules: PageRules,
-    counts: Counter,
+    candidates: CandidatesStats,
+    pages: PagesStats,
     blocked: Blocklist | None = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> WarcFileResult:
     """One pass over a local WARC file: every 2xx HTML page parsed once, its images through the
-    candidates' filters and dedup (``drop_*``), its main text into a page row (``page_drop_*``);
-    ``warc_file`` is the name the rows carry."""
+    candidates' filters and dedup (counted in ``candidates``), its main text into a page row (counted
+    in ``pages``, with the records' damage); ``warc_file`` is the name the rows carry."""
     starts: list[int] = []
     columns: dict[str, list] = {name: [] for name in PAGES_SCHEMA.names}
     texts: list[str] = []
 
     def groups() -> Iterator[LinkGroup]:
-        for record in iter_html_records(path, counts, starts, rules.max_html_bytes, max_record_bytes):
+        for record in iter_html_records(path, pages, starts, rules.max_html_bytes, max_record_bytes):
             text = decode_html(record.body, record.charset, rules.max_bad_chars)
             if text is None:
-                counts[PAGE_DROP + "undecodable"] += 1
+                pages.drops[PageDropReason.UNDECODABLE] += 1
                 continue
             parsed = parse_page(text, rules)
-            if isinstance(parsed, str):
-                counts[PAGE_DROP + parsed] += 1
+            if isinstance(parsed, PageDropReason):
+                pages.drops[parsed] += 1
                 continue
-            counts["html_pages"] += 1
+            pages.html_pages += 1
             images = parsed.images
-            counts["images_without_url"] += images.without_url
+            pages.images_without_url += images.without_url
             if images.over_cap:
-                counts["links_seen"] += images.over_cap
-                counts["drop_image_cap"] += images.over_cap
+                candidates.links_seen += images.over_cap
+                candidates.drops[DropReason.IMAGE_CAP] += images.over_cap
             if len(parsed.text) < rules.min_text_chars:
-                counts[PAGE_DROP + "too_short"] += 1
+                pages.drops[PageDropReason.TOO_SHORT] += 1
             else:
                 _add_page(columns, record, parsed.title, parsed.text, warc_file)
                 texts.append(parsed.text)
             yield from _link_groups(record.url, images)
 
-    pairs = collect_pairs(groups(), filters, counts, blocked)
+    pairs = collect_pairs(groups(), filters, candidates, blocked)
     _label_languages(columns, texts, page_detector())
     file_size = os.path.getsize(path)
     columns["length"] = record_lengths(columns["offset"], starts, file_size)
-    counts["pages"] = len(texts)
-    counts["bytes"] = file_size
-    return WarcFileResult(pairs, pa.Table.from_pydict(columns, schema=PAGES_SCHEMA), counts)
+    pages.pages = len(texts)
+    pages.bytes = candidates.bytes = file_size
+    candidates.html_pages = pages.html_pages
+    candidates.damage.update(pages.damage)  # the file's damage is the candidates' too
+    return WarcFileResult(pairs, pa.Table.from_pydict(columns, schema=PAGES_SCHEMA))
 
 
 def _link_groups(page_url: str, images) -> Iterator[LinkGroup]:
@@ -150,29 +159,32 @@ def pages_part_path(root: DataRoot, segment: str, position: int) -> str:
 
 
 def extract_warc_file(unit: WarcFileUnit) -> dict:
-    """Read one WARC file into its candidates part and its pages part; the stats (written last, with
-    the candidates part) say it is done, so a retry redoes nothing."""
+    """Read one WARC file into its candidates part and its pages part. Returns the candidates part's
+    stats (CandidatesStats, as written) with the pages' (PagesStats) under ``pages``; written last,
+    with the candidates part, they say the file is done, so a retry redoes nothing."""
     table_path, stats_path = part_paths(unit.root, unit.segment, unit.position)
     if unit.root.exists(stats_path):
         return unit.root.read_json(stats_path)
     started = time.perf_counter()
-    counts: Counter = Counter()
+    candidates = CandidatesStats(wat_file=unit.warc_path, wat_files=1)
+    pages = PagesStats(warc_file=unit.warc_path, warc_files=1)
     with unit.source.local_copy(unit.warc_path) as local:
         blocked = blocklist(unit.filters.blocked_url_lists)
-        result = read_warc(local, unit.warc_path, unit.filters, unit.rules, counts, blocked, unit.max_record_bytes)
+        result = read_warc(
+            local, unit.warc_path, unit.filters, unit.rules, candidates, pages, blocked, unit.max_record_bytes
+        )
     detector = shared_detector()
     calls_before = detector.calls
     table = label_pairs(result.pairs, unit.warc_path, detector)
-    counts["language_calls"] = detector.calls - calls_before
-    stats = dict(counts)
-    stats["blocklists"] = [{"kind": "url", **source} for source in blocked.sources]
-    stats["wat_file"] = unit.warc_path
-    stats["candidates"] = table.num_rows
-    stats["seconds"] = round(time.perf_counter() - started, 3)
+    candidates.language_calls = detector.calls - calls_before
+    candidates.blocklists = [{"kind": "url", **source} for source in blocked.sources]
+    candidates.candidates = table.num_rows
+    candidates.task_seconds = pages.task_seconds = time.perf_counter() - started
     unit.root.write_parquet(pages_part_path(unit.root, unit.segment, unit.position), result.pages)
     unit.root.write_parquet(table_path, table)
-    unit.root.write_json(stats_path, stats)
-    return stats
+    written = {**candidates.to_dict(), PAGES: pages.to_dict()}
+    unit.root.write_json(stats_path, written)
+    return written
 
 
 def merge_pages(segment: str, root: DataRoot, part_stats: Iterable[dict]) -> dict:
@@ -180,22 +192,10 @@ def merge_pages(segment: str, root: DataRoot, part_stats: Iterable[dict]) -> dic
     part_stats = list(part_stats)
     tables = [root.read_parquet(pages_part_path(root, segment, i)) for i in range(len(part_stats))]
     table = pa.concat_tables(tables) if tables else PAGES_SCHEMA.empty_table()
-    stats = summarize_pages(part_stats)
-    stats["pages"] = table.num_rows
+    stats = PagesStats.total(PagesStats.from_dict(s[PAGES]) for s in part_stats)
+    stats.warc_files, stats.warc_file, stats.pages = len(part_stats), None, table.num_rows
     root.write_parquet(pages_path(root, segment), table)
-    root.write_json(pages_stats_path(root, segment), stats)
+    written = stats.to_dict()
+    root.write_json(pages_stats_path(root, segment), written)
     root.remove(pages_parts_folder(root, segment))
-    return stats
-
-
-def summarize_pages(part_stats: list[dict]) -> dict:
-    """A segment's page counters: records, responses, pages, every page drop reason and damage."""
-    total: Counter = Counter()
-    for stats in part_stats:
-        for key, value in stats.items():
-            if key in PAGE_COUNT_KEYS or key.startswith((PAGE_DROP, "malformed_", "corrupt_")):
-                total[key] += value
-    result = dict(total)
-    result["warc_files"] = len(part_stats)
-    result["task_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
-    return result
+    return written

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from cah_resources.candidates.wat import MAX_RECORD_BYTES, next_record_offset, opened_at, record_marker
+from cah_resources.contract import Damage, PageDropReason, PagesStats
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Content types that say nothing, so the body decides (as a browser sniffs).
 UNSPECIFIC_TYPES = ("", "application/octet-stream", "text/plain", "unk", "unknown/unknown")
 HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
 SNIFF_BYTES = 1024
-PAGE_DROP = "page_drop_"  # stats keys of the pages' drop reasons: page_drop_<reason>
 
 
 class HtmlRecord(NamedTuple):
@@ -32,13 +31,13 @@ class HtmlRecord(NamedTuple):
 
 def iter_html_records(
     path: str,
-    counts: Counter,
+    stats: PagesStats,
     starts: list[int],
     max_html_bytes: int,
     max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Iterator[HtmlRecord]:
-    """Yield every 2xx HTML response of a WARC file; count the others under ``page_drop_<reason>``
-    and damage under ``malformed_*`` / ``corrupt_gzip``; append every record's offset to ``starts``
+    """Yield every 2xx HTML response of a WARC file; count the others in ``stats.drops`` per
+    PageDropReason and damage in ``stats.damage``; append every record's offset to ``starts``
     (so a record's stored length is the distance to the next one).
 
     An HTML body over ``max_html_bytes`` is skipped unread (``too_long``). Damage does not end the
@@ -61,16 +60,16 @@ def iter_html_records(
                         records += 1
                         starts.append(record.stream_pos)
                         if record.content_length > max_record_bytes:
-                            counts["malformed_too_large"] += 1
+                            stats.damage[Damage.TOO_LARGE] += 1
                             break
                         if record.record_type != WarcRecordType.response:
                             continue
-                        counts["responses"] += 1
-                        found = _html_of(record, counts, max_html_bytes)
+                        stats.responses += 1
+                        found = _html_of(record, stats, max_html_bytes)
                         if found is None:
                             continue
                         if found is _TRUNCATED:
-                            counts["malformed_truncated"] += 1
+                            stats.damage[Damage.TRUNCATED] += 1
                             break
                         yield found
                     else:
@@ -78,48 +77,49 @@ def iter_html_records(
                         # swallowed the ones behind it: they still start where a record starts.
                         start = next_record_offset(path, last_good + 1, marker)
                         if start is not None:
-                            counts["malformed_truncated"] += 1
+                            stats.damage[Damage.TRUNCATED] += 1
                             starts.append(start)
                         continue
             except OSError:
-                counts["corrupt_gzip"] += not recovering
+                if not recovering:
+                    stats.damage[Damage.CORRUPT_GZIP] += 1
                 recovering = True
             start = next_record_offset(path, last_good + 1, marker)
             if start is not None:
                 starts.append(start)  # a damaged record ends where reading resumes
     finally:
-        counts["warc_records"] += records
+        stats.warc_records += records
 
 
 _TRUNCATED = HtmlRecord("", "", "", -1, b"", None)
 
 
-def _html_of(record, counts: Counter, max_html_bytes: int) -> HtmlRecord | None:
+def _html_of(record, stats: PagesStats, max_html_bytes: int) -> HtmlRecord | None:
     """The record as an HtmlRecord, None with its drop reason counted, or _TRUNCATED."""
     if not record.is_http:
-        counts[PAGE_DROP + "not_http"] += 1
+        stats.drops[PageDropReason.NOT_HTTP] += 1
         return None
     try:
         record.parse_http()
     except Exception:  # fastwarc raises its own parse errors for garbage headers: not an HTTP message
-        counts[PAGE_DROP + "not_http"] += 1
+        stats.drops[PageDropReason.NOT_HTTP] += 1
         return None
     status = record.http_headers.status_code
     if status is None or not 200 <= status < 300:
-        counts[PAGE_DROP + "not_2xx"] += 1
+        stats.drops[PageDropReason.NOT_2XX] += 1
         return None
     content_type = (record.http_content_type or "").strip().lower()
     if content_type not in HTML_TYPES and content_type not in UNSPECIFIC_TYPES:
-        counts[PAGE_DROP + "not_html"] += 1
+        stats.drops[PageDropReason.NOT_HTML] += 1
         return None
     if record.content_length > max_html_bytes:
-        counts[PAGE_DROP + "too_long"] += 1
+        stats.drops[PageDropReason.TOO_LONG] += 1
         return None
     body = record.reader.read()
     if len(body) < record.content_length:
         return _TRUNCATED
     if content_type not in HTML_TYPES and not looks_like_html(body):
-        counts[PAGE_DROP + "not_html"] += 1
+        stats.drops[PageDropReason.NOT_HTML] += 1
         return None
     headers = record.headers
     return HtmlRecord(

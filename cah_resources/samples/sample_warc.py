@@ -16,10 +16,10 @@ import gzip
 import html
 import os
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from cah_resources.contract import CandidatesStats, DropReason, PageDropReason, PagesStats
 from cah_resources.pages.html_images import LAZY_SRC_ATTRIBUTES
 from cah_resources.samples.sample_crawl import (
     ExpectedCandidate,
@@ -84,10 +84,10 @@ GOOD_IMAGE_KINDS = (
     "noscript_only",
 )
 DROP_IMAGE_KINDS = {
-    "data_only": "data_url",
-    "svg": "svg",
-    "no_alt": "no_alt",
-    "short_alt": "alt_too_short",
+    "data_only": DropReason.DATA_URL,
+    "svg": "svg",  # a dropped extension counts under its name
+    "no_alt": DropReason.NO_ALT,
+    "short_alt": DropReason.ALT_TOO_SHORT,
     "spacer_only": "gif",
 }
 REPEAT_KIND = "duplicate"
@@ -135,6 +135,7 @@ class SampleWarcCrawl(SampleCrawl):
     warc_paths: list[str] = field(default_factory=list)
     pages: dict[str, list[ExpectedPage]] = field(default_factory=dict)  # per WARC path
     wat_links: dict[str, int] = field(default_factory=dict)  # per page URL: IMG@/src links of its WAT twin
+    page_counts: dict[str, PagesStats] = field(default_factory=dict)  # per WARC path: what read_warc counts
 
 
 def _sentence(rng: random.Random, language: str, words: int) -> str:
@@ -412,10 +413,11 @@ def generate_warc_crawl(
         wat.add("warcinfo", None, b"Software-Info: cah sample_warc\r\n", "application/warc-fields")
         truth: list[ExpectedImage] = []
         pages: list[ExpectedPage] = []
-        counts: Counter = Counter()
+        counts = CandidatesStats()  # what read_warc counts for the candidates, and for the pages:
+        page_counts = PagesStats()
         seen: set[tuple[str, str]] = set()
-        counts["warc_records"] += 1 + 3 * pages_per_file  # warcinfo, then request, response, metadata
-        counts["responses"] += pages_per_file
+        page_counts.warc_records += 1 + 3 * pages_per_file  # warcinfo, then request, response, metadata
+        page_counts.responses += pages_per_file
         specials = ["redirect", "not_found", "image", "short"] if other_records else []
         positions = rng.sample(range(pages_per_file), min(len(specials), pages_per_file))
         special_at = dict(zip(positions, specials, strict=False))
@@ -431,7 +433,7 @@ def generate_warc_crawl(
                     "image": ("200 OK", "image/jpeg", b"\xff\xd8\xff\xe0" + rng.randbytes(64)),
                 }[special]
                 writer.response(url, _http_response(status, ctype, body), ctype)
-                counts[f"page_drop_{'not_2xx' if special != 'image' else 'not_html'}"] += 1
+                page_counts.drops[PageDropReason.NOT_2XX if special != "image" else PageDropReason.NOT_HTML] += 1
                 continue
             charset = rng.choice(list(CHARSETS))
             language = rng.choice(CHARSETS[charset])
@@ -459,22 +461,23 @@ def generate_warc_crawl(
             wat_html = {"Head": {"Title": title, **({"Base": base} if base else {})}, "Links": [logo, *page.wat_links]}
             wat.add("metadata", url, wat.metadata_json(url, "response", wat_html))
             sample.wat_links[url] = len(page.wat_links) + 1
-            counts["html_pages"] += 1
-            counts["images_without_url"] += page.no_url
-            counts["links_seen"] += len(page.expected) + 1  # and the header's logo, an svg
-            counts["drop_svg"] += 1
+            counts.html_pages += 1
+            page_counts.html_pages += 1
+            page_counts.images_without_url += page.no_url
+            counts.links_seen += len(page.expected) + 1  # and the header's logo, an svg
+            counts.drops["svg"] += 1
             if short:
-                counts["page_drop_too_short"] += 1
+                page_counts.drops[PageDropReason.TOO_SHORT] += 1
             else:
-                counts["pages"] += 1
+                page_counts.pages += 1
             boilerplate = [COOKIE, *FOOTER, SIDEBAR[0], SIDEBAR[1]]
             pages.append(ExpectedPage(url, title, paragraphs, boilerplate, language, charset, declared, not short))
             for pair, facts, reason, _kind, attribute in page.expected:
                 if reason is not None:
-                    counts[f"drop_{reason}"] += 1
+                    counts.drops[reason] += 1
                     continue
                 if pair in seen:
-                    counts["drop_duplicate"] += 1
+                    counts.drops[DropReason.DUPLICATE] += 1
                     continue
                 seen.add(pair)
                 alt_language, color, shape, matches, exists = facts
@@ -495,6 +498,7 @@ def generate_warc_crawl(
         sample.candidates[rel] = truth
         sample.pages[rel] = pages
         sample.counts[rel] = counts
+        sample.page_counts[rel] = page_counts
     for name, paths in (("warc.paths.gz", sample.warc_paths), ("wat.paths.gz", sample.wat_paths)):
         with gzip.open(os.path.join(root, "crawl-data", crawl, name), "wt", encoding="utf-8") as handle:
             handle.write("\n".join(paths) + "\n")
