@@ -62,23 +62,24 @@ def decode_html(body: bytes, declared: str | None, max_bad_chars: float) -> str 
     one detected; a charset that fails on the bytes gives way to the detected one. None when the
     result is mostly replacement characters or NULs (binary, or a charset nothing reads)."""
     first = _codec(declared) or _codec(detect_encoding(body, from_html_meta=True)) or "utf-8"
-    try:
-        text = body.decode(first)
-    except UnicodeDecodeError:
+    text = _decoded(body, first)
+    if text is None:
         detected = _codec(detect_encoding(body))
-        text = None
-        if detected and detected != first:
-            try:
-                text = body.decode(detected)
-            except UnicodeDecodeError:
-                text = None
-        if text is None:
-            text = body.decode(first, errors="replace")
+        text = (_decoded(body, detected) if detected and detected != first else None) or body.decode(
+            first, errors="replace"
+        )
     # A find is cheaper than a count, and most pages have neither character.
     bad = (text.count(REPLACEMENT) if REPLACEMENT in text else 0) + (text.count("\x00") if "\x00" in text else 0)
     if bad and bad > max_bad_chars * len(text):
         return None
     return text
+
+
+def _decoded(body: bytes, codec: str) -> str | None:
+    try:
+        return body.decode(codec)
+    except UnicodeDecodeError:
+        return None
 
 
 def _codec(label: str | None) -> str | None:
@@ -107,7 +108,7 @@ def parse_page(text: str, rules: PageRules) -> ParsedPage | PageDropReason:
     images = page_images(tree, rules.max_images_per_page, rule_tags(text))
     if time.perf_counter() - started > rules.page_budget_s:
         return PageDropReason.TOO_SLOW
-    main_text = extract_plain_text(tree, **MAIN_TEXT_OPTIONS)
+    main_text = extract_plain_text(tree, **MAIN_TEXT_OPTIONS)  # type: ignore[arg-type]  # a dict of mixed options
     if time.perf_counter() - started > rules.page_budget_s:
         return PageDropReason.TOO_SLOW
     return ParsedPage(" ".join((tree.title or "").split()), main_text.strip(), images)
