@@ -31,7 +31,8 @@ def file_units(
     """One unit per file of the segment: a WARC crawl's files feed candidates and pages in one read."""
     paths = registration.files_of(key)
     if registration.format == FORMAT_WARC:
-        return [WarcFileUnit(key, i, p, root, source, filters, rules, max_record_bytes) for i, p in enumerate(paths)]
+        # WARC records have their own cap (MAX_WARC_RECORD_BYTES): max_record_bytes bounds WAT records' JSON.
+        return [WarcFileUnit(key, i, p, root, source, filters, rules) for i, p in enumerate(paths)]
     return [WatFileUnit(key, i, p, root, source, filters, max_record_bytes) for i, p in enumerate(paths)]
 
 

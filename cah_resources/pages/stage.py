@@ -20,7 +20,6 @@ from cah_resources.candidates.stage import (
     part_paths,
     shared_detector,
 )
-from cah_resources.candidates.wat import MAX_RECORD_BYTES
 from cah_resources.contract import (
     PAGES,
     PAGES_SCHEMA,
@@ -35,7 +34,7 @@ from cah_resources.contract import (
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.pages.html_images import NOSCRIPT_PREFIX
 from cah_resources.pages.html_page import PageRules, decode_html, parse_page
-from cah_resources.pages.warc_records import iter_html_records, record_lengths
+from cah_resources.pages.warc_records import MAX_WARC_RECORD_BYTES, iter_html_records, record_lengths
 from cah_resources.storage import DataRoot
 
 LANGUAGE_SAMPLE_BYTES = 1000  # of a page's text gcld3 reads: a reliable call at half the cost of 2000
@@ -57,7 +56,7 @@ def read_warc(
     candidates: CandidatesStats,
     pages: PagesStats,
     blocked: Blocklist | None = None,
-    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_record_bytes: int = MAX_WARC_RECORD_BYTES,
 ) -> WarcFileResult:
     """One pass over a local WARC file: every 2xx HTML page parsed once, its images through the
     candidates' filters and dedup (counted in ``candidates``), its main text into a page row (counted
@@ -151,7 +150,7 @@ class WarcFileUnit:
     source: CrawlSource
     filters: CandidateFilters = field(default_factory=CandidateFilters)
     rules: PageRules = field(default_factory=PageRules)
-    max_record_bytes: int = MAX_RECORD_BYTES
+    max_record_bytes: int = MAX_WARC_RECORD_BYTES
 
 
 def pages_part_path(root: DataRoot, segment: str, position: int) -> str:

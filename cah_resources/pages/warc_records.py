@@ -8,9 +8,13 @@ from typing import NamedTuple
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from cah_resources.candidates.wat import MAX_RECORD_BYTES, next_record_offset, opened_at, record_marker
+from cah_resources.candidates.wat import next_record_offset, opened_at, record_marker
 from cah_resources.contract import Damage, PageDropReason, PagesStats
 
+# A WARC record over this is damage (resumed past, as in the WAT reader); an HTML page under it but over
+# the page cap is a page drop (too_long), skipped unread. A WARC holds responses as fetched, so its cap
+# is the WAT reader's JSON cap's elder: Common Crawl cuts pages at 1 MiB, other crawlers keep more.
+MAX_WARC_RECORD_BYTES = 64 << 20
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Content types that say nothing, so the body decides (as a browser sniffs).
 UNSPECIFIC_TYPES = ("", "application/octet-stream", "text/plain", "unk", "unknown/unknown")
@@ -34,7 +38,7 @@ def iter_html_records(
     stats: PagesStats,
     starts: list[int],
     max_html_bytes: int,
-    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_record_bytes: int = MAX_WARC_RECORD_BYTES,
 ) -> Iterator[HtmlRecord]:
     """Yield every 2xx HTML response of a WARC file; count the others in ``stats.drops`` per
     PageDropReason and damage in ``stats.damage``; append every record's offset to ``starts``
