@@ -8,6 +8,7 @@ downloader, pyarrow, Dask or Dagster.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import multiprocessing
 import os
@@ -72,7 +73,21 @@ def _run_within_budget(token: int, cpu_seconds: float, work: Callable[..., Any],
         _job = None
 
 
+def _check_batch(items: list[tuple[int, bytes]], settings: ResizeSettings) -> list[ImageOutcome]:
+    """``process_image`` on each body in turn, each within its own CPU budget."""
+    budget = settings.max_decode_cpu_seconds
+    return [_run_within_budget(token, budget, process_image, body, settings) for token, body in items]
+
+
 # ---- in the shard task --------------------------------------------------------------------
+
+# Images go to the workers in batches: each hand-off costs the shard task's event loop, the pool's
+# two helper threads and the worker a wake-up, a pickle and a pipe round trip, so one per batch
+# instead of one per image. A batch is sent at once while fewer than BATCHES_IN_FLIGHT per worker
+# are out, so an idle worker gets an image without waiting; behind a busy one, images gather.
+BATCHES_IN_FLIGHT = 2
+BATCH_MAX_IMAGES = 32
+BATCH_MAX_BYTES = 8_000_000
 
 
 class ImageWorkers:
@@ -93,6 +108,11 @@ class ImageWorkers:
         self._pool: Executor | None = None
         self._queue: Any = None
         self._lock = threading.Lock()
+        # Images waiting for a batch: (token, body, settings, future, sent alone); crashes per token.
+        self._waiting: collections.deque[tuple[int, bytes, ResizeSettings, asyncio.Future, bool]] = collections.deque()
+        self._crashes: dict[int, int] = {}
+        self._batches_out = 0
+        self._batch_tasks: set[asyncio.Task] = set()
 
     def __enter__(self) -> ImageWorkers:
         return self
@@ -134,28 +154,71 @@ class ImageWorkers:
 
     async def check(self, body: bytes, settings: ResizeSettings) -> ImageOutcome:
         """``process_image`` in a worker: a timeout is the image's own status, a crash gets one more try."""
-        loop, token, crashes = asyncio.get_running_loop(), next(self._tokens), 0
-        while True:
-            pool = self.executor
-            try:
-                work = (_run_within_budget, token, settings.max_decode_cpu_seconds, process_image, body, settings)
-                return await loop.run_in_executor(pool, *work)
-            except BrokenProcessPool:
-                # Every image in flight in a broken pool is lost with it. The one that outlived
-                # its budget gets 'decode_timeout'; the others go again on a fresh pool, and only
-                # a break nobody's timeout explains (a decoder crash, the OOM killer) counts
-                # against them.
-                explained = self._retire(pool)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((next(self._tokens), body, settings, future, False))
+        self._send_batches()
+        return await future
+
+    def _send_batches(self) -> None:
+        while self._waiting and self._batches_out < BATCHES_IN_FLIGHT * self.processes:
+            batch, size = [], 0
+            settings = self._waiting[0][2]
+            while self._waiting and len(batch) < BATCH_MAX_IMAGES and size < BATCH_MAX_BYTES:
+                item = self._waiting[0]
+                if item[3].done():  # its URL gave up (cancelled) while it waited
+                    self._waiting.popleft()
+                    continue
+                if item[2] is not settings or (batch and (item[4] or batch[0][4])):
+                    break  # one settings object per batch; an image retried after a crash goes alone
+                batch.append(self._waiting.popleft())
+                size += len(item[1])
+            if batch:
+                self._batches_out += 1
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, settings))
+                self._batch_tasks.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list, settings: ResizeSettings) -> None:
+        pool = self.executor
+        try:
+            work = [(token, body) for token, body, *_ in batch]
+            outcomes = await asyncio.get_running_loop().run_in_executor(pool, _check_batch, work, settings)
+        except BrokenProcessPool:
+            # Every image in flight in a broken pool is lost with it. The one that outlived its
+            # budget gets 'decode_timeout'; the others go again on a fresh pool, each alone, and
+            # only a break nobody's timeout explains (a decoder crash, the OOM killer) counts
+            # against them: an image whose batch broke twice that way gets 'decoder_crashed'.
+            explained = self._retire(pool)
+            outcomes = []
+            for token, body, item_settings, future, _alone in batch:
+                crashes = self._crashes[token] = self._crashes.get(token, 0) + (not explained)
                 if token in self._timed_out:
-                    return ImageOutcome(
-                        DownloadStatus.DECODE_TIMEOUT,
-                        f"took more than {settings.max_decode_cpu_seconds} CPU seconds to decode",
+                    seconds = item_settings.max_decode_cpu_seconds
+                    outcomes.append(
+                        ImageOutcome(DownloadStatus.DECODE_TIMEOUT, f"took more than {seconds} CPU seconds to decode")
                     )
-                crashes += not explained
-                if crashes == 2:
-                    return ImageOutcome(
-                        DownloadStatus.DECODER_CRASHED, "the image worker died twice while decoding this image"
+                elif crashes == 2:
+                    outcomes.append(
+                        ImageOutcome(
+                            DownloadStatus.DECODER_CRASHED, "the image worker died twice while decoding this image"
+                        )
                     )
+                else:
+                    outcomes.append(None)
+                    self._waiting.appendleft((token, body, item_settings, future, True))
+        except Exception as exc:  # the pool shut down, or a body would not pickle: its images' error
+            outcomes = [None] * len(batch)
+            for *_, future, _alone in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._batches_out -= 1
+        for (token, _body, _settings, future, _alone), outcome in zip(batch, outcomes, strict=True):
+            if outcome is not None:
+                self._crashes.pop(token, None)
+                if not future.done():
+                    future.set_result(outcome)
+        self._send_batches()
 
     def shutdown(self) -> None:
         with self._lock:

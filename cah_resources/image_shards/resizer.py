@@ -250,7 +250,13 @@ def _resize(img: Image.Image, settings: ResizeSettings) -> Image.Image:
         # img2dataset's defaults: area averaging to shrink (Pillow's BOX is OpenCV's INTER_AREA),
         # Lanczos to enlarge.
         shrinking = target[0] < img.width
-        img = img.resize(target, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
+        if shrinking:
+            # reducing_gap=1: averaging whole k x k blocks first (reduce, in one pass) then a BOX
+            # filter over the last factor < 2: 2-4x less CPU than BOX alone on 2x-4x shrinks, and
+            # as close to a full-scale Lanczos reference by SSIM (benchmarks/image_shards_profile.py --quality).
+            img = img.resize(target, Image.Resampling.BOX, reducing_gap=1.0)
+        else:
+            img = img.resize(target, Image.Resampling.LANCZOS)
     if settings.resize_mode == "center_crop":
         left, top = (img.width - size) // 2, (img.height - size) // 2
         img = img.crop((left, top, left + size, top + size))
@@ -300,10 +306,13 @@ def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
             if refusal is not None:
                 return refusal
             img.load()
-            quarter_turn = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+            orientation = img.getexif().get(EXIF_ORIENTATION)
+            quarter_turn = orientation in (5, 6, 7, 8)
             orig_w, orig_h = (raw_h, raw_w) if quarter_turn else (raw_w, raw_h)
+            # exif_transpose copies even an upright image; only a turned or mirrored one needs it.
+            upright = ImageOps.exif_transpose(img) if orientation in (2, 3, 4, 5, 6, 7, 8) else img
             # Pillow resamples RGBA with premultiplied alpha, so matting after the resize is exact.
-            out = _to_rgb_or_rgba(ImageOps.exif_transpose(img))
+            out = _to_rgb_or_rgba(upright)
             if resize:
                 out = _resize(out, settings)
             out = _matte_on_white(out)

@@ -136,6 +136,8 @@ MIN_JPEG_BYTES = 10_000
 SMALL_IMAGE_SIZES = ((120, 90), (160, 120), (96, 128), (200, 150))
 # From thumbnails to camera photos, about a megapixel on average; one size per variant.
 WEB_IMAGE_SIZES = ((320, 240), (500, 375), (640, 480), (800, 600), (1024, 768), (1200, 800), (1600, 1200), (2048, 1536))
+# What a page's <img> usually serves: ~95 KB mean as JPEG (quality 90), none past 1200 px.
+WEB_PHOTO_SIZES = ((320, 240), (500, 375), (640, 480), (800, 600), (1024, 683), (1024, 768), (1200, 800), (640, 427))
 # Lossless and palette formats are rarely used for big photos: those variants are served smaller.
 MAX_LOSSLESS_SIDE = 1024
 
@@ -714,7 +716,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hosts", type=int, default=32)
     parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     parser.add_argument("--count", type=int, default=1000, help="number of URLs from the web-like mix")
-    parser.add_argument("--web-sized", action="store_true", help="serve 500-1200 px images instead of small ones")
+    parser.add_argument("--web-sized", action="store_true", help="serve 320-2048 px images instead of small ones")
+    parser.add_argument("--web-photos", action="store_true", help="serve 320-1200 px images (~95 KB JPEGs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--hostnames",
@@ -723,7 +726,7 @@ def main(argv: list[str] | None = None) -> None:
         "printed on a second line)",
     )
     args = parser.parse_args(argv)
-    sizes = WEB_IMAGE_SIZES if args.web_sized else SMALL_IMAGE_SIZES
+    sizes = WEB_IMAGE_SIZES if args.web_sized else WEB_PHOTO_SIZES if args.web_photos else SMALL_IMAGE_SIZES
     with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames) as fake_web:
         urls = fake_web.mixed_urls(args.count, seed=args.seed)
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
