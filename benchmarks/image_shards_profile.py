@@ -116,6 +116,7 @@ def quality(baseline: Path) -> None:
 
     spec = importlib.util.spec_from_file_location("baseline_resizer", baseline)
     old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # dataclasses look their module up while the class is made
     spec.loader.exec_module(old)
     settings = resizer.ResizeSettings(resize_mode="border", image_size=256, max_aspect_ratio=10)
     old_settings = old.ResizeSettings(resize_mode="border", image_size=256, max_aspect_ratio=10)

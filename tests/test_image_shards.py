@@ -361,6 +361,27 @@ def test_a_body_larger_than_the_backlog_still_goes_through_alone():
     assert asyncio.run(scenario()) == 1_000  # claimed at the mean body size seen so far
 
 
+def test_images_checked_at_once_go_in_batches_and_each_gets_its_own_outcome(web):
+    bodies = [web.body(kind, n) for n in range(8) for kind in ("jpeg", "png", "webp")] + [b"not an image" * 900]
+    expected = [process_image(body, SETTINGS.resize) for body in bodies]
+
+    async def scenario(workers: ImageWorkers):
+        return await asyncio.gather(*(workers.check(body, SETTINGS.resize) for body in bodies))
+
+    with ImageWorkers(SETTINGS.image_processes) as workers:
+        sent = []
+        real = workers._run_batch
+
+        async def counted(batch, settings):
+            sent.append(len(batch))
+            await real(batch, settings)
+
+        workers._run_batch = counted
+        outcomes = asyncio.run(scenario(workers))
+    assert outcomes == expected
+    assert sum(sent) == len(bodies) and max(sent) > 1  # fewer hand-offs than images
+
+
 def test_image_workers_run_below_the_priority_of_the_process_that_downloads():
     with ImageWorkers(SETTINGS.image_processes) as workers:
         assert workers.executor.submit(os.nice, 0).result() > os.nice(0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cah_resources.image_shards import resizer
 from cah_resources.image_shards.resizer import ResizeSettings, decode_bytes, process_image
 from cah_resources.samples.local_web import decompression_bomb_png, photo_like
 from tests.hostile_images import (
@@ -235,3 +236,25 @@ def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_is_corrupt_not_gre
     assert "truncated: a 9400x9400 JPEG needs at least" in out.error_message
     honest = process_image(jpeg_claiming_a_larger_frame(640, 480), ResizeSettings(image_size=64))
     assert honest.status == "ok"
+
+
+def test_an_exact_integer_shrink_averages_blocks_as_the_box_filter_does():
+    # Noise, where filters differ most: Lanczos or bicubic land 4 levels away on average, BOX within 1.
+    img = Image.merge("RGB", [Image.effect_noise((1024, 768), 60) for _ in range(3)])
+    settings = ResizeSettings(resize_mode="keep_ratio_largest", image_size=256, encode_quality=100)
+    out = decode(process_image(encode(img, "PNG"), settings).jpeg)
+    box = decode(encode(img.resize((256, 192), Image.Resampling.BOX), quality=100))
+    assert out.size == (256, 192)
+    difference = np.abs(np.asarray(out, dtype=np.int16) - np.asarray(box, dtype=np.int16))
+    assert difference.mean() < 1
+
+
+def test_a_jpeg_whose_target_rounds_up_is_decoded_at_the_smallest_covering_scale():
+    # 1024x683 shrinks to 256x171: a quarter-scale decode gives ceil(683 / 4) = 171 rows, enough.
+    body = encode(photo_like(1024, 683, seed=6))
+    opened = Image.open(io.BytesIO(body))
+    request = resizer._draft_request(1024, 683, (256, 171))
+    opened.draft(None, request)
+    assert opened.size == (256, 171)
+    out = process_image(body, ResizeSettings(resize_mode="keep_ratio_largest", image_size=256))
+    assert (out.width, out.height) == (256, 171)
