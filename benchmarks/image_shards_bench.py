@@ -1,11 +1,12 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py        # 12000 URLs, all three regimes, best of 2 rounds (~30 min)
+    .venv/bin/python benchmarks/image_shards_bench.py        # 12000 URLs, all four regimes, best of 2 rounds (~45 min, root)
     .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
     sudo .venv/bin/python benchmarks/image_shards_bench.py --opt-outs --urls 3000  # robots.txt/TDMRep on vs off
+    sudo .venv/bin/python benchmarks/image_shards_bench.py --images web-photos --rounds 1  # the real web's shape
 
 A fake web (cah_resources.samples.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -22,7 +23,10 @@ image_shards and the ceiling through c-ares pointed at its port, img2dataset thr
 has no resolver setting), so the server also answers on 127.0.0.53:53 and img2dataset runs in
 `unshare -m` with a resolv.conf naming it bind-mounted over /etc/resolv.conf (root only). The
 regime also runs image_shards on the same list with IP-literal hosts, the reference its DNS
-cost is measured against, and counts the DNS queries each contender sent. Every contender gets
+cost is measured against, and counts the DNS queries each contender sent. The web-photos regime
+is the real web's shape at its hardest: the hostnames regime's DNS and opt-out checks (on), with
+photos of 320x240 to 1200x800 (~95 KB JPEGs) instead of thumbnails; img2dataset's thread count is
+swept over 128 and 256 per process there. Every contender gets
 the whole machine (same CPU budget) and the same timeout, retries, image size and resize mode:
 
 - ceiling: aiohttp with the downloader's concurrency and per-host limit times the number of shard
@@ -35,7 +39,8 @@ the whole machine (same CPU budget) and the same timeout, retries, image size an
 
 Figures: successful images per wall second (the ceiling: HTTP 200 bodies per second), between the
 first shard's start and the last shard's end as each tool records them (so interpreter and
-cluster start-up are not counted); images per CPU second of the contender's whole process tree
+cluster start-up are not counted); images per wall second of the whole process tree from its
+start to its exit (start-up included); images per CPU second of the contender's whole process tree
 (start-up included; it moves far less than wall time on a machine shared with other work); and
 the peak RSS of the process tree (summed, so shared pages count more than once: an upper bound).
 

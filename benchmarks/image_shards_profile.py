@@ -174,7 +174,9 @@ def main() -> None:
         quality(args.quality)
         return
     if args.breakdown:
-        breakdown(args.breakdown, json.loads(args.cpu.read_text()) if args.cpu else None)
+        # The run's JSON line; py-spy writes its own lines to the same stdout.
+        lines = args.cpu.read_text().splitlines() if args.cpu else []
+        breakdown(args.breakdown, next((json.loads(ln) for ln in reversed(lines) if ln.startswith("{")), None))
         return
 
     import pyarrow as pa
