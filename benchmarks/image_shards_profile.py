@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--literals", action="store_true", help="the same URLs on IP-literal hosts")
+    parser.add_argument("--sizes", choices=["web-photos", "thumbnails", "web-sized"], default="web-photos")
     parser.add_argument("--no-opt-outs", action="store_true")
     parser.add_argument("--breakdown", type=Path, help="a py-spy raw file to sort into steps")
     parser.add_argument("--quality", type=Path, metavar="OLD_RESIZER", help="SSIM of this resizer and an older one")
@@ -189,7 +190,7 @@ def main() -> None:
     from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
     from cah_resources.storage import DataRoot
 
-    web = FakeWeb(args.urls, 64, (0.02, 0.3), args.seed, "web-photos", hostnames=True)
+    web = FakeWeb(args.urls, 64, (0.02, 0.3), args.seed, args.sizes, hostnames=True)
     try:
         urls = web.literal_urls if args.literals else [url for url, _, _ in web.urls]
         WORK.mkdir(parents=True, exist_ok=True)
