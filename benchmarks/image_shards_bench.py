@@ -1,6 +1,6 @@
 """Speed of the image_shards downloader next to img2dataset and a bare aiohttp fetch-only client.
 
-    .venv/bin/python benchmarks/image_shards_bench.py        # 12000 URLs, all four regimes, best of 2 rounds (~45 min, root)
+    .venv/bin/python benchmarks/image_shards_bench.py        # 12000 URLs, all four regimes, 2 rounds (~45 min, root)
     .venv/bin/python benchmarks/image_shards_bench.py --urls 3000 --rounds 1 --threads 128   # quick run
     .venv/bin/python benchmarks/image_shards_bench.py --images thumbnails      # one regime only
     .venv/bin/python benchmarks/image_shards_bench.py --s3 --urls 3000 --rounds 1 --images web-sized  # S3 vs local
@@ -462,11 +462,12 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
     }
 
 
-def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int]) -> int:
+def best_img2dataset_threads(urls: list[str], work: Path, candidates: list[int], web: FakeWeb) -> int:
     subset = urls[: max(500, len(urls) // 4)]
     scores = {}
     for threads in candidates:
-        scores[threads] = measure("img2dataset", subset, work / f"sweep-{threads}", threads)["images_per_s"]
+        # With the web: on hostname regimes img2dataset resolves through the regime's DNS server.
+        scores[threads] = measure("img2dataset", subset, work / f"sweep-{threads}", threads, web)["images_per_s"]
         print(f"  img2dataset sweep: {threads:4d} threads/process -> {scores[threads]:7.1f} images/s", flush=True)
     return max(scores, key=scores.get)
 
@@ -505,7 +506,7 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
             work = Path(tmp)
             sweep = args.threads or SWEEPS.get(regime, SWEEPS["default"])
-            threads = sweep[0] if len(sweep) == 1 else best_img2dataset_threads(urls, work, sweep)
+            threads = sweep[0] if len(sweep) == 1 else best_img2dataset_threads(urls, work, sweep, web)
             best: dict[str, dict] = {}
             contenders = ("ceiling", "image_shards", "img2dataset", *([LITERAL] if named else []))
             for round_ in range(args.rounds):
