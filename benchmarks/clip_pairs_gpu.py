@@ -591,7 +591,7 @@ def forced_oom(
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
         try:
             run = score_all(unit, settings_for(decode=decode, batch_size=rows, decode_workers=args.cpu_workers), oom)
-        except Exception as error:  # noqa: BLE001 - a failed shard is the finding, recorded as such
+        except Exception as error:  # a failed shard is the finding, recorded as such
             run = {"decode": decode, "failed": f"{type(error).__name__}: {str(error)[:300]}", "every_row_scored": False}
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
@@ -901,7 +901,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - the script's steps in the order they run
     args = parse_args(argv)
     if args.dry_run:
         # Two shared cores: torch's thread pool spinning against other processes costs more than it gives.
@@ -981,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stored_units = units_of(stored_work)
             report.part("processes", processes_part(args, settings_for, stored_units, texts, model["rows"], out))
-        except Exception as error:  # noqa: BLE001 - the other parts' figures still go out
+        except Exception as error:  # the other parts' figures still go out
             report.part("processes", {"status": f"failed: {type(error).__name__}: {str(error)[:300]}"})
             say(f"processes: failed: {type(error).__name__}: {error}")
 
@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
         args.worker_timeout = max(30.0, min(args.worker_timeout, deadline + 50 - time.perf_counter()))
         try:
             report.part("worker", worker_part(args, settings_for, units, out))
-        except Exception as error:  # noqa: BLE001 - the other parts' figures still go out
+        except Exception as error:  # the other parts' figures still go out
             report.part("worker", {"status": f"failed: {type(error).__name__}: {str(error)[:300]}"})
             say(f"worker: failed: {type(error).__name__}: {error}")
 
@@ -1049,7 +1049,7 @@ def verdict(report: Report, args: argparse.Namespace) -> None:
             f"{key}: {run['images_per_s']} images/s (target {TARGET_IMAGES_PER_S}), ratio "
             f"{run.get('ratio_to_model_only')} (target {TARGET_RATIO})"
         )
-    report.data["verdict"] = ["dry run: no figure here is a measurement"] + lines if args.dry_run else lines
+    report.data["verdict"] = ["dry run: no figure here is a measurement", *lines] if args.dry_run else lines
     done = [name for name, part in parts.items() if part.get("status") == "done"]
     report.data["parts_done"] = done
     report.save()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cah_resources.dataset.dedup_index import DedupIndex  # noqa: E402
+from cah_resources.dataset.dedup_index import DedupIndex
 
 POSTGRES_URL = os.environ.get("CAH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -301,7 +301,7 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     """Segment keys from KEY, FIRST..LAST (a range of registered keys) or a crawl id (all its segments)."""
     from cah_resources.crawl.segments import parse_segment_key
 
-    crawls = {}
+    crawls: dict[str, list[str]] = {}
     for key in known:
         crawls.setdefault(parse_segment_key(key)[0], []).append(key)
     chosen: list[str] = []

@@ -229,7 +229,7 @@ def run_one_machine(
         )
         _run_segments(defs, instance, registration.keys(), say, "one machine")
     root = StorageResource(root=str(data_dir)).data_root()
-    return {key: segment_outputs(root, key) for key in registration.keys()}
+    return {key: segment_outputs(root, key) for key in registration}
 
 
 def _killer(address: str, tls: Path, box: dict) -> Callable[[], Callable[[], None]]:

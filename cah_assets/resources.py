@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 from distributed import SpecCluster
@@ -100,7 +100,7 @@ class StorageResource(dg.ConfigurableResource):
         if self.root.startswith(S3_PREFIXES):
             # Outside a run (CLI, registration) EnvVar fields are not resolved yet: read them here.
             values = [
-                v.get_value("") if isinstance(v, dg.EnvVar) else v
+                (v.get_value("") or "") if isinstance(v, dg.EnvVar) else v
                 for v in (self.endpoint_url, self.access_key_id, self.secret_access_key, self.region)
             ]
             options.update(s3_storage_options(*values))
@@ -111,6 +111,11 @@ class StorageResource(dg.ConfigurableResource):
 class CommonCrawl(dg.ConfigurableResource):
     """Where WAT files are read from: Common Crawl's HTTPS endpoint (default), a mirror, or a folder."""
 
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+
     def source(self) -> CrawlSource:
         return settings_of(self, CrawlSource)
 
@@ -118,18 +123,18 @@ class CommonCrawl(dg.ConfigurableResource):
 class CrawlDiscovery(dg.ConfigurableResource):
     """Which crawls the discovery sensor registers, and how fast it adds their segments as partitions."""
 
-    crawl_list: str = Field(CRAWL_LIST_URL, description="URL or local path of a collinfo.json-style crawl list")
-    include: str = Field(r"^CC-MAIN-\d{4}-\d{2}$", description="regular expression a crawl id must match")
-    newest: int = Field(1, description="register the newest N matching crawls (each adds ~2000 partitions)")
-    files_per_segment: int = Field(0, description="WAT files per segment; 0 sizes each crawl to about 2000 segments")
-    segments_per_tick: int = Field(ADD_BATCH, description="at most this many new partitions per sensor tick")
+    crawl_list: str = Field(default=CRAWL_LIST_URL, description="URL or local path of a collinfo.json-style crawl list")
+    include: str = Field(default=r"^CC-MAIN-\d{4}-\d{2}$", description="regular expression a crawl id must match")
+    newest: int = Field(default=1, description="register the newest N matching crawls (each adds ~2000 partitions)")
+    files_per_segment: int = Field(default=0, description="WAT files per segment; 0: about 2000 segments per crawl")
+    segments_per_tick: int = Field(default=ADD_BATCH, description="at most this many new partitions per sensor tick")
 
 
 class SegmentFlow(dg.ConfigurableResource):
     """How fast the schedule feeds segments into the pipeline."""
 
-    crawls: list[str] = Field([], description="active crawls, in order; empty: every registered crawl, newest first")
-    segments_per_tick: int = Field(MAX_REQUESTS_PER_TICK, description="segments requested per schedule tick")
+    crawls: list[str] = Field(default=[], description="active crawls in order; empty: all registered, newest first")
+    segments_per_tick: int = Field(default=MAX_REQUESTS_PER_TICK, description="segments requested per schedule tick")
     # The cap on segments in flight is policies.MAX_IN_FLIGHT, one for the schedule and the later stages'
     # automation (a condition is fixed when the definitions are built, so it cannot be a run's config).
 
@@ -140,6 +145,11 @@ class SegmentFlow(dg.ConfigurableResource):
 @settings_fields(CandidateFilters)
 class CandidateRules(dg.ConfigurableResource):
     """Crawling@Home's link filters (``CandidateFilters``); see README "candidates" for what each drop reason means."""
+
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
 
     # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
     max_record_bytes: int = MAX_RECORD_BYTES
@@ -155,6 +165,11 @@ class ImageDownloader(dg.ConfigurableResource):
     One field per setting of ``ShardSettings`` and its ``fetch`` and ``resize`` groups, by the same name:
     see ``FetchSettings``, ``ResizeSettings`` and ``ShardSettings`` for what each means.
     """
+
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
 
     def settings(self) -> ShardSettings:
         return settings_of(self, ShardSettings)
@@ -225,6 +240,11 @@ class ClipScorer(dg.ConfigurableResource):
 class ComputeResource(DaskCompute, dg.ConfigurableResource):
     """Dask distributed cluster the assets submit their work to (a LocalCluster by default); see ``ComputeSettings``."""
 
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+
     # Inside a Dagster run the local cluster is started once and kept for every step and call of
     # that run process (starting one costs seconds); outside a run each client() makes its own.
     _keep_cluster: bool = PrivateAttr(default=False)
@@ -248,6 +268,11 @@ class HetznerFleet(dg.ConfigurableResource):
 
     One field per setting of ``FleetSettings``, by the same name, plus the fleet sensor's sizing.
     """
+
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
 
     # Backlog sizing (fleet sensor): one runner per this many segments queued or running.
     segments_per_server: int = 4

@@ -24,10 +24,7 @@ class Blocklist:
 
     def lists(self, data: bytes) -> bool:
         """True when ``data`` (a URL's UTF-8 bytes or an image's bytes) hashes to a listed digest."""
-        for name, digests in self.hashes.items():
-            if digests and hashlib.new(name, data).digest() in digests:
-                return True
-        return False
+        return any(digests and hashlib.new(name, data).digest() in digests for name, digests in self.hashes.items())
 
     def lists_url(self, url: str) -> bool:
         return self.lists(url.encode("utf-8", errors="surrogatepass"))

@@ -78,7 +78,7 @@ def from_flat(kind: type[Settings], values: dict[str, Any]) -> Settings:
 def _build(kind: type[Settings], values: dict[str, Any]) -> Settings:
     hints = typing.get_type_hints(kind)
     chosen: dict[str, Any] = {}
-    for spec in dataclasses.fields(kind):
+    for spec in dataclasses.fields(typing.cast(Any, kind)):
         if not spec.init:
             continue
         if _is_settings(hints[spec.name]):

@@ -49,7 +49,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    handle = open(log, "ab")
+    handle = open(log, "ab")  # noqa: SIM115 - the peer process writes it for as long as it runs
     # Tasks defined in test modules are pickled by reference: the peers must be able to import them.
     path = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path}

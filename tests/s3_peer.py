@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cah_resources.samples.cluster_peers import moto_server  # noqa: F401 (the peer's one home; benchmarks import it here)
+from cah_resources.samples.cluster_peers import moto_server
 from cah_resources.storage import DataRoot, s3_storage_options
 
 ENDPOINT_VAR = "CAH_TEST_S3_ENDPOINT"  # set by .ci/run: use that server instead of starting one

@@ -288,7 +288,7 @@ def test_shard_rows_in_another_order_than_the_candidates_fail(shards):
     root, key, folder = shards
     path = f"{folder}/00000.parquet"
     table = root.read_parquet(path)
-    swapped = table.take([1, 0] + list(range(2, table.num_rows)))
+    swapped = table.take([1, 0, *list(range(2, table.num_rows))])
     root.write_parquet(path, swapped.set_column(swapped.schema.get_field_index("key"), "key", table.column("key")))
     verdicts = check_image_shards(root, key)
     assert "rows_match_candidates" in _verdicts_failed(verdicts)

@@ -56,7 +56,7 @@ def read(root: DataRoot, *parts: str):
 def test_every_ok_row_is_scored_with_similarity_threshold_kept_and_unknown_tags_from_the_tiny_model(root):
     samples, matching = shape_samples(40, seed=1)
     failed = ShardSample("a red circle", None, status="http_error")
-    write_image_shard(root, SEGMENT, 0, samples + [failed])
+    write_image_shard(root, SEGMENT, 0, [*samples, failed])
 
     summary = score_image_shard(ClipPairsUnit(root, SEGMENT, 0), settings())
     table = read(root, "00000.parquet")
@@ -241,7 +241,7 @@ def test_a_truncated_tar_fails_the_shard_with_a_one_line_error(root):
     data = root.read_bytes(tar_path)
     root.write_bytes(tar_path, data[: len(data) // 2 + 100])
 
-    with pytest.raises(RuntimeError, match="00000.tar is unreadable .* rematerialize image_shards") as error:
+    with pytest.raises(RuntimeError, match=r"00000.tar is unreadable .* rematerialize image_shards") as error:
         score_image_shard(ClipPairsUnit(root, SEGMENT, 0), settings())
     assert "\n" not in str(error.value)
     assert not root.exists(ClipPairsUnit(root, SEGMENT, 0).marker)

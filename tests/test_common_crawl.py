@@ -3,6 +3,7 @@
 import asyncio
 import gzip
 import threading
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -56,24 +57,25 @@ def test_a_download_that_breaks_off_is_retried_until_complete(tmp_path):
     with FlakyMirror({"crawl-data/X/a.wat.gz": WAT_BYTES}, breaks=2) as url:
         source = CrawlSource(url, str(tmp_path), retries=3, backoff_s=0.01)
         with source.local_copy("crawl-data/X/a.wat.gz") as path:
-            assert open(path, "rb").read() == WAT_BYTES
+            assert Path(path).read_bytes() == WAT_BYTES
     assert not list(tmp_path.iterdir())  # the temporary copy is gone afterwards
 
 
 def test_a_download_that_keeps_breaking_fails_with_a_clear_error(tmp_path):
     with FlakyMirror({"a.wat.gz": WAT_BYTES}, breaks=10) as url:
         source = CrawlSource(url, str(tmp_path), retries=1, backoff_s=0.01)
-        with pytest.raises(IncompleteDownload, match="gave up after 2 attempts"):
-            with source.local_copy("a.wat.gz"):
-                pass
+        with pytest.raises(IncompleteDownload, match="gave up after 2 attempts"), source.local_copy("a.wat.gz"):
+            pass
 
 
 def test_a_missing_file_is_not_retried(tmp_path):
     mirror = FlakyMirror({}, breaks=0)
-    with mirror as url:
-        with pytest.raises(CrawlFileMissing, match="404"):
-            with CrawlSource(url, str(tmp_path), retries=3, backoff_s=0.01).local_copy("nope.gz"):
-                pass
+    with (
+        mirror as url,
+        pytest.raises(CrawlFileMissing, match="404"),
+        CrawlSource(url, str(tmp_path), retries=3, backoff_s=0.01).local_copy("nope.gz"),
+    ):
+        pass
     assert mirror.requests == 1
 
 

@@ -122,7 +122,7 @@ def test_a_malformed_uid_is_refused_in_one_line_and_nothing_is_claimed(make_inde
     index = make_index()
     good = uids("good", 3)
     with pytest.raises(ValueError, match="not 32 lowercase hex") as error:
-        index.claim("CC-MAIN-2024-10_00000", good + ["http://not-a-uid"])
+        index.claim("CC-MAIN-2024-10_00000", [*good, "http://not-a-uid"])
     assert "\n" not in str(error.value)
     assert index.count() == 0
 
@@ -176,7 +176,7 @@ def test_the_default_index_is_a_sqlite_file_under_the_data_root(tmp_path):
 
 
 def test_a_remote_data_root_without_a_dedup_url_is_refused_with_what_to_set():
-    with pytest.raises(DedupIndexError, match="set dedup_index.url to a postgresql://"):
+    with pytest.raises(DedupIndexError, match=r"set dedup_index.url to a postgresql://"):
         default_sqlite_url(DataRoot("memory://bucket/cah"))
 
 

@@ -25,7 +25,7 @@ def captured_terminal():
             sys.stdout.flush(), sys.stderr.flush()
             for fd in saved:
                 os.dup2(sink.fileno(), fd)
-            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)  # noqa: SIM115
             yield text
         finally:
             sys.stdout.flush(), sys.stderr.flush()

@@ -216,7 +216,7 @@ def test_a_malformed_nameserver_is_a_one_line_error():
     assert parse_nameserver("127.0.0.1:5353") == "127.0.0.1:5353"
     assert parse_nameserver("[::1]:53") == "[::1]:53"
     assert parse_nameserver("9.9.9.9") == "9.9.9.9"
-    with pytest.raises(ValueError, match="nameserver 'dns.example:53' is not 'ip' or 'ip:port'"):
+    with pytest.raises(ValueError, match=r"nameserver 'dns.example:53' is not 'ip' or 'ip:port'"):
         FetchSettings(nameservers=("dns.example:53",))
     with pytest.raises(ValueError, match="is not 'ip' or 'ip:port'"):
         FetchSettings(nameservers=("127.0.0.1:99999",))

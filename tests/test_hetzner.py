@@ -283,9 +283,9 @@ def test_cli_up_status_down_print_no_token(api, tls, monkeypatch, capsys):
     ]
 
     assert cah_main(up + common) == 1  # the quota stopped it at 1 of 2
-    assert cah_main(["fleet", "status"] + common) == 0
-    assert cah_main(["fleet", "up", "50", *up[3:]] + common) == 2  # over max_servers: refused
-    assert cah_main(["fleet", "down"] + common) == 0
+    assert cah_main(["fleet", "status", *common]) == 0
+    assert cah_main(["fleet", "up", "50", *up[3:], *common]) == 2  # over max_servers: refused
+    assert cah_main(["fleet", "down", *common]) == 0
 
     out = capsys.readouterr()
     assert "quota reached" in out.err and "refusing to run 50 servers" in out.err
@@ -327,6 +327,6 @@ def test_scale_to_grows_then_shrinks_the_fleet_newest_first(api, tls):
 def test_a_refused_token_names_its_project_not_the_token(api, tls):
     api.add_project(TOKEN_A)
 
-    with pytest.raises(FleetError, match="project 2: the API refused its token .* entry 2 of HCLOUD_TOKENS") as error:
+    with pytest.raises(FleetError, match=r"project 2: the API refused its token .* entry 2 of HCLOUD_TOKENS") as error:
         fleet(api, tls, tokens=(TOKEN_A, TOKEN_B)).servers()
     assert TOKEN_B not in str(error.value)

@@ -184,8 +184,19 @@ def fuzz_tdmrep(rng: random.Random) -> bytes:
 
     def location():
         return rng.choice(
-            ["http://[/", "http://h.example:99999/a", "https://h.example/*a*a*a*b", "/*.jpg$", "*", "$", "", "/img"]
-            + [_fuzz_text(rng, 40), "http://" + _fuzz_text(rng, 20), 5, None, ["x"]]
+            [
+                *(
+                    "http://[/",
+                    "http://h.example:99999/a",
+                    "https://h.example/*a*a*a*b",
+                    "/*.jpg$",
+                    "*",
+                    "$",
+                    "",
+                    "/img",
+                ),
+                *(_fuzz_text(rng, 40), "http://" + _fuzz_text(rng, 20), 5, None, ["x"]),
+            ]
         )
 
     entries = [
@@ -202,8 +213,10 @@ def fuzz_image_head(rng: random.Random, body: bytes) -> bytes:
     headers = [("Content-Length", str(len(body)))]
     for _ in range(rng.randint(0, 6)):
         name = rng.choice(
-            ["X-Robots-Tag", "tdm-reservation", "tdm-policy", "Location", "Retry-After", "Content-Type"]
-            + ["Content-Encoding", "Content-Length", "Transfer-Encoding", "X-" + _fuzz_text(rng, 5).strip()]
+            [
+                *("X-Robots-Tag", "tdm-reservation", "tdm-policy", "Location", "Retry-After", "Content-Type"),
+                *("Content-Encoding", "Content-Length", "Transfer-Encoding", "X-" + _fuzz_text(rng, 5).strip()),
+            ]
         )
         raw = _fuzz_bytes(rng, 120).replace(b"\r", b"").replace(b"\n", b"")
         headers.append(

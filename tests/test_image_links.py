@@ -71,7 +71,7 @@ def test_alt_text_whitespace_is_normalized(links):
 
 def test_long_alt_is_truncated_by_default_and_dropped_on_request(links):
     alt = "word " * 1000
-    url, text, truncated = links.check_image_link("a.jpg", alt, PAGE, RULES)
+    _url, text, truncated = links.check_image_link("a.jpg", alt, PAGE, RULES)
     assert truncated and len(text) <= 2000 and text.startswith("word word")
     assert links.check_image_link("a.jpg", alt, PAGE, CandidateFilters(long_alt="drop")) == "alt_too_long"
 

@@ -98,7 +98,7 @@ def test_rows_keep_candidate_order_and_get_stable_keys(downloaded):
 
 
 def test_parquet_has_the_candidate_fields_and_image_facts_only_for_ok_rows(downloaded):
-    root, rows, _, _, _ = downloaded
+    root, _rows, _, _, _ = downloaded
     table = root.read_parquet(f"{segment_folder(root, SEGMENT)}/00000.parquet")
     # The contract's columns and types: the candidate's, then the download's.
     assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in shard_row_schema()]
@@ -128,7 +128,7 @@ def test_stats_and_markers_count_every_status(downloaded):
 
 
 def test_shards_read_back_with_webdataset(downloaded):
-    root, rows, _, _, _ = downloaded
+    root, _rows, _, _, _ = downloaded
     folder = segment_folder(root, SEGMENT)
     ok = {r["key"]: r for r in all_rows(root, SEGMENT) if r["status"] == "ok"}
     tars = sorted(f"{folder}/{n}" for n in root.listdir(folder) if n.endswith(".tar"))
@@ -285,7 +285,7 @@ def test_a_run_killed_mid_segment_resumes_keeping_its_finished_shards(tmp_path):
         folder = segment_folder(root, SEGMENT)
         image_workers = kill_after_first_shard(root, folder)
         # The killed run's image worker processes leave with it rather than lingering as orphans.
-        gone, alive = psutil.wait_procs(image_workers, timeout=20)
+        _gone, alive = psutil.wait_procs(image_workers, timeout=20)
         assert image_workers and alive == []
         done_before = sorted(n for n in root.listdir(folder) if n.endswith(".done"))
         finished = {n: root.read_bytes(f"{folder}/{n}") for n in root.listdir(folder) if f"{n[:5]}.done" in done_before}

@@ -119,7 +119,8 @@ def test_an_image_marked_tdm_reserved_or_blocklisted_is_never_written(downloaded
     root, urls, marker = downloaded
     refused = {r["key"] for r in all_rows(root, SEGMENT) if r["status"] in ("tdm_reserved", "blocklisted_image")}
     tar = next(data for name, data in shard_files(root, SEGMENT).items() if name.endswith(".tar"))
-    written = {name.split(".")[0] for name in tarfile.open(fileobj=io.BytesIO(tar)).getnames()}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        written = {name.split(".")[0] for name in archive.getnames()}
     assert len(refused) == 4 and written and not refused & written
     assert marker["status_counts"]["ok"] == sum(u.expected_status == "ok" for u in urls)
 
@@ -187,9 +188,9 @@ def test_tdmrep_json_entries_match_paths_like_robots_txt_and_skip_malformed_ones
 
 
 def test_a_blocklist_line_that_is_no_digest_is_a_one_line_error(tmp_path):
-    with pytest.raises(ValueError, match="list.txt line 2: .* is not a SHA-256 or MD5 hex digest"):
+    with pytest.raises(ValueError, match=r"list.txt line 2: .* is not a SHA-256 or MD5 hex digest"):
         parse_hash_lines(b"0" * 64 + b"\nhttp://not-a-hash.example/\n", "list.txt")
-    with pytest.raises(FileNotFoundError, match="blocklist .*missing.txt does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"blocklist .*missing.txt does not exist"):
         load_blocklist((str(tmp_path / "missing.txt"),))
 
 

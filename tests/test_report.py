@@ -77,7 +77,7 @@ def test_funnel_table_shows_counts_and_rates_per_category(root):
 def test_similarity_histograms_count_every_scored_pair_in_its_bin_per_category(root):
     facts = collect_facts(root, SEGMENTS)
     assert {c: int(h.sum()) for c, h in facts.similarity.items()} == {"en": 6, "multi": 2}
-    bin_of = lambda value: int(np.searchsorted(SIMILARITY_EDGES, value, side="right")) - 1  # noqa: E731
+    bin_of = lambda value: int(np.searchsorted(SIMILARITY_EDGES, value, side="right")) - 1
     assert facts.similarity["en"][bin_of(0.315)] == 2
     assert facts.similarity["en"][bin_of(0.205)] == 2
     assert facts.similarity["multi"][bin_of(0.265)] == 2
@@ -116,7 +116,7 @@ def test_throughput_adds_items_and_task_seconds_per_stage_and_uses_run_seconds_w
 def test_segments_without_outputs_are_named_and_unfinished_shards_not_counted(root):
     folder = root.path("image_shards", "CC-X_00001")
     root.remove(f"{folder}/00002.done")  # the shard with the last candidate of that segment
-    facts = collect_facts(root, SEGMENTS + ["CC-X_00007"])
+    facts = collect_facts(root, [*SEGMENTS, "CC-X_00007"])
     assert facts.missing == {s: ["CC-X_00007"] for s in STAGES}
     assert sum(facts.funnel["attempted"].values()) == 13
 

@@ -59,10 +59,9 @@ def uploads_in_progress(root: DataRoot) -> list[str]:
 @pytest.mark.parametrize("size", [1000, 3 * PART], ids=["one_part", "multipart"])
 def test_a_write_that_raises_midway_publishes_nothing(s3_root, size):
     path = s3_root.path("image_shards", "x", "00000.tar")
-    with pytest.raises(RuntimeError, match="disk full"):
-        with s3_root.open_atomic(path) as handle:
-            handle.write(b"x" * size)
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), s3_root.open_atomic(path) as handle:
+        handle.write(b"x" * size)
+        raise RuntimeError("disk full")
     assert visible(s3_root, path) == {"listed": [], "exists": False, "head": None}
     assert uploads_in_progress(s3_root) == []  # the multipart upload was aborted, its parts dropped
 
@@ -70,10 +69,9 @@ def test_a_write_that_raises_midway_publishes_nothing(s3_root, size):
 def test_a_write_that_raises_keeps_the_object_it_would_have_replaced(s3_root):
     path = s3_root.path("image_shards", "x", "00000_stats.json")
     s3_root.write_json(path, {"count": 1})
-    with pytest.raises(RuntimeError):
-        with s3_root.open_atomic(path) as handle:
-            handle.write(b"{" * (2 * PART))
-            raise RuntimeError("worker lost")
+    with pytest.raises(RuntimeError), s3_root.open_atomic(path) as handle:
+        handle.write(b"{" * (2 * PART))
+        raise RuntimeError("worker lost")
     assert s3_root.read_json(path) == {"count": 1}
 
 

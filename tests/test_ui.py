@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import ClassVar
 
 import dagster as dg
 import pytest
@@ -52,10 +53,10 @@ PAGE_TIMEOUT_MS = 45_000
 class FlakyCrawlMirror(http.server.SimpleHTTPRequestHandler):
     """Serves a crawl folder; answers 404 once for paths in ``fail_once`` and always for ``missing``."""
 
-    fail_once: set[str] = set()
-    missing: set[str] = set()
+    fail_once: ClassVar[set[str]] = set()
+    missing: ClassVar[set[str]] = set()
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         path = self.path.lstrip("/")
         if path in self.missing or path in self.fail_once:
             self.fail_once.discard(path)
@@ -108,7 +109,7 @@ def browser():
 
 
 def _start(command: list[str], env: dict, log_path: str) -> tuple[subprocess.Popen, object]:
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 - the UI process writes it; closed when it is stopped
     process = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), command[0]), *command[1:]],
         cwd=REPO,

@@ -100,7 +100,7 @@ def check_image_link(src: str, alt: object, base: str, filters: CandidateFilters
     return (*checked.kept[0], bool(checked.truncated))
 
 
-def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: CandidateFilters) -> PageLinks:
+def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: CandidateFilters) -> PageLinks:  # noqa: C901 - one branch per drop reason, in the per-link hot loop
     """``check_image_link`` of every ``(src, alt)`` of one page, sorted into kept pairs and drop reasons.
 
     One loop per page rather than one call per link: this is the stage's innermost loop, and its

@@ -236,7 +236,8 @@ class LoadedClip:
         if not self.tags_known:
             unknown = np.full(len(image_emb), np.nan, dtype=np.float32)
             return [None] * len(image_emb), unknown, unknown.copy()
-        return nsfw_tags(image_emb, self.safe_emb, self.nsfw_emb) + (
+        return (
+            *nsfw_tags(image_emb, self.safe_emb, self.nsfw_emb),
             watermark_scores(image_emb, self.watermark_emb, self.clean_emb),
         )
 
@@ -319,7 +320,7 @@ class OomTally:
         return {"oom_halvings": self.halvings, "oom_alone": self.alone, "decoded_on_cpu": self.decoded_on_cpu}
 
 
-def map_halving_on_oom(
+def map_halving_on_oom(  # noqa: C901 - one loop: submit, halve on OOM, retry, collect
     run: Callable[[int, int], Any],
     n: int,
     loaded: LoadedClip | None = None,
@@ -353,7 +354,7 @@ def map_halving_on_oom(
         hi = min(n, lo + step)
         try:
             results.append(run(lo, hi))
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        except Exception as error:  # only out-of-memory is handled, the rest re-raised
             if not is_out_of_memory(error):
                 raise
             streaks[limit] = 0

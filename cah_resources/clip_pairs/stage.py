@@ -292,7 +292,7 @@ class _ShardScorer:
         """One image the device could not decode alone: PIL here, normalised on the host, scored with its batch."""
         try:
             pixels = loaded.preprocess_jpeg(data)
-        except Exception as error:  # noqa: BLE001 - any undecodable image is recorded, not fatal
+        except Exception as error:  # any undecodable image is recorded, not fatal
             return _Decoded(errors={position: (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))})
         self.oom.count("decoded_on_cpu")
         return _Decoded(positions=[position], parts=[loaded.normalize(pixels[None], "cpu").to(loaded.input_dtype)])
@@ -435,7 +435,7 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
     try:
         images = tvio.decode_jpeg(encoded[lo:hi], mode=mode, device=loaded.device)
         decoded.positions = list(range(lo, hi))
-    except Exception as error:  # noqa: BLE001 - find the bad images one at a time below
+    except Exception as error:  # find the bad images one at a time below
         if is_out_of_memory(error):
             raise
         images = []
@@ -443,7 +443,7 @@ def _decode_slice(loaded: LoadedClip, encoded: list[torch.Tensor], lo: int, hi: 
             try:
                 images += tvio.decode_jpeg([encoded[position]], mode=mode, device=loaded.device)
                 decoded.positions.append(position)
-            except Exception as one:  # noqa: BLE001
+            except Exception as one:
                 if is_out_of_memory(one):
                     raise
                 decoded.errors[position] = (ClipStatus.IMAGE_UNREADABLE, one_line(one, _ERROR_CHARS))

@@ -54,9 +54,11 @@ class CrawlSource:
 
     def file_paths(self, crawl: str, format: str = FORMAT_WAT) -> list[str]:
         """The crawl's WAT (or WARC) file paths (relative to the base), sorted, from its <format>.paths.gz."""
-        with self.local_copy(f"crawl-data/{crawl}/{format}.paths.gz") as path:
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                return sorted(line.strip() for line in handle if line.strip())
+        with (
+            self.local_copy(f"crawl-data/{crawl}/{format}.paths.gz") as path,
+            gzip.open(path, "rt", encoding="utf-8") as handle,
+        ):
+            return sorted(line.strip() for line in handle if line.strip())
 
     @contextmanager
     def local_copy(self, rel_path: str) -> Iterator[str]:

@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -27,7 +27,7 @@ MAX_GZIP_MEMBERS = 64
 ENCODINGS = ("gzip", "deflate", "br") if brotli is not None else ("gzip", "deflate")
 # Only what read_body decodes is asked for; aiohttp's own decoding is off (it inflated whole
 # chunks at once before 3.13.3, so a bomb's size was seen only after it sat in memory).
-REQUEST_OPTIONS = {"auto_decompress": False, "headers": {"Accept-Encoding": ", ".join(ENCODINGS)}}
+REQUEST_OPTIONS: dict[str, Any] = {"auto_decompress": False, "headers": {"Accept-Encoding": ", ".join(ENCODINGS)}}
 
 
 class BodyBudget(Protocol):

@@ -25,6 +25,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from aiohttp import web
@@ -238,7 +239,11 @@ class LocalImageWeb:
     LocalDns answering each uncached lookup after ``dns_latency`` seconds, on ``dns_listen`` too).
     """
 
-    assumed_fetch_limits = {"retries": ">= 1", "max_redirects": "3..11", "max_body_bytes": "< 25 MB"}
+    assumed_fetch_limits: ClassVar[dict[str, str]] = {
+        "retries": ">= 1",
+        "max_redirects": "3..11",
+        "max_body_bytes": "< 25 MB",
+    }
 
     def __init__(
         self,
@@ -325,7 +330,7 @@ class LocalImageWeb:
             self._photos[variant] = photo
         return self._photos[variant]
 
-    def _make_body(self, kind: str, variant: int) -> bytes:
+    def _make_body(self, kind: str, variant: int) -> bytes:  # noqa: C901 - a fake web's table of body kinds
         seed = self.seed * 1000 + variant
         photo = self._photo(variant)
         if kind in ("png", "png_alpha", "gif") and max(photo.size) > MAX_LOSSLESS_SIDE:
@@ -480,7 +485,7 @@ class LocalImageWeb:
             self._in_flight[host] -= 1
             self._in_flight_total -= 1
 
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:  # noqa: C901 - a fake web's table of routes and faults
         path = request.path
         self.requests[path] += 1
         self.request_times[path].append(time.monotonic())

@@ -191,7 +191,7 @@ def parse_image_name(stem: str) -> tuple[int, int] | None:
     return COLORS["en"].index(parts[0]), SHAPES["en"].index(parts[1])
 
 
-def _image_link(rng, kind, page, ids, image_base, mismatch_rate=0.0, missing_rate=0.0):
+def _image_link(rng, kind, page, ids, image_base, mismatch_rate=0.0, missing_rate=0.0):  # noqa: C901 - one branch per kind of link the sample holds
     """One IMG@/src link of ``kind``: the link, the expected (url, text) or None, and its facts."""
     """One IMG@/src link of ``kind``: the link, the expected (url, text) or None, and its language."""
     n = next(ids)
@@ -260,7 +260,7 @@ def _image_link(rng, kind, page, ids, image_base, mismatch_rate=0.0, missing_rat
     return link, (expected_url, " ".join(text.split())), (language, color, shape, matches, not missing)
 
 
-def generate_crawl(
+def generate_crawl(  # noqa: C901 - the sample crawl's records in file order
     root: str,
     crawl: str = "CC-MAIN-SAMPLE",
     wat_files: int = 3,

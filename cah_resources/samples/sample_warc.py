@@ -176,7 +176,7 @@ class _Page:
         name = image_name(*shown, next(self.ids), missing)
         return caption(language, color, shape), language, color, shape, shown == (color, shape), not missing, name
 
-    def img(self, kind: str, earlier: list) -> str:
+    def img(self, kind: str, earlier: list) -> str:  # noqa: C901 - one branch per kind of image the sample holds
         """The HTML of one image of ``kind``; its truth recorded."""
         rng = self.rng
         if kind == REPEAT_KIND:

@@ -184,7 +184,7 @@ def write_image_shard(root, segment: str, shard: int, samples: list[ShardSample]
             if ok and sample.image is not None:
                 try:
                     width, height = Image.open(io.BytesIO(sample.image)).size
-                except Exception:  # noqa: BLE001 - corrupt test images have no size
+                except Exception:  # corrupt test images have no size
                     width = height = None
             row = {
                 "uid": uid,
