@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from cah_assets.partitions import segments
+from cah_assets.partitions import SEGMENTS, segments
 from cah_assets.policies import MAX_IN_FLIGHT
 from cah_assets.resources import CommonCrawl, CrawlDiscovery, SegmentFlow, StorageResource
 from cah_resources.contract import STAGES, stage_assets
@@ -44,8 +44,8 @@ def crawl_discovery_sensor(
         )
     except CrawlListError as error:
         return dg.SkipReason(str(error))
-    budget, new_keys, notes = crawl_discovery.segments_per_tick, [], []
-    known = set(context.instance.get_dynamic_partitions(segments.name))
+    budget, new_keys, notes = crawl_discovery.segments_per_tick, list[str](), list[str]()
+    known = set(context.instance.get_dynamic_partitions(SEGMENTS))
     for crawl in crawls:
         if budget <= 0:
             break
@@ -102,7 +102,7 @@ def segment_schedule(cron: str = SEGMENT_CRON, max_in_flight: int = MAX_IN_FLIGH
     def _segment_schedule(
         context: dg.ScheduleEvaluationContext, segment_flow: SegmentFlow
     ) -> list[dg.RunRequest] | dg.SkipReason:
-        keys = context.instance.get_dynamic_partitions(segments.name)
+        keys = list(context.instance.get_dynamic_partitions(SEGMENTS))
         status = pipeline_status(context.instance, keys, list(STAGES))
         chosen, running = next_segments(
             keys,

@@ -1,5 +1,7 @@
 """Dataset-level assets: the release parquet and the report of every registered crawl."""
 
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -50,7 +52,10 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
 def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Kept pairs of every materialized segment in LAION's columns, as bounded parquet files per crawl."""
     root = storage.data_root()
-    crawls, categories, nsfw, embedded = [], [], [], 0
+    crawls: list[dict[str, Any]] = []
+    categories: list[dict[str, Any]] = []
+    nsfw: list[dict[str, Any]] = []
+    embedded = 0
     for crawl, keys in crawls_to_roll_up(root, config).items():
         finished = finished_clip_pairs_shards(root, keys)
         summary = build_release(root, keys, release_dir(root, crawl), finished=finished)
@@ -108,10 +113,11 @@ def stage_run_seconds(instance: dg.DagsterInstance, stage: str, keys: list[str])
     for record in records:  # newest first
         partition = record.partition_key or ""
         latest.setdefault(partition, record)
-    per_run = {}
+    per_run: dict[str, float] = {}
     for record in latest.values():
-        seconds = record.asset_materialization.metadata.get("seconds")
-        if seconds is not None:
+        materialization = record.asset_materialization
+        seconds = materialization.metadata.get("seconds") if materialization is not None else None
+        if seconds is not None and isinstance(seconds.value, (int, float)):
             per_run[record.run_id] = float(seconds.value)
     return sum(per_run.values()) if per_run else None
 

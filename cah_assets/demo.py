@@ -171,7 +171,8 @@ def run_pipeline(
         sample = generate_demo_crawl(crawl_dir, web, crawl, wat_files, pages_per_file, seed)
         warc_sample = generate_demo_warc_crawl(crawl_dir, web, warc_files, pages_per_file, seed) if warc_files else None
         defs = build_definitions(deployment)
-        common_crawl, storage = defs.resources["common_crawl"], defs.resources["storage"]
+        resources = defs.resources or {}
+        common_crawl, storage = resources["common_crawl"], resources["storage"]
         registration, _ = register_and_add(instance, common_crawl, storage, crawl, files_per_segment=2)
         keys = registration.keys()
         registered = f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files"
@@ -204,7 +205,7 @@ def run_pipeline(
         if not result.success:
             raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
         say(f"4/4 {run_summary(result, ('release',))[0]}")
-    root = defs.resources["storage"].data_root()
+    root = storage.data_root()
     seconds = time.perf_counter() - started
     return DemoResult(sample, root, keys, instance, seconds, deployment, warc_sample, warc_keys)
 

@@ -5,7 +5,7 @@ import requests
 from hcloud import APIException
 
 from cah_assets.automation import in_flight, pipeline_status
-from cah_assets.partitions import segments
+from cah_assets.partitions import SEGMENTS
 from cah_assets.resources import HetznerFleet
 from cah_resources.contract import CANDIDATES, IMAGE_SHARDS
 from cah_resources.fleet.hetzner import servers_for_backlog
@@ -17,7 +17,7 @@ CPU_STAGES = (CANDIDATES, IMAGE_SHARDS)
 
 def segments_in_flight(instance: dg.DagsterInstance) -> int:
     """Segments with a CPU stage queued or running: the backlog the runners are there to clear."""
-    keys = instance.get_dynamic_partitions(segments.name)
+    keys = list(instance.get_dynamic_partitions(SEGMENTS))
     status = pipeline_status(instance, keys, list(CPU_STAGES))
     return len(in_flight(status))
 

@@ -80,6 +80,7 @@ class CappedCondition(dg.AutomationCondition):
     def children(self) -> list[dg.AutomationCondition]:
         return [self.operand, dg.AutomationCondition.run_in_progress()]
 
+    # Dagster awaits evaluate() and its own operators define it async, but the base class declares it sync.
     async def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
         view = context.asset_graph_view
         wanted = await context.for_child_condition(
@@ -89,11 +90,12 @@ class CappedCondition(dg.AutomationCondition):
             self.children[1], child_indices=[1], candidate_subset=view.get_full_subset(key=context.key)
         ).evaluate_async()
         room = max(0, min(self.per_tick, self.in_flight - running.true_subset.size))
-        if not wanted.true_subset.is_partitioned:
+        partitions_def = context.partitions_def
+        if not wanted.true_subset.is_partitioned or partitions_def is None:
             allowed = wanted.true_subset if room else view.get_empty_subset(key=context.key)
         else:
             keys = sorted(wanted.true_subset.expensively_compute_partition_keys())[:room]
-            allowed = view.get_subset_from_partition_keys(context.key, context.partitions_def, set(keys))
+            allowed = view.get_subset_from_partition_keys(context.key, partitions_def, set(keys))
         return dg.AutomationResult(context, allowed, child_results=[wanted, running])
 
 

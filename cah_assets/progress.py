@@ -57,7 +57,7 @@ def _checks_line(result: dg.ExecuteInProcessResult, stage: str) -> str:
 def run_summary(result: dg.ExecuteInProcessResult, stages: tuple[str, ...]) -> list[str]:
     """One line per stage of the run: its counts, rate, seconds and checks; or that it did not materialize."""
     events = result.get_asset_materialization_events()
-    materialized = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
+    materialized = {e.materialization.asset_key.to_user_string(): e.materialization.metadata for e in events}
     lines = []
     for stage in stages:
         meta = materialized.get(stage)

@@ -80,7 +80,8 @@ class SegmentOutputs:
 def segment_outputs(root: DataRoot, segment: str) -> SegmentOutputs:
     candidates = root.read_parquet(output_paths(root, segment)[0], columns=["uid"]).column("uid").to_pylist()
     shards, kept = stage_folder(root, IMAGE_SHARDS, segment), kept_folder(root, segment)
-    rows, members = [], []
+    rows: list[tuple[str, str]] = []
+    members: list[str] = []
     for name in root.listdir(shards):
         if name.endswith(".parquet"):
             table = root.read_parquet(f"{shards}/{name}", columns=["uid", "status"])
@@ -223,13 +224,15 @@ def run_one_machine(
             "image_downloader": downloader(),
         },
     )
+    resources = defs.resources or {}
     with dg.DagsterInstance.ephemeral() as instance:
         registration, _ = register_and_add(
-            instance, defs.resources["common_crawl"], defs.resources["storage"], crawl, files_per_segment=2
+            instance, resources["common_crawl"], resources["storage"], crawl, files_per_segment=2
         )
-        _run_segments(defs, instance, registration.keys(), say, "one machine")
+        keys = registration.keys()
+        _run_segments(defs, instance, keys, say, "one machine")
     root = StorageResource(root=str(data_dir)).data_root()
-    return {key: segment_outputs(root, key) for key in registration}
+    return {key: segment_outputs(root, key) for key in keys}
 
 
 def _killer(address: str, tls: Path, box: dict) -> Callable[[], Callable[[], None]]:
@@ -326,10 +329,10 @@ def run_rehearsal(
             environment(
                 {
                     "DAGSTER_HOME": str(home),
-                    "DAGSTER_PG_HOST": POSTGRES["host"],
+                    "DAGSTER_PG_HOST": str(POSTGRES["host"]),
                     "DAGSTER_PG_PORT": str(POSTGRES["port"]),
                     "DAGSTER_PG_DB": database,
-                    "DAGSTER_PG_USERNAME": POSTGRES["user"],
+                    "DAGSTER_PG_USERNAME": str(POSTGRES["user"]),
                     "DAGSTER_PG_PASSWORD": "",
                     "CAH_COMPUTE_MODE": "remote",
                     "CAH_SCHEDULER_ADDRESS": address,
@@ -348,10 +351,9 @@ def run_rehearsal(
         instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
         # Only what the demo changes for the local web and the offline models; the rest is the fleet's default set.
         defs = build_definitions(Deployment(), {"image_downloader": downloader(), "clip_scorer": ClipScorer.tiny()})
-        storage = defs.resources["storage"]
-        registration, _ = register_and_add(
-            instance, defs.resources["common_crawl"], storage, crawl, files_per_segment=2
-        )
+        resources = defs.resources or {}
+        storage = resources["storage"]
+        registration, _ = register_and_add(instance, resources["common_crawl"], storage, crawl, files_per_segment=2)
         keys = registration.keys()
         box: dict = {}
         _run_segments(defs, instance, keys, say, "4/5 cluster", during_first=_killer(address, tls, box))
@@ -396,7 +398,7 @@ def run_rehearsal(
 
 def describe(outcome: RehearsalResult) -> list[str]:
     """The verdict in a few lines: what matched, what was killed, what was refused, how long it took."""
-    rows = Counter()
+    rows: Counter[str] = Counter()
     for outputs in outcome.cluster.values():
         rows["candidates"] += len(outputs.candidates)
         rows["shard rows"] += len(outputs.shard_rows)

@@ -34,7 +34,7 @@ def _as_list_type(kind: Any) -> Any:
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
         if len(args) == 2 and args[1] is Ellipsis:
-            return list[args[0]]  # type: ignore[valid-type]
+            return list[args[0]]  # type: ignore[valid-type]  # a type built at run time
     return kind
 
 

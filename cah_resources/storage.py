@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -10,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import pyarrow as pa
@@ -110,7 +109,7 @@ class DataRoot:
             self.fs.rm(path, recursive=True)
 
     @contextmanager
-    def open_atomic(self, path: str, mode: str = "wb") -> Iterator[io.IOBase]:
+    def open_atomic(self, path: str, mode: str = "wb") -> Iterator[IO[Any]]:
         """Write ``path`` so that readers see the old file or the whole new one, never a part.
 
         Local files go to a temporary name beside the target and are renamed. Object stores
@@ -165,7 +164,7 @@ class DataRoot:
 
 
 @contextmanager
-def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
+def _local_atomic(local_path: str, mode: str) -> Iterator[IO[Any]]:
     tmp = f"{local_path}{TEMPORARY}{writer_id()}"  # one writer's own: two writers of a file never meet
     try:
         # A large buffer: shard tars are written a sample (tens of KB) at a time.
@@ -180,7 +179,7 @@ def _local_atomic(local_path: str, mode: str) -> Iterator[io.IOBase]:
 
 
 @contextmanager
-def _moved_atomic(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[io.IOBase]:
+def _moved_atomic(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[IO[Any]]:
     tmp = f"{path}{TEMPORARY}{writer_id()}"
     try:
         with fs.open(tmp, mode) as handle:

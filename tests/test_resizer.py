@@ -216,7 +216,7 @@ def test_negative_cost_limits_are_refused(field):
 def test_a_16_bit_png_under_max_pixels_is_refused_by_its_decode_memory():
     big = sixteen_bit_png(9400)
     out = process_image(big, ResizeSettings())
-    assert len(big) < 500_000 and 9400 * 9400 < ResizeSettings().max_pixels
+    assert len(big) < 500_000 and ResizeSettings().max_pixels > 9400 * 9400
     assert out.status == "too_costly" and "I;16" in out.error_message and "MiB to decode" in out.error_message
     small = process_image(sixteen_bit_png(2000), ResizeSettings(image_size=64))
     assert small.status == "ok" and (small.original_width, small.original_height) == (2000, 2000)

@@ -153,10 +153,11 @@ def check_image_links(images: Iterable[tuple[str, object]], base: str, filters: 
                 plain, plain_known = _plain_base(base), True
             resolved = _resolve_relative(src, plain) if plain is not None else None
         if resolved is None:
-            resolved = _resolve_any_url(src, base)
-            if isinstance(resolved, str):  # a DropReason
-                dropped.append(resolved)
+            fallback = _resolve_any_url(src, base)
+            if isinstance(fallback, str):  # a DropReason
+                dropped.append(fallback)
                 continue
+            resolved = fallback
         url, host, path = resolved
         if len(url) > max_url:  # a short relative src on a long base
             dropped.append(_URL_TOO_LONG)

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from cah_resources.blocklists import Blocklist, blocklist
 from cah_resources.candidates.image_links import CandidateFilters, base_url_of, check_image_links
-from cah_resources.candidates.language import LanguageDetector
+from cah_resources.candidates.language import Language, LanguageDetector
 from cah_resources.candidates.wat import MAX_RECORD_BYTES, iter_pages
 from cah_resources.contract import (
     CANDIDATES_SCHEMA,
@@ -104,7 +104,7 @@ def collect_pairs(
 
 def label_pairs(pairs: dict[tuple[str, str], Origin], source_file: str, detector: LanguageDetector) -> pa.Table:
     """The pairs as candidate rows; gcld3 runs once per distinct text, never on dropped links."""
-    languages = {}
+    languages: dict[str, Language] = {}
     columns: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
     for (url, text), (page_url, attribute) in pairs.items():
         language = languages.get(text)

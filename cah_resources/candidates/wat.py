@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -248,7 +248,8 @@ def _page_of(body: bytes, record, stats: CandidatesStats) -> Page | None:
             stats.damage[Damage.NON_UTF8] += 1
             return None
     try:
-        envelope = _decode_record(body).Envelope
+        # Any: a missing part is None, and its AttributeError sends the record to the slow path below.
+        envelope: Any = _decode_record(body).Envelope
         html = envelope.payload.response.html
         page_url = envelope.header.target_uri
     except RecursionError:
@@ -311,7 +312,7 @@ def _page_of_any_shape(body: bytes, record, stats: CandidatesStats) -> Page | No
 
 def _page(page_url: str, base: object, links: list[tuple[object, object]], stats: CandidatesStats) -> Page:
     """A page from its ``IMG@/src`` (src, alt) pairs; a src that is not text is a malformed link."""
-    images = [link for link in links if link[0].__class__ is str]
+    images = cast(list[tuple[str, object]], [link for link in links if link[0].__class__ is str])
     if len(images) < len(links):
         stats.damage[Damage.LINK] += len(links) - len(images)
     stats.html_pages += 1

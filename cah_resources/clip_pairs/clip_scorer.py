@@ -147,7 +147,7 @@ class LoadedClip:
     def pil_steps(self) -> list[Callable[[Image.Image], Image.Image]]:
         """open_clip's preprocessing up to the tensor conversion: resize, crop (or pad), mode."""
         transforms = getattr(self.preprocess, "transforms", [])
-        steps = []
+        steps: list[Callable[[Image.Image], Image.Image]] = []
         for step in transforms:
             if "ToTensor" in type(step).__name__:
                 return steps
@@ -160,7 +160,7 @@ class LoadedClip:
         Conversion to float and normalisation wait for the whole batch (``normalize``): per image,
         torch's threaded kernels on such small tensors cost ten times the decode itself.
         """
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         # JPEG can decode straight to a reduced scale: much faster for big pictures and the
         # resize below brings them to the model's size anyway.
         image.draft("RGB", (self.image_size * 2, self.image_size * 2))
@@ -395,13 +395,15 @@ def _softmax_over_prompts(image_emb: torch.Tensor, prompts: torch.Tensor) -> tor
     return (TAG_LOGIT_SCALE * image_emb @ prompts.T).softmax(dim=-1)
 
 
-def nsfw_tags(image_emb: torch.Tensor, safe_emb: torch.Tensor, nsfw_emb: torch.Tensor) -> tuple[list[str], np.ndarray]:
+def nsfw_tags(
+    image_emb: torch.Tensor, safe_emb: torch.Tensor, nsfw_emb: torch.Tensor
+) -> tuple[list[str | None], np.ndarray]:
     """LAION's zero-shot NSFW tag per image and the probability mass on the NSFW prompts."""
     probs = _softmax_over_prompts(image_emb, torch.cat([safe_emb, nsfw_emb]))
     n_safe = len(safe_emb)
     top2 = probs.topk(min(2, probs.shape[1]), dim=-1).indices >= n_safe
     hits = top2.sum(dim=-1).tolist()
-    labels = ["NSFW" if h == top2.shape[1] else "UNLIKELY" if h == 0 else "UNSURE" for h in hits]
+    labels: list[str | None] = ["NSFW" if h == top2.shape[1] else "UNLIKELY" if h == 0 else "UNSURE" for h in hits]
     return labels, probs[:, n_safe:].sum(dim=-1).cpu().numpy().astype(np.float32)
 
 

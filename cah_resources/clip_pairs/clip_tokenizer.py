@@ -51,7 +51,7 @@ def build_clip_bpe(bpe_path: str, context_length: int = 77, *, pre_split: bool =
 
     with gzip.open(bpe_path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")[1 : _MERGES_USED + 1]
-    merges = [tuple(line.split()) for line in lines]
+    merges = [(first, second) for first, second in (line.split() for line in lines)]
     symbols = list(_bytes_to_unicode().values())
     vocab = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(m) for m in merges), START_OF_TEXT, END_OF_TEXT]
     ids = {token: i for i, token in enumerate(vocab)}
@@ -111,7 +111,8 @@ class ClipBpeTokenizer:
         if context_length not in (None, self.context_length):
             raise ValueError(f"this tokenizer was built for context length {self.context_length}, not {context_length}")
         ids = np.zeros((len(texts), self.context_length), dtype=np.int64)
-        plain, other = [], []
+        plain: list[int] = []
+        other: list[int] = []
         for i, text in enumerate(texts):
             (other if _NEEDS_PYTHON.search(text) else plain).append(i)
         if plain:

@@ -145,7 +145,7 @@ class _Decoded:
 
     positions: list[int] = field(default_factory=list)
     parts: list[torch.Tensor] = field(default_factory=list)
-    errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (clip_status, detail)
+    errors: dict[int, tuple[ClipStatus, str]] = field(default_factory=dict)  # position -> (clip_status, detail)
 
 
 @dataclass
@@ -299,7 +299,7 @@ class _ShardScorer:
 
     def collect(
         self, pending: _Pending
-    ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, dict[int, tuple[str, str]]]:
+    ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, dict[int, tuple[ClipStatus, str]]]:
         """A finished batch's rows that decoded, their pixels (in parts), their tokens, and the others' errors."""
         batch = pending.batch
         if pending.on_device is not None:

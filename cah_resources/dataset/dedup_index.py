@@ -119,7 +119,7 @@ def _uid_bytes(uid: str) -> bytes:
     return bytes.fromhex(uid)
 
 
-def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -170,7 +170,7 @@ class DedupIndex:
         with self._session() as session:
             segment_id = session.segment_id(segment_key)
             for batch in _batches(encoded, self.batch_size):
-                rows = session.in_write_transaction(lambda batch=batch: session.claim_batch(segment_id, batch))
+                rows = session.in_write_transaction(functools.partial(session.claim_batch, segment_id, batch))
                 owned.update(uid.hex() for uid in rows)
         return owned
 
@@ -183,7 +183,7 @@ class DedupIndex:
         encoded = [_uid_bytes(u) for u in unique]
         with self._session() as session:
             for batch in _batches(encoded, self.batch_size):
-                rows = session.in_read_transaction(lambda batch=batch: session.owners_batch(batch))
+                rows = session.in_read_transaction(functools.partial(session.owners_batch, batch))
                 found.update((bytes(uid).hex(), key) for uid, key in rows)
         return found
 
@@ -227,10 +227,11 @@ def _check_segment_key(segment_key: str) -> None:
 class _Session(ABC):
     """One connection to the index; subclasses hold what differs between SQLite and Postgres."""
 
+    conn: sa.Connection  # opened by each dialect's __init__
+
     def __init__(self, index: DedupIndex) -> None:
         self.index = index
         self.metadata, self.claims, self.segments, self.batch = _tables(index.table)
-        self.conn: sa.Connection | None = None
 
     def connect(self) -> None:
         try:
@@ -262,8 +263,7 @@ class _Session(ABC):
         """Finish a statement run outside a transaction (Postgres opens one implicitly)."""
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        self.conn.close()
 
     def execute(self, statement: str, **params: Any) -> sa.CursorResult:
         """``statement`` with ``:name`` parameters, in the connection's own parameter style."""
@@ -278,10 +278,11 @@ class _Session(ABC):
                 f"INSERT INTO {self.segments.name} (segment_key) VALUES (:key) ON CONFLICT (segment_key) DO NOTHING",
                 key=segment_key,
             )
-            row = self.execute(
-                f"SELECT id FROM {self.segments.name} WHERE segment_key = :key", key=segment_key
-            ).fetchone()
-            return int(row[0])
+            return int(
+                self.execute(
+                    f"SELECT id FROM {self.segments.name} WHERE segment_key = :key", key=segment_key
+                ).scalar_one()
+            )
 
         return self.in_write_transaction(lookup)
 
@@ -336,15 +337,15 @@ class _Session(ABC):
 
     def count(self, segment_key: str | None) -> int:
         if segment_key is None:
-            row = self.execute(f"SELECT COUNT(*) FROM {self.claims.name}").fetchone()
+            n = self.execute(f"SELECT COUNT(*) FROM {self.claims.name}").scalar_one()
         else:
-            row = self.execute(
+            n = self.execute(
                 f"SELECT COUNT(*) FROM {self.claims.name} c CROSS JOIN {self.segments.name} s "
                 "WHERE s.segment_key = :key AND c.segment_id = s.id",
                 key=segment_key,
-            ).fetchone()
+            ).scalar_one()
         self.end_read()
-        return int(row[0])
+        return int(n)
 
     def drop_tables(self) -> None:
         self.metadata.drop_all(self.conn, checkfirst=True)
@@ -375,7 +376,7 @@ class _SqliteSession(_Session):
         once rather than waiting, so the first openers of a new index retry until one has won."""
 
         def switch() -> None:
-            if self.conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() != "wal":
+            if self.conn.exec_driver_sql("PRAGMA journal_mode").scalar_one().lower() != "wal":
                 self.conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
         def is_locked(exc: BaseException) -> bool:

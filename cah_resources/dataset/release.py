@@ -205,7 +205,9 @@ def build_release(
     shards, missing, unfinished = finished or finished_clip_pairs_shards(root, segment_keys)
     build = _build_id(shards, rows_per_file)
     summary = ReleaseSummary(build=build, missing_segments=missing, unfinished_shards=unfinished)
-    counters = {name: Counter() for name in ("by_category", "by_nsfw", "by_language", "by_segment")}
+    counters: dict[str, Counter[str]] = {
+        name: Counter() for name in ("by_category", "by_nsfw", "by_language", "by_segment")
+    }
 
     def kept_tables() -> Iterator[pa.Table]:
         for shard in shards:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -327,12 +328,12 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _legend_outside(axes) -> None:
+def _legend_outside(axes: Axes) -> None:
     # Right of the plot area (savefig's bbox_inches="tight" widens the image for it): it covers no data.
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
-def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
+def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
     # Figure without pyplot: no global state, so workers and threads can draw side by side.
     figure = Figure(figsize=(width, height))
     return figure, figure.add_subplot()

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker, as_completed
 from distributed.comm.core import CommClosedError
@@ -105,6 +105,24 @@ class DaskCompute:
     inherits it, ``cah_assets.resources.ComputeResource``.
     """
 
+    if TYPE_CHECKING:  # the fields of ComputeSettings, and the cluster a Dagster run keeps
+        mode: str
+        n_workers: int
+        threads_per_worker: int
+        processes: bool
+        memory_limit: str
+        scheduler_address: str
+        task_retries: int
+        local_gpus: int
+        processes_per_gpu: int
+        allow_cpu_fallback: bool
+        tls_ca_file: str
+        tls_cert_file: str
+        tls_key_file: str
+        connect_timeout_s: float
+        _keep_cluster: bool
+        _cluster: SpecCluster | None
+
     @property
     def resolved_mode(self) -> str:
         return self.mode or os.environ.get(MODE_ENV) or "local"
@@ -127,7 +145,7 @@ class DaskCompute:
         total = max(self.n_workers or os.cpu_count() or 1, gpus)
         memory_limit = parse_memory_limit(self.memory_limit, 1, total, logger=log)
         protocol, host = ("tcp://", "127.0.0.1") if self.processes else ("inproc://", None)
-        base = {
+        base: dict[str, Any] = {
             "nthreads": self.threads_per_worker,
             "memory_limit": memory_limit,
             "host": host,
@@ -250,9 +268,9 @@ class DaskCompute:
             results: list[UnitResult | None] = [None] * len(units)
             for done, (future, value) in enumerate(as_completed(futures, with_results=True), 1):
                 i = position[future.key]
-                results[i] = UnitResult(units[i], value)
+                results[i] = result = UnitResult(units[i], value)
                 if on_result is not None:
-                    on_result(results[i], done, len(units))
+                    on_result(result, done, len(units))
             if on_progress is not None:
                 client.unsubscribe_topic(PROGRESS_TOPIC)
         return [r for r in results if r is not None]

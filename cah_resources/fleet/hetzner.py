@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +43,10 @@ class Project:
         return f"project {self.number}"
 
 
-def load_projects(environ: dict[str, str] | None = None) -> list[Project]:
+def load_projects(environ: Mapping[str, str] | None = None) -> list[Project]:
     """Projects from ``HCLOUD_TOKENS`` (comma/space-separated ``TOKEN`` or ``TOKEN:MAX``), else ``HCLOUD_TOKEN``."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get(TOKENS_ENV) or environ.get(TOKEN_ENV) or ""
+    env = os.environ if environ is None else environ
+    raw = env.get(TOKENS_ENV) or env.get(TOKEN_ENV) or ""
     projects = []
     for number, entry in enumerate(raw.replace(",", " ").split(), 1):
         token, _, cap = entry.partition(":")

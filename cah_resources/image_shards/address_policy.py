@@ -112,9 +112,10 @@ def _address_refusal(policy: AddressPolicy, address: str) -> str | None:
     # Every answer is judged twice per URL (the downloader's lookup, then aiohttp's); parsing it
     # each time cost ~40 us a URL. Hosts of the real web share a far smaller set of addresses (CDNs).
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    candidates = [ip]
-    if isinstance(ip, ipaddress.IPv6Address) and _embedded_ipv4(ip) is not None:
-        candidates.append(_embedded_ipv4(ip))
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    if embedded is not None:
+        candidates.append(embedded)
     if any(c.version == net.version and c in net for c in candidates for net in policy.allowed):
         return None
     if not policy.block_private:

@@ -8,7 +8,7 @@ import ipaddress
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiodns
 from aiodns import error as ares
@@ -106,7 +106,7 @@ class DnsStats:
     seconds: float = 0.0  # summed duration of the lookups sent
     peak_in_flight: int = 0
     hedged: int = 0  # lookups whose query was sent again after HEDGE_AFTER_S without an answer
-    failures: Counter | None = None
+    failures: Counter[str] = field(default_factory=Counter)  # per DownloadStatus
 
     def as_totals(self) -> ShardStats:
         """These lookups as a shard's stats (the dns_* stats of its NNNNN_stats.json and marker)."""
@@ -114,7 +114,7 @@ class DnsStats:
             dns_lookups=self.lookups,
             dns_cache_hits=self.cache_hits,
             dns_coalesced=self.coalesced,
-            dns_failures=Counter(self.failures or {}),
+            dns_failures=Counter(self.failures),
             dns_seconds=round(self.seconds, 3),
             dns_peak_in_flight=self.peak_in_flight,
             dns_hedged=self.hedged,
@@ -157,7 +157,7 @@ class CachingResolver(AbstractResolver):
         self._cache: dict[tuple[str, int], tuple[float, list[tuple[str, int]] | DnsLookupError]] = {}
         self._in_flight: dict[tuple[str, int], asyncio.Task] = {}
         self._running = 0
-        self.stats = DnsStats(failures=Counter())
+        self.stats = DnsStats()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -174,7 +174,7 @@ class CachingResolver(AbstractResolver):
             task = self._in_flight.get(key)
             if task is None:
                 task = self._in_flight[key] = asyncio.create_task(self._lookup(host, key))
-                task.add_done_callback(lambda _t, key=key: self._in_flight.pop(key, None))
+                task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
             else:
                 self.stats.coalesced += 1
             # Shielded: one URL giving up (its task cancelled) does not cancel the lookup others await.
@@ -196,7 +196,7 @@ class CachingResolver(AbstractResolver):
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.timeout + 0.5):
-                    result = await self._query_hedged(host, key[1])
+                    result = await self._query_hedged(host, socket.AddressFamily(key[1]))
             except ares.DNSError as exc:
                 errno = exc.args[0] if exc.args else None
                 status, reason, cached = _ARES_ERRORS.get(
@@ -220,7 +220,7 @@ class CachingResolver(AbstractResolver):
         ttl = min((node.ttl for node in result.nodes), default=0)
         return self._remember(key, answers, min(max(ttl, self.min_ttl), self.max_ttl))
 
-    async def _query_hedged(self, host: str, family: int):
+    async def _query_hedged(self, host: str, family: socket.AddressFamily):
         """getaddrinfo, sent again if no answer came within HEDGE_AFTER_S; the first answer wins.
 
         A lost UDP packet would otherwise cost the whole timeout, and c-ares's own retry drops a

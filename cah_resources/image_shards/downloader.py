@@ -128,11 +128,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _cause_chain(exc: BaseException) -> list[BaseException]:
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        chain.append(link)
+        link = getattr(link, "os_error", None) or link.__cause__ or link.__context__
     return chain
 
 
@@ -217,11 +219,12 @@ class _Slots:
 @contextmanager
 def _paused(deadline: asyncio.Timeout | None) -> Iterator[None]:
     """Stop a request's deadline for the block (a lookup, a wait for a host's rules), then give back what was left."""
-    if deadline is None:
+    when = deadline.when() if deadline is not None else None
+    if deadline is None or when is None:
         yield
         return
     loop = asyncio.get_running_loop()
-    left = deadline.when() - loop.time()
+    left = when - loop.time()
     deadline.reschedule(None)
     try:
         yield
@@ -252,7 +255,7 @@ class Downloader:
             limit_per_host=s.per_host_connections + (1 if checks else 0),
             use_dns_cache=False,  # CachingResolver caches, with TTLs and negative answers
             resolver=self._resolver,
-            ssl=None if s.verify_tls else False,
+            ssl=bool(s.verify_tls),  # True: aiohttp's default verification
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -319,7 +322,7 @@ class Downloader:
         body_budget.set(None)  # nor its memory claim
         s = self.settings
         try:
-            await self._lookup(url.raw_host, url.port or 0)
+            await self._lookup(url.raw_host or "", url.port or 0)
             async with self._site_slots, asyncio.timeout(s.total_timeout) as deadline:  # timers start with the request
                 result = await self._follow_redirects(url, deadline, site_file=True)
         except Exception as exc:
@@ -363,7 +366,8 @@ class Downloader:
             else:
                 if not judged and self.opt_outs is not None:
                     judged = True
-                    refusal = await self.opt_outs.refusal(parsed)  # before any slot: it may wait for robots.txt
+                    # before any slot: it may wait for robots.txt
+                    refusal = await self.opt_outs.refusal(parsed) if parsed is not None else None
                     if refusal is not None:
                         return Fetched(refusal.status, error_message=refusal.message, final_url=url)
                 site = f"{host}:{parsed.port if parsed is not None else ''}"
@@ -415,22 +419,24 @@ class Downloader:
         pin_answer(host, port, answers)
 
     async def _follow_redirects(
-        self, url: str, deadline: asyncio.Timeout | None = None, site_file: bool = False
+        self, url: str | URL, deadline: asyncio.Timeout | None = None, site_file: bool = False
     ) -> Fetched:
         s = self.settings
         assert self._session is not None, "use Downloader inside 'async with'"
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
-            return Fetched(DownloadStatus.INVALID_URL, error_message=one_line(exc), final_url=url)
+            return Fetched(DownloadStatus.INVALID_URL, error_message=one_line(exc), final_url=str(url))
         visited: set[str] = set()
         for _hop in range(s.max_redirects + 1):
             if current.scheme not in ("http", "https") or not current.raw_host:
                 return Fetched(
-                    DownloadStatus.INVALID_URL, error_message=f"not an http(s) URL: {str(current)[:200]}", final_url=url
+                    DownloadStatus.INVALID_URL,
+                    error_message=f"not an http(s) URL: {str(current)[:200]}",
+                    final_url=str(url),
                 )
             if visited and not site_file and self.opt_outs is not None:
-                refusal = await self._hop_refusal(current, deadline)  # the target host's rules too
+                refusal = await self._hop_refusal(self.opt_outs, current, deadline)  # the target host's rules too
                 if refusal is not None:
                     return refusal
             await self._lookup(current.raw_host, current.port or 0, deadline)  # the name aiohttp dials (IDNA)
@@ -469,10 +475,11 @@ class Downloader:
             final_url=str(current),
         )
 
-    async def _hop_refusal(self, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
+    @staticmethod
+    async def _hop_refusal(opt_outs: OptOuts, url: URL, deadline: asyncio.Timeout | None) -> Fetched | None:
         """The opt-out refusal of a redirect's target; the request's deadline stands still meanwhile."""
         with _paused(deadline):
-            refusal = await self.opt_outs.refusal(url)
+            refusal = await opt_outs.refusal(url)
         if refusal is None:
             return None
         return Fetched(refusal.status, error_message=refusal.message, final_url=str(url))

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -90,6 +90,10 @@ BATCH_MAX_IMAGES = 32
 BATCH_MAX_BYTES = 8_000_000
 
 
+# An image waiting for a worker: token, body, settings, the future its URL awaits, and whether it goes alone.
+_Waiting = tuple[int, bytes, ResizeSettings, "asyncio.Future[ImageOutcome]", bool]
+
+
 class ImageWorkers:
     """A shard task's Pillow workers; ``with ImageWorkers(n) as workers:`` shuts them down on the way out.
 
@@ -109,7 +113,7 @@ class ImageWorkers:
         self._queue: Any = None
         self._lock = threading.Lock()
         # Images waiting for a batch: (token, body, settings, future, sent alone); crashes per token.
-        self._waiting: collections.deque[tuple[int, bytes, ResizeSettings, asyncio.Future, bool]] = collections.deque()
+        self._waiting: collections.deque[_Waiting] = collections.deque()
         self._crashes: dict[int, int] = {}
         self._batches_out = 0
         self._batch_tasks: set[asyncio.Task] = set()
@@ -161,7 +165,8 @@ class ImageWorkers:
 
     def _send_batches(self) -> None:
         while self._waiting and self._batches_out < BATCHES_IN_FLIGHT * self.processes:
-            batch, size = [], 0
+            batch: list[_Waiting] = []
+            size = 0
             settings = self._waiting[0][2]
             while self._waiting and len(batch) < BATCH_MAX_IMAGES and size < BATCH_MAX_BYTES:
                 item = self._waiting[0]
@@ -178,8 +183,9 @@ class ImageWorkers:
                 self._batch_tasks.add(task)  # held until done: the loop keeps only weak references
                 task.add_done_callback(self._batch_tasks.discard)
 
-    async def _run_batch(self, batch: list, settings: ResizeSettings) -> None:
+    async def _run_batch(self, batch: list[_Waiting], settings: ResizeSettings) -> None:
         pool = self.executor
+        outcomes: Sequence[ImageOutcome | None]  # None: no outcome yet (sent again, or failed)
         try:
             work = [(token, body) for token, body, *_ in batch]
             outcomes = await asyncio.get_running_loop().run_in_executor(pool, _check_batch, work, settings)
@@ -189,23 +195,24 @@ class ImageWorkers:
             # only a break nobody's timeout explains (a decoder crash, the OOM killer) counts
             # against them: an image whose batch broke twice that way gets 'decoder_crashed'.
             explained = self._retire(pool)
-            outcomes = []
+            redone: list[ImageOutcome | None] = []
             for token, body, item_settings, future, _alone in batch:
                 crashes = self._crashes[token] = self._crashes.get(token, 0) + (not explained)
                 if token in self._timed_out:
                     seconds = item_settings.max_decode_cpu_seconds
-                    outcomes.append(
+                    redone.append(
                         ImageOutcome(DownloadStatus.DECODE_TIMEOUT, f"took more than {seconds} CPU seconds to decode")
                     )
                 elif crashes == 2:
-                    outcomes.append(
+                    redone.append(
                         ImageOutcome(
                             DownloadStatus.DECODER_CRASHED, "the image worker died twice while decoding this image"
                         )
                     )
                 else:
-                    outcomes.append(None)
+                    redone.append(None)
                     self._waiting.appendleft((token, body, item_settings, future, True))
+            outcomes = redone
         except Exception as exc:  # the pool shut down, or a body would not pickle: its images' error
             outcomes = [None] * len(batch)
             for *_, future, _alone in batch:

@@ -167,7 +167,7 @@ class OptOuts:
         self.token, self.robots, self.tdmrep = token, robots, tdmrep
         self.unreachable_seconds = unreachable_seconds
         self._rules: dict[str, HostRules] = {}
-        self._in_flight: dict[str, asyncio.Task] = {}
+        self._in_flight: dict[str, asyncio.Task[HostRules]] = {}
         self.requests: Counter[str] = Counter()  # requests sent per site file path (robots.txt, tdmrep.json)
 
     def totals(self) -> ShardStats:
@@ -193,7 +193,7 @@ class OptOuts:
             task = self._in_flight.get(origin)
             if task is None:
                 task = self._in_flight[origin] = asyncio.create_task(self._load(origin, site))
-                task.add_done_callback(lambda _t, origin=origin: self._in_flight.pop(origin, None))
+                task.add_done_callback(lambda _t: self._in_flight.pop(origin, None))
             rules = await asyncio.shield(task)  # one URL giving up does not cancel the fetch others await
         return self._judge(rules, parsed, origin)
 
@@ -233,6 +233,7 @@ class OptOuts:
         if robots_answer is not None:
             status, code, body = robots_answer
             if status == DownloadStatus.FETCHED:  # site files: fetched only on 2xx (Downloader._read)
+                body = body or b""  # (a fetched file always has its bytes)
                 count = len(_RULE_LINE.findall(body))
                 if count > ROBOTS_MAX_RULES:
                     rules.too_complex = count
@@ -248,7 +249,7 @@ class OptOuts:
         if tdm_answer is not None:
             status, code, body = tdm_answer
             if status == DownloadStatus.FETCHED:  # site files: fetched only on 2xx (Downloader._read)
-                rules.tdm = parse_tdmrep(body.decode("utf-8", errors="replace"))
+                rules.tdm = parse_tdmrep((body or b"").decode("utf-8", errors="replace"))
         self._rules[origin] = rules
         return rules
 

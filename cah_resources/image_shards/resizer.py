@@ -298,7 +298,7 @@ def process_image(body: bytes, settings: ResizeSettings) -> ImageOutcome:
 
 
 def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
-    facts = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    size, sha256 = len(body), hashlib.sha256(body).hexdigest()
     opened = _open(body, settings)
     if isinstance(opened, ImageOutcome):
         return opened
@@ -347,5 +347,6 @@ def _process(body: bytes, settings: ResizeSettings) -> ImageOutcome:
         height=out.height,
         original_width=orig_w,
         original_height=orig_h,
-        **facts,
+        bytes=size,
+        sha256=sha256,
     )

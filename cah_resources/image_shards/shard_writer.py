@@ -216,7 +216,7 @@ class ShardWriter:
         for field in DOWNLOAD_FIELDS.names[1:]:
             record[field] = outcome.get(field) if ok or field not in IMAGE_FACTS else None
         self._records[row] = record
-        if ok:
+        if ok and jpeg is not None:  # (ok without an image raised above)
             self._sample(
                 record["key"],
                 {
@@ -234,12 +234,13 @@ class ShardWriter:
         missing = [i for i, r in enumerate(self._records) if r is None]
         if missing:
             raise RuntimeError(f"shard {self.shard} closed with {len(missing)} rows unrecorded (first: {missing[0]})")
+        records = [r for r in self._records if r is not None]  # all of them
         self._stack.close()  # finishes the tar and renames it into place
-        table = pa.Table.from_pylist(self._records, schema=self.schema)
+        table = pa.Table.from_pylist(records, schema=self.schema)
         self.root.write_parquet(self.paths["parquet"], table)
         sizes = file_sizes(self.root, self.paths)
-        counts = Counter(r["status"] for r in self._records)
-        ok_records = [r for r in self._records if r["status"] == DownloadStatus.OK]
+        counts = Counter(r["status"] for r in records)
+        ok_records = [r for r in records if r["status"] == DownloadStatus.OK]
         finished = time.time()
         written = replace(
             stats,

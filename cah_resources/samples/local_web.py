@@ -25,7 +25,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from aiohttp import web
@@ -35,6 +35,9 @@ from cah_resources.contract import DownloadStatus, http_status_failure
 from cah_resources.image_shards.opt_outs import ROBOTS_PATH, TDMREP_PATH
 from cah_resources.samples.loop_thread import LoopThread
 from cah_resources.samples.sample_crawl import SHAPES, parse_image_name
+
+if TYPE_CHECKING:  # imported when a web with hostnames starts (it pulls in dnslib)
+    from cah_resources.samples.local_dns import LocalDns
 
 # kind -> status the downloader must record. Kinds marked "once" fail on their first request only.
 EXPECTED_STATUS = {
@@ -194,6 +197,13 @@ def decompression_bomb_png(side: int = 10_000) -> bytes:
 SHAPE_COLORS = [(220, 30, 30), (30, 160, 60), (40, 70, 210), (240, 205, 30), (130, 50, 170), (245, 140, 20)]
 
 
+def _bound_port(site: web.TCPSite) -> int:
+    """The port a started site listens on (port 0 asks the system for a free one)."""
+    server = site._server
+    assert isinstance(server, asyncio.Server), "the site is started"
+    return int(server.sockets[0].getsockname()[1])
+
+
 @functools.lru_cache(maxsize=2048)
 def shape_image(stem: str, fmt: str = "JPEG", size: int = 320) -> bytes:
     """One coloured shape on a white background, as a generated crawl's caption describes it.
@@ -201,7 +211,10 @@ def shape_image(stem: str, fmt: str = "JPEG", size: int = 320) -> bytes:
     The placement varies with the name; a faint grain keeps the file above the downloader's
     5000-byte minimum without changing what the picture shows.
     """
-    color, shape = parse_image_name(stem)
+    parsed = parse_image_name(stem)
+    if parsed is None:
+        raise ValueError(f"image name {stem!r} shows no known colour and shape")
+    color, shape = parsed
     rng = random.Random(stem)
     img = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(img)
@@ -291,7 +304,7 @@ class LocalImageWeb:
         self._runner: web.AppRunner | None = None
         self._dead_host = ""
         self._dns_addresses: list[str] = []
-        self.dns = None
+        self.dns: LocalDns | None = None
         if hostnames:
             # dnslib is a test dependency; the offline demo serves IP literals and runs without it.
             from cah_resources.samples.local_dns import LocalDns
@@ -386,17 +399,22 @@ class LocalImageWeb:
     # ---- URLs ----------------------------------------------------------------------------
 
     @property
-    def nameserver(self) -> str:
-        """``ip:port`` of the local DNS server (FetchSettings.nameservers); only with ``hostnames``."""
+    def local_dns(self) -> LocalDns:
+        """The DNS server that resolves the hosts' names; only with ``hostnames``."""
         if self.dns is None:
             raise RuntimeError("this LocalImageWeb serves IP-literal hosts; make it with hostnames=True")
-        return self.dns.nameserver
+        return self.dns
+
+    @property
+    def nameserver(self) -> str:
+        """``ip:port`` of the local DNS server (FetchSettings.nameservers); only with ``hostnames``."""
+        return self.local_dns.nameserver
 
     def _named(self, kind: str, n: int, address_port: str) -> str:
         """``address_port`` spelled with a hostname of its own that the local DNS resolves to it."""
         address, port = address_port.rsplit(":", 1)
         label = f"{kind.replace('_', '-')}-{n}"  # hostnames have no underscores
-        return f"{self.dns.name(self._dns_addresses.index(address), label)}:{port}"
+        return f"{self.local_dns.name(self._dns_addresses.index(address), label)}:{port}"
 
     def literal_url(self, url: str) -> str:
         """A ``hostnames`` URL with its hostname replaced by the address the local DNS answers for it."""
@@ -407,8 +425,8 @@ class LocalImageWeb:
     @property
     def named_origins(self) -> list[str]:
         """``http://site.h<i>.web.test:port`` of every host, resolved by the local DNS (``hostnames`` only)."""
-        self.nameserver  # noqa: B018 - raises on a web without hostnames
-        return [f"http://{self.dns.name(i, 'site')}:{host.rsplit(':', 1)[1]}" for i, host in enumerate(self.hosts)]
+        dns = self.local_dns  # raises on a web without hostnames
+        return [f"http://{dns.name(i, 'site')}:{host.rsplit(':', 1)[1]}" for i, host in enumerate(self.hosts)]
 
     @property
     def origins(self) -> list[str]:
@@ -469,6 +487,7 @@ class LocalImageWeb:
     @staticmethod
     def _site(request: web.Request) -> str:
         """``address:port`` of the site that took the request, whatever name the URL gave it."""
+        assert request.transport is not None, "a request being answered has its connection"
         address, port = request.transport.get_extra_info("sockname")[:2]
         return f"{address}:{port}"
 
@@ -649,13 +668,13 @@ class LocalImageWeb:
             address = _host_address(self.address_prefix, i)
             site = web.TCPSite(self._runner, address, self.ports[i], backlog=1024)
             await site.start()
-            port = site._server.sockets[0].getsockname()[1]
+            port = _bound_port(site)
             self.hosts.append(f"{address}:{port}")
         for j, profile in enumerate(self.site_profiles):
             address = _host_address(self.address_prefix, self.n_hosts + j)
             site = web.TCPSite(self._runner, address, 0, backlog=1024)
             await site.start()
-            self.profile_hosts[profile] = f"{address}:{site._server.sockets[0].getsockname()[1]}"
+            self.profile_hosts[profile] = f"{address}:{_bound_port(site)}"
         # A host address with nothing listening: connections to it are refused.
         self._dead_host = f"{self.address_prefix}.249.250:{self.hosts[0].rsplit(':', 1)[1]}"
         self._dns_addresses = [h.rsplit(":", 1)[0] for h in (*self.hosts, self._dead_host)]
@@ -739,7 +758,11 @@ def main(argv: list[str] | None = None) -> None:
             literal = [fake_web.literal_url(u.url) for u in urls]
             print(
                 json.dumps(
-                    {"literal_urls": literal, "addresses": fake_web.dns.addresses, "nameserver": fake_web.nameserver}
+                    {
+                        "literal_urls": literal,
+                        "addresses": fake_web.local_dns.addresses,
+                        "nameserver": fake_web.nameserver,
+                    }
                 ),
                 flush=True,
             )

@@ -285,7 +285,7 @@ def generate_crawl(  # noqa: C901 - the sample crawl's records in file order
     ids = iter(range(10**9))
     date = datetime(2024, 5, 18, tzinfo=UTC)
     sample = SampleCrawl(root, crawl, [])
-    earlier_links: list[tuple[dict, tuple[str, str], tuple]] = []
+    earlier_links: list[tuple[dict, tuple[str, str], tuple | None, str]] = []
     kinds = list(GOOD_KINDS) * 3 + list(DROP_KINDS) + [REPEAT_KIND] * 2
     for f in range(wat_files):
         rel = f"crawl-data/{crawl}/segments/1715000000000.{f:02d}/wat/{crawl}-{f:05d}.warc.wat.gz"
@@ -313,7 +313,7 @@ def generate_crawl(  # noqa: C901 - the sample crawl's records in file order
                 base = f"{static}/assets/"
                 page.update(scheme=static.split("://")[0], resolve_dir=base, resolve_origin=static)
             links = [{"path": "A@/href", "url": f"/section{p % 7}/other.html", "text": "next"}]
-            expected = []
+            expected: list[tuple[tuple[str, str] | None, tuple | None, str | None, str]] = []
             for _ in range(links_per_page):
                 kind = rng.choice(kinds)
                 if kind == REPEAT_KIND:
@@ -356,21 +356,22 @@ def generate_crawl(  # noqa: C901 - the sample crawl's records in file order
                 continue
             counts.html_pages += 1
             counts.links_seen += len(links) - 1
-            for pair, lang, reason, kind in expected:
+            for kept, lang, reason, kind in expected:
                 if reason is not None:
                     counts.drops[reason] += 1
                     continue
-                if pair in seen_in_file:
+                assert kept is not None and lang is not None, "a link no drop reason names is a pair"
+                if kept in seen_in_file:
                     counts.drops[DropReason.DUPLICATE] += 1
                     continue
-                seen_in_file.add(pair)
+                seen_in_file.add(kept)
                 counts.alt_truncated += kind == "huge_alt"
                 language, color, shape, matches, exists = lang
                 category = "nolang" if language is None else ("en" if language == "en" else "multi")
-                exists = exists and pair[0].startswith(servable) if servable else exists
+                exists = exists and kept[0].startswith(servable) if servable else exists
                 truth.append(
                     ExpectedCandidate(
-                        pair[0], pair[1], page_url, category, language or "", rel, color, shape, matches, exists
+                        kept[0], kept[1], page_url, category, language or "", rel, color, shape, matches, exists
                     )
                 )
         path = os.path.join(root, rel)

@@ -411,7 +411,7 @@ def generate_warc_crawl(
         info = b"software: cah sample_warc\r\nformat: WARC File Format 1.0\r\n"
         writer.add("warcinfo", None, info, "application/warc-fields")
         wat.add("warcinfo", None, b"Software-Info: cah sample_warc\r\n", "application/warc-fields")
-        truth: list[ExpectedImage] = []
+        truth: list[ExpectedCandidate] = []  # ExpectedImage rows, kept as the SampleCrawl field types them
         pages: list[ExpectedPage] = []
         counts = CandidatesStats()  # what read_warc counts for the candidates, and for the pages:
         page_counts = PagesStats()
