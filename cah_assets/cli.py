@@ -214,7 +214,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     default=FORMAT_WAT,
     show_default=True,
     help="What the crawl's files are: Common Crawl's WAT files (images), its WARC files (images and page "
-    "text from the HTML), or an existing dataset's Parquet files. A crawl keeps the format it was registered with.",
+    "text from the HTML), an existing dataset's Parquet files, or a webdataset's tars (clip_pairs scores "
+    "them). A crawl keeps the format it was registered with.",
 )
 @click.option(
     "--files",

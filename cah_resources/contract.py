@@ -47,8 +47,13 @@ CRAWLS = "crawls"  # crawls/<CRAWL>/segments.json: a registered crawl's segments
 FORMAT_WAT = "wat"
 FORMAT_WARC = "warc"
 FORMAT_PARQUET = "parquet"
-FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_PARQUET)
+# ... or of an existing webdataset (img2dataset's output, LAION's tars): samples grouped by key, an image
+# under one of WEBDATASET_IMAGE_EXTENSIONS (the first present wins), its caption in .txt, img2dataset's
+# fields (url, caption, width, height, original_width, original_height) in an optional .json.
+FORMAT_WEBDATASET = "webdataset"
+FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_PARQUET, FORMAT_WEBDATASET)
 CRAWL_FORMATS = (FORMAT_WAT, FORMAT_WARC)  # listed by Common Crawl (<format>.paths.gz); the others are datasets
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means

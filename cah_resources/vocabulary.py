@@ -142,7 +142,7 @@ OPT_OUT_STATUSES: tuple[str, ...] = (
 
 
 class Damage(StrEnum):
-    """A damaged WAT record, counted (under this name) and skipped: it never ends the file."""
+    """A damaged WAT record or webdataset tar stretch, counted (under this name) and skipped: it never ends the file."""
 
     TOO_LARGE = "malformed_too_large"  # over max_record_bytes
     TRUNCATED = "malformed_truncated"  # shorter than its Content-Length
@@ -155,6 +155,7 @@ class Damage(StrEnum):
     CORRUPT_GZIP = "corrupt_gzip"  # a damaged stretch of gzip members, counted once
     CORRUPT_GZIP_TRUNCATED = "corrupt_gzip_truncated"  # the file's last gzip member is cut short
     CORRUPT_TRAILING_BYTES = "corrupt_trailing_bytes"  # bytes after the last record that hold no record
+    CORRUPT_TAR = "corrupt_tar"  # a stretch of a webdataset tar that is no member (bad header, cut short)
 
 
 _DAMAGE_KINDS = frozenset(Damage)
@@ -167,6 +168,7 @@ class ClipStatus(StrEnum):
     IMAGE_UNREADABLE = "image_unreadable"  # the JPEG does not decode
     IMAGE_TOO_LARGE = "image_too_large"  # the image alone fits neither the device's memory nor the CPU's
     IMAGE_MISSING = "image_missing"  # the tar has no image for the key
+    CAPTION_MISSING = "caption_missing"  # a webdataset sample has neither a .txt nor a json caption
     UNKNOWN_CATEGORY = "unknown_category"  # no model is configured for the row's category
 
 
@@ -490,6 +492,7 @@ class ClipStats(Stats):
     models: dict | None = _stat(None, "same")  # category -> model label
     thresholds: dict | None = _stat(None, "same")  # category -> similarity threshold
     device_memory: dict | None = _stat(None, "same")  # what device out-of-memory cost the shard
+    damage: Counter[str] = _counter("damage")  # per Damage: stretches of a webdataset tar skipped
 
     HEADLINE: ClassVar[tuple[str, str]] = ("pairs_scored", "pairs_kept")
 

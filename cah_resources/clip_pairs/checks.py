@@ -9,6 +9,7 @@ from cah_resources.contract import (
     shard_paths,
     stage_folder,
 )
+from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.storage import DataRoot
 from cah_resources.verdicts import SHOWN, Verdict, shard_numbers
 
@@ -22,7 +23,9 @@ CLIP_PAIRS_CHECKS = {
 
 def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
     image_folder, clip_folder = stage_folder(root, IMAGE_SHARDS, segment), stage_folder(root, CLIP_PAIRS, segment)
-    _, image_done = shard_numbers(root, image_folder)
+    tars = webdataset_tars(root, segment)
+    # A registered webdataset's tars stand for the image shards; every sample of a tar is a row.
+    image_done = set(range(len(tars))) if tars is not None else shard_numbers(root, image_folder)[1]
     clip_shards, clip_done = shard_numbers(root, clip_folder)
     below, kept, scored, problems = 0, 0, 0, []
     for shard in clip_shards:
@@ -36,6 +39,12 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
         passes = pc.fill_null(pc.greater_equal(table.column("similarity"), table.column("threshold")), False)
         below += pc.sum(pc.and_(is_kept, pc.invert(passes))).as_py() or 0
     for shard in sorted(image_done):
+        path = shard_paths(clip_folder, shard)["parquet"]
+        if shard not in clip_done or not root.exists(path):
+            problems.append(f"shard {shard:05d} not scored")
+            continue
+        if tars is not None:
+            continue
         ok_keys = sorted(
             r["key"]
             for r in root.read_parquet(
@@ -43,10 +52,6 @@ def check_clip_pairs(root: DataRoot, segment: str) -> dict[str, Verdict]:
             ).to_pylist()
             if r["status"] == DownloadStatus.OK
         )
-        path = shard_paths(clip_folder, shard)["parquet"]
-        if shard not in clip_done or not root.exists(path):
-            problems.append(f"shard {shard:05d} not scored")
-            continue
         keys = sorted(root.read_parquet(path, columns=["key"]).column("key").to_pylist())
         if keys != ok_keys:
             problems.append(

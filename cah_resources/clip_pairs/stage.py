@@ -1,4 +1,4 @@
-"""The clip_pairs stage: one image shard in, every ok pair scored by CLIP out (parquet, kept view, embeddings).
+"""The clip_pairs stage: one image shard (or a webdataset's tar) in, every pair scored by CLIP out.
 
 Reader → worker → writer, like img2dataset: the shard's tar is streamed into per-model batches,
 a thread pool decodes (image by image with PIL, or a batch at a time on the model's device in a
@@ -9,7 +9,9 @@ the device is decoded on the CPU instead. At most ``prefetch_batches + 1`` decod
 the device at once. The marker's ``device_memory`` counts what out-of-memory cost; the log shows
 the first few events and one line per shard.
 
-Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows.
+Rows of ``clip_pairs/<segment>/NNNNN.parquet`` are exactly the shard's ``status == 'ok'`` rows; for a
+registered webdataset's segment, NNNNN is its NNNNN-th tar and the rows are every sample in it, in
+image_shards' columns (``caption_missing``: the sample has no caption; ``image_missing``: no image).
 A pair that could not be scored stays in the file with ``clip_status`` saying why
 (``image_unreadable``: the JPEG does not decode; ``image_too_large``: the image alone does not fit
 in the device's memory for the model, or in the CPU's to decode; ``image_missing``: the tar has
@@ -27,6 +29,7 @@ index holds one embedding space.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import tarfile
@@ -44,8 +47,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from fsspec.core import url_to_fs
 from PIL import Image
 
+from cah_resources.candidates.language import UNDETERMINED, Language, LanguageDetector
 from cah_resources.clip_pairs.clip_scorer import (
     LoadedClip,
     OomTally,
@@ -54,6 +59,7 @@ from cah_resources.clip_pairs.clip_scorer import (
     map_halving_on_oom,
 )
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
+from cah_resources.clip_pairs.webdataset import iter_samples
 from cah_resources.contract import (
     CATEGORIES,
     CLIP_FIELDS,
@@ -69,15 +75,20 @@ from cah_resources.contract import (
     kept_path,
     shard_name,
     shard_paths,
+    shard_row_schema,
     similarity_histogram,
     stage_folder,
 )
+from cah_resources.crawl.dataset_files import options_for
+from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.errors import one_line
+from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
 
 _ERROR_CHARS = 200
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class ClipPairsUnit:
     root: DataRoot
     segment: str
     shard: int
+    webdataset: str = ""  # a registered webdataset's tar (URL), read where it is; else image_shards' own shard
 
     @property
     def name(self) -> str:
@@ -95,6 +107,8 @@ class ClipPairsUnit:
     @property
     def inputs(self) -> dict[str, str]:
         """The image shard it scores: ``shard_paths`` of its image_shards folder (tar, parquet, ...)."""
+        if self.webdataset:
+            return {"tar": self.webdataset}
         return shard_paths(stage_folder(self.root, IMAGE_SHARDS, self.segment), self.shard)
 
     @property
@@ -117,12 +131,15 @@ def _finished(root: DataRoot, stage: str, segment: str) -> list[int]:
 
 
 def shard_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
-    """The segment's finished image shards, scored or not (a redo scores them all again)."""
+    """The segment's finished image shards (or a webdataset segment's tars), scored or not (a redo scores them all)."""
+    tars = webdataset_tars(root, segment)
+    if tars is not None:
+        return [ClipPairsUnit(root, segment, i, tar) for i, tar in enumerate(tars)]
     return [ClipPairsUnit(root, segment, shard) for shard in _finished(root, IMAGE_SHARDS, segment)]
 
 
 def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
-    """The segment's finished image shards that have no clip_pairs marker yet."""
+    """The segment's finished image shards (or a webdataset segment's tars) that have no clip_pairs marker yet."""
     scored = set(_finished(root, CLIP_PAIRS, segment))
     return [unit for unit in shard_units(root, segment) if unit.shard not in scored]
 
@@ -190,31 +207,64 @@ def iter_tar_images(handle: Any, wanted: dict[str, int]) -> Iterator[tuple[int, 
 
 
 class _ShardScorer:
-    """Scores the ok rows of one shard: batches per model, prefetched decode, model on this thread."""
+    """Scores the ok rows of one shard: batches per model, prefetched decode, model on this thread.
+
+    Rows are the table's, and for a webdataset tar those ``add`` appends as its samples stream in.
+    """
 
     def __init__(self, table: pa.Table, settings: ScoringSettings) -> None:
         self.settings = settings
-        self.n = table.num_rows
-        self.keys = table.column("key").to_pylist()
-        self.texts = table.column("text").to_pylist()
-        self.categories = table.column("category").to_pylist()
-        self.similarity = np.full(self.n, np.nan, dtype=np.float32)
-        self.nsfw_score = np.full(self.n, np.nan, dtype=np.float32)
-        self.watermark_score = np.full(self.n, np.nan, dtype=np.float32)
-        self.nsfw: list[str | None] = [None] * self.n
-        self.status = [ClipStatus.IMAGE_MISSING] * self.n
-        self.error: list[str | None] = ["the shard's tar has no image for this key"] * self.n
-        self.embeddings: dict[ClipModelSpec, tuple[np.ndarray, np.ndarray]] = {}
+        self.n = 0
+        self.keys: list[str] = []
+        self.texts: list[str] = []
+        self.categories: list[str] = []
+        self.similarity = np.full(0, np.nan, dtype=np.float32)
+        self.nsfw_score = np.full(0, np.nan, dtype=np.float32)
+        self.watermark_score = np.full(0, np.nan, dtype=np.float32)
+        self.nsfw: list[str | None] = []
+        self.status: list[str] = []
+        self.error: list[str | None] = []
+        # Per model, the embeddings of the rows it scored, a batch at a time: (rows, image, text).
+        self.embeddings: dict[ClipModelSpec, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self.models: dict[ClipModelSpec, LoadedClip] = {}
         self.oom = OomTally()
         # Batches decoded (or being decoded) on the device and not yet scored: now and at most.
         self.on_device_held = self.on_device_peak = 0
-        for row, category in enumerate(self.categories):
-            if category not in settings.models:
-                self.status[row] = ClipStatus.UNKNOWN_CATEGORY
-                self.error[row] = f"no CLIP model is configured for category {category!r}"
+        columns = zip(*(table.column(c).to_pylist() for c in ("key", "text", "category")), strict=True)
+        for key, text, category in columns:
+            self.add(key, text, category, ClipStatus.IMAGE_MISSING, "the shard's tar has no image for this key")
         for spec in {settings.models[c] for c in set(self.categories) if c in settings.models}:
-            self.models[spec] = load_clip(spec, settings.device, settings.precision, settings.tokenizer)
+            self.model(spec)
+
+    def add(self, key: str, text: str, category: str, status: str, error: str | None) -> int:
+        """A new row, not scored yet (``status`` says why until it is); returns its number."""
+        row = self.n
+        self.n += 1
+        if self.n > len(self.similarity):
+            grown = max(64, 2 * self.n)
+            for name in ("similarity", "nsfw_score", "watermark_score"):
+                values = getattr(self, name)
+                setattr(self, name, np.concatenate([values, np.full(grown - len(values), np.nan, np.float32)]))
+        self.keys.append(key)
+        self.texts.append(text)
+        self.categories.append(category)
+        self.nsfw.append(None)
+        if category not in self.settings.models:
+            status, error = ClipStatus.UNKNOWN_CATEGORY, f"no CLIP model is configured for category {category!r}"
+        self.status.append(status)
+        self.error.append(error)
+        return row
+
+    def model(self, spec: ClipModelSpec) -> LoadedClip:
+        """The model for ``spec``, loaded on first use (load_clip keeps it for the process)."""
+        if spec not in self.models:
+            self.models[spec] = load_clip(spec, self.settings.device, self.settings.precision, self.settings.tokenizer)
+        return self.models[spec]
+
+    def finish(self) -> None:
+        """Trim the per-row arrays to the rows there are."""
+        for name in ("similarity", "nsfw_score", "watermark_score"):
+            setattr(self, name, getattr(self, name)[: self.n])
 
     def spec_of(self, row: int) -> ClipModelSpec | None:
         return self.settings.models.get(self.categories[row])
@@ -242,7 +292,7 @@ class _ShardScorer:
 
         A decode on the device is only marked here: ``start_device_decodes`` starts it when there is room.
         """
-        loaded = self.models[batch.spec]
+        loaded = self.model(batch.spec)
         tokens = pool.submit(loaded.tokenize, [self.texts[row] for row in batch.rows])
         if self.decode_on_device(loaded):
             return _Pending(batch, tokens, device=True)
@@ -270,31 +320,41 @@ class _ShardScorer:
         On CUDA it runs in this thread's own stream, so that it overlaps the model on the scoring thread.
         An image that alone runs out of device memory is decoded on the CPU instead.
         """
-        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images]
-
-        with _own_stream(loaded.device):
-            slices = map_halving_on_oom(
-                lambda lo, hi: _decode_slice(loaded, encoded, lo, hi),
-                len(encoded),
-                loaded,
-                limit="max_decode_batch",
-                alone=lambda position, _: self.decode_on_cpu(loaded, images[position], position),
-                tally=self.oom,
-            )
+        # nvJPEG reads JPEG only: another format (a webdataset's PNG or WebP) is decoded by PIL on the CPU.
+        jpeg = [p for p, data in enumerate(images) if data[:3] == _JPEG_MAGIC]
+        encoded = [torch.frombuffer(bytearray(images[p]), dtype=torch.uint8) for p in jpeg]
+        slices: list[_Decoded] = []
+        if encoded:
+            with _own_stream(loaded.device):
+                slices = map_halving_on_oom(
+                    lambda lo, hi: _decode_slice(loaded, encoded, lo, hi),
+                    len(encoded),
+                    loaded,
+                    limit="max_decode_batch",
+                    alone=lambda i, _: self.decode_on_cpu(loaded, images[jpeg[i]], i),
+                    tally=self.oom,
+                )
         decoded = _Decoded()
         for part in slices:
+            decoded.positions += [jpeg[i] for i in part.positions]
+            decoded.parts += part.parts
+            decoded.errors.update({jpeg[i]: error for i, error in part.errors.items()})
+        for position in sorted(set(range(len(images))) - set(jpeg)):
+            part = self.decode_on_cpu(loaded, images[position], position, out_of_memory=False)
             decoded.positions += part.positions
             decoded.parts += part.parts
             decoded.errors.update(part.errors)
         return decoded
 
-    def decode_on_cpu(self, loaded: LoadedClip, data: bytes, position: int) -> _Decoded:
-        """One image the device could not decode alone: PIL here, normalised on the host, scored with its batch."""
+    def decode_on_cpu(self, loaded: LoadedClip, data: bytes, position: int, out_of_memory: bool = True) -> _Decoded:
+        """One image the device could not decode (alone, ``out_of_memory``; or not JPEG): PIL here, normalised
+        on the host, scored with its batch."""
         try:
             pixels = loaded.preprocess_jpeg(data)
         except Exception as error:  # any undecodable image is recorded, not fatal
             return _Decoded(errors={position: (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))})
-        self.oom.count("decoded_on_cpu")
+        if out_of_memory:
+            self.oom.count("decoded_on_cpu")
         return _Decoded(positions=[position], parts=[loaded.normalize(pixels[None], "cpu").to(loaded.input_dtype)])
 
     def collect(
@@ -367,14 +427,8 @@ class _ShardScorer:
         for row, label in zip(scored.tolist(), labels, strict=False):
             self.nsfw[row], self.status[row], self.error[row] = label, ClipStatus.SCORED, None
         if self.settings.write_embeddings:
-            if spec not in self.embeddings:
-                self.embeddings[spec] = (
-                    np.zeros((self.n, image_emb.shape[1]), np.float16),
-                    np.zeros((self.n, text_emb.shape[1]), np.float16),
-                )
-            images, texts = self.embeddings[spec]
-            images[scored] = image_emb.half().cpu().numpy()
-            texts[scored] = text_emb.half().cpu().numpy()
+            chunk = (scored, image_emb.half().cpu().numpy(), text_emb.half().cpu().numpy())
+            self.embeddings.setdefault(spec, []).append(chunk)
 
     def run(self, images: Iterator[tuple[int, bytes]]) -> None:
         settings = self.settings
@@ -524,10 +578,11 @@ def _write_embeddings(unit: ClipPairsUnit, table: pa.Table, scorer: _ShardScorer
             [i for i in range(scorer.n) if scorer.status[i] == ClipStatus.SCORED and scorer.spec_of(i) == spec],
             dtype=np.int64,
         )
-        images, texts = scorer.embeddings[spec]
-        for kind, matrix in (("img_emb", images), ("text_emb", texts)):
+        chunks = scorer.embeddings[spec]
+        order = np.argsort(np.concatenate([chunk[0] for chunk in chunks]), kind="stable")  # row order
+        for kind, position in (("img_emb", 1), ("text_emb", 2)):
             buffer = io.BytesIO()
-            np.save(buffer, matrix[rows])
+            np.save(buffer, np.concatenate([chunk[position] for chunk in chunks])[order])
             root.write_bytes(embedding_path(f"{unit.folder}/{folder}", kind, name), buffer.getvalue())
         picked = table.take(pa.array(rows))
         metadata = pa.table(
@@ -607,28 +662,18 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
     if root.exists(unit.marker):
         return root.read_json(unit.marker)
     started = time.perf_counter()
-    source = root.read_parquet(unit.inputs["parquet"])
-    table = source.filter(pc.equal(source.column("status"), DownloadStatus.OK.value))
-    scorer = _ShardScorer(table, settings) if table.num_rows else None
-    if scorer is not None:
-        wanted = {key: row for row, key in enumerate(scorer.keys)}
-        tar_path = unit.inputs["tar"]
-        try:
-            with root.fs.open(tar_path, "rb") as handle:
-                scorer.run(iter_tar_images(handle, wanted))
-        except (tarfile.TarError, EOFError, FileNotFoundError) as error:
-            raise RuntimeError(
-                f"{tar_path} is unreadable ({one_line(error, _ERROR_CHARS)}); "
-                f"rematerialize image_shards for {unit.segment}"
-            ) from error
-        table = _scored_table(table, scorer, settings)
+    damage: Counter[str] = Counter()
+    if unit.webdataset:
+        table, scorer = _score_webdataset(unit, settings, damage)
     else:
-        table = _scored_table(table, _ShardScorer(table, settings), settings)
+        table, scorer = _score_own_shard(unit, settings)
     root.write_parquet(unit.table, table)
     root.write_parquet(kept_path(root, unit.segment, unit.shard), table.filter(table.column("kept")))
     if settings.write_embeddings and scorer is not None:
         _write_embeddings(unit, table, scorer, settings)
-    summary = _summary(unit, table, settings, time.perf_counter() - started, scorer).to_dict()
+    stats = _summary(unit, table, settings, time.perf_counter() - started, scorer)
+    stats.damage = damage
+    summary = stats.to_dict()
     root.write_json(unit.marker, summary)
     if scorer is not None and (scorer.oom.halvings or scorer.oom.alone):
         oom = scorer.oom
@@ -644,6 +689,91 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
         )
     log.info("clip_pairs %s/%s: %d pairs, %s kept", unit.segment, unit.name, table.num_rows, summary["kept"])
     return summary
+
+
+def _score_own_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> tuple[pa.Table, _ShardScorer | None]:
+    """The ok rows of one of image_shards' own shards, scored from its tar."""
+    root = unit.root
+    source = root.read_parquet(unit.inputs["parquet"])
+    table = source.filter(pc.equal(source.column("status"), DownloadStatus.OK.value))
+    scorer = _ShardScorer(table, settings)
+    if not table.num_rows:
+        return _scored_table(table, scorer, settings), None
+    wanted = {key: row for row, key in enumerate(scorer.keys)}
+    tar_path = unit.inputs["tar"]
+    try:
+        with root.fs.open(tar_path, "rb") as handle:
+            scorer.run(iter_tar_images(handle, wanted))
+    except (tarfile.TarError, EOFError, FileNotFoundError) as error:
+        raise RuntimeError(
+            f"{tar_path} is unreadable ({one_line(error, _ERROR_CHARS)}); rematerialize image_shards for {unit.segment}"
+        ) from error
+    scorer.finish()
+    return _scored_table(table, scorer, settings), scorer
+
+
+def _score_webdataset(
+    unit: ClipPairsUnit, settings: ScoringSettings, damage: Counter[str]
+) -> tuple[pa.Table, _ShardScorer | None]:
+    """Every sample of a webdataset tar, streamed from where it is and scored as it arrives.
+
+    The rows take image_shards' columns (``shard_row_schema``) so that release and report read them
+    alike: the url from img2dataset's json, else the sample's key; the category from the caption's
+    language, as candidates gives it. A sample without image or caption is a row saying so.
+    """
+    scorer = _ShardScorer(shard_row_schema().empty_table(), settings)
+    rows: list[dict[str, Any]] = []
+    options = options_for(unit.webdataset, unit.root.url, unit.root.storage_options)
+    fs, path = url_to_fs(unit.webdataset, **options)
+    try:
+        with fs.open(path, "rb") as handle:
+            scorer.run(_webdataset_images(unit, handle, scorer, rows, damage))
+    except FileNotFoundError as error:
+        raise RuntimeError(f"{redact_url(unit.webdataset)} is gone ({one_line(error, _ERROR_CHARS)})") from error
+    scorer.finish()
+    table = pa.Table.from_pylist(rows, schema=shard_row_schema())
+    return _scored_table(table, scorer, settings), scorer if rows else None
+
+
+def _webdataset_images(
+    unit: ClipPairsUnit, handle: Any, scorer: _ShardScorer, rows: list[dict[str, Any]], damage: Counter[str]
+) -> Iterator[tuple[int, bytes]]:
+    """(row, image bytes) of each sample with both image and caption; every sample becomes a row."""
+    detector = LanguageDetector()
+    for sample in iter_samples(handle, damage):
+        text = (sample.text or "").strip()
+        language = detector.detect(text) if text else Language("nolang", UNDETERMINED, 0.0)
+        if sample.image is None:
+            status, error = ClipStatus.IMAGE_MISSING, "the tar has no image for this key"
+        elif not text:
+            status, error = ClipStatus.CAPTION_MISSING, "the sample has no .txt and no caption in its .json"
+        else:
+            status, error = ClipStatus.IMAGE_MISSING, None  # until scored
+        row = scorer.add(sample.key, text, language.category, status, error)
+        url = sample.fields.get("url") or sample.key
+        fields = sample.fields
+        rows.append(
+            {
+                "uid": hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest(),
+                "url": url,
+                "text": text,
+                "page_url": "",
+                "category": language.category,
+                "language": language.code,
+                "language_prob": language.probability,
+                "wat_file": unit.webdataset,
+                "key": sample.key,
+                "status": DownloadStatus.OK.value,
+                "bytes": len(sample.image) if sample.image is not None else None,
+                "sha256": hashlib.sha256(sample.image).hexdigest() if sample.image is not None else None,
+                "width": fields.get("width"),
+                "height": fields.get("height"),
+                "original_width": fields.get("original_width", fields.get("width")),
+                "original_height": fields.get("original_height", fields.get("height")),
+            }
+        )
+        if sample.image is not None and text and scorer.spec_of(row) is not None:
+            yield row, sample.image
 
 
 def summarize(summaries: list[dict[str, Any]]) -> ClipStats:

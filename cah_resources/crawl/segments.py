@@ -12,6 +12,7 @@ from cah_resources.contract import (
     DEFAULT_TEXT_COLUMN,
     FORMAT_PARQUET,
     FORMAT_WAT,
+    FORMAT_WEBDATASET,
     FORMATS,
     segments_manifest_path,
 )
@@ -50,7 +51,8 @@ class CrawlRegistration:
     """A crawl as registered: its files (sorted) and how many make one segment, fixed for good.
 
     ``files`` are WAT or WARC paths relative to the crawl source (format ``wat``, ``warc``), or the URLs
-    of a Parquet dataset's files (format ``parquet``, its page text in ``text_column``).
+    of a Parquet dataset's files (format ``parquet``, its page text in ``text_column``) or of a
+    webdataset's tars (format ``webdataset``).
     """
 
     crawl: str
@@ -170,7 +172,8 @@ def register_dataset(
 ) -> CrawlRegistration:
     """Record an existing dataset's files (brace ranges, globs, any fsspec URL) as a crawl's segments, once.
 
-    The files are read where they are and never copied. The first file's columns are checked for
+    A Parquet dataset's segments are N of its files; a webdataset's, N consecutive tars, which
+    clip_pairs scores. The files are read where they are and never copied. The first file's columns are checked for
     ``text_column`` (default ``text``) so that a wrong name fails here, in one line, rather than in
     every segment.
     """
@@ -183,7 +186,9 @@ def register_dataset(
         return recorded
     if not patterns:
         raise ValueError(f"{name}: name the dataset's files (--files 's3://bucket/path/*.parquet')")
-    text_column = text_column or DEFAULT_TEXT_COLUMN
+    if format == FORMAT_WEBDATASET and text_column:
+        raise ValueError("--text-column is for Parquet datasets; a webdataset's captions are its .txt members")
+    text_column = (text_column or DEFAULT_TEXT_COLUMN) if format == FORMAT_PARQUET else None
     options = options_for(patterns[0], root.url, root.storage_options)
     files = expand_files(patterns, options)
     if format == FORMAT_PARQUET:
@@ -202,3 +207,15 @@ def registration_for_key(root: DataRoot, key: str) -> CrawlRegistration:
     if registration is None:
         raise KeyError(f"segment {key}: crawl {crawl} is not registered under {root.url}; register it first")
     return registration
+
+
+def webdataset_tars(root: DataRoot, segment: str) -> list[str] | None:
+    """The tars of a registered webdataset's segment, in order; None for a segment of another format."""
+    try:
+        crawl, _ = parse_segment_key(segment)
+    except ValueError:
+        return None
+    registration = load_registration(root, crawl)
+    if registration is None or registration.format != FORMAT_WEBDATASET:
+        return None
+    return registration.files_of(segment)

@@ -37,6 +37,7 @@ from cah_resources.contract import (
     similarity_histogram,
     stage_folder,
 )
+from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.storage import DataRoot
 
 FUNNEL_STEPS = (CANDIDATES, "attempted", "downloaded", ClipStatus.SCORED, "kept")
@@ -146,7 +147,7 @@ def _add_image_shards(facts: DatasetFacts, root: DataRoot, segment: str) -> None
         stage.task_seconds += stats.task_seconds
 
 
-def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str, webdataset: bool = False) -> None:
     folder = stage_folder(root, CLIP_PAIRS, segment)
     shards = finished_shards(root, folder)
     if not shards:
@@ -161,6 +162,10 @@ def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
         )
         scored = table.filter(pc.is_valid(table.column("similarity")))
         kept = table.filter(pc.fill_null(table.column("kept"), False))
+        if webdataset:  # every sample of the tars, as attempted and downloaded
+            for step in ("attempted", "downloaded"):
+                facts.funnel[step].update(_counts_by_category(table))
+                facts.domains[step].update(_counts(url_domains(table.column("url"))))
         facts.funnel[ClipStatus.SCORED].update(_counts_by_category(scored))
         facts.funnel["kept"].update(_counts_by_category(kept))
         facts.domains["kept"].update(_counts(url_domains(kept.column("url"))))
@@ -186,9 +191,12 @@ def collect_facts(
     """
     facts = DatasetFacts(segments=sorted(set(segment_keys)))
     for segment in facts.segments:
-        _add_candidates(facts, root, segment)
-        _add_image_shards(facts, root, segment)
-        _add_clip_pairs(facts, root, segment)
+        # A registered webdataset's segment starts at clip_pairs: its samples are what was "downloaded".
+        webdataset = webdataset_tars(root, segment) is not None
+        if not webdataset:
+            _add_candidates(facts, root, segment)
+            _add_image_shards(facts, root, segment)
+        _add_clip_pairs(facts, root, segment, webdataset)
     for stage, seconds in (wall_seconds or {}).items():
         if stage in facts.throughput:
             facts.throughput[stage].wall_seconds = seconds
