@@ -740,6 +740,8 @@ def _webdataset_images(
 ) -> Iterator[tuple[int, bytes]]:
     """(row, image bytes) of each sample with both image and caption; every sample becomes a row."""
     detector = LanguageDetector()
+    # What a webdataset does not know of a sample (its page, where the page wrote the URL) is blank text.
+    blanks = {f.name: "" for f in shard_row_schema() if not f.nullable and pa.types.is_string(f.type)}
     for sample in iter_samples(handle, damage):
         text = (sample.text or "").strip()
         language = detector.detect(text) if text else Language("nolang", UNDETERMINED, 0.0)
@@ -753,11 +755,11 @@ def _webdataset_images(
         url = sample.fields.get("url") or sample.key
         fields = sample.fields
         rows.append(
-            {
+            blanks
+            | {
                 "uid": hashlib.blake2b(f"{url}\x00{text}".encode(), digest_size=16).hexdigest(),
                 "url": url,
                 "text": text,
-                "page_url": "",
                 "category": language.category,
                 "language": language.code,
                 "language_prob": language.probability,
