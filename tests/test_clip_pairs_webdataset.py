@@ -44,9 +44,8 @@ def root(request, tmp_path) -> DataRoot:
 
 def score_dataset(root: DataRoot, name: str, patterns: list[str], per_segment: int, **options) -> list[dict]:
     registration = register_dataset(root, name, patterns, FORMAT_WEBDATASET, files_per_segment=per_segment)
-    return [
-        score_image_shard(unit, settings(**options)) for key in registration.keys() for unit in pending_units(root, key)
-    ]
+    keys = registration.keys()  # a CrawlRegistration's segment keys (not a dict)
+    return [score_image_shard(unit, settings(**options)) for key in keys for unit in pending_units(root, key)]
 
 
 def clip_table(root: DataRoot, segment: str, shard: int):
