@@ -319,7 +319,8 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
         __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
         {
             "params": {
-                "assetSelection": [{"path": ["candidates"]}],
+                # candidates and pages are one step (one pass over each file): a backfill selects both
+                "assetSelection": [{"path": ["candidates"]}, {"path": ["pages"]}],
                 "partitionNames": keys,
                 "title": "cah UI test backfill",
             }
