@@ -11,6 +11,7 @@ from cah_assets.definitions import defs
 from cah_assets.fleet import fleet_sensor
 from cah_assets.partitions import segments
 from cah_assets.resources import HetznerFleet
+from cah_resources.contract import CANDIDATES, stage_assets
 from cah_resources.fleet.settings import LABEL_FLEET, LABEL_MANAGED, LABEL_ROLE
 
 TOKEN = "tokenA0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
@@ -42,7 +43,7 @@ def queue_runs(instance: dg.DagsterInstance, keys: list[str]) -> None:
     for key in keys:
         instance.create_run_for_job(
             job,
-            asset_selection=frozenset({dg.AssetKey("candidates")}),
+            asset_selection=frozenset(dg.AssetKey(name) for name in stage_assets(CANDIDATES)),  # one step: with pages
             tags={"dagster/partition": key},
             status=dg.DagsterRunStatus.STARTING,
         )
