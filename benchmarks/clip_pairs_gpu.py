@@ -922,8 +922,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - the script's ste
     say(f"== clip_pairs_gpu: {label}")
     report = Report(out, {"dry_run": args.dry_run, "label": label, "args": vars(args)})
     oom = OomCounter()
-    logging.getLogger("cah_resources.clip_pairs.clip_scorer").addHandler(oom)
-    logging.getLogger("cah_resources.clip_pairs.clip_scorer").setLevel(logging.WARNING)
+    logging.getLogger("cah_resources.batching").addHandler(oom)
+    logging.getLogger("cah_resources.batching").setLevel(logging.WARNING)
 
     if args.dry_run:
         models = {

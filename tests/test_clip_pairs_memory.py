@@ -21,7 +21,8 @@ import torchvision.io
 from PIL import Image
 
 from cah_assets.resources import ClipScorer
-from cah_resources.clip_pairs.clip_scorer import OOM_WARNINGS_PER_SHARD, load_clip
+from cah_resources.batching import OOM_WARNINGS_PER_SHARD
+from cah_resources.clip_pairs.clip_scorer import load_clip
 from cah_resources.clip_pairs.stage import ClipPairsUnit, score_image_shard
 from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
@@ -105,7 +106,7 @@ def test_out_of_memory_in_device_decode_and_resize_halves_the_batch_and_every_ro
     _, uncapped = _scored(unit, decode)
     refused = memory_cap()
 
-    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs.clip_scorer"):
+    with caplog.at_level(logging.WARNING, logger="cah_resources.batching"):
         summary, rows = _scored(unit, decode)
 
     assert refused, "the cap never refused an allocation: the test would measure nothing"
@@ -172,10 +173,11 @@ def test_a_shard_with_many_out_of_memory_events_logs_a_few_of_them_and_one_summa
     unit = _shard(DataRoot(str(tmp_path / "data")), [224] * 12)
     memory_cap()
 
-    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs"):
+    with caplog.at_level(logging.WARNING):
         summary, _ = _scored(unit, "torch")
 
-    logged = [r.getMessage() for r in caplog.records if r.name.startswith("cah_resources.clip_pairs")]
+    ours = ("cah_resources.clip_pairs", "cah_resources.batching")
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith(ours)]
     assert len(logged) == OOM_WARNINGS_PER_SHARD + 1
     assert "12 of them decoded on the CPU" in logged[-1]
     assert summary["device_memory"]["oom_halvings"] + summary["device_memory"]["oom_alone"] > len(logged)

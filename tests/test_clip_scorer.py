@@ -12,13 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from cah_assets.resources import ClipScorer
+from cah_resources.batching import GROW_AFTER_FITS, OOM_WARNINGS_PER_SHARD, OomTally, map_halving_on_oom
 from cah_resources.clip_pairs.clip_scorer import (
-    GROW_AFTER_FITS,
-    OOM_WARNINGS_PER_SHARD,
-    OomTally,
     encode_text,
     load_clip,
-    map_halving_on_oom,
     nsfw_tags,
     resolve_device,
     resolve_precision,
@@ -184,7 +181,7 @@ def test_out_of_memory_events_are_counted_and_only_the_first_few_logged(caplog):
             raise torch.OutOfMemoryError("CUDA out of memory")
         return lo
 
-    with caplog.at_level(logging.WARNING, logger="cah_resources.clip_pairs.clip_scorer"):
+    with caplog.at_level(logging.WARNING, logger="cah_resources.batching"):
         for _ in range(10):
             map_halving_on_oom(run, 64, tally=tally)
 

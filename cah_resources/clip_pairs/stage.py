@@ -50,14 +50,9 @@ import torch
 from fsspec.core import url_to_fs
 from PIL import Image
 
+from cah_resources.batching import OomTally, is_out_of_memory, map_halving_on_oom
 from cah_resources.candidates.language import UNDETERMINED, Language, LanguageDetector
-from cah_resources.clip_pairs.clip_scorer import (
-    LoadedClip,
-    OomTally,
-    is_out_of_memory,
-    load_clip,
-    map_halving_on_oom,
-)
+from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.clip_pairs.webdataset import iter_samples
 from cah_resources.contract import (
