@@ -1,4 +1,4 @@
-"""Batches that fit the device: run in the largest slices that fit, halved on out-of-memory, regrown."""
+"""The device models run on, and batches that fit it: the largest slices that fit, halved on out-of-memory, regrown."""
 
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ OOM_WARNINGS_PER_SHARD = 3
 # Slices in a row that fit at a remembered size before it is doubled: memory freed since (a huge
 # picture gone, another batch scored) is used again, at the cost of one failed try when it was not.
 GROW_AFTER_FITS = 16
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """The torch device to run on: the requested one, or for 'auto' CUDA, then MPS, then CPU."""
+    if requested != "auto":
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def is_out_of_memory(error: BaseException) -> bool:

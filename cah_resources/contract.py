@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # The three partitioned stages, in the order they run; each is an asset, a module and a folder.
 STAGES = ("candidates", "image_shards", "clip_pairs")
 CANDIDATES, IMAGE_SHARDS, CLIP_PAIRS = STAGES
+# The text path's partitioned stage: pages scored by a text classifier (a WARC crawl's pages, a dataset's rows).
+PAGE_SCORES = "page_scores"
 # The unpartitioned roll-ups of a crawl.
 RELEASE, REPORT = "release", "report"
 DATASET_ASSETS = (RELEASE, REPORT)
@@ -134,6 +136,19 @@ CLIP_FIELDS = pa.schema(
 )
 
 
+# What page_scores adds to each page's own columns (a page column of the same name is replaced).
+PAGE_SCORE_FIELDS = pa.schema(
+    [
+        ("score", pa.float32()),  # the score rule's value: the regression logit, or a label's probability
+        ("int_score", pa.int64()),  # FineWeb-Edu's: the score rounded (half to even) and clamped to 0..5
+        ("kept", pa.bool_()),  # score >= threshold
+        ("classifier_model", pa.string()),  # model id or local checkpoint folder
+        ("classifier_revision", pa.string()),  # Hub commit, or sha256:<digest> of a local checkpoint
+    ]
+)
+UNKNOWN_LANGUAGE = "und"  # a page without a language column, in page_scores' per-language histograms
+
+
 def shard_row_schema(candidate_schema: pa.Schema = CANDIDATES_SCHEMA) -> pa.Schema:
     """Columns of an image shard's parquet: the candidate's, then the download's."""
     return pa.schema(list(candidate_schema) + [f for f in DOWNLOAD_FIELDS if f.name not in candidate_schema.names])
@@ -147,6 +162,16 @@ SIMILARITY_EDGES = np.round(np.linspace(-1.0, 1.0, SIMILARITY_BINS + 1), 2)
 def similarity_histogram(values: np.ndarray) -> np.ndarray:
     """Pair counts per SIMILARITY_EDGES bin."""
     return np.histogram(np.clip(values, -1.0, 1.0), bins=SIMILARITY_EDGES)[0]
+
+
+# Page score histogram: fixed 0.1 bins over FineWeb-Edu's 0-5 scale (a probability fills the first ten),
+# values clipped into it, so histograms of any number of files and segments add up exactly.
+SCORE_EDGES = np.round(np.linspace(0.0, 5.0, 51), 1)
+
+
+def score_histogram(values: np.ndarray) -> np.ndarray:
+    """Page counts per SCORE_EDGES bin."""
+    return np.histogram(np.clip(values, 0.0, 5.0), bins=SCORE_EDGES)[0]
 
 
 # -- paths under the data root ------------------------------------------------------------------
@@ -198,13 +223,13 @@ def shard_paths(folder: str, shard: int) -> dict[str, str]:
     }
 
 
-def kept_folder(root: DataRoot, segment: str) -> str:
-    """clip_pairs' kept rows of a segment, one parquet per shard: the release's view."""
-    return root.path(CLIP_PAIRS, segment, "kept")
+def kept_folder(root: DataRoot, segment: str, stage: str = CLIP_PAIRS) -> str:
+    """A scoring stage's kept rows of a segment, one parquet per shard: clip_pairs' is the release's view."""
+    return root.path(stage, segment, "kept")
 
 
-def kept_path(root: DataRoot, segment: str, shard: int) -> str:
-    return f"{kept_folder(root, segment)}/{shard_name(shard)}.parquet"
+def kept_path(root: DataRoot, segment: str, shard: int, stage: str = CLIP_PAIRS) -> str:
+    return f"{kept_folder(root, segment, stage)}/{shard_name(shard)}.parquet"
 
 
 # A clip_pairs shard's embeddings, in clip-retrieval's layout: one folder per model under the segment's

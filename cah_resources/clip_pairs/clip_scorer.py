@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cah_resources.batching import resolve_device
 from cah_resources.clip_pairs.settings import ClipModelSpec
 
 log = logging.getLogger(__name__)
@@ -74,20 +75,6 @@ _RESIZE_CHUNK_PIXELS = 2**25
 _RESIZE_CHUNK_PIXELS_CPU = 2**18
 # OpenAI CLIP's trained logit scale, which LAION's zero-shot tags used as a fixed softmax scale.
 TAG_LOGIT_SCALE = 100.0
-
-
-def resolve_device(requested: str = "auto") -> str:
-    """The torch device to run on: the requested one, or for 'auto' CUDA, then MPS, then CPU."""
-    if requested != "auto":
-        if requested == "cuda" and not torch.cuda.is_available():
-            raise ValueError("clip device 'cuda' was asked for but torch sees no CUDA device")
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def resolve_precision(requested: str, device: str) -> str:

@@ -1,0 +1,1 @@
+"""page_scores: a Hugging Face sequence classifier scoring page text, kept at a threshold."""

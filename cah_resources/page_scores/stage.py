@@ -1,0 +1,260 @@
+"""The page_scores stage: one file of pages in, every page scored by a text classifier out (parquet, kept view).
+
+A unit is one Parquet file of a segment's pages: a registered dataset's own file (read where it
+is), or a WARC crawl's pages. It is read a window of rows at a time on the tokenizer's thread
+(cah_resources.page_scores.classifier), scored on the model's, and streamed out in the input's
+order: ``page_scores/<segment>/NNNNN.parquet`` has every input row with its page columns and
+PAGE_SCORE_FIELDS, ``kept/NNNNN.parquet`` the kept rows, ``NNNNN.done`` the summary, written last.
+A page without text (null) keeps its row with a null score, is not kept, and is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from cah_resources.batching import OomTally
+from cah_resources.contract import (
+    PAGE_SCORE_FIELDS,
+    PAGE_SCORES,
+    SCORE_EDGES,
+    UNKNOWN_LANGUAGE,
+    finished_shards,
+    kept_path,
+    score_histogram,
+    shard_name,
+    shard_paths,
+    stage_folder,
+)
+from cah_resources.page_scores.classifier import (
+    Classifier,
+    int_scores,
+    load_classifier,
+    prepared_windows,
+    score_window,
+)
+from cah_resources.page_scores.settings import ClassifierSettings
+from cah_resources.storage import DataRoot
+
+log = logging.getLogger(__name__)
+
+LANGUAGE_COLUMN = "language"  # a page's language, where its source has one (WARC pages, FineWeb's files)
+
+
+@dataclass(frozen=True)
+class PageScoresUnit:
+    """One work unit: one Parquet file of a segment's pages, and the text column to score."""
+
+    root: DataRoot
+    segment: str
+    shard: int  # the file's place among the segment's files: its outputs are NNNNN.*
+    source: str  # the file's URL (or local path)
+    text_column: str
+    source_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.shard)
+
+    @property
+    def folder(self) -> str:
+        return stage_folder(self.root, PAGE_SCORES, self.segment)
+
+    @property
+    def table(self) -> str:
+        return shard_paths(self.folder, self.shard)["parquet"]
+
+    @property
+    def kept(self) -> str:
+        return kept_path(self.root, self.segment, self.shard, PAGE_SCORES)
+
+    @property
+    def marker(self) -> str:
+        return shard_paths(self.folder, self.shard)["done"]
+
+
+def finished_units(root: DataRoot, segment: str) -> list[int]:
+    return [int(name) for name in finished_shards(root, stage_folder(root, PAGE_SCORES, segment))]
+
+
+def shard_summaries(root: DataRoot, segment: str) -> list[dict[str, Any]]:
+    """The summary every finished page_scores file of the segment wrote into its marker."""
+    folder = stage_folder(root, PAGE_SCORES, segment)
+    return [root.read_json(shard_paths(folder, shard)["done"]) for shard in finished_units(root, segment)]
+
+
+def output_schema(page_schema: pa.Schema) -> pa.Schema:
+    """The page's own columns (less any named like a score field), then PAGE_SCORE_FIELDS."""
+    return pa.schema([f for f in page_schema if f.name not in PAGE_SCORE_FIELDS.names] + list(PAGE_SCORE_FIELDS))
+
+
+@dataclass
+class _Tally:
+    """What one file's scoring saw: counts, tokens, and a histogram per language."""
+
+    rows: int = 0
+    no_text: int = 0
+    kept: int = 0
+    tokens: int = 0
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, languages: list[str | None], scores: np.ndarray, has_text: np.ndarray, kept: np.ndarray) -> None:
+        self.rows += len(scores)
+        self.no_text += int((~has_text).sum())
+        self.kept += int(kept.sum())
+        language_array = np.array([lang or UNKNOWN_LANGUAGE for lang in languages], dtype=object)
+        for language in sorted(set(language_array[has_text])):
+            chosen = has_text & (language_array == language)
+            counts = score_histogram(scores[chosen])
+            previous = self.histograms.get(language)
+            self.histograms[language] = counts if previous is None else previous + counts
+
+
+def _scored_batch(
+    batch: pa.RecordBatch,
+    scores: np.ndarray,
+    has_text: np.ndarray,
+    settings: ClassifierSettings,
+    loaded: Classifier,
+    schema: pa.Schema,
+) -> tuple[pa.RecordBatch, np.ndarray]:
+    kept = has_text & (np.nan_to_num(scores, nan=-np.inf) >= settings.threshold)
+    n = batch.num_rows
+    columns = {name: batch.column(name) for name in batch.schema.names if name not in PAGE_SCORE_FIELDS.names}
+    columns.update(
+        score=pa.array(scores, pa.float32(), mask=~has_text),
+        int_score=pa.array(int_scores(np.nan_to_num(scores)), pa.int64(), mask=~has_text),
+        kept=pa.array(kept, pa.bool_()),
+        classifier_model=pa.array([loaded.name] * n, pa.string()),
+        classifier_revision=pa.array([loaded.revision] * n, pa.string()),
+    )
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema), kept
+
+
+def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[str, Any]:
+    """Score one file of pages and write its page_scores outputs; returns the file's summary.
+
+    A file whose marker exists is never redone: its summary is read back. Without the marker every
+    output is rewritten from scratch, so a retried or interrupted file ends the same.
+    """
+    root = unit.root
+    if root.exists(unit.marker):
+        return root.read_json(unit.marker)
+    started = time.perf_counter()
+    loaded = load_classifier(settings)
+    fs, path = url_to_fs(unit.source, **unit.source_options)
+    tally, oom = _Tally(), OomTally()
+    with fs.open(path, "rb") as handle:
+        source = pq.ParquetFile(handle)
+        if unit.text_column not in source.schema_arrow.names:
+            raise ValueError(f"{unit.source} has no column {unit.text_column!r}; the dataset's plan names it")
+        has_language = LANGUAGE_COLUMN in source.schema_arrow.names
+        schema = output_schema(source.schema_arrow)
+
+        def windows():
+            for batch in source.iter_batches(batch_size=settings.window):
+                yield batch, batch.column(unit.text_column).to_pylist()
+
+        with root.open_atomic(unit.table) as table_out, root.open_atomic(unit.kept) as kept_out:
+            writer = pq.ParquetWriter(table_out, schema, compression="zstd")
+            kept_writer = pq.ParquetWriter(kept_out, schema, compression="zstd")
+            for window in prepared_windows(loaded, settings, windows()):
+                scores = score_window(loaded, window, oom)
+                batch = window.payload
+                has_text = ~np.asarray(batch.column(unit.text_column).is_null().to_numpy(zero_copy_only=False))
+                out, kept = _scored_batch(batch, scores, has_text, settings, loaded, schema)
+                writer.write_batch(out)
+                if kept.any():
+                    kept_writer.write_batch(out.filter(pa.array(kept)))
+                languages = batch.column(LANGUAGE_COLUMN).to_pylist() if has_language else [None] * batch.num_rows
+                tally.add(languages, scores, has_text, kept)
+                tally.tokens += window.tokens
+            writer.close()
+            kept_writer.close()
+    seconds = time.perf_counter() - started
+    summary = _summary(unit, settings, loaded, tally, oom, seconds)
+    root.write_json(unit.marker, summary)
+    log.info("page_scores %s/%s: %d pages, %d kept", unit.segment, unit.name, tally.rows, tally.kept)
+    return summary
+
+
+def _summary(
+    unit: PageScoresUnit,
+    settings: ClassifierSettings,
+    loaded: Classifier,
+    tally: _Tally,
+    oom: OomTally,
+    seconds: float,
+) -> dict[str, Any]:
+    scored = tally.rows - tally.no_text
+    return {
+        "segment": unit.segment,
+        "shard": unit.shard,
+        "source": unit.source,
+        "pages": tally.rows,
+        "scored": scored,
+        "no_text": tally.no_text,
+        "kept": tally.kept,
+        "tokens": tally.tokens,
+        "histograms": {lang: counts.tolist() for lang, counts in sorted(tally.histograms.items())},
+        "seconds": round(seconds, 3),
+        "pages_per_s": round(tally.rows / seconds, 2) if seconds > 0 else None,
+        "tokens_per_s": round(tally.tokens / seconds, 1) if seconds > 0 else None,
+        "model": loaded.name,
+        "revision": loaded.revision,
+        "score_rule": settings.score_rule,
+        "label": settings.label or None,
+        "threshold": settings.threshold,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "device_memory": {"oom_halvings": oom.halvings, "oom_alone": oom.alone},
+    }
+
+
+def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Segment totals from file summaries: pages scored and kept, tokens, rates, histograms per language."""
+    histograms: dict[str, list[int]] = {}
+    for summary in summaries:
+        for language, counts in summary.get("histograms", {}).items():
+            if len(counts) != len(SCORE_EDGES) - 1:
+                continue
+            previous = histograms.get(language, [0] * len(counts))
+            histograms[language] = [a + b for a, b in zip(previous, counts, strict=True)]
+    seconds = sum(s.get("seconds") or 0.0 for s in summaries)
+    pages, kept = sum(s["pages"] for s in summaries), sum(s["kept"] for s in summaries)
+    scored = sum(s["scored"] for s in summaries)
+    tokens = sum(s["tokens"] for s in summaries)
+    return {
+        "files": len(summaries),
+        "pages": pages,
+        "scored": scored,
+        "no_text": sum(s["no_text"] for s in summaries),
+        "kept": kept,
+        "kept_rate": round(kept / scored, 4) if scored else 0.0,
+        "tokens": tokens,
+        "histograms": histograms,
+        "pages_per_s": round(pages / seconds, 2) if seconds else None,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        "models": sorted({f"{s['model']}@{s['revision']}" for s in summaries}),
+    }
+
+
+def kept_table(root: DataRoot, segment: str) -> pa.Table:
+    """The segment's kept pages, every finished file's in file order (the kept view)."""
+    shards = finished_units(root, segment)
+    tables = [root.read_parquet(kept_path(root, segment, shard, PAGE_SCORES)) for shard in shards]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def kept_at_threshold(table: pa.Table, threshold: float) -> bool:
+    """Whether every kept row of a scored table has score >= threshold (the stage's check)."""
+    kept = table.filter(table.column("kept"))
+    return kept.num_rows == 0 or pc.min(kept.column("score")).as_py() >= threshold
