@@ -217,3 +217,19 @@ def test_the_benchmark_dry_run_ends_with_one_json_line():
     assert last["dry_run"] is True and last["docs"] == 48
     assert last["end_to_end_over_model_only"] > 0 and last["ratio_to_naive_pipeline"] > 0
     assert last["model_only"]["tokens_per_s"] > 0 and last["naive_pipeline"]["docs_per_s"] > 0
+
+
+def test_a_registered_datasets_segment_is_its_files_scored_where_they_are(tmp_path, data_root):
+    from cah_resources.crawl.segments import register_dataset
+    from cah_resources.page_scores.stage import dataset_pages_view, dataset_units, pending_units
+
+    files = write_page_dataset(str(tmp_path / "fw"), files=3, pages_per_file=20, seed=6)
+    registration = register_dataset(data_root, "fw", [str(tmp_path / "fw" / "*.parquet")], files_per_segment=2)
+    units = dataset_units(data_root, registration, "fw_00000")
+    view = dataset_pages_view(data_root, registration, "fw_00000")
+
+    assert [u.source for u in units] == files[:2] and [u.shard for u in units] == [0, 1]
+    assert [v["rows"] for v in view] == [20, 20] and "text" in view[0]["columns"]
+    score_page_file(units[0], TINY)
+    assert pending_units(units) == units[1:]
+    assert data_root.read_parquet(units[0].table).num_rows == view[0]["rows"]

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 MAX_INT_SCORE = 5  # FineWeb-Edu's int_score: the score rounded and clamped to 0..5
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _QUEUED_WINDOWS = 2  # windows tokenized ahead of the model: enough to hide the tokenizer, bounded memory
+# A batch ends where pages get shorter than this share of its longest, once it has _MIN_BATCH_ROWS pages:
+# each page is padded to the batch's longest, so a batch spanning 512 to 20 tokens would be mostly padding.
+_LENGTH_BAND = 0.75
+_MIN_BATCH_ROWS = 16
 
 
 def resolve_dtype(requested: str, device: str) -> str:
@@ -188,13 +192,18 @@ def sorted_batches(
     ids: list[list[int]], pad_id: int, batch_size: int, batch_tokens: int, pin: bool = False
 ) -> list[Batch]:
     """The pages in batches of similar length (longest first), each at most ``batch_size`` pages and
-    ``batch_tokens`` padded tokens, so that padding stays small whatever the mix of lengths."""
+    ``batch_tokens`` padded tokens, and ending where pages get much shorter (_LENGTH_BAND), so that
+    padding stays small whatever the mix of lengths."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
     batches, start = [], 0
     while start < len(order):
-        longest = max(1, int(lengths[order[start]]))
+        longest = max(1, int(sorted_lengths[start]))
         rows = max(1, min(batch_size, batch_tokens // longest, len(order) - start))
+        # Descending lengths: the first page shorter than the band ends the batch (after its minimum rows).
+        band_end = int(np.searchsorted(-sorted_lengths, -_LENGTH_BAND * longest, side="right")) - start
+        rows = min(rows, max(band_end, _MIN_BATCH_ROWS))
         positions = order[start : start + rows]
         matrix = np.full((rows, longest), pad_id, dtype=np.int64)
         mask = np.zeros((rows, longest), dtype=np.int64)

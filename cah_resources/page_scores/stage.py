@@ -34,6 +34,8 @@ from cah_resources.contract import (
     shard_paths,
     stage_folder,
 )
+from cah_resources.crawl.dataset_files import options_for
+from cah_resources.crawl.segments import CrawlRegistration
 from cah_resources.page_scores.classifier import (
     Classifier,
     int_scores,
@@ -79,6 +81,36 @@ class PageScoresUnit:
     @property
     def marker(self) -> str:
         return shard_paths(self.folder, self.shard)["done"]
+
+
+def dataset_units(root: DataRoot, registration: CrawlRegistration, segment: str) -> list[PageScoresUnit]:
+    """A Parquet dataset's segment: one unit per file of it, read where it is (the dataset's pages are its files)."""
+    return [
+        PageScoresUnit(
+            root, segment, i, url, registration.text_column or "text", options_for(url, root.url, root.storage_options)
+        )
+        for i, url in enumerate(registration.files_of(segment))
+    ]
+
+
+def pending_units(units: list[PageScoresUnit]) -> list[PageScoresUnit]:
+    """Those of ``units`` without a marker yet (one listing per segment folder)."""
+    done: dict[str, set[int]] = {}
+    for unit in units:
+        if unit.segment not in done:
+            done[unit.segment] = set(finished_units(unit.root, unit.segment))
+    return [u for u in units if u.shard not in done[u.segment]]
+
+
+def dataset_pages_view(root: DataRoot, registration: CrawlRegistration, segment: str) -> list[dict[str, Any]]:
+    """What a Parquet dataset's segment holds as pages, from the files' footers only: file, rows, columns."""
+    view = []
+    for unit in dataset_units(root, registration, segment):
+        fs, path = url_to_fs(unit.source, **unit.source_options)
+        with fs.open(path, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            view.append({"file": unit.source, "rows": metadata.num_rows, "columns": metadata.schema.names})
+    return view
 
 
 def finished_units(root: DataRoot, segment: str) -> list[int]:
