@@ -20,7 +20,11 @@ Three contenders on the same pages, interleaved round by round after a warm-up:
   ``padding="longest"``, ``truncation=True``, as the seed's script ran it.
 
 Documents/s and tokens/s (tokens after truncation, the same count for all three) per wall second
-and per CPU second of the process (every thread). The last line is one JSON object.
+and per CPU second of the process (every thread), best round of each. The last line is one JSON
+object; its ratios are per CPU second on the CPU (every core a contender keeps busy counts, and
+wall time on a shared machine measures the neighbours) and per wall second on a GPU (the device
+is the cost): ``end_to_end_over_model_only`` (target >= 0.85 on CPU, >= 0.8 on GPU) and
+``ratio_to_naive_pipeline`` (target >= 2 on CPU).
 """
 
 from __future__ import annotations
@@ -230,8 +234,8 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
             "load_average": round(os.getloadavg()[0], 1),
             **result,
-            "end_to_end_over_model_only": round(stage["docs_per_s"] / model["docs_per_s"], 3),
-            "end_to_end_over_model_only_per_cpu_s": round(stage["docs_per_cpu_s"] / model["docs_per_cpu_s"], 3),
+            "end_to_end_over_model_only": round(stage[per] / model[per], 3),
+            "end_to_end_over_model_only_wall": round(stage["docs_per_s"] / model["docs_per_s"], 3),
             "ratio_to_naive_pipeline": round(stage[per] / plain[per], 3) if plain else None,
             "ratio_to_naive_pipeline_measure": per,
             "rounds_ratio_median": round(

@@ -233,3 +233,18 @@ def test_a_registered_datasets_segment_is_its_files_scored_where_they_are(tmp_pa
     score_page_file(units[0], TINY)
     assert pending_units(units) == units[1:]
     assert data_root.read_parquet(units[0].table).num_rows == view[0]["rows"]
+
+
+def test_the_report_shows_a_score_histogram_and_kept_pages_per_language(tmp_path, data_root):
+    from cah_resources.dataset.report import build_report
+
+    (source,) = write_page_dataset(str(tmp_path / "pages"), files=1, pages_per_file=120, seed=12)
+    summary = score_page_file(_unit(data_root, source), TINY)
+    report = build_report(data_root, ["pages-test_00000"], data_root.path("report", "pages-test"))
+
+    rows = {row["language"]: row for row in report.tables["page_scores"].as_dicts()}
+    assert report.plots["page_scores"].startswith(b"\x89PNG")
+    assert set(rows) == set(summary["histograms"])
+    assert sum(r["pages scored"] for r in rows.values()) == 120
+    assert sum(r["kept"] for r in rows.values()) == summary["kept"]
+    assert "## page scores" in data_root.read_bytes(report.paths["report"]).decode()

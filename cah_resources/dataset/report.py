@@ -1,4 +1,4 @@
-"""The dataset report: funnel, similarity, status, opt-outs, domains, throughput as PNGs and tables."""
+"""The dataset report: funnel, similarity, status, opt-outs, domains, throughput, page scores as PNGs and tables."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from cah_resources.contract import (
     CLIP_PAIRS,
     IMAGE_SHARDS,
     OPT_OUT_STATUSES,
+    PAGE_SCORES,
+    SCORE_EDGES,
     SIMILARITY_EDGES,
     STAGES,
     CandidatesStats,
@@ -81,6 +83,10 @@ class DatasetFacts:
     throughput: dict[str, StageThroughput] = field(default_factory=dict)
     opt_out_hosts: Counter = field(default_factory=Counter)  # host -> URLs its owner's signals kept out
     missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    # page_scores, where a crawl's pages (or a dataset) were scored: counts per SCORE_EDGES bin per language.
+    page_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    page_kept: Counter = field(default_factory=Counter)  # language -> pages kept
+    page_threshold: float | None = None
 
 
 # -- reading the data layout ---------------------------------------------------------------
@@ -182,6 +188,24 @@ def _add_clip_pairs(facts: DatasetFacts, root: DataRoot, segment: str, webdatase
         stage.task_seconds += marker.task_seconds
 
 
+def _add_page_scores(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
+    """Per-language score histograms and kept pages from the segment's page_scores markers (no parquet read)."""
+    folder = stage_folder(root, PAGE_SCORES, segment)
+    names = finished_shards(root, folder)
+    if not names:
+        return
+    stage = facts.throughput.setdefault(PAGE_SCORES, StageThroughput(PAGE_SCORES, "pages scored"))
+    for name in names:
+        summary = root.read_json(shard_paths(folder, int(name))["done"])
+        for language, counts in summary.get("histograms", {}).items():
+            if len(counts) == len(SCORE_EDGES) - 1:
+                facts.page_scores[language] = facts.page_scores.get(language, 0) + np.array(counts, dtype=np.int64)
+        facts.page_kept.update(summary.get("kept_by_language", {}))
+        facts.page_threshold = summary.get("threshold", facts.page_threshold)
+        stage.items += int(summary.get("scored", 0))
+        stage.task_seconds += float(summary.get("seconds") or 0.0)
+
+
 def collect_facts(
     root: DataRoot, segment_keys: Iterable[str], wall_seconds: Mapping[str, float] | None = None
 ) -> DatasetFacts:
@@ -197,6 +221,7 @@ def collect_facts(
             _add_candidates(facts, root, segment)
             _add_image_shards(facts, root, segment)
         _add_clip_pairs(facts, root, segment, webdataset)
+        _add_page_scores(facts, root, segment)
     for stage, seconds in (wall_seconds or {}).items():
         if stage in facts.throughput:
             facts.throughput[stage].wall_seconds = seconds
@@ -314,9 +339,22 @@ def top_domains_table(facts: DatasetFacts, n: int = 20) -> Table:
     return Table(("domain", "attempted", "downloaded", "kept"), top_domains(facts, n))
 
 
+def page_scores_table(facts: DatasetFacts) -> Table:
+    """Pages scored and kept per language, and their mean score (from the 0.1 bins)."""
+    centers = (SCORE_EDGES[:-1] + SCORE_EDGES[1:]) / 2
+    rows = []
+    for language in sorted(facts.page_scores, key=lambda lang: (-int(facts.page_scores[lang].sum()), lang)):
+        hist = facts.page_scores[language]
+        scored = int(hist.sum())
+        mean = round(float((hist * centers).sum() / scored), 2) if scored else "n/a"
+        rows.append((language, scored, facts.page_kept[language], _ratio(facts.page_kept[language], scored), mean))
+    note = f"kept: score >= {facts.page_threshold}" if facts.page_threshold is not None else ""
+    return Table(("language", "pages scored", "kept", "keep rate", "mean score"), rows, note)
+
+
 def throughput_table(facts: DatasetFacts) -> Table:
     rows = []
-    for stage in STAGES:
+    for stage in (*STAGES, PAGE_SCORES):
         t = facts.throughput.get(stage)
         if t is None:
             continue
@@ -422,9 +460,26 @@ def top_domains_figure(facts: DatasetFacts, n: int = 20) -> Figure:
     return figure
 
 
+def page_scores_figure(facts: DatasetFacts) -> Figure:
+    """Histogram of page scores per language (the most pages first), with the keep threshold."""
+    figure, axes = _figure()
+    ranked = sorted(facts.page_scores, key=lambda lang: (-int(facts.page_scores[lang].sum()), lang))
+    for language in ranked:
+        hist = facts.page_scores[language]
+        axes.stairs(hist, SCORE_EDGES, label=f"{language} ({int(hist.sum()):,}, kept {facts.page_kept[language]:,})")
+    if facts.page_threshold is not None:
+        axes.axvline(facts.page_threshold, color="black", linestyle="--", linewidth=1)
+    axes.set_xlabel("page score, clipped to 0-5 (dashed: threshold)")
+    axes.set_ylabel("pages")
+    axes.set_title("Page scores per language")
+    if ranked:
+        _legend_outside(axes)
+    return figure
+
+
 def throughput_figure(facts: DatasetFacts) -> Figure:
     """One panel per stage, each in its own unit (records, URLs, pairs): per task second and per run second."""
-    stages = [s for s in STAGES if s in facts.throughput] or list(STAGES[:1])
+    stages = [s for s in (*STAGES, PAGE_SCORES) if s in facts.throughput] or list(STAGES[:1])
     figure = Figure(figsize=(3.0 * len(stages), 3.6))
     for i, stage in enumerate(stages):
         axes = figure.add_subplot(1, len(stages), i + 1)
@@ -473,6 +528,10 @@ def throughput_plot(facts: DatasetFacts) -> bytes:
     return _png(throughput_figure(facts))
 
 
+def page_scores_plot(facts: DatasetFacts) -> bytes:
+    return _png(page_scores_figure(facts))
+
+
 def _category_order(category: str) -> tuple[int, str]:
     return (CATEGORIES.index(category) if category in CATEGORIES else len(CATEGORIES), category)
 
@@ -518,6 +577,9 @@ def build_report(
         "top_domains": top_domains_table(facts, top_n_domains),
         "throughput": throughput_table(facts),
     }
+    if facts.page_scores:  # a crawl whose pages (or a dataset) were scored
+        plots["page_scores"] = page_scores_plot(facts)
+        tables["page_scores"] = page_scores_table(facts)
     report = Report(facts, plots, tables)
     for name, png in plots.items():
         path = f"{out_dir}/{name}.png"
@@ -531,8 +593,11 @@ def build_report(
         "candidate_drops",
         "opted_out_and_blocked",
         "top_domains",
+        "page_scores",
         "throughput",
     ):
+        if name not in plots and name not in tables:
+            continue
         sections.append(f"## {name.replace('_', ' ')}")
         if name in plots:
             sections.append(f"![{name}]({name}.png)")

@@ -137,6 +137,7 @@ class _Tally:
     kept: int = 0
     tokens: int = 0
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    kept_by_language: dict[str, int] = field(default_factory=dict)
 
     def add(self, languages: list[str | None], scores: np.ndarray, has_text: np.ndarray, kept: np.ndarray) -> None:
         self.rows += len(scores)
@@ -148,6 +149,7 @@ class _Tally:
             counts = score_histogram(scores[chosen])
             previous = self.histograms.get(language)
             self.histograms[language] = counts if previous is None else previous + counts
+            self.kept_by_language[language] = self.kept_by_language.get(language, 0) + int((chosen & kept).sum())
 
 
 def _scored_batch(
@@ -237,6 +239,7 @@ def _summary(
         "kept": tally.kept,
         "tokens": tally.tokens,
         "histograms": {lang: counts.tolist() for lang, counts in sorted(tally.histograms.items())},
+        "kept_by_language": dict(sorted(tally.kept_by_language.items())),
         "seconds": round(seconds, 3),
         "pages_per_s": round(tally.rows / seconds, 2) if seconds > 0 else None,
         "tokens_per_s": round(tally.tokens / seconds, 1) if seconds > 0 else None,
@@ -254,7 +257,10 @@ def _summary(
 def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Segment totals from file summaries: pages scored and kept, tokens, rates, histograms per language."""
     histograms: dict[str, list[int]] = {}
+    kept_by_language: dict[str, int] = {}
     for summary in summaries:
+        for language, count in summary.get("kept_by_language", {}).items():
+            kept_by_language[language] = kept_by_language.get(language, 0) + count
         for language, counts in summary.get("histograms", {}).items():
             if len(counts) != len(SCORE_EDGES) - 1:
                 continue
@@ -273,6 +279,7 @@ def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "kept_rate": round(kept / scored, 4) if scored else 0.0,
         "tokens": tokens,
         "histograms": histograms,
+        "kept_by_language": kept_by_language,
         "pages_per_s": round(pages / seconds, 2) if seconds else None,
         "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "models": sorted({f"{s['model']}@{s['revision']}" for s in summaries}),
