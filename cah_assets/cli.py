@@ -161,7 +161,7 @@ def dev(port: int) -> None:
 def _register_with_retries(instance, common_crawl, storage, crawl: str, files_per_segment: int, **dataset):
     """Register, retrying an unreachable source a few times, visibly; a missing crawl is not retried."""
     from cah_assets.crawls import register_and_add
-    from cah_resources.crawl.common_crawl import CrawlFileMissing, IncompleteDownload
+    from cah_resources.crawl.common_crawl import IncompleteDownload
     from cah_resources.errors import one_line
     from cah_resources.retries import unreachable_source
 

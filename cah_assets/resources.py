@@ -29,7 +29,7 @@ from cah_resources.fleet.compute import DaskCompute
 from cah_resources.fleet.hetzner import Fleet, Progress, load_projects
 from cah_resources.fleet.settings import FLEET_ENV, ComputeSettings, FleetSettings, env_default
 from cah_resources.image_shards.stage import ShardSettings
-from cah_resources.page_scores.settings import CLASSIFIER_DEFAULTS, SCORE_RULES, ClassifierSettings
+from cah_resources.page_scores.settings import ClassifierSettings
 from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage_options
 
 # The Dagster UI renders a markdown metadata value in place only below this many characters (longer
@@ -234,24 +234,16 @@ class ClipScorer(dg.ConfigurableResource):
         return cls(**{**fields, **overrides})
 
 
+@settings_fields(ClassifierSettings)
 class TextClassifier(dg.ConfigurableResource):
-    """The Hugging Face sequence classifier page_scores runs: FineWeb-Edu's by default, any model id or local folder."""
+    """The Hugging Face sequence classifier page_scores runs: FineWeb-Edu's by default, any model id or local folder.
 
-    model: str = Field(CLASSIFIER_DEFAULTS.model, description="Model id on the Hub, or a local checkpoint folder")
-    revision: str = Field(CLASSIFIER_DEFAULTS.revision, description="Hub revision (branch, tag, commit); empty: main")
-    score_rule: str = Field(CLASSIFIER_DEFAULTS.score_rule, description=f"One of {', '.join(SCORE_RULES)}")
-    label: str = Field(CLASSIFIER_DEFAULTS.label, description="label_probability: the label whose probability scores")
-    threshold: float = Field(CLASSIFIER_DEFAULTS.threshold, description="A page is kept when its score >= threshold")
-    max_length: int = Field(CLASSIFIER_DEFAULTS.max_length, description="Tokens per page; longer ones are truncated")
-    dtype: str = Field(CLASSIFIER_DEFAULTS.dtype, description="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
-    device: str = Field(CLASSIFIER_DEFAULTS.device, description="auto (CUDA, then MPS, then CPU), cuda, mps, cpu")
-    batch_size: int = Field(CLASSIFIER_DEFAULTS.batch_size, description="Pages per model call at most")
-    batch_tokens: int = Field(CLASSIFIER_DEFAULTS.batch_tokens, description="Padded tokens per model call at most")
-    window: int = Field(CLASSIFIER_DEFAULTS.window, description="Pages tokenized and length-sorted together")
+    One field per setting of ``ClassifierSettings``, by the same name: see it for what each means.
+    """
 
     def settings(self) -> ClassifierSettings:
         """The plain settings the stage function takes on a worker."""
-        return ClassifierSettings(**{name: getattr(self, name) for name in ClassifierSettings.__dataclass_fields__})
+        return settings_of(self, ClassifierSettings)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> TextClassifier:

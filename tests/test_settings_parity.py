@@ -13,6 +13,7 @@ from cah_assets.resources import (
     ComputeResource,
     HetznerFleet,
     ImageDownloader,
+    TextClassifier,
 )
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.clip_pairs.settings import SCORING_DEFAULTS, ScoringSettings
@@ -20,6 +21,7 @@ from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.flat_settings import flat_fields, from_flat
 from cah_resources.fleet.settings import FLEET_ENV, ComputeSettings, FleetSettings, WorkerSettings
 from cah_resources.image_shards.stage import ShardSettings
+from cah_resources.page_scores.settings import ClassifierSettings
 
 # Each resource, the plain settings it hands to the code that runs, and the fields it declares itself.
 VIEWS = {
@@ -28,6 +30,7 @@ VIEWS = {
     ComputeResource: (ComputeSettings, set()),
     CommonCrawl: (CrawlSource, set()),
     CandidateRules: (CandidateFilters, {"max_record_bytes"}),
+    TextClassifier: (ClassifierSettings, set()),
 }
 
 

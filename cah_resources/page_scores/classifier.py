@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cah_resources.batching import OomTally, map_halving_on_oom, resolve_device
+from cah_resources.errors import one_line
 from cah_resources.page_scores.settings import ClassifierSettings
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,7 @@ def _load(settings: ClassifierSettings, device: str, dtype: str) -> LoadedClassi
             settings.model, revision=revision, dtype=_DTYPES[dtype]
         )
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"cannot load text classifier {settings.model}: {first_line}") from error
+        raise ValueError(f"cannot load text classifier {settings.model}: {one_line(error)}") from error
     if not tokenizer.is_fast:
         raise ValueError(f"{settings.model} has no fast (Rust) tokenizer; page_scores tokenizes off the model's thread")
     model.to(device).eval()
