@@ -145,3 +145,6 @@ def test_cah_register_takes_a_parquet_dataset_and_adds_its_segments(capsys, tmp_
     with dg.DagsterInstance.get() as instance:
         assert set(instance.get_dynamic_partitions("segments")) >= {"pages-2024_00000", "pages-2024_00001"}
     assert missing == 2 and err.count("\n") == 1 and "has no column 'txt'" in err
+    nothing = cli.main(["register", "none", "--format", "parquet", "--files", f"{folder}/*.jsonl", "--data-root", data])
+    _, err = capsys.readouterr()
+    assert nothing == 2 and err.count("\n") == 1 and "matches no file" in err  # at once: not retried as unreachable
