@@ -21,8 +21,9 @@ from cah_assets.policies import WITH_ITS_ASSET
 from cah_assets.resources import ComputeResource, StorageResource
 from cah_resources.candidates.checks import CANDIDATES_CHECKS, check_candidates
 from cah_resources.clip_pairs.checks import CLIP_PAIRS_CHECKS, check_clip_pairs
-from cah_resources.contract import CANDIDATES, CLIP_PAIRS, IMAGE_SHARDS, PAGES
+from cah_resources.contract import CANDIDATES, CLIP_PAIRS, IMAGE_SHARDS, PAGE_SCORES, PAGES
 from cah_resources.image_shards.checks import IMAGE_SHARDS_CHECKS, check_image_shards
+from cah_resources.page_scores.checks import PAGE_SCORES_CHECKS, check_page_scores
 from cah_resources.pages.checks import PAGES_CHECKS, check_pages
 from cah_resources.verdicts import Verdict
 
@@ -117,3 +118,4 @@ image_shards_checks = segment_checks(
 )
 clip_pairs_checks = segment_checks(CLIP_PAIRS, CLIP_PAIRS_CHECKS, check_clip_pairs, automated=True)
 pages_checks = segment_checks(PAGES, PAGES_CHECKS, check_pages, automated=False)
+page_scores_checks = segment_checks(PAGE_SCORES, PAGE_SCORES_CHECKS, check_page_scores, automated=False)

@@ -166,7 +166,8 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
     from cah_resources.retries import unreachable_source
 
     def unreachable(error: BaseException) -> bool:
-        return isinstance(error, (IncompleteDownload, OSError)) and not isinstance(error, CrawlFileMissing)
+        # A crawl or dataset file that is not there (CrawlFileMissing among them) is final, not a network hiccup.
+        return isinstance(error, (IncompleteDownload, OSError)) and not isinstance(error, FileNotFoundError)
 
     def reason(error: BaseException) -> str:
         # The connection's own error, not the download's wrapper; a URL in it shown without secrets.

@@ -10,7 +10,13 @@ import os
 import dagster as dg
 
 from cah_assets.automation import SEGMENT_CRON, crawl_discovery_sensor, segment_flow_sensor, segment_schedule
-from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards_checks, pages_checks
+from cah_assets.checks import (
+    candidates_checks,
+    clip_pairs_checks,
+    image_shards_checks,
+    page_scores_checks,
+    pages_checks,
+)
 from cah_assets.crawls import register_crawl_job
 from cah_assets.dataset import release, report
 from cah_assets.deployment import Deployment, read_deployment
@@ -27,11 +33,13 @@ from cah_assets.resources import (
     ReportLinks,
     SegmentFlow,
     StorageResource,
+    TextClassifier,
 )
 from cah_assets.stages.candidates import candidates
 from cah_assets.stages.clip_pairs import clip_pairs
 from cah_assets.stages.image_shards import image_shards
-from cah_resources.contract import DATASET_ASSETS, STAGES, stage_assets
+from cah_assets.stages.page_scores import page_scores
+from cah_resources.contract import DATASET_ASSETS, PAGE_SCORES, STAGES, stage_assets
 from cah_resources.crawl.common_crawl import COMMON_CRAWL_URL, CRAWL_LIST_URL
 
 PIPELINE_JOB = "pipeline"
@@ -53,7 +61,7 @@ def _jobs() -> list:
             selection=dg.AssetSelection.assets(*stage_assets(stage)),
             description=f"The {stage} stage of the chosen segments, and its checks.",
         )
-        for stage in STAGES
+        for stage in (*STAGES, PAGE_SCORES)
     ]
     pipeline = dg.define_asset_job(
         PIPELINE_JOB,
@@ -81,6 +89,7 @@ def deployment_resources(deployment: Deployment) -> dict:
         else DedupIndexResource(),
         "image_downloader": ImageDownloader(),
         "clip_scorer": ClipScorer(),
+        "text_classifier": TextClassifier(),
         "crawl_discovery": CrawlDiscovery(crawl_list=os.environ.get("CAH_CRAWL_LIST", CRAWL_LIST_URL)),
         "segment_flow": SegmentFlow(),
         "hetzner_fleet": HetznerFleet.from_env(),
@@ -93,14 +102,15 @@ def deployment_resources(deployment: Deployment) -> dict:
     if deployment.name == "demo":
         resources["image_downloader"] = ImageDownloader(allowed_networks=DEMO_NETWORKS, shard_size=DEMO_SHARD_SIZE)
         resources["clip_scorer"] = ClipScorer.tiny()
+        resources["text_classifier"] = TextClassifier.tiny()
     return resources
 
 
 def build_definitions(deployment: Deployment, overrides: dict | None = None) -> dg.Definitions:
     """Every asset, check, job and sensor with the deployment's resources, ``overrides`` replacing some by key."""
     return dg.Definitions(
-        assets=[candidates, image_shards, clip_pairs, release, report],
-        asset_checks=[candidates_checks, pages_checks, image_shards_checks, clip_pairs_checks],
+        assets=[candidates, image_shards, clip_pairs, page_scores, release, report],
+        asset_checks=[candidates_checks, pages_checks, image_shards_checks, clip_pairs_checks, page_scores_checks],
         jobs=_jobs(),
         schedules=[segment_schedule(os.environ.get("CAH_SEGMENT_CRON", SEGMENT_CRON))],
         sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],

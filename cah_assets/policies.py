@@ -15,6 +15,8 @@ IMAGE_SHARDS_RETRY = dg.RetryPolicy(
 )
 # Stage 3 is local compute: one retry covers a lost GPU executor; more would repeat a real bug.
 CLIP_PAIRS_RETRY = dg.RetryPolicy(max_retries=1, delay=15)
+# page_scores is model compute too (a dataset's files read from the store are retried by fsspec's clients).
+PAGE_SCORES_RETRY = CLIP_PAIRS_RETRY
 
 # A range backfill runs this many segments per run; each run hands all their work units to Dask at once.
 SEGMENTS_PER_RUN = 8

@@ -23,6 +23,7 @@ from fsspec.core import url_to_fs
 
 from cah_resources.batching import OomTally
 from cah_resources.contract import (
+    FORMAT_PARQUET,
     PAGE_SCORE_FIELDS,
     PAGE_SCORES,
     SCORE_EDGES,
@@ -35,7 +36,7 @@ from cah_resources.contract import (
     stage_folder,
 )
 from cah_resources.crawl.dataset_files import options_for
-from cah_resources.crawl.segments import CrawlRegistration
+from cah_resources.crawl.segments import CrawlRegistration, registration_for_key
 from cah_resources.page_scores.classifier import (
     Classifier,
     int_scores,
@@ -91,6 +92,17 @@ def dataset_units(root: DataRoot, registration: CrawlRegistration, segment: str)
         )
         for i, url in enumerate(registration.files_of(segment))
     ]
+
+
+def segment_units(root: DataRoot, segment: str) -> list[PageScoresUnit]:
+    """The files of pages a segment's page_scores reads, by the format its crawl was registered with."""
+    registration = registration_for_key(root, segment)
+    if registration.format == FORMAT_PARQUET:
+        return dataset_units(root, registration, segment)
+    raise ValueError(
+        f"{segment}: page_scores scores pages, and a {registration.format} crawl has none here; "
+        "register a Parquet dataset (cah register NAME --format parquet --files ...)"
+    )
 
 
 def pending_units(units: list[PageScoresUnit]) -> list[PageScoresUnit]:

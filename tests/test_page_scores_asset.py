@@ -1,0 +1,112 @@
+"""The page_scores asset and its checks through Dagster: a registered Parquet dataset, local and S3 data roots."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from s3_peer import new_bucket_root, s3_endpoint
+
+from cah_assets.checks import page_scores_checks
+from cah_assets.resources import ComputeResource, StorageResource, TextClassifier
+from cah_assets.stages.page_scores import page_scores
+from cah_resources.crawl.segments import register_dataset
+from cah_resources.page_scores.stage import segment_units
+from cah_resources.samples.sample_pages import write_page_dataset
+from cah_resources.storage import DataRoot
+
+DATASET = "fw-sample"
+
+
+@pytest.fixture(scope="module")
+def s3_peer():
+    with s3_endpoint() as endpoint:
+        yield endpoint
+
+
+def _storage(root: DataRoot) -> StorageResource:
+    options = root.storage_options
+    if not root.url.startswith("s3://"):
+        return StorageResource(root=root.url)
+    region = options.get("client_kwargs", {}).get("region_name", "")
+    return StorageResource(
+        root=root.url,
+        endpoint_url=options["endpoint_url"],
+        access_key_id=options["key"],
+        secret_access_key=options["secret"],
+        region=region,
+    )
+
+
+def materialize(root: DataRoot, keys: list[str], key: str, **classifier) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("segments", keys)
+    return dg.materialize(
+        [page_scores, page_scores_checks],
+        partition_key=key,
+        instance=instance,
+        resources={
+            "compute": ComputeResource(n_workers=1, processes=False, local_gpus=0),
+            "storage": _storage(root),
+            "text_classifier": TextClassifier.tiny(device="cpu", **classifier),
+        },
+        raise_on_error=False,
+    )
+
+
+def _register(root: DataRoot, folder: str) -> list[str]:
+    write_page_dataset(folder, files=3, pages_per_file=40, seed=21, storage_options=root.storage_options)
+    return register_dataset(root, DATASET, [f"{folder}/*.parquet"], files_per_segment=2).keys()
+
+
+def _scored_and_checked(root: DataRoot, keys: list[str]) -> None:
+    result = materialize(root, keys, keys[0])
+    metadata = result.asset_materializations_for_node("page_scores")[0].metadata
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+    assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
+    assert metadata["pages_scored"].value == 80 and metadata["files"].value == 2
+    assert metadata["pages_kept"].value == sum(r.data["kept"] for r in metadata["per_language"].records)
+    assert checks == {"scored_rows_match_pages": True, "kept_pages_pass_threshold": True}
+    units = segment_units(root, keys[0])
+    for unit in units:
+        with root.fs.open(unit.source, "rb") as handle:
+            pages = pq.read_table(handle)
+        scored = root.read_parquet(unit.table)
+        assert scored.column("id").to_pylist() == pages.column("id").to_pylist()
+
+
+def test_a_parquet_dataset_is_scored_and_checked_on_a_local_data_root(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    _scored_and_checked(root, _register(root, str(tmp_path / "fineweb")))
+
+
+def test_a_parquet_dataset_on_s3_is_scored_and_checked_on_an_s3_data_root(s3_peer):
+    root = new_bucket_root(s3_peer)
+    bucket = root.url.split("/")[2]
+    _scored_and_checked(root, _register(root, f"s3://{bucket}/datasets/fineweb"))
+
+
+def test_a_kept_page_below_the_threshold_fails_its_check(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    keys = _register(root, str(tmp_path / "fineweb"))
+    assert materialize(root, keys, keys[1]).success
+    unit = segment_units(root, keys[1])[0]
+    marker = root.read_json(unit.marker)
+    root.write_json(unit.marker, {**marker, "threshold": 4.99})  # as if a stricter run had written these rows
+
+    result = materialize(root, keys, keys[1])  # the file is finished: only the checks read it again
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["kept_pages_pass_threshold"] is False and checks["scored_rows_match_pages"] is True
+
+
+def test_a_wat_crawl_has_no_pages_to_score_and_fails_in_one_line(tmp_path, sample_crawl):
+    from cah_resources.crawl.common_crawl import CrawlSource
+    from cah_resources.crawl.segments import register_crawl
+
+    root = DataRoot(str(tmp_path / "data"))
+    keys = register_crawl(CrawlSource(sample_crawl.root), root, "CC-MAIN-SAMPLE", 2).keys()
+    result = materialize(root, keys, keys[0])
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert not result.success
+    assert "a wat crawl has none here" in str(failure.event_specific_data.error.message)
