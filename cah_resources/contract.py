@@ -14,6 +14,7 @@ from cah_resources.vocabulary import (  # noqa: F401 (re-exported: the contract 
     CATEGORIES,
     COUNT,
     OPT_OUT_STATUSES,
+    SCORE_BINS,
     SIMILARITY_BINS,
     SUCCESSES,
     CandidatesStats,
@@ -25,6 +26,7 @@ from cah_resources.vocabulary import (  # noqa: F401 (re-exported: the contract 
     MetadataTable,
     OptOutSignal,
     PageDropReason,
+    PageScoreStats,
     PagesStats,
     ShardStats,
     Stats,
@@ -166,7 +168,7 @@ def similarity_histogram(values: np.ndarray) -> np.ndarray:
 
 # Page score histogram: fixed 0.1 bins over FineWeb-Edu's 0-5 scale (a probability fills the first ten),
 # values clipped into it, so histograms of any number of files and segments add up exactly.
-SCORE_EDGES = np.round(np.linspace(0.0, 5.0, 51), 1)
+SCORE_EDGES = np.round(np.linspace(0.0, 5.0, SCORE_BINS + 1), 1)
 
 
 def score_histogram(values: np.ndarray) -> np.ndarray:

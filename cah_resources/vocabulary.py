@@ -22,6 +22,8 @@ COUNT = "count"
 SUCCESSES = "successes"
 # Similarity histograms have fixed 0.01 bins over [-1, 1] (contract.SIMILARITY_EDGES).
 SIMILARITY_BINS = 200
+# Page score histograms have fixed 0.1 bins over [0, 5] (contract.SCORE_EDGES), one per language.
+SCORE_BINS = 50
 
 
 # -- statuses, drop reasons, damage kinds: each spelled once ---------------------------------------
@@ -216,6 +218,11 @@ def _histogram(a: list[int], b: list[int]) -> list[int]:
     return [x + y for x, y in zip(a, b, strict=True)] if len(b) == len(a) else a
 
 
+def _histograms(a: dict[str, list[int]], b: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Histograms per key (language) added bin by bin; a key on one side only is taken as it is."""
+    return {k: _histogram(a[k], b[k]) if k in a and k in b else list(a.get(k) or b[k]) for k in sorted({*a, *b})}
+
+
 def _min(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -231,6 +238,7 @@ _MERGES = {
     "union": _union,
     "join": _join,
     "histogram": _histogram,
+    "histograms": _histograms,
     "min": _min,
     "max": _max,
 }
@@ -241,10 +249,16 @@ def _plain(counter: Counter[str]) -> dict[str, int]:
     return {str(key): n for key, n in sorted(counter.items())}
 
 
+_IDENTITIES = ("same", "min", "histogram", "histograms")  # merges of what metadata does not show by default
+
+
 def _stat(default: Any = 0, merge: str = "add", shown: bool | None = None) -> Any:
     """A stat field: its default (a factory when mutable), how two sides of it merge, and whether
     Dagster metadata shows it (by default what adds up, not identities)."""
-    meta = {"merge": merge, "shown": merge not in ("same", "min", "histogram") if shown is None else shown}
+    meta = {
+        "merge": merge,
+        "shown": merge not in ("same", "min", "histogram", "histograms") if shown is None else shown,
+    }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -524,6 +538,67 @@ class ClipStats(Stats):
             "shard_pairs_per_s": self.shard_pairs_per_s,
             "device": self.device or "none",
             "precision": self.precision or "none",
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "task_seconds": round(self.task_seconds, 3)}
+
+
+@dataclass
+class PageScoreStats(Stats):
+    """What page_scores did with one file of pages (its .done marker) or, added up, a segment's files."""
+
+    segment: str | None = _stat(None, "same")
+    shard: int | None = _stat(None, "same")
+    pages: int = _stat()  # rows of the file of pages
+    no_text: int = _stat()  # pages whose text is null: kept as rows, not scored
+    scored: Counter[str] = _counter("language")  # per language
+    kept: Counter[str] = _counter("language")  # per language
+    tokens: int = _stat()  # after truncation to max_length: what the model ran on
+    histograms: dict = _stat({}, "histograms")  # language -> counts per contract.SCORE_EDGES bin
+    task_seconds: float = _stat(0.0)
+    device: str | None = _stat(None, "join")
+    dtype: str | None = _stat(None, "join")
+    model: str | None = _stat(None, "same")
+    revision: str | None = _stat(None, "join")  # a segment scored by two revisions shows both
+    score_rule: str | None = _stat(None, "same")
+    threshold: float | None = _stat(None, "same")
+    device_memory: dict | None = _stat(None, "same")  # what device out-of-memory cost the file
+
+    HEADLINE: ClassVar[tuple[str, str]] = ("pages_scored", "pages_kept")
+
+    @property
+    def pages_scored(self) -> int:
+        return sum(self.scored.values())
+
+    @property
+    def pages_kept(self) -> int:
+        return sum(self.kept.values())
+
+    @property
+    def kept_rate(self) -> float:
+        return round(self.pages_kept / self.pages_scored, 4) if self.pages_scored else 0.0
+
+    @property
+    def pages_per_s(self) -> float:
+        """Pages per second of the file tasks' own time (0 before any)."""
+        return round(self.pages / self.task_seconds, 2) if self.task_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return round(self.tokens / self.task_seconds, 1) if self.task_seconds > 0 else 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **super().metadata(),
+            "pages_scored": self.pages_scored,
+            "pages_kept": self.pages_kept,
+            "kept_rate": self.kept_rate,
+            "file_pages_per_s": self.pages_per_s,
+            "file_tokens_per_s": self.tokens_per_s,
+            "device": self.device or "none",
+            "dtype": self.dtype or "none",
+            "model": self.model or "none",
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from s3_peer import new_bucket_root, s3_endpoint
 
-from cah_resources.contract import PAGE_SCORE_FIELDS, SCORE_EDGES
+from cah_resources.contract import PAGE_SCORE_FIELDS, SCORE_EDGES, PageScoreStats
 from cah_resources.page_scores.classifier import int_scores, load_classifier, score_texts, sorted_batches, tokenize
 from cah_resources.page_scores.settings import ClassifierSettings
 from cah_resources.page_scores.stage import PageScoresUnit, score_page_file, summarize
@@ -134,7 +134,9 @@ def _unit(root: DataRoot, source: str, shard: int = 0, **options) -> PageScoresU
 def test_a_page_file_is_scored_in_its_order_with_its_columns_and_a_kept_view(tmp_path, data_root):
     (source,) = write_page_dataset(str(tmp_path / "pages"), files=1, pages_per_file=300, seed=3)
     unit = _unit(data_root, source)
-    summary = score_page_file(unit, ClassifierSettings(model=TINY.model, device="cpu", window=64))
+    summary = PageScoreStats.from_dict(
+        score_page_file(unit, ClassifierSettings(model=TINY.model, device="cpu", window=64))
+    )
     pages_in, scored = pq.read_table(source), data_root.read_parquet(unit.table)
     kept = data_root.read_parquet(unit.kept)
 
@@ -145,10 +147,10 @@ def test_a_page_file_is_scored_in_its_order_with_its_columns_and_a_kept_view(tmp
     assert scored.column("int_score").to_pylist() == int_scores(score).tolist()
     assert kept.column("id").to_pylist() == [i for i, k in zip(scored["id"].to_pylist(), score >= 3, strict=True) if k]
     assert set(scored.column("classifier_model").to_pylist()) == {TINY.model}
-    assert summary["pages"] == summary["scored"] == 300 and summary["kept"] == kept.num_rows
-    assert set(summary["histograms"]) == set(pages_in.column("language").to_pylist())
-    assert sum(sum(h) for h in summary["histograms"].values()) == 300
-    assert len(summary["histograms"]["en"]) == len(SCORE_EDGES) - 1
+    assert summary.pages == summary.pages_scored == 300 and summary.pages_kept == kept.num_rows
+    assert set(summary.histograms) == set(summary.scored) == set(pages_in.column("language").to_pylist())
+    assert all(sum(summary.histograms[lang]) == n for lang, n in summary.scored.items())
+    assert len(summary.histograms["en"]) == len(SCORE_EDGES) - 1
     truth = np.array(pages_in.column("value").to_pylist())
     assert np.mean((score >= 3) == (truth >= 3)) >= 0.85
 
@@ -173,10 +175,10 @@ def test_pages_without_text_keep_their_row_unscored_and_are_counted(tmp_path, da
     pq.write_table(table, source)
     unit = _unit(data_root, source)
 
-    summary = score_page_file(unit, TINY)
+    summary = PageScoreStats.from_dict(score_page_file(unit, TINY))
     scored = data_root.read_parquet(unit.table)
 
-    assert scored.num_rows == 10 and summary["no_text"] == 2 and summary["scored"] == 8
+    assert scored.num_rows == 10 and summary.no_text == 2 and summary.pages_scored == 8
     assert scored.column("score").null_count == 2 and scored.column("score")[3].as_py() is None
     assert scored.column("kept")[3].as_py() is False and scored.column("kept")[7].as_py() is False
 
@@ -197,9 +199,9 @@ def test_a_dataset_on_s3_is_scored_to_an_s3_data_root(s3_peer):
     summaries = [score_page_file(_unit(root, f, i, **root.storage_options), TINY) for i, f in enumerate(files)]
     totals = summarize(summaries)
 
-    assert totals["pages"] == totals["scored"] == 80 and totals["files"] == 2
+    assert totals.pages == totals.pages_scored == 80 and totals.shard is None  # two files' markers added up
     assert root.read_parquet(_unit(root, files[1], 1).table).num_rows == 40
-    assert sum(sum(h) for h in totals["histograms"].values()) == 80
+    assert sum(sum(h) for h in totals.histograms.values()) == 80
 
 
 @pytest.mark.slow
@@ -239,12 +241,12 @@ def test_the_report_shows_a_score_histogram_and_kept_pages_per_language(tmp_path
     from cah_resources.dataset.report import build_report
 
     (source,) = write_page_dataset(str(tmp_path / "pages"), files=1, pages_per_file=120, seed=12)
-    summary = score_page_file(_unit(data_root, source), TINY)
+    summary = PageScoreStats.from_dict(score_page_file(_unit(data_root, source), TINY))
     report = build_report(data_root, ["pages-test_00000"], data_root.path("report", "pages-test"))
 
     rows = {row["language"]: row for row in report.tables["page_scores"].as_dicts()}
     assert report.plots["page_scores"].startswith(b"\x89PNG")
-    assert set(rows) == set(summary["histograms"])
+    assert set(rows) == set(summary.histograms)
     assert sum(r["pages scored"] for r in rows.values()) == 120
-    assert sum(r["kept"] for r in rows.values()) == summary["kept"]
+    assert sum(r["kept"] for r in rows.values()) == summary.pages_kept
     assert "## page scores" in data_root.read_bytes(report.paths["report"]).decode()

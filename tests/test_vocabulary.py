@@ -23,11 +23,12 @@ from cah_resources.contract import (
     DownloadStatus,
     DropReason,
     OptOutSignal,
+    PageScoreStats,
     ShardStats,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-STATS = (CandidatesStats, ShardStats, ClipStats)
+STATS = (CandidatesStats, ShardStats, ClipStats, PageScoreStats)
 STATUS_WORDS = {str(m) for e in (DownloadStatus, ClipStatus, DropReason, Damage, OptOutSignal) for m in e}
 # Stat names made of several words (metadata_records, status_counts, task_seconds, dns_lookups, ...):
 # one-word ones (count, pairs, segment) are plain words elsewhere, and column names are the schemas'.

@@ -4,11 +4,11 @@ import time
 
 import dagster as dg
 
-from cah_assets.metadata import rate, rows_table
+from cah_assets.metadata import rate, rows_table, stats_metadata
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL, PAGE_SCORES_RETRY, permanent_errors, segment_asset
 from cah_assets.resources import ComputeResource, StorageResource, TextClassifier
-from cah_resources.contract import PAGE_SCORES, SCORE_EDGES, stage_folder
+from cah_resources.contract import PAGE_SCORES, SCORE_EDGES, PageScoreStats, stage_folder
 from cah_resources.page_scores.stage import (
     kept_table,
     pending_units,
@@ -58,19 +58,18 @@ def page_scores(
     for key in keys if len(keys) > 1 else []:
         context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=per_key[key]))
     totals = summarize([s for key in keys for s in shard_summaries(root, key)])
+    ran_now = summarize(ran)
     return dg.MaterializeResult(
         metadata={
             **(
                 per_key[keys[0]]
                 if len(keys) == 1
-                else {"segments": len(keys), "pages_scored": totals["scored"], "pages_kept": totals["kept"]}
+                else {"segments": len(keys), "pages_scored": totals.pages_scored, "pages_kept": totals.pages_kept}
             ),
-            "pages_per_s": rate(sum(s["pages"] for s in ran), seconds),
-            "tokens_per_s": rate(sum(s["tokens"] for s in ran), seconds),
+            "pages_per_s": rate(ran_now.pages, seconds),
+            "tokens_per_s": rate(ran_now.tokens, seconds),
             "files_scored_now": len(ran),
             "seconds": round(seconds, 2),
-            "model": settings.model,
-            "score_rule": settings.score_rule,
             "threshold": settings.threshold,
         }
     )
@@ -78,29 +77,17 @@ def page_scores(
 
 def describe(root: DataRoot, key: str) -> dict:
     """What a person asks of a segment's page scores: pages scored and kept, per language, speed, a sample."""
-    totals = summarize(shard_summaries(root, key))
+    summaries = shard_summaries(root, key)
+    totals = summarize(summaries)
     per_language = [
-        {
-            "language": language,
-            "pages": sum(counts),
-            "kept": totals["kept_by_language"].get(language, 0),
-            "median_bin": _median_bin(counts),
-        }
-        for language, counts in sorted(totals["histograms"].items(), key=lambda item: -sum(item[1]))
+        {"language": language, "pages": n, "kept": totals.kept[language], "median_bin": _median_bin(totals, language)}
+        for language, n in totals.scored.most_common()
     ]
     sample = kept_table(root, key).slice(0, 10).to_pylist()
     return {
-        "pages": totals["pages"],
-        "pages_scored": totals["scored"],
-        "pages_kept": totals["kept"],
-        "no_text": totals["no_text"],
-        "kept_rate": totals["kept_rate"],
-        "tokens": totals["tokens"],
+        **stats_metadata(totals),
         "per_language": rows_table(per_language, ["language", "pages", "kept", "median_bin"], limit=50),
-        "file_pages_per_s": totals["pages_per_s"] or 0.0,
-        "file_tokens_per_s": totals["tokens_per_s"] or 0.0,
-        "models": ", ".join(totals["models"]),
-        "files": totals["files"],
+        "files": len(summaries),
         "path": dg.MetadataValue.path(redact_url(stage_folder(root, PAGE_SCORES, key))),
         "sample_kept": rows_table(
             ({"score": round(r["score"], 2), "url": r.get("url"), "text": (r.get("text") or "")[:120]} for r in sample),
@@ -109,8 +96,9 @@ def describe(root: DataRoot, key: str) -> dict:
     }
 
 
-def _median_bin(counts: list[int]) -> str:
-    """The SCORE_EDGES bin holding the median page: a glance at where a language's pages sit."""
+def _median_bin(totals: PageScoreStats, language: str) -> str:
+    """The SCORE_EDGES bin holding the language's median page: a glance at where its pages sit."""
+    counts = totals.histograms.get(language, [])
     total, seen = sum(counts), 0
     for i, count in enumerate(counts):
         seen += count

@@ -31,6 +31,7 @@ from cah_resources.contract import (
     ClipStatus,
     DownloadStatus,
     DropReason,
+    PageScoreStats,
     ShardStats,
     candidates_path,
     candidates_stats_path,
@@ -196,14 +197,14 @@ def _add_page_scores(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
         return
     stage = facts.throughput.setdefault(PAGE_SCORES, StageThroughput(PAGE_SCORES, "pages scored"))
     for name in names:
-        summary = root.read_json(shard_paths(folder, int(name))["done"])
-        for language, counts in summary.get("histograms", {}).items():
+        stats = PageScoreStats.from_dict(root.read_json(shard_paths(folder, int(name))["done"]))
+        for language, counts in stats.histograms.items():
             if len(counts) == len(SCORE_EDGES) - 1:
                 facts.page_scores[language] = facts.page_scores.get(language, 0) + np.array(counts, dtype=np.int64)
-        facts.page_kept.update(summary.get("kept_by_language", {}))
-        facts.page_threshold = summary.get("threshold", facts.page_threshold)
-        stage.items += int(summary.get("scored", 0))
-        stage.task_seconds += float(summary.get("seconds") or 0.0)
+        facts.page_kept.update(stats.kept)
+        facts.page_threshold = stats.threshold if stats.threshold is not None else facts.page_threshold
+        stage.items += stats.pages_scored
+        stage.task_seconds += stats.task_seconds
 
 
 def collect_facts(

@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from cah_resources.contract import PageScoreStats
 from cah_resources.page_scores.stage import PageScoresUnit, finished_units, segment_units
 from cah_resources.storage import DataRoot
 from cah_resources.verdicts import SHOWN, Verdict
@@ -31,7 +32,7 @@ def check_page_scores(root: DataRoot, segment: str) -> dict[str, Verdict]:
             problems.append(f"file {unit.name} ({unit.source}) not scored")
             continue
         table = root.read_parquet(unit.table, columns=["score", "kept"])
-        threshold = root.read_json(unit.marker)["threshold"]
+        threshold = PageScoreStats.from_dict(root.read_json(unit.marker)).threshold
         pages = _source_rows(unit)
         if table.num_rows != pages:
             problems.append(f"file {unit.name}: {table.num_rows} scored rows for {pages} pages")
@@ -51,7 +52,7 @@ def check_page_scores(root: DataRoot, segment: str) -> dict[str, Verdict]:
         if problems
         else Verdict(True, f"{scored} scored rows = the pages of {len(units)} files", match_meta)
     )
-    kept_meta = {"scored": scored, "kept": kept, "kept_below_threshold": below}
+    kept_meta = {"pages_scored": scored, "pages_kept": kept, "kept_below_threshold": below}
     threshold_verdict = (
         Verdict(False, f"{below} of {kept} kept pages are below the threshold", kept_meta)
         if below

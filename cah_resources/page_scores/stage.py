@@ -26,8 +26,8 @@ from cah_resources.contract import (
     FORMAT_PARQUET,
     PAGE_SCORE_FIELDS,
     PAGE_SCORES,
-    SCORE_EDGES,
     UNKNOWN_LANGUAGE,
+    PageScoreStats,
     finished_shards,
     kept_path,
     score_histogram,
@@ -140,28 +140,22 @@ def output_schema(page_schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in page_schema if f.name not in PAGE_SCORE_FIELDS.names] + list(PAGE_SCORE_FIELDS))
 
 
-@dataclass
-class _Tally:
-    """What one file's scoring saw: counts, tokens, and a histogram per language."""
-
-    rows: int = 0
-    no_text: int = 0
-    kept: int = 0
-    tokens: int = 0
-    histograms: dict[str, np.ndarray] = field(default_factory=dict)
-    kept_by_language: dict[str, int] = field(default_factory=dict)
-
-    def add(self, languages: list[str | None], scores: np.ndarray, has_text: np.ndarray, kept: np.ndarray) -> None:
-        self.rows += len(scores)
-        self.no_text += int((~has_text).sum())
-        self.kept += int(kept.sum())
-        language_array = np.array([lang or UNKNOWN_LANGUAGE for lang in languages], dtype=object)
-        for language in sorted(set(language_array[has_text])):
-            chosen = has_text & (language_array == language)
-            counts = score_histogram(scores[chosen])
-            previous = self.histograms.get(language)
-            self.histograms[language] = counts if previous is None else previous + counts
-            self.kept_by_language[language] = self.kept_by_language.get(language, 0) + int((chosen & kept).sum())
+def _count_window(
+    stats: PageScoreStats, languages: list[str | None], scores: np.ndarray, has_text: np.ndarray, kept: np.ndarray
+) -> None:
+    """Add one window's pages to the file's stats: counts and a score histogram per language."""
+    stats.pages += len(scores)
+    stats.no_text += int((~has_text).sum())
+    language_array = np.array([lang or UNKNOWN_LANGUAGE for lang in languages], dtype=object)
+    for language in sorted(set(language_array[has_text])):
+        chosen = has_text & (language_array == language)
+        stats.scored[language] += int(chosen.sum())
+        stats.kept[language] += int((chosen & kept).sum())
+        counts = score_histogram(scores[chosen]).tolist()
+        previous = stats.histograms.get(language)
+        stats.histograms[language] = (
+            counts if previous is None else [a + b for a, b in zip(previous, counts, strict=True)]
+        )
 
 
 def _scored_batch(
@@ -197,7 +191,17 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
     started = time.perf_counter()
     loaded = load_classifier(settings)
     fs, path = url_to_fs(unit.source, **unit.source_options)
-    tally, oom = _Tally(), OomTally()
+    oom = OomTally()
+    stats = PageScoreStats(
+        segment=unit.segment,
+        shard=unit.shard,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        model=loaded.name,
+        revision=loaded.revision,
+        score_rule=settings.score_rule if not settings.label else f"{settings.score_rule}:{settings.label}",
+        threshold=settings.threshold,
+    )
     with fs.open(path, "rb") as handle:
         source = pq.ParquetFile(handle)
         if unit.text_column not in source.schema_arrow.names:
@@ -221,81 +225,21 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
                 if kept.any():
                     kept_writer.write_batch(out.filter(pa.array(kept)))
                 languages = batch.column(LANGUAGE_COLUMN).to_pylist() if has_language else [None] * batch.num_rows
-                tally.add(languages, scores, has_text, kept)
-                tally.tokens += window.tokens
+                _count_window(stats, languages, scores, has_text, kept)
+                stats.tokens += window.tokens
             writer.close()
             kept_writer.close()
-    seconds = time.perf_counter() - started
-    summary = _summary(unit, settings, loaded, tally, oom, seconds)
+    stats.task_seconds = time.perf_counter() - started
+    stats.device_memory = {"oom_halvings": oom.halvings, "oom_alone": oom.alone}
+    summary = stats.to_dict()
     root.write_json(unit.marker, summary)
-    log.info("page_scores %s/%s: %d pages, %d kept", unit.segment, unit.name, tally.rows, tally.kept)
+    log.info("page_scores %s/%s: %d pages, %d kept", unit.segment, unit.name, stats.pages, stats.pages_kept)
     return summary
 
 
-def _summary(
-    unit: PageScoresUnit,
-    settings: ClassifierSettings,
-    loaded: Classifier,
-    tally: _Tally,
-    oom: OomTally,
-    seconds: float,
-) -> dict[str, Any]:
-    scored = tally.rows - tally.no_text
-    return {
-        "segment": unit.segment,
-        "shard": unit.shard,
-        "source": unit.source,
-        "pages": tally.rows,
-        "scored": scored,
-        "no_text": tally.no_text,
-        "kept": tally.kept,
-        "tokens": tally.tokens,
-        "histograms": {lang: counts.tolist() for lang, counts in sorted(tally.histograms.items())},
-        "kept_by_language": dict(sorted(tally.kept_by_language.items())),
-        "seconds": round(seconds, 3),
-        "pages_per_s": round(tally.rows / seconds, 2) if seconds > 0 else None,
-        "tokens_per_s": round(tally.tokens / seconds, 1) if seconds > 0 else None,
-        "model": loaded.name,
-        "revision": loaded.revision,
-        "score_rule": settings.score_rule,
-        "label": settings.label or None,
-        "threshold": settings.threshold,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "device_memory": {"oom_halvings": oom.halvings, "oom_alone": oom.alone},
-    }
-
-
-def summarize(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Segment totals from file summaries: pages scored and kept, tokens, rates, histograms per language."""
-    histograms: dict[str, list[int]] = {}
-    kept_by_language: dict[str, int] = {}
-    for summary in summaries:
-        for language, count in summary.get("kept_by_language", {}).items():
-            kept_by_language[language] = kept_by_language.get(language, 0) + count
-        for language, counts in summary.get("histograms", {}).items():
-            if len(counts) != len(SCORE_EDGES) - 1:
-                continue
-            previous = histograms.get(language, [0] * len(counts))
-            histograms[language] = [a + b for a, b in zip(previous, counts, strict=True)]
-    seconds = sum(s.get("seconds") or 0.0 for s in summaries)
-    pages, kept = sum(s["pages"] for s in summaries), sum(s["kept"] for s in summaries)
-    scored = sum(s["scored"] for s in summaries)
-    tokens = sum(s["tokens"] for s in summaries)
-    return {
-        "files": len(summaries),
-        "pages": pages,
-        "scored": scored,
-        "no_text": sum(s["no_text"] for s in summaries),
-        "kept": kept,
-        "kept_rate": round(kept / scored, 4) if scored else 0.0,
-        "tokens": tokens,
-        "histograms": histograms,
-        "kept_by_language": kept_by_language,
-        "pages_per_s": round(pages / seconds, 2) if seconds else None,
-        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        "models": sorted({f"{s['model']}@{s['revision']}" for s in summaries}),
-    }
+def summarize(summaries: list[dict[str, Any]]) -> PageScoreStats:
+    """A segment's totals from its files' markers: pages scored and kept per language, histograms, rates."""
+    return PageScoreStats.total(PageScoreStats.from_dict(s) for s in summaries)
 
 
 def kept_table(root: DataRoot, segment: str) -> pa.Table:
