@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cah_resources.contract import CRAWL_FORMATS, FORMAT_WAT, FORMATS, STAGES
+from cah_resources.contract import CRAWL_FORMATS, FORMAT_WAT, FORMATS, PAGE_SCORES, STAGES
 from cah_resources.fleet.settings import DEFAULTS as FLEET_DEFAULTS
 from cah_resources.fleet.settings import FLEET_ENV, WORKER_DEFAULTS, WorkerSettings
 from cah_resources.redaction import redact_text, redact_url
@@ -331,8 +331,8 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     "--stage",
     "stages",
     multiple=True,
-    type=click.Choice(STAGES),
-    help="Stage to run (repeatable); default: all three, in order.",
+    type=click.Choice((*STAGES, PAGE_SCORES)),
+    help="Stage to run (repeatable); default: the three image stages, in order (page_scores: a dataset's pages).",
 )
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).
@@ -345,7 +345,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
 
     instance, defs = _instance()
     keys = expand_segments(segments, instance.get_dynamic_partitions(segment_partitions.name))
-    picked = tuple(s for s in STAGES if s in stages) or STAGES
+    picked = tuple(s for s in (*STAGES, PAGE_SCORES) if s in stages) or STAGES
     jobs = [PIPELINE_JOB] if picked == STAGES else [stage_job_name(s) for s in picked]
     failed = []
     with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:

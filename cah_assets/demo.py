@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from cah_assets.crawls import register_and_add
-from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions
+from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions, stage_job_name
 from cah_assets.deployment import Deployment, write_deployment
 from cah_assets.progress import (
     QUIET_RUN_CONFIG,
@@ -21,9 +21,10 @@ from cah_assets.progress import (
     run_summary,
     stage_progress,
 )
-from cah_resources.contract import FORMAT_WARC, PAGES, STAGES
+from cah_resources.contract import FORMAT_PARQUET, FORMAT_WARC, PAGE_SCORES, PAGES, STAGES
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import SampleCrawl, generate_crawl
+from cah_resources.samples.sample_pages import write_page_dataset
 from cah_resources.samples.sample_warc import SampleWarcCrawl, generate_warc_crawl
 from cah_resources.storage import DataRoot
 
@@ -32,6 +33,7 @@ INSTANCE_YAML = os.path.join(os.path.dirname(HERE), "dagster.yaml")
 DEMO_CRAWL = "CC-MAIN-SAMPLE"
 DEMO_WARC_CRAWL = "CC-MAIN-SAMPLE-WARC"  # the WARC crawl run beside the WAT one: images and page text from HTML
 DEMO_WARC_IMAGE_IDS = 10**6  # its image names start here, so no pair of the WAT crawl repeats in it
+DEMO_DATASET = "pages-sample"  # a small Parquet dataset of generated pages, scored by the tiny text classifier
 WEB_HOSTS = 6  # the first four serve images, the last two the pages that link them
 
 
@@ -199,6 +201,7 @@ def run_pipeline(
                         f"demo: segment {key} failed in run {result.run_id}; open it in the UI (make dev)"
                     )
                 advance()
+        score_demo_dataset(instance, defs, workdir, say)
         result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
             instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
         )
@@ -208,6 +211,35 @@ def run_pipeline(
     root = storage.data_root()
     seconds = time.perf_counter() - started
     return DemoResult(sample, root, keys, instance, seconds, deployment, warc_sample, warc_keys)
+
+
+def score_demo_dataset(
+    instance: dg.DagsterInstance, defs: dg.Definitions, workdir: str, say: Callable[[str], None] = print
+) -> None:
+    """A small Parquet dataset (generated pages in four languages) registered and scored by the tiny classifier."""
+    folder = os.path.join(workdir, "datasets", DEMO_DATASET)
+    shutil.rmtree(folder, ignore_errors=True)
+    write_page_dataset(folder, files=2, pages_per_file=150, seed=1)
+    registration, _ = register_and_add(
+        instance,
+        defs.resources["common_crawl"],
+        defs.resources["storage"],
+        DEMO_DATASET,
+        files_per_segment=1,
+        format=FORMAT_PARQUET,
+        files=[f"{folder}/*.parquet"],
+    )
+    job = defs.resolve_job_def(stage_job_name(PAGE_SCORES))
+    for key in registration.keys():
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+        )
+        if not result.success:
+            raise RuntimeError(
+                f"demo: page_scores of {key} failed in run {result.run_id}; open it in the UI (make dev)"
+            )
+        for line in run_summary(result, (PAGE_SCORES,)):
+            say(f"3/4 {key} {line}")
 
 
 def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: int = 0, warc_files: int = 2) -> int:

@@ -10,11 +10,13 @@ from cah_resources.contract import (
     CANDIDATES,
     CLIP_PAIRS,
     IMAGE_SHARDS,
+    PAGE_SCORES,
     PAGES,
     RELEASE,
     SUCCESSES,
     CandidatesStats,
     ClipStats,
+    PageScoreStats,
     PagesStats,
     ShardStats,
 )
@@ -41,6 +43,7 @@ SUMMARY = {
     IMAGE_SHARDS: (tuple(zip(ShardStats.HEADLINE, ("URLs", SUCCESSES), strict=True)), "images_per_s", "images/s"),
     CLIP_PAIRS: (tuple(zip(ClipStats.HEADLINE, ("pairs scored", "kept"), strict=True)), "pairs_per_s", "pairs/s"),
     PAGES: (tuple(zip(PagesStats.HEADLINE, ("HTML pages", "pages"), strict=True)), "pages_per_s", "pages/s"),
+    PAGE_SCORES: (tuple(zip(PageScoreStats.HEADLINE, ("pages scored", "kept"), strict=True)), "pages_per_s", "pages/s"),
     RELEASE: ((("pairs", "pairs"),), "", ""),
 }
 

@@ -8,8 +8,8 @@ import tempfile
 import dagster as dg
 import pytest
 
-from cah_assets.demo import run_pipeline
-from cah_resources.contract import PAGES, STAGES, SUCCESSES, pages_path
+from cah_assets.demo import DEMO_DATASET, run_pipeline
+from cah_resources.contract import PAGE_SCORES, PAGES, STAGES, SUCCESSES, pages_path
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import read_release, release_dir
 
@@ -108,21 +108,25 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
             (line,) = [line for line in lines if line.startswith(f"3/4 {key} {stage} ")]
             assert "/s" in line and "passed" in line
     assert not [line for line in lines if "DEBUG" in line or "Warning" in line or "WARNING" in line]
-    # 1/4, 2/4, those, 4/4: a WARC segment has a pages line too
-    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 1)
+    dataset_lines = [line for line in lines if line.startswith(f"3/4 {DEMO_DATASET}_") and f" {PAGE_SCORES} " in line]
+    assert len(dataset_lines) == 2 and all("pages/s" in line and "passed" in line for line in dataset_lines)
+    # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line too
+    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 1) + 2
 
 
 def test_runs_of_the_demo_have_job_names(demo):
     names = {run.job_name for run in demo.instance.get_runs()}
-    assert names == {"pipeline", "dataset"}
+    assert names == {"pipeline", "dataset", f"{PAGE_SCORES}_job"}
 
 
 def test_the_demo_evaluates_every_check_and_they_pass(demo):
     from cah_assets.definitions import build_definitions
 
     check_keys = build_definitions(demo.deployment).resolve_asset_graph().asset_check_keys
-    assert len(check_keys) == 11  # 4 of candidates, 2 of pages, 3 of image_shards, 2 of clip_pairs
+    assert len(check_keys) == 13  # 4 of candidates, 2 of pages, 3 of image_shards, 2 of clip_pairs, 2 of page_scores
     for key in check_keys:
+        if key.asset_key.to_user_string() == PAGE_SCORES:
+            continue  # the demo's Parquet dataset: its own test below
         history = demo.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         evaluations = [r.event.dagster_event.event_specific_data for r in history if r.event is not None]
         evaluations = [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation)]
@@ -184,3 +188,16 @@ def test_the_warc_crawl_beside_gives_the_images_its_html_names_and_its_pages(dem
     assert pages.column("url").to_pylist() == [p.url for rel in crawl.warc_paths for p in crawl.pages[rel] if p.kept]
     release = read_release(demo.root, release_dir(demo.root, crawl.crawl)).to_pylist()
     assert release and {(r["URL"], r["TEXT"]) for r in release} <= set(expected)
+
+
+def test_the_demo_scores_a_small_parquet_dataset_and_its_checks_pass(demo):
+    key = dg.AssetKey(PAGE_SCORES)
+    scored = demo.instance.get_materialized_partitions(key)
+    assert scored == {f"{DEMO_DATASET}_00000", f"{DEMO_DATASET}_00001"}
+    for check in ("scored_rows_match_pages", "kept_pages_pass_threshold"):
+        history = demo.instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(key, check), limit=10
+        )
+        evaluations = [r.event.dagster_event.event_specific_data for r in history if r.event is not None]
+        evaluations = [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation)]
+        assert {e.partition for e in evaluations} == scored and all(e.passed for e in evaluations)

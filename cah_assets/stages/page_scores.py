@@ -42,10 +42,10 @@ def page_scores(
     context.log.info(f"{len(keys)} segment(s): {len(units)} files of pages to score on {'GPU' if resources else 'CPU'}")
 
     def progress(result, done, total):
-        s = result.value
+        s = PageScoreStats.from_dict(result.value)
         context.log.info(
-            f"file {done}/{total} {s['segment']}/{s['shard']:05d}: {s['pages']} pages, kept {s['kept']} "
-            f"({s['pages_per_s']} pages/s, {s['tokens_per_s']} tokens/s)"
+            f"file {done}/{total} {s.segment}/{s.shard:05d}: {s.pages} pages, kept {s.pages_kept} "
+            f"({s.pages_per_s} pages/s, {s.tokens_per_s} tokens/s)"
         )
 
     started = time.perf_counter()
