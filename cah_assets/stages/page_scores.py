@@ -1,15 +1,13 @@
-"""The `page_scores` asset: a segment's pages → every page scored by a text classifier and kept or not."""
-
-import time
+"""The `page_scores` stage: a segment's pages → every page scored by a text classifier and kept or not."""
 
 import dagster as dg
 
 from cah_assets.metadata import rate, rows_table, stats_metadata
-from cah_assets.partitions import segments
-from cah_assets.policies import GPU_POOL, PAGE_SCORES_RETRY, permanent_errors, segment_asset
-from cah_assets.resources import ComputeResource, StorageResource, TextClassifier
+from cah_assets.policies import PAGE_SCORES_RETRY
+from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 from cah_resources.contract import PAGE_SCORES, SCORE_EDGES, PageScoreStats, stage_folder
 from cah_resources.page_scores.stage import (
+    PageScoresUnit,
     kept_table,
     pending_units,
     score_page_file,
@@ -18,81 +16,56 @@ from cah_resources.page_scores.stage import (
     summarize,
 )
 from cah_resources.redaction import redact_url
-from cah_resources.storage import DataRoot
 
 
-@segment_asset(
-    partitions_def=segments,
-    group_name="text",
-    kinds={"pytorch", "parquet", "dask"},
-    retry_policy=PAGE_SCORES_RETRY,
-    pool=GPU_POOL,
-)
-def page_scores(
-    context: dg.AssetExecutionContext,
-    compute: ComputeResource,
-    storage: StorageResource,
-    text_classifier: TextClassifier,
-) -> dg.MaterializeResult:
-    """Pages scored by a Hugging Face classifier (FineWeb-Edu's by default) and kept at its threshold."""
-    root, keys, settings = storage.data_root(), context.partition_keys, text_classifier.settings()
-    with permanent_errors():  # not a Parquet dataset (no pages), not registered: retrying cannot help
-        units = pending_units([unit for key in keys for unit in segment_units(root, key)])
-    resources = compute.gpu_resources()  # GPU workers when the cluster has them, else CPU (allow_cpu_fallback)
-    context.log.info(f"{len(keys)} segment(s): {len(units)} files of pages to score on {'GPU' if resources else 'CPU'}")
+def files_to_score(run: StageRun, key: str) -> list[PageScoresUnit]:
+    # A Parquet dataset's files (its pages, read where they are); which are done is one listing of markers.
+    units = segment_units(run.root, key)
+    return units if run.redo else pending_units(units)
 
-    def progress(result, done, total):
-        s = PageScoreStats.from_dict(result.value)
-        context.log.info(
-            f"file {done}/{total} {s.segment}/{s.shard:05d}: {s.pages} pages, kept {s.pages_kept} "
-            f"({s.pages_per_s} pages/s, {s.tokens_per_s} tokens/s)"
-        )
 
-    started = time.perf_counter()
-    ran = [
-        r.value
-        for r in compute.run_units(score_page_file, units, on_result=progress, resources=resources, settings=settings)
-    ]
-    seconds = time.perf_counter() - started
-    per_key = {key: describe(root, key) for key in keys}
-    for key in keys if len(keys) > 1 else []:
-        context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=per_key[key]))
-    totals = summarize([s for key in keys for s in shard_summaries(root, key)])
-    ran_now = summarize(ran)
-    return dg.MaterializeResult(
-        metadata={
-            **(
-                per_key[keys[0]]
-                if len(keys) == 1
-                else {"segments": len(keys), "pages_scored": totals.pages_scored, "pages_kept": totals.pages_kept}
-            ),
-            "pages_per_s": rate(ran_now.pages, seconds),
-            "tokens_per_s": rate(ran_now.tokens, seconds),
-            "files_scored_now": len(ran),
-            "seconds": round(seconds, 2),
-            "threshold": settings.threshold,
-        }
+def progress(value: dict, done: int, total: int) -> str:
+    s = PageScoreStats.from_dict(value)
+    return (
+        f"file {done}/{total} {s.segment}/{s.shard:05d}: {s.pages} pages, kept {s.pages_kept} "
+        f"({s.pages_per_s} pages/s, {s.tokens_per_s} tokens/s)"
     )
 
 
-def describe(root: DataRoot, key: str) -> dict:
+def describe(run: StageRun, key: str) -> dict:
     """What a person asks of a segment's page scores: pages scored and kept, per language, speed, a sample."""
-    summaries = shard_summaries(root, key)
+    summaries = shard_summaries(run.root, key)
     totals = summarize(summaries)
     per_language = [
         {"language": language, "pages": n, "kept": totals.kept[language], "median_bin": _median_bin(totals, language)}
         for language, n in totals.scored.most_common()
     ]
-    sample = kept_table(root, key).slice(0, 10).to_pylist()
+    sample = kept_table(run.root, key).slice(0, 10).to_pylist()
     return {
         **stats_metadata(totals),
         "per_language": rows_table(per_language, ["language", "pages", "kept", "median_bin"], limit=50),
         "files": len(summaries),
-        "path": dg.MetadataValue.path(redact_url(stage_folder(root, PAGE_SCORES, key))),
+        "path": dg.MetadataValue.path(redact_url(stage_folder(run.root, PAGE_SCORES, key))),
         "sample_kept": rows_table(
             ({"score": round(r["score"], 2), "url": r.get("url"), "text": (r.get("text") or "")[:120]} for r in sample),
             ["score", "url", "text"],
         ),
+    }
+
+
+def totals(run: StageRun) -> dict:
+    both = summarize([s for key in run.keys for s in shard_summaries(run.root, key)])
+    return {"segments": len(run.keys), "pages_scored": both.pages_scored, "pages_kept": both.pages_kept}
+
+
+def speed(run: StageRun) -> dict:
+    ran = summarize(run.all_values())
+    return {
+        "pages_per_s": rate(ran.pages, run.seconds),
+        "tokens_per_s": rate(ran.tokens, run.seconds),
+        "files_scored_now": len(run.all_values()),
+        "seconds": round(run.seconds, 2),
+        "threshold": run.settings.threshold,
     }
 
 
@@ -105,3 +78,28 @@ def _median_bin(totals: PageScoreStats, language: str) -> str:
         if total and seen * 2 >= total:
             return f"[{SCORE_EDGES[i]:.1f}, {SCORE_EDGES[i + 1]:.1f})"
     return "n/a"
+
+
+PAGE_SCORES_STAGE = Stage(
+    name=PAGE_SCORES,
+    outputs=(
+        Output(
+            PAGE_SCORES,
+            "Pages scored by a Hugging Face classifier (FineWeb-Edu's by default) and kept at its threshold.",
+            describe,
+            totals,
+            kinds=frozenset({"pytorch", "parquet", "dask"}),
+        ),
+    ),
+    plan=files_to_score,
+    forget=lambda unit: unit.root.remove(unit.marker),
+    work=score_page_file,
+    progress=progress,
+    unit_noun="files of pages",
+    resources=("text_classifier",),
+    settings=lambda resources: resources.text_classifier.settings(),
+    run_metadata=speed,
+    gpu=True,
+    retry_policy=PAGE_SCORES_RETRY,
+)
+page_scores = stage_asset(PAGE_SCORES_STAGE)
