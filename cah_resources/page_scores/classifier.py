@@ -140,7 +140,10 @@ def load_classifier(settings: ClassifierSettings) -> Classifier:
 
 def _load(settings: ClassifierSettings, device: str, dtype: str) -> LoadedClassifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # Its "Loading weights" bar would reach a worker's terminal once per process: the log line below says it.
+    transformers_logging.disable_progress_bar()
     revision = settings.revision or None
     try:
         tokenizer = AutoTokenizer.from_pretrained(settings.model, revision=revision)
