@@ -8,7 +8,7 @@ import pytest
 from s3_peer import new_bucket_root, s3_endpoint
 
 from cah_assets.checks import page_scores_checks
-from cah_assets.resources import ComputeResource, StorageResource, TextClassifier
+from cah_assets.resources import ComputeResource, DedupIndexResource, StorageResource, TextClassifier
 from cah_assets.stages.page_scores import page_scores
 from cah_resources.crawl.segments import register_dataset
 from cah_resources.page_scores.stage import segment_units
@@ -110,3 +110,61 @@ def test_a_wat_crawl_has_no_pages_to_score_and_fails_in_one_line(tmp_path, sampl
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert not result.success
     assert "a wat crawl has none here" in str(failure.event_specific_data.error.message)
+
+
+def _scored_warc_crawl(tmp_path, root: DataRoot) -> None:
+    """A generated WARC crawl's segment: candidates writes its pages, page_scores scores every one of them."""
+    from cah_assets.checks import pages_checks
+    from cah_assets.crawls import register_and_add
+    from cah_assets.definitions import defs, deployment_resources
+    from cah_assets.deployment import Deployment
+    from cah_resources.contract import CANDIDATES, FORMAT_WARC, PAGES, pages_path
+    from cah_resources.samples.sample_warc import generate_warc_crawl
+
+    crawl = generate_warc_crawl(str(tmp_path / "crawl"), "CC-MAIN-WARC-PS", warc_files=1, pages_per_file=12, seed=5)
+    storage = _storage(root)
+    resources = {
+        **deployment_resources(Deployment("demo", crawl_source=crawl.root, data_root=str(tmp_path / "unused"))),
+        "storage": storage,
+        "compute": ComputeResource(n_workers=1, processes=False, local_gpus=0),
+        "dedup_index": DedupIndexResource(url=f"sqlite:///{tmp_path}/dedup.sqlite"),
+        "text_classifier": TextClassifier.tiny(device="cpu"),
+    }
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    try:
+        registration, _ = register_and_add(
+            instance, resources["common_crawl"], storage, crawl.crawl, files_per_segment=1, format=FORMAT_WARC
+        )
+        (key,) = registration.keys()
+        assets = [defs.get_assets_def(CANDIDATES), pages_checks, page_scores, page_scores_checks]
+        result = dg.materialize(assets, partition_key=key, instance=instance, resources=resources)
+        assert result.success
+        made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert {PAGES, "page_scores"} <= made
+
+        pages = root.read_parquet(pages_path(root, key))
+        (unit,) = segment_units(root, key)
+        scored = root.read_parquet(unit.table)
+        kept = [p.url for p in crawl.pages[crawl.warc_paths[0]] if p.kept]
+        assert pages.num_rows == len(kept) > 0
+        assert scored.column("url").to_pylist() == kept
+        assert scored.column("text").to_pylist() == pages.column("text").to_pylist()
+        assert scored.column("score").null_count == 0
+        metadata = result.asset_materializations_for_node("page_scores")[0].metadata
+        assert metadata["pages_scored"].value == len(kept)
+        per_language = {r.data["language"] for r in metadata["per_language"].records}
+        assert per_language == set(pages.column("language").to_pylist())
+        evaluations = result.get_asset_check_evaluations()
+        checks = {e.check_name: e.passed for e in evaluations if e.asset_key == page_scores.key}
+        assert checks == {"scored_rows_match_pages": True, "kept_pages_pass_threshold": True}
+    finally:
+        instance.dispose()
+
+
+def test_a_warc_crawls_pages_are_scored_and_checked_on_a_local_data_root(tmp_path):
+    _scored_warc_crawl(tmp_path, DataRoot(str(tmp_path / "data")))
+
+
+def test_a_warc_crawls_pages_are_scored_and_checked_on_an_s3_data_root(tmp_path, s3_peer):
+    _scored_warc_crawl(tmp_path, new_bucket_root(s3_peer))

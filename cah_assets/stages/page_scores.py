@@ -5,7 +5,7 @@ import dagster as dg
 from cah_assets.metadata import rate, rows_table, stats_metadata
 from cah_assets.policies import PAGE_SCORES_RETRY
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
-from cah_resources.contract import PAGE_SCORES, SCORE_EDGES, PageScoreStats, stage_folder
+from cah_resources.contract import PAGE_SCORES, PAGES, SCORE_EDGES, PageScoreStats, stage_folder
 from cah_resources.page_scores.stage import (
     PageScoresUnit,
     kept_table,
@@ -19,7 +19,7 @@ from cah_resources.redaction import redact_url
 
 
 def files_to_score(run: StageRun, key: str) -> list[PageScoresUnit]:
-    # A Parquet dataset's files (its pages, read where they are); which are done is one listing of markers.
+    # A WARC segment's pages file or a Parquet dataset's files (read where they are); done: one listing of markers.
     units = segment_units(run.root, key)
     return units if run.redo else pending_units(units)
 
@@ -89,6 +89,7 @@ PAGE_SCORES_STAGE = Stage(
             describe,
             totals,
             kinds=frozenset({"pytorch", "parquet", "dask"}),
+            deps=(PAGES,),  # a WARC crawl's pages; a Parquet dataset's files are its pages, read where they are
         ),
     ),
     plan=files_to_score,

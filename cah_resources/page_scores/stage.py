@@ -24,12 +24,14 @@ from fsspec.core import url_to_fs
 from cah_resources.batching import OomTally
 from cah_resources.contract import (
     FORMAT_PARQUET,
+    FORMAT_WARC,
     PAGE_SCORE_FIELDS,
     PAGE_SCORES,
     UNKNOWN_LANGUAGE,
     PageScoreStats,
     finished_shards,
     kept_path,
+    pages_path,
     score_histogram,
     shard_name,
     shard_paths,
@@ -94,14 +96,22 @@ def dataset_units(root: DataRoot, registration: CrawlRegistration, segment: str)
     ]
 
 
+def warc_units(root: DataRoot, segment: str) -> list[PageScoresUnit]:
+    """A WARC crawl's segment: one unit, the pages parquet its candidates step wrote (main text in "text")."""
+    source = pages_path(root, segment)
+    return [PageScoresUnit(root, segment, 0, source, "text", options_for(source, root.url, root.storage_options))]
+
+
 def segment_units(root: DataRoot, segment: str) -> list[PageScoresUnit]:
     """The files of pages a segment's page_scores reads, by the format its crawl was registered with."""
     registration = registration_for_key(root, segment)
     if registration.format == FORMAT_PARQUET:
         return dataset_units(root, registration, segment)
+    if registration.format == FORMAT_WARC:
+        return warc_units(root, segment)
     raise ValueError(
         f"{segment}: page_scores scores pages, and a {registration.format} crawl has none here; "
-        "register a Parquet dataset (cah register NAME --format parquet --files ...)"
+        "register its WARC files (--format warc) or a Parquet dataset (--format parquet --files ...)"
     )
 
 
