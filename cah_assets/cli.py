@@ -332,7 +332,10 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     "stages",
     multiple=True,
     type=click.Choice((*STAGES, PAGE_SCORES)),
-    help="Stage to run (repeatable); default: the three image stages, in order (page_scores: a dataset's pages).",
+    help=(
+        "Stage to run (repeatable); default: the three image stages, in order "
+        "(page_scores: a WARC crawl's or a dataset's pages)."
+    ),
 )
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     """Run stages of SEGMENTS: keys (CC-MAIN-2024-10_00042), ranges (FIRST..LAST) or crawl ids (all segments).

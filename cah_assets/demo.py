@@ -201,7 +201,7 @@ def run_pipeline(
                         f"demo: segment {key} failed in run {result.run_id}; open it in the UI (make dev)"
                     )
                 advance()
-        score_demo_dataset(instance, defs, workdir, say)
+        score_pages(instance, defs, warc_keys + register_demo_dataset(instance, defs, workdir), say)
         result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
             instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
         )
@@ -213,10 +213,8 @@ def run_pipeline(
     return DemoResult(sample, root, keys, instance, seconds, deployment, warc_sample, warc_keys)
 
 
-def score_demo_dataset(
-    instance: dg.DagsterInstance, defs: dg.Definitions, workdir: str, say: Callable[[str], None] = print
-) -> None:
-    """A small Parquet dataset (generated pages in four languages) registered and scored by the tiny classifier."""
+def register_demo_dataset(instance: dg.DagsterInstance, defs: dg.Definitions, workdir: str) -> list[str]:
+    """A small Parquet dataset (generated pages in four languages) registered as a crawl; its segment keys."""
     folder = os.path.join(workdir, "datasets", DEMO_DATASET)
     shutil.rmtree(folder, ignore_errors=True)
     write_page_dataset(folder, files=2, pages_per_file=150, seed=1)
@@ -229,8 +227,15 @@ def score_demo_dataset(
         format=FORMAT_PARQUET,
         files=[f"{folder}/*.parquet"],
     )
+    return registration.keys()
+
+
+def score_pages(
+    instance: dg.DagsterInstance, defs: dg.Definitions, keys: list[str], say: Callable[[str], None] = print
+) -> None:
+    """page_scores of each segment (a WARC crawl's pages, a dataset's files) by the tiny classifier: one line each."""
     job = defs.resolve_job_def(stage_job_name(PAGE_SCORES))
-    for key in registration.keys():
+    for key in keys:
         result = job.execute_in_process(
             partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
         )

@@ -110,8 +110,11 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
     assert not [line for line in lines if "DEBUG" in line or "Warning" in line or "WARNING" in line]
     dataset_lines = [line for line in lines if line.startswith(f"3/4 {DEMO_DATASET}_") and f" {PAGE_SCORES} " in line]
     assert len(dataset_lines) == 2 and all("pages/s" in line and "passed" in line for line in dataset_lines)
-    # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line too
-    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 1) + 2
+    for key in demo.warc_keys:
+        (line,) = [line for line in lines if line.startswith(f"3/4 {key} {PAGE_SCORES} ")]
+        assert "pages/s" in line and "passed" in line
+    # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line and a page_scores line too
+    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
 
 
 def test_runs_of_the_demo_have_job_names(demo):
@@ -190,10 +193,10 @@ def test_the_warc_crawl_beside_gives_the_images_its_html_names_and_its_pages(dem
     assert release and {(r["URL"], r["TEXT"]) for r in release} <= set(expected)
 
 
-def test_the_demo_scores_a_small_parquet_dataset_and_its_checks_pass(demo):
+def test_the_demo_scores_its_warc_pages_and_a_small_parquet_dataset_and_their_checks_pass(demo):
     key = dg.AssetKey(PAGE_SCORES)
     scored = demo.instance.get_materialized_partitions(key)
-    assert scored == {f"{DEMO_DATASET}_00000", f"{DEMO_DATASET}_00001"}
+    assert scored == {f"{DEMO_DATASET}_00000", f"{DEMO_DATASET}_00001", *demo.warc_keys}
     for check in ("scored_rows_match_pages", "kept_pages_pass_threshold"):
         history = demo.instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(key, check), limit=10
