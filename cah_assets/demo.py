@@ -218,10 +218,11 @@ def register_demo_dataset(instance: dg.DagsterInstance, defs: dg.Definitions, wo
     folder = os.path.join(workdir, "datasets", DEMO_DATASET)
     shutil.rmtree(folder, ignore_errors=True)
     write_page_dataset(folder, files=2, pages_per_file=150, seed=1)
+    resources = defs.resources or {}
     registration, _ = register_and_add(
         instance,
-        defs.resources["common_crawl"],
-        defs.resources["storage"],
+        resources["common_crawl"],
+        resources["storage"],
         DEMO_DATASET,
         files_per_segment=1,
         format=FORMAT_PARQUET,

@@ -63,7 +63,7 @@ class OomTally:
         return {"oom_halvings": self.halvings, "oom_alone": self.alone, "decoded_on_cpu": self.decoded_on_cpu}
 
 
-def map_halving_on_oom(
+def map_halving_on_oom(  # noqa: C901 - one loop: submit, halve on OOM, retry, collect
     run: Callable[[int, int], Any],
     n: int,
     loaded: Any = None,
@@ -99,7 +99,7 @@ def map_halving_on_oom(
         hi = min(n, lo + step)
         try:
             results.append(run(lo, hi))
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        except Exception as error:
             if not is_out_of_memory(error):
                 raise
             streaks[limit] = 0

@@ -80,7 +80,7 @@ def test_batches_are_length_sorted_and_bounded_in_pages_and_padded_tokens(tiny):
 
 def test_int_score_is_rounded_and_clamped_as_fineweb_edu_publishes_it():
     scores = np.array([-0.7, 0.49, 2.5, 2.51, 3.5, 4.6, 7.2], dtype=np.float32)
-    expected = [int(round(max(0, min(float(s), 5)))) for s in scores]
+    expected = [round(max(0, min(float(s), 5))) for s in scores]
     assert int_scores(scores).tolist() == expected == [0, 0, 2, 3, 4, 5, 5]
 
 

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,7 @@ def _local_revision(folder: Path) -> str:
         if path.suffix in (".json", ".safetensors", ".bin") and path.is_file():
             digest.update(path.name.encode())
             with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - used at once
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(chunk)
     return f"sha256:{digest.hexdigest()[:16]}"
 
@@ -248,7 +248,7 @@ def score_window(classifier: Classifier, window: Window, tally: OomTally | None 
 def prepared_windows(
     classifier: Classifier,
     settings: ClassifierSettings,
-    windows: Iterable[tuple[Any, list[str | None]]],
+    windows: Iterable[tuple[Any, Sequence[str | None]]],
 ) -> Iterator[Window]:
     """Windows tokenized and batched on a producer thread, at most ``_QUEUED_WINDOWS`` ahead of the consumer.
 
@@ -274,7 +274,7 @@ def prepared_windows(
                 if stop.is_set():
                     return
             ready.put(None)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+        except BaseException as error:
             ready.put(error)
 
     producer = threading.Thread(target=produce, name="page-tokenizer", daemon=True)

@@ -52,7 +52,8 @@ def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(vocab_size: int) -> BertConfig:
-    return BertConfig(
+    # num_labels, problem_type and the label maps reach PretrainedConfig through **kwargs (untyped there).
+    return BertConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=64,
         num_hidden_layers=2,
