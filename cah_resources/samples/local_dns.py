@@ -63,7 +63,9 @@ class LocalDns:
         self.queries: Counter[str] = Counter()  # per (lower-case) name, every type and transport
         self.tcp_queries = 0
         self.peak_pending = 0  # most queries waiting for their answer at once
+        self.peak_pending_names = 0  # most distinct names with a query waiting at once
         self._pending = 0
+        self._pending_names: Counter[bytes] = Counter()
         self._dropped: set[tuple[str, int]] = set()
         self._loop_thread: LoopThread | None = None
         self._closers: list = []
@@ -86,6 +88,7 @@ class LocalDns:
         self.queries.clear()
         self.tcp_queries = 0
         self.peak_pending = 0
+        self.peak_pending_names = 0
 
     # ---- answering -----------------------------------------------------------------------
 
@@ -196,10 +199,16 @@ class LocalDns:
                 if reply is not None:
                     server._pending += 1
                     server.peak_pending = max(server.peak_pending, server._pending)
-                    loop.call_later(delay, self.send, reply, addr)
+                    question = data[12:].split(b"\x00", 1)[0].lower()  # the name; A and AAAA are one
+                    server._pending_names[question] += 1
+                    server.peak_pending_names = max(server.peak_pending_names, len(server._pending_names))
+                    loop.call_later(delay, self.send, reply, addr, question)
 
-            def send(self, reply: bytes, addr) -> None:
+            def send(self, reply: bytes, addr, question: bytes) -> None:
                 server._pending -= 1
+                server._pending_names[question] -= 1
+                if not server._pending_names[question]:
+                    del server._pending_names[question]
                 self.transport.sendto(reply, addr)
 
         async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
