@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -190,6 +191,18 @@ def test_a_file_cut_in_the_middle_of_its_last_record_keeps_the_others(tmp_path):
     assert counts["corrupt_gzip"] + counts["malformed_truncated"] == 1
 
 
+@pytest.mark.parametrize("cut", [4, 20, 200])  # the gzip trailer; into the deflate stream
+def test_a_real_warc_whose_last_member_is_cut_counts_it_and_keeps_the_page(tmp_path, cut):
+    # The real file ends with a metadata record after its response: cut, it still reads to the end
+    # of its body, so only the gzip member's missing end tells. It was read without a word.
+    data = Path(DATA, "whirlwind.warc.gz").read_bytes()
+    path = tmp_path / "cut.warc.gz"
+    path.write_bytes(data[: len(data) - cut])
+    result, counts = _read(path)
+    assert _urls(result) == ["https://an.wikipedia.org/wiki/Escopete"]
+    assert counts["corrupt_gzip_truncated"] + counts["malformed_truncated"] == 1
+
+
 @pytest.mark.parametrize("claimed", [3 << 20, 5 << 20, 12 << 20])  # read; skipped as too long (twice)
 def test_a_content_length_that_runs_past_the_end_costs_only_its_record(tmp_path, claimed):
     liar = gzip.compress(_response("https://example.org/liar", _page(99), claimed=claimed))
@@ -198,6 +211,17 @@ def test_a_content_length_that_runs_past_the_end_costs_only_its_record(tmp_path,
     result, counts = _read(path, PageRules(max_html_bytes=4 << 20))
     assert _urls(result) == [f"https://example.org/{i}" for i in range(100)]
     assert counts["malformed_truncated"] == 1
+
+
+def test_an_uncompressed_warc_resumes_after_a_liar_and_not_at_a_quoted_version_line(tmp_path):
+    quote = "<pre>\r\nWARC/1.0\r\nWARC-Type: response</pre>"  # a version line in the liar's own body
+    liar = _response("https://example.org/liar", _page(99, quote), claimed=5 << 20)  # skipped: too long
+    records = [_response(f"https://example.org/{i}", _page(i)) for i in range(6)]
+    path = tmp_path / "plain.warc"
+    path.write_bytes(b"".join([*records[:3], liar, *records[3:]]))
+    result, counts = _read(path, PageRules(max_html_bytes=4 << 20))
+    assert _urls(result) == [f"https://example.org/{i}" for i in range(6)]
+    assert counts["malformed_truncated"] == 1 and counts["page_drop_too_long"] == 1
 
 
 def test_a_content_length_past_the_record_cap_costs_only_its_record(tmp_path):

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-import zlib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager as ContextManager
-from contextlib import nullcontext
 from typing import Any, NamedTuple, cast
 
 import msgspec
-from fastwarc.warc import ArchiveIterator, WarcRecordType
+from fastwarc.warc import WarcRecord, WarcRecordType
 
 from cah_resources.contract import CandidatesStats, Damage
+from cah_resources.record_files import resilient_records
 
-GZIP_MAGIC = b"\x1f\x8b\x08"
-WARC_MAGIC = b"WARC/1."
 # A record larger than this is damage. Common Crawl cuts every fetched page at 1 MiB, so the JSON
 # describing one is a few MiB at most; the cap bounds what a lying Content-Length, and decoding one
 # record (600k links of a 40 MB record took +0.8 GB), can cost.
 MAX_RECORD_BYTES = 16 << 20
 IMAGE_LINK_PATH = "IMG@/src"
 HTML_MARKER = b'"HTML-Metadata"'
-READ_CHUNK = 1 << 20
 
 
 # What a page needs of an HTML record, decoded by msgspec straight into these structs: every other
@@ -95,146 +89,26 @@ def iter_pages(path: str, stats: CandidatesStats, max_record_bytes: int = MAX_RE
     A record's Content-Length is checked before its body is read, so a lie never inflates the rest
     of the file into memory.
     """
-    marker = _record_marker(path)
-    start: int | None = 0
-    recovering = False
-    records = 0  # counted here, added once: this loop runs for every record of the file
+    records = 0  # counted here, added once: this runs for every record of the file
+
+    def read(record: WarcRecord) -> Page | Damage | None:
+        nonlocal records
+        if record.record_type != WarcRecordType.metadata:
+            return None  # kept track of, so a record of another type is no unread stretch
+        records += 1
+        if record.content_length > max_record_bytes:
+            return Damage.TOO_LARGE
+        body = record.reader.read()
+        if len(body) < record.content_length:
+            return Damage.TRUNCATED  # a lying Content-Length reads on through the records behind it
+        # Requests, non-HTML responses and WARC metadata (most records of a real WAT) cannot hold
+        # image links: they are read but not parsed, so damage is counted on HTML records.
+        return _page_of(body, record, stats) if HTML_MARKER in body else None
+
     try:
-        while start is not None:
-            last_good = start
-            try:
-                with _source(path, start) as source:
-                    for record in ArchiveIterator(source, parse_http=False):
-                        last_good, recovering = record.stream_pos, False
-                        if record.record_type != WarcRecordType.metadata:
-                            continue  # kept track of, so a record of another type is no unread stretch
-                        records += 1
-                        if record.content_length > max_record_bytes:
-                            stats.damage[Damage.TOO_LARGE] += 1
-                            break
-                        body = record.reader.read()
-                        if len(body) < record.content_length:
-                            # A lying Content-Length reads on through the records behind it: resume.
-                            stats.damage[Damage.TRUNCATED] += 1
-                            break
-                        # Requests, non-HTML responses and WARC metadata (most records of a real
-                        # WAT) cannot hold image links: they are read but not parsed, so damage is
-                        # counted on HTML records.
-                        if HTML_MARKER in body:
-                            page = _page_of(body, record, stats)
-                            if page is not None:
-                                yield page
-                    else:
-                        # fastwarc ends quietly at a gzip member it cannot read (a cut last member,
-                        # stray gzip headers): what follows the last record read is checked here.
-                        start = _after_quiet_end(path, last_good, marker, stats)
-                        continue
-            except OSError:
-                # Restarts that fail before any record are the same damaged stretch: count it once.
-                stats.damage[Damage.CORRUPT_GZIP] += not recovering
-                recovering = True
-            start = _next_record(path, last_good + 1, marker)
+        yield from resilient_records(path, read, stats.damage, max_record_bytes)
     finally:
         stats.metadata_records += records
-
-
-def _after_quiet_end(path: str, last: int, marker: bytes, stats: CandidatesStats) -> int | None:
-    """Where to resume after fastwarc ended without an error, having read the record at ``last``.
-
-    None at the end of an intact file. A gzip member that never ends is ``corrupt_gzip_truncated``; a
-    readable record past the last one read (fastwarc stopped at damage between) is resumed at,
-    the stretch counted as ``corrupt_gzip``; a last member cut short is ``corrupt_gzip_truncated``, other
-    trailing bytes that hold no record ``corrupt_trailing_bytes``.
-    """
-    if marker != GZIP_MAGIC:
-        return None
-    end = _member_end(path, last)
-    if end is None:
-        stats.damage[Damage.CORRUPT_GZIP_TRUNCATED] += 1
-        return None
-    resume = _next_record(path, end, marker)
-    if resume is not None:
-        stats.damage[Damage.CORRUPT_GZIP] += 1
-        return resume
-    if os.path.getsize(path) > end:
-        with open(path, "rb") as handle:
-            handle.seek(end)
-            cut = handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC  # a member's start, the rest of it missing
-        stats.damage[Damage.CORRUPT_GZIP_TRUNCATED if cut else Damage.CORRUPT_TRAILING_BYTES] += 1
-    return None
-
-
-def _member_end(path: str, offset: int) -> int | None:
-    """The offset just past the gzip member at ``offset``, or None if it is cut short or does not inflate.
-
-    Inflated output is thrown away as it comes; a member inflating past MAX_RECORD_BYTES counts as cut.
-    """
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    inflated, consumed = 0, 0
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        while not inflater.eof and (chunk := handle.read(READ_CHUNK)):
-            try:
-                inflated += len(inflater.decompress(chunk, MAX_RECORD_BYTES))
-                while inflater.unconsumed_tail and not inflater.eof and inflated <= MAX_RECORD_BYTES:
-                    inflated += len(inflater.decompress(inflater.unconsumed_tail, MAX_RECORD_BYTES))
-            except zlib.error:
-                return None
-            if inflated > MAX_RECORD_BYTES:
-                return None
-            consumed += len(chunk)
-    if not inflater.eof:
-        return None
-    return offset + consumed - len(inflater.unused_data)
-
-
-def _source(path: str, start: int) -> ContextManager:
-    """What fastwarc reads from byte ``start`` on. From the start, the path: fastwarc opens the
-    file itself, 1.5-2x faster than through a Python file object, which only resuming needs."""
-    if start == 0:
-        return nullcontext(path)
-    handle = open(path, "rb")  # noqa: SIM115 - returned open, the caller's `with` closes it
-    handle.seek(start)
-    return handle
-
-
-def _record_marker(path: str) -> bytes:
-    """The bytes a record starts with: its gzip member's header, or in an uncompressed file its version line."""
-    with open(path, "rb") as handle:
-        return WARC_MAGIC if handle.read(len(WARC_MAGIC)) == WARC_MAGIC else GZIP_MAGIC
-
-
-def _next_record(path: str, offset: int, marker: bytes) -> int | None:
-    """Offset of the next record (a gzip member, or an uncompressed record's version line) at or
-    after ``offset``, or None. A gzip header counts only if its member inflates to a WARC record's
-    start: stray headers, and the magic bytes by chance in compressed data, are passed over."""
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        carry = b""
-        position = offset
-        while chunk := handle.read(READ_CHUNK):
-            window = carry + chunk
-            found = window.find(marker)
-            while found >= 0:
-                at = position - len(carry) + found
-                if marker != GZIP_MAGIC or _starts_a_record(path, at):
-                    return at
-                found = window.find(marker, found + 1)
-            carry = window[-(len(marker) - 1) :]
-            position += len(chunk)
-    return None
-
-
-def _starts_a_record(path: str, offset: int) -> bool:
-    """True when the gzip member at ``offset`` inflates to bytes that begin a WARC record."""
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        head = handle.read(64 * 1024)
-    try:
-        start = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, len(WARC_MAGIC))
-    except zlib.error:
-        return False
-    return start == WARC_MAGIC
 
 
 def _page_of(body: bytes, record, stats: CandidatesStats) -> Page | None:
@@ -334,7 +208,3 @@ def _target_uri(envelope: dict, record) -> str | None:
     if isinstance(header, dict) and isinstance(header.get("WARC-Target-URI"), str):
         return header["WARC-Target-URI"]
     return record.headers.get("WARC-Target-URI")
-
-
-# The WARC reader (pages/warc_records.py) opens, frames and resumes files the same way.
-opened_at, record_marker, next_record_offset = _source, _record_marker, _next_record

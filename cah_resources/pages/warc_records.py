@@ -6,10 +6,10 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from fastwarc.warc import ArchiveIterator, WarcRecordType
+from fastwarc.warc import WarcRecord, WarcRecordType
 
-from cah_resources.candidates.wat import next_record_offset, opened_at, record_marker
 from cah_resources.contract import Damage, PageDropReason, PagesStats
+from cah_resources.record_files import resilient_records
 
 # A WARC record over this is damage (resumed past, as in the WAT reader); an HTML page under it but over
 # the page cap is a page drop (too_long), skipped unread. A WARC holds responses as fetched, so its cap
@@ -50,47 +50,21 @@ def iter_html_records(
     the records behind it to the end, reading resumes at the next gzip member (Common Crawl writes
     one per record), so one bad record costs that record only.
     """
-    marker = record_marker(path)
-    start: int | None = 0
-    recovering = False
     records = 0
+
+    def read(record: WarcRecord) -> HtmlRecord | Damage | None:
+        nonlocal records
+        records += 1
+        if record.content_length > max_record_bytes:
+            return Damage.TOO_LARGE
+        if record.record_type != WarcRecordType.response:
+            return None
+        stats.responses += 1
+        found = _html_of(record, stats, max_html_bytes)
+        return Damage.TRUNCATED if found is _TRUNCATED else found
+
     try:
-        while start is not None:
-            last_good = start
-            try:
-                with opened_at(path, start) as source:
-                    for record in ArchiveIterator(source, parse_http=False):
-                        last_good, recovering = record.stream_pos, False
-                        records += 1
-                        starts.append(record.stream_pos)
-                        if record.content_length > max_record_bytes:
-                            stats.damage[Damage.TOO_LARGE] += 1
-                            break
-                        if record.record_type != WarcRecordType.response:
-                            continue
-                        stats.responses += 1
-                        found = _html_of(record, stats, max_html_bytes)
-                        if found is None:
-                            continue
-                        if found is _TRUNCATED:
-                            stats.damage[Damage.TRUNCATED] += 1
-                            break
-                        yield found
-                    else:
-                        # The end, unless a record skipped unread claimed more bytes than it had and
-                        # swallowed the ones behind it: they still start where a record starts.
-                        start = next_record_offset(path, last_good + 1, marker)
-                        if start is not None:
-                            stats.damage[Damage.TRUNCATED] += 1
-                            starts.append(start)
-                        continue
-            except OSError:
-                if not recovering:
-                    stats.damage[Damage.CORRUPT_GZIP] += 1
-                recovering = True
-            start = next_record_offset(path, last_good + 1, marker)
-            if start is not None:
-                starts.append(start)  # a damaged record ends where reading resumes
+        yield from resilient_records(path, read, stats.damage, max_record_bytes, starts)
     finally:
         stats.warc_records += records
 
