@@ -184,7 +184,7 @@ def main() -> None:
     from image_shards_bench import IMAGE_SIZE, PER_HOST, RETRIES, TIMEOUT_S, WORK, FakeWeb
 
     from cah_resources.candidates.stage import output_paths, pair_uid
-    from cah_resources.contract import CANDIDATES_SCHEMA, COUNT, SUCCESSES
+    from cah_resources.contract import CANDIDATES_SCHEMA, COUNT, SUCCESSES, URL_ATTRIBUTE_SRC
     from cah_resources.image_shards.downloader import FetchSettings
     from cah_resources.image_shards.resizer import ResizeSettings
     from cah_resources.image_shards.stage import ShardSettings, download_shard, plan_shards
@@ -207,6 +207,7 @@ def main() -> None:
                         "language": "en",
                         "language_prob": 0.9,
                         "wat_file": "bench",
+                        "url_attribute": URL_ATTRIBUTE_SRC,
                     }
                     for i, u in enumerate(urls)
                 ),
