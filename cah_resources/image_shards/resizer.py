@@ -144,6 +144,10 @@ def _scan_refusal(body: bytes, img: Image.Image, settings: ResizeSettings) -> Im
     """
     if img.format != "JPEG" or not settings.max_scan_pixels:
         return None
+    # Every FF DA holds a DA byte: counting the single byte (several times faster) bounds the scans
+    # from above, and an ordinary photo is cleared by the bound without the exact count.
+    if body.count(b"\xda") * img.width * img.height <= settings.max_scan_pixels:
+        return None
     scans = body.count(b"\xff\xda")
     if scans * img.width * img.height <= settings.max_scan_pixels:
         return None
@@ -183,14 +187,41 @@ def _memory_refusal(img: Image.Image, settings: ResizeSettings) -> ImageOutcome 
 # Huffman-coded JPEG frames (baseline, extended, progressive): every 8x8 luma block's DC costs at
 # least one bit, so a file with fewer bits than blocks cannot hold its image; libjpeg would fill
 # the rest with grey and report success. Arithmetic-coded frames (SOF9+) can go below one bit.
-_HUFFMAN_FRAMES = (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2")
-_ARITHMETIC_FRAMES = (b"\xff\xc9", b"\xff\xca", b"\xff\xcd", b"\xff\xce")
+_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)
+_ARITHMETIC_FRAMES = (0xC9, 0xCA, 0xCD, 0xCE)
+# Start-of-frame markers: C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Marker segments walked before giving up on finding the first scan (a real header has about ten).
+_MAX_HEADER_SEGMENTS = 1000
+
+
+def _frame_markers(body: bytes) -> list[int] | None:
+    """The start-of-frame markers of a JPEG's header (its segments up to the first scan), or None
+    when the header cannot be walked. Pillow has parsed the same segments to open the image."""
+    at, end = 2, len(body)
+    found: list[int] = []
+    for _segment in range(_MAX_HEADER_SEGMENTS):
+        if at + 4 > end or body[at] != 0xFF:
+            return None
+        marker = body[at + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return found
+        if marker in _FRAME_MARKERS:
+            found.append(marker)
+        at += 2 + ((body[at + 2] << 8) | body[at + 3])
+    return None
 
 
 def _missing_data_refusal(body: bytes, img: Image.Image) -> ImageOutcome | None:
-    if img.format != "JPEG" or any(marker in body for marker in _ARITHMETIC_FRAMES):
+    if img.format != "JPEG":
         return None
-    if not any(marker in body for marker in _HUFFMAN_FRAMES):
+    frames = _frame_markers(body)
+    if frames is None:  # the frame type is unknown: looked for anywhere in the file (slower)
+        frames = [m for m in (*_HUFFMAN_FRAMES, *_ARITHMETIC_FRAMES) if bytes((0xFF, m)) in body]
+    if any(marker in _ARITHMETIC_FRAMES for marker in frames) or not any(m in _HUFFMAN_FRAMES for m in frames):
         return None
     blocks = -(-img.width // 8) * -(-img.height // 8)
     if len(body) * 8 >= blocks:
