@@ -2,6 +2,7 @@
 
 import io
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -236,6 +237,24 @@ def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_is_corrupt_not_gre
     assert "truncated: a 9400x9400 JPEG needs at least" in out.error_message
     honest = process_image(jpeg_claiming_a_larger_frame(640, 480), ResizeSettings(image_size=64))
     assert honest.status == "ok"
+
+
+def _with_comments(jpeg: bytes, *texts: bytes) -> bytes:
+    """``jpeg`` with COM segments holding ``texts`` right after its start-of-image marker."""
+    segments = b"".join(b"\xff\xfe" + struct.pack(">H", 2 + len(text)) + text for text in texts)
+    return jpeg[:2] + segments + jpeg[2:]
+
+
+def test_the_frame_type_comes_from_the_jpeg_header_not_from_marker_bytes_anywhere():
+    # An arithmetic-coding frame marker's two bytes in a comment do not make a Huffman JPEG exempt.
+    lying = _with_comments(jpeg_claiming_a_larger_frame(9400, 9400), b"SOF9 is \xff\xc9")
+    out = process_image(lying, ResizeSettings(image_size=64))
+    assert out.status == "corrupt_image" and "truncated: a 9400x9400 JPEG" in out.error_message
+    # A header too long to walk (over 1,000 segments) is judged by the markers found anywhere.
+    padded = _with_comments(jpeg_claiming_a_larger_frame(9400, 9400), *[b"x"] * 1_001)
+    assert process_image(padded, ResizeSettings(image_size=64)).status == "corrupt_image"
+    honest = _with_comments(jpeg_claiming_a_larger_frame(640, 480), b"\xff\xc9", *[b"x"] * 1_001)
+    assert process_image(honest, ResizeSettings(image_size=64)).status == "ok"
 
 
 def test_an_exact_integer_shrink_averages_blocks_as_the_box_filter_does():
