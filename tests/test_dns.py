@@ -1,6 +1,7 @@
 """DNS on the real web's shape: the downloader through aiodns against a local DNS server in front of the local web."""
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -222,6 +223,23 @@ def test_a_malformed_nameserver_is_a_one_line_error():
         FetchSettings(nameservers=("dns.example:53",))
     with pytest.raises(ValueError, match="is not 'ip' or 'ip:port'"):
         FetchSettings(nameservers=("127.0.0.1:99999",))
+
+
+def test_lookups_are_answered_on_the_event_loop_without_a_thread_of_their_own():
+    # A c-ares event thread would take the GIL from the loop on every answer (CPU per lookup).
+    async def threads_while_resolving(dns):
+        await CachingResolver((dns.nameserver,)).close()  # pycares's one idle thread that closes channels
+        before = len(os.listdir("/proc/self/task"))
+        resolver = CachingResolver((dns.nameserver,))
+        try:
+            await asyncio.gather(*(resolver.resolve(dns.name(0, f"t{n}"), 80) for n in range(20)))
+            return before, len(os.listdir("/proc/self/task")), resolver.stats.lookups
+        finally:
+            await resolver.close()
+
+    with LocalDns(["127.77.0.1"]) as dns:
+        before, during, lookups = asyncio.run(threads_while_resolving(dns))
+    assert lookups == 20 and during == before
 
 
 def test_the_resolver_raises_a_lookup_error_naming_the_host():
