@@ -30,6 +30,7 @@ from cah_assets.resources import (
     DedupIndexResource,
     HetznerFleet,
     ImageDownloader,
+    PageRulesResource,
     ReportLinks,
     SegmentFlow,
     StorageResource,
@@ -83,6 +84,7 @@ def deployment_resources(deployment: Deployment) -> dict:
         "common_crawl": CommonCrawl(base_url=os.environ.get("CAH_CRAWL_SOURCE", COMMON_CRAWL_URL)),
         "storage": StorageResource.from_env(os.environ.get("CAH_DATA_ROOT", "data")),
         "candidate_rules": CandidateRules(),
+        "page_rules": PageRulesResource(),
         # A Postgres URL carries a password: read through EnvVar so it never shows in run config.
         "dedup_index": DedupIndexResource(url=dg.EnvVar("CAH_DEDUP_URL"))
         if os.environ.get("CAH_DEDUP_URL")

@@ -30,6 +30,7 @@ from cah_resources.fleet.hetzner import Fleet, Progress, load_projects
 from cah_resources.fleet.settings import FLEET_ENV, ComputeSettings, FleetSettings, env_default
 from cah_resources.image_shards.stage import ShardSettings
 from cah_resources.page_scores.settings import ClassifierSettings
+from cah_resources.pages.html_page import PageRules
 from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage_options
 
 # The Dagster UI renders a markdown metadata value in place only below this many characters (longer
@@ -157,6 +158,19 @@ class CandidateRules(dg.ConfigurableResource):
 
     def filters(self) -> CandidateFilters:
         return settings_of(self, CandidateFilters)
+
+
+@settings_fields(PageRules)
+class PageRulesResource(dg.ConfigurableResource):
+    """The WARC pass's page bounds and pre-filters (``PageRules``); see README "WARC crawls" for each drop reason."""
+
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+
+    def rules(self) -> PageRules:
+        return settings_of(self, PageRules)
 
 
 @settings_fields(ShardSettings)

@@ -10,7 +10,7 @@ import pytest
 
 from cah_assets.crawls import register_crawl_job
 from cah_assets.partitions import segments
-from cah_assets.resources import CandidateRules, CommonCrawl, DedupIndexResource, StorageResource
+from cah_assets.resources import CandidateRules, CommonCrawl, DedupIndexResource, PageRulesResource, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.language import LanguageDetector
@@ -137,6 +137,7 @@ def _resources(sample_crawl, data_root, compute):
         "common_crawl": CommonCrawl(base_url=sample_crawl.root),
         "storage": StorageResource(root=data_root.url),
         "candidate_rules": CandidateRules(),
+        "page_rules": PageRulesResource(),
         "dedup_index": DedupIndexResource(),
     }
 

@@ -15,7 +15,14 @@ from dask_peers import cah_worker, dask_worker, free_port, make_tls, scheduler, 
 from distributed import Client, get_worker
 
 from cah_assets.partitions import segments
-from cah_assets.resources import CandidateRules, CommonCrawl, ComputeResource, DedupIndexResource, StorageResource
+from cah_assets.resources import (
+    CandidateRules,
+    CommonCrawl,
+    ComputeResource,
+    DedupIndexResource,
+    PageRulesResource,
+    StorageResource,
+)
 from cah_assets.stages.candidates import candidates
 from cah_resources.candidates.stage import output_paths
 from cah_resources.crawl.segments import register_crawl
@@ -170,6 +177,7 @@ def test_a_partition_materializes_through_dagster_on_the_remote_cluster(cluster,
         "common_crawl": CommonCrawl(base_url=sample_crawl.root),
         "storage": StorageResource(root=root.url),
         "candidate_rules": CandidateRules(),
+        "page_rules": PageRulesResource(),
         "dedup_index": DedupIndexResource(),
     }
 

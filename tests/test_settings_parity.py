@@ -13,6 +13,7 @@ from cah_assets.resources import (
     ComputeResource,
     HetznerFleet,
     ImageDownloader,
+    PageRulesResource,
     TextClassifier,
 )
 from cah_resources.candidates.image_links import CandidateFilters
@@ -22,6 +23,7 @@ from cah_resources.flat_settings import flat_fields, from_flat
 from cah_resources.fleet.settings import FLEET_ENV, ComputeSettings, FleetSettings, WorkerSettings
 from cah_resources.image_shards.stage import ShardSettings
 from cah_resources.page_scores.settings import ClassifierSettings
+from cah_resources.pages.html_page import PageRules
 
 # Each resource, the plain settings it hands to the code that runs, and the fields it declares itself.
 VIEWS = {
@@ -31,12 +33,13 @@ VIEWS = {
     CommonCrawl: (CrawlSource, set()),
     CandidateRules: (CandidateFilters, {"max_record_bytes"}),
     TextClassifier: (ClassifierSettings, set()),
+    PageRulesResource: (PageRules, set()),
 }
 
 
 def _plain(resource) -> object:
     """The plain settings a resource instance builds, whatever its method is called."""
-    for method in ("settings", "source", "filters"):
+    for method in ("settings", "source", "filters", "rules"):
         if hasattr(resource, method):
             return getattr(resource, method)()
     raise AssertionError(f"{type(resource).__name__} builds no plain settings")

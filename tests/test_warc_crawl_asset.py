@@ -9,7 +9,13 @@ from cah_assets.checks import candidates_checks, clip_pairs_checks, image_shards
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import defs, deployment_resources
 from cah_assets.deployment import Deployment
-from cah_assets.resources import ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
+from cah_assets.resources import (
+    ComputeResource,
+    DedupIndexResource,
+    ImageDownloader,
+    PageRulesResource,
+    StorageResource,
+)
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CLIP_PAIRS, IMAGE_SHARDS, PAGES, PAGES_SCHEMA, STAGES, pages_path
 from cah_resources.samples.local_web import LocalImageWeb
@@ -26,7 +32,7 @@ def web():
         yield fake_web
 
 
-def _run_warc_crawl(work, web, storage: StorageResource):
+def _run_warc_crawl(work, web, storage: StorageResource, stages=STAGES, **more_resources):
     crawl = generate_warc_crawl(
         str(work / "crawl"),
         "CC-MAIN-WARC-T",
@@ -44,6 +50,7 @@ def _run_warc_crawl(work, web, storage: StorageResource):
         "compute": ComputeResource(n_workers=2, processes=False),
         "dedup_index": DedupIndexResource(url=f"sqlite:///{work}/dedup.sqlite"),
         "image_downloader": DOWNLOADER,
+        **more_resources,
     }
     (work / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(work / "home"))
@@ -51,9 +58,9 @@ def _run_warc_crawl(work, web, storage: StorageResource):
         instance, resources["common_crawl"], storage, crawl.crawl, files_per_segment=1, format="warc"
     )
     key = registration.keys()[0]
-    stages = [defs.get_assets_def(name) for name in STAGES]
-    checks = [candidates_checks, pages_checks, image_shards_checks, clip_pairs_checks]
-    result = dg.materialize([*stages, *checks], partition_key=key, instance=instance, resources=resources)
+    checks = [candidates_checks, pages_checks, image_shards_checks, clip_pairs_checks][: len(stages) + 1]
+    assets = [defs.get_assets_def(name) for name in stages]
+    result = dg.materialize([*assets, *checks], partition_key=key, instance=instance, resources=resources)
     return crawl, key, result, storage.data_root(), instance
 
 
@@ -101,3 +108,24 @@ def test_a_warc_crawl_goes_through_every_stage_and_pages_on_an_s3_root(web, tmp_
             _assert_warc_crawl_went_through(crawl, key, result, root)
         finally:
             instance.dispose()
+
+
+def test_the_page_rules_are_resource_settings_a_deployment_can_change(web, tmp_path):
+    storage = StorageResource(root=str(tmp_path / "data"))
+    strict = PageRulesResource(min_text_chars=10**6)  # no page has that much text: all too_short
+    crawl, key, result, root, instance = _run_warc_crawl(tmp_path, web, storage, ("candidates",), page_rules=strict)
+    try:
+        assert result.success
+        pages = root.read_parquet(pages_path(root, key))
+        assert pages.num_rows == 0
+        meta = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("candidates")}
+        kept = [p for p in crawl.pages[crawl.warc_paths[0]] if p.kept]
+        drops = {r.data["reason"]: r.data["count"] for r in meta[PAGES]["drops"].value.records}
+        assert kept and drops["too_short"] >= len(kept)
+        # A too-short page keeps its images: the candidates are the same as with the default rules.
+        candidates = root.read_parquet(output_paths(root, key)[0]).to_pylist()
+        assert {(r["url"], r["text"]) for r in candidates} == {
+            (e.url, e.text) for e in crawl.expected_segment(crawl.warc_paths)
+        }
+    finally:
+        instance.dispose()

@@ -8,7 +8,6 @@ from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES, PAGES, CandidatesStats, PagesStats, pages_path
 from cah_resources.crawl.segments import registration_for_key
-from cah_resources.pages.html_page import PageRules
 from cah_resources.pages.segment import (
     FORMAT,
     PAGES_STATS,
@@ -25,7 +24,8 @@ def crawl_files(run: StageRun, key: str) -> list:
     """One unit per file of the segment, WAT or WARC as its crawl was registered."""
     source, rules = run.resources.common_crawl.source(), run.resources.candidate_rules
     registration = registration_for_key(run.root, key)
-    return file_units(registration, key, run.root, source, rules.filters(), PageRules(), rules.max_record_bytes)
+    page_rules = run.resources.page_rules.rules()
+    return file_units(registration, key, run.root, source, rules.filters(), page_rules, rules.max_record_bytes)
 
 
 def segment_merges(run: StageRun) -> list[CrawlSegmentMerge]:
@@ -117,7 +117,7 @@ CANDIDATES_STAGE = Stage(
     merge_work=merge_crawl_segment,
     progress=progress,
     unit_noun="crawl files",
-    resources=("common_crawl", "candidate_rules", "dedup_index"),
+    resources=("common_crawl", "candidate_rules", "page_rules", "dedup_index"),
     run_metadata=lambda run: {"seconds": round(run.seconds, 2)},
     retry_policy=CANDIDATES_RETRY,
 )
