@@ -374,7 +374,9 @@ class _ShardScorer:
                     decoded.errors[position] = (_cpu_decode_status(error), one_line(error, _ERROR_CHARS))
             decoded.parts = [_stack_for_copy(tensors, self.models[batch.spec].device)] if tensors else []
         tokens = pending.tokens.result()
-        if len(decoded.positions) < len(batch.rows):
+        # The pixels come in decoded.positions' order: some left out, or (JPEGs on the device first, other
+        # formats after them) reordered; the tokens follow it.
+        if decoded.positions != list(range(len(batch.rows))):
             tokens = tokens[decoded.positions]
         errors = {batch.rows[position]: reason for position, reason in decoded.errors.items()}
         return [batch.rows[p] for p in decoded.positions], decoded.parts, tokens, errors
@@ -713,8 +715,9 @@ def _score_webdataset(
     """Every sample of a webdataset tar, streamed from where it is and scored as it arrives.
 
     The rows take image_shards' columns (``shard_row_schema``) so that release and report read them
-    alike: the url from img2dataset's json, else the sample's key; the category from the caption's
-    language, as candidates gives it. A sample without image or caption is a row saying so.
+    alike: the url (and sha256, of the image it downloaded) from img2dataset's json, else the sample's
+    key (and the stored image's sha256); the category from the caption's language, as candidates gives
+    it. A sample without image or caption is a row saying so.
     """
     scorer = _ShardScorer(shard_row_schema().empty_table(), settings)
     rows: list[dict[str, Any]] = []
@@ -762,7 +765,7 @@ def _webdataset_images(
                 "key": sample.key,
                 "status": DownloadStatus.OK.value,
                 "bytes": len(sample.image) if sample.image is not None else None,
-                "sha256": hashlib.sha256(sample.image).hexdigest() if sample.image is not None else None,
+                "sha256": fields.get("sha256") or (hashlib.sha256(sample.image).hexdigest() if sample.image else None),
                 "width": fields.get("width"),
                 "height": fields.get("height"),
                 "original_width": fields.get("original_width", fields.get("width")),
