@@ -57,6 +57,7 @@ FORMAT_PARQUET = "parquet"
 FORMAT_WEBDATASET = "webdataset"
 FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_PARQUET, FORMAT_WEBDATASET)
 CRAWL_FORMATS = (FORMAT_WAT, FORMAT_WARC)  # listed by Common Crawl (<format>.paths.gz); the others are datasets
+DATASET_STAGE = {FORMAT_PARQUET: PAGE_SCORES, FORMAT_WEBDATASET: CLIP_PAIRS}  # where a dataset's segments start
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
+import json
+import re
+import shlex
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import torch
+import webdataset as wds
 from s3_peer import new_bucket_root, s3_endpoint
-from webdataset_inputs import img2dataset_members, tar_bytes, write_webdataset
+from webdataset_inputs import EXTENSIONS, img2dataset_members, tar_bytes, write_webdataset
 
 from cah_assets.resources import ClipScorer
+from cah_resources.clip_pairs.clip_scorer import load_clip
 from cah_resources.clip_pairs.stage import ClipPairsUnit, pending_units, score_image_shard
-from cah_resources.contract import FORMAT_WEBDATASET, Damage, shard_row_schema
+from cah_resources.contract import (
+    EMBEDDING_KINDS,
+    EMBEDDINGS,
+    FORMAT_WEBDATASET,
+    Damage,
+    embedding_path,
+    kept_path,
+    release_embeddings_folder,
+    shard_row_schema,
+)
 from cah_resources.crawl.segments import register_dataset
-from cah_resources.dataset.release import build_release, read_release
+from cah_resources.dataset.release import read_release
 from cah_resources.dataset.report import collect_facts
 from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 
 SEGMENT = "CC-MAIN-2024-10_00003"
+REPO = Path(__file__).resolve().parent.parent
+IMG2DATASET_OUTPUT = REPO / "tests" / "data" / "img2dataset"  # made by img2dataset itself: see the script there
 
 
 def settings(**overrides):
@@ -82,8 +106,7 @@ def test_a_registered_webdataset_gives_the_same_similarities_as_own_shards(root)
     assert pending_units(root, "laion-part_00000") == []
 
 
-def test_samples_without_an_image_or_a_caption_are_rows_counted_with_their_reason(tmp_path):
-    root = DataRoot(str(tmp_path / "data"))
+def test_samples_without_an_image_or_a_caption_are_rows_counted_with_their_reason(root):
     good = samples(3, seed=4)
     members = img2dataset_members(0, good[0], None)  # no url in the json: the key stands for it
     members += [("000000001.txt", b"a caption without its image")]
@@ -104,8 +127,7 @@ def test_samples_without_an_image_or_a_caption_are_rows_counted_with_their_reaso
     assert summary["pairs"] == 4 and summary["not_scored"] == {"image_missing": 1, "caption_missing": 1}
 
 
-def test_a_corrupt_member_is_counted_and_every_other_sample_scored(tmp_path):
-    root = DataRoot(str(tmp_path / "data"))
+def test_a_corrupt_member_is_counted_and_every_other_sample_scored(root):
     pairs = samples(6, seed=5)
     members = [m for i, s in enumerate(pairs) for m in img2dataset_members(i, s, None)]
     members[3 * 4] = ("000000004.jpg", b"\xff\xd8\xff not a jpeg at all")  # an image that does not decode
@@ -127,47 +149,187 @@ def test_a_corrupt_member_is_counted_and_every_other_sample_scored(tmp_path):
 
 
 def test_release_and_report_read_a_webdataset_like_a_crawl(tmp_path):
+    import dagster as dg
+
+    from cah_assets.dataset import release, report
+    from cah_assets.resources import ReportLinks, StorageResource
+
     root = DataRoot(str(tmp_path / "data"))
     pairs = samples(16, seed=6)
     urls = [f"https://img.example/{i}.jpg" if i % 2 else None for i in range(16)]
     write_webdataset(root.fs, root.path("ext"), pairs, per_tar=8, urls=urls)
-    score_dataset(root, "wds", [root.path("ext", "*.tar")], per_segment=2, write_embeddings=True, **{})
+    score_dataset(root, "wds", [root.path("ext", "*.tar")], per_segment=2, write_embeddings=True)
     kept = clip_table(root, "wds_00000", 0).to_pylist() + clip_table(root, "wds_00000", 1).to_pylist()
     kept = [r for r in kept if r["kept"]]
 
-    build_release(root, ["wds_00000"], root.path("release", "wds"))
-    release = read_release(root, root.path("release", "wds")).to_pylist()
+    resources = {"storage": StorageResource(root=root.url), "report_links": ReportLinks()}
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([release, report], resources=resources, instance=instance).success
+    release_rows = read_release(root, root.path("release", "wds")).to_pylist()
     facts = collect_facts(root, ["wds_00000"])
 
-    assert kept and len(release) == len(kept)
-    assert [r["URL"] for r in release] == [r["url"] for r in kept]
-    assert {r["URL"] for r in release} <= {u for u in urls if u} | {f"{i:09d}" for i in range(16)}
-    assert all(r["TEXT"] and r["WIDTH"] for r in release)
+    assert kept and len(release_rows) == len(kept)
+    assert [r["URL"] for r in release_rows] == [r["url"] for r in kept]
+    assert {r["URL"] for r in release_rows} <= {u for u in urls if u} | {f"{i:09d}" for i in range(16)}
+    assert all(r["TEXT"] and r["WIDTH"] for r in release_rows)
     assert sum(facts.funnel["downloaded"].values()) == 16 and sum(facts.funnel["kept"].values()) == len(kept)
     assert facts.missing["candidates"] == facts.missing["image_shards"] == []
+    assert root.read_bytes(root.path("report", "wds", "funnel.png")).startswith(b"\x89PNG")
+    # The embeddings, merged per dataset in clip-retrieval's layout: row i of img_emb/ is row i of metadata/.
+    merged = f"{release_embeddings_folder(root, 'wds')}/{EMBEDDINGS}"
+    images, metadata = [], []
+    for tar in (0, 1):
+        name = f"wds_00000-{tar:05d}"
+        images.append(np.load(root.fs.open(embedding_path(merged, "img_emb", name), "rb")))
+        metadata.append(root.read_parquet(embedding_path(merged, "metadata", name)))
+        assert root.exists(embedding_path(merged, "text_emb", name))
+    assert sorted(root.listdir(merged)) == sorted(kind for kind, _ in EMBEDDING_KINDS)
+    table = pa.concat_tables(metadata)
+    assert np.concatenate(images).shape[0] == table.num_rows == 16
+    assert table.column("image_path").to_pylist() == [f"{i:09d}" for i in range(16)]
+    assert [r["url"] for r in table.to_pylist() if r["kept"]] == [r["url"] for r in kept]
 
 
-def test_readme_filters_an_img2dataset_output_with_register_and_materialize(capsys, tmp_path, monkeypatch):
-    """README "Filtering an existing webdataset": `cah register ... --format webdataset` + `cah materialize`."""
+def readme_webdataset_commands() -> list[list[str]]:
+    """The commands of the README's "Filtering an existing webdataset" block, as argument lists."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"### Filtering an existing webdataset.*?```bash\n(.*?)```", readme, re.S)
+    assert block, "README.md has no bash block under 'Filtering an existing webdataset'"
+    return [shlex.split(line) for line in block[1].splitlines() if line.strip()]
+
+
+def test_readme_filters_an_img2dataset_output_with_its_two_commands(capsys, tmp_path, monkeypatch):
+    """README "Filtering an existing webdataset": its two commands as written, the bucket a local folder."""
     from cah_assets import cli
     from cah_assets.deployment import Deployment, write_deployment
 
-    home, data, folder = tmp_path / "home", str(tmp_path / "data"), str(tmp_path / "img2dataset_out")
+    home, data, folder = tmp_path / "home", str(tmp_path / "data"), str(tmp_path / "img2dataset-output")
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     write_deployment(str(home), Deployment("demo", data_root=data))  # the demo's tiny CLIP: no weights to fetch
     write_webdataset(DataRoot(folder).fs, folder, samples(10, seed=7), per_tar=5)
+    commands = readme_webdataset_commands()
+    assert len(commands) == 2 and all(command[0] == "cah" for command in commands)
 
-    registered = cli.main(
-        ["register", "laion-part", "--format", "webdataset", "--files", f"{folder}/{{000000..000001}}.tar"]
-    )
-    materialized = cli.main(["materialize", "laion-part", "--stage", "clip_pairs"])
+    codes = [cli.main([a.replace("s3://bucket/img2dataset-output", folder) for a in c[1:]]) for c in commands]
     out, _ = capsys.readouterr()
+    crawl = commands[0][2]
     root = DataRoot(data)
-    rows = clip_table(root, "laion-part_00000", 0).to_pylist() + clip_table(root, "laion-part_00001", 0).to_pylist()
+    rows = [row for i in (0, 1) for row in clip_table(root, f"{crawl}_{i:05d}", 0).to_pylist()]
+    kept = [row for i in (0, 1) for row in root.read_parquet(kept_path(root, f"{crawl}_{i:05d}", 0)).to_pylist()]
 
-    assert registered == 0 and "laion-part: 2 webdataset files, 1 per segment, 2 segments" in out
-    assert materialized == 0, out
+    assert codes == [0, 0], out
+    assert f"{crawl}: 2 webdataset files, 1 per segment, 2 segments" in out
     assert len(rows) == 10 and all(r["clip_status"] == "scored" for r in rows)
-    kept = root.read_parquet(root.path("clip_pairs", "laion-part_00000", "kept", "00000.parquet"))
-    assert kept.num_rows == sum(r["kept"] for r in rows[:5])
+    assert kept == [r for r in rows if r["kept"]]
+
+
+def reference_similarities(samples: list[dict], extension: str, settings) -> np.ndarray:
+    """What the model gives each sample's image and caption, outside the stage: one batch, PIL's decode."""
+    loaded = load_clip(settings.models["en"], settings.device, settings.precision, settings.tokenizer)
+    pixels = torch.stack([loaded.preprocess_jpeg(sample[extension]) for sample in samples])
+    image, text = loaded.embed(pixels, loaded.tokenize([sample["txt"].decode() for sample in samples]))
+    return (image * text).sum(dim=-1).numpy()
+
+
+def test_img2dataset_own_output_is_read_as_the_webdataset_library_reads_it(root):
+    """The tars img2dataset 1.47 wrote (jpg, png, webp; one URL 404'd), from a web on loopback."""
+    tars = [str(IMG2DATASET_OUTPUT / f"{n:05d}.tar") for n in range(3)]
+    captions = json.loads((IMG2DATASET_OUTPUT / "captions.json").read_text())
+    options = settings()
+    assert len(set(options.models.values())) == 1  # one tiny model for every category
+
+    summaries = score_dataset(root, "img2dataset-out", [str(IMG2DATASET_OUTPUT / "*.tar")], per_segment=3)
+
+    assert [s["pairs"] for s in summaries] == [11, 11, 11]
+    for shard, (tar, extension) in enumerate(zip(tars, ("jpg", "png", "webp"), strict=True)):
+        expected = list(wds.WebDataset(tar, shardshuffle=False))  # the webdataset library's own reading
+        rows = clip_table(root, "img2dataset-out_00000", shard).to_pylist()
+        docs = [json.loads(sample["json"]) for sample in expected]
+        assert [r["key"] for r in rows] == [sample["__key__"] for sample in expected]
+        assert "000000005" not in {r["key"] for r in rows}  # its URL 404'd: img2dataset wrote no sample
+        assert all(r["clip_status"] == "scored" and r["wat_file"] == tar for r in rows)
+        assert [r["url"] for r in rows] == [doc["url"] for doc in docs]
+        assert [r["text"] for r in rows] == [captions[doc["url"]] for doc in docs]
+        assert [(r["width"], r["height"]) for r in rows] == [(doc["width"], doc["height"]) for doc in docs]
+        assert {(r["original_width"], r["original_height"]) for r in rows} == {(64, 64)}  # before its resize to 48
+        assert [r["sha256"] for r in rows] == [doc["sha256"] for doc in docs]
+        similarities = [r["similarity"] for r in rows]
+        np.testing.assert_allclose(similarities, reference_similarities(expected, extension, options), atol=1e-5)
+
+
+def test_the_gpu_path_decodes_jpegs_on_the_device_and_other_formats_with_pil(tmp_path):
+    """decode="torch" is the GPU path (nvJPEG there, libjpeg-turbo here); PNG and WebP take PIL's decode."""
+    root = DataRoot(str(tmp_path / "data"))
+    write_webdataset(root.fs, root.path("ext"), samples(16, seed=8), per_tar=16)
+
+    score_dataset(root, "pil", [root.path("ext", "000000.tar")], per_segment=1)
+    score_dataset(root, "device", [root.path("ext", "000000.tar")], per_segment=1, decode="torch")
+    with_pil, on_device = clip_table(root, "pil_00000", 0).to_pylist(), clip_table(root, "device_00000", 0)
+    on_device = on_device.to_pylist()
+
+    assert all(r["clip_status"] == "scored" for r in with_pil + on_device)
+    by_extension = {ext: [i for i in range(16) if EXTENSIONS[i % len(EXTENSIONS)] == ext] for ext in EXTENSIONS}
+    for ext in ("png", "webp"):  # decoded by PIL on both paths
+        rows = by_extension[ext]
+        np.testing.assert_allclose(
+            [on_device[i]["similarity"] for i in rows], [with_pil[i]["similarity"] for i in rows], atol=1e-5
+        )
+    jpegs = by_extension["jpg"] + by_extension["jpeg"]  # another decoder and resize: close, not equal
+    assert max(abs(on_device[i]["similarity"] - with_pil[i]["similarity"]) for i in jpegs) < 0.05
+
+
+class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
+    """Files by URL, and a folder's URL answers a page that lists none (a CDN, Hugging Face's resolve/)."""
+
+    def list_directory(self, path):
+        body = b"<html><body>nothing to list here</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def http_folder(folder: str) -> Iterator[str]:
+    """``folder`` served read-only on loopback over HTTP; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_NoIndexHandler, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_brace_range_of_tars_over_http_without_a_folder_index_is_registered_and_scored(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    folder = str(tmp_path / "web")
+    write_webdataset(DataRoot(folder).fs, folder, samples(8, seed=9), per_tar=4)
+
+    with http_folder(folder) as base:
+        summaries = score_dataset(root, "over-http", [f"{base}/{{000000..000001}}.tar"], per_segment=1)
+        with pytest.raises(FileNotFoundError, match="1 of the files named are missing"):
+            register_dataset(root, "gone", [f"{base}/{{000001..000002}}.tar"], FORMAT_WEBDATASET)
+    rows = clip_table(root, "over-http_00000", 0).to_pylist() + clip_table(root, "over-http_00001", 0).to_pylist()
+
+    assert [s["pairs"] for s in summaries] == [4, 4]
+    assert all(r["clip_status"] == "scored" for r in rows)
+    assert {r["wat_file"] for r in rows} == {f"{base}/000000.tar", f"{base}/000001.tar"}
+
+
+def test_candidates_on_a_webdataset_segment_is_a_one_line_error_naming_its_stage(tmp_path):
+    from cah_resources.candidates.image_links import CandidateFilters
+    from cah_resources.crawl.common_crawl import CrawlSource
+    from cah_resources.pages.html_page import PageRules
+    from cah_resources.pages.segment import file_units
+
+    root = DataRoot(str(tmp_path / "data"))
+    write_webdataset(root.fs, root.path("ext"), samples(2, seed=10), per_tar=2)
+    registration = register_dataset(root, "wds", [root.path("ext", "*.tar")], FORMAT_WEBDATASET)
+
+    with pytest.raises(ValueError, match=r"^wds_00000 is a registered webdataset dataset.*--stage clip_pairs`\)$"):
+        file_units(registration, "wds_00000", root, CrawlSource(), CandidateFilters(), PageRules())

@@ -15,8 +15,9 @@ from cah_resources.contract import WEBDATASET_IMAGE_EXTENSIONS, Damage
 # webdataset's base_plus_ext: the key is the path up to the first dot of the file name, the rest its extension.
 _KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 _WANTED = frozenset((*WEBDATASET_IMAGE_EXTENSIONS, "txt", "json"))
-# img2dataset's per-sample json fields this project takes, and their types.
-_JSON_TEXT = ("url", "caption")
+# img2dataset's per-sample json fields this project takes, and their types (its sha256 is of the image
+# it downloaded, before resizing: image_shards' sha256 too).
+_JSON_TEXT = ("url", "caption", "sha256")
 _JSON_INT = ("width", "height", "original_width", "original_height")
 
 

@@ -37,7 +37,8 @@ def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None)
     ``{000..231}`` ranges and ``{a,b}`` lists are expanded first (braceexpand, as webdataset does),
     then ``*``/``?``/``[...]`` are globbed on the file's filesystem. Named files (no glob) are checked
     with one listing per folder, not one request per file, so a range of 100k files costs a few
-    hundred listing requests on an object store.
+    hundred listing requests on an object store; where a folder's listing does not show its files
+    (HTTP without an index page), each file is asked for.
     """
     found: set[str] = set()
     wanted: dict[str, set[str]] = {}  # folder -> named files in it
@@ -61,6 +62,10 @@ def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None)
         except (FileNotFoundError, NotImplementedError):
             listed = {p for p in paths if fs.exists(p)}
         missing = sorted(p for p in paths if p not in listed and fs._strip_protocol(p) not in listed)
+        if missing and fs.exists(missing[0]):
+            # The listing does not show what is there: an HTTP folder without an index (a CDN, Hugging
+            # Face's resolve/ URLs). Each named file is asked for instead.
+            missing = [p for p in missing if not fs.exists(p)]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of the files named are missing, first {redact_url(_as_url(fs, missing[0]))}"

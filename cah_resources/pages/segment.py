@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from cah_resources.candidates.image_links import CandidateFilters
 from cah_resources.candidates.stage import ClaimFn, WatFileUnit, extract_wat_file, merge_segment
 from cah_resources.candidates.wat import MAX_RECORD_BYTES
-from cah_resources.contract import FORMAT_WARC, PAGES_SCHEMA, PagesStats, pages_path, pages_stats_path
+from cah_resources.contract import (
+    CRAWL_FORMATS,
+    DATASET_STAGE,
+    FORMAT_WARC,
+    PAGES_SCHEMA,
+    PagesStats,
+    pages_path,
+    pages_stats_path,
+)
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.segments import CrawlRegistration
 from cah_resources.pages.html_page import PageRules
@@ -29,6 +37,12 @@ def file_units(
     max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> list[WatFileUnit | WarcFileUnit]:
     """One unit per file of the segment: a WARC crawl's files feed candidates and pages in one read."""
+    if registration.format not in CRAWL_FORMATS:
+        stage = DATASET_STAGE[registration.format]
+        raise ValueError(
+            f"{key} is a registered {registration.format} dataset, not a crawl's WAT or WARC files: it starts at "
+            f"{stage} (`cah materialize {registration.crawl} --stage {stage}`)"
+        )
     paths = registration.files_of(key)
     if registration.format == FORMAT_WARC:
         # WARC records have their own cap (MAX_WARC_RECORD_BYTES): max_record_bytes bounds WAT records' JSON.
