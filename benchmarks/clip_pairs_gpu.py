@@ -21,7 +21,10 @@ run cut short still returns what it did) and ``<out>/profile_*.txt``.
 5. (``processes``, run second) ``cah worker --gpu --processes-per-gpu N`` for N in ``--processes``
    (1, 2, 4): the model alone in all N processes at once, then every 256-px shard end to end through
    the scheduler with ``GPU=1`` tasks; images/s and the ratio to one process's model-only rate. A dry
-   run starts the same command's code with a stand-in device (``run_worker(..., devices=...)``).
+   run starts the same command's code with a stand-in device (``run_worker(..., devices=...)``);
+6. (``webdataset``) the 256-px shards' tars registered as a webdataset (``register_dataset``) and
+   scored from where they are, round by round beside the same shards as image_shards' own, on the
+   GPU decode path: the median rate of each and their ratio (target 0.95).
 
 ``--parts`` picks some of them (the inputs are always made; end_to_end alone times the model at
 its own batches and precision for the ratio).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -38,6 +42,7 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,8 +61,17 @@ from cah_resources.clip_pairs.clip_scorer import (
     load_clip,
 )
 from cah_resources.clip_pairs.settings import SCORING_DEFAULTS, ClipModelSpec, ScoringSettings
-from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, score_image_shard
-from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, ClipStats, finished_shards, stage_folder
+from cah_resources.clip_pairs.stage import ClipPairsUnit, iter_tar_images, pending_units, score_image_shard
+from cah_resources.contract import (
+    CATEGORIES,
+    CLIP_PAIRS,
+    FORMAT_WEBDATASET,
+    IMAGE_SHARDS,
+    ClipStats,
+    finished_shards,
+    stage_folder,
+)
+from cah_resources.crawl.segments import register_dataset
 from cah_resources.image_shards.resizer import ResizeSettings, process_image
 from cah_resources.samples.local_web import WEB_IMAGE_SIZES, photo_like
 from cah_resources.samples.tiny_clip import TINY_CLIP_CHECKPOINT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_CLIP_THRESHOLDS
@@ -68,7 +82,9 @@ SEGMENT = "CC-MAIN-GPUBENCH_00000"
 TARGET_IMAGES_PER_S = 5000  # issue 17: twice clip-retrieval's published 2,500/s per A100
 TARGET_RATIO = 0.8
 NO_CUDA = "skipped: no CUDA"
-PARTS = ("model_only", "processes", "memory", "end_to_end", "worker")
+PARTS = ("model_only", "processes", "memory", "end_to_end", "worker", "webdataset")
+WEBDATASET = "gpu-webdataset"  # the 256-px shards' tars registered as a webdataset (issue 29)
+TARGET_WEBDATASET_RATIO = 0.95  # its rate over the same shards' as image_shards' own
 # Distinct pictures per web size; shards reuse them (decode cost depends on size, not on content).
 PHOTO_VARIANTS = 16
 
@@ -558,6 +574,38 @@ def end_to_end(
     }
 
 
+def webdataset_part(
+    args: argparse.Namespace,
+    settings_for: Callable[..., ScoringSettings],
+    stored_units: list[ClipPairsUnit],
+    oom: OomCounter,
+) -> dict[str, Any]:
+    """The 256-px shards' tars registered as a webdataset and scored from where they are, beside the same
+    shards as image_shards' own: round by round, the order alternating, on the end-to-end GPU decode path."""
+    root = stored_units[0].root
+    tars = [unit.inputs["tar"] for unit in stored_units]
+    registration = register_dataset(root, WEBDATASET, tars, FORMAT_WEBDATASET, files_per_segment=len(tars))
+    registered = pending_units(root, registration.keys()[0])
+    gpu = args.device == "cuda"
+    settings = settings_for(decode="torch" if gpu else "pil", decode_workers=4 if gpu else args.cpu_workers)
+    score_all(stored_units[:1], settings, oom)  # warm-up: model load, autotune, nvJPEG handles
+    routes = [("own", stored_units), ("webdataset", registered)]
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for route, units in routes if round_ % 2 else routes[::-1]:
+            runs.append({"route": route, "round": round_, **score_all(units, settings, oom)})
+            say(f"webdataset part, {route:10s} round {round_}: {runs[-1]['images_per_s']:9.1f} images/s")
+    rates = {route: statistics.median(r["images_per_s"] for r in runs if r["route"] == route) for route, _ in routes}
+    return {
+        "status": "done",
+        "decode": settings.decode,
+        "runs": runs,
+        "median_images_per_s": rates,
+        "ratio": round(rates["webdataset"] / rates["own"], 3),
+        "every_run_scored_every_row": all(r["every_row_scored"] for r in runs),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- part 3
 
 
@@ -956,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - the script's ste
     procs = min(16, args.cpu_workers)
     report.data["inputs"] = make_shards(work, args.images, args.shard_size, sizes, procs)
     stored_work = work.parent / f"{work.name}_256px"
-    if "end_to_end" in args.parts or "processes" in args.parts:
+    if {"end_to_end", "processes", "webdataset"} & set(args.parts):
         report.data["inputs_256px"] = make_shards(stored_work, args.images, args.shard_size, sizes, procs, stored=True)
     # After the shards: their worker processes are forked from a process that has not touched CUDA yet.
     report.data["environment"] = environment(args)
@@ -1027,6 +1075,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - the script's ste
             report.part("worker", {"status": f"failed: {type(error).__name__}: {str(error)[:300]}"})
             say(f"worker: failed: {type(error).__name__}: {error}")
 
+    if "webdataset" in args.parts and within_budget("webdataset"):
+        if importlib.util.find_spec("gcld3") is None:  # a webdataset's captions get their language from it
+            report.part("webdataset", {"status": skip("registered webdataset", "skipped: gcld3 is not installed")})
+        else:
+            report.part("webdataset", webdataset_part(args, settings_for, units_of(stored_work), oom))
+
     verdict(report, args)
     return 0
 
@@ -1048,6 +1102,13 @@ def verdict(report: Report, args: argparse.Namespace) -> None:
         lines.append(
             f"{key}: {run['images_per_s']} images/s (target {TARGET_IMAGES_PER_S}), ratio "
             f"{run.get('ratio_to_model_only')} (target {TARGET_RATIO})"
+        )
+    webdataset = parts.get("webdataset", {})
+    if webdataset.get("status") == "done":
+        rates = webdataset["median_images_per_s"]
+        lines.append(
+            f"registered webdataset / own shards, 256 px: {rates['webdataset']} / {rates['own']} images/s = "
+            f"{webdataset['ratio']} (target {TARGET_WEBDATASET_RATIO})"
         )
     report.data["verdict"] = ["dry run: no figure here is a measurement", *lines] if args.dry_run else lines
     done = [name for name, part in parts.items() if part.get("status") == "done"]

@@ -44,7 +44,7 @@ def test_dry_run_is_labelled_and_completes_every_part(dry_run: tuple[dict, str])
     report, stdout = dry_run
     assert report["dry_run"] is True
     assert report["label"].startswith("DRY RUN")
-    assert report["parts_done"] == ["model_only", "processes", "memory", "end_to_end", "worker"]
+    assert report["parts_done"] == ["model_only", "processes", "memory", "end_to_end", "worker", "webdataset"]
     assert "verdict: dry run: no figure here is a measurement" in stdout
 
 
@@ -88,6 +88,16 @@ def test_dry_run_starts_n_processes_per_gpu_and_scores_every_shard_through_them(
     assert sum(run["shards_by_worker"].values()) == report["inputs_256px"]["shards"]
     assert run["model_only_pairs_per_s"] > 0 and run["images_per_s"] > 0
     assert "verdict: 2 process(es)/GPU, 256 px:" in stdout
+
+
+@pytest.mark.timeout(LIMIT_S + 60)
+def test_dry_run_scores_the_shards_as_a_registered_webdataset_beside_own_shards(dry_run: tuple[dict, str]) -> None:
+    report, stdout = dry_run
+    part = report["parts"]["webdataset"]
+    assert {run["route"] for run in part["runs"]} == {"own", "webdataset"}
+    assert all(run["rows"] == run["scored"] == report["inputs_256px"]["images"] for run in part["runs"])
+    assert part["every_run_scored_every_row"] and part["ratio"] > 0
+    assert "verdict: registered webdataset / own shards, 256 px:" in stdout
 
 
 @pytest.mark.timeout(LIMIT_S + 60)

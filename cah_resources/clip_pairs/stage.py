@@ -51,7 +51,6 @@ from fsspec.core import url_to_fs
 from PIL import Image
 
 from cah_resources.batching import OomTally, is_out_of_memory, map_halving_on_oom
-from cah_resources.candidates.language import UNDETERMINED, Language, LanguageDetector
 from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.clip_pairs.webdataset import iter_samples
@@ -737,6 +736,10 @@ def _webdataset_images(
     unit: ClipPairsUnit, handle: Any, scorer: _ShardScorer, rows: list[dict[str, Any]], damage: Counter[str]
 ) -> Iterator[tuple[int, bytes]]:
     """(row, image bytes) of each sample with both image and caption; every sample becomes a row."""
+    # gcld3 (no wheel: built from source) is only needed for a webdataset's captions; a GPU executor or
+    # the device benchmark scoring image_shards' own shards goes without it.
+    from cah_resources.candidates.language import UNDETERMINED, Language, LanguageDetector
+
     detector = LanguageDetector()
     # What a webdataset does not know of a sample (its page, where the page wrote the URL) is blank text.
     blanks = {f.name: "" for f in shard_row_schema() if not f.nullable and pa.types.is_string(f.type)}
