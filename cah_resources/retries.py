@@ -111,3 +111,17 @@ def postgres_transaction(retries: int, is_transient: Callable[[BaseException], b
         retry=tenacity.retry_if_exception(is_transient),
         reraise=True,
     )
+
+
+def existence_check(
+    retries: int, backoff_s: float, is_transient: Callable[[BaseException], bool]
+) -> tenacity.AsyncRetrying:
+    """A dataset file asked for at registration (a HEAD where its folder lists nothing): ``retries`` more
+    tries after a broken connection, 429 or 5xx, doubling with jitter; "not there" is an answer, not retried.
+    The last error is raised as it is."""
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=_doubling_with_jitter(backoff_s),
+        retry=tenacity.retry_if_exception(is_transient),
+        reraise=True,
+    )

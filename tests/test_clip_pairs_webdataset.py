@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import re
 import shlex
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +32,7 @@ from cah_resources.contract import (
 from cah_resources.crawl.segments import register_dataset
 from cah_resources.dataset.release import read_release
 from cah_resources.dataset.report import collect_facts
+from cah_resources.samples.file_web import file_web
 from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
 from cah_resources.storage import DataRoot
 
@@ -279,40 +275,15 @@ def test_the_gpu_path_decodes_jpegs_on_the_device_and_other_formats_with_pil(tmp
     assert max(abs(on_device[i]["similarity"] - with_pil[i]["similarity"]) for i in jpegs) < 0.05
 
 
-class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
-    """Files by URL, and a folder's URL answers a page that lists none (a CDN, Hugging Face's resolve/)."""
-
-    def list_directory(self, path):
-        body = b"<html><body>nothing to list here</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
-def http_folder(folder: str) -> Iterator[str]:
-    """``folder`` served read-only on loopback over HTTP; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_NoIndexHandler, directory=folder))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_brace_range_of_tars_over_http_without_a_folder_index_is_registered_and_scored(tmp_path):
     root = DataRoot(str(tmp_path / "data"))
     folder = str(tmp_path / "web")
     write_webdataset(DataRoot(folder).fs, folder, samples(8, seed=9), per_tar=4)
 
-    with http_folder(folder) as base:
+    with file_web(folder) as web:
+        base = web.url
         summaries = score_dataset(root, "over-http", [f"{base}/{{000000..000001}}.tar"], per_segment=1)
-        with pytest.raises(FileNotFoundError, match="1 of the files named are missing"):
+        with pytest.raises(FileNotFoundError, match=r"^1 of the 2 files named are missing: http://.*/000002\.tar$"):
             register_dataset(root, "gone", [f"{base}/{{000001..000002}}.tar"], FORMAT_WEBDATASET)
     rows = clip_table(root, "over-http_00000", 0).to_pylist() + clip_table(root, "over-http_00001", 0).to_pylist()
 

@@ -9,13 +9,15 @@ from s3_peer import new_bucket_root, s3_endpoint
 
 from cah_assets import cli
 from cah_resources.contract import FORMAT_PARQUET, FORMAT_WAT, segments_manifest_path
-from cah_resources.crawl.dataset_files import expand_files
+from cah_resources.crawl import dataset_files
+from cah_resources.crawl.dataset_files import CHECKS_AT_ONCE, expand_files
 from cah_resources.crawl.segments import (
     CrawlRegistration,
     load_registration,
     register_crawl,
     register_dataset,
 )
+from cah_resources.samples.file_web import file_web
 from cah_resources.storage import DataRoot
 
 
@@ -46,7 +48,7 @@ def test_brace_ranges_and_globs_name_every_file_once_sorted(tmp_path):
 def test_a_range_naming_a_missing_file_is_refused_naming_it(tmp_path):
     folder = str(tmp_path / "d")
     _write_files(DataRoot(folder).fs, folder, ["000.parquet", "001.parquet"])
-    with pytest.raises(FileNotFoundError, match=r"1 of the files named are missing, first .*/002\.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"^1 of the 3 files named are missing: .*/002\.parquet$"):
         expand_files([f"{folder}/{{000..002}}.parquet"])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_files([f"{folder}/*.jsonl"])
@@ -148,3 +150,41 @@ def test_cah_register_takes_a_parquet_dataset_and_adds_its_segments(capsys, tmp_
     nothing = cli.main(["register", "none", "--format", "parquet", "--files", f"{folder}/*.jsonl", "--data-root", data])
     _, err = capsys.readouterr()
     assert nothing == 2 and err.count("\n") == 1 and "matches no file" in err  # at once: not retried as unreachable
+
+
+def _empty_files(folder, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_files_a_folder_does_not_list_are_asked_for_many_at_once_never_more_than_the_bound(tmp_path):
+    _empty_files(tmp_path / "web", [f"{i:06d}.tar" for i in range(300)])
+    with file_web(str(tmp_path / "web"), delay_s=0.01) as web:
+        files = expand_files([f"{web.url}/{{000000..000299}}.tar"])
+
+    assert files == [f"{web.url}/{i:06d}.tar" for i in range(300)]
+    assert 1 < web.peak_in_flight <= CHECKS_AT_ONCE
+    assert web.requests["HEAD"] == 300 and web.requests["GET"] == 1  # the folder's page; no tar is sent
+
+
+def test_missing_files_over_http_are_one_line_naming_the_first_few(tmp_path):
+    _empty_files(tmp_path / "web", [f"{i:03d}.tar" for i in range(0, 10, 2)])
+    with file_web(str(tmp_path / "web")) as web, pytest.raises(FileNotFoundError) as error:
+        expand_files([f"{web.url}/{{000..009}}.tar"])
+
+    assert str(error.value) == (
+        f"5 of the 10 files named are missing: {web.url}/001.tar, {web.url}/003.tar, {web.url}/005.tar and 2 more"
+    )
+
+
+def test_a_file_the_server_answers_503_is_asked_again_and_a_server_that_stays_down_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset_files, "CHECK_BACKOFF_S", 0.0)
+    _empty_files(tmp_path / "web", ["000.tar", "001.tar"])
+    with file_web(str(tmp_path / "web"), unavailable={"001.tar": 3}) as web:
+        assert expand_files([f"{web.url}/{{000..001}}.tar"]) == [f"{web.url}/000.tar", f"{web.url}/001.tar"]
+    with file_web(str(tmp_path / "web"), unavailable={"001.tar": 1000}) as web, pytest.raises(OSError) as error:
+        expand_files([f"{web.url}/{{000..001}}.tar"])
+
+    assert not isinstance(error.value, FileNotFoundError)
+    assert str(error.value).startswith(f"cannot tell whether {web.url}/001.tar is there: 503")

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import aiohttp
 import fsspec
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
+from fsspec.asyn import _run_coros_in_chunks, get_loop, sync
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
+from rich.console import Console
+from rich.progress import Progress
 
 from cah_resources.redaction import redact_url
+from cah_resources.retries import existence_check
 
 GLOB_CHARACTERS = "*?["
+CHECKS_AT_ONCE = 64  # files asked for at once where a folder's listing does not show them (HTTP without index)
+CHECK_RETRIES = 3  # more tries of one file's check after a broken connection, 429 or 5xx
+CHECK_BACKOFF_S = 0.5
+PROGRESS_FROM = 1000  # a check of this many files or more shows a progress bar on the terminal
+MISSING_SHOWN = 3  # missing files named in the error
 
 
 def options_for(url: str, root_url: str, root_options: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +42,13 @@ def _as_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
 
 
+def _is_pattern(url: str, path: str) -> bool:
+    # In an HTTP URL "?" starts the query (a token, a presigned URL's signature), as fsspec's HTTP glob reads it.
+    if get_protocol(url) in ("http", "https"):
+        path = path.partition("?")[0]
+    return any(c in path for c in GLOB_CHARACTERS)
+
+
 def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None) -> list[str]:
     """Every file the patterns name, as sorted URLs (local paths stay paths); a missing one is an error.
 
@@ -38,7 +56,7 @@ def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None)
     then ``*``/``?``/``[...]`` are globbed on the file's filesystem. Named files (no glob) are checked
     with one listing per folder, not one request per file, so a range of 100k files costs a few
     hundred listing requests on an object store; where a folder's listing does not show its files
-    (HTTP without an index page), each file is asked for.
+    (HTTP without an index page), each file is asked for, many at once (``missing_files``).
     """
     found: set[str] = set()
     wanted: dict[str, set[str]] = {}  # folder -> named files in it
@@ -46,7 +64,7 @@ def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None)
     for pattern in patterns:
         for expanded in braceexpand(pattern):
             fs, path = url_to_fs(expanded, **(options or {}))
-            if any(c in path for c in GLOB_CHARACTERS):
+            if _is_pattern(expanded, path):
                 matches = [p for p in fs.glob(path) if not fs.isdir(p)]
                 if not matches:
                     raise FileNotFoundError(f"{redact_url(expanded)} matches no file")
@@ -59,21 +77,65 @@ def expand_files(patterns: Sequence[str], options: dict[str, Any] | None = None)
         fs = filesystems[folder]
         try:
             listed = {p.rstrip("/") for p in fs.ls(folder, detail=False)}
-        except (FileNotFoundError, NotImplementedError):
-            listed = {p for p in paths if fs.exists(p)}
-        missing = sorted(p for p in paths if p not in listed and fs._strip_protocol(p) not in listed)
-        if missing and fs.exists(missing[0]):
-            # The listing does not show what is there: an HTTP folder without an index (a CDN, Hugging
-            # Face's resolve/ URLs). Each named file is asked for instead.
-            missing = [p for p in missing if not fs.exists(p)]
+        except (FileNotFoundError, NotImplementedError, PermissionError, aiohttp.ClientResponseError):
+            listed = set()  # a folder that cannot be listed (404, 403 on a presigned URL's folder): files are asked for
+        unlisted = sorted(p for p in paths if p not in listed and fs._strip_protocol(p) not in listed)
+        # A listing may not show what is there: an HTTP folder without an index (a CDN, Hugging Face's
+        # resolve/ URLs). The files it does not show are asked for, CHECKS_AT_ONCE at a time.
+        missing = missing_files(fs, unlisted) if unlisted else []
         if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of the files named are missing, first {redact_url(_as_url(fs, missing[0]))}"
-            )
+            shown = ", ".join(redact_url(_as_url(fs, p)) for p in missing[:MISSING_SHOWN])
+            more = f" and {len(missing) - MISSING_SHOWN:,} more" if len(missing) > MISSING_SHOWN else ""
+            raise FileNotFoundError(f"{len(missing):,} of the {len(paths):,} files named are missing: {shown}{more}")
         found.update(_as_url(fs, p) for p in paths)
     if not found:
         raise FileNotFoundError("the patterns name no file")
     return sorted(found)
+
+
+def _is_transient(error: BaseException | None) -> bool:
+    """A broken connection, a timeout, 429 or 5xx, also where the filesystem reports it as not found
+    (fsspec's HTTP info turns every failure into FileNotFoundError, raised from the real one)."""
+    while error is not None:
+        if isinstance(error, aiohttp.ClientResponseError):
+            return error.status == 429 or error.status >= 500
+        if isinstance(error, (aiohttp.ClientConnectionError, TimeoutError, ConnectionError)):
+            return True
+        error = error.__cause__
+    return False
+
+
+async def _exists(fs: fsspec.AbstractFileSystem, path: str, advance: Callable[[], None]) -> bool:
+    # info, not exists: fsspec's HTTP exists is a GET, which starts sending a whole tar; info is a HEAD.
+    info = fs._info if fs.async_impl else lambda p: asyncio.to_thread(fs.info, p)
+    try:
+        async for attempt in existence_check(CHECK_RETRIES, CHECK_BACKOFF_S, _is_transient):
+            with attempt:
+                await info(path)
+    except FileNotFoundError as error:
+        if _is_transient(error):
+            raise OSError(f"cannot tell whether {redact_url(_as_url(fs, path))} is there: {error.__cause__}") from None
+        return False
+    finally:
+        advance()
+    return True
+
+
+def missing_files(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` that are not there, in order, each asked for (CHECKS_AT_ONCE requests in flight).
+
+    fsspec gathers the requests in bounded batches on the filesystem's own event loop (a filesystem
+    without one is asked from threads); a transient failure is retried (``retries.existence_check``)
+    and one that lasts is an error, never a "missing". A long list shows a progress bar on stderr.
+    """
+    console = Console(stderr=True)
+    folder = redact_url(_as_url(fs, posixpath.dirname(paths[0]))) if paths else ""
+    with Progress(console=console, transient=True, disable=len(paths) < PROGRESS_FROM) as progress:
+        task = progress.add_task(f"checking {len(paths):,} files at {folder}", total=len(paths))
+        advance = lambda: progress.advance(task)
+        coroutines = [_exists(fs, p, advance) for p in paths]
+        there = sync(fs.loop if fs.async_impl else get_loop(), _run_coros_in_chunks, coroutines, CHECKS_AT_ONCE)
+    return [p for p, present in zip(paths, there, strict=True) if not present]
 
 
 def parquet_columns(url: str, options: dict[str, Any] | None = None) -> list[str]:
