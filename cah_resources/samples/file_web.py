@@ -3,11 +3,13 @@
 For tests and benchmarks. A folder's URL answers a page that lists nothing, so a client learns what
 is there only by asking for each file. The server can answer each request after a delay (a far
 server's round trip), answer chosen files 503 a number of times first (a server having a moment),
-and counts the requests and the most it was answering at once.
+ask for a secret (a token in the query, a password) before it answers, and counts the requests and
+the most it was answering at once.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import threading
@@ -25,10 +27,16 @@ class FileWeb:
     url: str
     delay_s: float = 0.0
     unavailable: Counter[str] = field(default_factory=Counter)  # file name -> 503 answers still to give
+    secret: str = ""  # when set, only a request with it in its query or its Basic credentials is answered (else 403)
     requests: Counter[str] = field(default_factory=Counter)  # method -> requests answered
     in_flight: int = 0
     peak_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # socketserver's 5 would make many clients at once wait on SYN retries
 
 
 class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
@@ -47,11 +55,18 @@ class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
             time.sleep(web.delay_s)
             if unavailable:
                 self.send_error(503)
+            elif web.secret and not self._carries(web.secret):
+                self.send_error(403)
             else:
                 answer()
         finally:
             with web.lock:
                 web.in_flight -= 1
+
+    def _carries(self, secret: str) -> bool:
+        scheme, _, credentials = self.headers.get("Authorization", "").partition(" ")
+        basic = base64.b64decode(credentials).decode(errors="replace") if scheme == "Basic" else ""
+        return secret in self.path.partition("?")[2] or secret in basic
 
     def do_GET(self) -> None:
         self._answer(super().do_GET)
@@ -73,12 +88,13 @@ class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def file_web(folder: str, delay_s: float = 0.0, unavailable: dict[str, int] | None = None) -> Iterator[FileWeb]:
+def file_web(
+    folder: str, delay_s: float = 0.0, unavailable: dict[str, int] | None = None, secret: str = ""
+) -> Iterator[FileWeb]:
     """``folder`` served read-only on loopback over HTTP, each answer after ``delay_s``; yields what it serves."""
-    web = FileWeb("", delay_s, Counter(unavailable or {}))
+    web = FileWeb("", delay_s, Counter(unavailable or {}), secret)
     handler = type("Handler", (_NoIndexHandler,), {"web": web})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=folder))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=folder))
     web.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
