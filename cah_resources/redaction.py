@@ -7,9 +7,10 @@ from typing import Any
 
 MASK = "***"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# Query parameters and DSN keywords that carry a secret (libpq's password and sslpassword, and the
-# usual names of keys and tokens in fsspec and cloud URLs).
-_SECRET_NAME = r"[A-Za-z0-9_.-]*(?:password|passwd|secret|token|key)[A-Za-z0-9_.-]*"
+# Query parameters and DSN keywords that carry a secret (libpq's password and sslpassword, the usual
+# names of keys and tokens in fsspec and cloud URLs, and a presigned URL's signature and credential:
+# S3's X-Amz-Signature, Google's X-Goog-Signature, Azure's sig).
+_SECRET_NAME = r"(?:[A-Za-z0-9_.-]*(?:password|passwd|secret|token|key|signature|credential)[A-Za-z0-9_.-]*|sig)"
 _SECRET_PARAMETER = re.compile(rf"([?&]{_SECRET_NAME}=)[^&]*", re.IGNORECASE)
 # libpq keyword form: ``password = 'it''s'`` or ``password=it\ s``; a quoted value may hold spaces.
 # SQLAlchemy's reading of user information: a user without ':' or '/', then ':', a password up to '@'.

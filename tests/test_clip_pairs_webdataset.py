@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 import webdataset as wds
-from s3_peer import new_bucket_root, s3_endpoint
+from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 from webdataset_inputs import EXTENSIONS, img2dataset_members, tar_bytes, write_webdataset
 
 from cah_assets.resources import ClipScorer
@@ -304,3 +304,96 @@ def test_candidates_on_a_webdataset_segment_is_a_one_line_error_naming_its_stage
 
     with pytest.raises(ValueError, match=r"^wds_00000 is a registered webdataset dataset.*--stage clip_pairs`\)$"):
         file_units(registration, "wds_00000", root, CrawlSource(), CandidateFilters(), PageRules())
+
+
+SECRET = "TOKEN-S3CRET"
+
+
+def _outputs_showing(root: DataRoot, secret: str) -> list[str]:
+    """Every file under the data root whose bytes or (for parquet) rows hold ``secret``; the plan apart."""
+    shown = []
+    for path in root.fs.find(root.url):
+        if path.endswith("segments.json"):
+            continue
+        data = root.fs.cat_file(path)
+        rows = str(root.read_parquet(path).to_pylist()) if path.endswith(".parquet") else ""
+        if secret.encode() in data or secret in rows:
+            shown.append(path)
+    return shown
+
+
+def test_a_dataset_urls_credentials_reach_the_reader_and_no_row_file_log_or_metadata(s3_peer, tmp_path, caplog, capsys):
+    import logging
+
+    import boto3
+    import dagster as dg
+
+    from cah_assets.resources import ComputeResource, StorageResource
+    from cah_assets.stages.clip_pairs import clip_pairs
+
+    caplog.set_level(logging.INFO)
+    root = new_bucket_root(s3_peer)
+    folder = str(tmp_path / "web")
+    write_webdataset(DataRoot(folder).fs, folder, samples(9, seed=12), per_tar=3)
+    # A presigned URL as S3 writes it (X-Amz-Credential, X-Amz-Signature), to a tar in the peer's bucket.
+    root.fs.put_file(f"{folder}/000002.tar", root.path("ext", "000002.tar"))
+    bucket, _, key = root.path("ext", "000002.tar").removeprefix("s3://").partition("/")
+    client = boto3.client(
+        "s3", REGION, endpoint_url=s3_peer, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+    )
+    presigned = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+    signature, credential = (
+        presigned.partition(f"{name}=")[2].partition("&")[0] for name in ("X-Amz-Signature", "X-Amz-Credential")
+    )
+    storage = StorageResource(
+        root=root.url, endpoint_url=s3_peer, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, region=REGION
+    )
+    with file_web(folder, secret=SECRET) as web:  # answers 403 to a request without the secret
+        host = web.url.removeprefix("http://")
+        patterns = [f"{web.url}/000000.tar?token={SECRET}", f"http://reader:{SECRET}@{host}/000001.tar", presigned]
+        registration = register_dataset(root, "tokened", patterns, FORMAT_WEBDATASET, files_per_segment=3)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("segments", registration.keys())
+        result = dg.materialize(
+            [clip_pairs],
+            partition_key="tokened_00000",
+            instance=instance,
+            resources={
+                "compute": ComputeResource(n_workers=1, processes=False, local_gpus=0),
+                "storage": storage,
+                "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
+            },
+        )
+    rows = [r for shard in range(3) for r in clip_table(root, "tokened_00000", shard).to_pylist()]
+    events = "\n".join(str(entry) for entry in instance.all_logs(result.run_id))  # logs, errors, metadata
+    out = capsys.readouterr()
+
+    assert result.success and len(rows) == 9 and all(r["clip_status"] == "scored" for r in rows)
+    assert {r["wat_file"] for r in rows} == {
+        f"{web.url}/000000.tar?token=***",
+        f"http://reader:***@{host}/000001.tar",
+        presigned.replace(signature, "***").replace(credential, "***"),
+    }
+    assert SECRET in root.fs.cat_file(root.path("crawls", "tokened", "segments.json")).decode()  # the reader's input
+    for secret in (SECRET, signature):
+        assert _outputs_showing(root, secret) == []
+        assert secret not in events and secret not in caplog.text and secret not in out.out + out.err
+
+
+def test_a_tar_gone_after_registration_is_an_error_without_the_urls_token(tmp_path):
+    import traceback
+
+    root = DataRoot(str(tmp_path / "data"))
+    folder = tmp_path / "web"
+    write_webdataset(DataRoot(str(folder)).fs, str(folder), samples(4, seed=13), per_tar=2)
+    with file_web(str(folder), secret=SECRET) as web:
+        patterns = [f"{web.url}/{{000000..000001}}.tar?token={SECRET}"]
+        register_dataset(root, "gone", patterns, FORMAT_WEBDATASET, files_per_segment=2)
+        (folder / "000001.tar").unlink()
+        units = pending_units(root, "gone_00000")
+        with pytest.raises(RuntimeError) as error:
+            score_image_shard(units[1], settings())
+
+    assert str(error.value).startswith(f"{web.url}/000001.tar?token=*** is gone (FileNotFoundError: ")
+    shown = [repr(unit) for unit in units] + traceback.format_exception(error.value)
+    assert "token=***" in shown[0] and not [text for text in shown if SECRET in text]

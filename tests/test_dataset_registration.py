@@ -183,7 +183,7 @@ def test_a_file_the_server_answers_503_is_asked_again_and_a_server_that_stays_do
     _empty_files(tmp_path / "web", ["000.tar", "001.tar"])
     with file_web(str(tmp_path / "web"), unavailable={"001.tar": 3}) as web:
         assert expand_files([f"{web.url}/{{000..001}}.tar"]) == [f"{web.url}/000.tar", f"{web.url}/001.tar"]
-    with file_web(str(tmp_path / "web"), unavailable={"001.tar": 1000}) as web, pytest.raises(OSError) as error:
+    with file_web(str(tmp_path / "web"), unavailable={"001.tar": 1000}) as web, pytest.raises(ConnectionError) as error:
         expand_files([f"{web.url}/{{000..001}}.tar"])
 
     assert not isinstance(error.value, FileNotFoundError)

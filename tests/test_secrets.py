@@ -74,3 +74,28 @@ def test_a_run_that_cannot_reach_its_dedup_index_shows_no_password_in_events_log
     out = capsys.readouterr()
     for secret in ("OPT-S3CRET", "DSN-S3CRET"):
         assert _leaks(secret, events, caplog.text, out.out, out.err) == []
+
+
+def test_a_dataset_files_credentials_stay_out_of_its_page_files_view_and_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cah_resources.contract import FORMAT_PARQUET
+    from cah_resources.crawl.segments import register_dataset
+    from cah_resources.page_scores.stage import dataset_pages_view, segment_units
+    from cah_resources.samples.file_web import file_web
+
+    root = DataRoot(str(tmp_path / "data"))
+    (tmp_path / "web").mkdir()
+    pq.write_table(pa.table({"body": ["a page"]}), tmp_path / "web" / "000.parquet")
+    with file_web(str(tmp_path / "web"), secret="HF-S3CRET") as web:
+        url = f"{web.url}/000.parquet?token=HF-S3CRET"
+        with pytest.raises(ValueError) as error:
+            register_dataset(root, "fineweb", [url], FORMAT_PARQUET)
+        registration = register_dataset(root, "fineweb", [url], FORMAT_PARQUET, text_column="body")
+        view = dataset_pages_view(root, registration, "fineweb_00000")
+
+    shown = [str(error.value), str(view), *map(repr, segment_units(root, "fineweb_00000"))]
+    assert view[0]["file"] == f"{web.url}/000.parquet?token=***" and view[0]["rows"] == 1
+    assert str(error.value).startswith(f"{web.url}/000.parquet?token=*** has no column 'text'")
+    assert _leaks("HF-S3CRET", *shown) == []

@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,7 +77,7 @@ from cah_resources.contract import (
 from cah_resources.crawl.dataset_files import options_for
 from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.errors import one_line
-from cah_resources.redaction import redact_url
+from cah_resources.redaction import redact_text, redact_url
 from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class ClipPairsUnit:
     segment: str
     shard: int
     webdataset: str = ""  # a registered webdataset's tar (URL), read where it is; else image_shards' own shard
+
+    def __repr__(self) -> str:  # the tar's URL may carry a token or a presigned URL's signature
+        shown = f", webdataset={redact_url(self.webdataset)!r}" if self.webdataset else ""
+        return f"ClipPairsUnit(root={self.root!r}, segment={self.segment!r}, shard={self.shard}{shown})"
 
     @property
     def name(self) -> str:
@@ -725,8 +730,13 @@ def _score_webdataset(
     try:
         with fs.open(path, "rb") as handle:
             scorer.run(_webdataset_images(unit, handle, scorer, rows, damage))
+    # The tar's own error may name its URL with the token: shown redacted, and not chained.
     except FileNotFoundError as error:
-        raise RuntimeError(f"{redact_url(unit.webdataset)} is gone ({one_line(error, _ERROR_CHARS)})") from error
+        shown = redact_url(unit.webdataset)
+        raise RuntimeError(f"{shown} is gone ({redact_text(one_line(error, _ERROR_CHARS))})") from None
+    except (OSError, aiohttp.ClientError) as error:
+        shown = redact_url(unit.webdataset)
+        raise OSError(f"{shown} could not be read ({redact_text(one_line(error, _ERROR_CHARS))})") from None
     scorer.finish()
     table = pa.Table.from_pylist(rows, schema=shard_row_schema())
     return _scored_table(table, scorer, settings), scorer if rows else None
@@ -743,6 +753,7 @@ def _webdataset_images(
     detector = LanguageDetector()
     # What a webdataset does not know of a sample (its page, where the page wrote the URL) is blank text.
     blanks = {f.name: "" for f in shard_row_schema() if not f.nullable and pa.types.is_string(f.type)}
+    wat_file = redact_url(unit.webdataset)  # rows are published: the URL without its credentials
     for sample in iter_samples(handle, damage):
         text = (sample.text or "").strip()
         language = detector.detect(text) if text else Language("nolang", UNDETERMINED, 0.0)
@@ -764,7 +775,7 @@ def _webdataset_images(
                 "category": language.category,
                 "language": language.code,
                 "language_prob": language.probability,
-                "wat_file": unit.webdataset,
+                "wat_file": wat_file,
                 "key": sample.key,
                 "status": DownloadStatus.OK.value,
                 "bytes": len(sample.image) if sample.image is not None else None,

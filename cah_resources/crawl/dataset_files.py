@@ -17,7 +17,7 @@ from fsspec.utils import get_protocol
 from rich.console import Console
 from rich.progress import Progress
 
-from cah_resources.redaction import redact_url
+from cah_resources.redaction import redact_text, redact_url
 from cah_resources.retries import existence_check
 
 GLOB_CHARACTERS = "*?["
@@ -114,7 +114,8 @@ async def _exists(fs: fsspec.AbstractFileSystem, path: str, advance: Callable[[]
                 await info(path)
     except FileNotFoundError as error:
         if _is_transient(error):
-            raise OSError(f"cannot tell whether {redact_url(_as_url(fs, path))} is there: {error.__cause__}") from None
+            shown, reason = redact_url(_as_url(fs, path)), redact_text(str(error.__cause__))
+            raise ConnectionError(f"cannot tell whether {shown} is there: {reason}") from None
         return False
     finally:
         advance()

@@ -18,6 +18,7 @@ from cah_resources.contract import (
 )
 from cah_resources.crawl.common_crawl import CrawlSource
 from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_columns
+from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 # Matched whole (fullmatch): "$" alone would let a trailing newline through into paths and keys.
@@ -195,7 +196,8 @@ def register_dataset(
         columns = parquet_columns(files[0], options)
         if text_column not in columns:
             raise ValueError(
-                f"{files[0]} has no column {text_column!r} (columns: {', '.join(columns)}); pass --text-column"
+                f"{redact_url(files[0])} has no column {text_column!r} (columns: {', '.join(columns)}); "
+                "pass --text-column"
             )
     n = files_per_segment or default_files_per_segment(len(files))
     return _record(root, CrawlRegistration(name, n, tuple(files), format, text_column))
@@ -205,7 +207,9 @@ def registration_for_key(root: DataRoot, key: str) -> CrawlRegistration:
     crawl, _ = parse_segment_key(key)
     registration = load_registration(root, crawl)
     if registration is None:
-        raise KeyError(f"segment {key}: crawl {crawl} is not registered under {root.url}; register it first")
+        raise KeyError(
+            f"segment {key}: crawl {crawl} is not registered under {redact_url(root.url)}; register it first"
+        )
     return registration
 
 

@@ -47,6 +47,7 @@ from cah_resources.page_scores.classifier import (
     score_window,
 )
 from cah_resources.page_scores.settings import ClassifierSettings
+from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class PageScoresUnit:
     source: str  # the file's URL (or local path)
     text_column: str
     source_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
+
+    def __repr__(self) -> str:  # a dataset file's URL may carry a token or a presigned URL's signature
+        return (
+            f"PageScoresUnit(root={self.root!r}, segment={self.segment!r}, shard={self.shard}, "
+            f"source={redact_url(self.source)!r}, text_column={self.text_column!r})"
+        )
 
     @property
     def name(self) -> str:
@@ -131,7 +138,7 @@ def dataset_pages_view(root: DataRoot, registration: CrawlRegistration, segment:
         fs, path = url_to_fs(unit.source, **unit.source_options)
         with fs.open(path, "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
-            view.append({"file": unit.source, "rows": metadata.num_rows, "columns": metadata.schema.names})
+            view.append({"file": redact_url(unit.source), "rows": metadata.num_rows, "columns": metadata.schema.names})
     return view
 
 
@@ -215,7 +222,9 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
     with fs.open(path, "rb") as handle:
         source = pq.ParquetFile(handle)
         if unit.text_column not in source.schema_arrow.names:
-            raise ValueError(f"{unit.source} has no column {unit.text_column!r}; the dataset's plan names it")
+            raise ValueError(
+                f"{redact_url(unit.source)} has no column {unit.text_column!r}; the dataset's plan names it"
+            )
         has_language = LANGUAGE_COLUMN in source.schema_arrow.names
         schema = output_schema(source.schema_arrow)
 
