@@ -188,3 +188,15 @@ def test_a_file_the_server_answers_503_is_asked_again_and_a_server_that_stays_do
 
     assert not isinstance(error.value, FileNotFoundError)
     assert str(error.value).startswith(f"cannot tell whether {web.url}/001.tar is there: 503")
+
+
+def test_a_long_check_shows_its_progress_on_the_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws for a terminal; capsys is none
+    monkeypatch.setattr(dataset_files, "PROGRESS_FROM", 50)
+    _empty_files(tmp_path / "web", [f"{i:03d}.tar" for i in range(60)])
+    with file_web(str(tmp_path / "web")) as web:
+        expand_files([f"{web.url}/{{000..048}}.tar"])  # one short of PROGRESS_FROM
+        assert "checking" not in capsys.readouterr().err
+        expand_files([f"{web.url}/{{000..059}}.tar"])
+
+    assert f"checking 60 files at {web.url}" in capsys.readouterr().err
