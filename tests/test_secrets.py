@@ -95,7 +95,7 @@ def test_a_dataset_files_credentials_stay_out_of_its_page_files_view_and_errors(
         registration = register_dataset(root, "fineweb", [url], FORMAT_PARQUET, text_column="body")
         view = dataset_pages_view(root, registration, "fineweb_00000")
 
-    shown = [str(error.value), str(view), *map(repr, segment_units(root, "fineweb_00000"))]
+    shown = [str(error.value), str(view), repr(registration), *map(repr, segment_units(root, "fineweb_00000"))]
     assert view[0]["file"] == f"{web.url}/000.parquet?token=***" and view[0]["rows"] == 1
     assert str(error.value).startswith(f"{web.url}/000.parquet?token=*** has no column 'text'")
     assert _leaks("HF-S3CRET", *shown) == []

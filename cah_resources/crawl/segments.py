@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cah_resources.contract import (
     CRAWL_FORMATS,
@@ -58,7 +58,7 @@ class CrawlRegistration:
 
     crawl: str
     files_per_segment: int
-    files: tuple[str, ...]
+    files: tuple[str, ...] = field(repr=False)  # a dataset file's URL may carry a token; and there may be 100k
     format: str = FORMAT_WAT
     text_column: str | None = None
 
