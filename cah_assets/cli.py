@@ -180,6 +180,15 @@ def _register_with_retries(instance, common_crawl, storage, crawl: str, files_pe
             err=True,
         )
 
+    if dataset.get("files"):
+        # A dataset's files are asked for where they are, each retried by its own policy
+        # (retries.existence_check): what is still unanswered then is the error, in one line.
+        try:
+            return register_and_add(instance, common_crawl, storage, crawl, files_per_segment, **dataset)
+        except OSError as error:
+            if not unreachable(error):
+                raise
+            raise UserError(f"{crawl}: {redact_text(str(error))}; check the network and the --files URLs") from None
     retrying = unreachable_source(REGISTER_ATTEMPTS, REGISTER_BACKOFF_S, unreachable, tell)
     try:
         return retrying(register_and_add, instance, common_crawl, storage, crawl, files_per_segment, **dataset)

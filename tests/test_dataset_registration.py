@@ -200,3 +200,18 @@ def test_a_long_check_shows_its_progress_on_the_terminal(tmp_path, monkeypatch, 
         expand_files([f"{web.url}/{{000..059}}.tar"])
 
     assert f"checking 60 files at {web.url}" in capsys.readouterr().err
+
+
+def test_cah_register_names_a_dataset_server_that_stays_down_once_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setattr(dataset_files, "CHECK_BACKOFF_S", 0.0)
+    _empty_files(tmp_path / "web", ["000.tar", "001.tar"])
+    with file_web(str(tmp_path / "web"), unavailable={"001.tar": 1000}) as web:
+        files = f"{web.url}/{{000..001}}.tar"
+        code = cli.main(["register", "down", "--format", "webdataset", "--files", files, "--data-root", str(tmp_path)])
+    out, err = capsys.readouterr()
+    # Not the Common Crawl source's "did not answer ... attempt 1/3" lines: the dataset's own server, once.
+    assert code == 2 and err.count("\n") == 1 and not out
+    assert err.startswith(f"cah register: down: cannot tell whether {web.url}/001.tar is there: 503")
+    assert "data.commoncrawl.org" not in err
