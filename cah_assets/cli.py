@@ -352,6 +352,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     Each segment is one run of a named job on the instance (see it in `cah dev`); the checks run with it.
     """
     from cah_assets.definitions import PIPELINE_JOB, stage_job_name
+    from cah_assets.launch import run_job
     from cah_assets.partitions import segments as segment_partitions
     from cah_assets.progress import QUIET_RUN_CONFIG, run_summary, stage_progress
 
@@ -363,9 +364,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:
         for key in keys:
             for job in jobs:
-                result = defs.resolve_job_def(job).execute_in_process(
-                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-                )
+                result = run_job(instance, defs, job, key, QUIET_RUN_CONFIG)
                 stages_of_job = picked if job == PIPELINE_JOB else (job.removesuffix("_job"),)
                 for line in run_summary(result, stages_of_job):
                     click.echo(f"{key} {line}")

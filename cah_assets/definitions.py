@@ -48,6 +48,9 @@ DATASET_JOB = "dataset"
 # The demo's image web and pages live on 127.0.0.0/8, which the downloader refuses unless allowed.
 DEMO_NETWORKS = ["127.0.0.0/8"]
 DEMO_SHARD_SIZE = 500
+# Runs are thin coordinators (the work runs on Dask): their steps run in the run's own process, which
+# saves a Python start-up and a code load per step (a UI-launched segment run: see benchmarks/README.md).
+COORDINATOR_EXECUTOR = dg.in_process_executor
 
 
 def stage_job_name(stage: str) -> str:
@@ -61,6 +64,7 @@ def _jobs() -> list:
             stage_job_name(stage),
             selection=dg.AssetSelection.assets(*stage_assets(stage)),
             description=f"The {stage} stage of the chosen segments, and its checks.",
+            executor_def=COORDINATOR_EXECUTOR,
         )
         for stage in (*STAGES, PAGE_SCORES)
     ]
@@ -68,11 +72,13 @@ def _jobs() -> list:
         PIPELINE_JOB,
         selection=dg.AssetSelection.assets(*(asset for stage in STAGES for asset in stage_assets(stage))),
         description="Every stage of the chosen segments in order, each with its checks.",
+        executor_def=COORDINATOR_EXECUTOR,
     )
     dataset = dg.define_asset_job(
         DATASET_JOB,
         selection=dg.AssetSelection.assets(*DATASET_ASSETS),
         description="The release parquet and the report of every registered crawl.",
+        executor_def=COORDINATOR_EXECUTOR,
     )
     return [*stage_jobs, pipeline, dataset, register_crawl_job]
 
@@ -117,6 +123,7 @@ def build_definitions(deployment: Deployment, overrides: dict | None = None) -> 
         schedules=[segment_schedule(os.environ.get("CAH_SEGMENT_CRON", SEGMENT_CRON))],
         sensors=[crawl_discovery_sensor, segment_flow_sensor, fleet_sensor],
         resources={**deployment_resources(deployment), **(overrides or {})},
+        executor=COORDINATOR_EXECUTOR,  # also the UI's ad-hoc "Materialize" runs
     )
 
 

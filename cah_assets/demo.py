@@ -15,6 +15,7 @@ import dagster as dg
 from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions, stage_job_name
 from cah_assets.deployment import Deployment, write_deployment
+from cah_assets.launch import run_job
 from cah_assets.progress import (
     QUIET_RUN_CONFIG,
     quiet_console,
@@ -186,12 +187,9 @@ def run_pipeline(
             warc_keys = warc_registration.keys()
             registered += f"; {DEMO_WARC_CRAWL}: {len(warc_keys)} segment(s) of 2 WARC files"
         say(registered)
-        pipeline = defs.resolve_job_def(PIPELINE_JOB)
         with stage_progress(len(keys) + len(warc_keys), "3/4 segments", enabled=show_progress) as advance:
             for key in keys + warc_keys:
-                result = pipeline.execute_in_process(
-                    partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-                )
+                result = run_job(instance, defs, PIPELINE_JOB, key, QUIET_RUN_CONFIG)
                 # A WAT crawl's pages are empty: its line is shown for WARC segments only.
                 shown = (STAGES[0], PAGES, *STAGES[1:]) if key in warc_keys else STAGES
                 for line in run_summary(result, shown):
@@ -202,9 +200,7 @@ def run_pipeline(
                     )
                 advance()
         score_pages(instance, defs, warc_keys + register_demo_dataset(instance, defs, workdir), say)
-        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
-            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
+        result = run_job(instance, defs, DATASET_JOB, run_config=QUIET_RUN_CONFIG)
         if not result.success:
             raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
         say(f"4/4 {run_summary(result, ('release',))[0]}")
@@ -235,11 +231,8 @@ def score_pages(
     instance: dg.DagsterInstance, defs: dg.Definitions, keys: list[str], say: Callable[[str], None] = print
 ) -> None:
     """page_scores of each segment (a WARC crawl's pages, a dataset's files) by the tiny classifier: one line each."""
-    job = defs.resolve_job_def(stage_job_name(PAGE_SCORES))
     for key in keys:
-        result = job.execute_in_process(
-            partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
+        result = run_job(instance, defs, stage_job_name(PAGE_SCORES), key, QUIET_RUN_CONFIG)
         if not result.success:
             raise RuntimeError(
                 f"demo: page_scores of {key} failed in run {result.run_id}; open it in the UI (make dev)"

@@ -48,7 +48,7 @@ SUMMARY = {
 }
 
 
-def _checks_line(result: dg.ExecuteInProcessResult, stage: str) -> str:
+def _checks_line(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stage: str) -> str:
     evaluations = [e for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == stage]
     if not evaluations:
         return ""
@@ -57,7 +57,7 @@ def _checks_line(result: dg.ExecuteInProcessResult, stage: str) -> str:
     return f"; checks {passed}/{len(evaluations)} passed" + (f" (failed: {', '.join(failed)})" if failed else "")
 
 
-def run_summary(result: dg.ExecuteInProcessResult, stages: tuple[str, ...]) -> list[str]:
+def run_summary(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stages: tuple[str, ...]) -> list[str]:
     """One line per stage of the run: its counts, rate, seconds and checks; or that it did not materialize."""
     events = result.get_asset_materialization_events()
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization.metadata for e in events}
