@@ -74,7 +74,10 @@ def segment_checks(
             for name, text in descriptions.items()
         ]
 
-    @dg.multi_asset_check(specs=specs, name=f"{asset}_checks", description=f"Checks of {asset}, per segment.")
+    # can_subset: each check can be executed alone from the UI (a run of the others' verdicts is not needed).
+    @dg.multi_asset_check(
+        specs=specs, name=f"{asset}_checks", description=f"Checks of {asset}, per segment.", can_subset=True
+    )
     def _checks(context: dg.AssetCheckExecutionContext, storage: StorageResource, compute: ComputeResource):
         if not (context.has_partition_key or context.has_partition_key_range):
             raise dg.Failure(f"checks of {asset} run per segment: pick one or more segments")
@@ -84,11 +87,12 @@ def segment_checks(
             return [result.value for result in compute.run_units(fn, units, **kwargs)]
 
         extra = {"run": on_workers} if reads_on_workers else {}
+        selected = [spec for spec in specs if spec.key in context.selected_asset_check_keys]
         failed: Counter = Counter()
         for segment in context.partition_keys:
             verdicts = verdicts_of(root, segment, **extra)
             target = materialization_checked(context.instance, asset_key, segment)
-            for spec in specs:
+            for spec in selected:
                 verdict = verdicts[spec.name]
                 failed[spec.name] += not verdict.passed
                 yield dg.AssetCheckEvaluation(
@@ -104,7 +108,7 @@ def segment_checks(
         if failed.total():
             context.log.error(f"{asset}: failed checks {dict(+failed)} over {len(context.partition_keys)} segment(s)")
         # Downstream steps of the run wait on these outputs; a failed blocking evaluation fails the step after them.
-        for spec in specs:
+        for spec in selected:
             yield dg.Output(
                 None, output_name=context.op_execution_context.assets_def.get_output_name_for_asset_check_key(spec.key)
             )

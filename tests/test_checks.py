@@ -213,6 +213,22 @@ def test_a_failed_blocking_check_fails_its_run_and_is_recorded_for_that_segment_
     assert latest == {keys[0]: "SUCCEEDED", keys[1]: "FAILED"}
 
 
+def test_one_check_runs_alone_on_a_materialized_segment(materialized):
+    instance, _, keys, resources = materialized
+    check = dg.AssetCheckKey(dg.AssetKey("candidates"), "drops_add_up")
+    job = dg.define_asset_job("one_check", selection=dg.AssetSelection.checks(check), partitions_def=segments)
+    definitions = dg.Definitions(assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources)
+    result = definitions.resolve_job_def("one_check").execute_in_process(
+        instance=instance, tags={"dagster/partition": keys[1]}
+    )
+    assert result.success
+    assert not result.get_asset_materialization_events()  # the segment is not made again
+    evaluations = [(e.check_name, e.partition, e.passed) for e in result.get_asset_check_evaluations()]
+    assert evaluations == [("drops_add_up", keys[1], True)]
+    (record,) = instance.event_log_storage.get_asset_check_execution_history(check, limit=1)
+    assert (record.partition, record.status.value) == (keys[1], "SUCCEEDED")
+
+
 # --- image_shards (hand-built with the real shard writer) ---------------------------------------
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"

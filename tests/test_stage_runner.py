@@ -43,7 +43,7 @@ TOY = Stage(
 toy = stage_asset(TOY)
 
 
-def _materialize(tmp_path, local_compute, run_config=None):
+def _materialize(tmp_path, local_compute, run_config=None, selection=None):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, KEYS)
     return dg.materialize(
@@ -52,6 +52,7 @@ def _materialize(tmp_path, local_compute, run_config=None):
         resources={"compute": local_compute, "storage": StorageResource(root=str(tmp_path / "data"))},
         tags={"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]},
         run_config=run_config,
+        selection=selection,
     )
 
 
@@ -71,6 +72,12 @@ def test_one_pass_materializes_both_outputs_and_observes_each_segment_of_a_range
     assert observed[("toy_units", KEYS[0])]["units_run"].value == 2  # the finished unit waited
     assert observed[("toy_units", KEYS[1])]["units_run"].value == 3
     assert observed[("toy_letters", KEYS[1])]["letters"].value == 3 * sum(c.isalpha() for c in "words/CC-MAIN-TOY_")
+
+
+def test_a_run_may_ask_for_one_output_of_a_pass(tmp_path, local_compute):
+    result = _materialize(tmp_path, local_compute, selection=["toy_units"])  # `candidates` without `pages`
+    assert result.success
+    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"toy_units"}
 
 
 def test_a_redo_run_takes_finished_units_too(tmp_path, local_compute):

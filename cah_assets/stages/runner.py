@@ -119,6 +119,8 @@ def report(context: dg.AssetExecutionContext, stage: Stage, run: StageRun) -> It
     extra = stage.run_metadata(run)
     for output in stage.outputs:
         key = dg.AssetKey(output.name)
+        if key not in context.selected_asset_keys:  # written by the same pass, but not asked for: not reported
+            continue
         if len(run.keys) == 1:
             yield dg.MaterializeResult(asset_key=key, metadata={**output.describe(run, run.keys[0]), **extra})
             continue
@@ -141,9 +143,11 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
         for output in stage.outputs
     ]
 
-    # can_subset stays False: one pass writes every output, so all of them are reported materialized together.
+    # can_subset: one pass writes every output, but a run may ask for one of them (`candidates` without
+    # `pages`); it materializes what was asked for.
     @segment_step(
         specs=specs,
+        can_subset=True,
         name=stage.name,
         partitions_def=segments,
         required_resource_keys={"compute", "storage", *stage.resources},
