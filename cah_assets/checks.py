@@ -16,7 +16,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from cah_assets.partitions import segments
+from cah_assets.partitions import SEGMENTS, segments
 from cah_assets.policies import WITH_ITS_ASSET
 from cah_assets.resources import ComputeResource, StorageResource
 from cah_resources.candidates.checks import CANDIDATES_CHECKS, check_candidates
@@ -44,6 +44,12 @@ def materialization_checked(
     return AssetCheckEvaluationTargetMaterializationData(
         storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
     )
+
+
+def materialized_segments(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[str]:
+    """The registered segments of ``asset_key`` that have a materialization, in key order."""
+    made = instance.get_materialized_partitions(asset_key)
+    return [key for key in instance.get_dynamic_partitions(SEGMENTS) if key in made]
 
 
 def segment_checks(
@@ -79,8 +85,11 @@ def segment_checks(
         specs=specs, name=f"{asset}_checks", description=f"Checks of {asset}, per segment.", can_subset=True
     )
     def _checks(context: dg.AssetCheckExecutionContext, storage: StorageResource, compute: ComputeResource):
-        if not (context.has_partition_key or context.has_partition_key_range):
-            raise dg.Failure(f"checks of {asset} run per segment: pick one or more segments")
+        # A run without segments (the UI's "Execute all" on a check) checks every segment made so far.
+        partitioned = context.has_partition_key or context.has_partition_key_range
+        checked = context.partition_keys if partitioned else materialized_segments(context.instance, asset_key)
+        if not checked:
+            raise dg.Failure(f"checks of {asset} run per segment, and no segment of {asset} is materialized yet")
         root = storage.data_root()
 
         def on_workers(fn: Callable, units: list, **kwargs) -> list:
@@ -89,7 +98,7 @@ def segment_checks(
         extra = {"run": on_workers} if reads_on_workers else {}
         selected = [spec for spec in specs if spec.key in context.selected_asset_check_keys]
         failed: Counter = Counter()
-        for segment in context.partition_keys:
+        for segment in checked:
             verdicts = verdicts_of(root, segment, **extra)
             target = materialization_checked(context.instance, asset_key, segment)
             for spec in selected:
@@ -106,7 +115,7 @@ def segment_checks(
                     target_materialization_data=target,
                 )
         if failed.total():
-            context.log.error(f"{asset}: failed checks {dict(+failed)} over {len(context.partition_keys)} segment(s)")
+            context.log.error(f"{asset}: failed checks {dict(+failed)} over {len(checked)} segment(s)")
         # Downstream steps of the run wait on these outputs; a failed blocking evaluation fails the step after them.
         for spec in selected:
             yield dg.Output(

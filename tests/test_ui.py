@@ -24,6 +24,7 @@ from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
 from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
 from cah_assets.stages.candidates import candidates
+from cah_resources.candidates.checks import CANDIDATES_CHECKS
 from cah_resources.contract import STAGES
 from cah_resources.crawl.segments import register_crawl
 from cah_resources.samples.cluster_peers import free_port
@@ -358,7 +359,7 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
 
 @pytest.fixture(scope="module")
 def demo_ui(tmp_path_factory):
-    """`cah demo`'s instance served by dagster-webserver with only DAGSTER_HOME set, and its web served again."""
+    """`cah demo`'s instance served by dagster-webserver and dagster-daemon with only DAGSTER_HOME set, and its web."""
     from cah_assets.demo import run_pipeline, serve_demo
 
     workdir = tmp_path_factory.mktemp("demo_ui")
@@ -371,26 +372,26 @@ def demo_ui(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")}
     env["DAGSTER_HOME"] = home
     url = f"http://127.0.0.1:{free_port()}"
+    workspace = os.path.join(REPO, "workspace.yaml")
+    processes = []
     with serve_demo(outcome.deployment):
-        process, log = _start(
-            [
-                "dagster-webserver",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                url.rsplit(":", 1)[1],
-                "-w",
-                os.path.join(REPO, "workspace.yaml"),
-            ],
-            env,
-            os.path.join(home, "webserver.log"),
-        )
         try:
+            processes.append(
+                _start(
+                    ["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w", workspace],
+                    env,
+                    os.path.join(home, "webserver.log"),
+                )
+            )
+            # The daemon takes the UI's launches off the run queue (dagster.yaml's run coordinator queues them).
+            processes.append(_start(["dagster-daemon", "run", "-w", workspace], env, os.path.join(home, "daemon.log")))
+            process, log = processes[0]
             _wait_until_loaded(url, process, log.name)
             _graphql(url, "mutation { setNuxSeen }")
-            yield {"url": url, "outcome": outcome}
+            yield {"url": url, "outcome": outcome, "home": home}
         finally:
-            _stop(process, log)
+            for process, log in reversed(processes):
+                _stop(process, log)
 
 
 @pytest.fixture
@@ -454,3 +455,161 @@ def test_screenshots_of_the_demo_graph_partitions_run_checks_and_report(demo_pag
     plot.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
     _shot(page, "demo_report")
+
+
+# --- what the README promises of `make dev` on the demo's instance ---------------------------------
+
+RUN_WAIT_S = 300  # a UI-launched demo run: queued, launched, a code load, then the stages (about a minute here)
+
+
+def _wait_for_run(home: str, run_id: str) -> dg.DagsterRun:
+    deadline = time.monotonic() + RUN_WAIT_S
+    with dg.DagsterInstance.from_config(home) as instance:
+        while True:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.is_finished:
+                return run
+            if time.monotonic() > deadline:
+                pytest.fail(f"run {run_id} did not finish in {RUN_WAIT_S} s: {run and run.status}")
+            time.sleep(2)
+
+
+def _messages(home: str, run_id: str, event_type: str) -> list[str]:
+    with dg.DagsterInstance.from_config(home) as instance:
+        return [
+            e.message or e.dagster_event.message or ""
+            for e in instance.all_logs(run_id)
+            if e.is_dagster_event and e.dagster_event.event_type_value == event_type
+        ]
+
+
+def _runs_since(home: str, known: set[str]) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(home) as instance:
+        return [run for run in instance.get_runs() if run.run_id not in known]
+
+
+def test_re_execute_all_on_a_demo_run_launches_a_run_that_succeeds(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page, url, home = demo_page, demo_ui["url"], demo_ui["home"]
+    parent = next(r for r in demo_ui["outcome"].instance.get_runs() if r.job_name == "pipeline")
+    page.goto(f"{url}/runs/{parent.run_id}")
+    expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Re-execute all").first.click()
+    page.wait_for_url(lambda address: "/runs/" in address and parent.run_id not in address)
+    child_id = page.url.split("/runs/", 1)[1].split("?", 1)[0]
+    child = _wait_for_run(home, child_id)
+    assert (child.status, child.parent_run_id, child.tags["dagster/partition"]) == (
+        dg.DagsterRunStatus.SUCCESS,
+        parent.run_id,
+        parent.tags["dagster/partition"],
+    )
+    expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible(timeout=60_000)
+    _shot(page, "demo_reexecuted_run")
+
+
+def test_the_demos_runs_are_on_the_overview_timeline(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page = demo_page
+    page.goto(f"{demo_ui['url']}/overview/activity/timeline")
+    for job in ("pipeline", "dataset"):  # rows of the code location's jobs, as the demo ran them
+        expect(page.get_by_text(job, exact=True).first).to_be_visible()
+    expect(page.get_by_text("No runs or scheduled ticks in this time period")).to_have_count(0)
+    _shot(page, "demo_timeline")
+
+
+def test_execute_all_checks_of_an_asset_checks_every_materialized_segment(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page, url, home = demo_page, demo_ui["url"], demo_ui["home"]
+    known = {run.run_id for run in _runs_since(home, set())}
+    page.goto(f"{url}/assets/candidates?view=checks")
+    expect(page.get_by_text("drops_add_up").first).to_be_visible()
+    # Dagster 1.13's UI disables a partitioned asset's per-check "Execute" ("Executing checks on their own
+    # for partitioned assets is not yet supported"); "Execute all" launches the asset's checks alone.
+    expect(page.locator("button", has_text="Execute").filter(has_not_text="all")).to_be_disabled()
+    page.locator("button", has_text="Execute all").click()
+    expect(page.get_by_text("Launched run").first).to_be_visible()
+    (run,) = _runs_since(home, known)
+    assert _wait_for_run(home, run.run_id).status == dg.DagsterRunStatus.SUCCESS
+    assert _messages(home, run.run_id, "ASSET_MATERIALIZATION") == []  # checks only: nothing made again
+    with dg.DagsterInstance.from_config(home) as instance:
+        evaluations = [
+            e.dagster_event.event_specific_data
+            for e in instance.all_logs(run.run_id)
+            if e.is_dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+    expected = {(name, key, True) for name in CANDIDATES_CHECKS for key in demo_ui["outcome"].segment_keys}
+    assert {(e.check_name, e.partition, e.passed) for e in evaluations} == expected
+    assert len(evaluations) == len(expected)
+    _shot(page, "demo_checks_executed")
+
+
+def test_materialize_with_redo_from_the_launchpad_recomputes_finished_shards(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page, url, home = demo_page, demo_ui["url"], demo_ui["home"]
+    key = demo_ui["outcome"].segment_keys[0]
+    known = {run.run_id for run in _runs_since(home, set())}
+    page.goto(f"{url}/assets/image_shards")
+    page.locator("button:right-of(:text('Materialize'))").first.click()  # the menu beside "Materialize…"
+    page.get_by_text("Open launchpad").first.click()
+    partition = page.get_by_placeholder("Partition")
+    partition.fill(key)
+    partition.press("Enter")
+    redo = page.locator(".CodeMirror-line", has_text="redo:").first
+    redo.get_by_text("false", exact=True).dblclick()  # the scaffolded `redo: false`
+    page.keyboard.type("true")
+    expect(page.locator(".CodeMirror-line", has_text="redo: true")).to_have_count(1)
+    _shot(page, "demo_launchpad_redo")
+    page.get_by_role("dialog").locator("button", has_text="Materialize").click()
+    page.wait_for_url(lambda address: "/runs/" in address)  # the launchpad opens the run it launched
+    run_id = page.url.split("/runs/", 1)[1].split("?", 1)[0]
+    (run,) = [run for run in _runs_since(home, known) if run.run_id == run_id]
+    assert run.run_config["ops"]["image_shards"]["config"]["redo"] is True
+    assert (run.tags["dagster/partition"], _wait_for_run(home, run.run_id).status) == (key, dg.DagsterRunStatus.SUCCESS)
+    planned = [m for m in _logs(home, run.run_id) if "already done" in m]
+    assert planned and all(", 0 already done" in m for m in planned), planned  # every finished shard made again
+    expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible(timeout=60_000)
+
+
+def _logs(home: str, run_id: str) -> list[str]:
+    with dg.DagsterInstance.from_config(home) as instance:
+        return [e.user_message for e in instance.all_logs(run_id) if not e.is_dagster_event]
+
+
+def test_a_run_of_an_unknown_segment_fails_at_launch_in_one_line(demo_page, demo_ui):
+    from playwright.sync_api import expect
+
+    page, url, home = demo_page, demo_ui["url"], demo_ui["home"]
+    keys = demo_ui["outcome"].segment_keys
+    data = _graphql(
+        url,
+        """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
+        __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message } } }""",
+        {
+            "params": {
+                "mode": "default",
+                "runConfigData": "{}",
+                "selector": {
+                    "repositoryLocationName": "cah",
+                    "repositoryName": "__repository__",
+                    "jobName": "candidates_job",
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "CC-MAIN-SAMPLE_00099"}]},
+            }
+        },
+    )
+    launched = data["launchPipelineExecution"]
+    assert (launched["__typename"], launched["run"]["status"]) == ("LaunchRunSuccess", "FAILURE")  # already failed
+    run_id = launched["run"]["runId"]
+    expected = (
+        "candidates_job: CC-MAIN-SAMPLE_00099 is not a segment of CC-MAIN-SAMPLE: "
+        f"its segments are {keys[0]}..{keys[-1]}"
+    )
+    assert _messages(home, run_id, "PIPELINE_FAILURE") == [expected]
+    assert _messages(home, run_id, "STEP_START") == []
+    page.goto(f"{url}/runs/{run_id}")
+    expect(page.get_by_text(expected).first).to_be_visible()
+    _shot(page, "demo_unknown_segment")
