@@ -1,7 +1,6 @@
 """The `cah` command: demo, UI, registering crawls, materializing segments, and (scale-out) fleet and worker."""
 
 import os
-import subprocess
 import sys
 
 import click
@@ -127,19 +126,23 @@ def demo(workdir: str | None, crawl: str, wat_files: int, warc_files: int, seed:
 @cah.command()
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the UI on 127.0.0.1.")
 def dev(port: int) -> None:
-    """Open Dagster's UI on $DAGSTER_HOME; on the demo's instance, serve its image web again so runs can redo it."""
+    """Open Dagster's UI on $DAGSTER_HOME; on the demo's instance, serve its image web again so runs can redo it.
+
+    Prints where the UI is, then only warnings, errors and one line per stage a run made (the UI has every event).
+    """
     import contextlib
 
     from cah_assets.deployment import instance_home, read_deployment
+    from cah_assets.dev import dagster_dev_command, run_quietly, wait_until_serving
 
     try:
         home = instance_home()
     except LookupError as error:
         raise UserError(str(error)) from None
     deployment = read_deployment(home)
-    workspace = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workspace.yaml")
-    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as serving:
+        served = ""
         if deployment.name == "demo":
             from cah_assets.demo import serve_demo
 
@@ -147,14 +150,13 @@ def dev(port: int) -> None:
                 serving.enter_context(serve_demo(deployment))
             except OSError as error:
                 raise UserError(str(error)) from None
-            click.echo(
-                f"serving the demo's image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} "
-                f"more) and its data root ({deployment.files_url})"
+            served = (
+                f"; serving its image web ({deployment.web_hosts[0]} and {len(deployment.web_hosts) - 1} more) "
+                f"and data root ({deployment.files_url})"
             )
-        try:
-            code = subprocess.call([dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)])
-        except KeyboardInterrupt:
-            code = 0
+        click.echo(f"cah dev: UI {url} (loading), instance {home}, deployment {deployment.name}{served}")
+        wait_until_serving(url, lambda: click.echo(f"cah dev: the UI is up at {url}"))
+        code = run_quietly(dagster_dev_command(port), click.echo)
     sys.exit(code)
 
 

@@ -2,7 +2,8 @@
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 
@@ -48,6 +49,25 @@ SUMMARY = {
 }
 
 
+# The log line a stage step writes with its counts: `cah dev`'s terminal shows these beside warnings and errors.
+SUMMARY_MARK = "summary: "
+
+
+def summary_line(stage: str, meta: Mapping[str, Any]) -> str:
+    """A stage's counts, rate and seconds from its materialization's metadata (values or Dagster's metadata values)."""
+
+    def value(key: str) -> Any:
+        return getattr(meta[key], "value", meta[key])
+
+    counts, rate_key, unit = SUMMARY.get(stage, ((), "", ""))
+    shown = [f"{value(k):,} {label}" for k, label in counts if k in meta]
+    if rate_key in meta:
+        shown.append(f"{value(rate_key):,.0f} {unit}")
+    if "seconds" in meta:
+        shown.append(f"{value('seconds'):.1f} s")
+    return f"{stage:<12} " + ", ".join(shown)
+
+
 def _checks_line(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stage: str) -> str:
     evaluations = [e for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == stage]
     if not evaluations:
@@ -67,13 +87,7 @@ def run_summary(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stage
         if meta is None:
             lines.append(f"{stage:<12} not materialized (run {result.run_id[:8]}: see its logs in the UI)")
             continue
-        counts, rate_key, unit = SUMMARY.get(stage, ((), "", ""))
-        shown = [f"{meta[k].value:,} {label}" for k, label in counts if k in meta]
-        if rate_key in meta:
-            shown.append(f"{meta[rate_key].value:,.0f} {unit}")
-        if "seconds" in meta:
-            shown.append(f"{meta['seconds'].value:.1f} s")
-        lines.append(f"{stage:<12} " + ", ".join(shown) + _checks_line(result, stage))
+        lines.append(summary_line(stage, meta) + _checks_line(result, stage))
     return lines
 
 

@@ -4,7 +4,9 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
+from cah_assets.progress import SUMMARY_MARK
 from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
 from cah_assets.stages.candidates import candidates
 from cah_resources.candidates.checks import CANDIDATES_CHECKS
@@ -359,8 +362,8 @@ def test_a_backfill_launched_through_graphql_is_listed_and_split_into_runs_of_ei
 
 @pytest.fixture(scope="module")
 def demo_ui(tmp_path_factory):
-    """`cah demo`'s instance served by dagster-webserver and dagster-daemon with only DAGSTER_HOME set, and its web."""
-    from cah_assets.demo import run_pipeline, serve_demo
+    """`cah demo`'s instance opened by `cah dev` (webserver, daemon, its image web), only DAGSTER_HOME set."""
+    from cah_assets.demo import run_pipeline
 
     workdir = tmp_path_factory.mktemp("demo_ui")
     previous = os.environ.get("DAGSTER_HOME")
@@ -371,27 +374,27 @@ def demo_ui(tmp_path_factory):
     home = outcome.instance.root_directory
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")}
     env["DAGSTER_HOME"] = home
-    url = f"http://127.0.0.1:{free_port()}"
-    workspace = os.path.join(REPO, "workspace.yaml")
-    processes = []
-    with serve_demo(outcome.deployment):
-        try:
-            processes.append(
-                _start(
-                    ["dagster-webserver", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "-w", workspace],
-                    env,
-                    os.path.join(home, "webserver.log"),
-                )
-            )
-            # The daemon takes the UI's launches off the run queue (dagster.yaml's run coordinator queues them).
-            processes.append(_start(["dagster-daemon", "run", "-w", workspace], env, os.path.join(home, "daemon.log")))
-            process, log = processes[0]
-            _wait_until_loaded(url, process, log.name)
-            _graphql(url, "mutation { setNuxSeen }")
-            yield {"url": url, "outcome": outcome, "home": home}
-        finally:
-            for process, log in reversed(processes):
-                _stop(process, log)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = os.path.join(home, "cah_dev.log")
+    process, log = _start(["cah", "dev", "--port", str(port)], env, log_path)
+    try:
+        _wait_until_loaded(url, process, log.name)
+        _graphql(url, "mutation { setNuxSeen }")
+        yield {"url": url, "outcome": outcome, "home": home, "log": log_path}
+    finally:
+        _interrupt(process, log)
+
+
+def _interrupt(process: subprocess.Popen, log) -> None:
+    """Ctrl-C, as a person stops `cah dev`: dagster dev stops its webserver, daemon and code server."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    log.close()
 
 
 @pytest.fixture
@@ -613,3 +616,20 @@ def test_a_run_of_an_unknown_segment_fails_at_launch_in_one_line(demo_page, demo
     page.goto(f"{url}/runs/{run_id}")
     expect(page.get_by_text(expected).first).to_be_visible()
     _shot(page, "demo_unknown_segment")
+
+
+def test_cah_dev_prints_a_banner_then_only_warnings_errors_and_stage_summaries(demo_ui):
+    """Read last: the runs launched by the tests above printed to `cah dev`'s terminal."""
+    url, home = demo_ui["url"], demo_ui["home"]
+    with open(demo_ui["log"]) as handle:
+        lines = handle.read().splitlines()
+    banner, up, *rest = lines
+    assert banner.startswith(f"cah dev: UI {url} (loading), instance {home}, deployment demo; serving its image web")
+    assert up == f"cah dev: the UI is up at {url}"
+    startup_warnings = ("SupersessionWarning", "dagster.yaml", "No cursor for event type")
+    assert not [line for line in lines if any(warning in line for warning in startup_warnings)]
+    assert not [line for line in lines if "_sensor" in line]  # no sensor tick every 30 s
+    summaries = [line for line in rest if SUMMARY_MARK in line]
+    assert any("image_shards" in line and "URLs" in line for line in summaries), rest  # the UI's runs, in one line
+    others = [line for line in rest if SUMMARY_MARK not in line]
+    assert all(re.search(r"(WARNING|ERROR|CRITICAL) - |Warning|Error|Exception", line) for line in others), others

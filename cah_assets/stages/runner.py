@@ -10,6 +10,7 @@ import dask
 
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL, permanent_errors, segment_step
+from cah_assets.progress import SUMMARY_MARK, summary_line
 from cah_resources.storage import DataRoot
 
 
@@ -122,11 +123,14 @@ def report(context: dg.AssetExecutionContext, stage: Stage, run: StageRun) -> It
         if key not in context.selected_asset_keys:  # written by the same pass, but not asked for: not reported
             continue
         if len(run.keys) == 1:
-            yield dg.MaterializeResult(asset_key=key, metadata={**output.describe(run, run.keys[0]), **extra})
-            continue
-        for segment in run.keys:
-            context.log_event(dg.AssetObservation(key, partition=segment, metadata=output.describe(run, segment)))
-        yield dg.MaterializeResult(asset_key=key, metadata={**output.summarize(run), **extra})
+            metadata = {**output.describe(run, run.keys[0]), **extra}
+        else:
+            for segment in run.keys:
+                context.log_event(dg.AssetObservation(key, partition=segment, metadata=output.describe(run, segment)))
+            metadata = {**output.summarize(run), **extra}
+        shown = run.keys[0] if len(run.keys) == 1 else f"{run.keys[0]}..{run.keys[-1]}"
+        context.log.info(f"{SUMMARY_MARK}{shown} {summary_line(output.name, metadata)}")
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
 
 def stage_asset(stage: Stage) -> dg.AssetsDefinition:

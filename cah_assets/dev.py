@@ -1,0 +1,89 @@
+"""`cah dev`'s terminal: Dagster's UI and daemon started quietly, and their output kept to what a person acts on."""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+
+from cah_assets.launch import WORKSPACE
+from cah_assets.progress import SUMMARY_MARK
+
+# Lines that are expected on this set-up and say nothing a user could act on (each reason beside it).
+EXPECTED_LINES = (
+    # `make dev` copies the project's dagster.yaml into $DAGSTER_HOME: the one in the repository is its template.
+    "will not be used to configure Dagster unless it is placed in the same folder as DAGSTER_HOME",
+    # The daemon's first start on an instance (every `cah demo` makes a new one).
+    "ignoring older events",
+)
+# `dagster dev` is superseded by `dg dev` (the dagster-dg-cli package, which needs a `dg` project layout);
+# Dagster 1.13's dagster-webserver still ships `dagster dev`, and its warning would greet every start.
+SUPERSEDED = "ignore:Function `dev_command` is superseded"
+# Runs launched from the UI log every event at DEBUG to this terminal (their full log is in the UI): a record
+# is shown when it is a warning or an error, or a stage's summary, and only its first line.
+SHOWN_LEVELS = ("WARNING", "ERROR", "CRITICAL")
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - \S+ - (?P<level>[A-Z]+) - ")
+# A line outside any record that names a warning or an error (Python's own warnings, an uncaught exception).
+PROBLEM = re.compile(r"^\S.*?(Warning|Error|Exception)\b")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+UP_POLL_S = 1.0
+UP_WAIT_S = 600.0
+
+
+def dagster_dev_command(port: int, workspace: str = WORKSPACE) -> list[str]:
+    """`dagster dev` on 127.0.0.1:``port`` for the project's workspace, logging warnings and errors only."""
+    return [
+        *(sys.executable, "-W", SUPERSEDED, "-m", "dagster", "dev"),
+        *("-w", workspace, "-h", "127.0.0.1", "-p", str(port)),
+        *("--log-level", "warning", "--code-server-log-level", "warning"),
+    ]
+
+
+def quiet_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The lines a person acts on: warnings, errors and stage summaries, one line each, without colour codes."""
+    for raw in lines:
+        line = ANSI.sub("", raw.rstrip("\n"))
+        if any(expected in line for expected in EXPECTED_LINES):
+            continue
+        record = LOG_RECORD.match(line)
+        if record is not None:
+            if record["level"] in SHOWN_LEVELS or SUMMARY_MARK in line:
+                yield line
+        elif PROBLEM.match(line):  # continuation lines (tracebacks, multi-line messages) start indented or plain
+            yield line
+
+
+def run_quietly(command: list[str], echo: Callable[[str], None]) -> int:
+    """Run ``command``, echoing its ``quiet_lines``; its exit status (0 on Ctrl-C)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        try:
+            assert process.stdout is not None
+            for line in quiet_lines(process.stdout):
+                echo(line)
+            return process.wait()
+        except KeyboardInterrupt:  # the terminal sent it to dagster dev too: let it shut its services down
+            process.wait()
+            return 0
+
+
+def wait_until_serving(url: str, then: Callable[[], None]) -> threading.Thread:
+    """Call ``then`` once ``url`` answers (in a daemon thread, so the caller goes on)."""
+
+    def poll() -> None:
+        deadline = time.monotonic() + UP_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=5):
+                    then()
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(UP_POLL_S)
+
+    thread = threading.Thread(target=poll, name="cah-dev-up", daemon=True)
+    thread.start()
+    return thread
