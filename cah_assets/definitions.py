@@ -48,9 +48,18 @@ DATASET_JOB = "dataset"
 # The demo's image web and pages live on 127.0.0.0/8, which the downloader refuses unless allowed.
 DEMO_NETWORKS = ["127.0.0.0/8"]
 DEMO_SHARD_SIZE = 500
-# Runs are thin coordinators (the work runs on Dask): their steps run in the run's own process, which
-# saves a Python start-up and a code load per step (a UI-launched segment run: see benchmarks/README.md).
-COORDINATOR_EXECUTOR = dg.in_process_executor
+# Runs are thin coordinators (the work runs on Dask): by default their steps run in the run's own process,
+# which saves a Python start-up and a code load per step (a UI-launched segment run: benchmarks/README.md,
+# ui_run_startup). Dagster's executor otherwise: `execution: {config: {multiprocess: {}}}` still selects it.
+COORDINATOR_EXECUTOR = dg.ExecutorDefinition(
+    name=dg.multi_or_in_process_executor.name,
+    config_schema=dg.Field(
+        dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={"in_process": {}}
+    ),
+    executor_creation_fn=dg.multi_or_in_process_executor.executor_creation_fn,
+    requirements=dg.multi_or_in_process_executor.get_requirements,
+    description="Dagster's multi_or_in_process_executor, in process unless a run asks for multiprocess.",
+)
 
 
 def stage_job_name(stage: str) -> str:

@@ -36,6 +36,25 @@ from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage
 # The Dagster UI renders a markdown metadata value in place only below this many characters (longer
 # ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
 INLINE_MARKDOWN_CHARS = 1000
+# The widest image the metadata table's value column shows whole (Dagster 1.13 at a 1600 px wide window,
+# the asset's side panel open); a plot wider than that is shown at this width, linking the full-size PNG.
+PLOT_THUMBNAIL_PX = 560
+THUMBNAIL_SUFFIX = ".thumbnail.png"
+
+
+def png_thumbnail(png: bytes, width: int) -> bytes:
+    """``png`` scaled down to ``width`` pixels wide (as it is when narrower)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        if image.width <= width:
+            return png
+        height = max(1, round(image.height * width / image.width))
+        out = io.BytesIO()
+        image.resize((width, height), Image.Resampling.LANCZOS).save(out, format="PNG", optimize=True)
+        return out.getvalue()
 
 
 Resource = TypeVar("Resource", bound=dg.ConfigurableResource)
@@ -349,10 +368,15 @@ class ReportLinks(dg.ConfigurableResource):
     files_url: str = ""
 
     def plot_markdown(self, root: DataRoot, path: str, png: bytes, name: str) -> str:
-        """A short markdown image linking the PNG when a files URL is known, else the PNG inline (a data URI)."""
+        """A thumbnail that fits the UI's metadata column, linking the full-size PNG, when a files URL is known;
+        else the PNG inline (a data URI), scaled down to the same width."""
+        thumbnail = png_thumbnail(png, PLOT_THUMBNAIL_PX)
         prefix = root.path()
         if self.files_url and path.startswith(prefix):
-            linked = f"![{name}]({self.files_url.rstrip('/')}{path[len(prefix) :]})"
+            thumbnail_path = path.removesuffix(".png") + THUMBNAIL_SUFFIX
+            root.write_bytes(thumbnail_path, thumbnail)
+            base = self.files_url.rstrip("/")
+            linked = f"[![{name}]({base}{thumbnail_path[len(prefix) :]})]({base}{path[len(prefix) :]})"
             if len(linked) < INLINE_MARKDOWN_CHARS:
                 return linked
-        return png_markdown(png, name)
+        return png_markdown(thumbnail, name)

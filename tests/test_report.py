@@ -218,7 +218,7 @@ def _stage_run(stage: str, seconds: float):
 def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_inline(root):
     from cah_assets.dataset import stage_run_seconds
     from cah_assets.partitions import segments
-    from cah_assets.resources import INLINE_MARKDOWN_CHARS, ReportLinks
+    from cah_assets.resources import INLINE_MARKDOWN_CHARS, PLOT_THUMBNAIL_PX, ReportLinks
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, SEGMENTS)
@@ -232,7 +232,12 @@ def test_report_asset_fills_per_run_second_and_links_plots_short_enough_to_show_
     assert built.facts.throughput["image_shards"].per_wall_second == pytest.approx(14 / 7.0)
     assert "n/a" not in built.tables["throughput"]
     text = links.plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel")
-    assert text == "![funnel](http://127.0.0.1:8123/report/CC-X/funnel.png)" and len(text) < INLINE_MARKDOWN_CHARS
+    files = "http://127.0.0.1:8123/report/CC-X"
+    assert (
+        text == f"[![funnel]({files}/funnel.thumbnail.png)]({files}/funnel.png)" and len(text) < INLINE_MARKDOWN_CHARS
+    )
+    with Image.open(io.BytesIO(root.read_bytes(root.path("report", "CC-X", "funnel.thumbnail.png")))) as thumbnail:
+        assert thumbnail.width == PLOT_THUMBNAIL_PX  # the plot fits the metadata column; the link has it full size
     assert (
         ReportLinks()
         .plot_markdown(root, built.paths["funnel"], built.plots["funnel"], "funnel")

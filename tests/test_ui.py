@@ -453,11 +453,19 @@ def test_screenshots_of_the_demo_graph_partitions_run_checks_and_report(demo_pag
     _shot(page, "demo_checks")
 
     page.goto(f"{url}/assets/report")
-    plot = page.locator("img[src$='funnel.png']").first
+    plot = page.locator("img[src$='funnel.thumbnail.png']").first
     expect(plot).to_be_visible()
     plot.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
     _shot(page, "demo_report")
+    # Every plot is a thumbnail that fits its metadata cell, linking the full-size PNG.
+    plots = page.locator("a[href$='.png'] > img[src$='.thumbnail.png']")
+    expect(plots.first).to_be_visible()
+    for index in range(plots.count()):
+        image = plots.nth(index).element_handle()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)
+        fits = "img => img.getBoundingClientRect().right <= img.closest('td').getBoundingClientRect().right"
+        assert page.evaluate(fits, image), plots.nth(index).get_attribute("src")
 
 
 # --- what the README promises of `make dev` on the demo's instance ---------------------------------
@@ -621,6 +629,8 @@ def test_a_run_of_an_unknown_segment_fails_at_launch_in_one_line(demo_page, demo
 def test_cah_dev_prints_a_banner_then_only_warnings_errors_and_stage_summaries(demo_ui):
     """Read last: the runs launched by the tests above printed to `cah dev`'s terminal."""
     url, home = demo_ui["url"], demo_ui["home"]
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    shutil.copy(demo_ui["log"], os.path.join(ARTIFACTS, "cah_dev.log"))
     with open(demo_ui["log"]) as handle:
         lines = handle.read().splitlines()
     banner, up, *rest = lines
