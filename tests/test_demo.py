@@ -204,3 +204,10 @@ def test_the_demo_scores_its_warc_pages_and_a_small_parquet_dataset_and_their_ch
         evaluations = [r.event.dagster_event.event_specific_data for r in history if r.event is not None]
         evaluations = [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation)]
         assert {e.partition for e in evaluations} == scored and all(e.passed for e in evaluations)
+
+
+def test_every_demo_run_is_a_run_of_the_code_location_the_ui_can_launch_again(demo):
+    runs = demo.instance.get_runs()
+    assert {run.job_name for run in runs} == {"pipeline", "page_scores_job", "dataset"}
+    origins = {(r.remote_job_origin.location_name, r.remote_job_origin.job_name == r.job_name) for r in runs}
+    assert origins == {("cah", True)}  # workspace.yaml's location: "Re-execute" finds the job there
