@@ -32,6 +32,7 @@ import dagster as dg
 
 from cah_assets.definitions import PIPELINE_JOB
 from cah_assets.demo import run_pipeline
+from cah_assets.dev import graphql
 from cah_resources.samples.cluster_peers import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,16 +40,6 @@ WORK = os.path.join(HERE, ".work", "ui_run_startup")
 EXECUTORS = ("multiprocess", "in_process")
 LAUNCH = """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
 __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())["data"]
 
 
 def wait_until_loaded(url: str, timeout_s: float = 300) -> None:

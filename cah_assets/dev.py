@@ -1,5 +1,6 @@
 """`cah dev`'s terminal: Dagster's UI and daemon started quietly, and their output kept to what a person acts on."""
 
+import json
 import os
 import re
 import subprocess
@@ -69,6 +70,20 @@ def run_quietly(command: list[str], echo: Callable[[str], None]) -> int:
         except KeyboardInterrupt:  # the terminal sent it to dagster dev too: let it shut its services down
             process.wait()
             return 0
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    """The ``data`` of a query to the webserver at ``url`` (GraphQL errors raise RuntimeError)."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = json.loads(response.read())
+    if "errors" in body:
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
 
 
 def wait_until_serving(url: str, then: Callable[[], None]) -> threading.Thread:

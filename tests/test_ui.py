@@ -22,6 +22,7 @@ from conftest import skip_or_fail
 
 from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
+from cah_assets.dev import graphql as _graphql
 from cah_assets.partitions import segments
 from cah_assets.policies import SEGMENTS_PER_RUN
 from cah_assets.progress import SUMMARY_MARK
@@ -84,18 +85,6 @@ def ui_candidates_job() -> dg.JobDefinition:
     return dg.Definitions(
         assets=[candidates], asset_checks=[candidates_checks], jobs=[job], resources=resources
     ).resolve_job_def("candidates_job")
-
-
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = json.loads(response.read())
-    assert "errors" not in body, body["errors"]
-    return body["data"]
 
 
 @pytest.fixture(scope="module")
