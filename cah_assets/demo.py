@@ -89,9 +89,13 @@ def generate_demo_warc_crawl(
 
 
 def prepare_dagster_home(path: str) -> dg.DagsterInstance:
-    """A persistent instance at ``path`` (SQLite) configured by the project's dagster.yaml."""
+    """A persistent instance at ``path`` (SQLite) configured by the project's dagster.yaml.
+
+    The demo's instance always takes the project's current dagster.yaml (its run coordinator among
+    others): a copy left by an earlier demo is replaced.
+    """
     os.makedirs(path, exist_ok=True)
-    if os.path.exists(INSTANCE_YAML) and not os.path.exists(os.path.join(path, "dagster.yaml")):
+    if os.path.exists(INSTANCE_YAML):
         shutil.copy(INSTANCE_YAML, os.path.join(path, "dagster.yaml"))
     os.environ["DAGSTER_HOME"] = path
     return dg.DagsterInstance.get()
