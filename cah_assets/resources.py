@@ -36,9 +36,9 @@ from cah_resources.storage import S3_ENV_VARS, S3_PREFIXES, DataRoot, s3_storage
 # The Dagster UI renders a markdown metadata value in place only below this many characters (longer
 # ones hide behind "[Show Markdown]"): a plot shows at once only as a short link to its PNG.
 INLINE_MARKDOWN_CHARS = 1000
-# The widest image the metadata table's value column shows whole (Dagster 1.13 at a 1600 px wide window,
-# the asset's side panel open); a plot wider than that is shown at this width, linking the full-size PNG.
-PLOT_THUMBNAIL_PX = 560
+# A plot's width in the asset page's metadata table (Dagster 1.13 sizes the value column to its content, and
+# clipped wider plots at its right): a plot is shown at most this wide, linking the full-size PNG.
+PLOT_THUMBNAIL_PX = 480
 THUMBNAIL_SUFFIX = ".thumbnail.png"
 
 

@@ -447,7 +447,7 @@ def test_screenshots_of_the_demo_graph_partitions_run_checks_and_report(demo_pag
     plot.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
     _shot(page, "demo_report")
-    # Every plot is a thumbnail that fits its metadata cell, linking the full-size PNG.
+    # Every plot is a thumbnail that fits its cell of the metadata table, linking the full-size PNG.
     plots = page.locator("a[href$='.png'] > img[src$='.thumbnail.png']")
     expect(plots.first).to_be_visible()
     for index in range(plots.count()):
