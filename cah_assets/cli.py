@@ -344,8 +344,8 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     multiple=True,
     type=click.Choice((*STAGES, PAGE_SCORES)),
     help=(
-        "Stage to run (repeatable); default: the three image stages, in order "
-        "(page_scores: a WARC crawl's or a dataset's pages)."
+        "Stage to run (repeatable); default: a crawl's three image stages in order, a webdataset's "
+        "clip_pairs, a Parquet dataset's page_scores (page_scores: also a WARC crawl's pages)."
     ),
 )
 def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
@@ -360,14 +360,21 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
 
     instance, defs = _instance()
     keys = expand_segments(segments, instance.get_dynamic_partitions(segment_partitions.name))
-    picked = tuple(s for s in (*STAGES, PAGE_SCORES) if s in stages) or STAGES
-    jobs = [PIPELINE_JOB] if picked == STAGES else [stage_job_name(s) for s in picked]
+    asked = tuple(s for s in (*STAGES, PAGE_SCORES) if s in stages)
+    root = defs.resources["storage"].data_root()
+
+    def jobs_of(key: str) -> list[str]:
+        """The stages asked for; without --stage, a crawl's image pipeline or the stage a dataset starts at."""
+        picked = asked or _default_stages(root, key)
+        return [PIPELINE_JOB] if picked == STAGES else [stage_job_name(s) for s in picked]
+
+    plan = {key: jobs_of(key) for key in keys}
     failed = []
-    with stage_progress(len(keys) * len(jobs), f"{len(keys)} segment(s)") as advance:
-        for key in keys:
+    with stage_progress(sum(map(len, plan.values())), f"{len(keys)} segment(s)") as advance:
+        for key, jobs in plan.items():
             for job in jobs:
                 result = run_job(instance, defs, job, key, QUIET_RUN_CONFIG)
-                stages_of_job = picked if job == PIPELINE_JOB else (job.removesuffix("_job"),)
+                stages_of_job = STAGES if job == PIPELINE_JOB else (job.removesuffix("_job"),)
                 for line in run_summary(result, stages_of_job):
                     click.echo(f"{key} {line}")
                 advance()
@@ -376,6 +383,18 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
                     break
     if failed:
         raise UserError(f"{len(failed)} segment(s) failed: {', '.join(failed)}; their logs are in the UI (`cah dev`)")
+
+
+def _default_stages(root, key: str) -> tuple[str, ...]:
+    """What `cah materialize` runs for a segment when no --stage is given."""
+    from cah_resources.contract import DATASET_STAGE
+    from cah_resources.crawl.segments import registration_for_key
+
+    try:
+        registration = registration_for_key(root, key)
+    except (KeyError, ValueError):
+        return STAGES  # its run says what is wrong, in one line
+    return (DATASET_STAGE[registration.format],) if registration.format in DATASET_STAGE else STAGES
 
 
 def _fleet_options(command):

@@ -28,6 +28,7 @@ from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, DEMO_NETWORKS, PIPELINE_JOB, build_definitions
 from cah_assets.demo import DEMO_CRAWL, WEB_HOSTS, file_server, generate_demo_crawl
 from cah_assets.deployment import Deployment
+from cah_assets.launch import run_job
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
 from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
 from cah_resources.candidates.stage import output_paths
@@ -106,7 +107,7 @@ class RehearsalResult:
     refusals: dict[str, str]
     trespasses: list[str]
     watch_samples: int
-    runs: list[tuple[str, str, str]]  # (job, partition, status) of the instance's runs
+    runs: list[tuple[str, str, str, bool]]  # (job, partition, status, re-executable from the UI) of the runs
     instance_storage: str
     release_rows: int
     report_files: list[str]
@@ -142,7 +143,7 @@ class RehearsalResult:
             failed.append("the workers' folders were never watched")
         if self.release_rows == 0:
             failed.append("the release is empty")
-        if any(status != "SUCCESS" for _, _, status in self.runs):
+        if any(status != "SUCCESS" for _, _, status, _ in self.runs):
             failed.append(f"runs did not all succeed: {self.runs}")
         return failed
 
@@ -191,13 +192,10 @@ def _run_segments(
     label: str,
     during_first: Callable[[], Callable[[], None]] | None = None,
 ) -> None:
-    pipeline = defs.resolve_job_def(PIPELINE_JOB)
     for i, key in enumerate(keys):
         finish = during_first() if during_first is not None and i == 0 else None
         try:
-            result = pipeline.execute_in_process(
-                partition_key=key, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-            )
+            result = run_job(instance, defs, PIPELINE_JOB, key, QUIET_RUN_CONFIG)
         finally:
             if finish is not None:
                 finish()
@@ -360,15 +358,16 @@ def run_rehearsal(
         if "killed" in box:
             killed = box["killed"]
             say(f"4/5 killed worker pid {killed.pid} ({killed.worker}) mid-shard ({killed.task}) in {keys[0]}")
-        result = defs.resolve_job_def(DATASET_JOB).execute_in_process(
-            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
+        result = run_job(instance, defs, DATASET_JOB, run_config=QUIET_RUN_CONFIG)
         say(f"5/5 {run_summary(result, ('release',))[0]}")
         root = storage.data_root()
         cluster = {key: segment_outputs(root, key) for key in keys}
         release_rows = read_release(root, release_dir(root, crawl)).num_rows if result.success else 0
         report_files = root.listdir(report_folder(root, crawl))
-        runs = sorted((r.job_name, r.tags.get("dagster/partition", ""), r.status.value) for r in instance.get_runs())
+        runs = sorted(
+            (r.job_name, r.tags.get("dagster/partition", ""), r.status.value, r.remote_job_origin is not None)
+            for r in instance.get_runs()
+        )
         storage_kind = type(instance.run_storage).__name__
         worker_pids = sorted({pid for machine in machines for pid in machine.pids()})
         cluster_seconds = time.perf_counter() - cluster_started

@@ -191,7 +191,7 @@ def readme_webdataset_commands() -> list[list[str]]:
     readme = (REPO / "README.md").read_text()
     block = re.search(r"### Filtering an existing webdataset.*?```bash\n(.*?)```", readme, re.S)
     assert block, "README.md has no bash block under 'Filtering an existing webdataset'"
-    return [shlex.split(line) for line in block[1].splitlines() if line.strip()]
+    return [shlex.split(line, comments=True) for line in block[1].splitlines() if line.strip()]
 
 
 def test_readme_filters_an_img2dataset_output_with_its_two_commands(capsys, tmp_path, monkeypatch):

@@ -77,7 +77,10 @@ def test_no_worker_ever_holds_a_path_under_the_coordinators_folders(rehearsal):
 
 def test_every_stage_then_release_and_report_ran_as_named_jobs_on_a_postgres_instance(rehearsal):
     assert rehearsal.instance_storage == "PostgresRunStorage"
-    assert rehearsal.runs == [("dataset", "", "SUCCESS")] + [("pipeline", k, "SUCCESS") for k in rehearsal.segment_keys]
+    # Runs of the code location, as the UI launches them: "Re-execute" works on each.
+    assert rehearsal.runs == [("dataset", "", "SUCCESS", True)] + [
+        ("pipeline", k, "SUCCESS", True) for k in rehearsal.segment_keys
+    ]
     assert rehearsal.release_rows == sum(len(set(o.kept)) for o in rehearsal.cluster.values())
     assert "report.md" in rehearsal.report_files
 
