@@ -53,7 +53,8 @@ def run_job(
     job_def = defs.resolve_job_def(job_name)
     job = InMemoryJob(job_def)
     run_config = dict(run_config or {})
-    plan = create_execution_plan(job, run_config=run_config, tags=tags, instance_ref=instance.get_ref())
+    ref = instance.get_ref() if instance.is_persistent else None  # an ephemeral instance (a test, a rehearsal) has none
+    plan = create_execution_plan(job, run_config=run_config, tags=tags, instance_ref=ref)
     run = instance.create_run_for_job(
         job_def=job_def,
         execution_plan=plan,
