@@ -51,17 +51,17 @@ class _NoIndexHandler(http.server.SimpleHTTPRequestHandler):
             name = self.path.lstrip("/").partition("?")[0]
             unavailable = web.unavailable[name] > 0
             web.unavailable[name] -= unavailable
-        try:
-            time.sleep(web.delay_s)
-            if unavailable:
-                self.send_error(503)
-            elif web.secret and not self._carries(web.secret):
-                self.send_error(403)
-            else:
-                answer()
-        finally:
-            with web.lock:
-                web.in_flight -= 1
+        time.sleep(web.delay_s)
+        # Out of flight before the answer goes out: a client that sends its next request as soon as
+        # it has this answer must not be counted as holding both.
+        with web.lock:
+            web.in_flight -= 1
+        if unavailable:
+            self.send_error(503)
+        elif web.secret and not self._carries(web.secret):
+            self.send_error(403)
+        else:
+            answer()
 
     def _carries(self, secret: str) -> bool:
         scheme, _, credentials = self.headers.get("Authorization", "").partition(" ")
