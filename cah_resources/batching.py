@@ -7,8 +7,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 log = logging.getLogger(__name__)
 
 # Out-of-memory warnings one shard logs before it only counts them: a capped H200 run logged 8,897
@@ -21,6 +19,8 @@ GROW_AFTER_FITS = 16
 
 def resolve_device(requested: str = "auto") -> str:
     """The torch device to run on: the requested one, or for 'auto' CUDA, then MPS, then CPU."""
+    import torch  # here, not at the top: Dagster's definitions import this module, and torch takes 3 s
+
     if requested != "auto":
         if requested == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
@@ -34,6 +34,8 @@ def resolve_device(requested: str = "auto") -> str:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
@@ -104,6 +106,8 @@ def map_halving_on_oom(  # noqa: C901 - one loop: submit, halve on OOM, retry, c
                 raise
             streaks[limit] = 0
             # Blocks cached for another stream are no use to this one: give them back before retrying.
+            import torch
+
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if hi - lo > 1:

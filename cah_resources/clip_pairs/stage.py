@@ -41,18 +41,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from fsspec.core import url_to_fs
 from PIL import Image
 
 from cah_resources.batching import OomTally, is_out_of_memory, map_halving_on_oom
-from cah_resources.clip_pairs.clip_scorer import LoadedClip, load_clip
 from cah_resources.clip_pairs.settings import ClipModelSpec, ScoringSettings
 from cah_resources.clip_pairs.webdataset import iter_samples
 from cah_resources.contract import (
@@ -79,6 +77,12 @@ from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.errors import one_line
 from cah_resources.redaction import redact_text, redact_url
 from cah_resources.storage import DataRoot
+
+if TYPE_CHECKING:  # torch and the model code (3 s to import) load where shards are scored, not where
+    # Dagster's definitions import this module for its plans, summaries and checks.
+    import torch
+
+    from cah_resources.clip_pairs.clip_scorer import LoadedClip
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +260,8 @@ class _ShardScorer:
 
     def model(self, spec: ClipModelSpec) -> LoadedClip:
         """The model for ``spec``, loaded on first use (load_clip keeps it for the process)."""
+        from cah_resources.clip_pairs.clip_scorer import load_clip
+
         if spec not in self.models:
             self.models[spec] = load_clip(spec, self.settings.device, self.settings.precision, self.settings.tokenizer)
         return self.models[spec]
@@ -319,6 +325,8 @@ class _ShardScorer:
         On CUDA it runs in this thread's own stream, so that it overlaps the model on the scoring thread.
         An image that alone runs out of device memory is decoded on the CPU instead.
         """
+        import torch
+
         # nvJPEG reads JPEG only: another format (a webdataset's PNG or WebP) is decoded by PIL on the CPU.
         jpeg = [p for p, data in enumerate(images) if data[:3] == _JPEG_MAGIC]
         encoded = [torch.frombuffer(bytearray(images[p]), dtype=torch.uint8) for p in jpeg]
@@ -360,6 +368,8 @@ class _ShardScorer:
         self, pending: _Pending
     ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, dict[int, tuple[ClipStatus, str]]]:
         """A finished batch's rows that decoded, their pixels (in parts), their tokens, and the others' errors."""
+        import torch
+
         batch = pending.batch
         if pending.on_device is not None:
             decoded = pending.on_device.result()
@@ -394,6 +404,8 @@ class _ShardScorer:
                 self.on_device_held -= 1
 
     def _score(self, pending: _Pending) -> None:
+        import torch
+
         spec = pending.batch.spec
         loaded = self.models[spec]
         rows, parts, tokens, errors = self.collect(pending)
@@ -461,6 +473,8 @@ _STREAMS = threading.local()
 @contextmanager
 def _own_stream(device: str) -> Iterator[None]:
     """On CUDA: run the block in this thread's own stream and wait for it at the end; elsewhere nothing."""
+    import torch
+
     if device != "cuda":
         yield
         return
@@ -514,6 +528,8 @@ def _stack_for_copy(tensors: list[torch.Tensor], device: str) -> torch.Tensor:
     and the scoring thread goes on, instead of waiting for a staged copy out of pageable memory. torch's
     caching host allocator reuses the pinned blocks once the copies that read them are done.
     """
+    import torch
+
     if device != "cuda":
         return torch.stack(tensors)
     out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True)
@@ -525,6 +541,8 @@ def _rows_of(parts: list[torch.Tensor], lo: int, hi: int, device: str) -> torch.
 
     Parts decoded on the CPU after device out-of-memory join the others on ``device``.
     """
+    import torch
+
     pieces, start = [], 0
     for part in parts:
         end = start + len(part)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,16 +39,13 @@ from cah_resources.contract import (
 )
 from cah_resources.crawl.dataset_files import options_for
 from cah_resources.crawl.segments import CrawlRegistration, registration_for_key
-from cah_resources.page_scores.classifier import (
-    Classifier,
-    int_scores,
-    load_classifier,
-    prepared_windows,
-    score_window,
-)
 from cah_resources.page_scores.settings import ClassifierSettings
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
+
+if TYPE_CHECKING:  # the classifier (torch, 3 s to import) is imported where pages are scored, not
+    # where Dagster's definitions load this module for its plans and checks.
+    from cah_resources.page_scores.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +180,8 @@ def _scored_batch(
     loaded: Classifier,
     schema: pa.Schema,
 ) -> tuple[pa.RecordBatch, np.ndarray]:
+    from cah_resources.page_scores.classifier import int_scores
+
     kept = has_text & (np.nan_to_num(scores, nan=-np.inf) >= settings.threshold)
     n = batch.num_rows
     columns = {name: batch.column(name) for name in batch.schema.names if name not in PAGE_SCORE_FIELDS.names}
@@ -202,6 +201,8 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
     A file whose marker exists is never redone: its summary is read back. Without the marker every
     output is rewritten from scratch, so a retried or interrupted file ends the same.
     """
+    from cah_resources.page_scores.classifier import load_classifier, prepared_windows, score_window
+
     root = unit.root
     if root.exists(unit.marker):
         return root.read_json(unit.marker)
