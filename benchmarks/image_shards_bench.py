@@ -211,6 +211,63 @@ CEILING = textwrap.dedent(
     """
 )
 
+FLOOR = textwrap.dedent(
+    """
+    import asyncio, json, multiprocessing, sys, time
+    import aiohttp
+    from yarl import URL
+    from cah_resources.image_shards.resizer import ResizeSettings, process_image
+
+    urls = json.load(open(sys.argv[1]))
+    concurrency, per_host, timeout, size, cores = (int(a) for a in sys.argv[2:7])
+    opt_outs = sys.argv[7] == "1"
+    nameservers = sys.argv[8:]
+    settings = ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10)
+
+    async def fetch_all():
+        resolver = aiohttp.AsyncResolver(nameservers=nameservers) if nameservers else None
+        connector = aiohttp.TCPConnector(
+            limit=concurrency, limit_per_host=per_host, ttl_dns_cache=300, resolver=resolver
+        )
+        slots, origins = asyncio.Semaphore(concurrency), {}
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async def get(url):
+                try:
+                    async with session.get(url) as response:
+                        return response.status, await response.read()
+                except Exception:
+                    return None, b""
+
+            async def site_files(origin):  # robots.txt, then tdmrep.json, on the connection the image reuses
+                await get(origin.with_path("/robots.txt"))
+                await get(origin.with_path("/.well-known/tdmrep.json"))
+
+            async def one(url):
+                async with slots:
+                    if opt_outs:
+                        origin = URL(url).origin()
+                        if origin not in origins:
+                            origins[origin] = asyncio.ensure_future(site_files(origin))
+                        await origins[origin]
+                    status, body = await get(url)
+                    return body if status == 200 and body else None
+            return await asyncio.gather(*(one(u) for u in urls))
+
+    def check(body):
+        return process_image(body, settings).status == "ok"
+
+    if __name__ == "__main__":
+        start = time.time()
+        bodies = [b for b in asyncio.run(fetch_all()) if b is not None]
+        fetched, fetch_cpu = time.time(), time.process_time()  # the network part's CPU, start-up included
+        with multiprocessing.get_context("spawn").Pool(cores) as pool:
+            ok = sum(pool.imap_unordered(check, bodies, chunksize=64))
+        end = time.time()
+        print(json.dumps({"ok": ok, "count": len(urls), "start": start, "end": end, "fetch_s": fetched - start,
+                          "fetch_cpu_s": fetch_cpu}))
+    """
+)
+
 IMAGE_SHARDS = textwrap.dedent(
     """
     import json, math, os, sys
@@ -348,15 +405,59 @@ def img2dataset_result(out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+LAST_CPU_SPLIT: dict[str, tuple[int, float]] = {}  # role -> (processes, CPU seconds) of the last run_measured
+LAST_CPU_TRACE: list[tuple[float, float]] = []  # (wall clock, CPU seconds of the tree so far) of the last run_measured
+
+
+def cpu_between(trace: list[tuple[float, float]], start: float, end: float) -> float:
+    """CPU seconds a process tree spent between two wall-clock times, interpolated from its samples."""
+
+    def at(when: float) -> float:
+        before = [(t, c) for t, c in trace if t <= when] or trace[:1]
+        after = [(t, c) for t, c in trace if t >= when] or trace[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+    return at(end) - at(start) if trace else 0.0
+
+
+def process_role(member: psutil.Process) -> str:
+    """What a process of a contender's tree is, for the CPU split: the part of its command line
+    that names its program."""
+    try:
+        line = member.cmdline()
+    except psutil.Error:
+        return "?"
+    text = " ".join(line)
+    for marker, role in (
+        ("multiprocessing.forkserver", "forkserver"),
+        ("multiprocessing.resource_tracker", "resource tracker"),
+        ("spawn_main", "spawned"),
+        ("img2dataset", "img2dataset"),
+    ):
+        if marker in text:
+            return role
+    return "main" if "-c" in line else Path(line[0]).name if line else "?"
+
+
+def print_cpu_split(result: dict) -> None:
+    """One line: the CPU seconds of a contender's run by process role (and how many such processes)."""
+    split = sorted(result["cpu_split"].items())
+    print("    CPU by process: " + ", ".join(f"{role} {total:.1f} s ({count})" for role, (count, total) in split))
+
+
 def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) -> tuple[str, int, float, float]:
     """Run a contender; return its stdout, the peak RSS (bytes) of its process tree, the CPU
     seconds of every process seen in the tree (sampled, so that processes which outlive their
-    parent or are reaped elsewhere still count) and its wall seconds from start to exit."""
+    parent or are reaped elsewhere still count) and its wall seconds from start to exit. The CPU
+    seconds by process role go to LAST_CPU_SPLIT."""
     started = time.perf_counter()
     process = psutil.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, cpu = 0, {}
     stop = threading.Event()
     seen: dict[int, psutil.Process] = {process.pid: process}
+    roles: dict[int, str] = {}
+    trace: list[tuple[float, float]] = []
 
     def watch() -> None:
         nonlocal peak
@@ -371,10 +472,17 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) 
                 try:
                     times = member.cpu_times()
                     cpu[pid] = times.user + times.system
+                    if pid not in roles:
+                        role = process_role(member)
+                        if role == "spawned":  # a Dask worker, or an image worker that a Dask worker spawned
+                            parent = roles.get(member.ppid(), "")
+                            role = "image worker" if parent.startswith("dask") else "dask worker"
+                        roles[pid] = role
                     rss += member.memory_info().rss
                 except psutil.Error:
                     continue
             peak = max(peak, rss)
+            trace.append((time.time(), sum(cpu.values())))
             stop.wait(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -382,6 +490,12 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) 
     out, err = process.communicate()
     stop.set()
     watcher.join()
+    LAST_CPU_SPLIT.clear()
+    LAST_CPU_TRACE[:] = trace
+    for pid, seconds in cpu.items():
+        role = roles.get(pid, "?")
+        count, total = LAST_CPU_SPLIT.get(role, (0, 0.0))
+        LAST_CPU_SPLIT[role] = (count + 1, total + seconds)
     if process.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({process.returncode}): {err.strip().splitlines()[-1:]}")
     return out, peak, sum(cpu.values()), time.perf_counter() - started
@@ -396,7 +510,29 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
     url_file = work / "urls.json"
     url_file.write_text(json.dumps(urls))
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
-    if name == "ceiling":
+    if name == FLOOR_NAME:
+        # The least CPU the same work can take: the network exchanges alone (what the ceiling does,
+        # plus the opt-out checks' two site files per origin when they are on), then each 200 body
+        # checked, resized and encoded by the stage's own process_image in a pool; no retries,
+        # shards, rows, stats or hand-off. Its wall time says nothing (the phases do not overlap).
+        script = REPO / "benchmarks" / ".work" / "floor_contender.py"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(FLOOR)
+        command = [
+            sys.executable,
+            str(script),
+            str(url_file),
+            str(CONCURRENCY * CORES),
+            str(PER_HOST * CORES),
+            str(TIMEOUT_S),
+            str(IMAGE_SIZE),
+            str(CORES),
+            "1" if OPT_OUT_CHECKS["on"] else "0",
+            *nameservers,
+        ]
+        out, peak, cpu, wall = run_measured(command, env)
+        result = json.loads(out.strip().splitlines()[-1])
+    elif name == "ceiling":
         # image_shards runs CORES shard tasks of CONCURRENCY requests each: the ceiling gets the same totals.
         command = [
             sys.executable,
@@ -444,6 +580,9 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
         _, peak, cpu, wall = run_measured(under_local_resolver(command, work) if nameservers else command, env)
         result = img2dataset_result(out_dir)
     seconds = result["end"] - result["start"]
+    result["cpu_split"] = dict(LAST_CPU_SPLIT)
+    # Start-up left out: the CPU spent between the first shard's start and the last one's end.
+    result["window_cpu_s"] = cpu_between(LAST_CPU_TRACE, result["start"], result["end"])
     if web is not None:
         result["site_files"] = web.site_files()
         result["web_cpu_s"] = web.cpu_s() - web_cpu_before
@@ -457,6 +596,7 @@ def measure(name: str, urls: list[str], work: Path, threads: int = 0, web: FakeW
         "peak_rss": peak,
         "cpu_s": cpu,
         "images_per_cpu_s": result["ok"] / cpu,
+        "images_per_window_cpu_s": result["ok"] / max(result["window_cpu_s"], 1e-9),
         "wall_s": wall,  # the whole process tree, start-up included
         "images_per_wall_s": result["ok"] / wall,
     }
@@ -490,6 +630,7 @@ SWEEPS = {"default": [16, 32, 64, 128], "web-photos": [128, 256]}
 NAMED = ("hostnames", "web-photos")  # regimes whose URLs are hostnames behind the local DNS server
 # The hostnames regime also runs image_shards on the same URLs with IP-literal hosts: its reference.
 LITERAL = "image_shards_ip"
+FLOOR_NAME = "floor"  # web-photos: the least CPU the same fetching and image work can take (see measure)
 OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off, the reference
 # Set off by --no-opt-outs: every image_shards contender without robots.txt/TDMRep/X-Robots-Tag, e.g. to
 # measure what DNS alone costs (img2dataset honours none of them by default either).
@@ -508,7 +649,13 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
             sweep = args.threads or SWEEPS.get(regime, SWEEPS["default"])
             threads = sweep[0] if len(sweep) == 1 else best_img2dataset_threads(urls, work, sweep, web)
             best: dict[str, dict] = {}
-            contenders = ("ceiling", "image_shards", "img2dataset", *([LITERAL] if named else []))
+            contenders = (
+                "ceiling",
+                *([FLOOR_NAME] if regime == "web-photos" else []),
+                "image_shards",
+                "img2dataset",
+                *([LITERAL] if named else []),
+            )
             for round_ in range(args.rounds):
                 for name in contenders:
                     if name == LITERAL:
@@ -521,10 +668,12 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
                     print(
                         f"  round {round_ + 1} {name:15s} {result['images_per_s']:7.1f} images/s "
                         f"({result['ok']}/{result['count']} in {result['seconds']:.1f} s, "
-                        f"{result['images_per_wall_s']:.1f}/s with start-up, {result['cpu_s']:.1f} CPU s, "
+                        f"{result['images_per_wall_s']:.1f}/s with start-up, {result['cpu_s']:.1f} CPU s "
+                        f"({result['window_cpu_s']:.1f} after start-up), "
                         f"peak {result['peak_rss'] / 2**20:.0f} MiB{dns})",
                         flush=True,
                     )
+                    print_cpu_split(result)
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = {**result, "threads": threads}
     finally:
@@ -539,6 +688,7 @@ def report(regime: str, best: dict[str, dict]) -> None:
         "image_shards": "image_shards (this repo)",
         "img2dataset": f"img2dataset 1.47.0 ({CORES} processes x {threads} threads)",
         LITERAL: "image_shards, same URLs on IP literals",
+        FLOOR_NAME: "floor (fetch + process_image, no pipeline)",
     }
     print(f"\n{regime}:")
     for name in [n for n in labels if n in best]:
@@ -546,7 +696,8 @@ def report(regime: str, best: dict[str, dict]) -> None:
         dns = f"  {r['dns_queries_per_url']:.2f} DNS queries/URL" if "dns_queries_per_url" in r else ""
         print(
             f"  {labels[name]:46s} {r['images_per_s']:7.1f} images/s  {r['images_per_wall_s']:7.1f} with start-up  "
-            f"{r['urls_per_s']:7.1f} URLs/s  {r['images_per_cpu_s']:6.1f} images/CPU-s ({r['cpu_s']:.1f} CPU s)  "
+            f"{r['urls_per_s']:7.1f} URLs/s  {r['images_per_cpu_s']:6.1f} images/CPU-s ({r['cpu_s']:.1f} CPU s; "
+            f"{r['images_per_window_cpu_s']:.1f} after start-up, {r['window_cpu_s']:.1f} CPU s)  "
             f"peak RSS {r['peak_rss'] / 2**20:5.0f} MiB{dns}"
         )
     if LITERAL in best:
@@ -559,13 +710,22 @@ def report(regime: str, best: dict[str, dict]) -> None:
         print(f"  image_shards / IP literals  = {ratio:.2f}    (target >= 0.9)")
     ours = best["image_shards"]["images_per_s"]
     per_cpu = best["image_shards"]["images_per_cpu_s"] / best["img2dataset"]["images_per_cpu_s"]
+    per_window_cpu = best["image_shards"]["images_per_window_cpu_s"] / best["img2dataset"]["images_per_window_cpu_s"]
     with_start = best["image_shards"]["images_per_wall_s"] / best["img2dataset"]["images_per_wall_s"]
     print(
         f"  image_shards / img2dataset = {ours / best['img2dataset']['images_per_s']:.2f}x   (target >= 1.5); "
-        f"with start-up {with_start:.2f}x; per CPU second {per_cpu:.2f}x"
+        f"with start-up {with_start:.2f}x; per CPU second {per_cpu:.2f}x ({per_window_cpu:.2f}x after start-up)"
         + ("  (targets here: >= 1.5x with start-up, >= 2x per CPU second)" if regime == "web-photos" else "")
     )
     print(f"  image_shards / ceiling     = {ours / best['ceiling']['images_per_s']:.2f}    (target >= 0.8)")
+    if FLOOR_NAME in best:
+        shards, floor, theirs = best["image_shards"], best[FLOOR_NAME], best["img2dataset"]
+        needed = shards["ok"] / (2 * theirs["images_per_cpu_s"])
+        print(
+            f"  CPU s: image_shards {shards['cpu_s']:.1f}, floor {floor['cpu_s']:.1f} "
+            f"(= {shards['cpu_s'] / floor['cpu_s']:.2f}x of it); 2x img2dataset per CPU second would need "
+            f"<= {needed:.1f} CPU s for image_shards' {shards['ok']} images"
+        )
     print(f"  image_shards peak RSS      = {best['image_shards']['peak_rss'] / 2**30:.2f} GiB (target < 2)")
 
 
@@ -608,6 +768,7 @@ def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
                         f"peak {result['peak_rss'] / 2**20:.0f} MiB)",
                         flush=True,
                     )
+                    print_cpu_split(result)
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = result
     finally:
@@ -643,6 +804,7 @@ def compare_opt_outs(regime: str, args: argparse.Namespace) -> None:
                         f"{asked['most_per_host_and_file']} per host and file",
                         flush=True,
                     )
+                    print_cpu_split(result)
                     if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
                         best[name] = result
     finally:
