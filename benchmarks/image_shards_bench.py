@@ -36,6 +36,10 @@ the whole machine (same CPU budget) and the same timeout, retries, image size an
   one task per shard (the URLs split in as many shards), tar + parquet + stats written.
 - img2dataset: from PyPI, in a throwaway virtual environment under benchmarks/.work/, one
   process per core; its thread count is the best of a sweep on the first quarter of the URLs.
+- floor (web-photos only): the same network exchanges as image_shards with bare aiohttp (and,
+  with the opt-out checks on, robots.txt then tdmrep.json once per origin), then the stage's own
+  process_image on every 200 body in a pool of one process per core: the least CPU the same work
+  takes without a pipeline. Its wall time means nothing (fetching and image work run in turn).
 
 Figures: successful images per wall second (the ceiling: HTTP 200 bodies per second), between the
 first shard's start and the last shard's end as each tool records them (so interpreter and
