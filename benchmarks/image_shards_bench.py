@@ -219,6 +219,7 @@ FLOOR = textwrap.dedent(
     """
     import asyncio, json, multiprocessing, sys, time
     import aiohttp
+    from protego import Protego
     from yarl import URL
     from cah_resources.image_shards.resizer import ResizeSettings, process_image
 
@@ -242,8 +243,10 @@ FLOOR = textwrap.dedent(
                 except Exception:
                     return None, b""
 
-            async def site_files(origin):  # robots.txt, then tdmrep.json, on the connection the image reuses
-                await get(origin.with_path("/robots.txt"))
+            async def site_files(origin):  # robots.txt (parsed), then tdmrep.json, on one connection
+                status, robots = await get(origin.with_path("/robots.txt"))
+                if status == 200:
+                    Protego.parse(robots.decode("utf-8", errors="replace"))
                 await get(origin.with_path("/.well-known/tdmrep.json"))
 
             async def one(url):

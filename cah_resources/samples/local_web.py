@@ -115,13 +115,22 @@ WEB_MIX = {
 }
 
 # Opt-in hosts of their own, each answering /robots.txt and /.well-known/tdmrep.json in one of the
-# forms the web uses (the other hosts 404 both: allow everything). Paths under a profile host are
+# forms the web uses. The other hosts answer as most of the web does: two names in three serve a
+# robots.txt like a CMS's (TYPICAL_ROBOTS: nothing an image URL here matches), the rest 404 it,
+# and all 404 tdmrep.json. Paths under a profile host are
 # /<any folders>/<kind>/<n>.<ext>: the folders are what the rules match, the kind what is served.
 ROBOTS_FOR_EVERY_BOT = (
     "# a comment, then groups\nUser-agent: otherbot\nDisallow: /\n\n"
     "User-agent: *\nDisallow: /private/\nAllow: /private/open/\nDisallow: /*.png$\nDisallow: /*?session=\n"
 )
 ROBOTS_GROUP_FOR_US = "User-agent: *\nDisallow: /\n\nUser-agent: CAH\nDisallow: /nocah/\n"
+TYPICAL_ROBOTS = (
+    "# robots.txt as a blog or shop serves it\nUser-agent: *\nDisallow: /wp-admin/\n"
+    "Allow: /wp-admin/admin-ajax.php\nDisallow: /cgi-bin/\nDisallow: /search\nDisallow: /*?replytocom=\n"
+    "Disallow: /tag/*/feed/\nDisallow: /cart/\nDisallow: /checkout/\nDisallow: /account/\n\n"
+    "User-agent: GPTBot\nDisallow: /\n\nUser-agent: CCBot\nDisallow: /\n\n"
+    "Sitemap: https://example.com/sitemap_index.xml\n"
+)
 TDM_HEADER_FOLDER = "/header/"  # on the tdmrep profile host: images answered with tdm-reservation: 1
 MOVED_ROBOTS_PATH = "/moved/robots.txt"  # on every host: the target of the robots_redirect profile
 HUGE_ROBOTS_PADDING = 700 * 1024  # past RFC 9309's 500 KiB: rules after it are not read
@@ -621,6 +630,8 @@ class LocalImageWeb:
             return web.Response(text=f"User-agent: *\nDisallow: /early/\n{padding}Disallow: /late/\n")
         if profile == "robots_redirect":
             raise web.HTTPMovedPermanently(f"http://{self.hosts[0]}{MOVED_ROBOTS_PATH}")  # another host
+        if profile is None and zlib.crc32(request.host.encode()) % 3:
+            return web.Response(text=TYPICAL_ROBOTS)
         raise web.HTTPNotFound()
 
     @staticmethod
