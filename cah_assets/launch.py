@@ -20,11 +20,10 @@ from dagster._core.execution.api import create_execution_plan, execute_run
 from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from cah_assets.segment_runs import UnknownSegment, unknown_segment_message
+from cah_assets.segment_runs import PARTITION_TAG, UnknownSegment, unknown_segment_message
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKSPACE = os.path.join(REPO, "workspace.yaml")
-PARTITION_TAG = "dagster/partition"
 
 
 def job_origin(job_name: str, workspace: str = WORKSPACE) -> RemoteJobOrigin:

@@ -31,6 +31,7 @@ from cah_assets.deployment import Deployment
 from cah_assets.launch import run_job
 from cah_assets.progress import QUIET_RUN_CONFIG, quiet_console, run_summary
 from cah_assets.resources import ClipScorer, ComputeResource, DedupIndexResource, ImageDownloader, StorageResource
+from cah_assets.segment_runs import PARTITION_TAG
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import IMAGE_SHARDS, STAGES, kept_folder, report_folder, stage_folder
 from cah_resources.dataset.release import read_release, release_dir
@@ -365,7 +366,7 @@ def run_rehearsal(
         release_rows = read_release(root, release_dir(root, crawl)).num_rows if result.success else 0
         report_files = root.listdir(report_folder(root, crawl))
         runs = sorted(
-            (r.job_name, r.tags.get("dagster/partition", ""), r.status.value, r.remote_job_origin is not None)
+            (r.job_name, r.tags.get(PARTITION_TAG, ""), r.status.value, r.remote_job_origin is not None)
             for r in instance.get_runs()
         )
         storage_kind = type(instance.run_storage).__name__
