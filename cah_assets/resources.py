@@ -87,6 +87,15 @@ def settings_of(resource: dg.ConfigurableResource, kind: type[Settings]) -> Sett
     return from_flat(kind, {f.name: values[renamed.get(f.name, f.name)] for f in flat_fields(kind)})
 
 
+class SettingsResource(dg.ConfigurableResource):
+    """A resource whose fields ``settings_fields`` makes, one per setting of a plain dataclass."""
+
+    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+
+        def __init__(self, **settings: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+
+
 # --- where data lives and comes from -------------------------------------------------------------
 
 
@@ -129,13 +138,8 @@ class StorageResource(dg.ConfigurableResource):
 
 
 @settings_fields(CrawlSource, renamed={"base": "base_url"})
-class CommonCrawl(dg.ConfigurableResource):
+class CommonCrawl(SettingsResource):
     """Where WAT files are read from: Common Crawl's HTTPS endpoint (default), a mirror, or a folder."""
-
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
-
-        def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     def source(self) -> CrawlSource:
         return settings_of(self, CrawlSource)
@@ -164,13 +168,8 @@ class SegmentFlow(dg.ConfigurableResource):
 
 
 @settings_fields(CandidateFilters)
-class CandidateRules(dg.ConfigurableResource):
+class CandidateRules(SettingsResource):
     """Crawling@Home's link filters (``CandidateFilters``); see README "candidates" for what each drop reason means."""
-
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
-
-        def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     # A WAT record larger than this is counted as malformed_too_large and skipped, unread.
     max_record_bytes: int = MAX_RECORD_BYTES
@@ -180,30 +179,20 @@ class CandidateRules(dg.ConfigurableResource):
 
 
 @settings_fields(PageRules)
-class PageRulesResource(dg.ConfigurableResource):
+class PageRulesResource(SettingsResource):
     """The WARC pass's page bounds and pre-filters (``PageRules``); see README "WARC crawls" for each drop reason."""
-
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
-
-        def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     def rules(self) -> PageRules:
         return settings_of(self, PageRules)
 
 
 @settings_fields(ShardSettings)
-class ImageDownloader(dg.ConfigurableResource):
+class ImageDownloader(SettingsResource):
     """How image_shards downloads: network limits, the address guard, opt-outs, DNS, image checks, resizing, shards.
 
     One field per setting of ``ShardSettings`` and its ``fetch`` and ``resize`` groups, by the same name:
     see ``FetchSettings``, ``ResizeSettings`` and ``ShardSettings`` for what each means.
     """
-
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
-
-        def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     def settings(self) -> ShardSettings:
         return settings_of(self, ShardSettings)
@@ -268,7 +257,7 @@ class ClipScorer(dg.ConfigurableResource):
 
 
 @settings_fields(ClassifierSettings)
-class TextClassifier(dg.ConfigurableResource):
+class TextClassifier(SettingsResource):
     """The Hugging Face sequence classifier page_scores runs: FineWeb-Edu's by default, any model id or local folder.
 
     One field per setting of ``ClassifierSettings``, by the same name: see it for what each means.
@@ -290,13 +279,12 @@ class TextClassifier(dg.ConfigurableResource):
 
 
 @settings_fields(ComputeSettings)
-class ComputeResource(DaskCompute, dg.ConfigurableResource):
+class ComputeResource(DaskCompute, SettingsResource):
     """Dask distributed cluster the assets submit their work to (a LocalCluster by default); see ``ComputeSettings``."""
 
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
+    if TYPE_CHECKING:  # DaskCompute comes first in the bases: its constructor would hide SettingsResource's
 
         def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     # Inside a Dagster run the local cluster is started once and kept for every step and call of
     # that run process (starting one costs seconds); outside a run each client() makes its own.
@@ -316,16 +304,11 @@ class ComputeResource(DaskCompute, dg.ConfigurableResource):
 
 
 @settings_fields(FleetSettings)
-class HetznerFleet(dg.ConfigurableResource):
+class HetznerFleet(SettingsResource):
     """CPU runners on Hetzner Cloud that join the Dask scheduler; tokens come from HCLOUD_TOKENS, never config.
 
     One field per setting of ``FleetSettings``, by the same name, plus the fleet sensor's sizing.
     """
-
-    if TYPE_CHECKING:  # the fields settings_fields() adds, which a type checker cannot see
-
-        def __init__(self, **settings: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
 
     # Backlog sizing (fleet sensor): one runner per this many segments queued or running.
     segments_per_server: int = 4
