@@ -574,6 +574,51 @@ def test_materialize_with_redo_from_the_launchpad_recomputes_finished_shards(dem
     expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible(timeout=60_000)
 
 
+def test_re_execute_from_failure_reruns_the_failed_step_of_a_cah_run(demo_page, demo_ui):
+    """A `cah materialize` run whose step failed (its input was gone) is retried from the UI once it is back."""
+    from playwright.sync_api import expect
+
+    from cah_resources.contract import candidates_path
+
+    page, url, home, outcome = demo_page, demo_ui["url"], demo_ui["home"], demo_ui["outcome"]
+    key = outcome.segment_keys[-1]
+    root = outcome.root
+    path = candidates_path(root, key)
+    known = {run.run_id for run in _runs_since(home, set())}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")} | {"DAGSTER_HOME": home}
+    moved = path + ".away"
+    root.fs.mv(path, moved)
+    try:
+        done = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "cah"), "materialize", key, "--stage", "image_shards"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        root.fs.mv(moved, path)
+    assert done.returncode != 0 and "failed" in done.stderr, done.stderr[-500:]
+    (parent,) = _runs_since(home, known)
+    assert (parent.status, parent.remote_job_origin is not None) == (dg.DagsterRunStatus.FAILURE, True)
+    page.goto(f"{url}/runs/{parent.run_id}")
+    expect(page.get_by_text("RUN_FAILURE").first).to_be_visible(timeout=60_000)
+    from_failure = page.get_by_role("button", name="From failure")
+    if not from_failure.is_visible():  # a menu beside "Re-execute all" holds it
+        page.locator("button:right-of(:text('Re-execute all'))").first.click()
+        from_failure = page.get_by_text("From failure").first
+    from_failure.click()
+    page.wait_for_url(lambda address: "/runs/" in address and parent.run_id not in address)
+    child = _wait_for_run(home, page.url.split("/runs/", 1)[1].split("?", 1)[0])
+    assert (child.status, child.parent_run_id, child.tags["dagster/partition"]) == (
+        dg.DagsterRunStatus.SUCCESS,
+        parent.run_id,
+        key,
+    )
+    assert child.tags.get("dagster/is_resume_retry") == "true"  # from failure, not all steps again
+    _shot(page, "demo_reexecuted_from_failure")
+
+
 def _logs(home: str, run_id: str) -> list[str]:
     with dg.DagsterInstance.from_config(home) as instance:
         return [e.user_message for e in instance.all_logs(run_id) if not e.is_dagster_event]
