@@ -308,3 +308,29 @@ def test_closing_the_downloader_with_lookups_unanswered_leaves_no_callbacks_behi
         sys.unraisablehook = previous
     assert {r.status for r in results} == {"dns_timeout"}
     assert [str(u.exc_value) for u in ignored] == []
+
+
+def test_own_origin_literals_differ_from_the_names_by_the_lookups_alone():
+    """The benchmark's IP-literal reference: every URL on an address of its own (an origin each, as
+    the names), served by a web on uvloop, with the statuses and site-file requests of the names."""
+    kinds = {"jpeg": 3, "png": 1, "not_found": 1, "server_error": 1, "dead_host": 1, "robots_noai": 1}
+    with LocalImageWeb(n_hosts=2, hostnames=True, fast_loop=True) as fast_web:
+        assert type(fast_web._loop_thread.loop).__module__.startswith("uvloop")
+        named = [u.url for u in fast_web.urls(kinds)]
+        literal = fast_web.own_origin_urls(named)
+        origins = {url.split("/")[2] for url in literal}
+        dead = [u for u, n in zip(literal, named, strict=True) if "dead-host" in n]
+        assert len(origins) == len(named)  # one origin per URL, the dead host's too
+        assert len(dead) == 1 and fetch_all(dead, settings_for(fast_web))[0][0].status == "connection_error"
+        assert all(url.split("/", 3)[3] == name.split("/", 3)[3] for url, name in zip(literal, named, strict=True))
+        settings = settings_for(fast_web, honour_robots_txt=True, honour_tdmrep=True)
+        by_name, _, name_totals = fetch_all(named, settings)
+        name_files = sum(fast_web.site_file_requests.values())
+        fast_web.site_file_requests.clear()
+        by_literal, _, literal_totals = fetch_all(literal, settings)
+        literal_files = sum(fast_web.site_file_requests.values())
+    assert [r.status for r in by_literal] == [r.status for r in by_name]
+    assert [r.body for r in by_literal] == [r.body for r in by_name]
+    assert name_totals.dns_lookups == len(named) and literal_totals.dns_lookups == 0
+    # robots.txt and tdmrep.json of each reachable origin, on the names and on the literals alike
+    assert literal_files == name_files >= 2 * (len(named) - len(dead))

@@ -52,8 +52,10 @@ class LocalDns:
         host: str = "127.0.0.1",
         extra_listen: tuple[tuple[str, int], ...] = (),
         seed: int = 0,
+        fast_loop: bool = False,
     ) -> None:
         self.addresses = list(addresses)
+        self.fast_loop = fast_loop  # uvloop (LoopThread's fast): for a server in a process of its own
         self.latency = latency
         self.ttl = ttl
         self.host = host
@@ -252,7 +254,7 @@ class LocalDns:
         """Start serving on a background thread; returns once every address listens."""
         if self._loop_thread is not None:
             return self
-        self._loop_thread = LoopThread("local-dns")
+        self._loop_thread = LoopThread("local-dns", fast=self.fast_loop)
         self._loop_thread.run(self._serve())
         return self
 
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     listen = tuple((a, int(p)) for a, p in (entry.rsplit(":", 1) for entry in args.listen))
-    with LocalDns(args.addresses.split(","), tuple(args.latency), args.ttl, extra_listen=listen, seed=args.seed) as dns:
+    addresses = args.addresses.split(",")
+    with LocalDns(addresses, tuple(args.latency), args.ttl, extra_listen=listen, seed=args.seed, fast_loop=True) as dns:
         print(json.dumps({"nameserver": dns.nameserver}), flush=True)
         for line in sys.stdin:
             if line.strip() == "dns":

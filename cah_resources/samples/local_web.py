@@ -24,7 +24,7 @@ import sys
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -208,9 +208,9 @@ SHAPE_COLORS = [(220, 30, 30), (30, 160, 60), (40, 70, 210), (240, 205, 30), (13
 
 def _bound_port(site: web.TCPSite) -> int:
     """The port a started site listens on (port 0 asks the system for a free one)."""
-    server = site._server
-    assert isinstance(server, asyncio.Server), "the site is started"
-    return int(server.sockets[0].getsockname()[1])
+    sockets = getattr(site._server, "sockets", None)  # asyncio's Server or uvloop's
+    assert sockets, "the site is started"
+    return int(sockets[0].getsockname()[1])
 
 
 @functools.lru_cache(maxsize=2048)
@@ -279,10 +279,12 @@ class LocalImageWeb:
         dns_latency: tuple[float, float] = (0.0, 0.0),
         dns_listen: tuple[tuple[str, int], ...] = (),
         site_profiles: tuple[str, ...] = (),
+        fast_loop: bool = False,
     ) -> None:
         if not 1 <= n_hosts <= 250 * 250 - 1:
             raise ValueError(f"n_hosts must be within 1..62499, not {n_hosts}")
         self.n_hosts = n_hosts
+        self.fast_loop = fast_loop  # uvloop (LoopThread's fast): for a web in a process of its own
         self.latency = latency
         self.image_sizes = image_sizes
         self.seed = seed
@@ -318,7 +320,7 @@ class LocalImageWeb:
             # dnslib is a test dependency; the offline demo serves IP literals and runs without it.
             from cah_resources.samples.local_dns import LocalDns
 
-            self.dns = LocalDns(latency=dns_latency, extra_listen=dns_listen, seed=seed)
+            self.dns = LocalDns(latency=dns_latency, extra_listen=dns_listen, seed=seed, fast_loop=fast_loop)
 
     def reset_counters(self) -> None:
         """Forget every request seen (and so which "once" failures were served), e.g. between tests."""
@@ -430,6 +432,46 @@ class LocalImageWeb:
         name = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
         index = int(name.split(".")[-3][1:])
         return url.replace(name, self._dns_addresses[index], 1)
+
+    def own_origin_urls(self, urls: list[str]) -> list[str]:
+        """This web's URLs (named or literal) each moved to an IP-literal origin of its own, served here.
+
+        Every URL gets an address of its own (``127.<prefix + 1>.x.y``, all on one port): the same
+        origins as a hostname per URL, so a client makes the same connections and fetches the same
+        site files per origin as on the names, and only the lookups are missing. ``literal_url``
+        maps the names onto the web's few hosts instead, where connections and site files are
+        shared. URLs of the dead host go to an address where nothing listens. Each origin is a
+        listening socket: a process holds about 20,000, so give a large list a web of its own.
+        """
+        first, second = self.address_prefix.split(".")
+        prefix = f"{first}.{int(second) + 1}"
+        if len(urls) > 249 * 250:
+            raise ValueError(f"{len(urls)} URLs: at most {249 * 250} get an origin of their own")
+        dead_address = self._dead_host.rsplit(":", 1)[0]
+        wanted: dict[int, str] = {}
+        paths: list[str] = []
+        for i, url in enumerate(urls):
+            host, _, path = url.split("//", 1)[1].partition("/")
+            paths.append(path)
+            if not (host.startswith((dead_address + ":", "dead-host-"))):
+                wanted[i] = _host_address(prefix, i)
+        assert self._loop_thread is not None, "start the web first"
+        port = self._loop_thread.run(self._start_own_sites(list(wanted.values())), timeout=300)
+        dead = f"{prefix}.249.250:{port}"  # in the prefix, past every URL's address: nothing listens
+        return [
+            f"http://{wanted[i]}:{port}/{path}" if i in wanted else f"http://{dead}/{path}"
+            for i, path in enumerate(paths)
+        ]
+
+    async def _start_own_sites(self, addresses: list[str]) -> int:
+        """One listening site per address, all on the port the first one got."""
+        assert self._runner is not None
+        port = 0
+        for address in addresses:
+            site = web.TCPSite(self._runner, address, port, backlog=128)
+            await site.start()
+            port = port or _bound_port(site)
+        return port
 
     @property
     def named_origins(self) -> list[str]:
@@ -710,7 +752,7 @@ class LocalImageWeb:
             ):
                 for variant in range(VARIANTS):
                     self.body(kind, variant)
-        self._loop_thread = LoopThread("local-image-web")
+        self._loop_thread = LoopThread("local-image-web", fast=self.fast_loop)
         self._loop_thread.run(self._start_sites())
         if self.dns is not None:
             self.dns.addresses = list(self._dns_addresses)
@@ -760,10 +802,22 @@ def main(argv: list[str] | None = None) -> None:
         help="every URL on a hostname of its own, served by a local DNS server (its ip:port is "
         "printed on a second line)",
     )
+    parser.add_argument(
+        "--own-origins",
+        action="store_true",
+        help="serve the URLs each on an IP-literal origin of its own instead (own_origin_urls); the first "
+        "line lists those",
+    )
     args = parser.parse_args(argv)
     sizes = WEB_IMAGE_SIZES if args.web_sized else WEB_PHOTO_SIZES if args.web_photos else SMALL_IMAGE_SIZES
-    with LocalImageWeb(args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames) as fake_web:
+    # In a process of its own the web shares the measured program's cores: uvloop keeps its share small.
+    with LocalImageWeb(
+        args.hosts, tuple(args.latency), sizes, args.seed, hostnames=args.hostnames, fast_loop=True
+    ) as fake_web:
         urls = fake_web.mixed_urls(args.count, seed=args.seed)
+        if args.own_origins:  # the same kinds and paths as every other web of this count and seed
+            owned = fake_web.own_origin_urls([u.url for u in urls])
+            urls = [replace(u, url=url) for u, url in zip(urls, owned, strict=True)]
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
         if args.hostnames:
             literal = [fake_web.literal_url(u.url) for u in urls]
