@@ -114,7 +114,9 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
         (line,) = [line for line in lines if line.startswith(f"3/4 {key} {PAGE_SCORES} ")]
         assert "pages/s" in line and "passed" in line
     # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line and a page_scores line too
-    assert len(lines) == 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
+    expected = 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
+    # A failure names the lines nobody expected (a flaky CI run once printed 95 more, unseen).
+    assert len(lines) == expected, [line for line in lines if line[:4] not in ("1/4 ", "2/4 ", "3/4 ", "4/4 ")][:60]
 
 
 def test_runs_of_the_demo_have_job_names(demo):
