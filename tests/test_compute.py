@@ -281,3 +281,15 @@ def test_cah_worker_gpu_starts_n_processes_per_device_and_dask_runs_n_gpu_tasks_
     assert {device for *_, device, _ in ran} == {"0"}
     assert all(seen == 3 for *_, seen in ran)  # all three were running at the same time
     assert "stand-in (GPU 0, 3 process(es))" in (logs / "gpu-executor-box.log").read_text()
+
+
+def _periodic_callbacks(dask_worker):
+    return sorted(dask_worker.periodic_callbacks)
+
+
+def test_local_workers_run_no_sampling_profiler():
+    """Its thread would free a task frame's locals, and resiliparse's HTMLTree panics when dropped off its thread."""
+    compute = ComputeResource(n_workers=1, processes=True, local_gpus=0)
+    with compute.client() as client:
+        (callbacks,) = client.run(_periodic_callbacks).values()
+    assert "heartbeat" in callbacks and not [name for name in callbacks if name.startswith("profile")]

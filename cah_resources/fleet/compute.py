@@ -170,7 +170,14 @@ class DaskCompute:
             "cls": Scheduler,
             "options": {"host": host, "port": 0, "protocol": protocol, "dashboard": False},
         }
-        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
+        import dask
+
+        # No sampling profiler in the workers: its thread holds task frames for a moment, and a frame
+        # it outlives frees its locals there. resiliparse's HTMLTree (a PyO3 object bound to the
+        # thread that made it) then panics with "unsendable, but is being dropped on another
+        # thread", a traceback on the terminal. The local clusters have no dashboard to show it.
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
 
     def security(self) -> Security:
         return cluster_security(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
