@@ -599,8 +599,10 @@ def test_re_execute_from_failure_reruns_the_failed_step_of_a_cah_run(demo_page, 
     finally:
         root.fs.mv(moved, path)
     assert done.returncode != 0 and "failed" in done.stderr, done.stderr[-500:]
-    # cah's run of the segment; on a slow machine a run an earlier test launched may start meanwhile
-    (parent,) = [run for run in _runs_since(home, known) if run.tags.get("dagster/partition") == key]
+    # cah names the run that failed; on a slow machine another run of the segment may start meanwhile
+    named = re.search(rf"{re.escape(key)} \(run ([0-9a-f]{{8}})\)", done.stderr)
+    assert named, done.stderr[-500:]
+    (parent,) = [run for run in _runs_since(home, known) if run.run_id.startswith(named.group(1))]
     assert (parent.status, parent.remote_job_origin is not None) == (dg.DagsterRunStatus.FAILURE, True)
     page.goto(f"{url}/runs/{parent.run_id}")
     expect(page.get_by_text("RUN_FAILURE").first).to_be_visible(timeout=60_000)
