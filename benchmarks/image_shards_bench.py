@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -94,6 +95,7 @@ CONCURRENCY = 256
 PER_HOST = 16
 CORES = os.cpu_count() or 1
 DNS_LATENCY = (0.03, 0.15)  # seconds per uncached lookup through a recursive resolver
+OWN_ORIGINS_PER_WEB = 4_000  # listening sockets per process, leaving ~16,000 descriptors to connections
 SYSTEM_RESOLVER = ("127.0.0.53", 53)  # where glibc (img2dataset) is sent, through a bind-mounted resolv.conf
 
 # ---------------------------------------------------------------------------------------------
@@ -126,16 +128,27 @@ class FakeWeb:
         if not line:
             raise SystemExit("the fake web did not start; run `python -m cah_resources.samples.local_web` to see why")
         self.urls = [tuple(entry) for entry in json.loads(line)]
-        self.nameserver, self.literal_urls, self.own_origin_urls, self.dns, self.own_web = "", [], [], None, None
+        self.nameserver, self.literal_urls, self.own_origin_urls, self.dns = "", [], [], None
+        self.own_webs: list[subprocess.Popen] = []
         if hostnames:
             named = json.loads(self.process.stdout.readline())
             self.literal_urls = named["literal_urls"]  # the web's 64 hosts: shared origins
             # The same URLs (kinds, paths, bodies) each on an IP-literal origin of its own, as the names
-            # are: a second web, since an origin is a listening socket and a process holds ~20,000.
-            self.own_web = subprocess.Popen(
-                [*command[:-1], "--own-origins"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-            )
-            self.own_origin_urls = [entry[0] for entry in json.loads(self.own_web.stdout.readline())]
+            # are. An origin is a listening socket and a process holds 20,000 descriptors, its
+            # connections' too (a run keeps thousands open): webs of their own, each serving a part.
+            parts = math.ceil(count / OWN_ORIGINS_PER_WEB)
+            self.own_webs = [
+                subprocess.Popen(
+                    [*command[:-1], "--own-origins", "--part", f"{k}/{parts}"],
+                    cwd=REPO,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for k in range(parts)
+            ]
+            listed = [[entry[0] for entry in json.loads(web.stdout.readline())] for web in self.own_webs]
+            self.own_origin_urls = [listed[i % parts][i] for i in range(count)]
             # The DNS server in a process of its own, as a real resolver is: not behind the web's GIL.
             self.dns = subprocess.Popen(
                 [
@@ -172,7 +185,7 @@ class FakeWeb:
     def cpu_s(self) -> float:
         """CPU seconds the fake web and its DNS server have used so far: what the simulation costs."""
         total = 0.0
-        for process in (self.process, self.dns, self.own_web):
+        for process in (self.process, self.dns, *self.own_webs):
             if process is not None:
                 times = psutil.Process(process.pid).cpu_times()
                 total += times.user + times.system
@@ -185,7 +198,7 @@ class FakeWeb:
         return json.loads(self.process.stdout.readline())
 
     def close(self) -> None:
-        for process in (self.process, self.dns, self.own_web):
+        for process in (self.process, self.dns, *self.own_webs):
             if process is not None:
                 process.stdin.close()
                 process.wait(timeout=60)

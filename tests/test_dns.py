@@ -336,3 +336,21 @@ def test_own_origin_literals_differ_from_the_names_by_the_lookups_alone():
     assert name_totals.dns_lookups == len(named) and literal_totals.dns_lookups == 0
     # robots.txt and tdmrep.json of each reachable origin, on the names and on the literals alike
     assert literal_files == name_files >= 2 * (len(named) - len(dead))
+
+
+def test_own_origins_split_between_webs_serve_every_url_once():
+    """A list too large for one process's descriptors is served in parts: each web moves and serves
+    only its part (i % n == k) and leaves the rest as given; together they match the names."""
+    kinds = {"jpeg": 3, "png": 1, "not_found": 1, "dead_host": 1}
+    with LocalImageWeb(n_hosts=2, hostnames=True) as web:
+        named = [u.url for u in web.urls(kinds)]
+        parts = [web.own_origin_urls(named, part=(k, 2)) for k in range(2)]
+        merged = [parts[i % 2][i] for i in range(len(named))]
+        with pytest.raises(ValueError, match="part 2 of 2"):
+            web.own_origin_urls(named, part=(2, 2))
+        by_name = [r.status for r in fetch_all(named, settings_for(web))[0]]
+        by_part = [r.status for r in fetch_all(merged, settings_for(web))[0]]
+    assert all(parts[k][i] == named[i] for k in range(2) for i in range(len(named)) if i % 2 != k)
+    assert len({url.split("/")[2] for url in merged}) == len(named)  # an origin per URL, none a name
+    assert not any("web.test" in url or "dead-host" in url for url in merged)
+    assert by_part == by_name

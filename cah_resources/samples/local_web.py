@@ -248,6 +248,14 @@ def shape_image(stem: str, fmt: str = "JPEG", size: int = 320) -> bytes:
     return _encode(img, fmt, **({"quality": 90} if fmt != "PNG" else {}))
 
 
+def _part(text: str) -> tuple[int, int]:
+    """``K/N`` of the command line: the part K (from 0) of N."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"want K/N with 0 <= K < N, not {text!r}")
+    return int(k), int(n)
+
+
 def _host_address(prefix: str, index: int) -> str:
     return f"{prefix}.{index // 250}.{index % 250 + 1}"
 
@@ -433,7 +441,7 @@ class LocalImageWeb:
         index = int(name.split(".")[-3][1:])
         return url.replace(name, self._dns_addresses[index], 1)
 
-    def own_origin_urls(self, urls: list[str]) -> list[str]:
+    def own_origin_urls(self, urls: list[str], part: tuple[int, int] = (0, 1)) -> list[str]:
         """This web's URLs (named or literal) each moved to an IP-literal origin of its own, served here.
 
         Every URL gets an address of its own (``127.<prefix + 1>.x.y``, all on one port): the same
@@ -441,8 +449,13 @@ class LocalImageWeb:
         site files per origin as on the names, and only the lookups are missing. ``literal_url``
         maps the names onto the web's few hosts instead, where connections and site files are
         shared. URLs of the dead host go to an address where nothing listens. Each origin is a
-        listening socket: a process holds about 20,000, so give a large list a web of its own.
+        listening socket, and a process holds about 20,000 descriptors, its connections' too: with
+        ``part=(k, n)`` this web moves and serves only the URLs ``i % n == k`` and returns the
+        others as given, so that n webs in n processes serve a large list between them.
         """
+        k, n = part
+        if not 0 <= k < n:
+            raise ValueError(f"part {k} of {n}: want 0 <= k < n")
         first, second = self.address_prefix.split(".")
         prefix = f"{first}.{int(second) + 1}"
         if len(urls) > 249 * 250:
@@ -453,14 +466,14 @@ class LocalImageWeb:
         for i, url in enumerate(urls):
             host, _, path = url.split("//", 1)[1].partition("/")
             paths.append(path)
-            if not (host.startswith((dead_address + ":", "dead-host-"))):
+            if i % n == k and not (host.startswith((dead_address + ":", "dead-host-"))):
                 wanted[i] = _host_address(prefix, i)
         assert self._loop_thread is not None, "start the web first"
         port = self._loop_thread.run(self._start_own_sites(list(wanted.values())), timeout=300)
         dead = f"{prefix}.249.250:{port}"  # in the prefix, past every URL's address: nothing listens
         return [
-            f"http://{wanted[i]}:{port}/{path}" if i in wanted else f"http://{dead}/{path}"
-            for i, path in enumerate(paths)
+            url if i % n != k else f"http://{wanted[i]}:{port}/{path}" if i in wanted else f"http://{dead}/{path}"
+            for i, (url, path) in enumerate(zip(urls, paths, strict=True))
         ]
 
     async def _start_own_sites(self, addresses: list[str]) -> int:
@@ -808,6 +821,14 @@ def main(argv: list[str] | None = None) -> None:
         help="serve the URLs each on an IP-literal origin of its own instead (own_origin_urls); the first "
         "line lists those",
     )
+    parser.add_argument(
+        "--part",
+        type=_part,
+        default=(0, 1),
+        metavar="K/N",
+        help="with --own-origins: serve only the URLs i with i %% N == K (the others are listed as the "
+        "names have them); N processes serve a list too large for one's descriptors",
+    )
     args = parser.parse_args(argv)
     sizes = WEB_IMAGE_SIZES if args.web_sized else WEB_PHOTO_SIZES if args.web_photos else SMALL_IMAGE_SIZES
     # In a process of its own the web shares the measured program's cores: uvloop keeps its share small.
@@ -816,7 +837,7 @@ def main(argv: list[str] | None = None) -> None:
     ) as fake_web:
         urls = fake_web.mixed_urls(args.count, seed=args.seed)
         if args.own_origins:  # the same kinds and paths as every other web of this count and seed
-            owned = fake_web.own_origin_urls([u.url for u in urls])
+            owned = fake_web.own_origin_urls([u.url for u in urls], part=args.part)
             urls = [replace(u, url=url) for u, url in zip(urls, owned, strict=True)]
         print(json.dumps([[u.url, u.kind, u.expected_status] for u in urls]), flush=True)
         if args.hostnames:
