@@ -292,4 +292,7 @@ def test_local_workers_run_no_sampling_profiler():
     compute = ComputeResource(n_workers=1, processes=True, local_gpus=0)
     with compute.client() as client:
         (callbacks,) = client.run(_periodic_callbacks).values()
-    assert "heartbeat" in callbacks and not [name for name in callbacks if name.startswith("profile")]
+        client.restart()  # a worker its Nanny starts again (after a crash, a memory limit) too
+        (restarted,) = client.run(_periodic_callbacks).values()
+    for names in (callbacks, restarted):
+        assert "heartbeat" in names and not [name for name in names if name.startswith("profile")]

@@ -39,6 +39,24 @@ class UnitResult:
     value: Any
 
 
+def worker_config() -> dict[str, Any]:
+    """Dask configuration for a Nanny's worker processes (its ``config``): no sampling profiler.
+
+    Its thread holds task frames for a moment, and a frame it outlives frees its locals there.
+    resiliparse's HTMLTree (a PyO3 object bound to the thread that made it) then panics with
+    "unsendable, but is being dropped on another thread", a traceback in the worker's log. A
+    Nanny merges this over dask's configuration one level deep and hands it to every worker it
+    starts, restarts included, so the whole ``distributed`` section goes, not the one key.
+    """
+    import copy
+
+    import dask
+
+    section = copy.deepcopy(dask.config.get("distributed"))
+    section["worker"]["profile"]["enabled"] = False
+    return {"distributed": section}
+
+
 def cluster_security(ca: str = "", cert: str = "", key: str = "", *, role: str = "client") -> Security:
     """TLS settings for one member of the cluster (``client``, ``worker`` or ``scheduler``).
 
@@ -153,6 +171,8 @@ class DaskCompute:
             "dashboard": False,
             "silence_logs": logging.WARN,
         }
+        if self.processes:
+            base["config"] = worker_config()
         workers = {}
         for i in range(total):
             options = dict(base)
@@ -172,10 +192,7 @@ class DaskCompute:
         }
         import dask
 
-        # No sampling profiler in the workers: its thread holds task frames for a moment, and a frame
-        # it outlives frees its locals there. resiliparse's HTMLTree (a PyO3 object bound to the
-        # thread that made it) then panics with "unsendable, but is being dropped on another
-        # thread", a traceback on the terminal. The local clusters have no dashboard to show it.
+        # In-process workers read the setting here; worker processes get it with their config.
         with dask.config.set({"distributed.worker.profile.enabled": False}):
             return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARN)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from cah_resources.errors import one_line
-from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security
+from cah_resources.fleet.compute import GPU, ClusterUnavailable, cluster_security, worker_config
 from cah_resources.fleet.cuda_devices import (
     GpuDevice,
     GpuUnfit,
@@ -99,10 +99,14 @@ def warm_model(key: Hashable, load: Callable[[], Any]) -> Any:
 
 
 async def serve_workers(scheduler: str, options: list[dict[str, Any]], security: Any) -> None:
-    """Start one Nanny per options dict against ``scheduler`` and run until signalled or closed."""
+    """Start one Nanny per options dict against ``scheduler`` and run until signalled or closed.
+
+    Their workers run no sampling profiler, as the local ones do (``worker_config``).
+    """
     from distributed import Nanny
 
-    nannies = [Nanny(scheduler, security=security, **o) for o in options]
+    config = worker_config()
+    nannies = [Nanny(scheduler, security=security, config=config, **o) for o in options]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
