@@ -68,10 +68,12 @@ most one of each per host and shard task).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -484,7 +486,10 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) 
     parent or are reaped elsewhere still count) and its wall seconds from start to exit. The CPU
     seconds by process role go to LAST_CPU_SPLIT."""
     started = time.perf_counter()
-    process = psutil.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A session of its own: a stopped bench ends the contender's whole tree (Dask and image workers too).
+    process = psutil.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     peak, cpu = 0, {}
     stop = threading.Event()
     seen: dict[int, psutil.Process] = {process.pid: process}
@@ -519,8 +524,14 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO) 
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    out, err = process.communicate()
-    stop.set()
+    try:
+        out, err = process.communicate()
+    finally:
+        stop.set()
+        # The bench was stopped (Ctrl-C, SIGTERM), or children outlived the contender: end its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     watcher.join()
     LAST_CPU_SPLIT.clear()
     LAST_CPU_TRACE[:] = trace
@@ -916,6 +927,8 @@ def main() -> None:
         help="every image_shards contender with the opt-out checks off (what DNS alone costs, like img2dataset)",
     )
     args = parser.parse_args()
+    # SIGTERM unwinds as Ctrl-C does, so the contender's tree and the fake web are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     OPT_OUT_CHECKS["on"] = not args.no_opt_outs
     if args.opt_outs:
         for regime in ["hostnames"] if args.images == "all" else [args.images]:

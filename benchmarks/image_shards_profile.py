@@ -164,7 +164,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--literals", action="store_true", help="the same URLs on IP-literal hosts")
+    parser.add_argument("--literals", action="store_true", help="the same URLs on the fake web's 64 IP-literal hosts")
+    parser.add_argument(
+        "--own-origins", action="store_true", help="the same URLs each on an IP-literal origin of its own"
+    )
     parser.add_argument("--sizes", choices=["web-photos", "thumbnails", "web-sized"], default="web-photos")
     parser.add_argument("--no-opt-outs", action="store_true")
     parser.add_argument("--breakdown", type=Path, help="a py-spy raw file to sort into steps")
@@ -192,7 +195,9 @@ def main() -> None:
 
     web = FakeWeb(args.urls, 64, (0.02, 0.3), args.seed, args.sizes, hostnames=True)
     try:
-        urls = web.literal_urls if args.literals else [url for url, _, _ in web.urls]
+        named = not (args.literals or args.own_origins)
+        urls = [u for u, _, _ in web.urls]
+        urls = web.own_origin_urls if args.own_origins else web.literal_urls if args.literals else urls
         WORK.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
             root = DataRoot(tmp)
@@ -223,7 +228,7 @@ def main() -> None:
                     retries=RETRIES,
                     per_host_connections=PER_HOST,
                     allowed_networks=("127.0.0.0/8",),
-                    nameservers=() if args.literals else (web.nameserver,),
+                    nameservers=(web.nameserver,) if named else (),
                     honour_robots_txt=checks,
                     honour_tdmrep=checks,
                     honour_robots_noai=checks,
@@ -234,7 +239,7 @@ def main() -> None:
             (unit,) = plan_shards(root, "PROFILE", settings.shard_size)
             me = psutil.Process()
             # The fake web and its DNS server are this process's children too: not the shard's CPU.
-            simulation = {p.pid for p in (web.process, web.dns) if p is not None}
+            simulation = {p.pid for p in (web.process, web.dns, *web.own_webs) if p is not None}
             children: dict[int, psutil.Process] = {}
             cpu_children: dict[int, float] = {}
             before = me.cpu_times()
