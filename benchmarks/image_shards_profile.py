@@ -1,10 +1,13 @@
 """CPU per URL of one image_shards shard task on the real web's shape, and where it goes (py-spy).
 
     .venv/bin/python benchmarks/image_shards_profile.py --urls 3000              # CPU seconds per process
-    py-spy record -r 250 -f raw --subprocesses -o benchmarks/.work/shard.txt -- \\
+    py-spy record --nonblocking -r 250 -f raw --subprocesses -o benchmarks/.work/shard.txt -- \\
         .venv/bin/python benchmarks/image_shards_profile.py --urls 3000 > benchmarks/.work/shard.json  # as root
     .venv/bin/python benchmarks/image_shards_profile.py --breakdown benchmarks/.work/shard.txt \\
         --cpu benchmarks/.work/shard.json                                        # the split, ms per URL
+
+``--nonblocking``: py-spy stopping the processes to sample them once cut the fake web's first line
+(the URL list, hundreds of kilobytes on one pipe line) at 64 KiB, and the run died reading it.
 
 One shard task (``download_shard``, as a Dask worker runs it, with its one image worker process)
 fetches ``--urls`` URLs of the benchmark's web-photos regime: every URL on a hostname of its own
