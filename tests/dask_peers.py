@@ -131,3 +131,10 @@ def wait_for_worker_names(address: str, tls: Path | None, names: set[str], timeo
                 return
             time.sleep(0.3)
     raise TimeoutError(f"workers {sorted(names)} did not join {address} within {timeout}s (have {sorted(have)})")
+
+
+def profiler_callbacks(dask_worker) -> list[str]:
+    """The sampling profiler's periodic callbacks on a worker (``client.run``); it must also be beating."""
+    names = list(dask_worker.periodic_callbacks)
+    assert "heartbeat" in names, names
+    return sorted(name for name in names if name.startswith("profile"))
