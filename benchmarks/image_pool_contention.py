@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cah_resources.image_shards.freed_memory import keep_freed_memory
 from cah_resources.image_shards.image_pool import IMAGE_WORKER_NICENESS
 from cah_resources.image_shards.resizer import ResizeSettings, process_image
 from cah_resources.samples.local_web import WEB_MIX, WEB_PHOTO_SIZES, LocalImageWeb
@@ -34,6 +35,7 @@ PHOTO_KINDS = ("jpeg", "png", "png_alpha", "webp")
 
 def _niced() -> None:
     os.nice(IMAGE_WORKER_NICENESS)
+    keep_freed_memory()  # as the image workers do
 
 
 def _check(body: bytes) -> bool:

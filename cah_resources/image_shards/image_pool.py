@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from cah_resources.fleet.lifetime import exit_with_parent
+from cah_resources.image_shards.freed_memory import keep_freed_memory
 from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, process_image
 from cah_resources.vocabulary import DownloadStatus
 
@@ -38,6 +39,7 @@ def _start_image_worker(parent_pid: int, timeouts: Any) -> None:
     global _timeouts
     exit_with_parent(parent_pid)
     os.nice(IMAGE_WORKER_NICENESS)
+    keep_freed_memory()  # decode buffers reused, not faulted in again for every image
     _timeouts = timeouts
     threading.Thread(target=_watch_cpu_budget, name="cpu-budget", daemon=True).start()
 
