@@ -382,27 +382,6 @@ def test_images_checked_at_once_go_in_batches_and_each_gets_its_own_outcome(web)
     assert sum(sent) == len(bodies) and max(sent) > 1  # fewer hand-offs than images
 
 
-# Minor page faults per 4 MiB buffer allocated, filled and freed 50 times in a row, evaluated in a worker.
-FAULTS_PER_BUFFER = (
-    "(lambda resource: (lambda before: sum(len(bytearray(4 << 20)) for _ in range(50))"
-    " and (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50)"
-    "(resource.getrusage(resource.RUSAGE_SELF).ru_minflt))(__import__('resource'))"
-)
-
-
-def test_image_workers_under_dasks_malloc_setting_reuse_freed_buffers(monkeypatch):
-    # Dask's nanny starts its workers with this; the image workers they spawn inherit it, and with
-    # it glibc maps and unmaps every large buffer, so a decode faulted its pages in on every image.
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    plain = subprocess.run(
-        [sys.executable, "-c", f"print({FAULTS_PER_BUFFER})"], capture_output=True, text=True, check=True
-    )
-    assert float(plain.stdout) > 500  # a 4 MiB buffer is 1,024 pages: the check below can fail
-    with ImageWorkers(SETTINGS.image_processes) as workers:
-        faults = workers.executor.submit(eval, FAULTS_PER_BUFFER).result()
-    assert faults < 50
-
-
 def test_image_workers_run_below_the_priority_of_the_process_that_downloads():
     with ImageWorkers(SETTINGS.image_processes) as workers:
         assert workers.executor.submit(os.nice, 0).result() > os.nice(0)

@@ -24,6 +24,7 @@ from cah_resources.contract import (
 from cah_resources.fleet.unit_progress import UnitProgress
 from cah_resources.image_shards.body_reader import body_budget
 from cah_resources.image_shards.downloader import Downloader, Fetched, FetchSettings
+from cah_resources.image_shards.freed_memory import freed_memory_kept
 from cah_resources.image_shards.gc_pacing import fewer_collections
 from cah_resources.image_shards.image_pool import ImageWorkers
 from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, check_body_size
@@ -360,7 +361,7 @@ def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
         ImageWorkers(settings.image_processes) as workers,
         ShardWriter(unit.root, folder, unit.shard, len(rows), table.schema) as writer,
     ):
-        with fewer_collections(), asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        with fewer_collections(), freed_memory_kept(), asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
             progress = UnitProgress(f"shard {unit.segment}/{unit.shard:05d}", len(rows))  # lines in the run's log
             totals = runner.run(_download_rows(rows, settings, writer, workers, progress))
         marker = writer.close(
