@@ -15,9 +15,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from cah_resources.image_shards.held_setting import HeldSetting
 
 # mallopt's parameter numbers (glibc's malloc.h), and glibc's starting values for both thresholds.
 M_TRIM_THRESHOLD = -1
@@ -28,9 +28,6 @@ GLIBC_DEFAULT_THRESHOLD = 128 << 10
 # a process keeps at most that much more than it uses. 32 MiB is the most glibc's own adjustment reaches.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
-
-_lock = threading.Lock()
-_holders = 0
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -71,26 +68,21 @@ def _environment_thresholds() -> tuple[int, int]:
     return value("MALLOC_MMAP_THRESHOLD_"), value("MALLOC_TRIM_THRESHOLD_")
 
 
-@contextmanager
-def freed_memory_kept() -> Iterator[None]:
-    """Keep freed memory for reuse while any holder is inside; after the last, give it back and restore.
+def _keep_then_restore() -> Callable[[], None]:
+    keep_freed_memory()
 
-    For a process that outlives the block (a Dask worker running shard tasks): on the way out the
-    thresholds go back to what the environment set (Dask's trim threshold) or glibc's starting
-    values, and ``malloc_trim`` returns the free heap to the system. Shared by threads, as the
-    thresholds are process-wide.
-    """
-    global _holders
-    with _lock:
-        if _holders == 0:
-            keep_freed_memory()
-        _holders += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _holders -= 1
-            if _holders == 0 and _set_thresholds(*_environment_thresholds()):
-                libc = _libc()
-                if libc is not None:
-                    libc.malloc_trim(0)
+    def restore() -> None:
+        if _set_thresholds(*_environment_thresholds()):
+            libc = _libc()
+            if libc is not None:
+                libc.malloc_trim(0)
+
+    return restore
+
+
+# ``with freed_memory_kept():`` freed memory kept for reuse while any holder is inside; after the
+# last, given back. For a process that outlives the block (a Dask worker running shard tasks): on
+# the way out the thresholds go back to what the environment set (Dask's trim threshold) or
+# glibc's starting values, and ``malloc_trim`` returns the free heap to the system. Shared by
+# threads, as the thresholds are process-wide.
+freed_memory_kept = HeldSetting(_keep_then_restore).held

@@ -11,38 +11,26 @@ the same garbage for a third of the time; memory grows by the young objects alon
 from __future__ import annotations
 
 import gc
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from cah_resources.image_shards.held_setting import HeldSetting
 
 YOUNG_OBJECTS = 10_000
 
-_lock = threading.Lock()
-_holders = 0
-_saved: tuple[int, int, int] | None = None
 
+def _pace() -> Callable[[], None]:
+    """Collect the young generation every YOUNG_OBJECTS objects; returns what puts the pace back.
 
-@contextmanager
-def fewer_collections(young: int = YOUNG_OBJECTS) -> Iterator[None]:
-    """Collect the young generation every ``young`` objects while any holder is inside; then as before.
-
-    Process-wide, as the collector is: shard tasks running side by side in one worker's threads
-    share the pace, and the last one out restores the thresholds it found. A collector turned
-    off (threshold 0) or already slower is left as it is.
+    A collector turned off (threshold 0) or already slower is left as it is.
     """
-    global _holders, _saved
-    with _lock:
-        if _holders == 0:
-            _saved = gc.get_threshold()
-            first, *older = _saved
-            if 0 < first < young:
-                gc.set_threshold(young, *older)
-        _holders += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _holders -= 1
-            if _holders == 0 and _saved is not None:
-                gc.set_threshold(*_saved)
-                _saved = None
+    saved = gc.get_threshold()
+    first, *older = saved
+    if 0 < first < YOUNG_OBJECTS:
+        gc.set_threshold(YOUNG_OBJECTS, *older)
+    return lambda: gc.set_threshold(*saved)
+
+
+# ``with fewer_collections():`` the pace above while any holder is inside; then as before.
+# Process-wide, as the collector is: shard tasks side by side in one worker's threads share the
+# pace, and the last one out restores the thresholds the first one found.
+fewer_collections = HeldSetting(_pace).held
