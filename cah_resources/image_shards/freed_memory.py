@@ -13,6 +13,7 @@ that way, a fifth of their CPU, and the shard tasks spent 7% of theirs on it (be
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     """The process's own C library, where it is one whose ``mallopt`` takes these parameters (Linux)."""
     if not sys.platform.startswith("linux"):
@@ -72,10 +74,9 @@ def _keep_then_restore() -> Callable[[], None]:
     keep_freed_memory()
 
     def restore() -> None:
-        if _set_thresholds(*_environment_thresholds()):
-            libc = _libc()
-            if libc is not None:
-                libc.malloc_trim(0)
+        libc = _libc()
+        if libc is not None and _set_thresholds(*_environment_thresholds()):
+            libc.malloc_trim(0)
 
     return restore
 
