@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import linecache
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +40,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 # (step, substrings of a stack, any of which puts a sample there); checked in order, first match wins.
+# A stack is matched with the source line of its innermost frame when that frame is this project's:
+# C work called from our line (hashing, bytes.count) has no frame of its own.
 STEPS = [
     ("idle", ["(epoll", "(selectors.py", "wait (threading", "_watch_cpu_budget", "exit_with_parent", "get (queue.py"]),
     ("importing (start-up)", ["<frozen importlib"]),
@@ -45,11 +50,12 @@ STEPS = [
     ("resize, border, matte", ["_resize (", "resize (", "reduce (", "paste (", "new (PIL", "Image.new", "_matte_on"]),
     ("EXIF orientation", ["exif_transpose", "getexif"]),
     ("body hash", ["hexdigest", "sha256"]),
+    ("JPEG scan count, truncation check", ["_scan_refusal", "_missing_data_refusal"]),
+    ("image worker: other", ["process_image", "resizer.py", "_run_within_budget"]),
     (
         "pool hand-off (pickle, pipes, wake-ups)",
         ["run_in_executor", "_send_bytes", "_recv_bytes", "ForkingPickler", "futures/process.py", "queues.py"],
     ),
-    ("image worker: other", ["process_image", "resizer.py", "_process_worker"]),
     ("DNS", ["dns.py", "aiodns", "pycares", "address_policy", "_lookup (cah_resources"]),
     ("connect", ["_create_connection", "create_connection", "_connect_sock", "start_connection"]),
     ("opt-outs (robots.txt, tdmrep.json)", ["opt_outs.py", "robotparser", "fetch_site_file"]),
@@ -58,6 +64,12 @@ STEPS = [
     ("HTTP request/response (aiohttp)", ["aiohttp", "yarl", "multidict", "http_parser", "client_proto"]),
     ("bookkeeping (stage, downloader, asyncio)", ["stage.py", "downloader.py", "asyncio", "uvloop", "runners.py"]),
 ]
+
+
+def leaf_source(stack: str) -> str:
+    """The source line of a stack's innermost frame if it is in ``cah_resources``, else ''."""
+    found = re.search(r"\((cah_resources/[^:()]+):(\d+)\)$", stack.rpartition(";")[2])
+    return linecache.getline(str(HERE.parent / found[1]), int(found[2])).strip() if found else ""
 
 
 def breakdown(path: Path, cpu: dict | None) -> None:
@@ -70,6 +82,7 @@ def breakdown(path: Path, cpu: dict | None) -> None:
         if not n.isdigit() or "cah_resources.samples.local_" in stack or "watch (image_shards_profile" in stack:
             continue  # the fake web, its DNS server and this script's CPU watcher: not the shard task
         role = "image worker" if "spawn_main" in stack else "shard process"
+        stack += ";" + leaf_source(stack)
         step = next((name for name, keys in STEPS if any(k in stack for k in keys)), "other")
         counts[role][step] += int(n)
     measured = {"shard process": "shard_process_cpu_s", "image worker": "image_worker_cpu_s"}
@@ -165,17 +178,19 @@ def quality(baseline: Path) -> None:
 
 
 def run_as_a_dask_worker_does() -> None:
-    """Restart this process with the environment a Dask nanny gives its workers, unless it has it.
+    """Run this script again in a child with the environment a Dask nanny gives its workers, unless it has it.
 
     ``MALLOC_TRIM_THRESHOLD_`` among it changes how malloc serves large blocks in the shard's process
     and in the image workers, which inherit it: a profile without it missed a fifth of their CPU.
+    A child, not ``exec``: py-spy follows subprocesses, but loses a process that replaces itself.
     """
     import distributed  # noqa: F401  (loads the nanny's defaults into dask's config)
     from dask import config
 
     environ = {name: str(value) for name, value in config.get("distributed.nanny.pre-spawn-environ").items()}
     if any(os.environ.get(name) != value for name, value in environ.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **environ})
+        child = subprocess.run([sys.executable, *sys.argv], env={**os.environ, **environ}, check=False)
+        sys.exit(child.returncode)
 
 
 def main() -> None:
