@@ -667,9 +667,7 @@ REGIMES = {
         f"thumbnails, every URL on a hostname of its own behind a DNS server answering each lookup "
         f"after {DNS_LATENCY[0] * 1000:.0f}-{DNS_LATENCY[1] * 1000:.0f} ms"
     ),
-    "web-photos": (
-        "the real web's shape: hostnames as above, photos of 320x240 to 1200x800 (~95 KB JPEGs), opt-out checks on"
-    ),
+    "web-photos": "the real web's shape: hostnames as above, photos of 320x240 to 1200x800 (~95 KB JPEGs)",
 }
 # The pictures each regime serves (local_web's size sets).
 IMAGE_SIZES = {regime: regime for regime in REGIMES} | {"hostnames": "thumbnails"}
@@ -691,7 +689,8 @@ OPT_OUT_CHECKS = {"on": True}
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
     """Every contender on one fake web, interleaved round by round; the best round of each."""
-    print(f"\n== {regime}: {REGIMES[regime]}", flush=True)
+    checks = "on" if OPT_OUT_CHECKS["on"] else "off (--no-opt-outs)"
+    print(f"\n== {regime}: {REGIMES[regime]}; opt-out checks {checks}", flush=True)
     named = regime in NAMED
     web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, IMAGE_SIZES[regime], hostnames=named)
     try:
