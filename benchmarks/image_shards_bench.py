@@ -7,6 +7,7 @@
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images hostnames  # real-web DNS (needs root: see below)
     sudo .venv/bin/python benchmarks/image_shards_bench.py --opt-outs --urls 3000  # robots.txt/TDMRep on vs off
     sudo .venv/bin/python benchmarks/image_shards_bench.py --images web-photos --rounds 1  # the real web's shape
+    .venv/bin/python benchmarks/image_shards_bench.py --tails 3000  # shard tails handed off vs kept
 
 A fake web (cah_resources.samples.local_web in its own process: 64 loopback hosts, 20-300 ms latency
 per request, JPEG/PNG/WebP images and its whole fault mix: 404s, 500s, 429s, resets, hangs,
@@ -57,6 +58,11 @@ the peak RSS of the process tree (summed, so shared pages count more than once: 
 --s3: image_shards alone, its data root on a local folder and on an S3 peer (moto's server on
 loopback, started here, reached through s3fs with the standard AWS variables), interleaved round by
 round: the object store's rate as a fraction of the local folder's (target >= 0.9).
+
+--tails ROWS: image_shards alone on the web-photos regime in shards of ROWS rows, so each worker
+runs several in turn, with each shard's tail (its last URLs, waiting on hung and stalled hosts)
+handed to the worker's next shard and kept, interleaved round by round: images per wall second with
+start-up, CPU, peak RSS and statuses of both.
 
 --opt-outs: image_shards alone with every opt-out check on (robots.txt and tdmrep.json fetched per
 host, X-Robots-Tag and tdm-reservation headers) and off, interleaved round by round, on the hostnames
@@ -333,7 +339,8 @@ IMAGE_SHARDS = textwrap.dedent(
                             allowed_networks=("127.0.0.0/8",), nameservers=nameservers, honour_robots_txt=checks,
                             honour_tdmrep=checks, honour_robots_noai=checks),
         resize=ResizeSettings(resize_mode="border", image_size=size, max_aspect_ratio=10),
-        shard_size=math.ceil(len(urls) / workers),
+        shard_size=int(os.environ.get("BENCH_SHARD_ROWS", "0")) or math.ceil(len(urls) / workers),
+        overlap_tails=os.environ.get("BENCH_OVERLAP_TAILS", "1") == "1",
     )
     units = plan_shards(root, segment, settings.shard_size)
     compute = ComputeResource(n_workers=workers, processes=True, local_gpus=0)
@@ -594,9 +601,11 @@ def measure(
         ]
         out, peak, cpu, wall = run_measured(command, env)
         result = json.loads(out.strip().splitlines()[-1])
-    elif name in ("image_shards", "image_shards_s3", OPT_OUTS_OFF):
+    elif name in ("image_shards", "image_shards_s3", OPT_OUTS_OFF, TAILS_KEPT):
         data_root = str(work / "data")
         env["BENCH_OPT_OUTS"] = "0" if name == OPT_OUTS_OFF or not OPT_OUT_CHECKS["on"] else "1"
+        env["BENCH_SHARD_ROWS"] = str(SHARD_ROWS["rows"])
+        env["BENCH_OVERLAP_TAILS"] = "0" if name == TAILS_KEPT else "1"
         if name == "image_shards_s3":
             data_root, s3_env = s3_data_root(work.name)
             env.update(s3_env)
@@ -685,6 +694,9 @@ OPT_OUTS_OFF = "image_shards_no_opt_outs"  # --opt-outs: every opt-out check off
 # Set off by --no-opt-outs: every image_shards contender without robots.txt/TDMRep/X-Robots-Tag, e.g. to
 # measure what DNS alone costs (img2dataset honours none of them by default either).
 OPT_OUT_CHECKS = {"on": True}
+TAILS_KEPT = "image_shards_tails_kept"  # --tails: each shard keeps its Dask thread to its end, the reference
+# Set by --tails: image_shards' rows per shard (0: the URLs split in one shard per core).
+SHARD_ROWS = {"rows": 0}
 
 
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
@@ -893,6 +905,51 @@ def compare_opt_outs(regime: str, args: argparse.Namespace) -> None:
     )
 
 
+def compare_tails(args: argparse.Namespace) -> None:
+    """image_shards in shards of ``--tails`` rows, a shard's tail handed to the next shard or kept, interleaved."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    regime = "web-photos"
+    SHARD_ROWS["rows"] = args.tails
+    shards = math.ceil(args.urls / args.tails)
+    print(
+        f"\n== {regime}: {REGIMES[regime]}; {shards} shards of {args.tails} rows on {CORES} workers, "
+        f"each shard's tail handed to the next shard or kept",
+        flush=True,
+    )
+    web = FakeWeb(args.urls, args.hosts, tuple(args.latency), args.seed, IMAGE_SIZES[regime], hostnames=True)
+    best: dict[str, dict] = {}
+    try:
+        urls = [url for url, _, _ in web.urls]
+        with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+            for round_ in range(args.rounds):
+                for name in ("image_shards", TAILS_KEPT):
+                    result = measure(name, urls, Path(tmp) / f"{name}-{round_}", web=web)
+                    print(
+                        f"  round {round_ + 1} {name:24s} {result['images_per_wall_s']:7.1f} images/s with start-up "
+                        f"({result['ok']}/{result['count']} in {result['wall_s']:.1f} s; {result['images_per_s']:.1f} "
+                        f"images/s after start-up), {result['cpu_s']:.1f} CPU s, "
+                        f"peak {result['peak_rss'] / 2**20:.0f} MiB, the fake web {result['web_cpu_s']:.1f} CPU s",
+                        flush=True,
+                    )
+                    if name not in best or result["images_per_wall_s"] > best[name]["images_per_wall_s"]:
+                        best[name] = result
+    finally:
+        web.close()
+    handed, kept = best["image_shards"], best[TAILS_KEPT]
+    changed = {
+        s: (handed["statuses"].get(s, 0), kept["statuses"].get(s, 0))
+        for s in {*handed["statuses"], *kept["statuses"]}
+        if handed["statuses"].get(s, 0) != kept["statuses"].get(s, 0)
+    }
+    print(f"  statuses that differ (handed off, kept): {dict(sorted(changed.items()))}")
+    print(
+        f"\n{regime}, {shards} shards: tails handed off {handed['images_per_wall_s']:.1f} images/s with start-up, "
+        f"kept {kept['images_per_wall_s']:.1f}: handed / kept = "
+        f"{handed['images_per_wall_s'] / kept['images_per_wall_s']:.2f}; CPU s {handed['cpu_s']:.1f} / "
+        f"{kept['cpu_s']:.1f}; peak RSS {handed['peak_rss'] / 2**20:.0f} / {kept['peak_rss'] / 2**20:.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=12_000)
@@ -927,10 +984,21 @@ def main() -> None:
         action="store_true",
         help="every image_shards contender with the opt-out checks off (what DNS alone costs, like img2dataset)",
     )
+    parser.add_argument(
+        "--tails",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="image_shards only, web-photos: shards of ROWS rows (several per worker), each shard's tail "
+        "handed to the next shard vs kept",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds as Ctrl-C does, so the contender's tree and the fake web are stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     OPT_OUT_CHECKS["on"] = not args.no_opt_outs
+    if args.tails:
+        compare_tails(args)
+        return
     if args.opt_outs:
         for regime in ["hostnames"] if args.images == "all" else [args.images]:
             compare_opt_outs(regime, args)

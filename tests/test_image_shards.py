@@ -550,3 +550,28 @@ def test_when_every_download_waits_to_grow_the_first_grows_alone_past_the_backlo
         return seen
 
     assert asyncio.run(scenario()) == ["first grew", "second grew"]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_the_next_shard_starts_while_a_shard_waits_on_a_hanging_host_and_both_finish(web, tmp_path, overlap):
+    from cah_assets.resources import ComputeResource
+
+    root = DataRoot(str(tmp_path / "data"))
+    jpegs = [LocalUrl(web.url("jpeg", i), "jpeg", "ok") for i in range(15)]
+    # The hang must sort into the first shard (rows are sorted by uid): it holds that shard's tail.
+    for variant in range(50):
+        hang = LocalUrl(web.url("hang", variant), "hang", "timeout")
+        rows = write_candidates(root, SEGMENT, [*jpegs, hang])
+        if hang.url in {r["url"] for r in rows[:8]}:
+            break
+    fetch = replace(SETTINGS.fetch, concurrency=4, read_timeout=3)  # a hang is a 3 s wait with nothing to do
+    settings = replace(SETTINGS, shard_size=8, fetch=fetch, overlap_tails=overlap)
+    units = plan_shards(root, SEGMENT, settings.shard_size)
+    compute = ComputeResource(n_workers=1, threads_per_worker=1, processes=False, local_gpus=0)
+    first, second = (r.value for r in compute.run_units(download_shard, units, settings=settings))
+
+    assert first["end_time"] - first["start_time"] >= fetch.read_timeout
+    # With the tail handed off, the second shard runs inside the first one's wait; without, after it.
+    assert (second["start_time"] < first["end_time"] - 1) is overlap
+    assert first["status_counts"] == {"ok": 7, "timeout": 1} and second["status_counts"] == {"ok": 8}
+    assert [r["uid"] for r in all_rows(root, SEGMENT)] == [r["uid"] for r in rows]
