@@ -699,6 +699,22 @@ TAILS_KEPT = "image_shards_tails_kept"  # --tails: each shard keeps its Dask thr
 SHARD_ROWS = {"rows": 0}
 
 
+def keep_best(best: dict[str, dict], name: str, result: dict, figure: str = "images_per_s") -> None:
+    """Keep ``result`` as ``name``'s best round if its ``figure`` beats the one kept."""
+    if name not in best or result[figure] > best[name][figure]:
+        best[name] = result
+
+
+def status_differences(a: dict, b: dict) -> dict[str, tuple[int, int]]:
+    """The statuses whose counts differ between two results, with both counts."""
+    names = sorted({*a["statuses"], *b["statuses"]})
+    return {
+        s: (a["statuses"].get(s, 0), b["statuses"].get(s, 0))
+        for s in names
+        if a["statuses"].get(s, 0) != b["statuses"].get(s, 0)
+    }
+
+
 def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
     """Every contender on one fake web, interleaved round by round; the best round of each."""
     checks = "on" if OPT_OUT_CHECKS["on"] else "off (--no-opt-outs)"
@@ -744,8 +760,7 @@ def run_regime(regime: str, args: argparse.Namespace) -> dict[str, dict]:
                         flush=True,
                     )
                     print_cpu_split(result)
-                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
-                        best[name] = {**result, "threads": threads}
+                    keep_best(best, name, {**result, "threads": threads})
     finally:
         web.close()
     return best
@@ -843,8 +858,7 @@ def compare_s3_with_local(regime: str, args: argparse.Namespace) -> None:
                         flush=True,
                     )
                     print_cpu_split(result)
-                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
-                        best[name] = result
+                    keep_best(best, name, result)
     finally:
         web.close()
     ratio = best["image_shards_s3"]["images_per_s"] / best["image_shards"]["images_per_s"]
@@ -879,17 +893,11 @@ def compare_opt_outs(regime: str, args: argparse.Namespace) -> None:
                         flush=True,
                     )
                     print_cpu_split(result)
-                    if name not in best or result["images_per_s"] > best[name]["images_per_s"]:
-                        best[name] = result
+                    keep_best(best, name, result)
     finally:
         web.close()
     on, off = best["image_shards"], best[OPT_OUTS_OFF]
-    changed = {
-        s: (on["statuses"].get(s, 0), off["statuses"].get(s, 0))
-        for s in {*on["statuses"], *off["statuses"]}
-        if on["statuses"].get(s, 0) != off["statuses"].get(s, 0)
-    }
-    print(f"  statuses that differ (on, off): {dict(sorted(changed.items()))}")
+    print(f"  statuses that differ (on, off): {status_differences(on, off)}")
     print(
         f"\n{regime}: checks on {on['images_per_s']:.1f} images/s, off {off['images_per_s']:.1f} images/s: "
         f"on / off = {on['images_per_s'] / off['images_per_s']:.2f} (target >= 0.85); "
@@ -931,17 +939,11 @@ def compare_tails(args: argparse.Namespace) -> None:
                         f"peak {result['peak_rss'] / 2**20:.0f} MiB, the fake web {result['web_cpu_s']:.1f} CPU s",
                         flush=True,
                     )
-                    if name not in best or result["images_per_wall_s"] > best[name]["images_per_wall_s"]:
-                        best[name] = result
+                    keep_best(best, name, result, "images_per_wall_s")
     finally:
         web.close()
     handed, kept = best["image_shards"], best[TAILS_KEPT]
-    changed = {
-        s: (handed["statuses"].get(s, 0), kept["statuses"].get(s, 0))
-        for s in {*handed["statuses"], *kept["statuses"]}
-        if handed["statuses"].get(s, 0) != kept["statuses"].get(s, 0)
-    }
-    print(f"  statuses that differ (handed off, kept): {dict(sorted(changed.items()))}")
+    print(f"  statuses that differ (handed off, kept): {status_differences(handed, kept)}")
     print(
         f"\n{regime}, {shards} shards: tails handed off {handed['images_per_wall_s']:.1f} images/s with start-up, "
         f"kept {kept['images_per_wall_s']:.1f}: handed / kept = "
