@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cah_resources.image_shards.freed_memory import keep_freed_memory
+from cah_resources.freed_memory import keep_freed_memory
 from cah_resources.image_shards.image_pool import IMAGE_WORKER_NICENESS
 from cah_resources.image_shards.resizer import ResizeSettings, process_image
 from cah_resources.samples.local_web import WEB_MIX, WEB_PHOTO_SIZES, LocalImageWeb

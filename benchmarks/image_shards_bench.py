@@ -255,7 +255,7 @@ FLOOR = textwrap.dedent(
     from protego import Protego
     from yarl import URL
     from cah_resources.image_shards.resizer import ResizeSettings, process_image
-    from cah_resources.image_shards.freed_memory import keep_freed_memory
+    from cah_resources.freed_memory import keep_freed_memory
 
     urls = json.load(open(sys.argv[1]))
     concurrency, per_host, timeout, size, cores = (int(a) for a in sys.argv[2:7])

@@ -42,7 +42,7 @@ def test_a_shard_process_reuses_freed_buffers_while_shards_run_and_gives_them_ba
     out = run_python(
         f"""
         import threading
-        from cah_resources.image_shards.freed_memory import freed_memory_kept
+        from cah_resources.freed_memory import freed_memory_kept
         faults = lambda: {FAULTS_PER_BUFFER}
         first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
         seen = {{"before": faults()}}
@@ -73,3 +73,36 @@ def test_a_shard_process_reuses_freed_buffers_while_shards_run_and_gives_them_ba
     assert seen["before"] > 500
     assert seen["after the first left"] < 50
     assert seen["after both left"] > 500  # Dask's setting is back once no shard runs
+
+
+def test_clip_pairs_reuses_freed_buffers_while_it_scores_a_shard_and_gives_them_back_after(monkeypatch, tmp_path):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", DASK_MALLOC["MALLOC_TRIM_THRESHOLD_"])
+    out = run_python(
+        f"""
+        from cah_assets.resources import ClipScorer
+        from cah_resources.clip_pairs import stage
+        from cah_resources.samples.tiny_clip.shapes import ShardSample, sample_pairs, write_image_shard
+        from cah_resources.storage import DataRoot
+
+        faults = lambda: {FAULTS_PER_BUFFER}
+        seen = {{"before": faults()}}
+        root, segment = DataRoot({str(tmp_path / "data")!r}), "CC-MAIN-2024-10_00007"
+        pairs = sample_pairs(8, seed=0, size=256)
+        write_image_shard(root, segment, 0, [ShardSample(caption, jpeg, "en", "en") for _, _, caption, jpeg in pairs])
+        read_images = stage.iter_tar_images
+
+        def observed(*args, **kwargs):  # the scorer reads the shard's images: it is scoring now
+            seen["while scoring"] = faults()
+            yield from read_images(*args, **kwargs)
+
+        stage.iter_tar_images = observed
+        summary = stage.score_image_shard(stage.ClipPairsUnit(root, segment, 0), ClipScorer.tiny().settings())
+        seen["after"] = faults()
+        print({{**seen, "pairs": summary["pairs"]}})
+        """
+    )
+    seen = eval(out)
+    assert seen["pairs"] == 8
+    assert seen["before"] > 500
+    assert seen["while scoring"] < 50
+    assert seen["after"] > 500  # Dask's setting is back once no shard is scored

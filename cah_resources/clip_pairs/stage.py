@@ -75,6 +75,7 @@ from cah_resources.contract import (
 from cah_resources.crawl.dataset_files import options_for
 from cah_resources.crawl.segments import webdataset_tars
 from cah_resources.errors import one_line
+from cah_resources.freed_memory import freed_memory_kept
 from cah_resources.redaction import redact_text, redact_url
 from cah_resources.storage import DataRoot
 
@@ -682,10 +683,11 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
         return root.read_json(unit.marker)
     started = time.perf_counter()
     damage: Counter[str] = Counter()
-    if unit.webdataset:
-        table, scorer = _score_webdataset(unit, settings, damage)
-    else:
-        table, scorer = _score_own_shard(unit, settings)
+    with freed_memory_kept():  # each decode's pixels, resized copy and tensor (~200 KB each) reused
+        if unit.webdataset:
+            table, scorer = _score_webdataset(unit, settings, damage)
+        else:
+            table, scorer = _score_own_shard(unit, settings)
     root.write_parquet(unit.table, table)
     root.write_parquet(kept_path(root, unit.segment, unit.shard), table.filter(table.column("kept")))
     if settings.write_embeddings and scorer is not None:

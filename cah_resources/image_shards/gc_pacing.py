@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from cah_resources.image_shards.held_setting import HeldSetting
+from cah_resources.held_setting import HeldSetting
 
 YOUNG_OBJECTS = 10_000
 

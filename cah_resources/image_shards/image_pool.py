@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from cah_resources.fleet.lifetime import exit_with_parent
-from cah_resources.image_shards.freed_memory import keep_freed_memory
+from cah_resources.freed_memory import keep_freed_memory
 from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, process_image
 from cah_resources.vocabulary import DownloadStatus
 

@@ -24,9 +24,9 @@ from cah_resources.contract import (
 )
 from cah_resources.fleet.unit_progress import UnitProgress
 from cah_resources.fleet.worker_slot import WorkerSlot
+from cah_resources.freed_memory import freed_memory_kept
 from cah_resources.image_shards.body_reader import body_budget
 from cah_resources.image_shards.downloader import Downloader, Fetched, FetchSettings
-from cah_resources.image_shards.freed_memory import freed_memory_kept
 from cah_resources.image_shards.gc_pacing import fewer_collections
 from cah_resources.image_shards.image_pool import ImageWorkers
 from cah_resources.image_shards.resizer import ImageOutcome, ResizeSettings, check_body_size

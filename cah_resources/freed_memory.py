@@ -7,7 +7,8 @@ and unmaps it on free, and trims the heap's top past its trim threshold, so the 
 those pages in again. glibc raises the mmap threshold by itself as large blocks are freed, but not
 once either threshold is set: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers,
 and the processes they spawn inherit it. Image workers under Dask faulted ~100 pages per image
-that way, a fifth of their CPU, and the shard tasks spent 7% of theirs on it (benchmarks/README.md).
+that way, a fifth of their CPU, and the shard tasks spent 7% of theirs on it; clip_pairs' decode
+threads faulted ~350 pages per image and spent a third of their CPU on it (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from cah_resources.image_shards.held_setting import HeldSetting
+from cah_resources.held_setting import HeldSetting
 
 # mallopt's parameter numbers (glibc's malloc.h), and glibc's starting values for both thresholds.
 M_TRIM_THRESHOLD = -1
