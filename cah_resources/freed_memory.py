@@ -8,7 +8,8 @@ those pages in again. glibc raises the mmap threshold by itself as large blocks 
 once either threshold is set: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers,
 and the processes they spawn inherit it. Image workers under Dask faulted ~100 pages per image
 that way, a fifth of their CPU, and the shard tasks spent 7% of theirs on it; clip_pairs' decode
-threads faulted ~350 pages per image and spent a third of their CPU on it (benchmarks/README.md).
+threads faulted ~350 pages per image, a third of their CPU, and page_scores' model 7% of its CPU
+on it (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from cah_resources.contract import (
 )
 from cah_resources.crawl.dataset_files import options_for
 from cah_resources.crawl.segments import CrawlRegistration, registration_for_key
+from cah_resources.freed_memory import freed_memory_kept
 from cah_resources.page_scores.settings import ClassifierSettings
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
@@ -220,7 +221,8 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
         score_rule=settings.score_rule if not settings.label else f"{settings.score_rule}:{settings.label}",
         threshold=settings.threshold,
     )
-    with fs.open(path, "rb") as handle:
+    # Token arrays and activations under 32 MiB are made and freed per batch: reused, not faulted in again.
+    with freed_memory_kept(), fs.open(path, "rb") as handle:
         source = pq.ParquetFile(handle)
         if unit.text_column not in source.schema_arrow.names:
             raise ValueError(
