@@ -564,6 +564,8 @@ def test_the_next_shard_starts_while_a_shard_waits_on_a_hanging_host_and_both_fi
         rows = write_candidates(root, SEGMENT, [*jpegs, hang])
         if hang.url in {r["url"] for r in rows[:8]}:
             break
+    else:
+        pytest.fail("no hanging URL sorted into the first shard")
     fetch = replace(SETTINGS.fetch, concurrency=4, read_timeout=3)  # a hang is a 3 s wait with nothing to do
     settings = replace(SETTINGS, shard_size=8, fetch=fetch, overlap_tails=overlap)
     units = plan_shards(root, SEGMENT, settings.shard_size)
