@@ -180,6 +180,7 @@ def test_a_killed_run_leaves_no_local_worker_processes_behind(tmp_path):
     # Dask's parent-alive pipe open, so only watching the parent process itself ends the workers.
     code = (
         "import os, sys, time\n"
+        "from pathlib import Path\n"
         "from cah_assets.resources import ComputeResource\n"
         "with ComputeResource(n_workers=2, local_gpus=0).client() as client:\n"
         "    pids = list(client.run(os.getpid).values())\n"
@@ -187,7 +188,9 @@ def test_a_killed_run_leaves_no_local_worker_processes_behind(tmp_path):
         "    if child == 0:\n"
         "        time.sleep(120)\n"
         "        os._exit(0)\n"
-        f"    open({str(tmp_path / 'pids')!r}, 'w').write(' '.join(map(str, [child, *pids])))\n"
+        # Written whole, then renamed: the test polls for the name and must not read a half-written file.
+        f"    Path({str(tmp_path / 'pids.part')!r}).write_text(' '.join(map(str, [child, *pids])))\n"
+        f"    os.replace({str(tmp_path / 'pids.part')!r}, {str(tmp_path / 'pids')!r})\n"
         "    time.sleep(600)\n"
     )
     run = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
