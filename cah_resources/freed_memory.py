@@ -88,4 +88,5 @@ def _keep_then_restore() -> Callable[[], None]:
 # the way out the thresholds go back to what the environment set (Dask's trim threshold) or
 # glibc's starting values, and ``malloc_trim`` returns the free heap to the system. Shared by
 # threads, as the thresholds are process-wide.
-freed_memory_kept = HeldSetting(_keep_then_restore).held
+freed_memory_setting = HeldSetting(_keep_then_restore)
+freed_memory_kept = freed_memory_setting.held

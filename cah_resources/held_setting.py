@@ -20,6 +20,11 @@ class HeldSetting:
         self._holders = 0
         self._undo: Callable[[], None] | None = None
 
+    @property
+    def holders(self) -> int:
+        """How many are inside now: 0 once every holder has left (and the setting is undone)."""
+        return self._holders
+
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._lock:
