@@ -107,6 +107,14 @@ print({{**seen, "summary": summary}})
     return eval(run_python(script))
 
 
+def assert_freed_memory_kept_while_scoring(seen: dict) -> None:
+    """Dask's setting before; freed buffers reused while the stage scores (it holds the setting); given back after."""
+    assert seen["before"] > 500
+    assert seen["while scoring"] < 50
+    assert seen["holders while scoring"] == 1
+    assert seen["holders after"] == 0
+
+
 def test_clip_pairs_reuses_freed_buffers_while_it_scores_a_shard_and_gives_them_back_after(monkeypatch, tmp_path):
     setup = f"""
 from cah_assets.resources import ClipScorer
@@ -121,10 +129,7 @@ write_image_shard(root, segment, 0, [ShardSample(caption, jpeg, "en", "en") for 
     # The scorer reads the shard's images from the tar as it scores them.
     seen = faults_around_scoring(monkeypatch, setup, "cah_resources.clip_pairs.stage", "iter_tar_images", call)
     assert seen["summary"] == 8
-    assert seen["before"] > 500
-    assert seen["while scoring"] < 50
-    assert seen["holders while scoring"] == 1
-    assert seen["holders after"] == 0  # given back once no shard is scored
+    assert_freed_memory_kept_while_scoring(seen)
 
 
 def test_page_scores_reuses_freed_buffers_while_it_scores_a_file(monkeypatch, tmp_path):
@@ -140,7 +145,4 @@ unit = PageScoresUnit(DataRoot({str(tmp_path / "data")!r}), "pages-test_00000", 
     call = 'score_page_file(unit, ClassifierSettings(model=str(TINY_TEXT_CLASSIFIER), device="cpu"))["pages"]'
     seen = faults_around_scoring(monkeypatch, setup, "cah_resources.page_scores.classifier", "score_window", call)
     assert seen["summary"] == 40
-    assert seen["before"] > 500
-    assert seen["while scoring"] < 50
-    assert seen["holders while scoring"] == 1
-    assert seen["holders after"] == 0  # given back once the file is scored
+    assert_freed_memory_kept_while_scoring(seen)
