@@ -63,7 +63,8 @@ def _known_crawls(source_base: str, crawl_list: str) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cah() -> None:
-    """Crawling@Home on Dagster: Common Crawl's WAT files -> a LAION-style image-text dataset.
+    """Crawling@Home on Dagster: Common Crawl's WAT or WARC files -> a LAION-style image-text dataset;
+    page text (WARC pages, any Parquet dataset) -> classifier scores; any webdataset -> CLIP scores.
 
     Start with `cah demo`, then `cah dev` to see and re-run it in Dagster's UI.
     """

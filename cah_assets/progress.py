@@ -48,19 +48,41 @@ SUMMARY = {
     RELEASE: ((("pairs", "pairs"),), "", ""),
 }
 
+# A WARC segment's candidates come from HTML pages, not WAT metadata records: where a line's count is 0 and
+# its stand-in is not, the line shows the stand-in, and the rate (counted from the same) in its unit.
+STAND_INS = {"metadata_records": ("html_pages", "HTML pages", "pages/s")}
+
+# The bar a stage keeps by, added to its line's last count: "0 kept" reads as a verdict, not a fault.
+KEPT_BY = {PAGE_SCORES: ("threshold", "score >= {:g}")}
+
 
 # The log line a stage step writes with its counts: `cah dev`'s terminal shows these beside warnings and errors.
 SUMMARY_MARK = "summary: "
+
+
+def meta_value(meta: Mapping[str, Any], key: str) -> Any:
+    """A metadata entry's plain value (entries are values or Dagster's metadata values); None if absent."""
+    return getattr(meta[key], "value", meta[key]) if key in meta else None
 
 
 def summary_line(stage: str, meta: Mapping[str, Any]) -> str:
     """A stage's counts, rate and seconds from its materialization's metadata (values or Dagster's metadata values)."""
 
     def value(key: str) -> Any:
-        return getattr(meta[key], "value", meta[key])
+        return meta_value(meta, key)
 
     counts, rate_key, unit = SUMMARY.get(stage, ((), "", ""))
-    shown = [f"{value(k):,} {label}" for k, label in counts if k in meta]
+    shown = []
+    for counted, counted_as in counts:
+        key, label = counted, counted_as
+        stand_in = STAND_INS.get(counted)
+        if stand_in is not None and not meta_value(meta, counted) and meta_value(meta, stand_in[0]):
+            key, label, unit = stand_in
+        if key in meta:
+            shown.append(f"{value(key):,} {label}")
+    kept_by = KEPT_BY.get(stage)
+    if shown and kept_by is not None and meta_value(meta, kept_by[0]) is not None:
+        shown[-1] += f" ({kept_by[1].format(value(kept_by[0]))})"
     if rate_key in meta:
         shown.append(f"{value(rate_key):,.0f} {unit}")
     if "seconds" in meta:

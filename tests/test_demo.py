@@ -113,6 +113,14 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
     for key in demo.warc_keys:
         (line,) = [line for line in lines if line.startswith(f"3/4 {key} {PAGE_SCORES} ")]
         assert "pages/s" in line and "passed" in line
+    for line in dataset_lines:  # the bar pages are kept by: "0 kept" reads as a verdict, not a fault
+        assert " kept (score >= 3), " in line, line
+        # A WARC segment's candidates come from its HTML pages (it has no WAT records): the line says so.
+        (pages_line,) = [line for line in lines if line.startswith(f"3/4 {key} {PAGES} ")]
+        read = pages_line.removeprefix(f"3/4 {key} {PAGES}").split(",")[0].strip()
+        assert read.endswith(" HTML pages") and not read.startswith("0 "), pages_line
+        (candidates_line,) = [line for line in lines if line.startswith(f"3/4 {key} {STAGES[0]} ")]
+        assert f" {read}, " in candidates_line and "pages/s" in candidates_line, candidates_line
     # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line and a page_scores line too
     expected = 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
     # A failure names the lines nobody expected (a flaky CI run once printed 95 more, unseen).
