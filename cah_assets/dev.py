@@ -1,8 +1,10 @@
 """`cah dev`'s terminal: Dagster's UI and daemon started quietly, and their output kept to what a person acts on."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - \S+ - (?P<
 PROBLEM = re.compile(r"^\S.*?(Warning|Error|Exception)\b")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 UP_POLL_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # how a process manager, `timeout` or a closed terminal stop us
 UP_WAIT_S = 600.0
 
 
@@ -59,9 +62,19 @@ def quiet_lines(lines: Iterable[str]) -> Iterator[str]:
 
 
 def run_quietly(command: list[str], echo: Callable[[str], None]) -> int:
-    """Run ``command``, echoing its ``quiet_lines``; its exit status (0 on Ctrl-C)."""
+    """Run ``command``, echoing its ``quiet_lines``; its exit status (0 on Ctrl-C).
+
+    SIGTERM or SIGHUP sent to this process alone (``kill``, ``timeout``, a process manager) is passed on
+    as SIGTERM, on which dagster dev stops its webserver, daemon and code server; left to Python's
+    default, this process would die and leave them running, holding the UI's port.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background by a script (`cah dev &`): dagster dev would inherit the ignored SIGINT, and
+        # it handles SIGTERM as it handles SIGINT, so it would ignore the SIGTERM passed on to it as well.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    with process, stops_passed_on(process):
         try:
             assert process.stdout is not None
             for line in quiet_lines(process.stdout):
@@ -70,6 +83,25 @@ def run_quietly(command: list[str], echo: Callable[[str], None]) -> int:
         except KeyboardInterrupt:  # the terminal sent it to dagster dev too: let it shut its services down
             process.wait()
             return 0
+
+
+@contextlib.contextmanager
+def stops_passed_on(process: subprocess.Popen) -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP to this process become SIGTERM to ``process`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def pass_on(signum: int, frame: object) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:

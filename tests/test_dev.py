@@ -1,6 +1,22 @@
 """`cah dev`'s terminal: warnings, errors and stage summaries, one line each; Dagster's chatter left in the UI."""
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
 from cah_assets.dev import quiet_lines
+from cah_resources.samples.cluster_peers import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UI_START_S = 240  # the webserver answering on a slow 2-core machine: ~26 s seen
+STOP_S = 60
 
 RUN = "2026-12-06 18:05:36 +0000 - dagster - {level} - pipeline - 987c0a82-012b-42d7-b691-c6d56d3d3894 - {text}\n"
 
@@ -45,3 +61,44 @@ def test_warnings_that_this_set_up_expects_are_not_shown_and_others_are():
         "  warnings.warn(\n",
     ]
     assert list(quiet_lines(lines)) == ["/x/distributed/node.py:195: UserWarning: Port 8787 is already in use."]
+
+
+def test_cah_dev_stopped_by_sigterm_stops_dagsters_webserver_daemon_and_code_server(tmp_path):
+    """`kill`, `timeout` or a process manager stop `cah dev` alone: nothing of Dagster's may outlive it.
+
+    Started as a script's `cah dev &` is, with SIGINT ignored, which dagster dev would inherit and then apply
+    to SIGTERM too; the plain case takes the same path, less that step."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(os.path.join(REPO, "dagster.yaml"), home)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAH_")}
+    env.update(DAGSTER_HOME=str(home), CAH_DATA_ROOT=str(tmp_path / "data"))
+    cah = os.path.join(os.path.dirname(sys.executable), "cah")
+    with open(tmp_path / "cah_dev.log", "wb") as log:
+        process = subprocess.Popen(
+            [cah, "dev", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cah dev &` in a script
+        )
+        try:
+            deadline = time.monotonic() + UI_START_S
+            while "the UI is up" not in (tmp_path / "cah_dev.log").read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, (tmp_path / "cah_dev.log").read_text()
+                time.sleep(0.5)
+            dagster = psutil.Process(process.pid).children(recursive=True)
+            commands = [" ".join(p.cmdline()) for p in dagster]
+            assert any("dagster_webserver" in c for c in commands), commands
+            process.send_signal(signal.SIGTERM)  # to `cah dev` only, not its process group
+            process.wait(timeout=STOP_S)
+            _, alive = psutil.wait_procs(dagster, timeout=STOP_S)
+            assert not alive, [p.cmdline() for p in alive]
+            with socket.create_server(("127.0.0.1", port)):  # the UI's port is free again
+                pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
