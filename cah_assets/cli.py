@@ -134,12 +134,14 @@ def dev(port: int) -> None:
     import contextlib
 
     from cah_assets.deployment import instance_home, read_deployment
-    from cah_assets.dev import dagster_dev_command, run_quietly, wait_until_serving
+    from cah_assets.dev import dagster_dev_command, port_taken, run_quietly, wait_until_serving
 
     try:
         home = instance_home()
     except LookupError as error:
         raise UserError(str(error)) from None
+    if port_taken(port):  # the webserver would log it among Dagster's chatter and the UI would never come up
+        raise UserError(f"port {port} on 127.0.0.1 is taken (another cah dev or dagster dev?): stop it, or use --port")
     deployment = read_deployment(home)
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as serving:

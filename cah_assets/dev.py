@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,8 +31,9 @@ SUPERSEDED = "ignore:Function `dev_command` is superseded"
 # is shown when it is a warning or an error, or a stage's summary, and only its first line.
 SHOWN_LEVELS = ("WARNING", "ERROR", "CRITICAL")
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - \S+ - (?P<level>[A-Z]+) - ")
-# A line outside any record that names a warning or an error (Python's own warnings, an uncaught exception).
-PROBLEM = re.compile(r"^\S.*?(Warning|Error|Exception)\b")
+# A line outside any record that names a warning or an error (Python's own warnings, an uncaught exception,
+# the webserver's uvicorn logging `ERROR:    [Errno 98] error while attempting to bind ...`).
+PROBLEM = re.compile(r"^\S.*?(Warning|Error|Exception)\b|^(ERROR|CRITICAL):\s")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 UP_POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # how a process manager, `timeout` or a closed terminal stop us
@@ -102,6 +104,17 @@ def stops_passed_on(process: subprocess.Popen) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def port_taken(port: int) -> bool:
+    """Whether the webserver could not listen on 127.0.0.1:``port`` now (it sets SO_REUSEADDR too)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:

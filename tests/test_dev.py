@@ -63,6 +63,12 @@ def test_warnings_that_this_set_up_expects_are_not_shown_and_others_are():
     assert list(quiet_lines(lines)) == ["/x/distributed/node.py:195: UserWarning: Port 8787 is already in use."]
 
 
+def test_the_webservers_own_error_lines_are_shown():
+    bind = "ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', 3000): address already in use"
+    lines = ["INFO:     Started server process [4242]\n", f"{bind}\n", "INFO:     Waiting for application startup.\n"]
+    assert list(quiet_lines(lines)) == [bind]
+
+
 def test_cah_dev_stopped_by_sigterm_stops_dagsters_webserver_daemon_and_code_server(tmp_path):
     """`kill`, `timeout` or a process manager stop `cah dev` alone: nothing of Dagster's may outlive it.
 
@@ -102,3 +108,16 @@ def test_cah_dev_stopped_by_sigterm_stops_dagsters_webserver_daemon_and_code_ser
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_cah_dev_on_a_taken_port_says_so_in_one_line_at_once(tmp_path, capsys, monkeypatch):
+    """The webserver would log the bind error among Dagster's lines, and the UI would never come up."""
+    from cah_assets import cli
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = cli.main(["dev", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"cah dev: port {port} on 127.0.0.1 is taken") and "--port" in err
