@@ -30,6 +30,12 @@ class UserError(click.ClickException):
         click.echo(f"{self.command}: {self.message}", err=True)
 
 
+class Stopped(UserError):
+    """A run stopped on request (Ctrl-C, SIGTERM): the command stops too, with a shell's status for it."""
+
+    exit_code = 130
+
+
 def _instance():
     """The instance of $DAGSTER_HOME and the code location's definitions for its deployment."""
     from cah_assets.deployment import instance_home, read_deployment
@@ -359,6 +365,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     from cah_assets.definitions import PIPELINE_JOB, stage_job_name
     from cah_assets.launch import run_job
     from cah_assets.partitions import segments as segment_partitions
+    from cah_assets.policies import STOPPED, was_stopped
     from cah_assets.progress import QUIET_RUN_CONFIG, run_summary, stage_progress
 
     instance, defs = _instance()
@@ -381,6 +388,8 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
                 for line in run_summary(result, stages_of_job):
                     click.echo(f"{key} {line}")
                 advance()
+                if not result.success and was_stopped(result):
+                    raise Stopped(f"stopped in {key} (run {result.run_id[:8]}); {STOPPED.split(': ', 1)[1]}")
                 if not result.success:
                     failed.append(f"{key} (run {result.run_id[:8]})")
                     break

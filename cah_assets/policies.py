@@ -37,6 +37,35 @@ def permanent_errors() -> Iterator[None]:
         raise dg.Failure(str(message), allow_retries=False) from None
 
 
+# A run stopped on purpose fails its step with this, never retried (the units it finished are kept).
+STOPPED = "stopped on request (Ctrl-C, SIGTERM or Terminate): finished units are kept; run it again to go on"
+
+
+@contextlib.contextmanager
+def stops_are_final() -> Iterator[None]:
+    """Make a stop (Ctrl-C, SIGTERM, the UI's Terminate) fail the step for good.
+
+    Dagster hands an interrupted step to its RetryPolicy, and a run whose steps run in its own process
+    (the default here) then sleeps out the delay and goes on: the stop would cost a retry, not stop it.
+    """
+    try:
+        yield
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        raise dg.Failure(STOPPED, allow_retries=False) from None
+
+
+def was_stopped(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> bool:
+    """Whether a run failed because it was stopped on request, in a step or between steps."""
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            failure = event.step_failure_data
+            described = failure.user_failure_data.description if failure.user_failure_data else None
+            interrupted = failure.error is not None and failure.error.cls_name == "DagsterExecutionInterruptedError"
+            if described == STOPPED or interrupted:
+                return True
+    return False
+
+
 def segment_step(**kwargs) -> Callable[..., dg.AssetsDefinition]:
     """``dg.multi_asset`` of a stage: partitioned by segment, a range backfill split into runs of SEGMENTS_PER_RUN."""
     with warnings.catch_warnings():

@@ -2,8 +2,11 @@
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import dagster as dg
 import pytest
@@ -222,3 +225,68 @@ def test_every_demo_and_cah_materialize_run_is_a_run_of_the_code_location_the_ui
     assert {"pipeline", "page_scores_job", "dataset"} <= {run.job_name for run in runs}
     origins = {(r.remote_job_origin.location_name, r.remote_job_origin.job_name == r.job_name) for r in runs}
     assert origins == {("cah", True)}  # workspace.yaml's location: "Re-execute" finds the job there
+
+
+STOP_DRIVER = """
+import os, sys
+from cah_assets import cli
+from cah_assets.demo import serve_demo
+from cah_assets.deployment import read_deployment
+if __name__ == "__main__":  # the run's Dask workers are spawned: they import this file as well
+    with serve_demo(read_deployment(os.environ["DAGSTER_HOME"])):
+        sys.exit(cli.main(["materialize", sys.argv[1], "--stage", "image_shards"]))
+"""
+STOP_WAIT_S = 240  # the run's start, and its stop, on a slow 2-core machine (~10 s each seen)
+
+
+def _images(instance: dg.DagsterInstance, key: str) -> int:
+    """The images of the segment's latest image_shards materialization."""
+    filter_ = dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_shards"), asset_partitions=[key])
+    (record,) = instance.fetch_materializations(filter_, limit=1).records
+    return record.asset_materialization.metadata[SUCCESSES].value
+
+
+def _started_step(instance: dg.DagsterInstance, after: set[str], step: str) -> str | None:
+    """The id of a run not in ``after`` that has started ``step``, if any."""
+    for run in instance.get_runs(limit=5):
+        if run.run_id not in after:
+            starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+            if any(event.step_key == step for event in starts):
+                return run.run_id
+    return None
+
+
+def test_cah_materialize_stopped_mid_stage_stops_at_once_and_a_second_run_goes_on(demo, tmp_path):
+    """SIGTERM (or Ctrl-C) mid-step: no retry after the policy's delay, one line, status 130; then it resumes."""
+    key = demo.segment_keys[-1]
+    images = {"before": _images(demo.instance, key)}
+    demo.root.remove(demo.root.path("image_shards", key))
+    driver = tmp_path / "drive.py"
+    driver.write_text(STOP_DRIVER)
+    env = {**os.environ, "DAGSTER_HOME": demo.instance.root_directory}
+    runs = {run.run_id for run in demo.instance.get_runs()}
+    process = subprocess.Popen(
+        [sys.executable, str(driver), key], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + STOP_WAIT_S
+        while (run_id := _started_step(demo.instance, runs, "image_shards")) is None:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=STOP_WAIT_S)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (out, err)
+    # Dagster's console logger shows the step's failure above it; the command's own last word is one line.
+    assert err.strip().splitlines()[-1] == (
+        f"cah materialize: stopped in {key} (run {run_id[:8]}); finished units are kept; run it again to go on"
+    )
+    events = [e.dagster_event.event_type for e in demo.instance.all_logs(run_id) if e.dagster_event]
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
+    assert demo.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+    process = subprocess.run([sys.executable, str(driver), key], env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    images["after"] = _images(demo.instance, key)
+    assert images["after"] == images["before"] > 0, images  # the same images as the demo's own run

@@ -1,15 +1,21 @@
 """The stage runner: one pass may materialize two assets; a range records each segment; finished units wait."""
 
 import dataclasses
+import os
+import signal
+import threading
+import time
 
 import dagster as dg
 
 from cah_assets.partitions import segments
+from cah_assets.policies import STOPPED, was_stopped
 from cah_assets.resources import StorageResource
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 
 KEYS = ["CC-MAIN-TOY_00000", "CC-MAIN-TOY_00001"]
 DONE = "words/CC-MAIN-TOY_00000-1"  # a unit an earlier run finished
+STOP_WAIT_S = 60  # the longest a stopped unit waits to be released
 
 
 def words(run: StageRun, key: str) -> list[str]:
@@ -89,3 +95,50 @@ def test_a_redo_run_takes_finished_units_too(tmp_path, local_compute):
 def test_a_gpu_stage_takes_a_slot_of_the_gpu_pool():
     gpu = stage_asset(dataclasses.replace(TOY, name="toy_gpu", gpu=True))
     assert gpu.op.pool == "gpu" and toy.op.pool is None
+
+
+STARTED, RELEASE = threading.Event(), threading.Event()
+
+
+def wait_for_release(unit: str) -> dict:
+    STARTED.set()
+    RELEASE.wait(STOP_WAIT_S)
+    return {"unit": unit, "letters": 0}
+
+
+def test_a_stopped_step_fails_for_good_instead_of_meeting_its_retry_policy(tmp_path, local_compute):
+    """Ctrl-C, SIGTERM or the UI's Terminate interrupt the run's process: the step must not retry and go on."""
+    waiting = stage_asset(
+        dataclasses.replace(
+            TOY, name="toy_waiting", work=wait_for_release, is_done=None, retry_policy=dg.RetryPolicy(max_retries=2)
+        )
+    )
+    STARTED.clear(), RELEASE.clear()
+
+    def stop_once_started() -> None:
+        if STARTED.wait(STOP_WAIT_S):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C, or Dagster's termination thread, would
+            time.sleep(1)  # the main thread takes it first; then the unit may end (a retry would start another)
+            RELEASE.set()
+
+    stopper = threading.Thread(target=stop_once_started, daemon=True)
+    stopper.start()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(segments.name, KEYS)
+    try:
+        result = dg.materialize(
+            [waiting],
+            instance=instance,
+            resources={"compute": local_compute, "storage": StorageResource(root=str(tmp_path / "data"))},
+            partition_key=KEYS[0],
+            raise_on_error=False,
+        )
+    finally:
+        RELEASE.set()
+        stopper.join(timeout=5)
+    types = [e.event_type for e in result.all_events]
+    assert not result.success
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in types and dg.DagsterEventType.STEP_RESTARTED not in types
+    (failure,) = [e.step_failure_data for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failure.user_failure_data.description == STOPPED
+    assert was_stopped(result)

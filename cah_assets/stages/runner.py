@@ -9,7 +9,7 @@ import dagster as dg
 import dask
 
 from cah_assets.partitions import segments
-from cah_assets.policies import GPU_POOL, permanent_errors, segment_step
+from cah_assets.policies import GPU_POOL, permanent_errors, segment_step, stops_are_final
 from cah_assets.progress import SUMMARY_MARK, summary_line
 from cah_resources.storage import DataRoot
 
@@ -160,13 +160,14 @@ def stage_asset(stage: Stage) -> dg.AssetsDefinition:
     )
     def _step(context: dg.AssetExecutionContext, config: StageConfig):
         resources = context.resources
-        run = StageRun(
-            root=resources.storage.data_root(),
-            keys=list(context.partition_keys),
-            resources=resources,
-            settings=None if stage.settings is None else stage.settings(resources),
-            redo=config.redo,
-        )
-        yield from report(context, stage, run_stage(stage, run, context.log.info))
+        with stops_are_final():
+            run = StageRun(
+                root=resources.storage.data_root(),
+                keys=list(context.partition_keys),
+                resources=resources,
+                settings=None if stage.settings is None else stage.settings(resources),
+                redo=config.redo,
+            )
+            yield from report(context, stage, run_stage(stage, run, context.log.info))
 
     return _step
