@@ -50,7 +50,7 @@ SUMMARY = {
 
 # A WARC segment's candidates come from HTML pages, not WAT metadata records: where a line's count is 0 and
 # its stand-in is not, the line shows the stand-in, and the rate (counted from the same) in its unit.
-STAND_INS = {"metadata_records": ("html_pages", "HTML pages", "pages/s")}
+STAND_INS = {CandidatesStats.HEADLINE[0]: (PagesStats.HEADLINE[0], "HTML pages", "pages/s")}
 
 # The bar a stage keeps by, added to its line's last count: "0 kept" reads as a verdict, not a fault.
 KEPT_BY = {PAGE_SCORES: ("threshold", "score >= {:g}")}
