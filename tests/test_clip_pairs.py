@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from stops import files_under, stopped_on_open
 
 from cah_assets.resources import ClipScorer
 from cah_resources.clip_pairs.stage import (
@@ -192,6 +194,28 @@ def test_a_finished_shard_is_never_redone(root):
 
     assert again == first and root.read_bytes(parquet) == before
     assert pending_units(root, SEGMENT) == []
+
+
+def test_a_redo_keeps_the_scored_shard_and_its_marker_until_new_outputs_replace_them(root):
+    """A redo run stopped part way (Ctrl-C, Terminate) must not leave a scored shard unmarked."""
+    samples, _ = shape_samples(8, seed=9)
+    write_image_shard(root, SEGMENT, 0, samples)
+    unit = ClipPairsUnit(root, SEGMENT, 0)
+    first = score_image_shard(unit, settings())
+    scores = read(root, "00000.parquet").column("similarity")
+    folder = root.path("clip_pairs", SEGMENT)
+    before = files_under(folder)
+
+    with stopped_on_open(root.path("image_shards", SEGMENT, "00000.tar")):  # scoring its images
+        score_image_shard(unit, settings(), redo=True)
+
+    assert files_under(folder) == before and pending_units(root, SEGMENT) == []
+    written = {path: os.stat(path).st_mtime_ns for path in (unit.marker, unit.table)}
+    again = score_image_shard(unit, settings(), redo=True)
+    assert all(os.stat(path).st_mtime_ns > made for path, made in written.items())  # made again
+    assert root.read_json(unit.marker) == again
+    assert {**again, "task_seconds": 0} == {**first, "task_seconds": 0}  # the same model on the same images
+    assert np.allclose(read(root, "00000.parquet").column("similarity").to_numpy(), scores.to_numpy(), atol=1e-5)
 
 
 def test_a_shard_rerun_after_an_interruption_gives_the_same_rows(root):

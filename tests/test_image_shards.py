@@ -22,6 +22,7 @@ import webdataset as wds
 from hostile_peers import RawServer, read_request, response_head
 from PIL import Image
 from shard_inputs import KILLABLE_RUN, SEGMENT, SETTINGS, kill_after_first_shard, killable_run_args, write_candidates
+from stops import files_under, stopped_on_open
 
 from cah_resources.candidates.stage import output_paths
 from cah_resources.contract import CANDIDATES_SCHEMA as SCHEMA
@@ -38,7 +39,7 @@ from cah_resources.image_shards.stage import (
     segment_folder,
 )
 from cah_resources.samples.local_web import EXPECTED_STATUS, LocalImageWeb, LocalUrl
-from cah_resources.storage import DataRoot
+from cah_resources.storage import TEMPORARY, DataRoot
 from tests.hostile_images import (
     BodiesWeb,
     jpeg_with_bogus_exif_tags,
@@ -185,6 +186,26 @@ def test_a_finished_shard_is_not_redone(downloaded, web):
     assert all(m["skipped"] for m in markers)
     assert sum(web.requests.values()) == 0
     assert shard_files(root, SEGMENT) == before
+
+
+def test_a_redo_keeps_the_finished_shard_whole_and_marked_until_its_new_files_replace_it(web, tmp_path):
+    """A redo run stopped part way (Ctrl-C, Terminate) must not leave the segment a shard short."""
+    root = DataRoot(str(tmp_path / "data"))
+    folder = segment_folder(root, SEGMENT)
+    write_candidates(root, SEGMENT, [LocalUrl(web.url("jpeg", i), "jpeg", "ok") for i in range(6)])
+    (unit,) = plan_shards(root, SEGMENT, 10)
+    first = download_shard(unit, SETTINGS)
+    before = files_under(folder)
+
+    with stopped_on_open(f"{folder}/00000.tar{TEMPORARY}*"):  # its new tar was about to be written
+        download_shard(unit, SETTINGS, redo=True)
+
+    assert files_under(folder) == before  # nothing removed, nothing left behind
+    assert read_marker(unit) == {k: v for k, v in first.items() if k != "skipped"}
+    again = download_shard(unit, SETTINGS, redo=True)
+    assert not again["skipped"] and again["end_time"] > first["end_time"]
+    assert read_marker(unit) == {k: v for k, v in again.items() if k != "skipped"}
+    assert again["status_counts"] == {"ok": 6} and not [n for n in root.listdir(folder) if TEMPORARY in n]
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from s3_peer import new_bucket_root, s3_endpoint
+from stops import files_under, stopped_on_open
 
 from cah_resources.contract import PAGE_SCORE_FIELDS, SCORE_EDGES, PageScoreStats
 from cah_resources.page_scores.classifier import int_scores, load_classifier, score_texts, sorted_batches, tokenize
@@ -21,7 +22,7 @@ from cah_resources.page_scores.stage import PageScoresUnit, score_page_file, sum
 from cah_resources.samples.sample_pages import pages_table, write_page_dataset
 from cah_resources.samples.tiny_text_classifier import TINY_TEXT_CLASSIFIER
 from cah_resources.samples.tiny_text_classifier.texts import LANGUAGES, pages
-from cah_resources.storage import DataRoot
+from cah_resources.storage import TEMPORARY, DataRoot
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ClassifierSettings(model=str(TINY_TEXT_CLASSIFIER), device="cpu")
@@ -164,6 +165,23 @@ def test_a_finished_file_is_not_redone_and_a_rerun_writes_the_same_rows(tmp_path
     data_root.remove(unit.marker)
     score_page_file(unit, TINY)
     assert data_root.read_parquet(unit.table).equals(rows)
+
+
+def test_a_redo_keeps_the_scored_file_and_its_marker_until_new_outputs_replace_them(tmp_path, data_root):
+    """A redo run stopped part way (Ctrl-C, Terminate) must not leave a scored file unmarked."""
+    (source,) = write_page_dataset(str(tmp_path / "pages"), files=1, pages_per_file=50, seed=5)
+    unit = _unit(data_root, source)
+    first = score_page_file(unit, TINY)
+    folder = str(Path(unit.marker).parent)
+    before = files_under(folder)
+
+    with stopped_on_open(f"{unit.kept}{TEMPORARY}*"):  # the new table is being written, the pages not yet scored
+        score_page_file(unit, TINY, redo=True)
+
+    assert files_under(folder) == before  # nothing removed, nothing left behind
+    again = score_page_file(unit, TINY, redo=True)
+    assert again != first and data_root.read_json(unit.marker) == again  # made again: its own timings
+    assert again["pages"] == first["pages"] == 50
 
 
 def test_pages_without_text_keep_their_row_unscored_and_are_counted(tmp_path, data_root):

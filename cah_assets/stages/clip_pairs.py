@@ -83,7 +83,7 @@ CLIP_PAIRS_STAGE = Stage(
         ),
     ),
     plan=image_shards_to_score,
-    forget=lambda unit: unit.root.remove(unit.marker),
+    passes_redo=True,
     work=score_image_shard,
     progress=progress,
     unit_noun="image shards",

@@ -9,7 +9,6 @@ from cah_resources.contract import CANDIDATES, COUNT, IMAGE_SHARDS, OPT_OUT_STAT
 from cah_resources.image_shards.stage import (
     ShardUnit,
     download_shard,
-    forget_shard,
     plan_shards,
     read_marker,
     read_sample,
@@ -75,7 +74,7 @@ IMAGE_SHARDS_STAGE = Stage(
     ),
     plan=shards,
     is_done=lambda unit: read_marker(unit) is not None,  # finished shards are never redone, unless asked
-    forget=forget_shard,
+    passes_redo=True,
     work=download_shard,
     progress=progress,
     unit_noun="shards",

@@ -93,7 +93,7 @@ PAGE_SCORES_STAGE = Stage(
         ),
     ),
     plan=files_to_score,
-    forget=lambda unit: unit.root.remove(unit.marker),
+    passes_redo=True,
     work=score_page_file,
     progress=progress,
     unit_noun="files of pages",

@@ -56,8 +56,9 @@ class Stage:
     """A stage, declared: its units, the plain function run on each, and what its outputs say.
 
     The runner picks each segment's units (``plan``), skips those ``is_done`` says are finished
-    unless the run sets ``redo`` (then ``forget`` clears each unit's marker, which its work function
-    would otherwise honour), hands the rest to the compute engine (``work``), then, when
+    unless the run sets ``redo`` (then a stage that ``passes_redo`` calls ``work(unit, redo=True)``: the
+    unit is made again, and its finished outputs stay readable until the new ones replace them, so a
+    redo stopped part way loses nothing), hands the rest to the compute engine (``work``), then, when
     declared, one ``merge`` unit per segment; each output is described per segment and per run.
     """
 
@@ -70,7 +71,7 @@ class Stage:
     resources: tuple[str, ...] = ()  # Dagster resources read beside compute and storage
     settings: Callable[[Any], Any] | None = None  # resources → settings, read once; work gets them as settings=
     is_done: Callable[[Any], bool] | None = None  # a unit finished by an earlier run, skipped unless redo
-    forget: Callable[[Any], None] | None = None  # makes a finished unit's work function redo it (a redo run)
+    passes_redo: bool = False  # a redo run calls work(unit, redo=True): a finished unit is made again
     merge: Callable[[StageRun], list] | None = None  # one unit per segment (run.keys order), after the work
     merge_work: Callable[..., Any] | None = None  # the plain function run on each merge unit
     run_metadata: Callable[[StageRun], dict] = lambda run: {}  # what a run adds beside its segments' (speed)
@@ -91,10 +92,9 @@ def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageR
     device = f" on {'GPU' if resources else 'CPU'} workers" if stage.gpu else ""
     units = f"{len(planned)} {stage.unit_noun}{skipped}, {len(todo)} to the compute engine{device}"
     log(f"{len(run.keys)} segment(s): {units}")
-    if run.redo and stage.forget is not None:
-        for _, unit in todo:
-            stage.forget(unit)
-    kwargs = {} if stage.settings is None else {"settings": run.settings}
+    kwargs: dict[str, Any] = {} if stage.settings is None else {"settings": run.settings}
+    if run.redo and stage.passes_redo:
+        kwargs["redo"] = True
     started = time.perf_counter()
     with dask.config.set(dict(stage.dask_config)):
         results = compute.run_units(

@@ -672,14 +672,15 @@ def _summary(
     )
 
 
-def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[str, Any]:
+def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings, redo: bool = False) -> dict[str, Any]:
     """Score one image shard and write its clip_pairs outputs; returns the shard's summary.
 
-    A shard whose marker exists is never redone: its summary is read back. Without the marker
-    every output is rewritten from scratch, so a retried or interrupted shard ends the same.
+    A shard whose marker exists is not redone unless ``redo``: its summary is read back. Otherwise
+    every output is rewritten from scratch, so a retried or interrupted shard ends the same; a
+    finished shard being redone keeps its outputs and marker until the new ones are written.
     """
     root = unit.root
-    if root.exists(unit.marker):
+    if not redo and root.exists(unit.marker):
         return root.read_json(unit.marker)
     started = time.perf_counter()
     damage: Counter[str] = Counter()
@@ -688,6 +689,7 @@ def score_image_shard(unit: ClipPairsUnit, settings: ScoringSettings) -> dict[st
             table, scorer = _score_webdataset(unit, settings, damage)
         else:
             table, scorer = _score_own_shard(unit, settings)
+    root.remove(unit.marker)  # unmarked while its outputs are replaced
     root.write_parquet(unit.table, table)
     root.write_parquet(kept_path(root, unit.segment, unit.shard), table.filter(table.column("kept")))
     if settings.write_embeddings and scorer is not None:

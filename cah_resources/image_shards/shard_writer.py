@@ -76,11 +76,13 @@ def rows_digest(uids: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str]:
+def remove_unfinished_files(root: DataRoot, folder: str, shard: int, keep_published: bool = False) -> list[str]:
     """Delete what a killed writer of this shard left behind (temporary files, partial outputs).
 
     A shard being redone is redone whole, so nothing of it is worth keeping. A stale .done marker
     (its candidates changed) goes first: a crash part way leaves no marker beside missing files.
+    ``keep_published`` (a finished shard made again) removes temporary files only: the shard stays
+    readable until the new one replaces it.
     A temporary file of a writer that may still live (its process, on this host; else one that wrote
     in the last STALE_TEMPORARY_SECONDS) is left to it (two runs of one shard): the last to publish wins.
     """
@@ -89,6 +91,8 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int) -> list[str
     entries = sorted(root.listdir(folder), key=lambda entry: entry != f"{name}{MARKER}")
     for entry in entries:
         if entry.startswith(f"{name}.") or entry.startswith(f"{name}_stats.json"):
+            if keep_published and TEMPORARY not in entry:
+                continue
             path = f"{folder}/{entry}"
             if TEMPORARY in entry and _writer_may_live(root, path, entry.split(TEMPORARY, 1)[1]):
                 continue
@@ -235,6 +239,7 @@ class ShardWriter:
         if missing:
             raise RuntimeError(f"shard {self.shard} closed with {len(missing)} rows unrecorded (first: {missing[0]})")
         records = [r for r in self._records if r is not None]  # all of them
+        self.root.remove(self.paths["done"])  # a shard made again: unmarked while its files are replaced
         self._stack.close()  # finishes the tar and renames it into place
         table = pa.Table.from_pylist(records, schema=self.schema)
         self.root.write_parquet(self.paths["parquet"], table)

@@ -130,11 +130,6 @@ def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
     return marker
 
 
-def forget_shard(unit: ShardUnit) -> None:
-    """Remove the shard's completion marker: the next run redoes the shard whole (a redo run asks for it)."""
-    unit.root.remove(shard_paths(segment_folder(unit.root, unit.segment), unit.shard)["done"])
-
-
 def read_rows(unit: ShardUnit, columns: list[str] | None = None) -> pa.Table:
     """Rows [start, stop) of the candidates parquet, reading only the row groups that hold them."""
     path = candidates_path(unit.root, unit.segment)
@@ -378,17 +373,18 @@ def _event_loop_factory():
     return uvloop.new_event_loop
 
 
-def download_shard(unit: ShardUnit, settings: ShardSettings) -> dict[str, Any]:
-    """Download one shard and publish it; a shard already marked done is returned as it is.
+def download_shard(unit: ShardUnit, settings: ShardSettings, redo: bool = False) -> dict[str, Any]:
+    """Download one shard and publish it; a shard already marked done is returned as it is, unless ``redo``.
 
     Safe to rerun after a crash at any point: a shard is either complete with its marker or is
-    redone from its first row, and the other shards are untouched.
+    redone from its first row, and the other shards are untouched. A finished shard being redone
+    stays whole and marked until its new files replace it, so a redo stopped part way loses nothing.
     """
     marker = read_marker(unit)
-    if marker is not None:
+    if marker is not None and not redo:
         return {**marker, "skipped": True}
     folder = segment_folder(unit.root, unit.segment)
-    remove_unfinished_files(unit.root, folder, unit.shard)
+    remove_unfinished_files(unit.root, folder, unit.shard, keep_published=marker is not None)
     table = read_rows(unit)
     rows = table.to_pylist()
     # The image workers are this call's own: left running, they would keep a process that embeds

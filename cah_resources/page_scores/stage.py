@@ -196,16 +196,17 @@ def _scored_batch(
     return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema), kept
 
 
-def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[str, Any]:
+def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bool = False) -> dict[str, Any]:
     """Score one file of pages and write its page_scores outputs; returns the file's summary.
 
-    A file whose marker exists is never redone: its summary is read back. Without the marker every
-    output is rewritten from scratch, so a retried or interrupted file ends the same.
+    A file whose marker exists is not redone unless ``redo``: its summary is read back. Otherwise
+    every output is rewritten from scratch, so a retried or interrupted file ends the same; a
+    finished file being redone keeps its outputs and marker until the new ones are written.
     """
     from cah_resources.page_scores.classifier import load_classifier, prepared_windows, score_window
 
     root = unit.root
-    if root.exists(unit.marker):
+    if not redo and root.exists(unit.marker):
         return root.read_json(unit.marker)
     started = time.perf_counter()
     loaded = load_classifier(settings)
@@ -251,6 +252,7 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings) -> dict[
                 stats.tokens += window.tokens
             writer.close()
             kept_writer.close()
+            root.remove(unit.marker)  # unmarked while its outputs are replaced (as the block ends)
     stats.task_seconds = time.perf_counter() - started
     stats.device_memory = {"oom_halvings": oom.halvings, "oom_alone": oom.alone}
     summary = stats.to_dict()
