@@ -24,7 +24,7 @@ from cah_assets.checks import candidates_checks
 from cah_assets.definitions import defs
 from cah_assets.dev import graphql as _graphql
 from cah_assets.partitions import segments
-from cah_assets.policies import SEGMENTS_PER_RUN
+from cah_assets.policies import SEGMENTS_PER_RUN, STOPPED
 from cah_assets.progress import SUMMARY_MARK
 from cah_assets.resources import CommonCrawl, ComputeResource, StorageResource
 from cah_assets.stages.candidates import candidates
@@ -625,6 +625,54 @@ def test_re_execute_from_failure_reruns_the_failed_step_of_a_cah_run(demo_page, 
 def _logs(home: str, run_id: str) -> list[str]:
     with dg.DagsterInstance.from_config(home) as instance:
         return [e.user_message for e in instance.all_logs(run_id) if not e.is_dagster_event]
+
+
+def test_terminate_stops_a_redo_run_for_good_and_keeps_every_finished_shard(demo_page, demo_ui):
+    """The run page's Terminate on a running redo of clip_pairs: canceled, not retried, no shard unmarked."""
+    from playwright.sync_api import expect
+
+    from cah_resources.clip_pairs.stage import pending_units
+
+    page, url, home, outcome = demo_page, demo_ui["url"], demo_ui["home"], demo_ui["outcome"]
+    key = outcome.segment_keys[0]
+    assert pending_units(outcome.root, key) == []  # every shard scored by the demo
+    launched = _graphql(
+        url,
+        """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
+        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {
+            "params": {
+                "mode": "default",
+                "runConfigData": json.dumps({"ops": {"clip_pairs": {"config": {"redo": True}}}}),
+                "selector": {
+                    "repositoryLocationName": "cah",
+                    "repositoryName": "__repository__",
+                    "jobName": "clip_pairs_job",
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
+            }
+        },
+    )["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    page.goto(f"{url}/runs/{run_id}")
+    expect(page.get_by_text("STEP_START").first).to_be_visible(timeout=RUN_WAIT_S * 1000)
+    page.get_by_role("button", name="Terminate").first.click()
+    page.get_by_role("dialog").get_by_role("button", name="Terminate").click()  # "Terminate 1 run"
+    expect(page.get_by_text("RUN_CANCELED").first).to_be_visible(timeout=RUN_WAIT_S * 1000)
+    _shot(page, "demo_terminated_run")
+    assert _wait_for_run(home, run_id).status == dg.DagsterRunStatus.CANCELED
+    assert _messages(home, run_id, "STEP_UP_FOR_RETRY") == [] and _messages(home, run_id, "STEP_SUCCESS") == []
+    assert any(STOPPED in m for m in _failure_descriptions(home, run_id)), _failure_descriptions(home, run_id)
+    assert pending_units(outcome.root, key) == []  # the redo replaced some shards or none, and lost none
+
+
+def _failure_descriptions(home: str, run_id: str) -> list[str]:
+    with dg.DagsterInstance.from_config(home) as instance:
+        return [
+            e.dagster_event.step_failure_data.error.message
+            for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        ]
 
 
 def test_a_run_of_an_unknown_segment_fails_at_launch_in_one_line(demo_page, demo_ui):
