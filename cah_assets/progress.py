@@ -115,8 +115,13 @@ def run_summary(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stage
 
 @contextlib.contextmanager
 def stage_progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[], None]]:
-    """A rich progress bar (done/total, elapsed, ETA) on the terminal; yields the function that advances it."""
-    if not enabled:
+    """A rich progress bar (done/total, elapsed, ETA) on the terminal; yields the function that advances it.
+
+    Output to a file or a pipe gets no bar (and no blank line where it would close): only the lines.
+    """
+    from rich.console import Console
+
+    if not enabled or not Console().is_terminal:
         yield lambda: None
         return
     from rich.progress import (

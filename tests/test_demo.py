@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from cah_assets.demo import DEMO_DATASET, run_pipeline
+from cah_assets.progress import stage_progress
 from cah_resources.contract import PAGE_SCORES, PAGES, STAGES, SUCCESSES, pages_path
 from cah_resources.crawl.segments import load_registration
 from cah_resources.dataset.release import read_release, release_dir
@@ -128,6 +129,15 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
     expected = 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
     # A failure names the lines nobody expected (a flaky CI run once printed 95 more, unseen).
     assert len(lines) == expected, [line for line in lines if line[:4] not in ("1/4 ", "2/4 ", "3/4 ", "4/4 ")][:60]
+
+
+def test_a_progress_bar_to_a_file_or_a_pipe_prints_nothing_not_even_a_blank_line():
+    with captured_terminal() as terminal:
+        print("before", flush=True)
+        with stage_progress(2, "3/4 segments") as advance:
+            advance(), advance()
+        print("after", flush=True)
+    assert terminal[0] == "before\nafter\n"
 
 
 def test_runs_of_the_demo_have_job_names(demo):
