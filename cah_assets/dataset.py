@@ -10,13 +10,15 @@ from cah_assets.resources import ReportLinks, StorageResource
 from cah_resources.contract import (
     CLIP_PAIRS,
     CRAWLS,
+    PAGE_SCORES,
+    PAIR_FORMATS,
     RELEASE,
     STAGES,
     ShardStats,
     release_embeddings_folder,
     report_folder,
 )
-from cah_resources.crawl.segments import load_registration
+from cah_resources.crawl.segments import CrawlRegistration, load_registration
 from cah_resources.dataset.release import (
     build_release,
     finished_clip_pairs_shards,
@@ -34,8 +36,8 @@ class DatasetConfig(dg.Config):
     crawls: list[str] = Field(default_factory=list, description="Crawls to roll up; empty = every registered crawl")
 
 
-def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[str]]:
-    """Each crawl to roll up with its segment keys; an unregistered crawl is a one-line error."""
+def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, CrawlRegistration]:
+    """Each crawl to roll up with its registration; an unregistered crawl is a one-line error."""
     names = config.crawls or root.listdir(root.path(CRAWLS))
     plans = {}
     for crawl in names:
@@ -44,7 +46,7 @@ def crawls_to_roll_up(root: DataRoot, config: DatasetConfig) -> dict[str, list[s
             raise dg.Failure(
                 f"crawl {crawl} is not registered under {redact_url(root.url)}; run `cah register {crawl}` first"
             )
-        plans[crawl] = registration.keys()
+        plans[crawl] = registration
     return plans
 
 
@@ -56,7 +58,14 @@ def release(context: dg.AssetExecutionContext, config: DatasetConfig, storage: S
     categories: list[dict[str, Any]] = []
     nsfw: list[dict[str, Any]] = []
     embedded = 0
-    for crawl, keys in crawls_to_roll_up(root, config).items():
+    for crawl, registration in crawls_to_roll_up(root, config).items():
+        keys = registration.keys()
+        if registration.format not in PAIR_FORMATS:
+            context.log.info(
+                f"{crawl}: a {registration.format} dataset of pages has no image-text pairs to release; "
+                f"its kept pages are page_scores' kept files ({redact_url(root.path(PAGE_SCORES))})"
+            )
+            continue
         finished = finished_clip_pairs_shards(root, keys)
         summary = build_release(root, keys, release_dir(root, crawl), finished=finished)
         # One clip-retrieval folder per crawl (and model): an index of the crawl reads it as it is.
@@ -129,10 +138,12 @@ def report(
     """The dataset and the pipeline in pictures: funnel, similarity, download statuses, domains, throughput."""
     root = storage.data_root()
     metadata: dict = {}
-    for crawl, keys in crawls_to_roll_up(root, config).items():
-        seconds = {stage: stage_run_seconds(context.instance, stage, keys) for stage in STAGES}
+    for crawl, registration in crawls_to_roll_up(root, config).items():
+        keys = registration.keys()
+        seconds = {stage: stage_run_seconds(context.instance, stage, keys) for stage in (*STAGES, PAGE_SCORES)}
         out_dir = report_folder(root, crawl)
-        built = build_report(root, keys, out_dir, {s: v for s, v in seconds.items() if v})
+        images = registration.format in PAIR_FORMATS
+        built = build_report(root, keys, out_dir, {s: v for s, v in seconds.items() if v}, images=images)
         context.log.info(f"{crawl}: report written to {redact_url(out_dir)}")
         for name, png in built.plots.items():
             plot = report_links.plot_markdown(root, built.paths[name], png, name)

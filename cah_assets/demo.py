@@ -22,7 +22,7 @@ from cah_assets.progress import (
     run_summary,
     stage_progress,
 )
-from cah_resources.contract import FORMAT_PARQUET, FORMAT_WARC, PAGE_SCORES, PAGES, STAGES
+from cah_resources.contract import FORMAT_PARQUET, FORMAT_WARC, PAGE_SCORES, PAGES, RELEASE, STAGES
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import SampleCrawl, generate_crawl
 from cah_resources.samples.sample_pages import write_page_dataset
@@ -249,10 +249,21 @@ def run_demo(workdir: str, crawl: str = DEMO_CRAWL, wat_files: int = 4, seed: in
     outcome = run_pipeline(
         workdir, crawl=crawl, wat_files=wat_files, seed=seed, show_progress=True, warc_files=warc_files
     )
-    print(
-        f"done in {outcome.seconds:.0f}s. Release: {outcome.root.path('release', crawl)}; "
-        f"report: {outcome.root.path('report', crawl, 'report.md')}"
-    )
-    print("Browse lineage, partitions, runs, checks and the report, and re-run any of it, with:")
-    print("  make dev    # then open http://127.0.0.1:3000")
+    print(*closing_lines(outcome), sep="\n")
     return 0
+
+
+def closing_lines(outcome: DemoResult) -> list[str]:
+    """What `cah demo` prints last: each crawl's release (the dataset's scored pages) and report, and the UI."""
+    root = outcome.root
+    made = {outcome.crawl.crawl: root.path(RELEASE, outcome.crawl.crawl)}
+    if outcome.warc_keys:
+        made[DEMO_WARC_CRAWL] = root.path(RELEASE, DEMO_WARC_CRAWL)
+    made[DEMO_DATASET] = root.path(PAGE_SCORES, f"{DEMO_DATASET}_*")  # text only: no pairs to release
+    width = max(map(len, made))
+    return [
+        f"done in {outcome.seconds:.0f}s. Releases (pages scored, for {DEMO_DATASET}) and reports:",
+        *(f"  {c:<{width}}  {path}  {root.path('report', c, 'report.md')}" for c, path in made.items()),
+        "Browse lineage, partitions, runs, checks and the reports, and re-run any of it, with:",
+        "  make dev    # then open http://127.0.0.1:3000",
+    ]

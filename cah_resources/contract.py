@@ -58,6 +58,9 @@ FORMAT_WEBDATASET = "webdataset"
 FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_PARQUET, FORMAT_WEBDATASET)
 CRAWL_FORMATS = (FORMAT_WAT, FORMAT_WARC)  # listed by Common Crawl (<format>.paths.gz); the others are datasets
 DATASET_STAGE = {FORMAT_PARQUET: PAGE_SCORES, FORMAT_WEBDATASET: CLIP_PAIRS}  # where a dataset's segments start
+# Formats whose segments make image-text pairs: a release, and the report's image sections. A Parquet
+# dataset's pages are text only: its report shows page scores and throughput.
+PAIR_FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_WEBDATASET)
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 

@@ -1,6 +1,7 @@
 """The offline demo end to end: generated crawl, local image web, every stage, release and report."""
 
 import contextlib
+import glob
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 import dagster as dg
 import pytest
 
-from cah_assets.demo import DEMO_DATASET, run_pipeline
+from cah_assets.demo import DEMO_DATASET, DEMO_WARC_CRAWL, closing_lines, run_pipeline
 from cah_assets.progress import stage_progress
 from cah_resources.contract import PAGE_SCORES, PAGES, STAGES, SUCCESSES, pages_path
 from cah_resources.crawl.segments import load_registration
@@ -129,6 +130,19 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
     expected = 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
     # A failure names the lines nobody expected (a flaky CI run once printed 95 more, unseen).
     assert len(lines) == expected, [line for line in lines if line[:4] not in ("1/4 ", "2/4 ", "3/4 ", "4/4 ")][:60]
+
+
+def test_the_closing_lines_name_every_crawls_release_and_report(demo):
+    head, *rows, browse, dev = closing_lines(demo)
+    assert head.startswith("done in ") and dev.strip().startswith("make dev")
+    assert [row.split()[0] for row in rows] == [demo.crawl.crawl, DEMO_WARC_CRAWL, DEMO_DATASET]
+    for row in rows[:2]:
+        _, release, report = row.split()
+        assert demo.root.exists(f"{release}/release.json") and demo.root.read_bytes(report).startswith(b"# ")
+    _, scored, report = rows[2].split()  # the Parquet dataset of pages: its scored files, and a text report
+    assert sorted(glob.glob(scored)) == [demo.root.path(PAGE_SCORES, f"{DEMO_DATASET}_0000{i}") for i in (0, 1)]
+    assert b"## page scores" in demo.root.read_bytes(report) and b"## funnel" not in demo.root.read_bytes(report)
+    assert not demo.root.exists(demo.root.path("release", DEMO_DATASET))
 
 
 def test_a_progress_bar_to_a_file_or_a_pipe_prints_nothing_not_even_a_blank_line():

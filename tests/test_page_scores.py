@@ -268,3 +268,18 @@ def test_the_report_shows_a_score_histogram_and_kept_pages_per_language(tmp_path
     assert sum(r["pages scored"] for r in rows.values()) == 120
     assert sum(r["kept"] for r in rows.values()) == summary.pages_kept
     assert "## page scores" in data_root.read_bytes(report.paths["report"]).decode()
+
+
+def test_a_dataset_of_pages_gets_a_text_report_without_the_image_sections(tmp_path, data_root):
+    from cah_resources.dataset.report import build_report
+
+    (source,) = write_page_dataset(str(tmp_path / "pages"), files=1, pages_per_file=40, seed=13)
+    score_page_file(_unit(data_root, source), TINY)
+    keys = ["pages-test_00000", "pages-test_00001"]  # the second not scored yet
+    report = build_report(data_root, keys, data_root.path("report", "pages-test"), images=False)
+
+    markdown = data_root.read_bytes(report.paths["report"]).decode()
+    sections = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert sections == ["## page scores", "## throughput", "## not yet materialized"]
+    assert "- page_scores: pages-test_00001" in markdown and "WAT records" not in markdown
+    assert set(report.plots) == set(report.tables) == {"page_scores", "throughput"}

@@ -89,6 +89,7 @@ class DatasetFacts:
     page_scores: dict[str, np.ndarray] = field(default_factory=dict)
     page_kept: Counter = field(default_factory=Counter)  # language -> pages kept
     page_threshold: float | None = None
+    images: bool = True  # the segments make image-text pairs (not a Parquet dataset of pages)
 
 
 # -- reading the data layout ---------------------------------------------------------------
@@ -195,6 +196,8 @@ def _add_page_scores(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
     folder = stage_folder(root, PAGE_SCORES, segment)
     names = finished_shards(root, folder)
     if not names:
+        if not facts.images:  # a dataset of pages is made for its scores
+            facts.missing.setdefault(PAGE_SCORES, []).append(segment)
         return
     stage = facts.throughput.setdefault(PAGE_SCORES, StageThroughput(PAGE_SCORES, "pages scored"))
     for name in names:
@@ -209,20 +212,24 @@ def _add_page_scores(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
 
 
 def collect_facts(
-    root: DataRoot, segment_keys: Iterable[str], wall_seconds: Mapping[str, float] | None = None
+    root: DataRoot, segment_keys: Iterable[str], wall_seconds: Mapping[str, float] | None = None, images: bool = True
 ) -> DatasetFacts:
     """Read the stats and parquet files of ``segment_keys``; only finished shards count.
 
-    ``wall_seconds`` (stage -> seconds of its runs, from Dagster) adds per-run throughput.
+    ``wall_seconds`` (stage -> seconds of its runs, from Dagster) adds per-run throughput. Without
+    ``images`` (a Parquet dataset of pages) only page_scores is read, and no image stage is missing.
     """
-    facts = DatasetFacts(segments=sorted(set(segment_keys)))
+    facts = DatasetFacts(segments=sorted(set(segment_keys)), images=images)
+    if not images:
+        facts.missing = {}
     for segment in facts.segments:
         # A registered webdataset's segment starts at clip_pairs: its samples are what was "downloaded".
-        webdataset = webdataset_tars(root, segment) is not None
-        if not webdataset:
+        webdataset = images and webdataset_tars(root, segment) is not None
+        if images and not webdataset:
             _add_candidates(facts, root, segment)
             _add_image_shards(facts, root, segment)
-        _add_clip_pairs(facts, root, segment, webdataset)
+        if images:
+            _add_clip_pairs(facts, root, segment, webdataset)
         _add_page_scores(facts, root, segment)
     for stage, seconds in (wall_seconds or {}).items():
         if stage in facts.throughput:
@@ -487,7 +494,8 @@ def throughput_figure(facts: DatasetFacts) -> Figure:
     """One panel per stage, each in its own unit (records, URLs, pairs): per task second and per run second."""
     from matplotlib.figure import Figure
 
-    stages = [s for s in (*STAGES, PAGE_SCORES) if s in facts.throughput] or list(STAGES[:1])
+    first = STAGES[0] if facts.images else PAGE_SCORES  # an empty panel where nothing ran yet
+    stages = [s for s in (*STAGES, PAGE_SCORES) if s in facts.throughput] or [first]
     figure = Figure(figsize=(3.0 * len(stages), 3.6))
     for i, stage in enumerate(stages):
         axes = figure.add_subplot(1, len(stages), i + 1)
@@ -566,25 +574,31 @@ def build_report(
     out_dir: str,
     wall_seconds: Mapping[str, float] | None = None,
     top_n_domains: int = 20,
+    images: bool = True,
 ) -> Report:
-    """Collect the facts, draw the plots, write ``out_dir/<name>.png`` and ``report.md``."""
-    facts = collect_facts(root, segment_keys, wall_seconds)
-    plots = {
-        "funnel": funnel_plot(facts),
-        "similarity": similarity_plot(facts),
-        "download_status": status_plot(facts),
-        "opted_out_and_blocked": opt_outs_plot(facts),
-        "top_domains": top_domains_plot(facts, top_n_domains),
-        "throughput": throughput_plot(facts),
-    }
-    tables = {
-        "funnel": funnel_table(facts),
-        "download_status": status_table(facts),
-        "candidate_drops": candidate_drops_table(facts),
-        "opted_out_and_blocked": opt_outs_table(facts),
-        "top_domains": top_domains_table(facts, top_n_domains),
-        "throughput": throughput_table(facts),
-    }
+    """Collect the facts, draw the plots, write ``out_dir/<name>.png`` and ``report.md``.
+
+    Without ``images`` (a Parquet dataset of pages) the report is page scores and throughput only.
+    """
+    facts = collect_facts(root, segment_keys, wall_seconds, images)
+    plots, tables = {}, {}
+    if images:
+        plots = {
+            "funnel": funnel_plot(facts),
+            "similarity": similarity_plot(facts),
+            "download_status": status_plot(facts),
+            "opted_out_and_blocked": opt_outs_plot(facts),
+            "top_domains": top_domains_plot(facts, top_n_domains),
+        }
+        tables = {
+            "funnel": funnel_table(facts),
+            "download_status": status_table(facts),
+            "candidate_drops": candidate_drops_table(facts),
+            "opted_out_and_blocked": opt_outs_table(facts),
+            "top_domains": top_domains_table(facts, top_n_domains),
+        }
+    plots["throughput"] = throughput_plot(facts)
+    tables["throughput"] = throughput_table(facts)
     if facts.page_scores:  # a crawl whose pages (or a dataset) were scored
         plots["page_scores"] = page_scores_plot(facts)
         tables["page_scores"] = page_scores_table(facts)
