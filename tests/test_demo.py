@@ -133,7 +133,7 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
 
 
 def test_the_closing_lines_name_every_crawls_release_and_report(demo):
-    head, *rows, browse, dev = closing_lines(demo)
+    head, *rows, _browse, dev = closing_lines(demo)
     assert head.startswith("done in ") and dev.strip().startswith("make dev")
     assert [row.split()[0] for row in rows] == [demo.crawl.crawl, DEMO_WARC_CRAWL, DEMO_DATASET]
     for row in rows[:2]:
