@@ -83,6 +83,15 @@ def test_a_text_column_the_files_lack_is_one_line_naming_the_columns(tmp_path, d
     assert load_registration(data_root, "other") is None
 
 
+def test_a_file_that_is_not_parquet_is_one_line_naming_it(tmp_path, data_root):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(b"PAR1 a tar, or an HTML error page, saved under a .parquet name")
+    with pytest.raises(ValueError, match=rf"^{folder}/a.parquet is not a readable Parquet file \(.+\)$"):
+        register_dataset(data_root, "other", [f"{folder}/*.parquet"])
+    assert load_registration(data_root, "other") is None
+
+
 def test_a_plan_recorded_before_formats_reads_as_a_wat_crawl(data_root):
     old = {"crawl": "CC-MAIN-2024-10", "files_per_segment": 1, "segment_count": 1, "wat_paths": ["a.wat.gz"]}
     data_root.write_json(segments_manifest_path(data_root, "CC-MAIN-2024-10"), old)

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
 from fsspec.asyn import _run_coros_in_chunks, get_loop, sync
@@ -17,6 +18,7 @@ from fsspec.utils import get_protocol
 from rich.console import Console
 from rich.progress import Progress
 
+from cah_resources.errors import one_line
 from cah_resources.redaction import redact_text, redact_url
 from cah_resources.retries import existence_check
 
@@ -140,7 +142,10 @@ def missing_files(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[s
 
 
 def parquet_columns(url: str, options: dict[str, Any] | None = None) -> list[str]:
-    """Column names of a Parquet file, from its footer only."""
+    """Column names of a Parquet file, from its footer only; a file that is not Parquet is one line naming it."""
     fs, path = url_to_fs(url, **(options or {}))
     with fs.open(path, "rb") as handle:
-        return pq.read_schema(handle).names
+        try:
+            return pq.read_schema(handle).names
+        except pa.ArrowInvalid as error:  # no footer, bad magic bytes, a truncated file
+            raise ValueError(f"{redact_url(url)} is not a readable Parquet file ({one_line(error)})") from None
