@@ -144,7 +144,8 @@ OPT_OUT_STATUSES: tuple[str, ...] = (
 
 
 class Damage(StrEnum):
-    """A damaged WAT record or webdataset tar stretch, counted (under this name) and skipped: it never ends the file."""
+    """A damaged WAT record, webdataset tar stretch or Parquet file of pages, counted (under this name)
+    and skipped: it never ends the file (nor, for an unreadable file, its segment)."""
 
     TOO_LARGE = "malformed_too_large"  # over max_record_bytes
     TRUNCATED = "malformed_truncated"  # shorter than its Content-Length
@@ -158,6 +159,8 @@ class Damage(StrEnum):
     CORRUPT_GZIP_TRUNCATED = "corrupt_gzip_truncated"  # the file's last gzip member is cut short
     CORRUPT_TRAILING_BYTES = "corrupt_trailing_bytes"  # bytes after the last record that hold no record
     CORRUPT_TAR = "corrupt_tar"  # a stretch of a webdataset tar that is no member (bad header, cut short)
+    CORRUPT_PARQUET = "corrupt_parquet"  # a Parquet file of pages whose footer does not read: no row can be
+    CORRUPT_ROW_GROUP = "corrupt_row_group_rows"  # rows of a Parquet row group that does not decode
 
 
 _DAMAGE_KINDS = frozenset(Damage)
@@ -564,6 +567,7 @@ class PageScoreStats(Stats):
     score_rule: str | None = _stat(None, "same")
     threshold: float | None = _stat(None, "same")
     device_memory: dict | None = _stat(None, "same")  # what device out-of-memory cost the file
+    damage: Counter[str] = _counter("damage")  # per Damage: unreadable files, rows of undecodable row groups
 
     HEADLINE: ClassVar[tuple[str, str]] = ("pages_scored", "pages_kept")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
@@ -10,8 +12,9 @@ from s3_peer import new_bucket_root, s3_endpoint
 from cah_assets.checks import page_scores_checks
 from cah_assets.resources import ComputeResource, DedupIndexResource, StorageResource, TextClassifier
 from cah_assets.stages.page_scores import page_scores
+from cah_resources.contract import Damage, PageScoreStats
 from cah_resources.crawl.segments import register_dataset
-from cah_resources.page_scores.stage import segment_units
+from cah_resources.page_scores.stage import score_page_file, segment_units
 from cah_resources.samples.sample_pages import write_page_dataset
 from cah_resources.storage import DataRoot
 
@@ -168,3 +171,42 @@ def test_a_warc_crawls_pages_are_scored_and_checked_on_a_local_data_root(tmp_pat
 
 def test_a_warc_crawls_pages_are_scored_and_checked_on_an_s3_data_root(tmp_path, s3_peer):
     _scored_warc_crawl(tmp_path, new_bucket_root(s3_peer))
+
+
+def _break_row_group(path: str, group: int) -> None:
+    """Overwrite the page header of the row group's first column: pyarrow cannot decode that group."""
+    column = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(Path(path).read_bytes())
+    data[start : start + 16] = b"\xff" * 16
+    Path(path).write_bytes(bytes(data))
+
+
+def test_damaged_files_of_pages_are_counted_and_the_segment_is_scored_and_checked(tmp_path):
+    """A row group that does not decode and a file cut short (no footer): counted, the rest scored."""
+    root = DataRoot(str(tmp_path / "data"))
+    keys = _register(root, str(tmp_path / "fineweb"))
+    first, second = segment_units(root, keys[0])
+    pages = pq.read_table(first.source)
+    pq.write_table(pages, first.source, row_group_size=10, compression="zstd")  # four row groups
+    _break_row_group(first.source, 1)
+    whole = Path(second.source).read_bytes()
+    Path(second.source).write_bytes(whole[: len(whole) // 2])  # an interrupted copy: no footer
+
+    result = materialize(root, keys, keys[0])
+
+    assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"scored_rows_match_pages": True, "kept_pages_pass_threshold": True}
+    broken_group, unreadable = (PageScoreStats.from_dict(root.read_json(u.marker)) for u in (first, second))
+    assert (broken_group.damage, broken_group.pages) == ({Damage.CORRUPT_ROW_GROUP: 10}, 30)
+    assert (unreadable.damage, unreadable.pages) == ({Damage.CORRUPT_PARQUET: 1}, 0)
+    ids = pages.column("id").to_pylist()
+    assert root.read_parquet(first.table).column("id").to_pylist() == ids[:10] + ids[20:]  # in order, none lost
+    assert not root.exists(second.table) and not root.exists(second.kept)
+    metadata = result.asset_materializations_for_node("page_scores")[0].metadata
+    assert metadata["pages_scored"].value == 30
+
+    Path(second.source).write_bytes(whole)  # the file repaired: a redo scores it
+    again = PageScoreStats.from_dict(score_page_file(second, TextClassifier.tiny(device="cpu").settings(), redo=True))
+    assert (again.damage, again.pages) == ({}, 40) and root.read_parquet(second.table).num_rows == 40

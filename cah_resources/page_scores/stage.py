@@ -10,8 +10,10 @@ A page without text (null) keeps its row with a null score, is not kept, and is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from cah_resources.contract import (
     PAGE_SCORE_FIELDS,
     PAGE_SCORES,
     UNKNOWN_LANGUAGE,
+    Damage,
     PageScoreStats,
     finished_shards,
     kept_path,
@@ -39,6 +42,7 @@ from cah_resources.contract import (
 )
 from cah_resources.crawl.dataset_files import options_for
 from cah_resources.crawl.segments import CrawlRegistration, registration_for_key
+from cah_resources.errors import one_line
 from cah_resources.freed_memory import freed_memory_kept
 from cah_resources.page_scores.settings import ClassifierSettings
 from cah_resources.redaction import redact_url
@@ -223,23 +227,27 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bo
         threshold=settings.threshold,
     )
     # Token arrays and activations under 32 MiB are made and freed per batch: reused, not faulted in again.
-    with freed_memory_kept(), fs.open(path, "rb") as handle:
-        source = pq.ParquetFile(handle)
+    with freed_memory_kept(), contextlib.ExitStack() as stack:
+        try:
+            source = _open_pages(fs, path, stack)
+        except STORE_FAILURES:
+            raise
+        except (pa.ArrowInvalid, OSError) as error:  # no footer, a truncated file, not Parquet at all
+            if _opens(fs, path):  # it opens now: the store's hiccup, and the file is retried whole
+                raise
+            return _unreadable(unit, stats, error, started)
         if unit.text_column not in source.schema_arrow.names:
             raise ValueError(
                 f"{redact_url(unit.source)} has no column {unit.text_column!r}; the dataset's plan names it"
             )
         has_language = LANGUAGE_COLUMN in source.schema_arrow.names
         schema = output_schema(source.schema_arrow)
-
-        def windows():
-            for batch in source.iter_batches(batch_size=settings.window):
-                yield batch, batch.column(unit.text_column).to_pylist()
+        windows = _readable_windows(unit, fs, path, source, settings.window, stats)
 
         with root.open_atomic(unit.table) as table_out, root.open_atomic(unit.kept) as kept_out:
             writer = pq.ParquetWriter(table_out, schema, compression="zstd")
             kept_writer = pq.ParquetWriter(kept_out, schema, compression="zstd")
-            for window in prepared_windows(loaded, settings, windows()):
+            for window in prepared_windows(loaded, settings, windows):
                 scores = score_window(loaded, window, oom)
                 batch = window.payload
                 has_text = ~np.asarray(batch.column(unit.text_column).is_null().to_numpy(zero_copy_only=False))
@@ -261,15 +269,102 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bo
     return summary
 
 
+# Failures of the store, not of the file's bytes: raised (and retried), never counted as damage.
+STORE_FAILURES = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
+
+
+def _open_pages(fs: Any, path: str, stack: contextlib.ExitStack) -> pq.ParquetFile:
+    return pq.ParquetFile(stack.enter_context(fs.open(path, "rb")))
+
+
+def _opens(fs: Any, path: str) -> bool:
+    """Whether the file's footer reads on a second, fresh try (damage fails the same way again)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            _open_pages(fs, path, stack)
+        except STORE_FAILURES:
+            raise
+        except (pa.ArrowInvalid, OSError):
+            return False
+    return True
+
+
+def _unreadable(unit: PageScoresUnit, stats: PageScoreStats, error: BaseException, started: float) -> dict[str, Any]:
+    """A file of pages whose footer does not read: counted as damage with no rows, so its segment goes on."""
+    root = unit.root
+    stats.damage[Damage.CORRUPT_PARQUET] += 1
+    stats.task_seconds = time.perf_counter() - started
+    summary = stats.to_dict()
+    root.remove(unit.marker)
+    for output in (unit.table, unit.kept):  # an earlier run's outputs of the file are not its scores now
+        root.remove(output)
+    root.write_json(unit.marker, summary)
+    log.warning(
+        "page_scores %s/%s: %s does not read as Parquet (%s): counted as %s",
+        unit.segment,
+        unit.name,
+        redact_url(unit.source),
+        one_line(error),
+        Damage.CORRUPT_PARQUET.value,
+    )
+    return summary
+
+
+def _readable_windows(
+    unit: PageScoresUnit, fs: Any, path: str, source: pq.ParquetFile, window: int, stats: PageScoreStats
+) -> Iterator[tuple[pa.RecordBatch, list]]:
+    """(batch, texts) of up to ``window`` rows, in the file's order. A row group that does not decode
+    (twice: once in the stream, once read alone from a fresh handle) has its unread rows counted as
+    damage; the next row group is read on. Runs on the tokenizer's thread."""
+    metadata = source.metadata
+    ends = np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)], dtype=np.int64)
+    done, first = 0, 0  # rows yielded; the first row group not yet read
+    while first < len(ends):
+        try:
+            for batch in source.iter_batches(batch_size=window, row_groups=range(first, len(ends))):
+                done += batch.num_rows
+                yield batch, batch.column(unit.text_column).to_pylist()
+            return
+        except STORE_FAILURES:
+            raise
+        except (pa.ArrowInvalid, OSError) as error:
+            group = int(np.searchsorted(ends, done, side="right"))  # the row group holding the next row
+            start = int(ends[group - 1]) if group else 0
+            try:
+                with fs.open(path, "rb") as handle:
+                    rest = pq.ParquetFile(handle).read_row_group(group).slice(done - start)
+            except STORE_FAILURES:
+                raise
+            except (pa.ArrowInvalid, OSError):
+                stats.damage[Damage.CORRUPT_ROW_GROUP] += int(ends[group]) - done
+                log.warning(
+                    "page_scores %s/%s: row group %d of %s does not decode (%s): its %d unread rows counted as %s",
+                    unit.segment,
+                    unit.name,
+                    group,
+                    redact_url(unit.source),
+                    one_line(error),
+                    int(ends[group]) - done,
+                    Damage.CORRUPT_ROW_GROUP.value,
+                )
+            else:  # it reads alone: the failure was in a later group of the same batch, or passed
+                for batch in rest.to_batches(max_chunksize=window):
+                    yield batch, batch.column(unit.text_column).to_pylist()
+            done, first = int(ends[group]), group + 1
+
+
 def summarize(summaries: list[dict[str, Any]]) -> PageScoreStats:
     """A segment's totals from its files' markers: pages scored and kept per language, histograms, rates."""
     return PageScoreStats.total(PageScoreStats.from_dict(s) for s in summaries)
 
 
 def kept_table(root: DataRoot, segment: str) -> pa.Table:
-    """The segment's kept pages, every finished file's in file order (the kept view)."""
-    shards = finished_units(root, segment)
-    tables = [root.read_parquet(kept_path(root, segment, shard, PAGE_SCORES)) for shard in shards]
+    """The segment's kept pages, every finished file's in file order (the kept view).
+
+    A file of pages that did not read at all (Damage.CORRUPT_PARQUET) is finished with no outputs.
+    """
+    paths = [kept_path(root, segment, shard, PAGE_SCORES) for shard in finished_units(root, segment)]
+    tables = [root.read_parquet(path) for path in paths if root.exists(path)]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
