@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,54 @@ TEMPORARY = ".tmp-"  # between a file's name and its writer's id, while open_ato
 def writer_id() -> str:
     """Who writes a temporary file: ``host~pid~random``, so a cleanup can tell a dead writer's file on this host."""
     return f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex}"
+
+
+# A writer appends to its temporary file as it goes; one on another host untouched this long is a dead
+# writer's (on this host, its process tells).
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def writer_may_live(root: DataRoot, path: str, writer: str) -> bool:
+    """Whether the writer of a temporary file may still be writing it: on this host, whether its
+    process lives; elsewhere (a shared store), whether it wrote in the last STALE_TEMPORARY_SECONDS."""
+    host, _, rest = writer.partition("~")
+    pid = rest.partition("~")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _seconds_since_written(root, path) < STALE_TEMPORARY_SECONDS
+
+
+def _seconds_since_written(root: DataRoot, path: str) -> float:
+    try:
+        modified = root.fs.modified(path)
+    except (FileNotFoundError, NotImplementedError):
+        return float("inf")
+    return time.time() - modified.timestamp()
+
+
+def remove_dead_temporaries(root: DataRoot, folder: str) -> list[str]:
+    """Remove the temporary files below ``folder`` whose writer is gone (a process killed mid-write
+    never runs its cleanup; a shard's tar may be a gigabyte); returns their paths. A finished unit is
+    never written again, so nothing else would remove them."""
+    if not root.exists(folder):
+        return []
+    removed = []
+    for path in root.fs.find(folder):
+        name = path.rsplit("/", 1)[-1]
+        if TEMPORARY not in name or writer_may_live(root, path, name.split(TEMPORARY, 1)[1]):
+            continue
+        try:
+            root.fs.rm(path)
+        except FileNotFoundError:  # its writer published or dropped it meanwhile
+            continue
+        removed.append(path)
+    return removed
 
 
 # Filesystems whose open(..., "wb") shows the file at once; they get a temporary name and a move.

@@ -3,6 +3,8 @@
 import dataclasses
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 
@@ -12,6 +14,7 @@ from cah_assets.partitions import segments
 from cah_assets.policies import STOPPED, was_stopped
 from cah_assets.resources import StorageResource
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
+from cah_resources.storage import TEMPORARY
 
 KEYS = ["CC-MAIN-TOY_00000", "CC-MAIN-TOY_00001"]
 DONE = "words/CC-MAIN-TOY_00000-1"  # a unit an earlier run finished
@@ -49,8 +52,8 @@ TOY = Stage(
 toy = stage_asset(TOY)
 
 
-def _materialize(tmp_path, local_compute, run_config=None, selection=None):
-    instance = dg.DagsterInstance.ephemeral()
+def _materialize(tmp_path, local_compute, run_config=None, selection=None, instance=None):
+    instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(segments.name, KEYS)
     return dg.materialize(
         [toy],
@@ -90,6 +93,38 @@ def test_a_redo_run_takes_finished_units_too(tmp_path, local_compute):
     result = _materialize(tmp_path, local_compute, {"ops": {"toy": {"config": {"redo": True}}}})
     metadata = result.asset_materializations_for_node("toy")[0].metadata
     assert metadata["units_run_now"].value == 6
+
+
+def test_a_run_removes_the_temporary_files_of_dead_writers_and_only_those(tmp_path, local_compute):
+    """A writer killed mid-write leaves its temporary file; a finished unit is never written again."""
+    folder = tmp_path / "data" / "toy_units" / KEYS[0] / "kept"
+    folder.mkdir(parents=True)
+    here = socket.gethostname()
+    names = {
+        "dead": f"00000.tar{TEMPORARY}{here}~{_exited_pid()}~a",
+        "alive": f"00001.tar{TEMPORARY}{here}~{os.getpid()}~b",  # this process: a writer at work
+        "old_elsewhere": f"00002.parquet{TEMPORARY}other-host~1~c",
+        "new_elsewhere": f"00003.parquet{TEMPORARY}other-host~1~d",
+        "published": "00004.parquet",
+    }
+    for name in names.values():
+        (folder / name).write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(folder / names["old_elsewhere"], (hours_ago, hours_ago))
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, local_compute, instance=instance)
+
+    assert result.success
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[k] for k in ("alive", "new_elsewhere", "published"))
+    logged = [e.user_message for e in instance.all_logs(result.run_id) if "temporary files" in e.user_message]
+    assert any("removed 2 temporary files of stopped writers" in m for m in logged), logged
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 def test_a_gpu_stage_takes_a_slot_of_the_gpu_pool():

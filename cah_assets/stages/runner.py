@@ -11,7 +11,9 @@ import dask
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL, permanent_errors, segment_step, stops_are_final
 from cah_assets.progress import SUMMARY_MARK, summary_line
-from cah_resources.storage import DataRoot
+from cah_resources.contract import stage_folder
+from cah_resources.redaction import redact_url
+from cah_resources.storage import DataRoot, remove_dead_temporaries
 
 
 class StageConfig(dg.Config):
@@ -92,6 +94,12 @@ def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageR
     device = f" on {'GPU' if resources else 'CPU'} workers" if stage.gpu else ""
     units = f"{len(planned)} {stage.unit_noun}{skipped}, {len(todo)} to the compute engine{device}"
     log(f"{len(run.keys)} segment(s): {units}")
+    # Writers killed mid-write (a stop, a lost worker) leave temporary files that no later run of a
+    # finished unit would remove.
+    folders = [stage_folder(run.root, output.name, key) for key in run.keys for output in stage.outputs]
+    swept = [path for folder in folders for path in remove_dead_temporaries(run.root, folder)]
+    if swept:
+        log(f"removed {len(swept)} temporary files of stopped writers (first: {redact_url(swept[0])})")
     kwargs: dict[str, Any] = {} if stage.settings is None else {"settings": run.settings}
     if run.redo and stage.passes_redo:
         kwargs["redo"] = True

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import tarfile
 import time
 from collections import Counter
@@ -25,16 +23,12 @@ from cah_resources.contract import (
     shard_paths,
     shard_row_schema,
 )
-from cah_resources.storage import TEMPORARY, DataRoot
+from cah_resources.storage import TEMPORARY, DataRoot, writer_may_live
 
 # Facts about the stored image; null unless the status is 'ok', whatever the outcome carried.
 IMAGE_FACTS = ("bytes", "sha256", "width", "height", "original_width", "original_height")
 MAX_SHARD_SIZE = 100_000  # keys give the row within a shard five digits
 SHARD_DATA_FILES = ("tar", "parquet")  # the files a marker vouches for, by their sizes
-# A writer appends to its temporary tar as samples finish; one untouched this long is a dead writer's.
-STALE_TEMPORARY_SECONDS = 3600.0
-
-
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # what tarfile pads an archive to
 
@@ -84,7 +78,7 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int, keep_publis
     ``keep_published`` (a finished shard made again) removes temporary files only: the shard stays
     readable until the new one replaces it.
     A temporary file of a writer that may still live (its process, on this host; else one that wrote
-    in the last STALE_TEMPORARY_SECONDS) is left to it (two runs of one shard): the last to publish wins.
+    in the last storage.STALE_TEMPORARY_SECONDS) is left to it (two runs of one shard): the last to publish wins.
     """
     name = shard_name(shard)
     removed = []
@@ -94,7 +88,7 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int, keep_publis
             if keep_published and TEMPORARY not in entry:
                 continue
             path = f"{folder}/{entry}"
-            if TEMPORARY in entry and _writer_may_live(root, path, entry.split(TEMPORARY, 1)[1]):
+            if TEMPORARY in entry and writer_may_live(root, path, entry.split(TEMPORARY, 1)[1]):
                 continue
             try:
                 root.remove(path)
@@ -102,30 +96,6 @@ def remove_unfinished_files(root: DataRoot, folder: str, shard: int, keep_publis
                 continue
             removed.append(entry)
     return removed
-
-
-def _writer_may_live(root: DataRoot, path: str, writer: str) -> bool:
-    """Whether the writer of a temporary file may still be writing it: on this host, whether its
-    process lives; elsewhere (a shared store), whether it wrote in the last STALE_TEMPORARY_SECONDS."""
-    host, _, rest = writer.partition("~")
-    pid = rest.partition("~")[0]
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return _seconds_since_written(root, path) < STALE_TEMPORARY_SECONDS
-
-
-def _seconds_since_written(root: DataRoot, path: str) -> float:
-    try:
-        modified = root.fs.modified(path)
-    except (FileNotFoundError, NotImplementedError):
-        return float("inf")
-    return time.time() - modified.timestamp()
 
 
 def file_sizes(root: DataRoot, paths: dict[str, str]) -> dict[str, int]:
