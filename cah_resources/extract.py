@@ -130,7 +130,7 @@ def write_extracted(out: DataRoot, extracted: Extracted) -> list[str]:
 
 
 def summary(extracted: Extracted) -> str:
-    """One line a person reads: files, candidates by category, pages, and what was dropped most."""
+    """One line a person reads: files, candidates by category, pages, what was dropped most, and damage."""
     candidates = CandidatesStats.from_dict(extracted.counts[CANDIDATES])
     pages = PagesStats.from_dict(extracted.counts.get(PAGES, {}))
     categories = ", ".join(
@@ -140,7 +140,10 @@ def summary(extracted: Extracted) -> str:
     drops += [(n, f"{PagesStats.DROP_PREFIX}{r}") for r, n in pages.drops.items() if n]
     shown = ", ".join(f"{k} {v}" for v, k in sorted(drops, reverse=True)[:5]) or "none"
     rows = f", {extracted.pages.num_rows} pages" if extracted.pages is not None else ""
+    # One pass reads a WARC file for both outputs: a damaged record is counted by each, shown once.
+    damage = {kind: max(candidates.damage[kind], pages.damage[kind]) for kind in candidates.damage | pages.damage}
+    damaged = ", ".join(f"{kind} {n}" for kind, n in sorted(damage.items(), key=lambda kv: -kv[1]) if n)
     return (
         f"{len(extracted.counts['files'])} file(s): {extracted.candidates.num_rows} candidates ({categories}){rows}; "
-        f"drops: {shown}"
+        f"drops: {shown}" + (f"; damaged, skipped: {damaged}" if damaged else "")
     )

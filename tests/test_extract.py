@@ -8,7 +8,7 @@ import pytest
 from s3_peer import ACCESS_KEY, REGION, SECRET_KEY, new_bucket_root, s3_endpoint
 
 from cah_assets.cli import main
-from cah_resources.contract import CANDIDATES_SCHEMA, PAGES_SCHEMA
+from cah_resources.contract import CANDIDATES_SCHEMA, PAGES_SCHEMA, Damage
 from cah_resources.samples.sample_warc import generate_warc_crawl
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "commoncrawl")
@@ -45,6 +45,18 @@ def test_extract_reads_wat_files_too_and_writes_no_pages_for_them(warc_crawl, tm
     assert [f["format"] for f in counts["files"].values()] == ["wat", "wat"]
     # The WAT twin holds every <img src>: the same pages give fewer candidates than their WARC.
     assert 0 < counts["candidates"]["candidates"] < len(warc_crawl.expected_segment(warc_crawl.warc_paths))
+
+
+def test_extract_names_the_damage_it_skipped_on_its_line(tmp_path, capsys):
+    """Checking a file before registering a crawl: a file cut short says so, not only "drops: none"."""
+    with open(os.path.join(DATA, "whirlwind.warc.gz"), "rb") as whole:
+        cut = whole.read()[:5000]  # inside the response record: an interrupted download
+    (tmp_path / "cut.warc.gz").write_bytes(cut)
+    assert main(["extract", str(tmp_path / "cut.warc.gz"), "--out", str(tmp_path / "out")]) == 0
+    counts = json.loads((tmp_path / "out" / "counts.json").read_text())["candidates"]
+    damaged = {kind: counts[kind] for kind in map(str, Damage) if counts.get(kind)}
+    line = capsys.readouterr().out.splitlines()[0]
+    assert damaged and line.endswith("; damaged, skipped: " + ", ".join(f"{k} {n}" for k, n in damaged.items())), line
 
 
 def test_extract_of_a_missing_file_is_one_line(tmp_path, capsys):
