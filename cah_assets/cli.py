@@ -122,9 +122,13 @@ def demo(workdir: str | None, crawl: str, wat_files: int, warc_files: int, seed:
         except RuntimeError as error:  # a failed run or a missing service: one line
             raise UserError(str(error)) from None
         sys.exit(code)
+    from cah_assets.policies import RunStopped
+
     workdir = workdir or ".demo"
     try:
         code = run_demo(workdir, crawl=crawl, wat_files=wat_files, seed=seed, warc_files=warc_files)
+    except RunStopped as error:  # Ctrl-C or SIGTERM: the run that was going on is named
+        raise Stopped(str(error)) from None
     except RuntimeError as error:  # a failed run: its logs are on the instance
         raise UserError(str(error)) from None
     sys.exit(code)
@@ -365,7 +369,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
     from cah_assets.definitions import PIPELINE_JOB, stage_job_name
     from cah_assets.launch import run_job
     from cah_assets.partitions import segments as segment_partitions
-    from cah_assets.policies import STOPPED, was_stopped
+    from cah_assets.policies import stop_message, was_stopped
     from cah_assets.progress import QUIET_RUN_CONFIG, run_summary, stage_progress
 
     instance, defs = _instance()
@@ -389,7 +393,7 @@ def materialize(segments: tuple[str, ...], stages: tuple[str, ...]) -> None:
                     click.echo(f"{key} {line}")
                 advance()
                 if not result.success and was_stopped(result):
-                    raise Stopped(f"stopped in {key} (run {result.run_id[:8]}); {STOPPED.split(': ', 1)[1]}")
+                    raise Stopped(stop_message(key, result.run_id))
                 if not result.success:
                     failed.append(f"{key} (run {result.run_id[:8]})")
                     break

@@ -16,6 +16,7 @@ from cah_assets.crawls import register_and_add
 from cah_assets.definitions import DATASET_JOB, PIPELINE_JOB, build_definitions, stage_job_name
 from cah_assets.deployment import Deployment, write_deployment
 from cah_assets.launch import run_job
+from cah_assets.policies import raise_unless_succeeded
 from cah_assets.progress import (
     QUIET_RUN_CONFIG,
     quiet_console,
@@ -198,15 +199,11 @@ def run_pipeline(
                 shown = (STAGES[0], PAGES, *STAGES[1:]) if key in warc_keys else STAGES
                 for line in run_summary(result, shown):
                     say(f"3/4 {key} {line}")
-                if not result.success:
-                    raise RuntimeError(
-                        f"demo: segment {key} failed in run {result.run_id}; open it in the UI (make dev)"
-                    )
+                raise_unless_succeeded(result, f"segment {key}")
                 advance()
         score_pages(instance, defs, warc_keys + register_demo_dataset(instance, defs, workdir), say)
         result = run_job(instance, defs, DATASET_JOB, run_config=QUIET_RUN_CONFIG)
-        if not result.success:
-            raise RuntimeError(f"demo: release/report failed in run {result.run_id}; open it in the UI (make dev)")
+        raise_unless_succeeded(result, "release/report")
         say(f"4/4 {run_summary(result, ('release',))[0]}")
     root = storage.data_root()
     seconds = time.perf_counter() - started
@@ -237,10 +234,7 @@ def score_pages(
     """page_scores of each segment (a WARC crawl's pages, a dataset's files) by the tiny classifier: one line each."""
     for key in keys:
         result = run_job(instance, defs, stage_job_name(PAGE_SCORES), key, QUIET_RUN_CONFIG)
-        if not result.success:
-            raise RuntimeError(
-                f"demo: page_scores of {key} failed in run {result.run_id}; open it in the UI (make dev)"
-            )
+        raise_unless_succeeded(result, f"page_scores of {key}")
         for line in run_summary(result, (PAGE_SCORES,)):
             say(f"3/4 {key} {line}")
 

@@ -41,6 +41,24 @@ def permanent_errors() -> Iterator[None]:
 STOPPED = "stopped on request (Ctrl-C, SIGTERM or Terminate): finished units are kept; run it again to go on"
 
 
+def stop_message(where: str, run_id: str) -> str:
+    """What a command says when a run it waits on was stopped: where, which run, and how to go on."""
+    return f"stopped in {where} (run {run_id[:8]}); {STOPPED.split(': ', 1)[1]}"
+
+
+class RunStopped(RuntimeError):
+    """A run that a command waits on was stopped on request: the command stops too (status 130)."""
+
+
+def raise_unless_succeeded(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, where: str) -> None:
+    """RunStopped (where, the run, how to go on) for a stopped run; RuntimeError naming it for a failed one."""
+    if result.success:
+        return
+    if was_stopped(result):
+        raise RunStopped(stop_message(where, result.run_id))
+    raise RuntimeError(f"{where} failed in run {result.run_id}; open it in the UI (make dev)")
+
+
 @contextlib.contextmanager
 def stops_are_final() -> Iterator[None]:
     """Make a stop (Ctrl-C, SIGTERM, the UI's Terminate) fail the step for good.

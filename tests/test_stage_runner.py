@@ -9,9 +9,10 @@ import threading
 import time
 
 import dagster as dg
+import pytest
 
 from cah_assets.partitions import segments
-from cah_assets.policies import STOPPED, was_stopped
+from cah_assets.policies import STOPPED, RunStopped, raise_unless_succeeded, was_stopped
 from cah_assets.resources import StorageResource
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 from cah_resources.storage import TEMPORARY
@@ -177,3 +178,8 @@ def test_a_stopped_step_fails_for_good_instead_of_meeting_its_retry_policy(tmp_p
     (failure,) = [e.step_failure_data for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert failure.user_failure_data.description == STOPPED
     assert was_stopped(result)
+    # What `cah demo` (and `cah materialize`) then say, in one line, before stopping with status 130.
+    expected = f"stopped in segment {KEYS[0]} (run {result.run_id[:8]}); finished units are kept; run it again to go on"
+    with pytest.raises(RunStopped) as stopped:
+        raise_unless_succeeded(result, f"segment {KEYS[0]}")
+    assert str(stopped.value) == expected
