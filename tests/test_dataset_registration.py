@@ -83,6 +83,15 @@ def test_a_text_column_the_files_lack_is_one_line_naming_the_columns(tmp_path, d
     assert load_registration(data_root, "other") is None
 
 
+def test_a_text_column_that_holds_no_text_is_one_line_naming_its_type(tmp_path, data_root):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": pa.array([1, 2]), "body": ["a page", "another"]}), folder / "a.parquet")
+    with pytest.raises(ValueError, match=r"a.parquet has column 'text' of type int64, not text; pass --text-column$"):
+        register_dataset(data_root, "other", [f"{folder}/a.parquet"])
+    assert register_dataset(data_root, "other", [f"{folder}/a.parquet"], text_column="body").text_column == "body"
+
+
 def test_a_file_that_is_not_parquet_is_one_line_naming_it(tmp_path, data_root):
     folder = tmp_path / "pages"
     folder.mkdir()

@@ -184,6 +184,16 @@ def test_a_redo_keeps_the_scored_file_and_its_marker_until_new_outputs_replace_t
     assert again["pages"] == first["pages"] == 50
 
 
+def test_a_file_whose_text_column_holds_no_text_fails_in_one_line_and_leaves_nothing(tmp_path, data_root):
+    """The plan checks a dataset's first file; a later file with another type fails by its name."""
+    source = str(tmp_path / "binary.parquet")
+    pq.write_table(pa.table({"text": pa.array([b"a page", b"\xff"])}), source)
+    with pytest.raises(ValueError) as failed:
+        score_page_file(_unit(data_root, source), TINY)
+    assert str(failed.value) == f"{source} has column 'text' of type binary, not text; the dataset's plan names it"
+    assert data_root.listdir(data_root.path("page_scores", "pages-test_00000")) == []
+
+
 def test_pages_without_text_keep_their_row_unscored_and_are_counted(tmp_path, data_root):
     table = pages_table(pages(10, seed=2))
     texts = table.column("text").to_pylist()

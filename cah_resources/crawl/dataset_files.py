@@ -141,11 +141,21 @@ def missing_files(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[s
     return [p for p, present in zip(paths, there, strict=True) if not present]
 
 
-def parquet_columns(url: str, options: dict[str, Any] | None = None) -> list[str]:
-    """Column names of a Parquet file, from its footer only; a file that is not Parquet is one line naming it."""
+def parquet_schema(url: str, options: dict[str, Any] | None = None) -> pa.Schema:
+    """The schema of a Parquet file, from its footer only; a file that is not Parquet is one line naming it."""
     fs, path = url_to_fs(url, **(options or {}))
     with fs.open(path, "rb") as handle:
         try:
-            return pq.read_schema(handle).names
+            return pq.read_schema(handle)
         except pa.ArrowInvalid as error:  # no footer, bad magic bytes, a truncated file
             raise ValueError(f"{redact_url(url)} is not a readable Parquet file ({one_line(error)})") from None
+
+
+def text_column_problem(schema: pa.Schema, column: str) -> str | None:
+    """Why ``column`` of a file of pages cannot be scored (missing, or not text), or None."""
+    if column not in schema.names:
+        return f"has no column {column!r} (columns: {', '.join(schema.names)})"
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        return f"has column {column!r} of type {kind}, not text"
+    return None

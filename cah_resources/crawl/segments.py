@@ -17,7 +17,7 @@ from cah_resources.contract import (
     segments_manifest_path,
 )
 from cah_resources.crawl.common_crawl import CrawlSource
-from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_columns
+from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_schema, text_column_problem
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
@@ -192,13 +192,10 @@ def register_dataset(
     text_column = (text_column or DEFAULT_TEXT_COLUMN) if format == FORMAT_PARQUET else None
     options = options_for(patterns[0], root.url, root.storage_options)
     files = expand_files(patterns, options)
-    if format == FORMAT_PARQUET:
-        columns = parquet_columns(files[0], options)
-        if text_column not in columns:
-            raise ValueError(
-                f"{redact_url(files[0])} has no column {text_column!r} (columns: {', '.join(columns)}); "
-                "pass --text-column"
-            )
+    if text_column is not None:  # a Parquet dataset
+        problem = text_column_problem(parquet_schema(files[0], options), text_column)
+        if problem is not None:
+            raise ValueError(f"{redact_url(files[0])} {problem}; pass --text-column")
     n = files_per_segment or default_files_per_segment(len(files))
     return _record(root, CrawlRegistration(name, n, tuple(files), format, text_column))
 

@@ -40,7 +40,7 @@ from cah_resources.contract import (
     shard_paths,
     stage_folder,
 )
-from cah_resources.crawl.dataset_files import options_for
+from cah_resources.crawl.dataset_files import options_for, text_column_problem
 from cah_resources.crawl.segments import CrawlRegistration, registration_for_key
 from cah_resources.errors import one_line
 from cah_resources.freed_memory import freed_memory_kept
@@ -236,17 +236,20 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bo
             if _opens(fs, path):  # it opens now: the store's hiccup, and the file is retried whole
                 raise
             return _unreadable(unit, stats, error, started)
-        if unit.text_column not in source.schema_arrow.names:
-            raise ValueError(
-                f"{redact_url(unit.source)} has no column {unit.text_column!r}; the dataset's plan names it"
-            )
+        problem = text_column_problem(source.schema_arrow, unit.text_column)
+        if problem is not None:  # the plan checked its first file only
+            raise ValueError(f"{redact_url(unit.source)} {problem}; the dataset's plan names it")
         has_language = LANGUAGE_COLUMN in source.schema_arrow.names
         schema = output_schema(source.schema_arrow)
         windows = _readable_windows(unit, fs, path, source, settings.window, stats)
 
-        with root.open_atomic(unit.table) as table_out, root.open_atomic(unit.kept) as kept_out:
-            writer = pq.ParquetWriter(table_out, schema, compression="zstd")
-            kept_writer = pq.ParquetWriter(kept_out, schema, compression="zstd")
+        with (
+            root.open_atomic(unit.table) as table_out,
+            root.open_atomic(unit.kept) as kept_out,
+            # Closed before their files, also when scoring raises (else a closed file's writer complains).
+            pq.ParquetWriter(table_out, schema, compression="zstd") as writer,
+            pq.ParquetWriter(kept_out, schema, compression="zstd") as kept_writer,
+        ):
             for window in prepared_windows(loaded, settings, windows):
                 scores = score_window(loaded, window, oom)
                 batch = window.payload
