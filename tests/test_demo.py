@@ -280,6 +280,24 @@ def _started_step(instance: dg.DagsterInstance, after: set[str], step: str) -> s
     return None
 
 
+def test_a_stage_run_on_a_dataset_it_does_not_apply_to_fails_at_once_in_one_line(demo, monkeypatch, capsys):
+    """clip_pairs of a Parquet dataset of pages (no images) said "0 pairs scored; checks passed"."""
+    from cah_assets import cli
+
+    monkeypatch.setenv("DAGSTER_HOME", demo.instance.root_directory)
+    key = f"{DEMO_DATASET}_00000"
+    runs = {run.run_id for run in demo.instance.get_runs()}
+    assert cli.main(["materialize", key, "--stage", "clip_pairs"]) == 2
+    (run,) = [run for run in demo.instance.get_runs() if run.run_id not in runs]
+    logs = demo.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    failures = [e.dagster_event.step_failure_data for e in logs]
+    assert [f.user_failure_data.description for f in failures] == [
+        f"clip_pairs does not apply to {key}: {DEMO_DATASET} is registered as parquet, "
+        "and clip_pairs takes wat or warc or webdataset segments"
+    ]
+    assert f"{key} (run {run.run_id[:8]})" in capsys.readouterr().err
+
+
 def test_cah_materialize_stopped_mid_stage_stops_at_once_and_a_second_run_goes_on(demo, tmp_path):
     """SIGTERM (or Ctrl-C) mid-step: no retry after the policy's delay, one line, status 130; then it resumes."""
     key = demo.segment_keys[-1]

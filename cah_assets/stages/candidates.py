@@ -6,7 +6,7 @@ from cah_assets.metadata import rate, rows_table, stats_metadata
 from cah_assets.policies import CANDIDATES_RETRY
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
 from cah_resources.candidates.stage import output_paths
-from cah_resources.contract import CANDIDATES, PAGES, CandidatesStats, PagesStats, pages_path
+from cah_resources.contract import CANDIDATES, CRAWL_FORMATS, PAGES, CandidatesStats, PagesStats, pages_path
 from cah_resources.crawl.segments import registration_for_key
 from cah_resources.pages.segment import (
     FORMAT,
@@ -95,6 +95,7 @@ def summarize_pages(run: StageRun) -> dict:
 
 CANDIDATES_STAGE = Stage(
     name=CANDIDATES,
+    formats=CRAWL_FORMATS,
     outputs=(
         Output(
             CANDIDATES,

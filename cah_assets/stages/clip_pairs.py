@@ -15,7 +15,7 @@ from cah_resources.clip_pairs.stage import (
     shard_units,
     summarize,
 )
-from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, ClipStats, stage_folder
+from cah_resources.contract import CATEGORIES, CLIP_PAIRS, IMAGE_SHARDS, PAIR_FORMATS, ClipStats, stage_folder
 from cah_resources.redaction import redact_url
 
 
@@ -70,6 +70,7 @@ def speed_and_models(run: StageRun) -> dict:
 
 CLIP_PAIRS_STAGE = Stage(
     name=CLIP_PAIRS,
+    formats=PAIR_FORMATS,
     outputs=(
         Output(
             CLIP_PAIRS,

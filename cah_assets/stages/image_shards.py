@@ -5,7 +5,15 @@ import dagster as dg
 from cah_assets.metadata import counts_table, rate, rows_table, stats_metadata
 from cah_assets.policies import FOLLOWS_UPSTREAM, IMAGE_SHARDS_RETRY
 from cah_assets.stages.runner import Output, Stage, StageRun, stage_asset
-from cah_resources.contract import CANDIDATES, COUNT, IMAGE_SHARDS, OPT_OUT_STATUSES, SUCCESSES, ShardStats
+from cah_resources.contract import (
+    CANDIDATES,
+    COUNT,
+    CRAWL_FORMATS,
+    IMAGE_SHARDS,
+    OPT_OUT_STATUSES,
+    SUCCESSES,
+    ShardStats,
+)
 from cah_resources.image_shards.stage import (
     ShardUnit,
     download_shard,
@@ -62,6 +70,7 @@ def speed(run: StageRun) -> dict:
 
 IMAGE_SHARDS_STAGE = Stage(
     name=IMAGE_SHARDS,
+    formats=CRAWL_FORMATS,
     outputs=(
         Output(
             IMAGE_SHARDS,

@@ -12,6 +12,7 @@ from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL, permanent_errors, segment_step, stops_are_final
 from cah_assets.progress import SUMMARY_MARK, summary_line
 from cah_resources.contract import stage_folder
+from cah_resources.crawl.segments import load_registration, parse_segment_key
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot, remove_dead_temporaries
 
@@ -74,6 +75,7 @@ class Stage:
     settings: Callable[[Any], Any] | None = None  # resources → settings, read once; work gets them as settings=
     is_done: Callable[[Any], bool] | None = None  # a unit finished by an earlier run, skipped unless redo
     passes_redo: bool = False  # a redo run calls work(unit, redo=True): a finished unit is made again
+    formats: tuple[str, ...] | None = None  # the registration formats whose segments it takes (None: any)
     merge: Callable[[StageRun], list] | None = None  # one unit per segment (run.keys order), after the work
     merge_work: Callable[..., Any] | None = None  # the plain function run on each merge unit
     run_metadata: Callable[[StageRun], dict] = lambda run: {}  # what a run adds beside its segments' (speed)
@@ -82,10 +84,27 @@ class Stage:
     retry_policy: dg.RetryPolicy | None = None
 
 
+def _check_format(stage: Stage, root: DataRoot, key: str) -> None:
+    """A segment of a format the stage does not take (clip_pairs of a dataset of pages) fails in one line."""
+    if stage.formats is None:
+        return
+    try:
+        registration = load_registration(root, parse_segment_key(key)[0])
+    except ValueError:  # not a segment key: the plan says what is wrong
+        return
+    if registration is not None and registration.format not in stage.formats:
+        raise ValueError(
+            f"{stage.name} does not apply to {key}: {registration.crawl} is registered as "
+            f"{registration.format}, and {stage.name} takes {' or '.join(stage.formats)} segments"
+        )
+
+
 def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageRun:
     """Run ``stage`` over ``run.keys`` on the compute engine; fills ``run.values``, ``run.merged``, ``run.seconds``."""
     compute = run.resources.compute
     with permanent_errors():  # a crawl not registered, an upstream stage not made: fail now, retrying cannot help
+        for key in run.keys:
+            _check_format(stage, run.root, key)
         planned = [(key, unit) for key in run.keys for unit in stage.plan(run, key)]
     todo = [(key, unit) for key, unit in planned if run.redo or stage.is_done is None or not stage.is_done(unit)]
     # GPU workers when the cluster has them; CPU workers otherwise (compute.allow_cpu_fallback).
