@@ -12,13 +12,14 @@ import pytest
 from contract_layout import Pair, write_segment
 from PIL import Image
 
-from cah_resources.contract import SIMILARITY_EDGES, STAGES
+from cah_resources.contract import SIMILARITY_EDGES, STAGES, candidates_stats_path
 from cah_resources.dataset.report import (
     build_report,
     collect_facts,
     funnel_table,
     opt_outs_table,
     png_markdown,
+    table_markdown,
     top_domains,
     url_domains,
 )
@@ -269,3 +270,24 @@ def test_the_opted_out_table_counts_each_signal_and_names_the_hosts_that_opted_o
     ]
     markdown = root.read_bytes(build_report(root, SEGMENTS[:1], root.path("report", "CC-X")).paths["report"]).decode()
     assert "## opted out and blocked" in markdown and "| host | art.test | 3 |" in markdown
+
+
+def test_a_warc_segment_is_counted_in_html_pages_not_in_wat_records(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    segment = "CC-W_00000"
+    write_segment(root, segment, segment_pairs(segment), metadata_records=0)
+    stats = root.read_json(candidates_stats_path(root, segment))
+    root.write_json(candidates_stats_path(root, segment), {**stats, "html_pages": 74})  # as the WARC pass writes it
+    built = build_report(root, [segment], root.path("report", "CC-W"))
+    markdown = root.read_bytes(built.paths["report"]).decode()
+    assert markdown.startswith("# Dataset report: 1 segment\n")
+    assert "74 HTML pages of WARC files in 1 segment gave 7 candidates" in markdown
+    assert "WAT records" not in markdown
+    assert ("candidates", 74, "HTML pages", 2.0, 37.0, "n/a") in built.tables["throughput"].rows
+
+
+def test_nothing_opted_out_reads_as_a_sentence_not_an_empty_table(root):
+    table = opt_outs_table(collect_facts(root, SEGMENTS))
+    assert table.rows == [] and table_markdown(table).startswith("No URL was left out by an opt-out signal")
+    markdown = root.read_bytes(build_report(root, SEGMENTS, root.path("report", "CC-X")).paths["report"]).decode()
+    assert "| kind | signal or host | URLs |" not in markdown

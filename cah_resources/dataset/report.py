@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # matplotlib is imported where a plot is drawn: 1.4 s that lo
 
 FUNNEL_STEPS = (CANDIDATES, "attempted", "downloaded", ClipStatus.SCORED, "kept")
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+WAT_UNIT, WARC_UNIT = "WAT records", "HTML pages"
 _CATEGORY_COLORS = {"en": "#4C72B0", "multi": "#DD8452", "nolang": "#55A868"}
 
 
@@ -74,6 +75,7 @@ class DatasetFacts:
 
     segments: list[str]
     records: int = 0  # WAT metadata records read
+    html_pages: int = 0  # HTML pages read from WARC files (a WARC segment reads no WAT records)
     funnel: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in FUNNEL_STEPS})
     candidate_drops: Counter = field(default_factory=Counter)  # links per DropReason of the candidates stage
     statuses: Counter = field(default_factory=Counter)  # download status of every attempt
@@ -125,10 +127,16 @@ def _add_candidates(facts: DatasetFacts, root: DataRoot, segment: str) -> None:
     table = root.read_parquet(path, columns=["category"])
     facts.funnel[CANDIDATES].update(_counts_by_category(table))
     stats = CandidatesStats.from_dict(root.read_json(stats_path) if root.exists(stats_path) else {})
+    # A WARC segment's candidates come from the HTML pages of its WARC files: it counts no WAT records.
+    warc = stats.metadata_records == 0 and stats.html_pages > 0
+    items, unit = (stats.html_pages, WARC_UNIT) if warc else (stats.metadata_records, WAT_UNIT)
+    facts.html_pages += stats.html_pages if warc else 0
     facts.records += stats.metadata_records
     facts.candidate_drops.update(stats.drops)
-    stage = facts.throughput.setdefault(CANDIDATES, StageThroughput(CANDIDATES, "WAT records"))
-    stage.items += stats.metadata_records
+    stage = facts.throughput.setdefault(CANDIDATES, StageThroughput(CANDIDATES, unit))
+    if stage.unit != unit:  # WAT and WARC segments in one report
+        stage.unit = f"{WAT_UNIT} + {WARC_UNIT}"
+    stage.items += items
     stage.task_seconds += stats.task_seconds
 
 
@@ -263,9 +271,23 @@ def table_markdown(table: Table) -> str:
         bool(table.rows) and all(isinstance(row[i], (int, float)) for row in table.rows)
         for i in range(len(table.columns))
     ]
+    if not table.rows and table.note:  # a header over nothing reads as a fault: the note says why it is empty
+        return table.note
     lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
     lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in table.rows]
     return "\n".join(lines + (["", table.note] if table.note else []))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def inputs_read(facts: DatasetFacts) -> str:
+    """What the candidates read: "316 WAT records", "74 HTML pages of WARC files", or both."""
+    parts = [f"{facts.records:,} {WAT_UNIT}"] if facts.records or not facts.html_pages else []
+    if facts.html_pages:
+        parts.append(f"{facts.html_pages:,} {WARC_UNIT} of WARC files")
+    return " and ".join(parts)
 
 
 def _rate(value: float | None) -> str:
@@ -295,7 +317,7 @@ def funnel_table(facts: DatasetFacts) -> Table:
             )
         )
     note = (
-        f"{facts.records:,} WAT records in {len(facts.segments)} segments gave "
+        f"{inputs_read(facts)} in {_count(len(facts.segments), 'segment')} gave "
         f"{totals['candidates']:,} candidates and {totals['kept']:,} kept pairs "
         f"({_ratio(totals['kept'], totals['candidates'])} of candidates)."
     )
@@ -330,6 +352,8 @@ def opt_outs_table(facts: DatasetFacts, n: int = 10) -> Table:
     note = (
         "robots_unreachable: robots.txt answered 5xx/429, which RFC 9309 treats as a complete disallow; "
         "blocklisted_url rows are candidates' drops, never downloaded."
+        if rows
+        else "No URL was left out by an opt-out signal (robots.txt, X-Robots-Tag, tdmrep.json) or a blocklist."
     )
     return Table(("kind", "signal or host", "URLs"), rows, note)
 
@@ -411,7 +435,7 @@ def funnel_figure(facts: DatasetFacts) -> Figure:
     for x, total in enumerate(bottom):
         axes.annotate(f"{int(total):,}", (x, total), ha="center", va="bottom", fontsize=8)
     axes.set_ylabel("pairs")
-    axes.set_title(f"Funnel: {facts.records:,} WAT records → pairs, per category")
+    axes.set_title(f"Funnel: {inputs_read(facts)} → pairs, per category")
     if categories:
         _legend_outside(axes)
     return figure
@@ -607,7 +631,7 @@ def build_report(
         path = f"{out_dir}/{name}.png"
         root.write_bytes(path, png)
         report.paths[name] = path
-    sections = [f"# Dataset report: {len(facts.segments)} segments"]
+    sections = [f"# Dataset report: {_count(len(facts.segments), 'segment')}"]
     for name in (
         "funnel",
         "similarity",
