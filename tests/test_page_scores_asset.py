@@ -154,6 +154,12 @@ def _scored_warc_crawl(tmp_path, root: DataRoot) -> None:
         assert scored.column("url").to_pylist() == kept
         assert scored.column("text").to_pylist() == pages.column("text").to_pylist()
         assert scored.column("score").null_count == 0
+        # The main text keeps the article and drops the boilerplate, so a page scores as its article was written.
+        values = {p.url: p.value for p in crawl.pages[crawl.warc_paths[0]] if p.kept and p.value is not None}
+        scores = dict(zip(scored.column("url").to_pylist(), scored.column("score").to_pylist(), strict=True))
+        teaching = [scores[url] for url, value in values.items() if value >= 3.5]
+        other = [scores[url] for url, value in values.items() if value <= 1.5]
+        assert teaching and other and min(teaching) > max(other), (teaching, other)
         metadata = result.asset_materializations_for_node("page_scores")[0].metadata
         assert metadata["pages_scored"].value == len(kept)
         per_language = {r.data["language"] for r in metadata["per_language"].records}

@@ -28,6 +28,7 @@ from cah_resources.samples.sample_crawl import (
     caption,
     image_name,
 )
+from cah_resources.samples.tiny_text_classifier import texts as edu_texts
 
 # Seed text per language: sentences are drawn from these words, so a page reads as its language to
 # gcld3 and to a main-text extractor (long paragraphs) without being anyone's prose.
@@ -126,6 +127,7 @@ class ExpectedPage:
     charset: str
     declared: str  # http | meta | none
     kept: bool  # long enough to be a page row
+    value: float | None = None  # educational value (0-5) it was written with; None: not a classifier language
 
 
 @dataclass
@@ -149,6 +151,19 @@ def _sentence(rng: random.Random, language: str, words: int) -> str:
 
 def paragraph(rng: random.Random, language: str) -> str:
     return " ".join(_sentence(rng, language, rng.randint(8, 22)) for _ in range(rng.randint(3, 7)))
+
+
+def article(rng: random.Random, language: str, count: int) -> tuple[list[str], float | None]:
+    """``count`` paragraphs of 3-7 sentences and the article's educational value (0-5). In a language the
+    tiny text classifier reads, the sentences are its world's (teaching, or the rest of the web, in one
+    of its shares), so page_scores has pages worth keeping and a value to score against; other
+    languages get seed-word prose and no value."""
+    if language not in edu_texts.LANGUAGES or count == 0:
+        return [paragraph(rng, language) for _ in range(count)], None
+    lengths = [rng.randint(3, 7) for _ in range(count)]
+    made, value = edu_texts.mixed_sentences(rng, language, sum(lengths), rng.choice(edu_texts.TEACHING_SHARES))
+    ends = [sum(lengths[: i + 1]) for i in range(count)]
+    return [" ".join(made[end - n : end]) for n, end in zip(lengths, ends, strict=True)], value
 
 
 class _Page:
@@ -449,7 +464,7 @@ def generate_warc_crawl(
             )
             short = special == "short"
             title = _sentence(rng, language, 6).rstrip(".。")
-            paragraphs = [] if short else [paragraph(rng, language) for _ in range(rng.randint(*paragraphs_per_page))]
+            paragraphs, value = article(rng, language, 0 if short else rng.randint(*paragraphs_per_page))
             page_kinds = [rng.choice(kinds) for _ in range(images_per_page)]
             markup = page_html(
                 page, rng, title, language, charset, declared, base, paragraphs, page_kinds, earlier, page_weight
@@ -471,7 +486,8 @@ def generate_warc_crawl(
             else:
                 page_counts.pages += 1
             boilerplate = [COOKIE, *FOOTER, SIDEBAR[0], SIDEBAR[1]]
-            pages.append(ExpectedPage(url, title, paragraphs, boilerplate, language, charset, declared, not short))
+            truth_of_page = (url, title, paragraphs, boilerplate, language, charset, declared, not short, value)
+            pages.append(ExpectedPage(*truth_of_page))
             for pair, facts, reason, _kind, attribute in page.expected:
                 if reason is not None:
                     counts.drops[reason] += 1

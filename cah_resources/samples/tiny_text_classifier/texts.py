@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 LANGUAGES = ("en", "de", "fr", "es")
 MAX_SCORE = 5.0
+TEACHING_SHARES = (0.0, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.0)  # of a page's sentences, as pages() draws them
 
 # Per language: subjects, then teaching templates ({s} a subject, {n} a number), then the rest.
 _SUBJECTS = {
@@ -133,13 +134,19 @@ def _sentence(rng: random.Random, language: str, teaching: bool) -> str:
     return template.format(s=rng.choice(_SUBJECTS[language]), n=rng.randint(2, 99))
 
 
+def mixed_sentences(rng: random.Random, language: str, count: int, teaching_share: float) -> tuple[list[str], float]:
+    """``count`` sentences in ``language``, about ``teaching_share`` of them teaching, in a shuffled
+    order, and their educational value (0-5)."""
+    teaching = round(teaching_share * count)
+    flags = [True] * teaching + [False] * (count - teaching)
+    rng.shuffle(flags)
+    return [_sentence(rng, language, flag) for flag in flags], MAX_SCORE * teaching / count
+
+
 def page(rng: random.Random, language: str, sentences: int, teaching_share: float, index: int = 0) -> Page:
     """One page of ``sentences`` sentences, about ``teaching_share`` of them teaching, in ``language``."""
-    teaching = round(teaching_share * sentences)
-    flags = [True] * teaching + [False] * (sentences - teaching)
-    rng.shuffle(flags)
-    text = " ".join(_sentence(rng, language, flag) for flag in flags)
-    return Page(f"https://{language}.example.org/page/{index}", text, language, MAX_SCORE * teaching / sentences)
+    made, value = mixed_sentences(rng, language, sentences, teaching_share)
+    return Page(f"https://{language}.example.org/page/{index}", " ".join(made), language, value)
 
 
 def web_length(rng: random.Random) -> int:
@@ -153,6 +160,6 @@ def pages(n: int, seed: int = 0, languages: tuple[str, ...] = LANGUAGES) -> list
     out = []
     for i in range(n):
         sentences = web_length(rng)
-        share = rng.choice((0.0, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.0))
+        share = rng.choice(TEACHING_SHARES)
         out.append(page(rng, rng.choice(languages), sentences, share, i))
     return out
