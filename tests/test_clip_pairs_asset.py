@@ -29,7 +29,9 @@ def data(tmp_path) -> DataRoot:
     return root
 
 
-def materialize(root: DataRoot, compute: ComputeResource, run_config=None) -> dg.ExecuteInProcessResult:
+def materialize(
+    root: DataRoot, compute: ComputeResource, run_config=None, raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("segments", [SEGMENT])
     return dg.materialize(
@@ -42,6 +44,7 @@ def materialize(root: DataRoot, compute: ComputeResource, run_config=None) -> dg
             "clip_scorer": ClipScorer.tiny(batch_size=8, decode_workers=1),
         },
         run_config=run_config,
+        raise_on_error=raise_on_error,
     )
 
 
@@ -85,3 +88,33 @@ def test_shards_run_on_the_worker_advertising_a_gpu_when_there_is_one(data):
 
     assert result.success
     assert {s["worker"] for s in shard_summaries(data, SEGMENT)} == {"gpu-0"}
+
+
+def _candidates(root: DataRoot, segment: str, rows: int) -> None:
+    import pyarrow as pa
+
+    from cah_resources.contract import CANDIDATES_SCHEMA, candidates_path
+
+    row = {name: "x" for name in CANDIDATES_SCHEMA.names} | {"language_prob": 0.9}
+    table = pa.Table.from_pylist([{**row, "uid": f"{i:032x}"} for i in range(rows)], schema=CANDIDATES_SCHEMA)
+    root.write_parquet(candidates_path(root, segment), table)
+
+
+def test_a_segment_with_candidates_and_no_image_shard_fails_in_one_line_before_any_work(tmp_path):
+    root = DataRoot(str(tmp_path / "data"))
+    compute = ComputeResource(n_workers=1, processes=False, local_gpus=0)
+    _candidates(root, SEGMENT, 40)  # image_shards never ran, or its files were lost
+
+    result = materialize(root, compute, raise_on_error=False)
+
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.event_specific_data.error.message.strip()
+    assert not result.success and "\n" not in message
+    assert f"{SEGMENT} has 40 candidates and no finished image shard under" in message
+    assert message.endswith(f"materialize image_shards for {SEGMENT} first")
+    assert not any(e.is_step_up_for_retry for e in result.all_events)  # a missing upstream is not retried
+
+    _candidates(root, SEGMENT, 0)  # a segment with nothing to download has nothing to score
+    empty = materialize(root, compute)
+    assert empty.success
+    assert empty.asset_materializations_for_node("clip_pairs")[0].metadata["pairs_scored"].value == 0

@@ -47,6 +47,7 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from PIL import Image
 
@@ -63,6 +64,7 @@ from cah_resources.contract import (
     ClipStats,
     ClipStatus,
     DownloadStatus,
+    candidates_path,
     embedding_path,
     finished_shards,
     kept_path,
@@ -139,7 +141,29 @@ def shard_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
     tars = webdataset_tars(root, segment)
     if tars is not None:
         return [ClipPairsUnit(root, segment, i, tar) for i, tar in enumerate(tars)]
-    return [ClipPairsUnit(root, segment, shard) for shard in _finished(root, IMAGE_SHARDS, segment)]
+    shards = _finished(root, IMAGE_SHARDS, segment)
+    if not shards:
+        _require_image_shards(root, segment)
+    return [ClipPairsUnit(root, segment, shard) for shard in shards]
+
+
+def _require_image_shards(root: DataRoot, segment: str) -> None:
+    """Candidates to download and no finished image shard: one line, not a run that scores nothing and passes
+    for done. (A segment whose candidates are empty has no image shard to score.)"""
+    path = candidates_path(root, segment)
+    if not root.exists(path):
+        raise FileNotFoundError(
+            f"{segment} has no candidates and no image shards: materialize candidates and image_shards of {segment} "
+            "first"
+        )
+    with root.fs.open(path, "rb") as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+    if rows:
+        folder = redact_url(stage_folder(root, IMAGE_SHARDS, segment))
+        raise FileNotFoundError(
+            f"{segment} has {rows:,} candidates and no finished image shard under {folder}: "
+            f"materialize image_shards for {segment} first"
+        )
 
 
 def pending_units(root: DataRoot, segment: str) -> list[ClipPairsUnit]:
