@@ -101,13 +101,17 @@ def _checks_line(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stag
 
 def run_summary(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, stages: tuple[str, ...]) -> list[str]:
     """One line per stage of the run: its counts, rate, seconds and checks; or that it did not materialize."""
+    from cah_assets.policies import was_stopped
+
     events = result.get_asset_materialization_events()
     materialized = {e.materialization.asset_key.to_user_string(): e.materialization.metadata for e in events}
+    # A stopped run's stages did not fail: the stop line that follows says where it stopped and how to go on.
+    why = "stopped on request" if was_stopped(result) else "see its logs in the UI"
     lines = []
     for stage in stages:
         meta = materialized.get(stage)
         if meta is None:
-            lines.append(f"{stage:<12} not materialized (run {result.run_id[:8]}: see its logs in the UI)")
+            lines.append(f"{stage:<12} not materialized (run {result.run_id[:8]}: {why})")
             continue
         lines.append(summary_line(stage, meta) + _checks_line(result, stage))
     return lines

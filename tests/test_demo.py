@@ -324,6 +324,9 @@ def test_cah_materialize_stopped_mid_stage_stops_at_once_and_a_second_run_goes_o
     assert err.strip().splitlines()[-1] == (
         f"cah materialize: stopped in {key} (run {run_id[:8]}); finished units are kept; run it again to go on"
     )
+    # The stages the stop left undone say so; none points at the logs as a failure would.
+    assert f"image_shards not materialized (run {run_id[:8]}: stopped on request)" in out
+    assert "see its logs" not in out, out
     events = [e.dagster_event.event_type for e in demo.instance.all_logs(run_id) if e.dagster_event]
     assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
     assert demo.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
