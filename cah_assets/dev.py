@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 
 from cah_assets.launch import WORKSPACE
+from cah_assets.policies import STOPPED
 from cah_assets.progress import SUMMARY_MARK
 
 # Lines that are expected on this set-up and say nothing a user could act on (each reason beside it).
@@ -35,6 +36,10 @@ LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - \S+ - (?P<
 # the webserver's uvicorn logging `ERROR:    [Errno 98] error while attempting to bind ...`).
 PROBLEM = re.compile(r"^\S.*?(Warning|Error|Exception)\b|^(ERROR|CRITICAL):\s")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RUN_ID = re.compile(r" - (?P<run>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) - ")
+STEP_FAILED = re.compile(r" - STEP_FAILURE - Execution of step \"[^\"]*\" failed\.$")
+# Dagster's records of a run after one of its steps was stopped: its checks not run, the run canceled.
+AFTER_A_STOP = ("Not executing.", " - RUN_CANCELED - ")
 UP_POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # how a process manager, `timeout` or a closed terminal stop us
 UP_WAIT_S = 600.0
@@ -50,17 +55,43 @@ def dagster_dev_command(port: int, workspace: str = WORKSPACE) -> list[str]:
 
 
 def quiet_lines(lines: Iterable[str]) -> Iterator[str]:
-    """The lines a person acts on: warnings, errors and stage summaries, one line each, without colour codes."""
+    """The lines a person acts on: warnings, errors and stage summaries, one line each, without colour codes.
+
+    A step stopped on request (the UI's Terminate, Ctrl-C) is one line saying so, not Dagster's three errors
+    (the step's failure, its checks not executed, the run canceled): a stop is what was asked for.
+    """
+    stopped: set[str] = set()  # runs whose step was stopped: their knock-on errors are not news
+    held: str | None = None  # a step failure, until its error's first line says whether it was a stop
     for raw in lines:
         line = ANSI.sub("", raw.rstrip("\n"))
+        if held is not None:
+            if not line.strip():
+                continue  # the blank line between a failure and its error
+            failure, held = held, None
+            if LOG_RECORD.match(line) is None and STOPPED in line:
+                stopped.add(_run_id(failure))
+                yield STEP_FAILED.sub(f" - {STOPPED}", failure.replace(" - ERROR - ", " - INFO - ", 1))
+                continue
+            yield failure
         if any(expected in line for expected in EXPECTED_LINES):
             continue
         record = LOG_RECORD.match(line)
         if record is not None:
-            if record["level"] in SHOWN_LEVELS or SUMMARY_MARK in line:
+            if _run_id(line) in stopped and any(mark in line for mark in AFTER_A_STOP):
+                continue
+            if STEP_FAILED.search(line):
+                held = line
+            elif record["level"] in SHOWN_LEVELS or SUMMARY_MARK in line:
                 yield line
         elif PROBLEM.match(line):  # continuation lines (tracebacks, multi-line messages) start indented or plain
             yield line
+    if held is not None:
+        yield held
+
+
+def _run_id(line: str) -> str:
+    found = RUN_ID.search(line)
+    return found["run"] if found else ""
 
 
 def run_quietly(command: list[str], echo: Callable[[str], None]) -> int:

@@ -12,6 +12,7 @@ import time
 import psutil
 
 from cah_assets.dev import quiet_lines
+from cah_assets.policies import STOPPED
 from cah_resources.samples.cluster_peers import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,3 +122,53 @@ def test_cah_dev_on_a_taken_port_says_so_in_one_line_at_once(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"cah dev: port {port} on 127.0.0.1 is taken") and "--port" in err
+
+
+STOPPED_RUN = "6cd806c7-4557-4a4c-b52f-15a3f961efb1"
+RECORD = "2026-12-07 23:22:13 +0000 - dagster - {level} - clip_pairs_job - {run} - {text}\n"
+
+
+def _terminated(run: str = STOPPED_RUN) -> list[str]:
+    """What dagster dev prints when the UI's Terminate stops a run's clip_pairs step (as printed, trimmed)."""
+    step_failed = '14652 - clip_pairs - STEP_FAILURE - Execution of step "clip_pairs" failed.'
+    not_executed = "clip_pairs_checks - Dependencies for step clip_pairs_checks failed: ['clip_pairs']. Not executing."
+    return [
+        RECORD.format(level="DEBUG", run=run, text='14652 - clip_pairs - STEP_START - Started execution of step "c".'),
+        RECORD.format(level="ERROR", run=run, text=step_failed),
+        "\n",
+        f"dagster._core.definitions.events.Failure: {STOPPED}\n",
+        "\n",
+        "Stack Trace:\n",
+        '  File "/x/execute_plan.py", line 243, in dagster_event_sequence_for_step\n',
+        "\n",
+        RECORD.format(level="ERROR", run=run, text=not_executed),
+        "2026-12-07 23:22:17,960 - distributed.nanny - WARNING - Worker process still alive after 4.0 seconds\n",
+        RECORD.format(level="ERROR", run=run, text="14652 - RUN_CANCELED - Run was canceled. Failed steps: ['c']."),
+    ]
+
+
+def test_a_run_stopped_by_terminate_is_one_line_not_three_errors():
+    shown = list(quiet_lines(_terminated()))
+    assert shown == [
+        f"2026-12-07 23:22:13 +0000 - dagster - INFO - clip_pairs_job - {STOPPED_RUN} - 14652 - clip_pairs - {STOPPED}"
+    ]
+
+
+def test_a_failed_step_beside_a_stopped_run_still_shows_its_error_and_knock_on_lines():
+    failed = "0c1d2e3f-0000-4000-8000-000000000001"
+    lines = [
+        *_terminated(),
+        RECORD.format(level="ERROR", run=failed, text='7 - clip_pairs - STEP_FAILURE - Execution of step "clip_pairs" '
+                      "failed."),
+        "\n",
+        "dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while executing op\n",
+        "\n",
+        RECORD.format(level="ERROR", run=failed, text="clip_pairs_checks - Dependencies for step clip_pairs_checks "
+                      "failed: ['clip_pairs']. Not executing."),
+    ]  # fmt: skip
+    shown = list(quiet_lines(lines))
+    assert len(shown) == 4 and STOPPED in shown[0]
+    assert shown[1].endswith('STEP_FAILURE - Execution of step "clip_pairs" failed.') and failed in shown[1]
+    assert shown[2].startswith("dagster._core.errors.DagsterExecutionStepExecutionError")
+    assert shown[3].endswith("Not executing.") and failed in shown[3]
+    assert list(quiet_lines(lines[-5:-4])) == shown[1:2]  # a failure at the end of the output is not held back

@@ -726,5 +726,12 @@ def test_cah_dev_prints_a_banner_then_only_warnings_errors_and_stage_summaries(d
     assert not [line for line in lines if "_sensor" in line]  # no sensor tick every 30 s
     summaries = [line for line in rest if SUMMARY_MARK in line]
     assert any("image_shards" in line and "URLs" in line for line in summaries), rest  # the UI's runs, in one line
-    others = [line for line in rest if SUMMARY_MARK not in line]
+    # The Terminate test's run: one line saying it was stopped, none of Dagster's errors about it.
+    stops = [line for line in rest if STOPPED in line]
+    assert stops and all(" - INFO - " in line for line in stops), stops
+    stopped_runs = {
+        match[0] for line in stops for match in [re.search(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", line)]
+    }
+    assert not [line for line in rest if line not in stops and any(run in line for run in stopped_runs)]
+    others = [line for line in rest if SUMMARY_MARK not in line and line not in stops]
     assert all(re.search(r"(WARNING|ERROR|CRITICAL) - |Warning|Error|Exception", line) for line in others), others
