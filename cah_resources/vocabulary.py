@@ -568,6 +568,7 @@ class PageScoreStats(Stats):
     threshold: float | None = _stat(None, "same")
     device_memory: dict | None = _stat(None, "same")  # what device out-of-memory cost the file
     damage: Counter[str] = _counter("damage")  # per Damage: unreadable files, rows of undecodable row groups
+    source_version: str | None = _stat(None, "same")  # the file of pages as scored (fsspec's checksum)
 
     HEADLINE: ClassVar[tuple[str, str]] = ("pages_scored", "pages_kept")
 

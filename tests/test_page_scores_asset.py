@@ -213,6 +213,23 @@ def test_damaged_files_of_pages_are_counted_and_the_segment_is_scored_and_checke
     metadata = result.asset_materializations_for_node("page_scores")[0].metadata
     assert metadata["pages_scored"].value == 30
 
-    Path(second.source).write_bytes(whole)  # the file repaired: a redo scores it
+    assert (
+        materialize(root, keys, keys[0])
+        .asset_materializations_for_node("page_scores")[0]
+        .metadata["pages_scored"]
+        .value
+        == 30
+    )  # a rerun of unchanged files scores nothing again
+    assert (PageScoreStats.from_dict(root.read_json(second.marker)).task_seconds) == unreadable.task_seconds
+
+    Path(second.source).write_bytes(whole)  # the file repaired: the next run scores it, no redo needed
+    pq.write_table(pages, first.source, row_group_size=10, compression="zstd")
+    repaired = materialize(root, keys, keys[0])
+    assert repaired.asset_materializations_for_node("page_scores")[0].metadata["pages_scored"].value == 80
+    for unit in (first, second):
+        again = PageScoreStats.from_dict(root.read_json(unit.marker))
+        assert (again.damage, again.pages) == ({}, 40) and root.read_parquet(unit.table).num_rows == 40
+    checks = {e.check_name: e.passed for e in repaired.get_asset_check_evaluations()}
+    assert checks == {"scored_rows_match_pages": True, "kept_pages_pass_threshold": True}
     again = PageScoreStats.from_dict(score_page_file(second, TextClassifier.tiny(device="cpu").settings(), redo=True))
-    assert (again.damage, again.pages) == ({}, 40) and root.read_parquet(second.table).num_rows == 40
+    assert (again.damage, again.pages) == ({}, 40)  # a redo of a whole file is the same

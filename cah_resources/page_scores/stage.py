@@ -125,12 +125,33 @@ def segment_units(root: DataRoot, segment: str) -> list[PageScoresUnit]:
 
 
 def pending_units(units: list[PageScoresUnit]) -> list[PageScoresUnit]:
-    """Those of ``units`` without a marker yet (one listing per segment folder)."""
+    """Those of ``units`` without a marker yet (one listing per segment folder), and those counted as
+    damaged whose file has changed since (a good copy put in its place)."""
     done: dict[str, set[int]] = {}
     for unit in units:
         if unit.segment not in done:
             done[unit.segment] = set(finished_units(unit.root, unit.segment))
-    return [u for u in units if u.shard not in done[u.segment]]
+    return [u for u in units if u.shard not in done[u.segment] or damage_repaired(u, u.root.read_json(u.marker))]
+
+
+def source_version(unit: PageScoresUnit) -> str | None:
+    """What the file of pages is now: fsspec's checksum of its size and modification time or ETag
+    (None where it is gone: there is nothing new to score)."""
+    fs, path = url_to_fs(unit.source, **unit.source_options)
+    try:
+        return str(fs.checksum(path))
+    except FileNotFoundError:
+        return None
+
+
+def damage_repaired(unit: PageScoresUnit, marker: dict[str, Any]) -> bool:
+    """Whether a file its marker counts as damaged has changed since it was read: it is scored again,
+    so a repaired file's pages are not left out until a redo. Undamaged files are not looked at."""
+    stats = PageScoreStats.from_dict(marker)
+    if not stats.damage:
+        return False
+    now = source_version(unit)
+    return now is not None and now != stats.source_version
 
 
 def dataset_pages_view(root: DataRoot, registration: CrawlRegistration, segment: str) -> list[dict[str, Any]]:
@@ -203,7 +224,8 @@ def _scored_batch(
 def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bool = False) -> dict[str, Any]:
     """Score one file of pages and write its page_scores outputs; returns the file's summary.
 
-    A file whose marker exists is not redone unless ``redo``: its summary is read back. Otherwise
+    A file whose marker exists is not redone unless ``redo``, or unless it was counted as damaged and
+    has changed since (``damage_repaired``): its summary is read back. Otherwise
     every output is rewritten from scratch, so a retried or interrupted file ends the same; a
     finished file being redone keeps its outputs and marker until the new ones are written.
     """
@@ -211,7 +233,9 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bo
 
     root = unit.root
     if not redo and root.exists(unit.marker):
-        return root.read_json(unit.marker)
+        marker = root.read_json(unit.marker)
+        if not damage_repaired(unit, marker):
+            return marker
     started = time.perf_counter()
     loaded = load_classifier(settings)
     fs, path = url_to_fs(unit.source, **unit.source_options)
@@ -225,6 +249,7 @@ def score_page_file(unit: PageScoresUnit, settings: ClassifierSettings, redo: bo
         revision=loaded.revision,
         score_rule=settings.score_rule if not settings.label else f"{settings.score_rule}:{settings.label}",
         threshold=settings.threshold,
+        source_version=source_version(unit),  # before reading: a file replaced meanwhile is read again next run
     )
     # Token arrays and activations under 32 MiB are made and freed per batch: reused, not faulted in again.
     with freed_memory_kept(), contextlib.ExitStack() as stack:
