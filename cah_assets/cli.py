@@ -325,6 +325,7 @@ def extract(files: tuple[str, ...], out: str, format_: str | None) -> None:
 
 def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
     """Segment keys from KEY, FIRST..LAST (a range of registered keys) or a crawl id (all its segments)."""
+    from cah_assets.segment_runs import segment_problem
     from cah_resources.crawl.segments import parse_segment_key
 
     crawls: dict[str, list[str]] = {}
@@ -338,11 +339,13 @@ def expand_segments(requested: tuple[str, ...], known: list[str]) -> list[str]:
             first, last = item.split(RANGE, 1)
             missing = [k for k in (first, last) if k not in known]
             if missing:
-                raise UserError(f"{', '.join(missing)} is not a registered segment; `cah register <crawl>` first")
+                raise UserError(segment_problem(missing[0], known))
             start, end = sorted((known.index(first), known.index(last)))
             chosen += known[start : end + 1]
         elif item in known:
             chosen.append(item)
+        elif any(item.startswith(f"{crawl}_") for crawl in crawls):  # a key past its crawl's range
+            raise UserError(segment_problem(item, known))
         else:
             hint = f"registered crawls: {', '.join(crawls)}" if crawls else "no crawl is registered yet"
             raise UserError(f"{item} is not a registered segment or crawl ({hint}); `cah register <crawl>` first")

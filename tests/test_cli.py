@@ -101,6 +101,16 @@ def test_segments_are_keys_ranges_or_whole_crawls():
     assert cli.expand_segments(("CC-A_00002..CC-A_00001", "CC-A_00001"), known) == ["CC-A_00001", "CC-A_00002"]
 
 
+def test_a_key_past_its_crawls_range_names_the_range_as_a_launch_does():
+    known = [f"CC-A_{i:05d}" for i in range(4)] + ["CC-B_00000"]
+    for asked in (("CC-A_00007",), ("CC-A_00001..CC-A_00009",)):
+        with pytest.raises(cli.UserError) as error:
+            cli.expand_segments(asked, known)
+        assert str(error.value) == f"{asked[0][-10:]} is not a segment of CC-A: its segments are CC-A_00000..CC-A_00003"
+    with pytest.raises(cli.UserError, match=r"^CC-C_00000 is not a registered segment or crawl \(registered crawls"):
+        cli.expand_segments(("CC-C_00000",), known)
+
+
 def test_loading_the_code_location_shows_no_beta_or_preview_warning():
     import os
     import subprocess
