@@ -62,6 +62,8 @@ DATASET_STAGE = {FORMAT_PARQUET: PAGE_SCORES, FORMAT_WEBDATASET: CLIP_PAIRS}  # 
 # dataset's pages are text only: its report shows page scores and throughput.
 PAIR_FORMATS = (FORMAT_WAT, FORMAT_WARC, FORMAT_WEBDATASET)
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# A webdataset's shards, by name: tars, plain or compressed as Python's tarfile reads them ("r|*").
+WEBDATASET_SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_TEXT_COLUMN = "text"  # a Parquet dataset's text column unless registered with another
 
 MARKER = ".done"  # a shard's completion marker, written last: its presence is what "finished" means

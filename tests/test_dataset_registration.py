@@ -8,7 +8,7 @@ import pytest
 from s3_peer import new_bucket_root, s3_endpoint
 
 from cah_assets import cli
-from cah_resources.contract import FORMAT_PARQUET, FORMAT_WAT, segments_manifest_path
+from cah_resources.contract import FORMAT_PARQUET, FORMAT_WAT, FORMAT_WEBDATASET, segments_manifest_path
 from cah_resources.crawl import dataset_files
 from cah_resources.crawl.dataset_files import expand_files
 from cah_resources.crawl.segments import (
@@ -235,3 +235,50 @@ def test_cah_register_names_a_dataset_server_that_stays_down_once_in_one_line(ca
     assert code == 2 and err.count("\n") == 1 and not out
     assert err.startswith(f"cah register: down: cannot tell whether {web.url}/001.tar is there: 503")
     assert "data.commoncrawl.org" not in err
+
+
+def test_a_webdataset_glob_that_catches_other_files_is_one_line_naming_them(tmp_path, data_root):
+    """img2dataset's output folder holds parquet and stats files beside its tars: `--files 'out/*'` is refused."""
+    import io
+    import tarfile
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for i in range(2):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(f"{i:09d}.txt")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"cat"))
+        (folder / f"{i:05d}.tar").write_bytes(buffer.getvalue())
+        (folder / f"{i:05d}.parquet").write_bytes(b"PAR1")
+        (folder / f"{i:05d}_stats.json").write_text("{}")
+    with pytest.raises(ValueError) as error:
+        register_dataset(data_root, "wds", [f"{folder}/*"], FORMAT_WEBDATASET)
+    assert str(error.value) == (
+        f"wds: 4 of 6 files are not tars (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz): {folder}/00000.parquet, "
+        f"{folder}/00000_stats.json, {folder}/00001.parquet; name the shards only (--files 'folder/*.tar')"
+    )
+    assert load_registration(data_root, "wds") is None  # nothing recorded: a plan never changes
+
+    (folder / "00000.tar").write_bytes(b"<html>an error page saved as a tar</html>")
+    with pytest.raises(ValueError, match=rf"^wds: {folder}/00000.tar is not a readable tar \(.+\)$"):
+        register_dataset(data_root, "wds", [f"{folder}/*.tar"], FORMAT_WEBDATASET)
+    assert load_registration(data_root, "wds") is None
+
+    (folder / "00000.tar").write_bytes((folder / "00001.tar").read_bytes())
+    registration = register_dataset(data_root, "wds", [f"{folder}/*.tar"], FORMAT_WEBDATASET)
+    assert registration.files == (f"{folder}/00000.tar", f"{folder}/00001.tar")
+
+
+def test_cah_register_of_a_file_that_is_not_a_tar_as_a_webdataset_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "README.md").write_text("# not a webdataset")
+    files = str(tmp_path / "README.md")
+    code = cli.main(["register", "wds", "--format", "webdataset", "--files", files, "--data-root", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out and err.count("\n") == 1
+    assert err.startswith(
+        f"cah register: wds: 1 of 1 files are not tars (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz): {files};"
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import tarfile
+from urllib.parse import urlsplit
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ from fsspec.utils import get_protocol
 from rich.console import Console
 from rich.progress import Progress
 
+from cah_resources.contract import WEBDATASET_SHARD_SUFFIXES
 from cah_resources.errors import one_line
 from cah_resources.redaction import redact_text, redact_url
 from cah_resources.retries import existence_check
@@ -28,6 +31,7 @@ CHECK_RETRIES = 3  # more tries of one file's check after a broken connection, 4
 CHECK_BACKOFF_S = 0.5
 PROGRESS_FROM = 1000  # a check of this many files or more shows a progress bar on the terminal
 MISSING_SHOWN = 3  # missing files named in the error
+TAR_PROBE_BYTES = 64 * 1024  # what a webdataset's first tar is read by to see its first header
 
 
 def options_for(url: str, root_url: str, root_options: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +153,31 @@ def parquet_schema(url: str, options: dict[str, Any] | None = None) -> pa.Schema
             return pq.read_schema(handle)
         except pa.ArrowInvalid as error:  # no footer, bad magic bytes, a truncated file
             raise ValueError(f"{redact_url(url)} is not a readable Parquet file ({one_line(error)})") from None
+
+
+def _name(url: str) -> str:
+    """A file's path without a URL's query (a token, a presigned signature); a local path as it is."""
+    return urlsplit(url).path if "://" in url else url
+
+
+def webdataset_problem(files: Sequence[str], options: dict[str, Any] | None = None) -> str | None:
+    """Why ``files`` are not a webdataset's shards (a name that is not a tar's, or a first file whose
+    first header is not a tar's: an img2dataset folder's parquet and stats files caught by a glob), or None."""
+    others = [f for f in files if not _name(f).lower().endswith(WEBDATASET_SHARD_SUFFIXES)]
+    if others:
+        shown = ", ".join(redact_url(f) for f in others[:MISSING_SHOWN])
+        return (
+            f"{len(others)} of {len(files)} files are not tars ({', '.join(WEBDATASET_SHARD_SUFFIXES)}): {shown}; "
+            "name the shards only (--files 'folder/*.tar')"
+        )
+    fs, path = url_to_fs(files[0], **(options or {}))
+    with fs.open(path, "rb", block_size=TAR_PROBE_BYTES) as handle:
+        try:
+            with tarfile.open(fileobj=handle, mode="r|*") as tar:
+                tar.next()
+        except tarfile.TarError as error:
+            return f"{redact_url(files[0])} is not a readable tar ({one_line(error)})"
+    return None
 
 
 def text_column_problem(schema: pa.Schema, column: str) -> str | None:

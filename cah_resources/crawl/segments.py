@@ -17,7 +17,13 @@ from cah_resources.contract import (
     segments_manifest_path,
 )
 from cah_resources.crawl.common_crawl import CrawlSource
-from cah_resources.crawl.dataset_files import expand_files, options_for, parquet_schema, text_column_problem
+from cah_resources.crawl.dataset_files import (
+    expand_files,
+    options_for,
+    parquet_schema,
+    text_column_problem,
+    webdataset_problem,
+)
 from cah_resources.redaction import redact_url
 from cah_resources.storage import DataRoot
 
@@ -196,6 +202,8 @@ def register_dataset(
         problem = text_column_problem(parquet_schema(files[0], options), text_column)
         if problem is not None:
             raise ValueError(f"{redact_url(files[0])} {problem}; pass --text-column")
+    elif (problem := webdataset_problem(files, options)) is not None:
+        raise ValueError(f"{name}: {problem}")
     n = files_per_segment or default_files_per_segment(len(files))
     return _record(root, CrawlRegistration(name, n, tuple(files), format, text_column))
 
