@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import tarfile
-from urllib.parse import urlsplit
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import fsspec
