@@ -183,3 +183,13 @@ def test_a_stopped_step_fails_for_good_instead_of_meeting_its_retry_policy(tmp_p
     with pytest.raises(RunStopped) as stopped:
         raise_unless_succeeded(result, f"segment {KEYS[0]}")
     assert str(stopped.value) == expected
+
+
+def test_the_launchpad_describes_redo_where_a_person_sets_it():
+    from cah_assets.definitions import defs
+
+    job = defs.resolve_job_def("image_shards_job")
+    ops = job.run_config_schema.config_type.fields["ops"].config_type.fields
+    redo = ops["image_shards"].config_type.fields["config"].config_type.fields["redo"]
+    assert redo.default_value is False
+    assert redo.description.startswith("Recompute the segment's finished shards or files instead of skipping them")

@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 import dask
+from pydantic import Field
 
 from cah_assets.partitions import segments
 from cah_assets.policies import GPU_POOL, permanent_errors, segment_step, stops_are_final
@@ -20,8 +21,12 @@ from cah_resources.storage import DataRoot, remove_dead_temporaries
 class StageConfig(dg.Config):
     """What a person may set when launching a stage's run."""
 
-    # Recompute the units a finished marker would skip (a stage without markers recomputes anyway).
-    redo: bool = False
+    # A stage without markers recomputes anyway. The description is what the Launchpad shows beside the field.
+    redo: bool = Field(
+        default=False,
+        description="Recompute the segment's finished shards or files instead of skipping them; each stays "
+        "readable until its new outputs replace it",
+    )
 
 
 @dataclass
