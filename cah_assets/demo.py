@@ -24,6 +24,7 @@ from cah_assets.progress import (
     stage_progress,
 )
 from cah_resources.contract import FORMAT_PARQUET, FORMAT_WARC, PAGE_SCORES, PAGES, RELEASE, STAGES
+from cah_resources.crawl.segments import CrawlRegistration
 from cah_resources.samples.local_web import LocalImageWeb
 from cah_resources.samples.sample_crawl import SampleCrawl, generate_crawl
 from cah_resources.samples.sample_pages import write_page_dataset
@@ -144,6 +145,12 @@ def serve_demo(deployment: Deployment) -> Iterator[Deployment]:
         web.stop()
 
 
+def _segments(registration: CrawlRegistration, kind: str) -> str:
+    """ "2 segments of 2 WAT files each", "1 segment of 2 WARC files"."""
+    n, files = registration.segment_count, registration.files_per_segment
+    return f"{n} segment of {files} {kind} files" if n == 1 else f"{n} segments of {files} {kind} files each"
+
+
 def run_pipeline(
     workdir: str,
     crawl: str = DEMO_CRAWL,
@@ -183,14 +190,14 @@ def run_pipeline(
         common_crawl, storage = resources["common_crawl"], resources["storage"]
         registration, _ = register_and_add(instance, common_crawl, storage, crawl, files_per_segment=2)
         keys = registration.keys()
-        registered = f"2/4 registered {crawl}: {len(keys)} segments of {registration.files_per_segment} WAT files"
+        registered = f"2/4 registered {crawl}: {_segments(registration, 'WAT')}"
         warc_keys: list[str] = []
         if warc_sample is not None:
             warc_registration, _ = register_and_add(
                 instance, common_crawl, storage, DEMO_WARC_CRAWL, files_per_segment=2, format=FORMAT_WARC
             )
             warc_keys = warc_registration.keys()
-            registered += f"; {DEMO_WARC_CRAWL}: {len(warc_keys)} segment(s) of 2 WARC files"
+            registered += f"; {DEMO_WARC_CRAWL}: {_segments(warc_registration, 'WARC')}"
         say(registered)
         with stage_progress(len(keys) + len(warc_keys), "3/4 segments", enabled=show_progress) as advance:
             for key in keys + warc_keys:

@@ -126,6 +126,10 @@ def test_the_demo_prints_one_line_per_stage_per_segment_and_no_dagster_debug_or_
         assert read.endswith(" HTML pages") and not read.startswith("0 "), pages_line
         (candidates_line,) = [line for line in lines if line.startswith(f"3/4 {key} {STAGES[0]} ")]
         assert f" {read}, " in candidates_line and "pages/s" in candidates_line, candidates_line
+    # 4 WAT files and 2 WARC files, 2 files per segment: how many segments, of how many files each.
+    assert [line for line in lines if line.startswith("2/4 ")] == [
+        "2/4 registered CC-MAIN-SAMPLE: 2 segments of 2 WAT files each; CC-MAIN-SAMPLE-WARC: 1 segment of 2 WARC files"
+    ]
     # 1/4, 2/4, those, the dataset's, 4/4: a WARC segment has a pages line and a page_scores line too
     expected = 3 + len(demo.segment_keys) * len(STAGES) + len(demo.warc_keys) * (len(STAGES) + 2) + 2
     # A failure names the lines nobody expected (a flaky CI run once printed 95 more, unseen).
