@@ -69,7 +69,10 @@ def settings_fields(kind: type, renamed: dict[str, str] | None = None) -> Callab
     renamed = dict(renamed or {})
 
     def add(resource: type[Resource]) -> type[Resource]:
-        fields: dict[str, Any] = {renamed.get(f.name, f.name): (f.type, Field(f.default)) for f in flat_fields(kind)}
+        fields: dict[str, Any] = {
+            renamed.get(f.name, f.name): (f.type, Field(f.default, description=f.doc or None))
+            for f in flat_fields(kind)
+        }
         made = create_model(
             resource.__name__, __base__=resource, __module__=resource.__module__, __doc__=resource.__doc__, **fields
         )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import typing
 from typing import Any, NamedTuple, TypeVar
 
@@ -10,11 +14,38 @@ Settings = TypeVar("Settings")
 
 
 class FlatField(NamedTuple):
-    """One setting as a flat view shows it: its type and default, lists where the dataclass keeps tuples."""
+    """One setting as a flat view shows it: its type and default, lists where the dataclass keeps tuples,
+    and what it means (its attribute docstring)."""
 
     name: str
     type: Any
     default: Any
+    doc: str = ""
+
+
+@functools.cache
+def attribute_docs(kind: type) -> dict[str, str]:
+    """Each field's docstring: the string right under its declaration, as Sphinx and pydantic read them.
+
+    Settings are described once, beside their declaration; the UI and the CLI show the same words.
+    Empty where the source is not there to read (a build without .py files).
+    """
+    try:
+        (node,) = ast.parse(textwrap.dedent(inspect.getsource(kind))).body
+    except (OSError, TypeError, ValueError):
+        return {}
+    assert isinstance(node, ast.ClassDef)
+    docs = {}
+    for declared, after in zip(node.body, node.body[1:], strict=False):
+        if (
+            isinstance(declared, ast.AnnAssign)
+            and isinstance(declared.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[declared.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
 
 
 def _is_settings(kind: Any) -> bool:
@@ -54,7 +85,10 @@ def flat_fields(kind: type) -> list[FlatField]:
         default = _default(spec)
         found.append(
             FlatField(
-                spec.name, _as_list_type(hints[spec.name]), list(default) if isinstance(default, tuple) else default
+                spec.name,
+                _as_list_type(hints[spec.name]),
+                list(default) if isinstance(default, tuple) else default,
+                attribute_docs(kind).get(spec.name, ""),
             )
         )
     names = [f.name for f in found]

@@ -57,6 +57,20 @@ def test_a_resource_has_one_field_per_setting_of_its_dataclass_with_its_default(
 
 
 @pytest.mark.parametrize("resource", VIEWS, ids=lambda r: r.__name__)
+def test_every_setting_is_described_once_and_the_ui_shows_its_description(resource):
+    """The docstring under a setting's declaration is the resource field's description (the Launchpad's
+    docs pane and the Deployment page show it): a setting without one fails here."""
+    kind, _ = VIEWS[resource]
+    renamed = SETTINGS_VIEWS[resource][1]
+    undescribed = [f.name for f in flat_fields(kind) if len(f.doc) < 12]
+    assert not undescribed, f"{kind.__name__}: add a docstring under {', '.join(undescribed)}"
+    schema = resource.to_config_schema().as_field().config_type.fields
+    for field in flat_fields(kind):
+        assert schema[renamed.get(field.name, field.name)].description == field.doc
+        assert "\n" not in field.doc and "  " not in field.doc  # one line, as the docs pane wraps it
+
+
+@pytest.mark.parametrize("resource", VIEWS, ids=lambda r: r.__name__)
 def test_a_resource_with_its_defaults_builds_the_dataclass_defaults(resource):
     kind, _ = VIEWS[resource]
     assert _plain(resource()) == kind()

@@ -27,22 +27,27 @@ class CandidateFilters:
     """Crawling@Home's filters; every drop is counted under its reason (DropReason, or the extension)."""
 
     min_alt_length: int = 5
+    """Alt text shorter than this, after whitespace is normalized, is dropped as alt_too_short."""
     max_alt_length: int = 2000
-    # Over-long alt text is cut to max_alt_length (its start still describes the image);
-    # "drop" discards the link instead.
+    """Alt text longer than this is cut to it, or dropped, as long_alt says."""
     long_alt: str = "truncate"
+    """truncate: over-long alt text is cut to max_alt_length (its start still describes the image); drop:
+    the link is discarded as alt_too_long."""
     drop_extensions: tuple[str, ...] = (".svg", ".gif")
+    """Image URLs whose path ends in one of these (any case) are dropped, counted under the extension."""
     max_domain_length: int = 60
-    # URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec
-    # URLs, as Re-LAION publishes them): a listed URL is dropped as DropReason.BLOCKLISTED_URL.
+    """Hosts longer than this many characters are dropped as domain_too_long."""
     blocked_url_lists: tuple[str, ...] = ()
-    # Content past these is no image link but an attack or junk, dropped before any work on it:
-    # an image URL (as written, and resolved) over max_url_length characters (URL_TOO_LONG), an
-    # alt over max_raw_alt_length before whitespace is normalized (ALT_TOO_LONG, whatever
-    # long_alt says), a page's image links past its first max_links_per_page (TOO_MANY_LINKS).
+    """URL hash lists (SHA-256 or MD5 hex of the URL's UTF-8 bytes, one per line; paths or fsspec URLs,
+    as Re-LAION publishes them): a listed URL is dropped as blocklisted_url."""
     max_url_length: int = 2048
+    """An image URL over this many characters, as written or resolved, is dropped as url_too_long
+    before any work on it."""
     max_raw_alt_length: int = 20_000
+    """An alt over this many characters as found, before whitespace is normalized, is dropped as
+    alt_too_long whatever long_alt says: it is an attack or junk, not a description."""
     max_links_per_page: int = 5_000
+    """A page's image links past its first this many are dropped as too_many_links."""
 
     def __post_init__(self) -> None:
         if self.long_alt not in ("truncate", "drop"):

@@ -35,10 +35,15 @@ class CrawlSource:
     """
 
     base: str = COMMON_CRAWL_URL
+    """Where crawl-data/<CRAWL>/ is: Common Crawl's HTTPS endpoint, a mirror's URL or a local folder."""
     cache_dir: str = ""
+    """Folder for a remote file while it is read; empty: the system's temporary folder."""
     retries: int = 5
+    """More tries of a download that breaks off or comes back short, with backoff and jitter."""
     timeout_s: float = 900.0
+    """Seconds one file's download may take in all."""
     backoff_s: float = 2.0
+    """Seconds before the first retry, doubled (with jitter) for each next one."""
 
     def __repr__(self) -> str:
         # A mirror's URL may carry a password (https://user:password@mirror/): shown redacted.

@@ -23,24 +23,43 @@ class FleetSettings:
     """What the fleet is made of and the limits it keeps; plain data, safe to log."""
 
     name: str = "cah"
+    """Fleet name: the label that marks its servers, and their names' prefix."""
     role: str = CPU_RUNNER
+    """The role label its servers carry."""
     server_type: str = "cpx31"
+    """Hetzner server type."""
     location: str = "fsn1"
+    """Hetzner location."""
     image: str = "ubuntu-24.04"
+    """Image the servers boot."""
     ssh_keys: tuple[str, ...] = ()
+    """SSH key names in the Hetzner project, put on every server."""
     max_servers: int = 10
-    max_price_per_hour: float = 2.0  # EUR, VAT included, as the API's gross prices
+    """Refuse to run more servers than this."""
+    max_price_per_hour: float = 2.0
+    """Refuse to cost more per hour than this, in EUR with VAT (the API's gross prices)."""
     scheduler_address: str = ""
+    """Address the workers join, tls://HOST:8786; empty: $CAH_SCHEDULER_ADDRESS."""
     tls_dir: str = ""
+    """Folder made by deploy/make_tls.sh, whose certificates the workers and this client use."""
     package: str = ""
-    extra_packages: tuple[str, ...] = ()  # e.g. s3fs for an s3:// data root
+    """Pip requirement that installs this project on the servers."""
+    extra_packages: tuple[str, ...] = ()
+    """Extra pip requirements for the servers, e.g. s3fs for an s3:// data root."""
     nthreads: int = 1
+    """Threads per worker process on a server."""
     join_timeout_s: float = 900.0
+    """Seconds to wait for new servers' workers to join the scheduler."""
     join_poll_s: float = 10.0
+    """Seconds between looks at the scheduler while waiting for workers to join."""
     endpoint: str = HETZNER_API
+    """Hetzner Cloud API URL."""
     action_poll_s: float = 1.0
+    """Seconds between looks at a Hetzner action (creating, deleting a server) until it finishes."""
     rate_limit_retries: int = 4
+    """More tries of an API call the Hetzner API refused for its rate limit."""
     rate_limit_backoff_s: float = 5.0
+    """Seconds before the first such try, doubled for each next one."""
 
     def __post_init__(self) -> None:
         if not FLEET_NAME.match(self.name):
@@ -89,20 +108,35 @@ PROCESSES_PER_GPU = 2
 class ComputeSettings:
     """Which Dask cluster the pipeline submits to, and how a local one is started; plain data, safe to log."""
 
-    mode: str = ""  # "local" or "remote"; empty: $CAH_COMPUTE_MODE, else "local"
-    n_workers: int = 0  # local workers: 0 is one per core
+    mode: str = ""
+    """local (a Dask cluster started in the run's process) or remote (scheduler_address); empty:
+    $CAH_COMPUTE_MODE, else local."""
+    n_workers: int = 0
+    """Local worker processes: 0 is one per core."""
     threads_per_worker: int = 1
+    """Threads per local worker process."""
     processes: bool = True
+    """Local workers as processes; off: threads of the run's process."""
     memory_limit: str = "auto"
-    scheduler_address: str = ""  # empty: $CAH_SCHEDULER_ADDRESS
+    """Memory per local worker process (Dask's memory_limit: "auto" shares the machine's memory, or e.g. "4GiB")."""
+    scheduler_address: str = ""
+    """The remote scheduler, tls://HOST:8786; empty: $CAH_SCHEDULER_ADDRESS."""
     task_retries: int = 2
-    local_gpus: int = -1  # -1: one GPU worker per visible CUDA device; n >= 0: that many (0 turns the GPU off)
-    processes_per_gpu: int = PROCESSES_PER_GPU  # worker processes per local GPU, as `cah worker --gpu`
-    allow_cpu_fallback: bool = True  # with no GPU worker, GPU work runs on CPU workers instead of failing the run
-    tls_ca_file: str = ""  # empty: $CAH_TLS_CA_FILE
-    tls_cert_file: str = ""  # empty: $CAH_TLS_CERT_FILE
-    tls_key_file: str = ""  # empty: $CAH_TLS_KEY_FILE
+    """More tries Dask gives a work unit that raised or whose worker was lost."""
+    local_gpus: int = -1
+    """Local GPU workers: -1 one per visible CUDA device; n >= 0 that many (0 turns the GPU off)."""
+    processes_per_gpu: int = PROCESSES_PER_GPU
+    """Worker processes per local GPU, as `cah worker --gpu` starts them."""
+    allow_cpu_fallback: bool = True
+    """With no GPU worker, GPU work runs on CPU workers instead of failing the run."""
+    tls_ca_file: str = ""
+    """CA certificate for the remote scheduler; empty: $CAH_TLS_CA_FILE."""
+    tls_cert_file: str = ""
+    """Client certificate for the remote scheduler; empty: $CAH_TLS_CERT_FILE."""
+    tls_key_file: str = ""
+    """Client certificate's key; empty: $CAH_TLS_KEY_FILE."""
     connect_timeout_s: float = 30.0
+    """Seconds to reach the remote scheduler before the run fails."""
 
 
 GIB = 1024**3

@@ -33,41 +33,64 @@ class FetchSettings:
     """How the downloader behaves on the network; defaults suit one machine crawling the web."""
 
     concurrency: int = 256
+    """URLs in flight at once per shard task (img2dataset's thread_count)."""
     per_host_connections: int = 16
+    """Open connections to one host at once, per shard task."""
     connect_timeout: float = 10.0
+    """Seconds to open a connection to an image host."""
     read_timeout: float = 20.0
+    """Seconds a response may go without sending a byte."""
     total_timeout: float = 60.0
+    """Seconds one request may take in all, redirects and body included."""
     max_body_bytes: int = 20_000_000
+    """A body past this many bytes ends as too_large, read no further."""
     max_redirects: int = 5
+    """Redirects followed per URL; past them the URL ends as too_many_redirects."""
     retries: int = 2
+    """More tries of a URL after a transient outcome (a broken connection, 429, 5xx)."""
     retry_backoff: float = 0.5
+    """Seconds before the first retry, doubled (with jitter) for each next one, unless the host sent Retry-After."""
     max_retry_after: float = 30.0
-    # A host (name and port) whose URLs timed out this many times is a tarpit or down: its remaining
-    # URLs end at once as host_unresponsive instead of each waiting out its own timeout. 0: never.
+    """A Retry-After longer than this many seconds is not waited for: the URL ends with its 429 or 5xx."""
     unresponsive_after_timeouts: int = 4
+    """A host (name and port) whose URLs timed out this many times is a tarpit or down: its remaining
+    URLs end at once as host_unresponsive instead of each waiting out its own timeout. 0: never."""
     user_agent: str = DEFAULT_USER_AGENT
+    """The User-Agent header of every request."""
     user_agent_token: str = "cah"
+    """The crawler's name in robots.txt and X-Robots-Tag rules (the rules for this token, else for *)."""
     honour_robots_noai: bool = True
+    """Drop an image whose response's X-Robots-Tag holds one of disallowed_robots_directives (robots_noai)."""
     disallowed_robots_directives: tuple[str, ...] = ("noai", "noimageai")
-    # robots.txt (RFC 9309) and TDMRep (tdm-reservation header, /.well-known/tdmrep.json) of every
-    # image host, fetched once per host per task; an unreachable robots.txt (5xx, 429, no answer)
-    # disallows its host for robots_unreachable_seconds, then it is asked again.
+    """X-Robots-Tag directives that keep an image out."""
     honour_robots_txt: bool = True
+    """Ask each image host's robots.txt (RFC 9309) once per task and keep out what it disallows; an
+    unreachable robots.txt (5xx, 429, no answer) disallows its host for robots_unreachable_seconds."""
     honour_tdmrep: bool = True
+    """Keep out images whose host reserves text-and-data mining (TDMRep: the tdm-reservation header,
+    /.well-known/tdmrep.json), asked once per host per task."""
     robots_max_bytes: int = SITE_FILE_MAX_BYTES
+    """Bytes of a robots.txt or tdmrep.json read; the rest of a longer file is not."""
     robots_unreachable_seconds: float = 600.0
+    """Seconds a host whose robots.txt was unreachable stays disallowed before it is asked again."""
     allowed_networks: tuple[str, ...] = ()
+    """Networks (CIDR) allowed even when block_private_addresses refuses their kind, e.g. a test web."""
     block_private_addresses: bool = True
+    """Refuse URLs whose host resolves to a loopback, private, link-local or other non-public address."""
     verify_tls: bool = True
-    # DNS: the system's nameservers unless these ("ip" or "ip:port") name others, e.g. a local
-    # caching resolver. Lookups have their own limit, separate from connection slots, and their
-    # own timeout, spent before the URL's request (and its timeouts) starts.
+    """Check image hosts' TLS certificates."""
     nameservers: tuple[str, ...] = ()
+    """DNS servers ("ip" or "ip:port") to ask instead of the system's, e.g. a local caching resolver."""
     dns_concurrency: int = 256
+    """Lookups in flight at once per shard task, a limit separate from the connection slots."""
     dns_timeout: float = 5.0
+    """Seconds a lookup may take, spent before the URL's request and its own timeouts start."""
     dns_min_ttl: float = 60.0
+    """Seconds an answer is kept at least, whatever its TTL."""
     dns_max_ttl: float = 3600.0
+    """Seconds an answer is kept at most, whatever its TTL."""
     dns_negative_ttl: float = 300.0
+    """Seconds a name that does not resolve is remembered as such."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.per_host_connections < 1 or self.dns_concurrency < 1:

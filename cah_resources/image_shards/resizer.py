@@ -25,27 +25,37 @@ class ResizeSettings:
     """What counts as a usable image and how it is stored (img2dataset's names and defaults)."""
 
     resize_mode: str = "border"
+    """img2dataset's modes: border (long side to image_size, padded white to a square), keep_ratio (short
+    side to image_size), keep_ratio_largest (long side to image_size), center_crop (short side, then the
+    centre square) or no."""
     image_size: int = 256
+    """Pixels of the side resize_mode sets."""
     resize_only_if_bigger: bool = False
+    """Resize only images whose side that resize_mode sets is over image_size; smaller ones are kept as they are."""
     encode_quality: int = 95
+    """JPEG quality (1-100) of the stored images."""
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+    """Image formats kept (Pillow's names); any other ends as format_not_allowed."""
     min_bytes: int = 5000
+    """A body under this many bytes ends as too_small, before decoding (placeholders, tracking pixels)."""
     min_side: int = 0
-    max_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold
-    max_aspect_ratio: float = 10.0  # 0 = no limit
-    # A JPEG decodes each of its scans over the whole image, and nothing bounds how many scans a
-    # file holds: 5,000 repeated ones fit in 150 KB and take 38 s at 8000x8000. Real progressive
-    # JPEGs have about 10, so scans x pixels past this bound is refused before decoding.
-    max_scan_pixels: int = 2_000_000_000  # 0 = no limit
-    # CPU seconds one image may take in an image worker process, whatever the cause; past it the
-    # worker is replaced and the image gets 'decode_timeout'. Threads (a daemonic host) cannot be
-    # stopped, so there only the checks before decoding apply.
-    max_decode_cpu_seconds: float = 10.0  # 0 = no limit
-    # Memory one image may take while it is decoded and converted, estimated from its size after
-    # JPEG draft scaling, its mode and bit depth (decode_bytes): a 9400x9400 16-bit greyscale PNG is
-    # under max_pixels but needs ~1.2 GB (16-bit, then 32-bit twice to rescale); the largest RGB
-    # image under max_pixels needs ~0.6 GB. 0 = no limit.
+    """An image with a side under this many pixels ends as image_too_small."""
+    max_pixels: int = 89_478_485
+    """An image of more pixels ends as too_many_pixels before decoding: Pillow's decompression-bomb threshold."""
+    max_aspect_ratio: float = 10.0
+    """An image more elongated than this (long side / short side) ends as aspect_ratio_too_large; 0: no limit."""
+    max_scan_pixels: int = 2_000_000_000
+    """A JPEG decodes each of its scans over the whole image, and nothing bounds how many scans a file
+    holds: 5,000 repeated ones fit in 150 KB and take 38 s at 8000x8000. Real progressive JPEGs have
+    about 10, so scans x pixels past this bound is refused before decoding. 0: no limit."""
+    max_decode_cpu_seconds: float = 10.0
+    """CPU seconds one image may take in an image worker process, whatever the cause; past it the worker
+    is replaced and the image gets decode_timeout. Threads (a daemonic host) cannot be stopped, so there
+    only the checks before decoding apply. 0: no limit."""
     max_decode_bytes: int = 1024 * 1024 * 1024
+    """Memory one image may take while it is decoded and converted, estimated from its size after JPEG
+    draft scaling, its mode and bit depth: a 9400x9400 16-bit greyscale PNG is under max_pixels but
+    needs ~1.2 GB; the largest RGB image under max_pixels needs ~0.6 GB. 0: no limit."""
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:

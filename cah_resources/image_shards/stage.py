@@ -50,18 +50,19 @@ class ShardSettings:
     fetch: FetchSettings = field(default_factory=FetchSettings)
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     shard_size: int = 10_000
-    image_processes: int = 1  # Pillow worker processes per shard task (at least one); Dask runs one task per core
-    # Downloaded bodies waiting for the image workers, in bytes per shard task: past it, no new
-    # download starts. The network runs ahead of the image work by this much, so slow hosts are
-    # waited on while images are processed, and memory stays bounded.
+    """Candidates per shard: one tar, parquet and stats file each, and one Dask task."""
+    image_processes: int = 1
+    """Pillow worker processes per shard task (at least one); Dask runs one task per core."""
     image_backlog_bytes: int = 128_000_000
-    # Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): a downloaded
-    # body whose hash is listed becomes 'blocklisted_image' and is never written.
+    """Downloaded bodies waiting for the image workers, in bytes per shard task: past it, no new download
+    starts. The network runs ahead of the image work by this much, and memory stays bounded."""
     blocked_image_lists: tuple[str, ...] = ()
-    # When a shard's last rows only wait on slow hosts, the next shard on the worker starts beside
-    # them (Dask's secede): segments of many shards finish sooner, and a worker can hold two
-    # shards' memory and connections at once. Off: one shard per worker thread at any time.
+    """Image-content hash lists (SHA-256 or MD5 hex per line; paths or fsspec URLs): a downloaded body
+    whose hash is listed becomes blocklisted_image and is never written."""
     overlap_tails: bool = True
+    """When a shard's last rows only wait on slow hosts, the next shard on the worker starts beside them
+    (Dask's secede), so segments of many shards finish sooner; a worker can then hold two shards' memory
+    and connections at once. Off: one shard per worker thread at any time."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:

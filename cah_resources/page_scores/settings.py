@@ -17,17 +17,29 @@ FINEWEB_EDU_CLASSIFIER = "HuggingFaceFW/fineweb-edu-classifier"
 class ClassifierSettings:
     """Everything a worker needs to score pages; plain and picklable, built by the ``text_classifier`` resource."""
 
-    model: str = FINEWEB_EDU_CLASSIFIER  # a model id on the Hub, or a local checkpoint folder
-    revision: str = ""  # a Hub revision (branch, tag, commit); empty: the default branch
+    model: str = FINEWEB_EDU_CLASSIFIER
+    """A sequence-classification model id on the Hugging Face Hub, or a local checkpoint folder."""
+    revision: str = ""
+    """A Hub revision (branch, tag, commit); empty: the default branch."""
     score_rule: str = "regression"
-    label: str = ""  # label_probability: the label whose probability is the score
-    threshold: float = 3.0  # kept: score >= threshold (FineWeb-Edu keeps int_score >= 3, the same pages)
-    max_length: int = 512  # tokens per page; longer pages are truncated, as FineWeb-Edu's annotation did
+    """regression: the model's one output is the score (FineWeb-Edu's); label_probability: the
+    probability of label."""
+    label: str = ""
+    """With label_probability: the label whose probability is the score."""
+    threshold: float = 3.0
+    """Pages are kept where score >= threshold (FineWeb-Edu keeps int_score >= 3, the same pages)."""
+    max_length: int = 512
+    """Tokens per page; longer pages are truncated, as FineWeb-Edu's annotation did."""
     dtype: str = "auto"
+    """auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), fp32, fp16 or bf16."""
     device: str = "auto"
-    batch_size: int = 256  # pages per model call at most
-    batch_tokens: int = 32768  # padded tokens per model call at most (length-sorted batches pad little)
-    window: int = 4096  # pages read, tokenized and length-sorted together, while the model scores the last
+    """auto, cuda, mps or cpu."""
+    batch_size: int = 256
+    """Pages per model call at most."""
+    batch_tokens: int = 32768
+    """Padded tokens per model call at most (length-sorted batches pad little)."""
+    window: int = 4096
+    """Pages read, tokenized and length-sorted together while the model scores the previous window."""
 
     def __post_init__(self) -> None:
         if self.score_rule not in SCORE_RULES:

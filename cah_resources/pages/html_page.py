@@ -39,12 +39,19 @@ MAIN_TEXT_OPTIONS = {
 class PageRules:
     """Bounds and pre-filters of the WARC pass; every page that fails one is counted under its reason."""
 
-    max_html_bytes: int = 4 << 20  # too_long past this (Common Crawl cuts pages at 1 MiB)
-    max_dom_depth: int = 256  # too_deep past this
-    max_images_per_page: int = 1000  # the rest of a page's <img>s are dropped as image_cap
-    page_budget_s: float = 10.0  # too_slow past this; generous, so that a busy machine drops nothing
-    min_text_chars: int = 100  # too_short under this: the page keeps its images, loses its row
-    max_bad_chars: float = 0.01  # undecodable past this share of U+FFFD and NUL in the decoded text
+    max_html_bytes: int = 4 << 20
+    """A page over this many bytes is dropped as too_long (Common Crawl cuts pages at 1 MiB)."""
+    max_dom_depth: int = 256
+    """A page nested deeper than this is dropped as too_deep."""
+    max_images_per_page: int = 1000
+    """A page's <img>s past its first this many are dropped as image_cap."""
+    page_budget_s: float = 10.0
+    """A page taking longer than this many seconds to parse is dropped as too_slow; generous, so that a
+    busy machine drops nothing."""
+    min_text_chars: int = 100
+    """A page with less main text than this is too_short: it keeps its images and loses its row."""
+    max_bad_chars: float = 0.01
+    """A page whose decoded text holds a larger share of U+FFFD and NUL is dropped as undecodable."""
 
     def __post_init__(self) -> None:
         if self.max_dom_depth < 8 or self.max_html_bytes < 1 or self.max_images_per_page < 0:
