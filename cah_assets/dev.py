@@ -39,7 +39,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RUN_ID = re.compile(r" - (?P<run>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) - ")
 STEP_FAILED = re.compile(r" - STEP_FAILURE - Execution of step \"[^\"]*\" failed\.$")
 # Dagster's records of a run after one of its steps was stopped: its checks not run, the run canceled.
-AFTER_A_STOP = ("Not executing.", " - RUN_CANCELED - ")
+RUN_CANCELED = " - RUN_CANCELED - "
+AFTER_A_STOP = ("Not executing.", RUN_CANCELED)
 UP_POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # how a process manager, `timeout` or a closed terminal stop us
 UP_WAIT_S = 600.0
@@ -58,7 +59,8 @@ def quiet_lines(lines: Iterable[str]) -> Iterator[str]:
     """The lines a person acts on: warnings, errors and stage summaries, one line each, without colour codes.
 
     A step stopped on request (the UI's Terminate, Ctrl-C) is one line saying so, not Dagster's three errors
-    (the step's failure, its checks not executed, the run canceled): a stop is what was asked for.
+    (the step's failure, its checks not executed, the run canceled): a stop is what was asked for. A run
+    canceled between steps is Dagster's line, as information rather than an error.
     """
     stopped: set[str] = set()  # runs whose step was stopped: their knock-on errors are not news
     held: str | None = None  # a step failure, until its error's first line says whether it was a stop
@@ -77,16 +79,23 @@ def quiet_lines(lines: Iterable[str]) -> Iterator[str]:
             continue
         record = LOG_RECORD.match(line)
         if record is not None:
-            if _run_id(line) in stopped and any(mark in line for mark in AFTER_A_STOP):
-                continue
             if STEP_FAILED.search(line):
                 held = line
-            elif record["level"] in SHOWN_LEVELS or SUMMARY_MARK in line:
-                yield line
+            elif (shown := _shown_record(line, record["level"], stopped)) is not None:
+                yield shown
         elif PROBLEM.match(line):  # continuation lines (tracebacks, multi-line messages) start indented or plain
             yield line
     if held is not None:
         yield held
+
+
+def _shown_record(line: str, level: str, stopped: set[str]) -> str | None:
+    """A log record as the terminal shows it, or None: a warning, an error or a stage summary."""
+    if _run_id(line) in stopped and any(mark in line for mark in AFTER_A_STOP):
+        return None
+    if RUN_CANCELED in line:  # Terminate between steps, or before the first: asked for, not an error
+        return line.replace(" - ERROR - ", " - INFO - ", 1)
+    return line if level in SHOWN_LEVELS or SUMMARY_MARK in line else None
 
 
 def _run_id(line: str) -> str:

@@ -172,3 +172,9 @@ def test_a_failed_step_beside_a_stopped_run_still_shows_its_error_and_knock_on_l
     assert shown[2].startswith("dagster._core.errors.DagsterExecutionStepExecutionError")
     assert shown[3].endswith("Not executing.") and failed in shown[3]
     assert list(quiet_lines(lines[-5:-4])) == shown[1:2]  # a failure at the end of the output is not held back
+
+
+def test_a_run_canceled_between_steps_is_information_not_an_error():
+    run = "0c1d2e3f-0000-4000-8000-000000000002"
+    canceled = RECORD.format(level="ERROR", run=run, text="14652 - RUN_CANCELED - Run was canceled.")
+    assert list(quiet_lines([canceled])) == [canceled.rstrip("\n").replace(" - ERROR - ", " - INFO - ")]

@@ -733,5 +733,7 @@ def test_cah_dev_prints_a_banner_then_only_warnings_errors_and_stage_summaries(d
         match[0] for line in stops for match in [re.search(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", line)]
     }
     assert not [line for line in rest if line not in stops and any(run in line for run in stopped_runs)]
-    others = [line for line in rest if SUMMARY_MARK not in line and line not in stops]
+    canceled = [line for line in rest if " - RUN_CANCELED - " in line]  # between steps: information
+    assert all(" - INFO - " in line for line in canceled), canceled
+    others = [line for line in rest if SUMMARY_MARK not in line and line not in stops and line not in canceled]
     assert all(re.search(r"(WARNING|ERROR|CRITICAL) - |Warning|Error|Exception", line) for line in others), others
