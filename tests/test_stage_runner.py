@@ -193,3 +193,24 @@ def test_the_launchpad_describes_redo_where_a_person_sets_it():
     redo = ops["image_shards"].config_type.fields["config"].config_type.fields["redo"]
     assert redo.default_value is False
     assert redo.description.startswith("Recompute the segment's finished shards or files instead of skipping them")
+
+
+def test_a_runs_segments_of_one_crawl_have_their_format_checked_from_one_read_of_its_plan(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cah_assets.stages import runner
+    from cah_assets.stages.clip_pairs import CLIP_PAIRS_STAGE
+    from cah_resources.crawl.segments import load_registration, register_dataset
+    from cah_resources.storage import DataRoot
+
+    root = DataRoot(str(tmp_path / "data"))
+    (tmp_path / "pages").mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"text": [f"page {i}"]}), tmp_path / "pages" / f"{i}.parquet")
+    keys = register_dataset(root, "pages", [str(tmp_path / "pages" / "*.parquet")], files_per_segment=1).keys()
+    reads = []
+    monkeypatch.setattr(runner, "load_registration", lambda *args: reads.append(args) or load_registration(*args))
+    with pytest.raises(ValueError, match=f"^clip_pairs does not apply to {keys[0]}: pages is registered as parquet"):
+        runner._check_formats(CLIP_PAIRS_STAGE, root, keys)
+    assert len(keys) == 3 and len(reads) == 1

@@ -89,27 +89,33 @@ class Stage:
     retry_policy: dg.RetryPolicy | None = None
 
 
-def _check_format(stage: Stage, root: DataRoot, key: str) -> None:
-    """A segment of a format the stage does not take (clip_pairs of a dataset of pages) fails in one line."""
+def _check_formats(stage: Stage, root: DataRoot, keys: list[str]) -> None:
+    """A segment of a format the stage does not take (clip_pairs of a dataset of pages) fails in one line.
+
+    Each crawl's plan is read once, however many of its segments the run holds (a real crawl's plan
+    lists some 90,000 files)."""
     if stage.formats is None:
         return
-    try:
-        registration = load_registration(root, parse_segment_key(key)[0])
-    except ValueError:  # not a segment key: the plan says what is wrong
-        return
-    if registration is not None and registration.format not in stage.formats:
-        raise ValueError(
-            f"{stage.name} does not apply to {key}: {registration.crawl} is registered as "
-            f"{registration.format}, and {stage.name} takes {' or '.join(stage.formats)} segments"
-        )
+    crawls: dict[str, str] = {}  # crawl -> its first key in the run
+    for key in keys:
+        try:
+            crawls.setdefault(parse_segment_key(key)[0], key)
+        except ValueError:  # not a segment key: the plan says what is wrong
+            continue
+    for crawl, key in crawls.items():
+        registration = load_registration(root, crawl)
+        if registration is not None and registration.format not in stage.formats:
+            raise ValueError(
+                f"{stage.name} does not apply to {key}: {registration.crawl} is registered as "
+                f"{registration.format}, and {stage.name} takes {' or '.join(stage.formats)} segments"
+            )
 
 
 def run_stage(stage: Stage, run: StageRun, log: Callable[[str], None]) -> StageRun:
     """Run ``stage`` over ``run.keys`` on the compute engine; fills ``run.values``, ``run.merged``, ``run.seconds``."""
     compute = run.resources.compute
     with permanent_errors():  # a crawl not registered, an upstream stage not made: fail now, retrying cannot help
-        for key in run.keys:
-            _check_format(stage, run.root, key)
+        _check_formats(stage, run.root, run.keys)
         planned = [(key, unit) for key in run.keys for unit in stage.plan(run, key)]
     todo = [(key, unit) for key, unit in planned if run.redo or stage.is_done is None or not stage.is_done(unit)]
     # GPU workers when the cluster has them; CPU workers otherwise (compute.allow_cpu_fallback).
