@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import itertools
 import os
 import random
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def article(rng: random.Random, language: str, count: int) -> tuple[list[str], f
         return [paragraph(rng, language) for _ in range(count)], None
     lengths = [rng.randint(3, 7) for _ in range(count)]
     made, value = edu_texts.mixed_sentences(rng, language, sum(lengths), rng.choice(edu_texts.TEACHING_SHARES))
-    ends = [sum(lengths[: i + 1]) for i in range(count)]
+    ends = list(itertools.accumulate(lengths))
     return [" ".join(made[end - n : end]) for n, end in zip(lengths, ends, strict=True)], value
 
 
@@ -486,8 +487,9 @@ def generate_warc_crawl(
             else:
                 page_counts.pages += 1
             boilerplate = [COOKIE, *FOOTER, SIDEBAR[0], SIDEBAR[1]]
-            truth_of_page = (url, title, paragraphs, boilerplate, language, charset, declared, not short, value)
-            pages.append(ExpectedPage(*truth_of_page))
+            pages.append(
+                ExpectedPage(url, title, paragraphs, boilerplate, language, charset, declared, not short, value)
+            )
             for pair, facts, reason, _kind, attribute in page.expected:
                 if reason is not None:
                     counts.drops[reason] += 1
