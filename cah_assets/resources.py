@@ -193,8 +193,8 @@ class PageRulesResource(SettingsResource):
 class ImageDownloader(SettingsResource):
     """How image_shards downloads: network limits, the address guard, opt-outs, DNS, image checks, resizing, shards.
 
-    One field per setting of ``ShardSettings`` and its ``fetch`` and ``resize`` groups, by the same name:
-    see ``FetchSettings``, ``ResizeSettings`` and ``ShardSettings`` for what each means.
+    One field per setting of ``ShardSettings`` and its ``fetch`` and ``resize`` groups, by the same name
+    and with the same description.
     """
 
     def settings(self) -> ShardSettings:
@@ -263,7 +263,7 @@ class ClipScorer(dg.ConfigurableResource):
 class TextClassifier(SettingsResource):
     """The Hugging Face sequence classifier page_scores runs: FineWeb-Edu's by default, any model id or local folder.
 
-    One field per setting of ``ClassifierSettings``, by the same name: see it for what each means.
+    One field per setting of ``ClassifierSettings``, by the same name and with the same description.
     """
 
     def settings(self) -> ClassifierSettings:

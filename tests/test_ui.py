@@ -562,6 +562,8 @@ def test_materialize_with_redo_from_the_launchpad_recomputes_finished_shards(dem
     redo.get_by_text("false", exact=True).dblclick()  # the scaffolded `redo: false`
     page.keyboard.type("true")
     expect(page.locator(".CodeMirror-line", has_text="redo: true")).to_have_count(1)
+    # The docs pane beside the editor describes the field the cursor is on.
+    expect(page.get_by_text("Recompute the segment's finished shards or files instead of skipping")).to_be_visible()
     _shot(page, "demo_launchpad_redo")
     page.get_by_role("dialog").locator("button", has_text="Materialize").click()
     page.wait_for_url(lambda address: "/runs/" in address)  # the launchpad opens the run it launched
@@ -572,6 +574,22 @@ def test_materialize_with_redo_from_the_launchpad_recomputes_finished_shards(dem
     planned = [m for m in _logs(home, run.run_id) if "already done" in m]
     assert planned and all(", 0 already done" in m for m in planned), planned  # every finished shard made again
     expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible(timeout=60_000)
+
+
+def test_the_deployment_page_describes_each_setting_of_a_resource(demo_page, demo_ui):
+    """README: a setting's docstring is its description in the UI (here the image downloader's)."""
+    from playwright.sync_api import expect
+
+    from cah_resources.flat_settings import flat_fields
+    from cah_resources.image_shards.stage import ShardSettings
+
+    page, url = demo_page, demo_ui["url"]
+    page.goto(f"{url}/locations/__repository__@cah/resources/image_downloader")
+    expect(page.get_by_text("concurrency", exact=True).first).to_be_visible()
+    docs = {f.name: f.doc for f in flat_fields(ShardSettings)}
+    for name in ("concurrency", "honour_robots_txt", "max_decode_cpu_seconds", "overlap_tails"):
+        expect(page.get_by_text(docs[name], exact=False).first).to_be_visible()
+    _shot(page, "image_downloader_settings")
 
 
 def test_re_execute_from_failure_reruns_the_failed_step_of_a_cah_run(demo_page, demo_ui):
